@@ -1,0 +1,299 @@
+//! The ABI shared by guard's kernel programs and user space: map keys and
+//! values, event records, and the constants both sides must agree on.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so that the BPF
+//! target and x86_64 lay them out identically; the size assertions at the
+//! bottom fail the build when a field moves.
+#![no_std]
+
+/// Kernel agent slots are small integers so that map keys stay compact; the
+/// user-facing agent id is a separate string chosen by guardd.
+pub const MAX_AGENTS: u32 = 4096;
+
+/// Port ranges that can apply to one address prefix after user space has
+/// folded the rules of all enclosing prefixes together (see `NetValue`).
+pub const MAX_PORT_RANGES: usize = 32;
+
+/// `sun_path` length of `struct sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Capacity of the main ring buffer in bytes (power of two, page multiple).
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+
+/// Entries in the LPM tries shared by all agents.
+pub const NET4_MAX_ENTRIES: u32 = 262_144;
+pub const NET6_MAX_ENTRIES: u32 = 262_144;
+pub const UNIX_MAX_ENTRIES: u32 = 16_384;
+
+// ---- agent table ------------------------------------------------------------
+
+/// `AgentInfo::flags`: allow everything, report what would have been denied.
+pub const AGENT_AUDIT: u32 = 1 << 0;
+/// `AgentInfo::flags`: the scope is being torn down; deny without reporting
+/// the same event twice.
+pub const AGENT_CLOSING: u32 = 1 << 1;
+
+/// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
+/// scope (the ancestor at `Config::agent_level` of the current task).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub slot: u32,
+    pub flags: u32,
+    /// Denials (or audit verdicts) decided by the kernel programs. Updated
+    /// atomically by the programs; user space only reads it.
+    pub denied: u64,
+    /// Events that could not be written to the ring buffer (it was full).
+    pub lost: u64,
+}
+
+/// Value of the single-entry `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// cgroup level of agent scopes (root = 0): the programs attribute a task
+    /// to its agent through `bpf_get_current_ancestor_cgroup_id(level)`, so
+    /// nested cgroups an agent might create stay attributed to it.
+    pub agent_level: u32,
+    /// Offsets into `struct bpf_sock_addr_kern`, read from the kernel's BTF
+    /// at start-up, so the Unix hooks can read the address they judge.
+    pub sa_kern_uaddr_off: u32,
+    pub sa_kern_uaddrlen_off: u32,
+    pub _pad: u32,
+}
+
+// ---- network rules ----------------------------------------------------------
+
+/// Protocol bits in `PortRange::protos`.
+pub const PROTO_TCP: u8 = 1 << 0;
+pub const PROTO_UDP: u8 = 1 << 1;
+
+/// An inclusive port range allowed for the given protocols.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+    pub protos: u8,
+    pub _pad: u8,
+    /// Index of the policy rule (`network.allow[i]`) this range comes from.
+    pub rule: u16,
+}
+
+/// Value of the LPM tries. User space stores, for every prefix it inserts,
+/// the union of the port ranges of that prefix *and of every enclosing
+/// prefix of the same agent*: a longest-prefix lookup then yields exactly the
+/// ranges of all rules that cover the address, so overlapping rules with
+/// different ports cannot shadow each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetValue {
+    pub count: u32,
+    /// Rule index of the prefix itself, reported when the address matched a
+    /// rule's CIDR but no port/protocol did.
+    pub cidr_rule: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+impl Default for NetValue {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            cidr_rule: NO_RULE,
+            ranges: [PortRange::default(); MAX_PORT_RANGES],
+        }
+    }
+}
+
+/// Rule index meaning "no rule matched": the default deny decided.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Data part of an IPv4 LPM key. The prefix length of the full key is
+/// `32 + cidr_bits`: the slot is always matched in full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net4Key {
+    pub slot: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6Key {
+    pub slot: u32,
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits of the slot in both LPM keys.
+pub const SLOT_PREFIX_BITS: u32 = 32;
+
+/// Key of the `UNIX` hash map: a socket address the agent may reach.
+/// `path` holds the pathname (NUL padded) or, for abstract sockets, a leading
+/// NUL followed by the name, padded with NULs after `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    pub slot: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+}
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        Self {
+            slot: 0,
+            path: [0; UNIX_PATH_MAX],
+        }
+    }
+}
+
+// ---- events -----------------------------------------------------------------
+
+pub const EVENT_NET: u16 = 1;
+pub const EVENT_SOCK: u16 = 2;
+pub const EVENT_UNIX: u16 = 3;
+pub const EVENT_EXEC: u16 = 4;
+
+pub const VERDICT_DENIED: u8 = 1;
+pub const VERDICT_AUDIT: u8 = 2;
+pub const VERDICT_ALLOWED: u8 = 3;
+
+/// Which hook saw the event (`NetEvent::hook`, `UnixEvent::hook`).
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+pub const HOOK_SOCK_CREATE: u8 = 5;
+pub const HOOK_CONNECT_UNIX: u8 = 6;
+pub const HOOK_SENDMSG_UNIX: u8 = 7;
+
+/// Why the program denied, beyond "no rule": attribution for the journal.
+pub const REASON_NO_RULE: u8 = 0;
+/// The task's agent-level ancestor cgroup is not a known scope.
+pub const REASON_UNKNOWN_SCOPE: u8 = 1;
+/// The address matched a rule's CIDR but not its ports or protocol.
+pub const REASON_PORT: u8 = 2;
+/// A transport other than TCP or UDP.
+pub const REASON_PROTOCOL: u8 = 3;
+/// A socket type that bypasses the address hooks (raw, ICMP, ...).
+pub const REASON_SOCKET_TYPE: u8 = 4;
+
+/// Common head of every event in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u16,
+    pub verdict: u8,
+    pub reason: u8,
+    pub slot: u32,
+    pub ts_ns: u64,
+    /// cgroup id of the agent's scope (or of the unknown ancestor).
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+/// A connect or sendmsg judged by the inet hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    pub hdr: EventHeader,
+    pub hook: u8,
+    /// Family of the address that was judged (AF_INET or AF_INET6).
+    pub family: u8,
+    /// `IPPROTO_*` of the socket.
+    pub protocol: u8,
+    /// Set when the address given differs from the one judged (an
+    /// IPv4-mapped IPv6 address, or an unspecified address that the kernel
+    /// turns into loopback); `orig_addr` then holds what the caller wrote.
+    pub rewritten: u8,
+    pub port: u16,
+    pub sock_type: u16,
+    pub rule: u32,
+    pub orig_family: u32,
+    pub addr: [u8; 16],
+    pub orig_addr: [u8; 16],
+}
+
+/// A socket refused at creation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEvent {
+    pub hdr: EventHeader,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub _pad: u32,
+}
+
+/// A connect or sendmsg to a Unix socket address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixEvent {
+    pub hdr: EventHeader,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+    /// Bytes of `path` that the caller supplied (after `sun_family`).
+    pub path_len: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad2: [u8; 4],
+}
+
+impl Default for UnixEvent {
+    fn default() -> Self {
+        Self {
+            hdr: EventHeader::default(),
+            hook: 0,
+            _pad: [0; 3],
+            path_len: 0,
+            path: [0; UNIX_PATH_MAX],
+            _pad2: [0; 4],
+        }
+    }
+}
+
+/// Socket constants the programs need (not all in aya-ebpf's bindings).
+pub const AF_UNIX: u32 = 1;
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
+pub const IPPROTO_ICMP: u32 = 1;
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+pub const IPPROTO_ICMPV6: u32 = 58;
+
+// ---- layout checks ------------------------------------------------------------
+
+const _: () = {
+    assert!(core::mem::size_of::<AgentInfo>() == 24);
+    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<PortRange>() == 8);
+    assert!(core::mem::size_of::<NetValue>() == 8 + 8 * MAX_PORT_RANGES);
+    assert!(core::mem::size_of::<Net4Key>() == 8);
+    assert!(core::mem::size_of::<Net6Key>() == 20);
+    assert!(core::mem::size_of::<UnixKey>() == 112);
+    assert!(core::mem::size_of::<EventHeader>() == 48);
+    assert!(core::mem::size_of::<NetEvent>() == 48 + 48);
+    assert!(core::mem::size_of::<SockEvent>() == 64);
+    assert!(core::mem::size_of::<UnixEvent>() == 48 + 8 + 108 + 4);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `repr(C)`, made only of integers and
+    // integer arrays, with explicit padding fields (checked by the size
+    // assertions above), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::AgentInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Net4Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Net6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixKey {}
+}

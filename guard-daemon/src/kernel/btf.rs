@@ -1,0 +1,196 @@
+//! Just enough of the BTF format to find where a member sits in a kernel
+//! struct. The kernel programs read a few kernel-internal structs through
+//! `bpf_probe_read_kernel`; taking the offsets from the running kernel's BTF
+//! (instead of hard-coding them) keeps that correct across kernel builds.
+
+use std::{collections::HashMap, path::Path};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel struct `{strukt}` has no member `{member}`")]
+    NoMember { strukt: String, member: String },
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// Byte offsets of the members of every named struct, indexed on demand.
+pub struct Btf {
+    data: Vec<u8>,
+    types_start: usize,
+    types_end: usize,
+    strings_start: usize,
+    strings_end: usize,
+    structs: HashMap<String, usize>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    let bytes = data
+        .get(at..at + 4)
+        .ok_or(BtfError::Malformed("truncated"))?;
+    Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(data)
+    }
+
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is read)",
+            ));
+        }
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let types_start = hdr_len
+            .checked_add(type_off)
+            .ok_or(BtfError::Malformed("overflow"))?;
+        let types_end = types_start
+            .checked_add(type_len)
+            .ok_or(BtfError::Malformed("overflow"))?;
+        let strings_start = hdr_len
+            .checked_add(str_off)
+            .ok_or(BtfError::Malformed("overflow"))?;
+        let strings_end = strings_start
+            .checked_add(str_len)
+            .ok_or(BtfError::Malformed("overflow"))?;
+        if types_end > data.len() || strings_end > data.len() {
+            return Err(BtfError::Malformed("sections past end of data"));
+        }
+        let mut btf = Btf {
+            data,
+            types_start,
+            types_end,
+            strings_start,
+            strings_end,
+            structs: HashMap::new(),
+        };
+        btf.index()?;
+        Ok(btf)
+    }
+
+    fn string(&self, off: u32) -> Result<&str, BtfError> {
+        let start = self.strings_start + off as usize;
+        if start >= self.strings_end {
+            return Err(BtfError::Malformed("string offset out of range"));
+        }
+        let bytes = &self.data[start..self.strings_end];
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        std::str::from_utf8(&bytes[..end]).map_err(|_| BtfError::Malformed("string not UTF-8"))
+    }
+
+    /// Walks the type section once, remembering where each named struct is.
+    fn index(&mut self) -> Result<(), BtfError> {
+        let mut at = self.types_start;
+        let mut structs = HashMap::new();
+        while at < self.types_end {
+            let name_off = u32_at(&self.data, at)?;
+            let info = u32_at(&self.data, at + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let extra = match kind {
+                1 => 4, // INT
+                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+                3 => 12,            // ARRAY
+                4 | 5 => 12 * vlen, // STRUCT, UNION
+                6 => 8 * vlen,      // ENUM
+                13 => 8 * vlen,     // FUNC_PROTO
+                14 => 4,            // VAR
+                15 => 12 * vlen,    // DATASEC
+                17 => 4,            // DECL_TAG
+                19 => 12 * vlen,    // ENUM64
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                let name = self.string(name_off)?;
+                if !name.is_empty() {
+                    structs.entry(name.to_owned()).or_insert(at);
+                }
+            }
+            at += 12 + extra;
+        }
+        self.structs = structs;
+        Ok(())
+    }
+
+    /// Byte offset of `member` in `struct strukt` (direct members only).
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let at = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let info = u32_at(&self.data, at + 4)?;
+        let vlen = (info & 0xffff) as usize;
+        let kflag = info >> 31 == 1;
+        for i in 0..vlen {
+            let m = at + 12 + 12 * i;
+            if self.string(u32_at(&self.data, m)?)? == member {
+                let raw = u32_at(&self.data, m + 8)?;
+                let bits = if kflag { raw & 0x00ff_ffff } else { raw };
+                return Ok(bits / 8);
+            }
+        }
+        Err(BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_running_kernel() {
+        // /sys/kernel/btf/vmlinux is world-readable on kernels with BTF; the
+        // project requires BTF, so its absence is a real failure.
+        let btf = Btf::from_sys_fs().unwrap();
+        assert_eq!(btf.member_offset("bpf_sock_addr_kern", "sk").unwrap(), 0);
+        assert_eq!(btf.member_offset("bpf_sock_addr_kern", "uaddr").unwrap(), 8);
+        assert!(matches!(
+            btf.member_offset("bpf_sock_addr_kern", "nope"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("no_such_struct_x", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(vec![0; 10]).is_err());
+        let mut bad = vec![0u8; 24];
+        bad[0] = 0x9f;
+        bad[1] = 0xeb;
+        bad[4] = 24;
+        bad[12] = 0xff; // type_len past the end
+        assert!(Btf::parse(bad).is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! Loading guard's kernel programs, keeping them attached and pinned, and
+//! writing agents' rules into their maps.
+//!
+//! All programs attach once, to guard's parent cgroup, and every agent scope
+//! is a child of it: a new scope inherits the programs the moment its cgroup
+//! is created, so opening a scope costs a `mkdir` and a few map updates rather
+//! than loads and attaches, and there is no window in which a scope exists
+//! without its programs. The programs tell agents apart by the ancestor
+//! cgroup id at the scopes' level (see `guard_common::Config`).
+//!
+//! Maps and links are pinned under bpffs: if guardd exits or dies, enforcement
+//! goes on unchanged, and a restarted guardd reuses the same maps.
+
+pub mod btf;
+pub mod events;
+pub mod sys;
+pub mod unix;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fs,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError,
+        links::{FdLink, LinkError, PinnedLink},
+    },
+};
+use guard_common::{
+    AgentInfo, Config, Net4Key, Net6Key, NetValue, SLOT_PREFIX_BITS, UNIX_PATH_MAX, UnixKey,
+};
+use thiserror::Error;
+
+/// The main object: inet hooks and socket creation, loaded through aya.
+pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+/// The Unix-socket hooks, loaded by `unix::load_and_attach`.
+pub static UNIX_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
+
+const MAP_NAMES: [&str; 6] = ["CONFIG", "AGENTS", "NET4", "NET6", "UNIX", "EVENTS"];
+
+/// Programs of the main object and how they attach.
+const PROGRAMS: [&str; 5] = [
+    "guard_connect4",
+    "guard_connect6",
+    "guard_sendmsg4",
+    "guard_sendmsg6",
+    "guard_sock_create",
+];
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("BPF link of `{name}`: {source}")]
+    Link {
+        name: &'static str,
+        source: LinkError,
+    },
+    #[error("BPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("BPF object has no {0}")]
+    Missing(&'static str),
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error(
+        "pinned maps under {dir} are not compatible with this guardd ({source}); stop every agent, \
+         remove {dir} and start guardd again"
+    )]
+    IncompatiblePins {
+        dir: PathBuf,
+        source: aya::EbpfError,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program { name, source }
+}
+
+/// Where the kernel side of one guardd instance lives.
+#[derive(Clone, Debug)]
+pub struct KernelOptions {
+    /// guard's parent cgroup (cgroup v2); agent scopes are its children.
+    pub parent_cgroup: PathBuf,
+    /// cgroup level of the agent scopes (root = 0).
+    pub agent_level: u32,
+    /// bpffs directory for this instance's pins.
+    pub pin_dir: PathBuf,
+}
+
+/// What the kernel side can enforce on this host, found at load time.
+#[derive(Clone, Debug, Default)]
+pub struct KernelLayers {
+    /// The Unix-socket hooks loaded and attached. When false, `unix_error`
+    /// says why.
+    pub unix_hooks: bool,
+    pub unix_error: Option<String>,
+}
+
+/// Keys written for one agent, so they can be removed exactly.
+#[derive(Clone, Debug, Default)]
+pub struct AgentKeys {
+    pub cgroup_id: u64,
+    pub v4: Vec<(u32, Net4Key)>,
+    pub v6: Vec<(u32, Net6Key)>,
+    pub unix: Vec<UnixKey>,
+}
+
+/// Network rules of one agent, as compiled by `policy`.
+pub struct NetEntries<'a> {
+    pub v4: &'a [(u32, [u8; 4], NetValue)],
+    pub v6: &'a [(u32, [u8; 16], NetValue)],
+    pub unix: &'a [([u8; UNIX_PATH_MAX], u32)],
+}
+
+pub struct Kernel {
+    _ebpf: Ebpf,
+    _config: Array<MapData, Config>,
+    agents: HashMap<MapData, u64, AgentInfo>,
+    net4: LpmTrie<MapData, Net4Key, NetValue>,
+    net6: LpmTrie<MapData, Net6Key, NetValue>,
+    unix: HashMap<MapData, UnixKey, u32>,
+    pin_dir: PathBuf,
+    pub layers: KernelLayers,
+}
+
+fn pin_err(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
+    move |source| KernelError::Pin {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Kernel {
+    /// Loads (or re-adopts) the programs and maps, attaches them to the
+    /// parent cgroup and pins everything. Returns the kernel handle and the
+    /// event ring buffer, which the caller reads on its own thread.
+    pub fn load(opts: &KernelOptions) -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+        let maps_dir = opts.pin_dir.join("maps");
+        let links_dir = opts.pin_dir.join("links");
+        fs::create_dir_all(&maps_dir).map_err(pin_err(&maps_dir))?;
+        fs::create_dir_all(&links_dir).map_err(pin_err(&links_dir))?;
+        let old_links: Vec<PathBuf> = fs::read_dir(&links_dir)
+            .map_err(pin_err(&links_dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+
+        let map_paths: Vec<(&'static str, PathBuf)> =
+            MAP_NAMES.iter().map(|n| (*n, maps_dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = match loader.load(MAIN_OBJ) {
+            Ok(e) => e,
+            Err(source) if !old_links.is_empty() => {
+                return Err(KernelError::IncompatiblePins {
+                    dir: opts.pin_dir.clone(),
+                    source,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        // Raw descriptors for the Unix-hook loader, taken while aya still owns
+        // every map; they stay valid because the maps live in `Kernel`.
+        let map_fds: StdHashMap<String, i32> = MAP_NAMES
+            .iter()
+            .filter_map(|n| {
+                ebpf.map(n)
+                    .and_then(map_raw_fd)
+                    .map(|fd| (n.to_string(), fd))
+            })
+            .collect();
+
+        // Offsets the Unix hooks need, from this kernel's BTF.
+        let btf = btf::Btf::from_sys_fs()?;
+        let uaddr = btf
+            .member_offset("bpf_sock_addr_kern", "uaddr")
+            .unwrap_or(u32::MAX);
+        let uaddrlen = btf
+            .member_offset("bpf_sock_addr_kern", "uaddrlen")
+            .unwrap_or(u32::MAX);
+        let mut config: Array<MapData, Config> = Array::try_from(
+            ebpf.take_map("CONFIG")
+                .ok_or(KernelError::Missing("map CONFIG"))?,
+        )
+        .map_err(map_err("CONFIG"))?;
+        config
+            .set(
+                0,
+                Config {
+                    agent_level: opts.agent_level,
+                    sa_kern_uaddr_off: uaddr,
+                    sa_kern_uaddrlen_off: uaddrlen,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err("CONFIG"))?;
+
+        let cgroup = fs::File::open(&opts.parent_cgroup).map_err(|source| KernelError::Cgroup {
+            path: opts.parent_cgroup.clone(),
+            source,
+        })?;
+
+        // Attach the new generation before dropping the old one, so that a
+        // restart never leaves the parent cgroup without programs.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for name in PROGRAMS {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Missing("program"))?;
+            let link: FdLink = if name == "guard_sock_create" {
+                let p: &mut CgroupSock = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let id = p
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                p.take_link(id)
+                    .map_err(prog_err(name))?
+                    .try_into()
+                    .map_err(|source: LinkError| KernelError::Link { name, source })?
+            } else {
+                let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let id = p
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                p.take_link(id)
+                    .map_err(prog_err(name))?
+                    .try_into()
+                    .map_err(|source: LinkError| KernelError::Link { name, source })?
+            };
+            let path = links_dir.join(format!("{name}-{generation}"));
+            link.pin(&path).map_err(|e| KernelError::Pin {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+
+        let mut layers = KernelLayers::default();
+        if uaddr % 8 != 0 || uaddr >= 48 || uaddrlen % 4 != 0 || uaddrlen >= 48 {
+            layers.unix_error = Some(format!(
+                "struct bpf_sock_addr_kern has an unexpected layout (uaddr at {uaddr}, uaddrlen at {uaddrlen})"
+            ));
+        } else {
+            match unix::load_and_attach(UNIX_OBJ, &map_fds, cgroup.as_fd()) {
+                Ok(hooks) => {
+                    for (name, link) in &hooks.links {
+                        let path = links_dir.join(format!("{name}-{generation}"));
+                        sys::obj_pin(link.as_fd(), &path).map_err(pin_err(&path))?;
+                    }
+                    layers.unix_hooks = true;
+                }
+                Err(e) => layers.unix_error = Some(e.to_string()),
+            }
+        }
+
+        for old in old_links {
+            // Unpinning the previous generation's links detaches them once
+            // their last reference (this one) is dropped.
+            if let Ok(link) = PinnedLink::from_pin(&old) {
+                let _ = link.unpin();
+            } else {
+                let _ = fs::remove_file(&old);
+            }
+        }
+
+        let agents = HashMap::try_from(
+            ebpf.take_map("AGENTS")
+                .ok_or(KernelError::Missing("map AGENTS"))?,
+        )
+        .map_err(map_err("AGENTS"))?;
+        let net4 = LpmTrie::try_from(
+            ebpf.take_map("NET4")
+                .ok_or(KernelError::Missing("map NET4"))?,
+        )
+        .map_err(map_err("NET4"))?;
+        let net6 = LpmTrie::try_from(
+            ebpf.take_map("NET6")
+                .ok_or(KernelError::Missing("map NET6"))?,
+        )
+        .map_err(map_err("NET6"))?;
+        let unix_map = HashMap::try_from(
+            ebpf.take_map("UNIX")
+                .ok_or(KernelError::Missing("map UNIX"))?,
+        )
+        .map_err(map_err("UNIX"))?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(KernelError::Missing("map EVENTS"))?,
+        )
+        .map_err(map_err("EVENTS"))?;
+        Ok((
+            Kernel {
+                _ebpf: ebpf,
+                _config: config,
+                agents,
+                net4,
+                net6,
+                unix: unix_map,
+                pin_dir: opts.pin_dir.clone(),
+                layers,
+            },
+            ring,
+        ))
+    }
+
+    /// Writes an agent's rules, then the agent itself: the programs deny a
+    /// scope they do not know, so the scope is never open before its rules
+    /// are in place.
+    pub fn add_agent(
+        &mut self,
+        cgroup_id: u64,
+        info: AgentInfo,
+        net: &NetEntries<'_>,
+    ) -> Result<AgentKeys, KernelError> {
+        let mut keys = AgentKeys {
+            cgroup_id,
+            ..AgentKeys::default()
+        };
+        let result = self.write_agent(info, net, &mut keys);
+        if let Err(e) = result {
+            self.remove_agent(&keys);
+            return Err(e);
+        }
+        Ok(keys)
+    }
+
+    fn write_agent(
+        &mut self,
+        info: AgentInfo,
+        net: &NetEntries<'_>,
+        keys: &mut AgentKeys,
+    ) -> Result<(), KernelError> {
+        for (bits, addr, value) in net.v4 {
+            let key = Key::new(
+                SLOT_PREFIX_BITS + bits,
+                Net4Key {
+                    slot: info.slot,
+                    addr: *addr,
+                },
+            );
+            self.net4.insert(&key, value, 0).map_err(map_err("NET4"))?;
+            keys.v4.push((key.prefix_len(), key.data()));
+        }
+        for (bits, addr, value) in net.v6 {
+            let key = Key::new(
+                SLOT_PREFIX_BITS + bits,
+                Net6Key {
+                    slot: info.slot,
+                    addr: *addr,
+                },
+            );
+            self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
+            keys.v6.push((key.prefix_len(), key.data()));
+        }
+        for (path, rule) in net.unix {
+            let key = UnixKey {
+                slot: info.slot,
+                path: *path,
+            };
+            self.unix.insert(key, rule, 0).map_err(map_err("UNIX"))?;
+            keys.unix.push(key);
+        }
+        self.agents
+            .insert(keys.cgroup_id, info, 0)
+            .map_err(map_err("AGENTS"))?;
+        Ok(())
+    }
+
+    /// Removes everything `add_agent` wrote. Missing keys are not errors: a
+    /// half-written agent is removed the same way.
+    pub fn remove_agent(&mut self, keys: &AgentKeys) {
+        let _ = self.agents.remove(&keys.cgroup_id);
+        for (bits, data) in &keys.v4 {
+            let _ = self.net4.remove(&Key::new(*bits, *data));
+        }
+        for (bits, data) in &keys.v6 {
+            let _ = self.net6.remove(&Key::new(*bits, *data));
+        }
+        for k in &keys.unix {
+            let _ = self.unix.remove(k);
+        }
+    }
+
+    /// The agent's counters as the programs left them.
+    pub fn agent_info(&self, cgroup_id: u64) -> Option<AgentInfo> {
+        self.agents.get(&cgroup_id, 0).ok()
+    }
+
+    /// Removes this instance's pins. Only for a clean shutdown with no live
+    /// agents: afterwards nothing holds the programs attached.
+    pub fn unpin_all(&self) {
+        let links_dir = self.pin_dir.join("links");
+        if let Ok(entries) = fs::read_dir(&links_dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let maps_dir = self.pin_dir.join("maps");
+        for n in MAP_NAMES {
+            let _ = fs::remove_file(maps_dir.join(n));
+        }
+        let _ = fs::remove_dir(&links_dir);
+        let _ = fs::remove_dir(&maps_dir);
+        let _ = fs::remove_dir(&self.pin_dir);
+    }
+}
+
+fn map_raw_fd(map: &aya::maps::Map) -> Option<i32> {
+    use aya::maps::Map;
+    let data = match map {
+        Map::HashMap(d) | Map::LpmTrie(d) | Map::RingBuf(d) | Map::Array(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd().as_raw_fd())
+}

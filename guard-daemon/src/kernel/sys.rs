@@ -1,0 +1,132 @@
+//! The few raw `bpf(2)` commands guard issues itself (for the Unix hooks that
+//! aya cannot load). Everything else goes through aya.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn};
+
+/// Runs one bpf command on a zero-initialised attribute union.
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a valid, fully initialised `bpf_attr` that lives for
+    // the duration of the call; the size passed is its real size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: `bpf_attr` is a plain C union of integers; all-zero is the
+    // kernel's "unset" value for every field.
+    unsafe { std::mem::zeroed() }
+}
+
+fn owned(rc: i64) -> OwnedFd {
+    // SAFETY: a successful bpf command that returns a descriptor hands us its
+    // only reference.
+    unsafe { OwnedFd::from_raw_fd(rc as i32) }
+}
+
+/// `BPF_PROG_LOAD`. On failure the verifier log is returned with the error.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[bpf_insn],
+    name: &str,
+) -> Result<OwnedFd, (std::io::Error, String)> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 1 << 20];
+    let mut attempt = |with_log: bool| {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the `BPF_PROG_LOAD` member of the union we own.
+        let u = unsafe { &mut attr.__bindgen_anon_3 };
+        u.prog_type = prog_type;
+        u.expected_attach_type = expected_attach_type;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = insns.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        for (dst, src) in u.prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *dst = src as libc::c_char;
+        }
+        if with_log {
+            u.log_level = 1;
+            u.log_size = log.len() as u32;
+            u.log_buf = log.as_mut_ptr() as u64;
+        }
+        bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+    };
+    match attempt(false) {
+        Ok(fd) => Ok(owned(fd)),
+        Err(first) => {
+            // Load again with the log only on failure: the log slows the
+            // verifier down and is useless when the program is accepted.
+            let _ = attempt(true);
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            // The verdict is at the end of the log; keep that part readable.
+            let start = end.saturating_sub(4096);
+            Err((
+                first,
+                String::from_utf8_lossy(&log[start..end]).into_owned(),
+            ))
+        }
+    }
+}
+
+/// `BPF_LINK_CREATE` for a cgroup attach point.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> std::io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the `BPF_LINK_CREATE` member of the union we own.
+    let u = unsafe { &mut attr.link_create };
+    u.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    u.__bindgen_anon_2.target_fd = cgroup.as_raw_fd() as u32;
+    u.attach_type = attach_type;
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+fn path_cstring(path: &Path) -> std::io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// `BPF_OBJ_PIN`: keeps the object alive after guardd's descriptor closes.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    let c = path_cstring(path)?;
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the `BPF_OBJ_*` member of the union we own.
+    let u = unsafe { &mut attr.__bindgen_anon_4 };
+    u.pathname = c.as_ptr() as u64;
+    u.bpf_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_rejects_nul_in_path() {
+        let p = Path::new("/sys/fs/bpf/a\0b");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        let err = obj_pin(f.as_fd(), p).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
+}

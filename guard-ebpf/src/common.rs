@@ -1,0 +1,103 @@
+//! What every hook does the same way: find the agent a task belongs to, fill
+//! the event header, and count what could not be reported.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    generated::bpf_get_current_ancestor_cgroup_id,
+};
+use guard_common::{AgentInfo, EventHeader};
+
+use crate::maps::{AGENTS, CONFIG};
+
+/// The agent a task belongs to, found through its ancestor cgroup at the
+/// agents' level. `info` is null when the ancestor is not a known scope: the
+/// programs only run under guard's parent cgroup, so that is an anomaly
+/// (a scope being removed, or a cgroup guard does not manage) and is denied.
+pub struct Agent {
+    pub cgroup_id: u64,
+    pub info: *mut AgentInfo,
+}
+
+#[inline(always)]
+pub fn current_agent() -> Agent {
+    let level = match CONFIG.get(0) {
+        Some(cfg) => cfg.agent_level,
+        None => 0,
+    };
+    // SAFETY: a plain BPF helper call without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+    let info = match AGENTS.get_ptr_mut(&cgroup_id) {
+        Some(p) => p,
+        None => core::ptr::null_mut(),
+    };
+    Agent { cgroup_id, info }
+}
+
+impl Agent {
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        if self.info.is_null() {
+            u32::MAX
+        } else {
+            // SAFETY: non-null pointers come from a map lookup and stay valid
+            // for the whole program run (RCU).
+            unsafe { (*self.info).slot }
+        }
+    }
+
+    #[inline(always)]
+    pub fn flags(&self) -> u32 {
+        if self.info.is_null() {
+            0
+        } else {
+            // SAFETY: as in `slot`.
+            unsafe { (*self.info).flags }
+        }
+    }
+
+    /// Counts a decision that was not an allow (denial or audit verdict).
+    #[inline(always)]
+    pub fn count_denied(&self) {
+        if !self.info.is_null() {
+            // SAFETY: the map value outlives the program run and the field is
+            // 8-byte aligned; concurrent updates from other CPUs are atomic.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut (*self.info).denied,
+                    1,
+                )
+            };
+        }
+    }
+
+    /// Counts an event the ring buffer had no room for, so that user space
+    /// can journal the loss instead of losing it silently.
+    #[inline(always)]
+    pub fn count_lost(&self) {
+        if !self.info.is_null() {
+            // SAFETY: as in `count_denied`.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*self.info).lost, 1)
+            };
+        }
+    }
+
+    #[inline(always)]
+    pub fn header(&self, kind: u16, verdict: u8, reason: u8) -> EventHeader {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        EventHeader {
+            kind,
+            verdict,
+            reason,
+            slot: self.slot(),
+            // SAFETY: a plain BPF helper call.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            cgroup_id: self.cgroup_id,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! guard's kernel programs loaded through aya. Entry points only; the logic
+//! lives in one module per hook family.
+#![no_std]
+#![no_main]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`;
+// the intrinsic lowers to the BPF atomic add instruction.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only way to emit BPF_ATOMIC_ADD"
+)]
+
+mod common;
+mod maps;
+mod net;
+
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+use guard_common::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
+
+#[cgroup_sock_addr(connect4)]
+pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
+    net::judge_addr(&ctx, HOOK_CONNECT4, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
+    net::judge_addr(&ctx, HOOK_CONNECT6, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
+    net::judge_addr(&ctx, HOOK_SENDMSG4, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
+    net::judge_addr(&ctx, HOOK_SENDMSG6, true)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn guard_sock_create(ctx: SockContext) -> i32 {
+    net::judge_socket(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

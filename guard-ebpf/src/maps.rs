@@ -1,0 +1,32 @@
+//! Maps shared by every program. guardd creates them once (through aya, from
+//! the main object) and pins them; the Unix-hook object refers to the same
+//! maps by name and guardd hands it their descriptors.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, RingBuf},
+};
+use guard_common::{
+    AgentInfo, Config, EVENTS_RING_BYTES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES, Net4Key,
+    Net6Key, NetValue, UNIX_MAX_ENTRIES, UnixKey,
+};
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static AGENTS: HashMap<u64, AgentInfo> = HashMap::with_max_entries(MAX_AGENTS, 0);
+
+#[map]
+pub static NET4: LpmTrie<Net4Key, NetValue> = LpmTrie::with_max_entries(NET4_MAX_ENTRIES, 0);
+
+#[map]
+pub static NET6: LpmTrie<Net6Key, NetValue> = LpmTrie::with_max_entries(NET6_MAX_ENTRIES, 0);
+
+/// Unix socket addresses an agent may connect or send to; the value is the
+/// index of the rule that allows it.
+#[map]
+pub static UNIX: HashMap<UnixKey, u32> = HashMap::with_max_entries(UNIX_MAX_ENTRIES, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

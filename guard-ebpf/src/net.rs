@@ -1,0 +1,287 @@
+//! Network egress: the inet `connect`/`sendmsg` hooks judge the address the
+//! kernel will really use against the agent's LPM tries, and `sock_create`
+//! refuses sockets that would bypass those hooks.
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    maps::lpm_trie::Key,
+    programs::{SockAddrContext, SockContext},
+};
+use guard_common::{
+    AF_INET, AF_INET6, AGENT_AUDIT, EVENT_NET, EVENT_SOCK, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_PORT_RANGES, NO_RULE, Net4Key, Net6Key, NetEvent, NetValue, PROTO_TCP, PROTO_UDP,
+    REASON_NO_RULE, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE,
+    SLOT_PREFIX_BITS, SOCK_DGRAM, SOCK_STREAM, SockEvent, VERDICT_AUDIT, VERDICT_DENIED,
+};
+
+use crate::{
+    common::{Agent, current_agent},
+    maps::{EVENTS, NET4, NET6},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+struct Decision {
+    allowed: bool,
+    rule: u32,
+    reason: u8,
+}
+
+#[inline(always)]
+fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decision {
+    let mut i = 0;
+    while i < MAX_PORT_RANGES {
+        if i as u32 >= value.count {
+            break;
+        }
+        let r = &value.ranges[i];
+        if r.protos & proto_bit != 0 && port >= r.lo && port <= r.hi {
+            return Decision {
+                allowed: true,
+                rule: r.rule as u32,
+                reason: REASON_NO_RULE,
+            };
+        }
+        i += 1;
+    }
+    Decision {
+        allowed: false,
+        rule: value.cidr_rule,
+        reason: REASON_PORT,
+    }
+}
+
+#[inline(always)]
+fn judge4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
+    let key = Key::new(SLOT_PREFIX_BITS + 32, Net4Key { slot, addr });
+    match NET4.get(&key) {
+        Some(v) => match_ports(v, port, proto_bit),
+        None => Decision {
+            allowed: false,
+            rule: NO_RULE,
+            reason: REASON_NO_RULE,
+        },
+    }
+}
+
+#[inline(always)]
+fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
+    let key = Key::new(SLOT_PREFIX_BITS + 128, Net6Key { slot, addr });
+    match NET6.get(&key) {
+        Some(v) => match_ports(v, port, proto_bit),
+        None => Decision {
+            allowed: false,
+            rule: NO_RULE,
+            reason: REASON_NO_RULE,
+        },
+    }
+}
+
+#[inline(always)]
+fn proto_bit(protocol: u32) -> u8 {
+    match protocol {
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+/// `::ffff:a.b.c.d` reaches the IPv4 address a.b.c.d.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+    if a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+    {
+        Some([a[12], a[13], a[14], a[15]])
+    } else {
+        None
+    }
+}
+
+/// The kernel sends a connect or datagram to an unspecified address to the
+/// loopback address of the same family; judge it as that.
+#[inline(always)]
+fn resolve4(addr: [u8; 4]) -> [u8; 4] {
+    if addr == [0, 0, 0, 0] {
+        [127, 0, 0, 1]
+    } else {
+        addr
+    }
+}
+
+#[inline(always)]
+fn is_unspecified6(a: &[u8; 16]) -> bool {
+    let mut acc = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        acc |= a[i];
+        i += 1;
+    }
+    acc == 0
+}
+
+/// Entry point of the four inet address hooks.
+#[inline(always)]
+pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
+    let agent = current_agent();
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: `sa` is the program's context; the verifier checks each field
+    // access against the attach type.
+    let (port_raw, protocol, sock_type) = unsafe { ((*sa).user_port, (*sa).protocol, (*sa).type_) };
+    let port = u16::from_be(port_raw as u16);
+
+    let mut ev = NetEvent {
+        hook,
+        protocol: protocol as u8,
+        port,
+        sock_type: sock_type as u16,
+        rule: NO_RULE,
+        ..NetEvent::default()
+    };
+
+    let bit = proto_bit(protocol);
+    let decision = if agent.info.is_null() {
+        Decision {
+            allowed: false,
+            rule: NO_RULE,
+            reason: REASON_UNKNOWN_SCOPE,
+        }
+    } else if v6 {
+        // SAFETY: as above; `user_ip6` is readable in the IPv6 hooks.
+        let words = unsafe { (*sa).user_ip6 };
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            addr[i * 4] = b[0];
+            addr[i * 4 + 1] = b[1];
+            addr[i * 4 + 2] = b[2];
+            addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        ev.orig_family = AF_INET6;
+        ev.orig_addr = addr;
+        if let Some(v4) = v4_mapped(&addr) {
+            let judged = resolve4(v4);
+            ev.family = AF_INET as u8;
+            ev.rewritten = 1;
+            ev.addr[..4].copy_from_slice(&judged);
+            if bit == 0 {
+                Decision {
+                    allowed: false,
+                    rule: NO_RULE,
+                    reason: REASON_PROTOCOL,
+                }
+            } else {
+                judge4(agent.slot(), judged, port, bit)
+            }
+        } else {
+            let judged = if is_unspecified6(&addr) {
+                ev.rewritten = 1;
+                let mut lo = [0u8; 16];
+                lo[15] = 1;
+                lo
+            } else {
+                addr
+            };
+            ev.family = AF_INET6 as u8;
+            ev.addr = judged;
+            if bit == 0 {
+                Decision {
+                    allowed: false,
+                    rule: NO_RULE,
+                    reason: REASON_PROTOCOL,
+                }
+            } else {
+                judge6(agent.slot(), judged, port, bit)
+            }
+        }
+    } else {
+        // SAFETY: as above; `user_ip4` is readable in the IPv4 hooks.
+        let addr = unsafe { (*sa).user_ip4 }.to_ne_bytes();
+        let judged = resolve4(addr);
+        ev.orig_family = AF_INET;
+        ev.orig_addr[..4].copy_from_slice(&addr);
+        ev.family = AF_INET as u8;
+        ev.rewritten = (judged != addr) as u8;
+        ev.addr[..4].copy_from_slice(&judged);
+        if bit == 0 {
+            Decision {
+                allowed: false,
+                rule: NO_RULE,
+                reason: REASON_PROTOCOL,
+            }
+        } else {
+            judge4(agent.slot(), judged, port, bit)
+        }
+    };
+
+    if decision.allowed {
+        return ALLOW;
+    }
+    let audit = agent.flags() & AGENT_AUDIT != 0;
+    ev.rule = decision.rule;
+    ev.hdr = agent.header(
+        EVENT_NET,
+        if audit { VERDICT_AUDIT } else { VERDICT_DENIED },
+        decision.reason,
+    );
+    report(&agent, &ev);
+    if audit { ALLOW } else { DENY }
+}
+
+#[inline(always)]
+fn report<T: 'static>(agent: &Agent, ev: &T) {
+    agent.count_denied();
+    match EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            // SAFETY: `ev` is a plain `repr(C)` value copied into the reserved,
+            // correctly sized ring buffer slot.
+            unsafe { core::ptr::copy_nonoverlapping(ev as *const T, slot.as_mut_ptr(), 1) };
+            slot.submit(0);
+        }
+        None => agent.count_lost(),
+    }
+}
+
+/// `cgroup/sock_create`: only TCP stream and UDP datagram sockets of the inet
+/// families are allowed; raw sockets, ICMP "ping" sockets and other
+/// transports would escape the address hooks, so they are refused here.
+#[inline(always)]
+pub fn judge_socket(ctx: &SockContext) -> i32 {
+    let agent = current_agent();
+    // SAFETY: `ctx.sock` is the program's context.
+    let (family, sock_type, protocol) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    if family != AF_INET && family != AF_INET6 {
+        return ALLOW;
+    }
+    let known = !agent.info.is_null();
+    let ok = known
+        && ((sock_type == SOCK_STREAM && protocol == IPPROTO_TCP)
+            || (sock_type == SOCK_DGRAM && protocol == IPPROTO_UDP));
+    if ok {
+        return ALLOW;
+    }
+    let audit = agent.flags() & AGENT_AUDIT != 0;
+    let reason = if known {
+        REASON_SOCKET_TYPE
+    } else {
+        REASON_UNKNOWN_SCOPE
+    };
+    let ev = SockEvent {
+        hdr: agent.header(
+            EVENT_SOCK,
+            if audit { VERDICT_AUDIT } else { VERDICT_DENIED },
+            reason,
+        ),
+        family,
+        sock_type,
+        protocol,
+        _pad: 0,
+    };
+    report(&agent, &ev);
+    if audit { ALLOW } else { DENY }
+}
