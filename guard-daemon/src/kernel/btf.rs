@@ -43,6 +43,23 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
     Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
+/// Bytes that follow the common type header for each BTF kind.
+fn extra_bytes(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        1 => 4,                                      // INT
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, quals, FUNC, FLOAT, TYPE_TAG
+        3 => 12,                                     // ARRAY
+        4 | 5 => 12 * vlen,                          // STRUCT, UNION
+        6 => 8 * vlen,                               // ENUM
+        13 => 8 * vlen,                              // FUNC_PROTO
+        14 => 4,                                     // VAR
+        15 => 12 * vlen,                             // DATASEC
+        17 => 4,                                     // DECL_TAG
+        19 => 12 * vlen,                             // ENUM64
+        _ => return Err(BtfError::Malformed("unknown type kind")),
+    })
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
         Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
@@ -136,6 +153,23 @@ impl Btf {
         }
         self.structs = structs;
         Ok(())
+    }
+
+    /// BTF type id of the function `name` (for attach_btf_id).
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        let mut at = self.types_start;
+        let mut id = 1u32;
+        while at < self.types_end {
+            let name_off = u32_at(&self.data, at)?;
+            let info = u32_at(&self.data, at + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            if kind == 12 && self.string(name_off)? == name {
+                return Ok(id);
+            }
+            at += 12 + extra_bytes(kind, (info & 0xffff) as usize)?;
+            id += 1;
+        }
+        Err(BtfError::NoStruct(name.to_owned()))
     }
 
     /// Byte offset of `member` in `struct strukt` (direct members only).

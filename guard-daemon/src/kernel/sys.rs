@@ -85,6 +85,42 @@ pub fn prog_load(
     }
 }
 
+/// `BPF_PROG_LOAD` of a trivial BPF LSM program attached (by BTF id) to
+/// `bpf_lsm_file_open`: the honest test of whether BPF LSM works here, since
+/// `bpf` in the LSM list does not mean programs can load.
+pub fn probe_lsm_load(attach_btf_id: u32) -> std::io::Result<()> {
+    const PROG_TYPE_LSM: u32 = 29;
+    const BPF_LSM_MAC: u32 = 27;
+    // r0 = 0; exit
+    let insns = [
+        bpf_insn {
+            code: 0xb7,
+            _bitfield_align_1: [],
+            _bitfield_1: bpf_insn::new_bitfield_1(0, 0),
+            off: 0,
+            imm: 0,
+        },
+        bpf_insn {
+            code: 0x95,
+            _bitfield_align_1: [],
+            _bitfield_1: bpf_insn::new_bitfield_1(0, 0),
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the `BPF_PROG_LOAD` member of the union we own.
+    let u = unsafe { &mut attr.__bindgen_anon_3 };
+    u.prog_type = PROG_TYPE_LSM;
+    u.expected_attach_type = BPF_LSM_MAC;
+    u.attach_btf_id = attach_btf_id;
+    u.insn_cnt = insns.len() as u32;
+    u.insns = insns.as_ptr() as u64;
+    u.license = license.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map(|fd| drop(owned(fd)))
+}
+
 /// `BPF_LINK_CREATE` for a cgroup attach point.
 pub fn link_create(
     prog: BorrowedFd<'_>,

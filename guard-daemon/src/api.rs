@@ -1,0 +1,523 @@
+//! The guardd protocol: JSON lines over a Unix socket.
+//!
+//! Every request is one line `{"v":1,"id":N,"op":"...",...}` and gets one or
+//! more response lines carrying the same id: `{"v":1,"id":N,"ok":true,...}`
+//! or `{"v":1,"id":N,"ok":false,"error":{"code":"...","message":"..."}}`.
+//! Streams (`logs`) send `record` lines and end with `"done":true`. The
+//! `open` response carries descriptors (the scope's cgroup) as SCM_RIGHTS on
+//! the same message. A malformed line gets an error response; the connection
+//! stays usable.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const DEFAULT_SOCKET: &str = "/run/guard/guard.sock";
+/// Longest request line accepted; longer lines are answered with an error
+/// and skipped, so one client cannot make the daemon buffer without bound.
+pub const MAX_LINE: usize = 4 << 20;
+/// Most descriptors one response may carry.
+pub const MAX_FDS: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("guardd answered: {code}: {message}")]
+    Remote { code: String, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Requests, keyed by `op`. Each variant wraps a struct so that parsing can
+/// name the offending field of a bad request (see `parse_request`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello(Empty),
+    Open(OpenRequest),
+    /// The launcher started the agent's main process.
+    Started(StartedRequest),
+    /// The agent's main process ended; guardd ends the scope.
+    Exited(ExitedRequest),
+    Logs(LogsRequest),
+    Ps(Empty),
+    Control(ControlRequest),
+    Doctor(Empty),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartedRequest {
+    pub agent: String,
+    pub pid: i32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExitedRequest {
+    pub agent: String,
+    pub status: ExitStatus,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    pub agent: String,
+    pub action: ControlAction,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    Kill,
+    Freeze,
+    Thaw,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// Path of the policy file, for messages and the journal.
+    pub policy_path: String,
+    /// The policy text: guardd compiles it itself rather than trusting a
+    /// compiled plan from the client.
+    pub policy_text: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub audit: bool,
+    pub argv: Vec<String>,
+    pub workdir: String,
+    pub home: String,
+    /// Layers the user accepts to run without (`--allow-degraded`).
+    #[serde(default)]
+    pub accept_degraded: Vec<String>,
+    /// Host-side checks the launcher already made (e.g. Landlock ABI), to be
+    /// journaled with the start record.
+    #[serde(default)]
+    pub launcher_notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OpenReply {
+    pub agent: AgentRef,
+    /// The agent's private temporary directory (`{tmp}`).
+    pub tmp: String,
+    pub cgroup: String,
+    /// Number of v1 `cgroup.procs` descriptors that follow the cgroup
+    /// directory descriptor.
+    pub v1_procs: usize,
+    /// Layers guardd could not enforce and the user accepted.
+    pub degraded: Vec<String>,
+}
+
+pub use crate::journal::AgentRef;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "how", content = "value")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitReply {
+    pub denied: u64,
+    pub audited: u64,
+    pub lost: u64,
+    pub leftover_killed: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogsRequest {
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PsEntry {
+    pub id: String,
+    pub name: String,
+    pub policy: String,
+    pub mode: String,
+    pub main_pid: Option<i32>,
+    pub processes: usize,
+    pub uptime_secs: u64,
+    pub denied: u64,
+    pub frozen: bool,
+}
+
+/// Error codes, stable for scripts.
+pub mod code {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    pub const POLICY: &str = "policy";
+    pub const DEGRADED: &str = "degraded";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const INTERNAL: &str = "internal";
+    pub const TOO_LONG: &str = "too_long";
+}
+
+/// Deserialises a request body, naming the offending field on error.
+fn payload<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
+}
+
+/// A parsed request line: `Err` carries the id (if readable) and the error
+/// to answer with.
+pub fn parse_request(line: &[u8]) -> Result<(u64, Request), (u64, &'static str, String)> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| (0, code::BAD_REQUEST, format!("not JSON: {e}")))?;
+    let Value::Object(mut map) = value else {
+        return Err((0, code::BAD_REQUEST, "a request is a JSON object".into()));
+    };
+    let id = map.remove("id").and_then(|v| v.as_u64()).unwrap_or(0);
+    match map.remove("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err((
+                id,
+                code::UNSUPPORTED_VERSION,
+                format!(
+                    "protocol version {v} is not supported (this guardd speaks {PROTOCOL_VERSION})"
+                ),
+            ));
+        }
+        None => {
+            return Err((
+                id,
+                code::BAD_REQUEST,
+                "missing protocol version \"v\"".into(),
+            ));
+        }
+    }
+    let op = match map.remove("op") {
+        Some(Value::String(op)) => op,
+        Some(_) => return Err((id, code::BAD_REQUEST, "\"op\" must be a string".into())),
+        None => return Err((id, code::BAD_REQUEST, "missing \"op\"".into())),
+    };
+    let body = Value::Object(map);
+    let bad = |e: String| (id, code::BAD_REQUEST, format!("{op}: {e}"));
+    let req = match op.as_str() {
+        "hello" => Request::Hello(payload(body).map_err(bad)?),
+        "open" => Request::Open(payload(body).map_err(bad)?),
+        "started" => Request::Started(payload(body).map_err(bad)?),
+        "exited" => Request::Exited(payload(body).map_err(bad)?),
+        "logs" => Request::Logs(payload(body).map_err(bad)?),
+        "ps" => Request::Ps(payload(body).map_err(bad)?),
+        "control" => Request::Control(payload(body).map_err(bad)?),
+        "doctor" => Request::Doctor(payload(body).map_err(bad)?),
+        other => {
+            return Err((
+                id,
+                code::BAD_REQUEST,
+                format!(
+                    "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor"
+                ),
+            ));
+        }
+    };
+    Ok((id, req))
+}
+
+pub fn encode_request(id: u64, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let mut value = serde_json::to_value(req)?;
+    if let Value::Object(map) = &mut value {
+        map.insert("v".into(), PROTOCOL_VERSION.into());
+        map.insert("id".into(), id.into());
+    }
+    let mut line = serde_json::to_vec(&value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// A successful response line with `fields` merged in.
+pub fn ok_line(id: u64, fields: Value) -> Vec<u8> {
+    let mut map = match fields {
+        Value::Object(m) => m,
+        Value::Null => serde_json::Map::new(),
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("result".into(), other);
+            m
+        }
+    };
+    map.insert("v".into(), PROTOCOL_VERSION.into());
+    map.insert("id".into(), id.into());
+    map.insert("ok".into(), true.into());
+    let mut line = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+pub fn error_line(id: u64, code: &str, message: &str) -> Vec<u8> {
+    let v = serde_json::json!({
+        "v": PROTOCOL_VERSION,
+        "id": id,
+        "ok": false,
+        "error": {"code": code, "message": message},
+    });
+    let mut line = serde_json::to_vec(&v).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Interprets a response line: the fields on success, `Remote` on error.
+pub fn parse_response(line: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(line)?;
+    let Value::Object(map) = v else {
+        return Err(ApiError::Protocol("response is not an object".into()));
+    };
+    if map.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(map);
+    }
+    let err = map.get("error");
+    let code = err
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned();
+    let message = err
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Err(ApiError::Remote { code, message })
+}
+
+/// Sends `bytes` with `fds` attached (blocking socket).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(io::Error::from)?;
+    if sent < bytes.len() {
+        // The descriptors went with the first part; the rest is plain data.
+        write_all_fd(sock, &bytes[sent..])?;
+    }
+    Ok(())
+}
+
+fn write_all_fd(sock: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(sock, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A blocking line reader that also collects descriptors sent alongside.
+pub struct LineConn {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl LineConn {
+    pub fn new(fd: OwnedFd) -> Self {
+        LineConn {
+            fd,
+            buf: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    pub fn send(&self, line: &[u8]) -> io::Result<()> {
+        write_all_fd(self.fd(), line)
+    }
+
+    /// Next line (without the newline), or `None` at end of stream.
+    pub fn read_line(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let rest = self.buf.split_off(pos + 1);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.pop();
+                return Ok(Some(line));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(ApiError::Protocol("response line too long".into()));
+            }
+            let mut chunk = [0u8; 16384];
+            let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(&mut chunk)];
+            let msg = match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(ApiError::Io(e.into())),
+            };
+            let n = msg.bytes;
+            for c in msg.cmsgs().map_err(|e| ApiError::Io(e.into()))? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: descriptors received with SCM_RIGHTS are new
+                        // and owned by this process.
+                        self.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Descriptors received so far, in order.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+
+    /// One request/response exchange.
+    pub fn call(
+        &mut self,
+        id: u64,
+        req: &Request,
+    ) -> Result<serde_json::Map<String, Value>, ApiError> {
+        self.send(&encode_request(id, req)?)?;
+        let line = self
+            .read_line()?
+            .ok_or_else(|| ApiError::Protocol("guardd closed the connection".into()))?;
+        parse_response(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let req = Request::Open(OpenRequest {
+            policy_path: "p.toml".into(),
+            policy_text: "[policy]\nname='x'".into(),
+            argv: vec!["/bin/true".into()],
+            workdir: "/w".into(),
+            home: "/root".into(),
+            ..Default::default()
+        });
+        let line = encode_request(7, &req).unwrap();
+        let (id, back) = parse_request(&line[..line.len() - 1]).unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"not json", code::BAD_REQUEST, "not JSON"),
+            (b"[1,2]", code::BAD_REQUEST, "object"),
+            (br#"{"id":3,"op":"ps"}"#, code::BAD_REQUEST, "version"),
+            (
+                br#"{"v":9,"id":3,"op":"ps"}"#,
+                code::UNSUPPORTED_VERSION,
+                "version 9",
+            ),
+            (br#"{"v":1,"id":4,"op":"nope"}"#, code::BAD_REQUEST, "nope"),
+            (
+                br#"{"v":1,"id":5,"op":"ps","extra":1}"#,
+                code::BAD_REQUEST,
+                "extra",
+            ),
+            (
+                br#"{"v":1,"id":6,"op":"logs","pid":"x"}"#,
+                code::BAD_REQUEST,
+                "pid",
+            ),
+        ];
+        for (line, want_code, want_text) in cases {
+            let (_, code, msg) = parse_request(line).unwrap_err();
+            assert_eq!(code, *want_code, "{}", String::from_utf8_lossy(line));
+            assert!(msg.contains(want_text), "{msg}");
+        }
+        // The id is echoed when it can be read.
+        assert_eq!(
+            parse_request(br#"{"v":1,"id":42,"op":"x"}"#).unwrap_err().0,
+            42
+        );
+    }
+
+    #[test]
+    fn responses() {
+        let ok = ok_line(3, serde_json::json!({"agents": []}));
+        let map = parse_response(&ok[..ok.len() - 1]).unwrap();
+        assert_eq!(map["id"], 3);
+        let err = error_line(3, code::NOT_FOUND, "no agent x");
+        match parse_response(&err[..err.len() - 1]) {
+            Err(ApiError::Remote { code, message }) => {
+                assert_eq!(code, "not_found");
+                assert_eq!(message, "no agent x");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fds_travel_with_lines() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = OwnedFd::from(a);
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        send_with_fds(a.as_fd(), b"{\"x\":1}\nnext\n", &[f.as_raw_fd()]).unwrap();
+        let mut conn = LineConn::new(OwnedFd::from(b));
+        assert_eq!(conn.read_line().unwrap().unwrap(), b"{\"x\":1}");
+        assert_eq!(conn.take_fds().len(), 1);
+        assert_eq!(conn.read_line().unwrap().unwrap(), b"next");
+        drop(a);
+        assert_eq!(conn.read_line().unwrap(), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! One module per guardctl verb; shared helpers here.
+
+pub mod control;
+pub mod doctor;
+pub mod logs;
+pub mod policy;
+pub mod ps;
+pub mod run;
+
+use std::{os::fd::OwnedFd, path::Path};
+
+use guard_daemon::api::{ApiError, LineConn};
+
+/// Connects to guardd, or explains how to start it.
+pub fn connect(socket: &Path) -> Result<LineConn, String> {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => Ok(LineConn::new(OwnedFd::from(s))),
+        Err(e) => Err(format!(
+            "cannot reach guardd at {} ({e}). Start it with `sudo guardd` (or point --socket / GUARD_SOCKET at a running one)",
+            socket.display()
+        )),
+    }
+}
+
+pub fn describe(e: &ApiError) -> String {
+    match e {
+        ApiError::Remote { code, message } => format!("{message} [{code}]"),
+        other => other.to_string(),
+    }
+}
+
+/// Prints an error the way every verb does.
+pub fn fail(msg: impl std::fmt::Display) {
+    eprintln!("guardctl: {msg}");
+}

@@ -1,0 +1,557 @@
+//! `guardctl run --policy FILE [--name N] [--audit] -- CMD ARGS...`
+//!
+//! Validates the policy (exit 2 on error, before anything starts), asks
+//! guardd for a scope, starts CMD inside it through the launcher, forwards
+//! signals, reports the exit to guardd and exits with CMD's status. One
+//! summary line goes to stderr.
+
+use std::{
+    ffi::{CString, OsString},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::{OsStrExt, OsStringExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use clap::Args;
+use guard_daemon::{
+    api::{
+        ApiError, ExitReply, ExitStatus, ExitedRequest, LineConn, OpenReply, OpenRequest, Request,
+        StartedRequest,
+    },
+    launch::{self, Credentials, LaunchSpec, caps, landlock, seccomp},
+    policy::{Plan, Policy, UserSpec, Vars},
+};
+
+use super::{connect, describe, fail};
+use crate::{Cli, EXIT_GUARD, EXIT_USAGE};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The policy file (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Agent name in the journal (default: the policy's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Allow everything, but record what the policy would have denied.
+    #[arg(long)]
+    audit: bool,
+    /// Start even though these layers cannot be enforced here (comma list of
+    /// `landlock`, `unix`, `limits`, or `all`). The degradation is journaled.
+    #[arg(long, value_delimiter = ',')]
+    allow_degraded: Vec<String>,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+/// Home directory for `{home}`.
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // SAFETY: getuid has no preconditions.
+            let uid = unsafe { libc::getuid() };
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
+    let path_str = args.policy.display().to_string();
+    let text = match std::fs::read_to_string(&args.policy) {
+        Ok(t) => t,
+        Err(e) => {
+            fail(format!("{path_str}: cannot read: {e}"));
+            return EXIT_USAGE;
+        }
+    };
+    let policy = match Policy::parse(&text, &path_str) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let workdir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            fail(format!("cannot read the current directory: {e}"));
+            return EXIT_GUARD;
+        }
+    };
+    let home = home_dir();
+    // Compile once now so every error is reported before anything starts;
+    // {tmp} is only known once guardd has created it.
+    if let Err(e) = policy.compile(&Vars {
+        workdir: workdir.clone(),
+        home: home.clone(),
+        tmp: std::env::temp_dir().join("guard-check"),
+    }) {
+        eprintln!("{e}");
+        return EXIT_USAGE;
+    }
+    let accepts = |w: &str| args.allow_degraded.iter().any(|a| a == w || a == "all");
+    for a in &args.allow_degraded {
+        if !matches!(a.as_str(), "landlock" | "unix" | "limits" | "all") {
+            fail(format!(
+                "--allow-degraded: unknown layer {a:?} (expected landlock, unix, limits or all)"
+            ));
+            return EXIT_USAGE;
+        }
+    }
+
+    let cmd0 = args.command[0].to_string_lossy().into_owned();
+    let Some(program) = launch::resolve_program(&cmd0, std::env::var("PATH").ok().as_deref())
+    else {
+        fail(format!("{cmd0}: command not found"));
+        return 127;
+    };
+
+    // Landlock is checked before asking for a scope, so a host that cannot
+    // enforce the policy's file rules is refused without side effects.
+    let mut notes = Vec::new();
+    let fs_restricted = policy_restricts_fs(&policy, &workdir, &home);
+    match landlock::abi_version() {
+        Ok(abi) => notes.push(format!("landlock ABI {abi}")),
+        Err(e) if fs_restricted && !accepts("landlock") => {
+            fail(format!(
+                "layer `landlock` cannot be enforced on this host ({e}), and the policy restricts files and programs. \
+                 Refusing to start; pass --allow-degraded landlock to run without file and exec rules"
+            ));
+            return EXIT_GUARD;
+        }
+        Err(e) => notes.push(format!(
+            "landlock unavailable ({e}); file and exec rules NOT enforced (accepted)"
+        )),
+    }
+    if !fs_restricted {
+        notes.push("policy has no [filesystem] table: file access is not restricted".into());
+    }
+
+    let mut conn = match connect(&cli.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            fail(e);
+            return EXIT_GUARD;
+        }
+    };
+    let open = Request::Open(OpenRequest {
+        policy_path: std::fs::canonicalize(&args.policy)
+            .unwrap_or_else(|_| args.policy.clone())
+            .display()
+            .to_string(),
+        policy_text: text,
+        name: args.name.clone(),
+        audit: args.audit,
+        argv: args
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        workdir: workdir.display().to_string(),
+        home: home.display().to_string(),
+        accept_degraded: args.allow_degraded.clone(),
+        launcher_notes: notes.clone(),
+    });
+    let reply: OpenReply = match conn
+        .call(1, &open)
+        .and_then(|m| serde_json::from_value(serde_json::Value::Object(m)).map_err(ApiError::from))
+    {
+        Ok(r) => r,
+        Err(ApiError::Remote { code, message }) if code == "policy" => {
+            eprintln!("{message}");
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            fail(describe(&e));
+            return EXIT_GUARD;
+        }
+    };
+    let mut fds = conn.take_fds().into_iter();
+    let Some(cgroup) = fds.next() else {
+        fail("guardd did not send the scope's cgroup");
+        return abort(&mut conn, &reply, EXIT_GUARD);
+    };
+    let v1_procs: Vec<OwnedFd> = fds.collect();
+    if v1_procs.len() != reply.v1_procs {
+        fail("guardd sent an unexpected number of descriptors");
+        return abort(&mut conn, &reply, EXIT_GUARD);
+    }
+    for d in &reply.degraded {
+        eprintln!("guardctl: warning: degraded: {d}");
+    }
+    for n in &notes {
+        if n.contains("NOT enforced") || n.contains("not restricted") {
+            eprintln!("guardctl: warning: {n}");
+        }
+    }
+
+    let plan = match policy.compile(&Vars {
+        workdir: workdir.clone(),
+        home,
+        tmp: PathBuf::from(&reply.tmp),
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return abort(&mut conn, &reply, EXIT_USAGE);
+        }
+    };
+    let unix_degraded = reply.degraded.iter().any(|d| d.starts_with("unix:"));
+    let spec = match build_spec(
+        &plan,
+        &program,
+        args,
+        cgroup,
+        v1_procs,
+        &reply,
+        unix_degraded,
+        accepts("landlock"),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(e);
+            return abort(&mut conn, &reply, EXIT_GUARD);
+        }
+    };
+    if let Err(e) = launch::block_forwarded() {
+        fail(e);
+        return abort(&mut conn, &reply, EXIT_GUARD);
+    }
+    let sigfd = match signalfd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            fail(format!("signalfd: {e}"));
+            return abort(&mut conn, &reply, EXIT_GUARD);
+        }
+    };
+    let child = match launch::spawn(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&e);
+            let code = if matches!(e, launch::LaunchError::Exec { .. }) {
+                127
+            } else {
+                EXIT_GUARD
+            };
+            return abort(&mut conn, &reply, code);
+        }
+    };
+    drop(spec);
+    // Best effort: only `ps` uses it.
+    let _ = conn.call(
+        2,
+        &Request::Started(StartedRequest {
+            agent: reply.agent.id.clone(),
+            pid: child.pid,
+        }),
+    );
+    let status = wait_forwarding(&child, &sigfd);
+    let summary = report_exit(cli, &mut conn, &reply, status);
+    eprintln!("{}", summary_line(&reply, status, summary.as_ref()));
+    match status {
+        ExitStatus::Code(c) => c,
+        ExitStatus::Signal(s) => 128 + s,
+    }
+}
+
+fn policy_restricts_fs(policy: &Policy, workdir: &Path, home: &Path) -> bool {
+    policy
+        .compile(&Vars {
+            workdir: workdir.to_owned(),
+            home: home.to_owned(),
+            tmp: PathBuf::from("/tmp"),
+        })
+        .map(|p| p.filesystem.restricted)
+        .unwrap_or(true)
+}
+
+/// Ends the scope when the agent never started.
+fn abort(conn: &mut LineConn, reply: &OpenReply, code: i32) -> i32 {
+    let _ = conn.call(
+        9,
+        &Request::Exited(ExitedRequest {
+            agent: reply.agent.id.clone(),
+            status: ExitStatus::Code(code),
+        }),
+    );
+    code
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces come from different places"
+)]
+fn build_spec(
+    plan: &Plan,
+    program: &Path,
+    args: &RunArgs,
+    cgroup: OwnedFd,
+    v1_procs: Vec<OwnedFd>,
+    reply: &OpenReply,
+    unix_degraded: bool,
+    landlock_degraded_ok: bool,
+) -> Result<LaunchSpec, String> {
+    let cstring =
+        |b: &[u8]| CString::new(b).map_err(|_| "an argument contains a NUL byte".to_owned());
+    let argv = args
+        .command
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k == "TMPDIR" || k == "GUARD_AGENT_ID" {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.into_vec());
+        envp.push(cstring(&kv)?);
+    }
+    envp.push(cstring(format!("TMPDIR={}", reply.tmp).as_bytes())?);
+    envp.push(cstring(
+        format!("GUARD_AGENT_ID={}", reply.agent.id).as_bytes(),
+    )?);
+
+    // Landlock: files (when the policy restricts them), and scoping of
+    // abstract sockets and signals.
+    let mut grants = Vec::new();
+    if plan.filesystem.restricted {
+        for r in &plan.filesystem.rules {
+            grants.push(landlock::Grant {
+                path: r.path.clone(),
+                rights: landlock::rights_for(r.access.read, r.access.write, r.access.exec),
+                required: matches!(r.origin, guard_daemon::policy::Origin::Policy),
+                rule: r.rule.clone(),
+            });
+        }
+    }
+    let request = landlock::Request {
+        restrict_fs: plan.filesystem.restricted,
+        grants,
+        scope_abstract_unix: !plan.network.unix.iter().any(|(p, _)| p[0] == 0),
+        scope_signals: true,
+    };
+    let landlock = match landlock::prepare(&request) {
+        Ok((prepared, _report)) => Some(prepared),
+        // Without Landlock the other layers still hold; the user accepted
+        // that (or the policy does not restrict files), and it was journaled
+        // with the start record.
+        Err(landlock::LandlockError::Unavailable(_))
+            if landlock_degraded_ok || !plan.filesystem.restricted =>
+        {
+            None
+        }
+        Err(e) => return Err(format!("Landlock: {e}")),
+    };
+
+    let mut families = vec![seccomp::AF_INET, seccomp::AF_INET6, seccomp::AF_NETLINK];
+    if !unix_degraded {
+        families.push(seccomp::AF_UNIX);
+    }
+    let seccomp = seccomp::build(&seccomp::Options {
+        socket_families: families,
+    });
+
+    let keep_caps = plan
+        .process
+        .capabilities
+        .iter()
+        .filter_map(|c| caps::number(c))
+        .collect();
+    let credentials = match &plan.process.user {
+        None => None,
+        Some(u) => Some(resolve_user(u)?),
+    };
+    Ok(LaunchSpec {
+        program: cstring(program.as_os_str().as_bytes())?,
+        argv,
+        envp,
+        cgroup,
+        v1_procs,
+        keep_fds: Vec::new(),
+        credentials,
+        landlock,
+        keep_caps,
+        seccomp: Some(seccomp),
+    })
+}
+
+fn resolve_user(u: &UserSpec) -> Result<Credentials, String> {
+    let user = match u {
+        UserSpec::Uid(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*uid))
+            .map_err(|e| e.to_string())?
+            .map(Ok)
+            .unwrap_or(Err(*uid)),
+        UserSpec::Name(n) => match nix::unistd::User::from_name(n).map_err(|e| e.to_string())? {
+            Some(u) => Ok(u),
+            None => return Err(format!("policy user {n:?} does not exist on this host")),
+        },
+    };
+    Ok(match user {
+        Ok(u) => {
+            let name = CString::new(u.name.as_bytes()).map_err(|_| "bad user name".to_owned())?;
+            let groups = nix::unistd::getgrouplist(&name, u.gid)
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_else(|_| vec![u.gid.as_raw()]);
+            Credentials {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                groups,
+            }
+        }
+        // A numeric uid without a passwd entry runs with gid = uid.
+        Err(uid) => Credentials {
+            uid,
+            gid: uid,
+            groups: vec![uid],
+        },
+    })
+}
+
+fn signalfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: building a signal set we own and creating a new descriptor.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in launch::FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::os::fd::FromRawFd::from_raw_fd(fd))
+    }
+}
+
+/// Waits for the agent's main process, forwarding signals sent to guardctl.
+/// Signals the kernel sends for the terminal (Ctrl-C, ...) already reach the
+/// agent, which shares the foreground process group; only signals sent to
+/// guardctl by another process are forwarded.
+fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: child.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polling two descriptors we own.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            // SAFETY: reading one signalfd_siginfo into a zeroed buffer.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let n = unsafe {
+                libc::read(
+                    sigfd.as_raw_fd(),
+                    (&raw mut info).cast(),
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                )
+            };
+            let from_kernel = info.ssi_code == libc::SI_KERNEL;
+            if n > 0 && info.ssi_signo as i32 != libc::SIGCHLD && !from_kernel {
+                // SAFETY: pidfd_send_signal to our own child's pidfd.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        child.pidfd.as_raw_fd(),
+                        info.ssi_signo as i32,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0u32,
+                    )
+                };
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let rc = unsafe { libc::waitpid(child.pid, &mut status, 0) };
+            if rc == child.pid {
+                if libc::WIFSIGNALED(status) {
+                    return ExitStatus::Signal(libc::WTERMSIG(status));
+                }
+                return ExitStatus::Code(libc::WEXITSTATUS(status));
+            }
+        }
+    }
+}
+
+/// Tells guardd the agent ended, reconnecting if guardd restarted meanwhile.
+fn report_exit(
+    cli: &Cli,
+    conn: &mut LineConn,
+    reply: &OpenReply,
+    status: ExitStatus,
+) -> Option<ExitReply> {
+    let req = Request::Exited(ExitedRequest {
+        agent: reply.agent.id.clone(),
+        status,
+    });
+    let parse = |m: serde_json::Map<String, serde_json::Value>| {
+        serde_json::from_value(serde_json::Value::Object(m)).ok()
+    };
+    match conn.call(3, &req) {
+        Ok(m) => parse(m),
+        Err(ApiError::Remote { .. }) => None,
+        Err(_) => {
+            let mut fresh = connect(&cli.socket).ok()?;
+            fresh.call(3, &req).ok().and_then(parse)
+        }
+    }
+}
+
+fn summary_line(reply: &OpenReply, status: ExitStatus, summary: Option<&ExitReply>) -> String {
+    let how = match status {
+        ExitStatus::Code(c) => format!("exited {c}"),
+        ExitStatus::Signal(s) => format!("killed by signal {s}"),
+    };
+    let agent = format!("{} ({})", reply.agent.name, reply.agent.id);
+    match summary {
+        None => format!(
+            "guard: agent {agent} {how}; guardd did not confirm the end of the scope — see: guardctl logs --agent {}",
+            reply.agent.id
+        ),
+        Some(s) => {
+            let mut parts = Vec::new();
+            if s.audited > 0 {
+                parts.push(format!("{} would have been denied (audit mode)", s.audited));
+            } else {
+                parts.push(format!("{} denied", s.denied));
+            }
+            if s.lost > 0 {
+                parts.push(format!(
+                    "{} not recorded (ring buffer full; counted in the journal)",
+                    s.lost
+                ));
+            }
+            if s.leftover_killed > 0 {
+                parts.push(format!("{} leftover processes killed", s.leftover_killed));
+            }
+            format!(
+                "guard: agent {agent} {how}; {} — see: guardctl logs --agent {}",
+                parts.join(", "),
+                reply.agent.id
+            )
+        }
+    }
+}

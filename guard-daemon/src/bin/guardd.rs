@@ -1,0 +1,156 @@
+//! guardd: the privileged per-host daemon. Loads the kernel programs, manages
+//! agent scopes, writes the journal and serves guardctl on a Unix socket.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use guard_daemon::{
+    daemon::{Daemon, DaemonConfig, server},
+    journal::MirrorSink,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "guardd", version, about = "guard's per-host daemon")]
+struct Args {
+    /// Socket guardctl connects to.
+    #[arg(long, default_value = guard_daemon::api::DEFAULT_SOCKET, env = "GUARD_SOCKET")]
+    socket: PathBuf,
+    /// Live state (agent scopes to re-adopt after a restart).
+    #[arg(long, default_value = "/run/guard")]
+    state_dir: PathBuf,
+    /// The journal (SQLite). A JSON-lines copy can be added with --mirror.
+    #[arg(long, default_value = "/var/lib/guard/journal.db")]
+    journal: PathBuf,
+    /// Instance name: the parent cgroup and bpffs directory are named after
+    /// it, so several guardd (e.g. test runs) can coexist.
+    #[arg(long, default_value = "guard")]
+    instance: String,
+    /// bpffs mount point (mounted if needed).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Group whose members may use the socket besides root.
+    #[arg(long)]
+    group: Option<String>,
+    /// Also write every record as a JSON line to `stdout` or to FILE
+    /// (rotated at 64 MiB, 5 kept). May be repeated.
+    #[arg(long)]
+    mirror: Vec<String>,
+    /// Keep pins and the parent cgroup when stopping with no live agent.
+    #[arg(long)]
+    keep_pins: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let group = match &args.group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .with_context(|| format!("looking up group {g}"))?
+                .with_context(|| format!("no group named {g}"))?
+                .gid
+                .as_raw(),
+        ),
+    };
+    let mirror = args
+        .mirror
+        .iter()
+        .map(|m| {
+            if m == "stdout" {
+                MirrorSink::Stdout
+            } else {
+                MirrorSink::File {
+                    path: PathBuf::from(m),
+                    max_bytes: 64 << 20,
+                    keep: 5,
+                }
+            }
+        })
+        .collect();
+    let cfg = DaemonConfig {
+        socket: args.socket.clone(),
+        state_dir: args.state_dir.clone(),
+        journal: args.journal.clone(),
+        instance: args.instance.clone(),
+        bpffs: args.bpffs.clone(),
+        group,
+        mirror,
+        cleanup_on_exit: !args.keep_pins,
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let listener = rt.block_on(async { bind(&args.socket, group) })?;
+    let daemon = match Daemon::start(cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.socket);
+            return Err(e).context("guardd cannot start");
+        }
+    };
+    tracing::info!(
+        socket = %args.socket.display(),
+        journal = %args.journal.display(),
+        cgroup = %daemon.shared.scopes.v2_parent.display(),
+        "guardd ready"
+    );
+    let shared = daemon.shared.clone();
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        server::serve(shared, listener, shutdown).await;
+    });
+    let _ = std::fs::remove_file(&args.socket);
+    daemon.stop();
+    tracing::info!("guardd stopped");
+    Ok(())
+}
+
+/// Binds the socket: refuses to take over a live guardd's socket, replaces a
+/// stale one, and restricts access (0600, or 0660 with a group).
+fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another guardd is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // Created with a restrictive umask so there is no moment when it is open
+    // to everyone.
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chgrp {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    } else {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}

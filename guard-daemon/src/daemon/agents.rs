@@ -1,0 +1,831 @@
+//! Agent lifecycle: opening a scope for a launcher, ending it, re-adopting
+//! scopes after a restart, and the operator's controls.
+
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use guard_common::{AGENT_AUDIT, AgentInfo, Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Shared;
+use crate::{
+    api::{self, AgentRef, ControlAction, ExitReply, ExitStatus, OpenReply, OpenRequest, PsEntry},
+    journal::{self, Kind, Record, Text, Verdict},
+    kernel::{AgentKeys, NetEntries},
+    monitor::{AgentMeta, journal_loss},
+    policy::{Mode, Policy, RuleInfo, UserSpec, Vars},
+    scope::{Limits, Scope},
+};
+
+/// Who is on the other end of a connection (SO_PEERCRED).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+/// A failed request: protocol error code and message.
+pub type Failure = (&'static str, String);
+
+pub struct AgentState {
+    pub id: String,
+    pub name: String,
+    pub policy: String,
+    pub mode: Mode,
+    pub slot: u32,
+    pub scope: Scope,
+    pub keys: AgentKeys,
+    pub tmp: PathBuf,
+    pub started: SystemTime,
+    pub main_pid: Option<i32>,
+    pub meta: Arc<AgentMeta>,
+    /// A launcher connection owns the agent; re-adopted agents have none
+    /// until their launcher reports the exit.
+    pub attached: bool,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub agents: HashMap<String, AgentState>,
+    next_slot: u32,
+}
+
+impl Registry {
+    pub fn live(&self) -> usize {
+        self.agents.len()
+    }
+
+    fn find(&self, key: &str) -> Option<&AgentState> {
+        self.agents
+            .get(key)
+            .or_else(|| self.agents.values().find(|a| a.name == key))
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
+        // Slots are never reused while guardd runs, so a late event of an
+        // ended agent cannot be attributed to a new one.
+        self.next_slot = self.next_slot.wrapping_add(1).max(1);
+        self.next_slot
+    }
+}
+
+/// What is persisted per live agent so a restarted guardd can re-adopt it.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    id: String,
+    name: String,
+    policy: String,
+    audit: bool,
+    slot: u32,
+    scope: String,
+    tmp: PathBuf,
+    started_unix: u64,
+    main_pid: Option<i32>,
+    v4: Vec<(u32, u32, [u8; 4])>,
+    v6: Vec<(u32, u32, [u8; 16])>,
+    unix: Vec<(u32, Vec<u8>)>,
+    rules: Vec<(String, String)>,
+}
+
+fn state_path(shared: &Shared, id: &str) -> PathBuf {
+    shared
+        .cfg
+        .state_dir
+        .join("agents")
+        .join(format!("{id}.json"))
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    hex::encode(b)
+}
+
+fn resolve_uid(user: &UserSpec) -> Option<u32> {
+    match user {
+        UserSpec::Uid(u) => Some(*u),
+        UserSpec::Name(n) => nix::unistd::User::from_name(n)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw()),
+    }
+}
+
+/// Opens a scope for a launcher. Returns the reply and the descriptors to
+/// send with it: the cgroup directory, then the v1 `cgroup.procs` files.
+pub fn open(
+    shared: &Shared,
+    req: &OpenRequest,
+    peer: Peer,
+) -> Result<(OpenReply, Vec<OwnedFd>), Failure> {
+    let policy = Policy::parse(&req.policy_text, &req.policy_path)
+        .map_err(|e| (api::code::POLICY, e.to_string()))?;
+    let id = random_id();
+    let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err((
+            api::code::BAD_REQUEST,
+            format!("invalid agent name {name:?}"),
+        ));
+    }
+
+    // {tmp}: private to the agent, owned by whoever it runs as.
+    let tmp = std::env::temp_dir().join(format!("guard-{id}"));
+    std::fs::create_dir(&tmp).map_err(|e| {
+        (
+            api::code::INTERNAL,
+            format!("creating {}: {e}", tmp.display()),
+        )
+    })?;
+    let cleanup_tmp = |tmp: &Path| {
+        let _ = std::fs::remove_dir_all(tmp);
+    };
+    let owner = policy_user(&policy).unwrap_or(peer.uid);
+    let _ = std::os::unix::fs::chown(&tmp, Some(owner), None);
+    let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+
+    let vars = Vars {
+        workdir: PathBuf::from(&req.workdir),
+        home: PathBuf::from(&req.home),
+        tmp: tmp.clone(),
+    };
+    let plan = match policy.compile(&vars) {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup_tmp(&tmp);
+            return Err((api::code::POLICY, e.to_string()));
+        }
+    };
+    let audit = req.audit || plan.mode == Mode::Audit;
+    let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
+
+    let mut degraded = Vec::new();
+    let unix_hooks = shared
+        .kernel
+        .lock()
+        .map(|k| k.layers.clone())
+        .unwrap_or_default();
+    if !unix_hooks.unix_hooks {
+        let why = unix_hooks.unix_error.clone().unwrap_or_default();
+        if !plan.network.unix.is_empty() && !accepts("unix") {
+            cleanup_tmp(&tmp);
+            return Err((
+                api::code::DEGRADED,
+                format!(
+                    "layer `unix` (the Unix-socket hooks) cannot be enforced on this host: {why}. The policy names Unix \
+                     sockets; pass --allow-degraded unix to run with all Unix sockets refused by seccomp instead"
+                ),
+            ));
+        }
+        // Without the hooks the launcher refuses socket(AF_UNIX) entirely.
+        degraded.push(format!(
+            "unix: Unix-socket hooks unavailable ({why}); socket(AF_UNIX) refused by seccomp"
+        ));
+    }
+
+    let limits = Limits {
+        pids: plan.process.max_processes,
+        memory_bytes: plan.process.memory_bytes,
+        cpu_millicores: plan.process.cpu_millicores,
+    };
+    let scope = match shared
+        .scopes
+        .create(&format!("agent-{id}"), &limits, accepts("limits"))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup_tmp(&tmp);
+            let code = if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
+                api::code::DEGRADED
+            } else {
+                api::code::INTERNAL
+            };
+            let hint = if code == api::code::DEGRADED {
+                "; pass --allow-degraded limits to run without it"
+            } else {
+                ""
+            };
+            return Err((code, format!("{e}{hint}")));
+        }
+    };
+    for c in &scope.skipped {
+        degraded.push(format!(
+            "limits: the {c} controller is unavailable; its limit is not enforced"
+        ));
+    }
+
+    let agent = AgentRef {
+        id: id.clone(),
+        name: name.clone(),
+        policy: policy.name.clone(),
+    };
+    let rules: Vec<RuleInfo> = plan.rules.clone();
+    let meta = Arc::new(AgentMeta {
+        agent: agent.clone(),
+        cgroup_id: scope.cgroup_id,
+        rules,
+        seen: AtomicU64::new(0),
+        lost_reported: AtomicU64::new(0),
+        closed_at: Mutex::new(None),
+    });
+    let mut registry = shared
+        .registry
+        .lock()
+        .map_err(|_| (api::code::INTERNAL, "registry poisoned".to_owned()))?;
+    let slot = registry.alloc_slot();
+    if let Ok(mut a) = shared.attribution.write() {
+        a.insert(slot, meta.clone());
+    }
+    let info = AgentInfo {
+        slot,
+        flags: if audit { AGENT_AUDIT } else { 0 },
+        denied: 0,
+        lost: 0,
+    };
+    let added = shared
+        .kernel
+        .lock()
+        .map_err(|_| "kernel lock poisoned".to_owned())
+        .and_then(|mut k| {
+            k.add_agent(
+                scope.cgroup_id,
+                info,
+                &NetEntries {
+                    v4: &plan.network.v4,
+                    v6: &plan.network.v6,
+                    unix: &plan.network.unix,
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
+    let keys = match added {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = scope.remove();
+            cleanup_tmp(&tmp);
+            return Err((
+                api::code::INTERNAL,
+                format!("writing the agent's rules into the kernel maps: {e}"),
+            ));
+        }
+    };
+    let fds = match scope
+        .open_dir()
+        .and_then(|d| scope.v1_procs().map(|v| (d, v)))
+    {
+        Ok((dir, v1)) => {
+            let mut all = vec![dir];
+            all.extend(v1);
+            all
+        }
+        Err(e) => {
+            if let Ok(mut k) = shared.kernel.lock() {
+                k.remove_agent(&keys);
+            }
+            let _ = scope.remove();
+            cleanup_tmp(&tmp);
+            return Err((api::code::INTERNAL, e.to_string()));
+        }
+    };
+    let state = AgentState {
+        id: id.clone(),
+        name: name.clone(),
+        policy: policy.name.clone(),
+        mode: if audit { Mode::Audit } else { Mode::Enforce },
+        slot,
+        scope: scope.clone(),
+        keys,
+        tmp: tmp.clone(),
+        started: SystemTime::now(),
+        main_pid: None,
+        meta,
+        attached: true,
+    };
+    persist(shared, &state);
+
+    let mut detail = json!({
+        "argv": req.argv,
+        "policy_path": req.policy_path,
+        "mode": if audit { "audit" } else { "enforce" },
+        "workdir": req.workdir,
+        "cgroup": scope.v2.display().to_string(),
+        "launcher": {"uid": peer.uid, "pid": peer.pid},
+        "network_rules": plan.rules.len(),
+    });
+    if !degraded.is_empty() || !req.launcher_notes.is_empty() {
+        detail["degraded"] = json!(degraded);
+        detail["launcher_notes"] = json!(req.launcher_notes);
+    }
+    let argv0 = req.argv.first().cloned().unwrap_or_default();
+    let rec = Record::new(
+        Kind::Lifecycle,
+        "start",
+        Text::new(argv0),
+        Verdict::Allowed,
+        "scope",
+        "guardd",
+    )
+    .with_agent(agent.clone())
+    .with_detail(detail);
+    let _ = shared.journal.append(rec);
+    if !degraded.is_empty() {
+        let rec = Record::new(
+            Kind::Policy,
+            "degraded",
+            Text::new(degraded.join("; ")),
+            Verdict::Audit,
+            "accept-degraded",
+            "guardd",
+        )
+        .with_agent(agent.clone())
+        .with_detail(
+            json!({"accepted_by": {"uid": peer.uid, "pid": peer.pid}, "layers": degraded}),
+        );
+        let _ = shared.journal.append(rec);
+    }
+
+    let reply = OpenReply {
+        agent,
+        tmp: tmp.display().to_string(),
+        cgroup: scope.v2.display().to_string(),
+        v1_procs: fds.len() - 1,
+        degraded,
+    };
+    registry.agents.insert(id, state);
+    Ok((reply, fds))
+}
+
+fn policy_user(policy: &Policy) -> Option<u32> {
+    let vars = Vars {
+        workdir: PathBuf::from("/"),
+        home: PathBuf::from("/"),
+        tmp: PathBuf::from("/tmp"),
+    };
+    policy
+        .compile(&vars)
+        .ok()?
+        .process
+        .user
+        .as_ref()
+        .and_then(resolve_uid)
+}
+
+fn persist(shared: &Shared, a: &AgentState) {
+    let state = StateFile {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        policy: a.policy.clone(),
+        audit: a.mode == Mode::Audit,
+        slot: a.slot,
+        scope: a.scope.name.clone(),
+        tmp: a.tmp.clone(),
+        started_unix: a
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        main_pid: a.main_pid,
+        v4: a
+            .keys
+            .v4
+            .iter()
+            .map(|(b, k)| (*b, k.slot, k.addr))
+            .collect(),
+        v6: a
+            .keys
+            .v6
+            .iter()
+            .map(|(b, k)| (*b, k.slot, k.addr))
+            .collect(),
+        unix: a
+            .keys
+            .unix
+            .iter()
+            .map(|k| (k.slot, k.path.to_vec()))
+            .collect(),
+        rules: a
+            .meta
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.text.clone()))
+            .collect(),
+    };
+    let path = state_path(shared, &a.id);
+    let tmp = path.with_extension("json.tmp");
+    match serde_json::to_vec(&state) {
+        Ok(bytes) => {
+            if std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                tracing::warn!("could not persist agent state to {}", path.display());
+            }
+        }
+        Err(e) => tracing::warn!("serialising agent state: {e}"),
+    }
+}
+
+/// Records the agent's main pid once the launcher knows it.
+pub fn set_main_pid(shared: &Shared, id: &str, pid: i32) {
+    if let Ok(mut r) = shared.registry.lock()
+        && let Some(a) = r.agents.get_mut(id)
+    {
+        a.main_pid = Some(pid);
+        persist(shared, a);
+    }
+}
+
+/// Ends an agent: kills what remains of its scope, waits until every event
+/// it caused is journaled, removes its rules and cgroups, and journals the
+/// exit. An unknown id is `not_found`.
+pub fn close(
+    shared: &Shared,
+    id: &str,
+    status: Option<ExitStatus>,
+    why: &str,
+) -> Result<ExitReply, Failure> {
+    let agent = {
+        let mut r = shared
+            .registry
+            .lock()
+            .map_err(|_| (api::code::INTERNAL, "registry poisoned".to_owned()))?;
+        r.agents.remove(id)
+    };
+    let Some(agent) = agent else {
+        return Err((
+            api::code::NOT_FOUND,
+            format!("no live agent with id {id:?}"),
+        ));
+    };
+    let leftover = agent.scope.pids().len();
+    if let Err(e) = agent.scope.kill_all(Duration::from_secs(5)) {
+        tracing::error!("ending agent {id}: {e}");
+    }
+    let info = shared
+        .kernel
+        .lock()
+        .ok()
+        .and_then(|k| k.agent_info(agent.scope.cgroup_id))
+        .unwrap_or_default();
+    // Every decision produced either an event or a loss count: wait until
+    // the monitor has taken all of them, so the journal is complete when the
+    // launcher prints its summary.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while agent.meta.seen.load(Ordering::Relaxed) + info.lost < info.denied
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    journal_loss(&agent.meta, info.lost, &shared.journal);
+    if let Ok(mut k) = shared.kernel.lock() {
+        k.remove_agent(&agent.keys);
+    }
+    if let Err(e) = agent.scope.remove() {
+        tracing::error!("removing scope of {id}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&agent.tmp);
+    let _ = std::fs::remove_file(state_path(shared, id));
+    if let Ok(mut c) = agent.meta.closed_at.lock() {
+        *c = Some(Instant::now());
+    }
+    let audit = agent.mode == Mode::Audit;
+    let (denied, audited) = if audit {
+        (0, info.denied)
+    } else {
+        (info.denied, 0)
+    };
+    let rec = Record::new(
+        Kind::Lifecycle,
+        "exit",
+        Text::new(match status {
+            Some(ExitStatus::Code(c)) => format!("exit {c}"),
+            Some(ExitStatus::Signal(s)) => format!("signal {s}"),
+            None => "unknown".to_owned(),
+        }),
+        Verdict::Allowed,
+        "scope",
+        "guardd",
+    )
+    .with_agent(agent.meta.agent.clone())
+    .with_detail(json!({
+        "why": why,
+        "denied": denied,
+        "audited": audited,
+        "lost": info.lost,
+        "leftover_killed": leftover,
+        "uptime_ms": agent.started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0),
+    }));
+    let _ = shared.journal.append(rec);
+    let _ = shared.journal.flush();
+    Ok(ExitReply {
+        denied,
+        audited,
+        lost: info.lost,
+        leftover_killed: leftover,
+    })
+}
+
+/// Re-adopts the scopes a previous guardd left, and removes what cannot be
+/// attributed. Called once at start-up, before the socket serves.
+pub fn readopt(shared: &Shared) {
+    let dir = shared.cfg.state_dir.join("agents");
+    let mut known = Vec::new();
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for path in entries {
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let Some(state) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StateFile>(&b).ok())
+        else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let since = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        known.push(state.scope.clone());
+        adopt_one(shared, state, since);
+    }
+    // Scopes with no state cannot be attributed: end them (fail closed).
+    for name in shared.scopes.existing() {
+        if known.contains(&name) {
+            continue;
+        }
+        if let Ok(scope) = shared.scopes.open(&name) {
+            let _ = scope.kill_all(Duration::from_secs(5));
+            let _ = scope.remove();
+            let rec = Record::new(
+                Kind::Lifecycle,
+                "reap",
+                Text::new(name.clone()),
+                Verdict::Denied,
+                "scope.unknown",
+                "guardd",
+            )
+            .with_detail(json!({"why": "a scope without state was found at start-up; its processes were killed"}));
+            let _ = shared.journal.append(rec);
+        }
+    }
+}
+
+fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
+    let keys = AgentKeys {
+        cgroup_id: 0,
+        v4: st
+            .v4
+            .iter()
+            .map(|(b, slot, addr)| {
+                (
+                    *b,
+                    Net4Key {
+                        slot: *slot,
+                        addr: *addr,
+                    },
+                )
+            })
+            .collect(),
+        v6: st
+            .v6
+            .iter()
+            .map(|(b, slot, addr)| {
+                (
+                    *b,
+                    Net6Key {
+                        slot: *slot,
+                        addr: *addr,
+                    },
+                )
+            })
+            .collect(),
+        unix: st
+            .unix
+            .iter()
+            .map(|(slot, p)| {
+                let mut path = [0u8; UNIX_PATH_MAX];
+                let n = p.len().min(UNIX_PATH_MAX);
+                path[..n].copy_from_slice(&p[..n]);
+                UnixKey { slot: *slot, path }
+            })
+            .collect(),
+    };
+    let agent = AgentRef {
+        id: st.id.clone(),
+        name: st.name.clone(),
+        policy: st.policy.clone(),
+    };
+    let gap = json!({
+        "daemon_down_since": since.map(journal::format_time),
+        "why": "guardd was not running; enforcement continued through the pinned programs, and events that did not fit the ring buffer are counted as lost",
+    });
+    let opened = shared.scopes.open(&st.scope);
+    let meta = Arc::new(AgentMeta {
+        agent: agent.clone(),
+        cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
+        rules: st
+            .rules
+            .iter()
+            .map(|(id, text)| RuleInfo {
+                id: id.clone(),
+                text: text.clone(),
+            })
+            .collect(),
+        seen: AtomicU64::new(0),
+        lost_reported: AtomicU64::new(0),
+        closed_at: Mutex::new(None),
+    });
+    // Events the agent caused while guardd was down wait in the pinned ring
+    // buffer: keep its slot attributed, even if the scope has ended.
+    if let Ok(mut a) = shared.attribution.write() {
+        a.insert(st.slot, meta.clone());
+    }
+    if let Ok(mut r) = shared.registry.lock() {
+        r.next_slot = r.next_slot.max(st.slot);
+    }
+    let scope = match opened {
+        Ok(s) if s.populated() => s,
+        other => {
+            // The agent ended while guardd was down.
+            let mut keys = keys;
+            if let Ok(s) = &other {
+                keys.cgroup_id = s.cgroup_id;
+                if let Some(info) = shared
+                    .kernel
+                    .lock()
+                    .ok()
+                    .and_then(|k| k.agent_info(s.cgroup_id))
+                {
+                    journal_loss(&meta, info.lost, &shared.journal);
+                }
+                let _ = s.remove();
+            }
+            if let Ok(mut k) = shared.kernel.lock() {
+                k.remove_agent(&keys);
+            }
+            let _ = std::fs::remove_dir_all(&st.tmp);
+            let _ = std::fs::remove_file(state_path(shared, &st.id));
+            if let Ok(mut c) = meta.closed_at.lock() {
+                *c = Some(Instant::now());
+            }
+            let rec = Record::new(
+                Kind::Gap,
+                "daemon-restart",
+                Text::new("scope ended while guardd was down"),
+                Verdict::Allowed,
+                "daemon",
+                "guardd",
+            )
+            .with_agent(agent)
+            .with_detail(gap);
+            let _ = shared.journal.append(rec);
+            return;
+        }
+    };
+    let mut keys = keys;
+    keys.cgroup_id = scope.cgroup_id;
+    let rec = Record::new(
+        Kind::Gap,
+        "daemon-restart",
+        Text::new("scope re-adopted"),
+        Verdict::Allowed,
+        "daemon",
+        "guardd",
+    )
+    .with_agent(agent)
+    .with_detail(gap);
+    let _ = shared.journal.append(rec);
+    if let Ok(mut r) = shared.registry.lock() {
+        r.agents.insert(
+            st.id.clone(),
+            AgentState {
+                id: st.id,
+                name: st.name,
+                policy: st.policy,
+                mode: if st.audit { Mode::Audit } else { Mode::Enforce },
+                slot: st.slot,
+                scope,
+                keys,
+                tmp: st.tmp,
+                started: UNIX_EPOCH + Duration::from_secs(st.started_unix),
+                main_pid: st.main_pid,
+                meta,
+                attached: false,
+            },
+        );
+    }
+}
+
+/// Re-adopted agents whose scope has emptied and whose launcher never came
+/// back are ended here.
+pub fn reap_orphans(shared: &Shared) {
+    let ended: Vec<String> = match shared.registry.lock() {
+        Ok(r) => r
+            .agents
+            .values()
+            .filter(|a| !a.attached && !a.scope.populated())
+            .map(|a| a.id.clone())
+            .collect(),
+        Err(_) => return,
+    };
+    for id in ended {
+        let _ = close(shared, &id, None, "re-adopted scope emptied");
+    }
+}
+
+pub fn ps(shared: &Shared) -> Vec<PsEntry> {
+    let Ok(r) = shared.registry.lock() else {
+        return Vec::new();
+    };
+    let mut out: Vec<PsEntry> = r
+        .agents
+        .values()
+        .map(|a| {
+            let info = shared
+                .kernel
+                .lock()
+                .ok()
+                .and_then(|k| k.agent_info(a.scope.cgroup_id))
+                .unwrap_or_default();
+            PsEntry {
+                id: a.id.clone(),
+                name: a.name.clone(),
+                policy: a.policy.clone(),
+                mode: a.mode.as_str().to_owned(),
+                main_pid: a.main_pid,
+                processes: a.scope.pids().len(),
+                uptime_secs: a.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                denied: info.denied,
+                frozen: a.scope.frozen(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// The operator's kill switch and freezer.
+pub fn control(
+    shared: &Shared,
+    key: &str,
+    action: ControlAction,
+    reason: Option<&str>,
+    peer: Peer,
+) -> Result<serde_json::Value, Failure> {
+    let (scope, agent) = {
+        let r = shared
+            .registry
+            .lock()
+            .map_err(|_| (api::code::INTERNAL, "registry poisoned".to_owned()))?;
+        let a = r.find(key).ok_or_else(|| {
+            (
+                api::code::NOT_FOUND,
+                format!("no live agent with id or name {key:?}"),
+            )
+        })?;
+        (a.scope.clone(), a.meta.agent.clone())
+    };
+    let processes = scope.pids().len();
+    let (verb, result) = match action {
+        ControlAction::Kill => ("kill", scope.kill_all(Duration::from_secs(5))),
+        ControlAction::Freeze => ("freeze", scope.set_frozen(true)),
+        ControlAction::Thaw => ("thaw", scope.set_frozen(false)),
+    };
+    result.map_err(|e| (api::code::INTERNAL, e.to_string()))?;
+    let rec = Record::new(
+        Kind::Lifecycle,
+        verb,
+        Text::new(agent.name.clone()),
+        Verdict::Allowed,
+        "operator",
+        "guardd",
+    )
+    .with_agent(agent.clone())
+    .with_detail(json!({
+        "requested_by": {"uid": peer.uid, "pid": peer.pid},
+        "reason": reason,
+        "processes": processes,
+    }));
+    let _ = shared.journal.append(rec);
+    let _ = shared.journal.flush();
+    Ok(json!({"agent": agent, "action": verb, "processes": processes}))
+}

@@ -1,0 +1,228 @@
+//! guardd: owns the kernel programs, the agent scopes and the journal, and
+//! answers requests on its socket.
+//!
+//! `Daemon::start` does everything that can fail at start-up (mounts, BPF
+//! load, journal, re-adoption of scopes left by a previous guardd) so that a
+//! failure is reported before the socket exists. `server::serve` then runs
+//! until the shutdown future completes; tests start it on a fresh socket and
+//! stop it the same way.
+
+mod agents;
+pub mod server;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::SystemTime,
+};
+
+use serde_json::json;
+use thiserror::Error;
+
+use crate::{
+    host::{CgroupLayout, HostError, ensure_bpffs},
+    journal::{
+        Journal, JournalConfig, JournalError, JournalHandle, Kind, MirrorSink, Record, Text,
+        Verdict,
+    },
+    kernel::{Kernel, KernelError, KernelOptions},
+    monitor::{self, Attribution, Monitor},
+    scope::{Placement, ScopeError, ScopeRoot},
+};
+
+pub use agents::{AgentState, Registry};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("guardd must run as root (it loads BPF programs and manages cgroups)")]
+    NotRoot,
+}
+
+/// guardd's settings.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub journal: PathBuf,
+    /// Name of this instance: its parent cgroup and its bpffs directory.
+    pub instance: String,
+    /// Where bpffs is (mounted there if needed).
+    pub bpffs: PathBuf,
+    /// Group (besides root) allowed on the socket.
+    pub group: Option<u32>,
+    pub mirror: Vec<MirrorSink>,
+    /// Remove pins and the parent cgroup on a clean stop when no agent is
+    /// live (the default); off keeps them for inspection.
+    pub cleanup_on_exit: bool,
+}
+
+impl DaemonConfig {
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join(&self.instance)
+    }
+}
+
+/// State shared by the server tasks and the monitor.
+pub struct Shared {
+    pub cfg: DaemonConfig,
+    pub kernel: Arc<Mutex<Kernel>>,
+    pub scopes: ScopeRoot,
+    pub journal: JournalHandle,
+    pub attribution: Attribution,
+    pub registry: Mutex<Registry>,
+    pub started: SystemTime,
+}
+
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    journal: Option<Journal>,
+    monitor: Option<Monitor>,
+}
+
+impl Daemon {
+    pub fn start(cfg: DaemonConfig) -> Result<Daemon, DaemonError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(DaemonError::NotRoot);
+        }
+        for dir in [&cfg.state_dir, &cfg.state_dir.join("agents")] {
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Io {
+                op: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if let Some(parent) = cfg.journal.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| DaemonError::Io {
+                op: "creating",
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        ensure_bpffs(&cfg.bpffs)?;
+        let layout = CgroupLayout::detect()?;
+        let scopes = ScopeRoot::init(layout, &cfg.instance)?;
+        let (kernel, ring) = Kernel::load(&KernelOptions {
+            parent_cgroup: scopes.v2_parent.clone(),
+            agent_level: scopes.agent_level(),
+            pin_dir: cfg.pin_dir(),
+        })?;
+        let mut jcfg = JournalConfig::new(&cfg.journal);
+        jcfg.mirror = cfg.mirror.clone();
+        let journal = Journal::open(jcfg)?;
+        let handle = journal.handle();
+        let kernel = Arc::new(Mutex::new(kernel));
+        let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
+        let monitor = monitor::start(ring, attribution.clone(), kernel.clone(), handle.clone())
+            .map_err(|source| DaemonError::Io {
+                op: "starting the monitor thread",
+                path: PathBuf::new(),
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            cfg,
+            kernel,
+            scopes,
+            journal: handle,
+            attribution,
+            registry: Mutex::new(Registry::default()),
+            started: SystemTime::now(),
+        });
+        journal_start(&shared);
+        agents::readopt(&shared);
+        Ok(Daemon {
+            shared,
+            journal: Some(journal),
+            monitor: Some(monitor),
+        })
+    }
+
+    /// Stops the monitor and closes the journal. With no live agent (and
+    /// `cleanup_on_exit`), removes the pins and parent cgroups too: nothing
+    /// is left to protect. Live agents stay confined by the pinned programs
+    /// and are re-adopted by the next guardd.
+    pub fn stop(mut self) {
+        let live = self.shared.registry.lock().map(|r| r.live()).unwrap_or(1);
+        let rec = Record::new(
+            Kind::Lifecycle,
+            "daemon-stop",
+            Text::new("guardd"),
+            Verdict::Allowed,
+            "daemon",
+            "guardd",
+        )
+        .with_detail(
+            json!({"live_agents": live, "pins_kept": live > 0 || !self.shared.cfg.cleanup_on_exit}),
+        );
+        let _ = self.shared.journal.append(rec);
+        if let Some(m) = self.monitor.take() {
+            m.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = m.thread.join();
+        }
+        if let Some(j) = self.journal.take()
+            && let Err(e) = j.close()
+        {
+            tracing::error!("closing the journal: {e}");
+        }
+        if live == 0 && self.shared.cfg.cleanup_on_exit {
+            if let Ok(k) = self.shared.kernel.lock() {
+                k.unpin_all();
+            }
+            self.shared.scopes.remove_if_empty();
+        }
+    }
+}
+
+fn journal_start(shared: &Shared) {
+    let layers = shared
+        .kernel
+        .lock()
+        .map(|k| k.layers.clone())
+        .unwrap_or_default();
+    let placements: serde_json::Map<String, serde_json::Value> = shared
+        .scopes
+        .placements
+        .iter()
+        .map(|(c, p)| {
+            (
+                (*c).to_owned(),
+                json!(match p {
+                    Placement::V2 => "cgroup-v2".to_owned(),
+                    Placement::V1(m) => format!("cgroup-v1 {}", m.display()),
+                    Placement::Unavailable => "unavailable".to_owned(),
+                }),
+            )
+        })
+        .collect();
+    let rec = Record::new(
+        Kind::Lifecycle,
+        "daemon-start",
+        Text::new("guardd"),
+        Verdict::Allowed,
+        "daemon",
+        "guardd",
+    )
+    .with_detail(json!({
+        "instance": shared.cfg.instance,
+        "cgroup": shared.scopes.v2_parent.display().to_string(),
+        "unix_hooks": layers.unix_hooks,
+        "unix_hooks_error": layers.unix_error,
+        "controllers": placements,
+    }));
+    let _ = shared.journal.append(rec);
+}

@@ -1,0 +1,429 @@
+//! The socket server: one task per connection, peer credentials checked,
+//! every line answered, a bad line never closing the connection.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    os::fd::{AsFd, AsRawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::broadcast::error::RecvError,
+};
+
+use super::{
+    Shared,
+    agents::{self, Failure, Peer},
+};
+use crate::{
+    api::{self, Request},
+    journal::{Filter, Kind, Record, Store, Verdict, parse_time},
+};
+
+/// Serves until `shutdown` completes. Connections still open then are left
+/// to finish their current request.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let reaper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || agents::reap_orphans(&s)).await;
+            }
+        })
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { connection(shared, stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    reaper.abort();
+}
+
+fn peer_allowed(shared: &Shared, stream: &UnixStream, peer: Peer) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    let Some(group) = shared.cfg.group else {
+        return false;
+    };
+    if peer.gid == group {
+        return true;
+    }
+    // Supplementary groups of the peer, as the kernel saw them at connect.
+    let mut groups = [0u32; 256];
+    let mut len = std::mem::size_of_val(&groups) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `groups`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && groups[..len as usize / 4].contains(&group)
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    writer: OwnedWriteHalf,
+    peer: Peer,
+    /// Agents opened on this connection and not yet reported as exited:
+    /// ended if the connection drops.
+    owned: HashSet<String>,
+}
+
+impl Conn {
+    async fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(line).await
+    }
+
+    async fn fail(&mut self, id: u64, (code, message): Failure) -> std::io::Result<()> {
+        self.send(&api::error_line(id, code, &message)).await
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: UnixStream) {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid().unwrap_or(0),
+        },
+        Err(_) => return,
+    };
+    let allowed = peer_allowed(&shared, &stream, peer);
+    let (reader, writer) = stream.into_split();
+    let mut conn = Conn {
+        shared,
+        writer,
+        peer,
+        owned: HashSet::new(),
+    };
+    if !allowed {
+        let _ = conn
+            .send(&api::error_line(
+                0,
+                "permission_denied",
+                &format!(
+                    "uid {} may not use guardd (root or the configured group only)",
+                    peer.uid
+                ),
+            ))
+            .await;
+        return;
+    }
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded read: a line longer than MAX_LINE is answered with an
+        // error and skipped, without buffering it.
+        let mut too_long = false;
+        let done = loop {
+            let buf = match reader.fill_buf().await {
+                Ok(b) => b,
+                Err(_) => break true,
+            };
+            if buf.is_empty() {
+                break true;
+            }
+            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            if !too_long {
+                if line.len() + chunk.len() > api::MAX_LINE {
+                    too_long = true;
+                    line.clear();
+                } else {
+                    line.extend_from_slice(chunk);
+                }
+            }
+            let used = found.unwrap_or(buf.len());
+            reader.consume(used);
+            if found.is_some() {
+                break false;
+            }
+        };
+        if done && line.is_empty() && !too_long {
+            break;
+        }
+        let result = if too_long {
+            conn.fail(
+                0,
+                (
+                    api::code::TOO_LONG,
+                    format!("request line longer than {} bytes", api::MAX_LINE),
+                ),
+            )
+            .await
+        } else if line.iter().all(|b| b.is_ascii_whitespace()) {
+            Ok(())
+        } else {
+            handle(&mut conn, &line, &mut reader).await
+        };
+        if result.is_err() || done {
+            break;
+        }
+    }
+    // The launcher went away without reporting the exit: end its agents
+    // rather than leave them unsupervised.
+    let owned: Vec<String> = conn.owned.drain().collect();
+    for id in owned {
+        let shared = conn.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            agents::close(&shared, &id, None, "launcher disconnected")
+        })
+        .await;
+    }
+}
+
+async fn handle(
+    conn: &mut Conn,
+    line: &[u8],
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> std::io::Result<()> {
+    let (id, req) = match api::parse_request(line) {
+        Ok(r) => r,
+        Err((id, code, msg)) => return conn.fail(id, (code, msg)).await,
+    };
+    let shared = conn.shared.clone();
+    match req {
+        Request::Hello(_) => {
+            let v = json!({
+                "protocol": api::PROTOCOL_VERSION,
+                "version": env!("CARGO_PKG_VERSION"),
+                "instance": shared.cfg.instance,
+            });
+            conn.send(&api::ok_line(id, v)).await
+        }
+        Request::Open(req) => {
+            let peer = conn.peer;
+            let s = shared.clone();
+            let res = tokio::task::spawn_blocking(move || agents::open(&s, &req, peer))
+                .await
+                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            match res {
+                Ok((reply, fds)) => {
+                    conn.owned.insert(reply.agent.id.clone());
+                    let line =
+                        api::ok_line(id, serde_json::to_value(&reply).unwrap_or(Value::Null));
+                    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                    send_with_fds(conn, &line, &raw).await
+                }
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
+        Request::Started(req) => {
+            let s = shared.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || agents::set_main_pid(&s, &req.agent, req.pid))
+                    .await;
+            conn.send(&api::ok_line(id, Value::Null)).await
+        }
+        Request::Exited(req) => {
+            conn.owned.remove(&req.agent);
+            let s = shared.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                agents::close(&s, &req.agent, Some(req.status), "main process exited")
+            })
+            .await
+            .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            match res {
+                Ok(reply) => {
+                    conn.send(&api::ok_line(
+                        id,
+                        serde_json::to_value(&reply).unwrap_or(Value::Null),
+                    ))
+                    .await
+                }
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
+        Request::Ps(_) => {
+            let s = shared.clone();
+            let list = tokio::task::spawn_blocking(move || agents::ps(&s))
+                .await
+                .unwrap_or_default();
+            conn.send(&api::ok_line(id, json!({"agents": list}))).await
+        }
+        Request::Control(req) => {
+            let s = shared.clone();
+            let peer = conn.peer;
+            let res = tokio::task::spawn_blocking(move || {
+                agents::control(&s, &req.agent, req.action, req.reason.as_deref(), peer)
+            })
+            .await
+            .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            match res {
+                Ok(v) => conn.send(&api::ok_line(id, v)).await,
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
+        Request::Doctor(_) => {
+            let s = shared.clone();
+            let v = tokio::task::spawn_blocking(move || crate::doctor::daemon_view(&s))
+                .await
+                .unwrap_or(Value::Null);
+            conn.send(&api::ok_line(id, v)).await
+        }
+        Request::Logs(req) => logs(conn, id, req, reader).await,
+    }
+}
+
+async fn send_with_fds(conn: &mut Conn, line: &[u8], fds: &[i32]) -> std::io::Result<()> {
+    loop {
+        conn.writer.as_ref().writable().await?;
+        match conn
+            .writer
+            .as_ref()
+            .try_io(tokio::io::Interest::WRITABLE, || {
+                api::send_with_fds(conn.writer.as_ref().as_fd(), line, fds)
+            }) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn filter_of(req: &api::LogsRequest) -> Result<Filter, Failure> {
+    let now = std::time::SystemTime::now();
+    let bad = |e: crate::journal::JournalError| (api::code::BAD_REQUEST, e.to_string());
+    Ok(Filter {
+        agent: req.agent.clone(),
+        kind: req
+            .kind
+            .as_deref()
+            .map(str::parse::<Kind>)
+            .transpose()
+            .map_err(bad)?,
+        verdict: req
+            .verdict
+            .as_deref()
+            .map(str::parse::<Verdict>)
+            .transpose()
+            .map_err(bad)?,
+        since: req
+            .since
+            .as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()
+            .map_err(bad)?,
+        until: req
+            .until
+            .as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()
+            .map_err(bad)?,
+        pid: req.pid,
+        target_contains: req.target.clone(),
+        after_seq: None,
+        limit: req.limit,
+        tail: req.limit.is_some(),
+    })
+}
+
+fn record_line(id: u64, rec: &Record) -> Vec<u8> {
+    api::ok_line(id, json!({"record": rec}))
+}
+
+async fn logs(
+    conn: &mut Conn,
+    id: u64,
+    req: api::LogsRequest,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> std::io::Result<()> {
+    let filter = match filter_of(&req) {
+        Ok(f) => f,
+        Err(f) => return conn.fail(id, f).await,
+    };
+    // Subscribe before querying so nothing committed in between is missed.
+    let mut live = conn.shared.journal.subscribe();
+    let path = conn.shared.cfg.journal.clone();
+    let f2 = filter.clone();
+    let past =
+        tokio::task::spawn_blocking(move || Store::open_existing(&path).and_then(|s| s.query(&f2)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+    let past = match past {
+        Ok(p) => p,
+        Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
+    };
+    let mut last = 0;
+    for rec in &past {
+        last = rec.seq;
+        conn.send(&record_line(id, rec)).await?;
+    }
+    if !req.follow {
+        return conn
+            .send(&api::ok_line(
+                id,
+                json!({"done": true, "count": past.len()}),
+            ))
+            .await;
+    }
+    let mut follow = filter;
+    follow.limit = None;
+    follow.tail = false;
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            r = live.recv() => match r {
+                Ok(rec) => {
+                    if rec.seq > last && follow.matches(&rec) {
+                        last = rec.seq;
+                        conn.send(&record_line(id, &rec)).await?;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind the live stream: catch up from the store.
+                    let mut f = follow.clone();
+                    f.after_seq = Some(last);
+                    let path = conn.shared.cfg.journal.clone();
+                    let missed = tokio::task::spawn_blocking(move || Store::open_existing(&path).and_then(|s| s.query(&f)))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
+                    for rec in missed {
+                        last = rec.seq;
+                        conn.send(&record_line(id, &rec)).await?;
+                    }
+                }
+                Err(RecvError::Closed) => return conn.send(&api::ok_line(id, json!({"done": true}))).await,
+            },
+            n = tokio::io::AsyncReadExt::read(reader, &mut probe) => {
+                // The client closed (or sent something): stop following.
+                if matches!(n, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

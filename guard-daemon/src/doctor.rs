@@ -1,0 +1,231 @@
+//! What each protection layer amounts to on this host: enforced, degraded
+//! (works with less than the policy may ask for) or unavailable, and why.
+//! `guardctl doctor` prints it; guardd adds what only it knows (which
+//! programs it loaded, where each cgroup controller lives).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    daemon::Shared,
+    kernel::{btf::Btf, sys},
+    launch::landlock,
+    scope::Placement,
+};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Enforced,
+    Degraded,
+    Unavailable,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layer {
+    pub layer: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn layer(name: &str, status: Status, detail: impl Into<String>) -> Layer {
+    Layer {
+        layer: name.to_owned(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Landlock: ABI and what it covers.
+pub fn landlock_layer() -> Layer {
+    match landlock::abi_version() {
+        Err(e) => layer(
+            "landlock",
+            Status::Unavailable,
+            format!("no Landlock ({e}); file and exec rules cannot be enforced"),
+        ),
+        Ok(abi) => {
+            let mut has = vec!["files read/write/exec"];
+            let mut lacks = Vec::new();
+            for (min, what) in [
+                (2, "cross-directory rename/link"),
+                (3, "truncate"),
+                (5, "device ioctl"),
+                (6, "abstract Unix socket and signal scoping"),
+                (7, "audit logging of denials"),
+            ] {
+                if abi >= min {
+                    has.push(what);
+                } else {
+                    lacks.push(what);
+                }
+            }
+            let status = if abi >= 6 {
+                Status::Enforced
+            } else {
+                Status::Degraded
+            };
+            let mut detail = format!("ABI {abi}: {}", has.join(", "));
+            if !lacks.is_empty() {
+                detail.push_str(&format!("; missing: {}", lacks.join(", ")));
+            }
+            layer("landlock", status, detail)
+        }
+    }
+}
+
+pub fn seccomp_layer() -> Layer {
+    // SECCOMP_GET_ACTION_AVAIL answers 0 only where filters are supported.
+    let errno_action: u32 = 0x0005_0000;
+    // SAFETY: the query reads the u32 we pass and changes nothing.
+    let rc = unsafe { libc::syscall(libc::SYS_seccomp, 2u32, 0u32, &raw const errno_action) };
+    if rc == 0 {
+        layer(
+            "seccomp",
+            Status::Enforced,
+            "filters available (default-deny allowlist, x86_64 only, x32 refused)",
+        )
+    } else {
+        layer(
+            "seccomp",
+            Status::Unavailable,
+            format!(
+                "seccomp filters unavailable: {}",
+                std::io::Error::last_os_error()
+            ),
+        )
+    }
+}
+
+pub fn bpf_lsm_layer() -> Layer {
+    let listed = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
+        .ok();
+    let btf = match Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            return layer(
+                "bpf-lsm",
+                Status::Unavailable,
+                format!("no kernel BTF: {e}"),
+            );
+        }
+    };
+    let id = match btf.func_id("bpf_lsm_file_open") {
+        Ok(id) => id,
+        Err(_) => {
+            return layer(
+                "bpf-lsm",
+                Status::Unavailable,
+                "kernel built without BPF LSM hooks",
+            );
+        }
+    };
+    match sys::probe_lsm_load(id) {
+        Ok(()) => layer(
+            "bpf-lsm",
+            Status::Degraded,
+            "LSM programs load here, but guard does not use them yet (optional extra layer)",
+        ),
+        Err(e) => layer(
+            "bpf-lsm",
+            Status::Unavailable,
+            format!(
+                "a BPF LSM program cannot load ({e}){}; guard relies on Landlock and seccomp instead (BPF LSM is only ever an extra layer)",
+                match listed {
+                    Some(true) => ", although `bpf` is in the active LSM list",
+                    Some(false) => "; `bpf` is not in the active LSM list",
+                    None => "",
+                }
+            ),
+        ),
+    }
+}
+
+pub fn audit_layer() -> Layer {
+    if std::path::Path::new("/proc/self/loginuid").exists() {
+        layer(
+            "audit",
+            Status::Enforced,
+            "kernel audit present; guard records denials itself (BPF syscall-exit tracing), so it does not depend on auditd",
+        )
+    } else {
+        layer(
+            "audit",
+            Status::Unavailable,
+            "kernel built without audit; guard records denials through BPF syscall-exit tracing",
+        )
+    }
+}
+
+/// Host probes that need no daemon.
+pub fn host_layers() -> Vec<Layer> {
+    vec![
+        landlock_layer(),
+        seccomp_layer(),
+        audit_layer(),
+        bpf_lsm_layer(),
+    ]
+}
+
+/// What guardd knows plus the host probes.
+pub fn daemon_view(shared: &Shared) -> Value {
+    let k = shared
+        .kernel
+        .lock()
+        .map(|k| k.layers.clone())
+        .unwrap_or_default();
+    let mut layers = vec![layer(
+        "cgroup-bpf network",
+        Status::Enforced,
+        format!(
+            "connect4/6, sendmsg4/6 and sock_create attached to {}",
+            shared.scopes.v2_parent.display()
+        ),
+    )];
+    layers.push(if k.unix_hooks {
+        layer("cgroup-bpf unix", Status::Enforced, "connect_unix and sendmsg_unix attached")
+    } else {
+        layer(
+            "cgroup-bpf unix",
+            Status::Unavailable,
+            format!(
+                "{}; policies naming Unix sockets need --allow-degraded unix, and then AF_UNIX sockets are refused",
+                k.unix_error.unwrap_or_default()
+            ),
+        )
+    });
+    for (c, p) in &shared.scopes.placements {
+        let name = format!("cgroup {c}");
+        layers.push(match p {
+            Placement::V2 => layer(&name, Status::Enforced, "cgroup v2 controller"),
+            Placement::V1(m) => layer(
+                &name,
+                Status::Enforced,
+                format!("cgroup v1 hierarchy at {}", m.display()),
+            ),
+            Placement::Unavailable => layer(
+                &name,
+                Status::Unavailable,
+                "controller neither in cgroup v2 nor mounted as v1",
+            ),
+        });
+    }
+    let freeze = shared.scopes.v2_parent.join("cgroup.freeze").exists()
+        || shared.scopes.layout.v2.join("cgroup.stat").exists();
+    layers.push(if freeze {
+        layer(
+            "cgroup freezer/kill",
+            Status::Enforced,
+            "cgroup.freeze and cgroup.kill (v2)",
+        )
+    } else {
+        layer(
+            "cgroup freezer/kill",
+            Status::Degraded,
+            "no cgroup.kill: processes are killed one by one",
+        )
+    });
+    layers.extend(host_layers());
+    json!({"instance": shared.cfg.instance, "layers": layers})
+}

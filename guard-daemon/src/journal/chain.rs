@@ -1,0 +1,759 @@
+//! The integrity chain.
+//!
+//! `hash = hex(sha256(prev_hash_bytes || canonical_bytes))`, where
+//! `canonical_bytes` is `serde_json::to_vec` of the record with `hash` set to
+//! `""`. Because `hash` is the record's last field, the stored JSON is the
+//! canonical JSON with the digest spliced into that final `""`, and a
+//! verifier recovers the canonical bytes from the stored text without
+//! re-serialising (which could differ, e.g. for floats in `detail`).
+//!
+//! Checkpoints of the chain head go to the store and to an append-only side
+//! file, so removing the newest records (which leaves a valid chain) is still
+//! detected.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::JournalError;
+use super::record::{Kind, Record};
+use super::store::Store;
+
+/// `prev` of the first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What every stored JSON line ends with, before the 64 hex digits and `"}`.
+const HASH_KEY: &[u8] = b"\"hash\":\"";
+const HASH_TAIL: &[u8] = b"\"}";
+const HEX_LEN: usize = 64;
+
+/// Sequence number and hash of the newest record in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl ChainHead {
+    pub fn genesis() -> ChainHead {
+        ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// Assigns `seq`, `prev` and `hash`, returns the stored JSON, and
+    /// advances the head only if everything succeeded.
+    pub(crate) fn seal(&mut self, rec: &mut Record) -> Result<String, JournalError> {
+        let seq = self.seq.checked_add(1).ok_or(JournalError::OutOfRange {
+            what: "seq",
+            value: self.seq,
+        })?;
+        let prev = decode_hash(&self.hash).ok_or_else(|| JournalError::Corrupt {
+            seq: self.seq,
+            reason: format!("chain head hash {:?} is not 64 hex digits", self.hash),
+        })?;
+        rec.seq = seq;
+        rec.prev.clone_from(&self.hash);
+        rec.hash.clear();
+        let mut json = serde_json::to_vec(&*rec).map_err(JournalError::json("serialise record"))?;
+        let digest = Sha256::new()
+            .chain_update(prev)
+            .chain_update(&json)
+            .finalize();
+        let hex = hex::encode(digest);
+        let empty_tail_len = HASH_KEY.len() + HASH_TAIL.len();
+        if !json.ends_with(b"\"hash\":\"\"}") || json.len() < empty_tail_len {
+            return Err(JournalError::Corrupt {
+                seq,
+                reason: "serialised record does not end with its hash field".into(),
+            });
+        }
+        json.truncate(json.len() - HASH_TAIL.len());
+        json.extend_from_slice(hex.as_bytes());
+        json.extend_from_slice(HASH_TAIL);
+        let json = String::from_utf8(json).map_err(|_| JournalError::Corrupt {
+            seq,
+            reason: "serialised record is not UTF-8".into(),
+        })?;
+        rec.hash.clone_from(&hex);
+        self.seq = seq;
+        self.hash = hex;
+        Ok(json)
+    }
+}
+
+/// `serde_json::to_vec` of the record with `hash` emptied.
+pub fn canonical_bytes(rec: &Record) -> Result<Vec<u8>, JournalError> {
+    let mut copy = rec.clone();
+    copy.hash.clear();
+    serde_json::to_vec(&copy).map_err(JournalError::json("serialise record"))
+}
+
+/// `hex(sha256(prev || canonical))`; `prev` must be 64 hex digits.
+pub fn record_hash(prev: &str, canonical: &[u8]) -> Result<String, JournalError> {
+    let prev_bytes = decode_hash(prev).ok_or_else(|| JournalError::Corrupt {
+        seq: 0,
+        reason: format!("prev hash {prev:?} is not 64 hex digits"),
+    })?;
+    Ok(hex::encode(
+        Sha256::new()
+            .chain_update(prev_bytes)
+            .chain_update(canonical)
+            .finalize(),
+    ))
+}
+
+/// Recomputes the hash of a stored JSON line from its own text; `None` if the
+/// line does not end in a well-formed hash field.
+pub(crate) fn stored_hash(prev: &[u8; 32], json: &str) -> Option<String> {
+    let b = json.as_bytes();
+    let tail = HEX_LEN + HASH_TAIL.len();
+    let prefix_len = b.len().checked_sub(tail)?;
+    let prefix = &b[..prefix_len];
+    if !prefix.ends_with(HASH_KEY) || !b.ends_with(HASH_TAIL) {
+        return None;
+    }
+    Some(hex::encode(
+        Sha256::new()
+            .chain_update(prev)
+            .chain_update(prefix)
+            .chain_update(HASH_TAIL)
+            .finalize(),
+    ))
+}
+
+pub(crate) fn decode_hash(hex_str: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut out).ok()?;
+    Some(out)
+}
+
+/// A recorded chain head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    /// When the checkpoint was taken (RFC 3339 UTC).
+    pub time: String,
+}
+
+/// `<store path>.checkpoint`.
+pub fn checkpoint_path(store_path: &Path) -> PathBuf {
+    let mut s = store_path.as_os_str().to_owned();
+    s.push(".checkpoint");
+    PathBuf::from(s)
+}
+
+/// Reads the side file; a missing file means no checkpoints. A final line
+/// without a newline is a write torn by a crash and is ignored.
+pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(JournalError::io("open checkpoint file", path)(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(JournalError::io("read checkpoint file", path))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        number += 1;
+        let body = line.trim_ascii();
+        if body.is_empty() {
+            continue;
+        }
+        let cp =
+            serde_json::from_slice(body).map_err(|source| JournalError::CorruptCheckpoint {
+                path: path.to_owned(),
+                line: number,
+                source,
+            })?;
+        out.push(cp);
+    }
+    Ok(out)
+}
+
+/// Append-only, fsync'd writer for the side file.
+pub(crate) struct CheckpointFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl CheckpointFile {
+    pub(crate) fn open(path: PathBuf) -> Result<CheckpointFile, JournalError> {
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(JournalError::io("open checkpoint file", &path))?;
+        drop_torn_tail(&mut file).map_err(JournalError::io("repair checkpoint file", &path))?;
+        if !existed {
+            // The file's directory entry must survive a crash too, or the
+            // checkpoints in it are lost with it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(JournalError::io("sync checkpoint directory", dir))?;
+            }
+        }
+        Ok(CheckpointFile { path, file })
+    }
+
+    pub(crate) fn append(&mut self, cp: &Checkpoint) -> Result<(), JournalError> {
+        let mut line =
+            serde_json::to_vec(cp).map_err(JournalError::json("serialise checkpoint"))?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+            .map_err(JournalError::io("append checkpoint", &self.path))
+    }
+}
+
+/// A crash mid-append leaves a partial last line; appending after it would
+/// glue two checkpoints into one unparseable line.
+fn drop_torn_tail(file: &mut File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Checkpoint lines are short, so the last newline is within this window.
+    let window = len.min(4096);
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut buf = Vec::with_capacity(usize::try_from(window).unwrap_or(4096));
+    Read::by_ref(file).take(window).read_to_end(&mut buf)?;
+    if buf.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        None => return Ok(()),
+    };
+    file.set_len(keep)?;
+    file.sync_data()
+}
+
+/// The first thing verification found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The record stored at `seq` is not the record that was hashed: its
+    /// content, index columns or hash were changed, or it disagrees with a
+    /// checkpoint.
+    Altered { seq: u64 },
+    /// The chain jumps from `after_seq` over `expected`: records were
+    /// deleted (outside of recorded retention).
+    Missing { after_seq: u64, expected: u64 },
+    /// The row at position `seq` holds a different record (moved or swapped).
+    Reordered { seq: u64 },
+    /// The record at `seq` is self-consistent but does not link to its
+    /// predecessor: one of the two was rewritten and re-hashed.
+    BrokenLink { seq: u64 },
+    /// The newest records were removed: a checkpoint vouches for
+    /// `checkpoint_seq` but the chain ends at `head_seq`.
+    Truncated { head_seq: u64, checkpoint_seq: u64 },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Altered { seq } => write!(f, "record {seq} was altered"),
+            Problem::Missing {
+                after_seq,
+                expected,
+            } => write!(
+                f,
+                "record {expected} is missing (chain jumps after {after_seq})"
+            ),
+            Problem::Reordered { seq } => write!(f, "record at position {seq} was moved"),
+            Problem::BrokenLink { seq } => write!(
+                f,
+                "record {seq} does not link to record {}; one of them was rewritten",
+                seq.saturating_sub(1)
+            ),
+            Problem::Truncated {
+                head_seq,
+                checkpoint_seq,
+            } => write!(
+                f,
+                "journal was truncated: it ends at {head_seq} but checkpoint {checkpoint_seq} exists"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Records checked (up to the first problem).
+    pub records: u64,
+    pub ok: bool,
+    pub first_problem: Option<Problem>,
+    /// Last seq that was reached in order.
+    pub head_seq: u64,
+    /// Newest checkpoint found in the side file or the store.
+    pub checkpoint_seq: Option<u64>,
+}
+
+/// Walks the whole store in seq order and checks hashes, links, the
+/// gap-free sequence, the index columns, retention and checkpoints.
+pub fn verify(store_path: impl AsRef<Path>) -> Result<VerifyReport, JournalError> {
+    let path = store_path.as_ref();
+    let store = Store::open_existing(path)?;
+
+    // Both sources are checked: the side file survives deletion from the
+    // store, the table survives deletion of the side file.
+    let mut checkpoints: HashMap<u64, Vec<String>> = HashMap::new();
+    for cp in read_checkpoint_file(&checkpoint_path(path))?
+        .into_iter()
+        .chain(store.checkpoints()?)
+    {
+        checkpoints.entry(cp.seq).or_default().push(cp.hash);
+    }
+    let checkpoint_seq = checkpoints.keys().copied().max();
+
+    let anchor = store.retention_anchor()?;
+    let start = anchor.clone().unwrap_or_else(ChainHead::genesis);
+    let mut walk = Walk {
+        expected: start.seq.saturating_add(1),
+        prev_hash: start.hash.clone(),
+        records: 0,
+        explained_upto: 0,
+        problem: None,
+    };
+    if let Some(a) = &anchor {
+        let anchor_ok = decode_hash(&a.hash).is_some()
+            && checkpoints
+                .get(&a.seq)
+                .is_none_or(|hs| hs.iter().all(|h| *h == a.hash));
+        if !anchor_ok {
+            walk.problem = Some(Problem::BrokenLink {
+                seq: a.seq.saturating_add(1),
+            });
+        }
+    }
+    if walk.problem.is_none() {
+        store.scan_records(|row| Ok(walk.step(row, &checkpoints)))?;
+    }
+
+    let head_seq = walk.expected.saturating_sub(1);
+    if walk.problem.is_none()
+        && let Some(a) = &anchor
+        && a.seq > walk.explained_upto
+    {
+        // Retention always appends a summary naming the last removed seq;
+        // an anchor no summary explains means records were dropped by hand.
+        walk.problem = Some(Problem::Missing {
+            after_seq: walk.explained_upto,
+            expected: walk.explained_upto + 1,
+        });
+    }
+    if walk.problem.is_none()
+        && let Some(cp) = checkpoint_seq
+        && cp > head_seq
+    {
+        walk.problem = Some(Problem::Truncated {
+            head_seq,
+            checkpoint_seq: cp,
+        });
+    }
+    Ok(VerifyReport {
+        records: walk.records,
+        ok: walk.problem.is_none(),
+        first_problem: walk.problem,
+        head_seq,
+        checkpoint_seq,
+    })
+}
+
+struct Walk {
+    expected: u64,
+    prev_hash: String,
+    records: u64,
+    explained_upto: u64,
+    problem: Option<Problem>,
+}
+
+impl Walk {
+    /// Checks one row; returns whether to continue.
+    fn step(
+        &mut self,
+        row: super::store::ScannedRow<'_>,
+        checkpoints: &HashMap<u64, Vec<String>>,
+    ) -> bool {
+        match self.check(row, checkpoints) {
+            Ok(()) => true,
+            Err(p) => {
+                self.problem = Some(p);
+                false
+            }
+        }
+    }
+
+    fn check(
+        &mut self,
+        row: super::store::ScannedRow<'_>,
+        checkpoints: &HashMap<u64, Vec<String>>,
+    ) -> Result<(), Problem> {
+        let Ok(seq) = u64::try_from(row.seq()) else {
+            return Err(Problem::Altered { seq: 0 });
+        };
+        if seq < self.expected {
+            // Only possible for rows at or below the retention anchor.
+            return Err(Problem::Altered { seq });
+        }
+        if seq > self.expected {
+            return Err(Problem::Missing {
+                after_seq: self.expected - 1,
+                expected: self.expected,
+            });
+        }
+        let altered = Problem::Altered { seq };
+        let json = row.json().ok_or(altered.clone())?;
+        let rec: Record = serde_json::from_str(json).map_err(|_| altered.clone())?;
+        if rec.seq != seq {
+            return Err(Problem::Reordered { seq });
+        }
+        let own_prev = decode_hash(&rec.prev).ok_or(altered.clone())?;
+        if stored_hash(&own_prev, json).as_deref() != Some(rec.hash.as_str())
+            || !row.columns_match(&rec)
+        {
+            return Err(altered);
+        }
+        if rec.prev != self.prev_hash {
+            return Err(Problem::BrokenLink { seq });
+        }
+        if let Some(hashes) = checkpoints.get(&seq)
+            && hashes.iter().any(|h| *h != rec.hash)
+        {
+            return Err(altered);
+        }
+        if rec.kind == Kind::Gap
+            && rec.action == "retention"
+            && let Some(last) = rec
+                .detail
+                .as_ref()
+                .and_then(|d| d.get("last_seq"))
+                .and_then(|v| v.as_u64())
+        {
+            self.explained_upto = self.explained_upto.max(last);
+        }
+        self.prev_hash = rec.hash;
+        self.expected = seq + 1;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::{Kind, Verdict};
+    use crate::journal::text::Text;
+
+    fn rec(target: &str) -> Record {
+        let mut r = Record::new(
+            Kind::File,
+            "open",
+            target,
+            Verdict::Denied,
+            "file.deny",
+            "landlock",
+        );
+        r.time = "2026-11-22T03:04:05.123456Z".into();
+        r
+    }
+
+    #[test]
+    fn seal_matches_the_definition() {
+        let mut head = ChainHead::genesis();
+        let mut r1 = rec("/etc/shadow");
+        let json1 = head.seal(&mut r1).unwrap();
+        assert_eq!(r1.seq, 1);
+        assert_eq!(r1.prev, GENESIS_HASH);
+        let canonical = canonical_bytes(&r1).unwrap();
+        assert!(canonical.ends_with(br#""hash":""}"#));
+        assert_eq!(r1.hash, record_hash(GENESIS_HASH, &canonical).unwrap());
+        assert_eq!(json1, serde_json::to_string(&r1).unwrap());
+        assert_eq!(
+            stored_hash(&[0; 32], &json1).as_deref(),
+            Some(r1.hash.as_str())
+        );
+
+        let mut r2 = rec("/etc/passwd");
+        head.seal(&mut r2).unwrap();
+        assert_eq!((r2.seq, &r2.prev), (2, &r1.hash));
+        assert_eq!(head.hash, r2.hash);
+    }
+
+    #[test]
+    fn stored_hash_rejects_malformed_lines() {
+        assert_eq!(stored_hash(&[0; 32], ""), None);
+        assert_eq!(stored_hash(&[0; 32], "{}"), None);
+        let fake = format!("{{\"x\":\"{}\"}}", "a".repeat(64));
+        assert_eq!(stored_hash(&[0; 32], &fake), None);
+    }
+
+    #[test]
+    fn invalid_utf8_and_floats_hash_from_stored_text() {
+        let mut head = ChainHead::genesis();
+        let mut r = rec("x");
+        r.target = Text::new(vec![0xff, 0x00]);
+        r.detail = Some(serde_json::json!({"ratio": 0.1 + 0.2, "big": 1e300}));
+        let json = head.seal(&mut r).unwrap();
+        let parsed: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed.target, r.target);
+        assert_eq!(
+            stored_hash(&[0; 32], &json).as_deref(),
+            Some(r.hash.as_str())
+        );
+    }
+
+    #[test]
+    fn checkpoint_file_round_trips_and_survives_torn_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = checkpoint_path(&dir.path().join("j.db"));
+        assert!(path.ends_with("j.db.checkpoint"));
+        assert!(read_checkpoint_file(&path).unwrap().is_empty());
+        let cp = |seq| Checkpoint {
+            seq,
+            hash: GENESIS_HASH.into(),
+            time: "t".into(),
+        };
+        let mut f = CheckpointFile::open(path.clone()).unwrap();
+        f.append(&cp(1)).unwrap();
+        drop(f);
+        // A crash in the middle of the second append.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":2,\"ha")
+            .unwrap();
+        assert_eq!(read_checkpoint_file(&path).unwrap(), vec![cp(1)]);
+        let mut f = CheckpointFile::open(path.clone()).unwrap();
+        f.append(&cp(3)).unwrap();
+        assert_eq!(read_checkpoint_file(&path).unwrap(), vec![cp(1), cp(3)]);
+
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(matches!(
+            read_checkpoint_file(&path),
+            Err(JournalError::CorruptCheckpoint { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn problems_display() {
+        let p = Problem::Missing {
+            after_seq: 4,
+            expected: 5,
+        };
+        assert_eq!(p.to_string(), "record 5 is missing (chain jumps after 4)");
+        assert_eq!(
+            serde_json::to_string(&Problem::Altered { seq: 3 }).unwrap(),
+            r#"{"problem":"altered","seq":3}"#
+        );
+    }
+
+    mod tamper {
+        use super::*;
+        use crate::journal::store::Store;
+        use crate::journal::writer::tests::journal_with;
+        use rusqlite::Connection;
+
+        fn db(path: &Path) -> Connection {
+            Connection::open(path).unwrap()
+        }
+
+        fn problem(path: &Path) -> Option<Problem> {
+            let report = verify(path).unwrap();
+            assert_eq!(report.ok, report.first_problem.is_none());
+            report.first_problem
+        }
+
+        #[test]
+        fn intact_store_passes() {
+            let (_dir, path) = journal_with(100);
+            let report = verify(&path).unwrap();
+            assert_eq!(
+                report,
+                VerifyReport {
+                    records: 100,
+                    ok: true,
+                    first_problem: None,
+                    head_seq: 100,
+                    checkpoint_seq: Some(100),
+                }
+            );
+        }
+
+        #[test]
+        fn edited_target_column_is_altered() {
+            let (_dir, path) = journal_with(100);
+            db(&path)
+                .execute(
+                    "UPDATE records SET target = '/tmp/innocent' WHERE seq = 40",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(problem(&path), Some(Problem::Altered { seq: 40 }));
+        }
+
+        #[test]
+        fn edited_target_in_json_is_altered() {
+            let (_dir, path) = journal_with(100);
+            // Record 41 is event 40.
+            let n = db(&path)
+                .execute(
+                    "UPDATE records SET json = replace(json, '10.0.0.40:443', '10.0.0.99:443'), \
+                     target = '10.0.0.99:443/tcp' WHERE seq = 41",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+            assert_eq!(problem(&path), Some(Problem::Altered { seq: 41 }));
+        }
+
+        #[test]
+        fn deleted_record_is_missing() {
+            let (_dir, path) = journal_with(100);
+            db(&path)
+                .execute("DELETE FROM records WHERE seq = 50", [])
+                .unwrap();
+            assert_eq!(
+                problem(&path),
+                Some(Problem::Missing {
+                    after_seq: 49,
+                    expected: 50
+                })
+            );
+        }
+
+        #[test]
+        fn swapped_records_are_reordered() {
+            let (_dir, path) = journal_with(100);
+            db(&path)
+                .execute_batch(
+                    "UPDATE records SET seq = -31 WHERE seq = 31;
+                     UPDATE records SET seq = 31 WHERE seq = 30;
+                     UPDATE records SET seq = 30 WHERE seq = -31;",
+                )
+                .unwrap();
+            assert_eq!(problem(&path), Some(Problem::Reordered { seq: 30 }));
+        }
+
+        #[test]
+        fn truncated_tail_is_detected_from_the_side_file() {
+            let (_dir, path) = journal_with(100);
+            db(&path)
+                .execute_batch("DELETE FROM records WHERE seq > 90; DELETE FROM checkpoints;")
+                .unwrap();
+            assert_eq!(
+                problem(&path),
+                Some(Problem::Truncated {
+                    head_seq: 90,
+                    checkpoint_seq: 100
+                })
+            );
+        }
+
+        /// Rewrites records `from..=to` with a new target and a valid,
+        /// recomputed chain, as an attacker who knows the scheme would.
+        fn rewrite(path: &Path, from: u64, to: u64) {
+            let store = Store::open_existing(path).unwrap();
+            let prev = store.get(from - 1).unwrap().unwrap();
+            let mut head = ChainHead {
+                seq: from - 1,
+                hash: prev.hash,
+            };
+            let conn = db(path);
+            for seq in from..=to {
+                let mut r = store.get(seq).unwrap().unwrap();
+                r.target = Text::from("/tmp/innocent");
+                let json = head.seal(&mut r).unwrap();
+                conn.execute(
+                    "UPDATE records SET json = ?1, hash = ?2, target = '/tmp/innocent' WHERE seq = ?3",
+                    rusqlite::params![json, r.hash, seq as i64],
+                )
+                .unwrap();
+            }
+        }
+
+        #[test]
+        fn rehashed_record_breaks_the_next_link() {
+            let (_dir, path) = journal_with(100);
+            rewrite(&path, 20, 20);
+            assert_eq!(problem(&path), Some(Problem::BrokenLink { seq: 21 }));
+        }
+
+        #[test]
+        fn rehashed_tail_disagrees_with_the_checkpoint() {
+            let (_dir, path) = journal_with(100);
+            rewrite(&path, 95, 100);
+            assert_eq!(problem(&path), Some(Problem::Altered { seq: 100 }));
+        }
+
+        #[test]
+        fn deleted_head_of_chain_is_missing() {
+            let (_dir, path) = journal_with(30);
+            db(&path)
+                .execute("DELETE FROM records WHERE seq <= 10", [])
+                .unwrap();
+            assert_eq!(
+                problem(&path),
+                Some(Problem::Missing {
+                    after_seq: 0,
+                    expected: 1
+                })
+            );
+        }
+
+        #[test]
+        fn forged_retention_anchor_is_missing() {
+            let (_dir, path) = journal_with(30);
+            let hash10 = Store::open_existing(&path)
+                .unwrap()
+                .get(10)
+                .unwrap()
+                .unwrap()
+                .hash;
+            db(&path)
+                .execute_batch(&format!(
+                    "DELETE FROM records WHERE seq <= 10;
+                     INSERT INTO retention(id, seq, hash) VALUES (1, 10, '{hash10}');"
+                ))
+                .unwrap();
+            assert_eq!(
+                problem(&path),
+                Some(Problem::Missing {
+                    after_seq: 0,
+                    expected: 1
+                })
+            );
+        }
+
+        #[test]
+        fn missing_store_is_an_error() {
+            let dir = tempfile::tempdir().unwrap();
+            assert!(matches!(
+                verify(dir.path().join("nope.db")),
+                Err(JournalError::NotFound { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The violation journal: every event guard observes about a confined agent
+//! becomes one hash-chained [`Record`], stored in SQLite, optionally mirrored
+//! as JSON lines, and queryable afterwards so a reviewer can say what an agent
+//! tried.
+//!
+//! The pieces:
+//! - [`Record`] and [`Text`]: the event shape; `Text` keeps untrusted bytes
+//!   losslessly and prints them safely.
+//! - [`Journal`] / [`JournalHandle`]: the batching writer thread the daemon
+//!   appends to; it assigns `seq`, `time`, `prev` and `hash`.
+//! - [`Store`]: the SQLite file, read by the CLI with [`Filter`].
+//! - [`verify`]: recomputes the chain and the checkpoints.
+//! - [`human`]: one-line table output for terminals.
+
+mod chain;
+pub mod human;
+mod query;
+mod record;
+mod sink;
+mod store;
+mod text;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use chain::{
+    ChainHead, Checkpoint, GENESIS_HASH, Problem, VerifyReport, canonical_bytes, checkpoint_path,
+    read_checkpoint_file, record_hash, verify,
+};
+pub use query::{Filter, bench_query, parse_time};
+pub use record::{AgentRef, Kind, ProcessRef, Record, Verdict, format_time, parse_record_time};
+pub use sink::MirrorSink;
+pub use store::{Retention, Store};
+pub use text::{
+    COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
+};
+pub use writer::{Journal, JournalConfig, JournalHandle, JournalStats, bench_ingest};
+
+/// Everything that can go wrong in the journal. Each variant names the
+/// operation that failed so a log line is actionable without a backtrace.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal store: {op}")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("journal: {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal json: {op}")]
+    Json {
+        op: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "invalid time {input:?} ({reason}): expected RFC 3339 such as 2026-11-22T03:04:05Z \
+         or a relative duration such as 30s, 10m, 2h, 1d"
+    )]
+    InvalidTime { input: String, reason: String },
+    #[error("unknown {what} {input:?}")]
+    UnknownName { what: &'static str, input: String },
+    #[error("corrupt journal record at seq {seq}: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("corrupt checkpoint file {} line {line}", path.display())]
+    CorruptCheckpoint {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("journal store {} does not exist", path.display())]
+    NotFound { path: PathBuf },
+    #[error("journal store schema version {found} is newer than this build supports ({supported})")]
+    SchemaVersion { found: i64, supported: i64 },
+    #[error("{what} {value} does not fit the journal's integer range")]
+    OutOfRange { what: &'static str, value: u64 },
+    #[error("journal writer is closed")]
+    Closed,
+    #[error("journal writer: {op}")]
+    Writer {
+        op: &'static str,
+        #[source]
+        source: Arc<JournalError>,
+    },
+    #[error("journal writer thread panicked")]
+    WriterPanicked,
+}
+
+impl JournalError {
+    pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError {
+        move |source| JournalError::Sqlite { op, source }
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> JournalError {
+        let path = path.into();
+        move |source| JournalError::Io { op, path, source }
+    }
+
+    pub(crate) fn json(op: &'static str) -> impl FnOnce(serde_json::Error) -> JournalError {
+        move |source| JournalError::Json { op, source }
+    }
+}
+
+/// `error: cause: cause` for log lines, which otherwise show only the top
+/// level and lose the SQLite or I/O reason.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,741 @@
+//! The SQLite store. `records.json` is the exact stored record (the chain
+//! covers it); the other columns are copies for indexing and are checked
+//! against `json` by verification.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
+
+use super::JournalError;
+use super::chain::{ChainHead, Checkpoint};
+use super::query::Filter;
+use super::record::{Record, parse_record_time, to_unix_us};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records(
+    seq INTEGER PRIMARY KEY,
+    ts_us INTEGER,
+    agent_id TEXT,
+    agent_name TEXT,
+    pid INTEGER,
+    kind TEXT,
+    verdict TEXT,
+    target TEXT,
+    json TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+-- seq is the rowid, so every index below ends in seq implicitly: an equality
+-- match on the leading columns comes out already in seq order.
+CREATE INDEX IF NOT EXISTS records_agent_id ON records(agent_id, kind);
+CREATE INDEX IF NOT EXISTS records_agent_name ON records(agent_name, kind);
+CREATE INDEX IF NOT EXISTS records_kind ON records(kind);
+CREATE INDEX IF NOT EXISTS records_verdict ON records(verdict);
+CREATE INDEX IF NOT EXISTS records_ts ON records(ts_us);
+CREATE TABLE IF NOT EXISTS checkpoints(
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    time TEXT NOT NULL
+);
+-- The (seq, hash) of the newest record removed by retention, so the chain
+-- of the retained records still links to something.
+CREATE TABLE IF NOT EXISTS retention(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+";
+
+const INSERT_RECORD: &str = "INSERT INTO records \
+    (seq, ts_us, agent_id, agent_name, pid, kind, verdict, target, json, hash) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+const SCAN_COLUMNS: &str =
+    "seq, ts_us, agent_id, agent_name, pid, kind, verdict, target, json, hash";
+
+/// How much history to keep. Retention always removes the oldest records
+/// and records a `gap`/`retention` summary in their place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_records: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    pub fn is_enabled(&self) -> bool {
+        self.max_records.is_some() || self.max_age.is_some()
+    }
+}
+
+/// A record ready to insert: the sealed record, its stored JSON and `ts_us`.
+pub(crate) struct Sealed {
+    pub rec: Record,
+    pub json: String,
+    pub ts_us: i64,
+}
+
+/// What one retention pass will remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetentionPlan {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hash: String,
+    pub removed: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    /// Which limit triggered, for the summary's `rule`.
+    pub rule: &'static str,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens or creates the store and its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, JournalError> {
+        let path = path.as_ref();
+        let conn = Connection::open(path).map_err(JournalError::sql("open store"))?;
+        Store::init(conn, path)
+    }
+
+    /// Opens a store that must already exist (for verification and the CLI,
+    /// where silently creating an empty journal would hide a wrong path).
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Store, JournalError> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(JournalError::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(JournalError::sql("open store"))?;
+        Store::init(conn, path)
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<Store, JournalError> {
+        // A reader (the CLI) and the daemon's writer share the file; wait
+        // for each other's short transactions instead of failing.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(JournalError::sql("set busy timeout"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+             PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY;",
+        )
+        .map_err(JournalError::sql("set pragmas"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(JournalError::sql("read schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::SchemaVersion {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)
+            .map_err(JournalError::sql("create schema"))?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))
+                .map_err(JournalError::sql("set schema version"))?;
+        }
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Newest record's seq and hash, or `None` for an empty store.
+    pub fn head(&self) -> Result<Option<ChainHead>, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(JournalError::sql("read chain head"))?
+            .map(|(seq, hash)| {
+                Ok(ChainHead {
+                    seq: seq_from_sql(seq)?,
+                    hash,
+                })
+            })
+            .transpose()
+    }
+
+    pub fn count(&self) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .map_err(JournalError::sql("count records"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, JournalError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT json FROM records WHERE seq = ?1",
+                [seq_to_sql(seq)?],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(JournalError::sql("read record"))?;
+        json.map(|j| parse_stored(seq, &j)).transpose()
+    }
+
+    /// Records matching `f`, seq ascending.
+    pub fn query(&self, f: &Filter) -> Result<Vec<Record>, JournalError> {
+        let (sql, values) = f.to_sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(JournalError::sql("prepare query"))?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(values.iter()))
+            .map_err(JournalError::sql("run query"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(JournalError::sql("read query row"))? {
+            let seq: i64 = row.get(0).map_err(JournalError::sql("read query row"))?;
+            let json = row
+                .get_ref(1)
+                .map_err(JournalError::sql("read query row"))?;
+            let seq = seq_from_sql(seq)?;
+            let text = json.as_str().map_err(|_| JournalError::Corrupt {
+                seq,
+                reason: "json column is not text".into(),
+            })?;
+            out.push(parse_stored(seq, text)?);
+        }
+        if f.tail {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// `EXPLAIN QUERY PLAN` details for the query `f` would run.
+    pub fn explain_query(&self, f: &Filter) -> Result<Vec<String>, JournalError> {
+        let (sql, values) = f.to_sql();
+        let mut stmt = self
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(JournalError::sql("prepare query plan"))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                r.get::<_, String>(3)
+            })
+            .map_err(JournalError::sql("explain query"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(JournalError::sql("explain query"))
+    }
+
+    /// Checkpoints recorded in the store, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, hash, time FROM checkpoints ORDER BY seq")
+            .map_err(JournalError::sql("read checkpoints"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(JournalError::sql("read checkpoints"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, hash, time) = row.map_err(JournalError::sql("read checkpoints"))?;
+            out.push(Checkpoint {
+                seq: seq_from_sql(seq)?,
+                hash,
+                time,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The last record removed by retention, which the oldest retained
+    /// record links to.
+    pub fn retention_anchor(&self) -> Result<Option<ChainHead>, JournalError> {
+        self.conn
+            .query_row("SELECT seq, hash FROM retention WHERE id = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(JournalError::sql("read retention anchor"))?
+            .map(|(seq, hash)| {
+                Ok(ChainHead {
+                    seq: seq_from_sql(seq)?,
+                    hash,
+                })
+            })
+            .transpose()
+    }
+
+    /// Inserts sealed records in one transaction.
+    pub(crate) fn insert_batch(&mut self, batch: &[Sealed]) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(JournalError::sql("begin batch"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(INSERT_RECORD)
+                .map_err(JournalError::sql("prepare insert"))?;
+            for s in batch {
+                insert_one(&mut stmt, s)?;
+            }
+        }
+        tx.commit().map_err(JournalError::sql("commit batch"))
+    }
+
+    /// Records a checkpoint durably: the commit is fsync'd (unlike ordinary
+    /// batches under `synchronous=NORMAL`) so the side file, written after
+    /// this, never vouches for records a power loss could take back.
+    pub(crate) fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), JournalError> {
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(JournalError::sql("raise synchronous"))?;
+        let result = self
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints(seq, hash, time) VALUES (?1, ?2, ?3)",
+                params![seq_to_sql(cp.seq)?, cp.hash, cp.time],
+            )
+            .map_err(JournalError::sql("insert checkpoint"));
+        let restore = self
+            .conn
+            .execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(JournalError::sql("restore synchronous"));
+        result?;
+        restore
+    }
+
+    /// Newest checkpoint seq in the store.
+    pub(crate) fn last_checkpoint_seq(&self) -> Result<Option<u64>, JournalError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .map_err(JournalError::sql("read last checkpoint"))?;
+        seq.map(seq_from_sql).transpose()
+    }
+
+    /// Works out which prefix of the chain `policy` removes at `now`.
+    /// Only a prefix is ever removed, so the rest still links.
+    pub(crate) fn plan_retention(
+        &self,
+        policy: &Retention,
+        now: SystemTime,
+    ) -> Result<Option<RetentionPlan>, JournalError> {
+        let (min, max, count): (Option<i64>, Option<i64>, i64) = self
+            .conn
+            .query_row(
+                "SELECT min(seq), max(seq), count(*) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(JournalError::sql("measure records"))?;
+        let (Some(min), Some(max)) = (min, max) else {
+            return Ok(None);
+        };
+        let mut cut: Option<(i64, &'static str)> = None;
+
+        if let Some(limit) = policy.max_records {
+            // Only act once the limit is exceeded, and then remove one extra
+            // for the summary, so an idle journal is not churned every pass.
+            let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+            if count > limit {
+                let remove = count - limit + 1;
+                let last: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT seq FROM records ORDER BY seq LIMIT 1 OFFSET ?1",
+                        [remove - 1],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(JournalError::sql("find retention cut"))?;
+                if let Some(last) = last {
+                    cut = Some((last, "retention.max_records"));
+                }
+            }
+        }
+        if let Some(age) = policy.max_age {
+            let cutoff = now.checked_sub(age).map_or(i64::MIN, to_unix_us);
+            // Times are caller-supplied and not monotonic in seq: stop at the
+            // first record young enough to keep.
+            let first_young: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT min(seq) FROM records WHERE ts_us >= ?1",
+                    [cutoff],
+                    |r| r.get(0),
+                )
+                .map_err(JournalError::sql("find retention age cut"))?;
+            let last = match first_young {
+                None => Some(max),
+                Some(young) if young > min => self
+                    .conn
+                    .query_row(
+                        "SELECT max(seq) FROM records WHERE seq < ?1",
+                        [young],
+                        |r| r.get(0),
+                    )
+                    .map_err(JournalError::sql("find retention age cut"))?,
+                Some(_) => None,
+            };
+            if let Some(last) = last
+                && cut.is_none_or(|(c, _)| last > c)
+            {
+                cut = Some((last, "retention.max_age"));
+            }
+        }
+        let Some((last, rule)) = cut else {
+            return Ok(None);
+        };
+
+        let last_hash: String = self
+            .conn
+            .query_row("SELECT hash FROM records WHERE seq = ?1", [last], |r| {
+                r.get(0)
+            })
+            .map_err(JournalError::sql("read retention anchor hash"))?;
+        let mut by_kind = BTreeMap::new();
+        let mut removed = 0u64;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, count(*) FROM records WHERE seq <= ?1 GROUP BY kind")
+            .map_err(JournalError::sql("count removed records"))?;
+        let rows = stmt
+            .query_map([last], |r| {
+                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(JournalError::sql("count removed records"))?;
+        for row in rows {
+            let (kind, n) = row.map_err(JournalError::sql("count removed records"))?;
+            let n = u64::try_from(n).unwrap_or(0);
+            removed += n;
+            *by_kind.entry(kind.unwrap_or_default()).or_insert(0) += n;
+        }
+        Ok(Some(RetentionPlan {
+            first_seq: seq_from_sql(min)?,
+            last_seq: seq_from_sql(last)?,
+            last_hash,
+            removed,
+            by_kind,
+            rule,
+        }))
+    }
+
+    /// Removes the planned prefix, moves the anchor and inserts the summary,
+    /// all in one transaction so the removal is never unrecorded.
+    pub(crate) fn execute_retention(
+        &mut self,
+        plan: &RetentionPlan,
+        summary: &Sealed,
+    ) -> Result<(), JournalError> {
+        let last = seq_to_sql(plan.last_seq)?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(JournalError::sql("begin retention"))?;
+        tx.execute("DELETE FROM records WHERE seq <= ?1", [last])
+            .map_err(JournalError::sql("delete retained records"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO retention(id, seq, hash) VALUES (1, ?1, ?2)",
+            params![last, plan.last_hash],
+        )
+        .map_err(JournalError::sql("move retention anchor"))?;
+        tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [last])
+            .map_err(JournalError::sql("delete old checkpoints"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(INSERT_RECORD)
+                .map_err(JournalError::sql("prepare insert"))?;
+            insert_one(&mut stmt, summary)?;
+        }
+        tx.commit().map_err(JournalError::sql("commit retention"))
+    }
+
+    /// Streams every record row in seq order; `f` returns whether to go on.
+    pub(crate) fn scan_records(
+        &self,
+        mut f: impl FnMut(ScannedRow<'_>) -> Result<bool, JournalError>,
+    ) -> Result<(), JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {SCAN_COLUMNS} FROM records ORDER BY seq"))
+            .map_err(JournalError::sql("scan records"))?;
+        let mut rows = stmt.query([]).map_err(JournalError::sql("scan records"))?;
+        while let Some(row) = rows.next().map_err(JournalError::sql("scan records"))? {
+            if !f(ScannedRow { row })? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn insert_one(stmt: &mut rusqlite::CachedStatement<'_>, s: &Sealed) -> Result<(), JournalError> {
+    let r = &s.rec;
+    stmt.execute(params![
+        seq_to_sql(r.seq)?,
+        s.ts_us,
+        r.agent.as_ref().map(|a| a.id.as_str()),
+        r.agent.as_ref().map(|a| a.name.as_str()),
+        r.process.as_ref().map(|p| p.pid),
+        r.kind.as_str(),
+        r.verdict.as_str(),
+        RawText(r.target.as_bytes()),
+        s.json,
+        r.hash,
+    ])
+    .map_err(JournalError::sql("insert record"))?;
+    Ok(())
+}
+
+/// Binds bytes as TEXT even when they are not UTF-8, so `target` keeps the
+/// exact bytes `instr` searches.
+struct RawText<'a>(&'a [u8]);
+
+impl ToSql for RawText<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.0)))
+    }
+}
+
+/// One row during [`Store::scan_records`], read leniently: a tampered row
+/// must be reported, not turned into a read error.
+pub(crate) struct ScannedRow<'a> {
+    row: &'a Row<'a>,
+}
+
+impl ScannedRow<'_> {
+    fn col(&self, i: usize) -> ValueRef<'_> {
+        self.row.get_ref(i).unwrap_or(ValueRef::Null)
+    }
+
+    pub(crate) fn seq(&self) -> i64 {
+        match self.col(0) {
+            ValueRef::Integer(i) => i,
+            _ => -1,
+        }
+    }
+
+    pub(crate) fn json(&self) -> Option<&str> {
+        match self.col(8) {
+            ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether every index column holds what [`insert_one`] would write for
+    /// `rec`; otherwise queries could be made to lie about a valid record.
+    pub(crate) fn columns_match(&self, rec: &Record) -> bool {
+        let ts_us = parse_record_time(&rec.time).map(to_unix_us);
+        let text = |i: usize, want: Option<&[u8]>| match (self.col(i), want) {
+            (ValueRef::Text(t), Some(w)) => t == w,
+            (ValueRef::Null, None) => true,
+            _ => false,
+        };
+        let int = |i: usize, want: Option<i64>| match (self.col(i), want) {
+            (ValueRef::Integer(v), Some(w)) => v == w,
+            (ValueRef::Null, None) => true,
+            _ => false,
+        };
+        int(1, ts_us)
+            && text(2, rec.agent.as_ref().map(|a| a.id.as_bytes()))
+            && text(3, rec.agent.as_ref().map(|a| a.name.as_bytes()))
+            && int(4, rec.process.as_ref().map(|p| i64::from(p.pid)))
+            && text(5, Some(rec.kind.as_str().as_bytes()))
+            && text(6, Some(rec.verdict.as_str().as_bytes()))
+            && text(7, Some(rec.target.as_bytes()))
+            && text(9, Some(rec.hash.as_bytes()))
+    }
+}
+
+fn parse_stored(seq: u64, json: &str) -> Result<Record, JournalError> {
+    serde_json::from_str(json).map_err(|e| JournalError::Corrupt {
+        seq,
+        reason: format!("stored json does not parse: {e}"),
+    })
+}
+
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, JournalError> {
+    i64::try_from(seq).map_err(|_| JournalError::OutOfRange {
+        what: "seq",
+        value: seq,
+    })
+}
+
+fn seq_from_sql(seq: i64) -> Result<u64, JournalError> {
+    u64::try_from(seq).map_err(|_| JournalError::Corrupt {
+        seq: 0,
+        reason: format!("negative seq {seq} in store"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::journal::chain::ChainHead;
+    use crate::journal::record::{AgentRef, Kind, Verdict};
+    use crate::journal::text::Text;
+
+    pub(crate) fn sealed_batch(head: &mut ChainHead, n: u64, start_us: i64) -> Vec<Sealed> {
+        (0..n)
+            .map(|i| {
+                let mut rec = Record::new(
+                    Kind::ALL[(i % 8) as usize],
+                    "open",
+                    format!("/tmp/{i}"),
+                    Verdict::Denied,
+                    "r",
+                    "l",
+                )
+                .with_agent(AgentRef {
+                    id: format!("id{}", i % 3),
+                    name: format!("agent{}", i % 3),
+                    policy: "p".into(),
+                });
+                let ts_us = start_us + i as i64;
+                rec.time = crate::journal::record::format_time(
+                    std::time::UNIX_EPOCH + Duration::from_micros(ts_us as u64),
+                );
+                let json = head.seal(&mut rec).unwrap();
+                Sealed { rec, json, ts_us }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_creates_schema_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.head().unwrap(), None);
+        let mut head = ChainHead::genesis();
+        let batch = sealed_batch(&mut head, 10, 1_000_000);
+        store.insert_batch(&batch).unwrap();
+        drop(store);
+        let store = Store::open_existing(&path).unwrap();
+        assert_eq!(store.head().unwrap(), Some(head));
+        assert_eq!(store.count().unwrap(), 10);
+        assert_eq!(store.get(3).unwrap().unwrap(), batch[2].rec);
+        assert_eq!(store.get(11).unwrap(), None);
+        let mode: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn open_existing_refuses_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open_existing(dir.path().join("nope.db")),
+            Err(JournalError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .conn()
+            .execute_batch("PRAGMA user_version=99")
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            Store::open(&path),
+            Err(JournalError::SchemaVersion { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_target_is_stored_as_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("j.db")).unwrap();
+        let mut head = ChainHead::genesis();
+        let mut batch = sealed_batch(&mut head, 0, 0);
+        let mut rec = Record::new(Kind::File, "open", "", Verdict::Denied, "r", "l");
+        rec.target = Text::new(vec![b'/', 0xff, b'x']);
+        rec.time = "2026-01-01T00:00:00.000000Z".into();
+        let json = head.seal(&mut rec).unwrap();
+        batch.push(Sealed {
+            rec: rec.clone(),
+            json,
+            ts_us: 0,
+        });
+        store.insert_batch(&batch).unwrap();
+        let bytes: Vec<u8> = store
+            .conn()
+            .query_row("SELECT CAST(target AS BLOB) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(bytes, vec![b'/', 0xff, b'x']);
+        assert_eq!(store.get(1).unwrap().unwrap().target, rec.target);
+    }
+
+    #[test]
+    fn retention_plans_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("j.db")).unwrap();
+        let mut head = ChainHead::genesis();
+        store
+            .insert_batch(&sealed_batch(&mut head, 20, 1_000_000))
+            .unwrap();
+        let none = Retention::default();
+        assert_eq!(
+            store.plan_retention(&none, SystemTime::now()).unwrap(),
+            None
+        );
+
+        let by_count = Retention {
+            max_records: Some(15),
+            max_age: None,
+        };
+        let plan = store
+            .plan_retention(&by_count, SystemTime::now())
+            .unwrap()
+            .unwrap();
+        // 20 records, limit 15, one slot for the summary: remove 6.
+        assert_eq!((plan.first_seq, plan.last_seq, plan.removed), (1, 6, 6));
+        assert_eq!(plan.by_kind.values().sum::<u64>(), 6);
+        assert_eq!(plan.last_hash, store.get(6).unwrap().unwrap().hash);
+
+        // Times are 1 s + i µs; keep everything at or after 1 s + 12 µs.
+        let now = std::time::UNIX_EPOCH + Duration::from_micros(1_000_012 + 3_600_000_000);
+        let by_age = Retention {
+            max_records: None,
+            max_age: Some(Duration::from_secs(3600)),
+        };
+        let plan = store.plan_retention(&by_age, now).unwrap().unwrap();
+        assert_eq!((plan.last_seq, plan.rule), (12, "retention.max_age"));
+        let under = Retention {
+            max_records: Some(100),
+            max_age: None,
+        };
+        assert_eq!(store.plan_retention(&under, now).unwrap(), None);
+    }
+}

@@ -1,0 +1,1031 @@
+//! The writer thread. The daemon appends from async tasks through a cheap,
+//! cloneable [`JournalHandle`]; one dedicated thread owns the SQLite
+//! connection and the chain head, so sealing and committing are strictly
+//! ordered without locks on the hot path.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use super::chain::{ChainHead, Checkpoint, CheckpointFile, checkpoint_path, decode_hash};
+use super::query::bench_record;
+use super::record::{Kind, Record, Verdict, format_time, parse_record_time, to_unix_us};
+use super::sink::{Mirror, MirrorSink};
+use super::store::{Retention, Sealed, Store};
+use super::text::Text;
+use super::{JournalError, error_chain};
+
+/// Large enough to absorb bursts (a fork bomb denied by policy) without
+/// blocking the daemon; beyond it appenders wait rather than lose records.
+const CHANNEL_CAPACITY: usize = 65_536;
+const MAX_BATCH: usize = 4096;
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// Slots retained for `--follow` subscribers; a slower subscriber sees
+/// `Lagged` and catches up from the store with `Filter::after_seq`.
+const BROADCAST_CAPACITY: usize = 8192;
+/// Retention runs at open and then at this pace, so a busy journal gets one
+/// summary record per pass rather than one per batch.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Attempts at committing what is left once the journal is closing; while
+/// open, the writer retries forever and appenders feel backpressure.
+const CLOSE_RETRIES: u32 = 5;
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// The SQLite file; the checkpoint side file sits next to it.
+    pub path: PathBuf,
+    pub mirror: Vec<MirrorSink>,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub retention: Retention,
+}
+
+impl JournalConfig {
+    /// Defaults: no mirror, a checkpoint every 1000 records or 5 s, keep
+    /// everything.
+    pub fn new(path: impl Into<PathBuf>) -> JournalConfig {
+        JournalConfig {
+            path: path.into(),
+            mirror: Vec::new(),
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(5),
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// Counters for the daemon's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Records accepted by [`JournalHandle::append`].
+    pub appended: u64,
+    /// Of those, how many are committed.
+    pub committed: u64,
+    /// `appended - committed`: queued or in the batch being written.
+    pub pending: u64,
+    pub batches: u64,
+    pub last_batch_size: u64,
+    /// Sealing plus the SQLite transaction of the last batch.
+    pub last_commit_latency_us: u64,
+    pub commit_errors: u64,
+    pub mirror_errors: u64,
+    pub checkpoints: u64,
+    pub checkpoint_errors: u64,
+    pub retention_removed: u64,
+    pub head_seq: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    appended: AtomicU64,
+    committed: AtomicU64,
+    batches: AtomicU64,
+    last_batch_size: AtomicU64,
+    last_commit_latency_us: AtomicU64,
+    commit_errors: AtomicU64,
+    mirror_errors: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_errors: AtomicU64,
+    retention_removed: AtomicU64,
+    head_seq: AtomicU64,
+}
+
+enum Msg {
+    /// Boxed: the channel preallocates every slot, and 64 Ki inline records
+    /// would pin ~24 MiB whether or not the journal is ever busy.
+    Append(Box<Record>),
+    Flush(SyncSender<Result<(), JournalError>>),
+    Retention(SyncSender<Result<u64, JournalError>>),
+}
+
+struct Shared {
+    /// `None` once closing. Appenders hold the read lock across `send`, so
+    /// close cannot slip between a successful send and the writer's final
+    /// drain: every accepted record is committed or reported.
+    tx: RwLock<Option<SyncSender<Msg>>>,
+    events: broadcast::Sender<Arc<Record>>,
+    stats: Stats,
+}
+
+/// Cloneable, thread-safe access to a running [`Journal`].
+#[derive(Clone)]
+pub struct JournalHandle {
+    shared: Arc<Shared>,
+}
+
+impl JournalHandle {
+    /// Queues a record. The journal assigns `seq`, `time` (if empty),
+    /// `prev` and `hash` and applies the length caps. Returns at once unless
+    /// the queue is full, in which case it blocks until there is room: a
+    /// journal that drops violations is worse than a slow one.
+    pub fn append(&self, rec: Record) -> Result<(), JournalError> {
+        // Counted first so `committed` can never overtake `appended`.
+        self.shared.stats.appended.fetch_add(1, Relaxed);
+        let sent = self.send(Msg::Append(Box::new(rec)));
+        if sent.is_err() {
+            self.shared.stats.appended.fetch_sub(1, Relaxed);
+        }
+        sent
+    }
+
+    /// Blocks until every record appended before this call is committed.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Msg::Flush(tx))?;
+        rx.recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Runs the configured retention now (it also runs at open and every
+    /// minute); returns how many records were removed.
+    pub fn apply_retention(&self) -> Result<u64, JournalError> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Msg::Retention(tx))?;
+        rx.recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Every record committed from now on, in seq order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        let s = &self.shared.stats;
+        let appended = s.appended.load(Relaxed);
+        let committed = s.committed.load(Relaxed);
+        JournalStats {
+            appended,
+            committed,
+            pending: appended.saturating_sub(committed),
+            batches: s.batches.load(Relaxed),
+            last_batch_size: s.last_batch_size.load(Relaxed),
+            last_commit_latency_us: s.last_commit_latency_us.load(Relaxed),
+            commit_errors: s.commit_errors.load(Relaxed),
+            mirror_errors: s.mirror_errors.load(Relaxed),
+            checkpoints: s.checkpoints.load(Relaxed),
+            checkpoint_errors: s.checkpoint_errors.load(Relaxed),
+            retention_removed: s.retention_removed.load(Relaxed),
+            head_seq: s.head_seq.load(Relaxed),
+        }
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), JournalError> {
+        let guard = self
+            .shared
+            .tx
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tx = guard.as_ref().ok_or(JournalError::Closed)?;
+        tx.send(msg).map_err(|_| JournalError::Closed)
+    }
+}
+
+/// The open journal. Dropping it closes it like [`Journal::close`], but
+/// without a way to see errors.
+pub struct Journal {
+    handle: JournalHandle,
+    thread: Option<JoinHandle<Result<(), JournalError>>>,
+}
+
+impl Journal {
+    /// Opens (or creates) the store, resumes the chain from its newest
+    /// record and starts the writer thread.
+    pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
+        let store = Store::open(&cfg.path)?;
+        let head = match store.head()? {
+            Some(h) => h,
+            None => store.retention_anchor()?.unwrap_or_else(ChainHead::genesis),
+        };
+        if decode_hash(&head.hash).is_none() {
+            // Every later hash would be computed over garbage; refuse now
+            // rather than fail each batch.
+            return Err(JournalError::Corrupt {
+                seq: head.seq,
+                reason: format!("stored hash {:?} is not 64 hex digits", head.hash),
+            });
+        }
+        let cp_path = checkpoint_path(&cfg.path);
+        let last_side = super::chain::read_checkpoint_file(&cp_path)?
+            .iter()
+            .map(|c| c.seq)
+            .max();
+        if let Some(cp) = last_side
+            && cp > head.seq
+        {
+            tracing::error!(
+                head_seq = head.seq,
+                checkpoint_seq = cp,
+                "journal store ends before its last checkpoint: records were removed; \
+                 `verify` will report it"
+            );
+        }
+        let cp_file = CheckpointFile::open(cp_path)?;
+        let last_cp_seq = store.last_checkpoint_seq()?.unwrap_or(0);
+        let mirror = Mirror::open(&cfg.mirror)?;
+
+        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let shared = Arc::new(Shared {
+            tx: RwLock::new(Some(tx)),
+            events,
+            stats: Stats::default(),
+        });
+        shared.stats.head_seq.store(head.seq, Relaxed);
+        let now = Instant::now();
+        let writer = Writer {
+            rx,
+            store,
+            head,
+            mirror,
+            cp_file,
+            shared: Arc::clone(&shared),
+            checkpoint_every: cfg.checkpoint_every,
+            checkpoint_interval: cfg.checkpoint_interval,
+            retention: cfg.retention,
+            pending: Vec::new(),
+            flush_waiters: Vec::new(),
+            retention_waiters: Vec::new(),
+            last_cp_seq,
+            last_cp_at: now,
+            next_retention: now,
+            disconnected: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("guard-journal".into())
+            .spawn(move || writer.run())
+            .map_err(JournalError::io("spawn journal writer for", &cfg.path))?;
+        Ok(Journal {
+            handle: JournalHandle { shared },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// Commits everything appended so far, writes a final checkpoint and
+    /// stops the writer. Appends afterwards fail with `Closed`.
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), JournalError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // Dropping the only sender lets the writer drain the queue and then
+        // see the disconnect; nothing queued is abandoned.
+        drop(
+            self.handle
+                .shared
+                .tx
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        thread.join().map_err(|_| JournalError::WriterPanicked)?
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %error_chain(&e), "closing journal failed");
+        }
+    }
+}
+
+/// A normalised record waiting for its seq.
+struct Pending {
+    rec: Record,
+    ts_us: i64,
+}
+
+struct Writer {
+    rx: Receiver<Msg>,
+    store: Store,
+    head: ChainHead,
+    mirror: Mirror,
+    cp_file: CheckpointFile,
+    shared: Arc<Shared>,
+    checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    retention: Retention,
+    pending: Vec<Pending>,
+    flush_waiters: Vec<SyncSender<Result<(), JournalError>>>,
+    retention_waiters: Vec<SyncSender<Result<u64, JournalError>>>,
+    last_cp_seq: u64,
+    last_cp_at: Instant,
+    next_retention: Instant,
+    disconnected: bool,
+}
+
+impl Writer {
+    fn run(mut self) -> Result<(), JournalError> {
+        while !self.disconnected {
+            self.maybe_periodic_retention();
+            match self.rx.recv_timeout(self.idle_timeout()) {
+                Ok(msg) => self.gather(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.disconnected = true,
+            }
+            if let Err(e) = self.commit_pending() {
+                // Only when closing: still vouch for what did get committed.
+                self.maybe_checkpoint(true);
+                return Err(e);
+            }
+            self.serve_retention_requests();
+            self.maybe_checkpoint(false);
+        }
+        self.maybe_checkpoint(true);
+        Ok(())
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut timeout = IDLE_TICK;
+        if self.head.seq != self.last_cp_seq {
+            let due = self.last_cp_at + self.checkpoint_interval;
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
+        if self.retention.is_enabled() {
+            timeout = timeout.min(self.next_retention.saturating_duration_since(now));
+        }
+        timeout
+    }
+
+    /// Collects up to one batch, waiting at most `BATCH_WINDOW` after the
+    /// first message; a flush or retention request ends the batch early.
+    fn gather(&mut self, first: Msg) {
+        let started = Instant::now();
+        let mut urgent = self.accept(first);
+        while !urgent && self.pending.len() < MAX_BATCH {
+            let msg = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => {
+                    self.disconnected = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {
+                    let left = BATCH_WINDOW.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match self.rx.recv_timeout(left) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            self.disconnected = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            urgent = self.accept(msg);
+        }
+    }
+
+    /// Returns whether the batch should be committed now.
+    fn accept(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Append(rec) => {
+                self.pending.push(normalize(*rec));
+                false
+            }
+            Msg::Flush(reply) => {
+                self.flush_waiters.push(reply);
+                true
+            }
+            Msg::Retention(reply) => {
+                self.retention_waiters.push(reply);
+                true
+            }
+        }
+    }
+
+    /// Commits the pending batch, retrying with backoff: records are never
+    /// dropped, and while retrying the queue fills and appenders block.
+    /// Gives up only when closing.
+    fn commit_pending(&mut self) -> Result<(), JournalError> {
+        let mut backoff = Duration::from_millis(10);
+        let mut attempts = 0;
+        loop {
+            if self.pending.is_empty() {
+                self.reply_flush(|| Ok(()));
+                return Ok(());
+            }
+            let Err(e) = self.commit_once() else {
+                self.reply_flush(|| Ok(()));
+                return Ok(());
+            };
+            let e = Arc::new(e);
+            let errors = self.shared.stats.commit_errors.fetch_add(1, Relaxed) + 1;
+            tracing::error!(
+                error = %error_chain(&*e),
+                pending = self.pending.len(),
+                errors,
+                "journal commit failed; retrying"
+            );
+            self.reply_flush(|| {
+                Err(JournalError::Writer {
+                    op: "commit",
+                    source: Arc::clone(&e),
+                })
+            });
+            attempts += 1;
+            if self.disconnected && attempts >= CLOSE_RETRIES {
+                tracing::error!(
+                    lost = self.pending.len(),
+                    "journal closing with records that could not be committed"
+                );
+                return Err(JournalError::Writer {
+                    op: "commit while closing",
+                    source: e,
+                });
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+        }
+    }
+
+    fn reply_flush(&mut self, result: impl Fn() -> Result<(), JournalError>) {
+        for w in self.flush_waiters.drain(..) {
+            // A flusher that gave up waiting is not an error.
+            let _ = w.send(result());
+        }
+    }
+
+    fn commit_once(&mut self) -> Result<(), JournalError> {
+        let started = Instant::now();
+        let mut head = self.head.clone();
+        let mut sealed: Vec<Sealed> = Vec::with_capacity(self.pending.len());
+        let mut queue = std::mem::take(&mut self.pending).into_iter();
+        let mut failure = None;
+        for Pending { mut rec, ts_us } in queue.by_ref() {
+            match head.seal(&mut rec) {
+                Ok(json) => sealed.push(Sealed { rec, json, ts_us }),
+                Err(e) => {
+                    failure = Some((e, Pending { rec, ts_us }));
+                    break;
+                }
+            }
+        }
+        let result = match failure {
+            Some((e, rec)) => Err((e, Some(rec))),
+            None => self.store.insert_batch(&sealed).map_err(|e| (e, None)),
+        };
+        if let Err((e, failed)) = result {
+            // Put everything back in order; seq/prev/hash are reassigned on
+            // the next attempt.
+            self.pending = sealed
+                .into_iter()
+                .map(|s| Pending {
+                    rec: s.rec,
+                    ts_us: s.ts_us,
+                })
+                .chain(failed)
+                .chain(queue)
+                .collect();
+            return Err(e);
+        }
+        self.head = head;
+        let n = sealed.len() as u64;
+        let stats = &self.shared.stats;
+        stats.committed.fetch_add(n, Relaxed);
+        stats.batches.fetch_add(1, Relaxed);
+        stats.last_batch_size.store(n, Relaxed);
+        stats.last_commit_latency_us.store(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        stats.head_seq.store(self.head.seq, Relaxed);
+        self.publish(sealed);
+        Ok(())
+    }
+
+    /// Mirror lines, then live subscribers; both only ever see committed
+    /// records.
+    fn publish(&mut self, sealed: Vec<Sealed>) {
+        if !self.mirror.is_empty() {
+            for e in self
+                .mirror
+                .write_batch(sealed.iter().map(|s| s.json.as_str()))
+            {
+                let n = self.shared.stats.mirror_errors.fetch_add(1, Relaxed) + 1;
+                // A broken mirror fails every batch; log 1, 2, 4, 8, … times.
+                if n.is_power_of_two() {
+                    tracing::warn!(error = %error_chain(&e), errors = n, "journal mirror write failed");
+                }
+            }
+        }
+        if self.shared.events.receiver_count() > 0 {
+            for s in sealed {
+                // Only fails when the last subscriber left meanwhile.
+                let _ = self.shared.events.send(Arc::new(s.rec));
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, force: bool) {
+        if self.head.seq == self.last_cp_seq || self.head.seq == 0 {
+            return;
+        }
+        let due = force
+            || self.head.seq - self.last_cp_seq >= self.checkpoint_every
+            || self.last_cp_at.elapsed() >= self.checkpoint_interval;
+        if !due {
+            return;
+        }
+        let cp = Checkpoint {
+            seq: self.head.seq,
+            hash: self.head.hash.clone(),
+            time: format_time(SystemTime::now()),
+        };
+        // The store first: its commit is fsync'd, so the side file never
+        // names a record that is not durable.
+        let result = self
+            .store
+            .insert_checkpoint(&cp)
+            .and_then(|()| self.cp_file.append(&cp));
+        self.last_cp_at = Instant::now();
+        match result {
+            Ok(()) => {
+                self.last_cp_seq = cp.seq;
+                self.shared.stats.checkpoints.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %error_chain(&e), seq = cp.seq, "journal checkpoint failed");
+            }
+        }
+    }
+
+    fn maybe_periodic_retention(&mut self) {
+        if !self.retention.is_enabled() || Instant::now() < self.next_retention {
+            return;
+        }
+        self.next_retention = Instant::now() + RETENTION_INTERVAL;
+        if let Err(e) = self.run_retention() {
+            tracing::error!(error = %error_chain(&e), "journal retention failed");
+        }
+    }
+
+    fn serve_retention_requests(&mut self) {
+        for reply in std::mem::take(&mut self.retention_waiters) {
+            let _ = reply.send(self.run_retention());
+        }
+    }
+
+    /// Removes what the policy says and appends the summary record.
+    fn run_retention(&mut self) -> Result<u64, JournalError> {
+        if !self.pending.is_empty() {
+            // The summary must follow everything already accepted.
+            self.commit_pending()?;
+        }
+        let Some(plan) = self
+            .store
+            .plan_retention(&self.retention, SystemTime::now())?
+        else {
+            return Ok(0);
+        };
+        let summary = Record::new(
+            Kind::Gap,
+            "retention",
+            Text::from(format!("seq {}..={}", plan.first_seq, plan.last_seq)),
+            Verdict::Audit,
+            plan.rule,
+            "guardd",
+        )
+        .with_detail(json!({
+            "removed": plan.removed,
+            "first_seq": plan.first_seq,
+            "last_seq": plan.last_seq,
+            "by_kind": plan.by_kind,
+        }));
+        let Pending { mut rec, ts_us } = normalize(summary);
+        let mut head = self.head.clone();
+        let json = head.seal(&mut rec)?;
+        let sealed = Sealed { rec, json, ts_us };
+        self.store.execute_retention(&plan, &sealed)?;
+        self.head = head;
+        let stats = &self.shared.stats;
+        stats.retention_removed.fetch_add(plan.removed, Relaxed);
+        stats.head_seq.store(self.head.seq, Relaxed);
+        tracing::info!(
+            removed = plan.removed,
+            first_seq = plan.first_seq,
+            last_seq = plan.last_seq,
+            "journal retention removed old records"
+        );
+        self.publish(vec![sealed]);
+        Ok(plan.removed)
+    }
+}
+
+/// Caps and time: done on the writer thread so `append` stays cheap.
+fn normalize(mut rec: Record) -> Pending {
+    rec.enforce_caps();
+    let supplied = if rec.time.is_empty() {
+        None
+    } else {
+        let parsed = parse_record_time(&rec.time);
+        if parsed.is_none() {
+            tracing::warn!(time = %super::text::escape_str(&rec.time), "record time is not RFC 3339 UTC; using now");
+        }
+        parsed
+    };
+    let t = supplied.unwrap_or_else(SystemTime::now);
+    rec.time = format_time(t);
+    // From the formatted string, so `ts_us` always agrees with `time` (the
+    // formatter clamps and truncates to microseconds).
+    let ts_us = parse_record_time(&rec.time).map_or_else(|| to_unix_us(t), to_unix_us);
+    Pending { rec, ts_us }
+}
+
+/// Appends `n` typical records through a fresh journal in a temporary
+/// directory and returns the sustained rate in records per second (from the
+/// first append until all are committed).
+pub fn bench_ingest(n: u64) -> Result<f64, JournalError> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "guard-journal-bench-{}-{nanos}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir).map_err(JournalError::io("create bench directory", &dir))?;
+    let run = || -> Result<f64, JournalError> {
+        let journal = Journal::open(JournalConfig::new(dir.join("bench.db")))?;
+        let handle = journal.handle();
+        let start = Instant::now();
+        for i in 0..n {
+            handle.append(bench_record(i))?;
+        }
+        handle.flush()?;
+        let secs = start.elapsed().as_secs_f64();
+        journal.close()?;
+        Ok(n as f64 / secs.max(1e-9))
+    };
+    let result = run();
+    // Best effort: a leftover temp directory is not worth failing over.
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::journal::chain::{GENESIS_HASH, read_checkpoint_file, verify};
+    use crate::journal::query::Filter;
+    use crate::journal::record::{AgentRef, ProcessRef};
+    use crate::journal::text::TARGET_CAP;
+
+    pub(crate) fn event(i: u64) -> Record {
+        Record::new(
+            if i.is_multiple_of(2) {
+                Kind::Network
+            } else {
+                Kind::File
+            },
+            "connect",
+            format!("10.0.0.{i}:443/tcp"),
+            Verdict::Denied,
+            "network.default-deny",
+            "cgroup-bpf",
+        )
+        .with_agent(AgentRef {
+            id: format!("id{}", i % 3),
+            name: format!("agent{}", i % 3),
+            policy: "default".into(),
+        })
+        .with_process(ProcessRef {
+            pid: 100 + i as u32,
+            comm: Text::from("curl"),
+            exe: Text::from("/usr/bin/curl"),
+        })
+    }
+
+    /// A journal with `n` records, closed, at `<dir>/j.db`.
+    pub(crate) fn journal_with(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let h = journal.handle();
+        for i in 0..n {
+            h.append(event(i)).unwrap();
+        }
+        journal.close().unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn appends_are_sealed_chained_and_queryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let h = journal.handle();
+        for i in 0..10 {
+            h.append(event(i)).unwrap();
+        }
+        h.flush().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        let recs = store.query(&Filter::default()).unwrap();
+        assert_eq!(recs.len(), 10);
+        let mut prev = GENESIS_HASH.to_owned();
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+            assert_eq!(r.prev, prev);
+            assert_eq!(r.time.len(), "2026-11-22T03:04:05.123456Z".len());
+            assert!(r.time.ends_with('Z'));
+            prev.clone_from(&r.hash);
+        }
+        let stats = h.stats();
+        assert_eq!(
+            (stats.appended, stats.committed, stats.pending),
+            (10, 10, 0)
+        );
+        assert_eq!(stats.head_seq, 10);
+        journal.close().unwrap();
+        assert!(matches!(h.append(event(0)), Err(JournalError::Closed)));
+        assert!(matches!(h.flush(), Err(JournalError::Closed)));
+        assert_eq!(h.stats().appended, 10);
+    }
+
+    #[test]
+    fn reopening_resumes_the_chain() {
+        let (_dir, path) = journal_with(5);
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        assert_eq!(journal.handle().stats().head_seq, 5);
+        journal.handle().append(event(5)).unwrap();
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        let six = store.get(6).unwrap().unwrap();
+        assert_eq!(six.prev, store.get(5).unwrap().unwrap().hash);
+        let report = verify(&path).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.records, report.head_seq), (6, 6));
+    }
+
+    #[test]
+    fn caller_time_is_kept_and_bad_time_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let h = journal.handle();
+        let mut a = event(1);
+        a.time = "2026-11-22T03:04:05Z".into();
+        let mut b = event(2);
+        b.time = "last tuesday\u{1b}".into();
+        h.append(a).unwrap();
+        h.append(b).unwrap();
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        assert_eq!(
+            store.get(1).unwrap().unwrap().time,
+            "2026-11-22T03:04:05.000000Z"
+        );
+        assert!(store.get(2).unwrap().unwrap().timestamp().is_some());
+        assert!(verify(&path).unwrap().ok);
+    }
+
+    #[test]
+    fn oversized_fields_are_capped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let mut r = event(0);
+        r.target = Text::new(vec![b'A'; TARGET_CAP * 3]);
+        journal.handle().append(r).unwrap();
+        journal.close().unwrap();
+        let r = Store::open_existing(&path)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.target.len(), TARGET_CAP);
+        assert_eq!(r.truncated, vec!["target"]);
+    }
+
+    #[test]
+    fn subscribers_see_committed_records_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(JournalConfig::new(dir.path().join("j.db"))).unwrap();
+        let h = journal.handle();
+        let mut rx = h.subscribe();
+        for i in 0..20 {
+            h.append(event(i)).unwrap();
+        }
+        h.flush().unwrap();
+        for seq in 1..=20 {
+            let r = rx.try_recv().unwrap();
+            assert_eq!(r.seq, seq);
+            assert!(!r.hash.is_empty());
+        }
+        assert!(rx.try_recv().is_err());
+        journal.close().unwrap();
+    }
+
+    #[test]
+    fn mirror_lines_are_the_stored_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mirror = dir.path().join("j.jsonl");
+        let mut cfg = JournalConfig::new(&path);
+        cfg.mirror = vec![MirrorSink::File {
+            path: mirror.clone(),
+            max_bytes: 1 << 20,
+            keep: 2,
+        }];
+        let journal = Journal::open(cfg).unwrap();
+        let mut weird = event(0);
+        weird.target = Text::new(b"a\nb\x1b[31mc\xff".to_vec());
+        journal.handle().append(weird).unwrap();
+        journal.handle().append(event(1)).unwrap();
+        journal.close().unwrap();
+        let text = fs::read_to_string(&mirror).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let store = Store::open_existing(&path).unwrap();
+        for (i, line) in lines.iter().enumerate() {
+            let json: String = store
+                .conn()
+                .query_row(
+                    "SELECT json FROM records WHERE seq = ?1",
+                    [i as i64 + 1],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(*line, json);
+        }
+        let first: Record = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first.target.as_bytes(), b"a\nb\x1b[31mc\xff");
+    }
+
+    #[test]
+    fn checkpoints_by_count_on_close_and_by_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut cfg = JournalConfig::new(&path);
+        cfg.checkpoint_every = 3;
+        cfg.checkpoint_interval = Duration::from_secs(3600);
+        let journal = Journal::open(cfg.clone()).unwrap();
+        let h = journal.handle();
+        for i in 0..7 {
+            h.append(event(i)).unwrap();
+            h.flush().unwrap();
+        }
+        journal.close().unwrap();
+        let side: Vec<u64> = read_checkpoint_file(&checkpoint_path(&path))
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        // Every 3 records, then the close.
+        assert_eq!(side, vec![3, 6, 7]);
+        let table: Vec<u64> = Store::open_existing(&path)
+            .unwrap()
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(table, side);
+
+        cfg.checkpoint_every = u64::MAX;
+        cfg.checkpoint_interval = Duration::from_millis(20);
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        h.append(event(8)).unwrap();
+        h.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.stats().checkpoints == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.stats().checkpoints, 1);
+        // Nothing changed since, so no more checkpoints, not even on close.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(h.stats().checkpoints, 1);
+        journal.close().unwrap();
+        assert_eq!(h.stats().checkpoints, 1);
+        let side = read_checkpoint_file(&checkpoint_path(&path)).unwrap();
+        assert_eq!(side.last().unwrap().seq, 8);
+    }
+
+    #[test]
+    fn concurrent_appenders_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let h = journal.handle();
+                std::thread::spawn(move || {
+                    for i in 0..2500 {
+                        h.append(event(t * 10_000 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        assert_eq!(store.count().unwrap(), 10_000);
+        assert_eq!(store.head().unwrap().unwrap().seq, 10_000);
+        assert!(verify(&path).unwrap().ok);
+    }
+
+    #[test]
+    fn dropping_the_journal_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+            journal.handle().append(event(0)).unwrap();
+        }
+        assert_eq!(Store::open_existing(&path).unwrap().count().unwrap(), 1);
+        let side = read_checkpoint_file(&checkpoint_path(&path)).unwrap();
+        assert_eq!(side.len(), 1);
+    }
+
+    #[test]
+    fn retention_by_count_summarises_and_still_verifies() {
+        let (_dir, path) = journal_with(50);
+        let mut cfg = JournalConfig::new(&path);
+        cfg.retention = Retention {
+            max_records: Some(20),
+            max_age: None,
+        };
+        // Retention runs as the journal opens.
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        h.flush().unwrap();
+        assert_eq!(h.stats().retention_removed, 31);
+        // Within the limit: nothing more to do.
+        assert_eq!(h.apply_retention().unwrap(), 0);
+        h.append(event(99)).unwrap();
+        journal.close().unwrap();
+
+        let store = Store::open_existing(&path).unwrap();
+        assert_eq!(store.count().unwrap(), 21);
+        let gap = store
+            .query(&Filter {
+                kind: Some(Kind::Gap),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!(gap.len(), 1);
+        let g = &gap[0];
+        assert_eq!((g.seq, g.action.as_str()), (51, "retention"));
+        let d = g.detail.as_ref().unwrap();
+        assert_eq!(d["removed"], 31);
+        assert_eq!(d["first_seq"], 1);
+        assert_eq!(d["last_seq"], 31);
+        assert_eq!(d["by_kind"]["network"], 16);
+        assert_eq!(d["by_kind"]["file"], 15);
+        assert_eq!(
+            store.retention_anchor().unwrap().unwrap().seq,
+            31,
+            "anchor is the last removed record"
+        );
+        let report = verify(&path).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.records, report.head_seq), (21, 52));
+    }
+
+    #[test]
+    fn retention_by_age_can_empty_the_store_and_chain_continues() {
+        let (_dir, path) = journal_with(5);
+        let mut cfg = JournalConfig::new(&path);
+        cfg.retention = Retention {
+            max_records: None,
+            max_age: Some(Duration::ZERO),
+        };
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        h.flush().unwrap();
+        h.append(event(7)).unwrap();
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        let recs = store.query(&Filter::default()).unwrap();
+        let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![6, 7]);
+        assert_eq!(recs[0].kind, Kind::Gap);
+        assert!(verify(&path).unwrap().ok);
+    }
+
+    #[test]
+    fn bench_ingest_runs() {
+        assert!(bench_ingest(2000).unwrap() > 0.0);
+    }
+}

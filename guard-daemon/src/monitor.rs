@@ -1,0 +1,465 @@
+//! Turns what the kernel programs report into journal records.
+//!
+//! Runs on its own thread: it waits on the ring buffer, decodes each event,
+//! attributes it to its agent by slot, and appends a record. Every few
+//! hundred milliseconds it compares the kernel's per-agent loss counters with
+//! what it has seen and journals any loss as a `gap` record, so an event the
+//! ring buffer had no room for is never lost silently.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use guard_common::{
+    AF_INET6, EventHeader, HOOK_CONNECT_UNIX, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG_UNIX,
+    HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, NO_RULE, NetEvent, REASON_PORT,
+    REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT,
+    VERDICT_DENIED,
+};
+use serde_json::json;
+
+use crate::{
+    journal::{AgentRef, JournalHandle, Kind, ProcessRef, Record, Text, Verdict},
+    kernel::{
+        Kernel,
+        events::{KernelEvent, decode},
+    },
+    policy::RuleInfo,
+};
+
+/// What the monitor needs to know about an agent to attribute its events.
+pub struct AgentMeta {
+    pub agent: AgentRef,
+    pub cgroup_id: u64,
+    pub rules: Vec<RuleInfo>,
+    /// Events of this agent taken from the ring buffer.
+    pub seen: AtomicU64,
+    /// Loss already journaled.
+    pub lost_reported: AtomicU64,
+    /// Set when the scope has ended; the entry is dropped a while later so
+    /// that late events are still attributed.
+    pub closed_at: Mutex<Option<Instant>>,
+}
+
+/// Agents by kernel slot, shared with the daemon.
+pub type Attribution = Arc<RwLock<HashMap<u32, Arc<AgentMeta>>>>;
+
+const LOSS_POLL: Duration = Duration::from_millis(250);
+const RETAIN_CLOSED: Duration = Duration::from_secs(60);
+
+pub struct Monitor {
+    pub stop: Arc<AtomicBool>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+pub fn start(
+    ring: RingBuf<MapData>,
+    attribution: Attribution,
+    kernel: Arc<Mutex<Kernel>>,
+    journal: JournalHandle,
+) -> std::io::Result<Monitor> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("guard-monitor".into())
+        .spawn(move || run(ring, attribution, kernel, journal, stop2))?;
+    Ok(Monitor { stop, thread })
+}
+
+fn run(
+    mut ring: RingBuf<MapData>,
+    attribution: Attribution,
+    kernel: Arc<Mutex<Kernel>>,
+    journal: JournalHandle,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_poll = Instant::now();
+    loop {
+        drain(&mut ring, &attribution, &journal);
+        if stop.load(Ordering::Relaxed) {
+            drain(&mut ring, &attribution, &journal);
+            return;
+        }
+        if last_poll.elapsed() >= LOSS_POLL {
+            report_losses(&attribution, &kernel, &journal);
+            last_poll = Instant::now();
+        }
+        let mut pfd = libc::pollfd {
+            fd: ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one descriptor we own, with a bounded timeout.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+    }
+}
+
+/// Reads every event currently in the ring buffer.
+pub fn drain(ring: &mut RingBuf<MapData>, attribution: &Attribution, journal: &JournalHandle) {
+    while let Some(item) = ring.next() {
+        let rec = match decode(&item) {
+            Some(ev) => {
+                let meta = attribution
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(&ev.header().slot).cloned());
+                if let Some(m) = &meta {
+                    m.seen.fetch_add(1, Ordering::Relaxed);
+                }
+                record_for(&ev, meta.as_deref())
+            }
+            None => Record::new(
+                Kind::Gap,
+                "undecodable",
+                Text::new(format!("{} bytes", item.len())),
+                Verdict::Denied,
+                "abi",
+                "guardd",
+            )
+            .with_detail(json!({"why": "a kernel event did not match this guardd's ABI"})),
+        };
+        drop(item);
+        if let Err(e) = journal.append(rec) {
+            tracing::error!("journal append failed: {e}");
+        }
+    }
+}
+
+fn report_losses(attribution: &Attribution, kernel: &Arc<Mutex<Kernel>>, journal: &JournalHandle) {
+    let metas: Vec<Arc<AgentMeta>> = match attribution.read() {
+        Ok(m) => m.values().cloned().collect(),
+        Err(_) => return,
+    };
+    for meta in metas {
+        let info = match kernel.lock() {
+            Ok(k) => k.agent_info(meta.cgroup_id),
+            Err(_) => None,
+        };
+        if let Some(info) = info {
+            journal_loss(&meta, info.lost, journal);
+        }
+    }
+    // Forget agents that ended long enough ago.
+    if let Ok(mut m) = attribution.write() {
+        m.retain(|_, meta| {
+            meta.closed_at
+                .lock()
+                .map(|c| c.is_none_or(|t| t.elapsed() < RETAIN_CLOSED))
+                .unwrap_or(true)
+        });
+    }
+}
+
+/// Journals the part of `lost` not yet reported for this agent.
+pub fn journal_loss(meta: &AgentMeta, lost: u64, journal: &JournalHandle) {
+    let before = meta.lost_reported.load(Ordering::Relaxed);
+    if lost <= before {
+        return;
+    }
+    meta.lost_reported.store(lost, Ordering::Relaxed);
+    let rec = Record::new(
+        Kind::Gap,
+        "lost",
+        Text::new(format!("{} events", lost - before)),
+        Verdict::Denied,
+        "ring-buffer-full",
+        "cgroup-bpf",
+    )
+    .with_agent(meta.agent.clone())
+    .with_detail(json!({
+        "lost": lost - before,
+        "lost_total": lost,
+        "why": "the kernel ring buffer was full; these decisions were enforced but their records were not kept"
+    }));
+    if let Err(e) = journal.append(rec) {
+        tracing::error!("journal append failed: {e}");
+    }
+}
+
+fn cstr(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+fn process_of(h: &EventHeader) -> ProcessRef {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", h.tgid))
+        .map(|p| {
+            use std::os::unix::ffi::OsStrExt;
+            p.as_os_str().as_bytes().to_vec()
+        })
+        .unwrap_or_default();
+    ProcessRef {
+        pid: h.tgid,
+        comm: Text::new(cstr(&h.comm).to_vec()),
+        exe: Text::new(exe),
+    }
+}
+
+fn verdict_of(h: &EventHeader) -> Verdict {
+    match h.verdict {
+        VERDICT_AUDIT => Verdict::Audit,
+        VERDICT_DENIED => Verdict::Denied,
+        _ => Verdict::Allowed,
+    }
+}
+
+fn rule_name(meta: Option<&AgentMeta>, rule: u32) -> Option<&RuleInfo> {
+    if rule == NO_RULE {
+        return None;
+    }
+    meta.and_then(|m| m.rules.get(rule as usize))
+}
+
+fn hook_name(hook: u8) -> &'static str {
+    match hook {
+        HOOK_CONNECT4 => "connect4",
+        HOOK_CONNECT6 => "connect6",
+        HOOK_SENDMSG4 => "sendmsg4",
+        HOOK_SENDMSG6 => "sendmsg6",
+        HOOK_CONNECT_UNIX => "connect_unix",
+        HOOK_SENDMSG_UNIX => "sendmsg_unix",
+        _ => "sock_create",
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match u32::from(p) {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        other => format!("proto{other}"),
+    }
+}
+
+fn ip_of(family: u32, addr: &[u8; 16]) -> String {
+    if family == AF_INET6 {
+        Ipv6Addr::from(*addr).to_string()
+    } else {
+        Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
+    }
+}
+
+/// The journal record of one kernel event.
+pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Record {
+    let h = ev.header();
+    let (action, target, rule, detail) = match ev {
+        KernelEvent::Net(e) => net_fields(e, meta),
+        KernelEvent::Sock(e) => sock_fields(e),
+        KernelEvent::Unix(e) => unix_fields(e),
+    };
+    let rule = if h.reason == REASON_UNKNOWN_SCOPE {
+        "scope.unknown".to_owned()
+    } else {
+        rule
+    };
+    let mut rec = Record::new(
+        Kind::Network,
+        action,
+        target,
+        verdict_of(h),
+        rule,
+        "cgroup-bpf",
+    )
+    .with_process(process_of(h))
+    .with_detail(detail);
+    match meta {
+        Some(m) => rec = rec.with_agent(m.agent.clone()),
+        None => {
+            rec = rec.with_agent(AgentRef {
+                id: format!("cgroup:{}", h.cgroup_id),
+                name: String::new(),
+                policy: String::new(),
+            })
+        }
+    }
+    rec
+}
+
+fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, serde_json::Value) {
+    let ip = ip_of(u32::from(e.family), &e.addr);
+    let host = if u32::from(e.family) == AF_INET6 {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    let target = format!("{host}:{}/{}", e.port, proto_name(e.protocol));
+    let action = match e.hook {
+        HOOK_CONNECT4 | HOOK_CONNECT6 => "connect",
+        _ => "sendmsg",
+    };
+    let nearest = rule_name(meta, e.rule);
+    let (rule, why) = match e.hdr.reason {
+        REASON_PORT => (
+            "network.default-deny".to_owned(),
+            format!(
+                "the address is in {} but that rule does not allow this port/protocol",
+                nearest
+                    .map(|r| format!("{} ({})", r.id, r.text))
+                    .unwrap_or_else(|| "a rule".into())
+            ),
+        ),
+        REASON_PROTOCOL => (
+            "network.protocol".to_owned(),
+            "only TCP and UDP can be allowed".to_owned(),
+        ),
+        REASON_UNKNOWN_SCOPE => (
+            "scope.unknown".to_owned(),
+            "the task's agent cgroup is not a live scope".to_owned(),
+        ),
+        _ => (
+            "network.default-deny".to_owned(),
+            "no rule allows this address".to_owned(),
+        ),
+    };
+    let mut detail = json!({
+        "hook": hook_name(e.hook),
+        "why": why,
+    });
+    if e.rewritten != 0 {
+        detail["requested"] = json!(ip_of(e.orig_family, &e.orig_addr));
+    }
+    if let Some(r) = nearest {
+        detail["nearest_rule"] = json!(r.id);
+    }
+    (action.to_owned(), Text::new(target), rule, detail)
+}
+
+fn sock_fields(e: &SockEvent) -> (String, Text, String, serde_json::Value) {
+    let family = match e.family {
+        2 => "inet",
+        10 => "inet6",
+        _ => "other",
+    };
+    let kind = match (e.sock_type, e.protocol) {
+        (3, _) => "raw".to_owned(),
+        (2, 1) | (2, 58) => "icmp".to_owned(),
+        (t, p) => format!("type{t}/proto{p}"),
+    };
+    (
+        "socket".to_owned(),
+        Text::new(format!("{family} {kind}")),
+        if e.hdr.reason == REASON_SOCKET_TYPE {
+            "network.socket-types".to_owned()
+        } else {
+            "scope.unknown".to_owned()
+        },
+        json!({
+            "hook": "sock_create",
+            "family": e.family,
+            "type": e.sock_type,
+            "protocol": e.protocol,
+            "why": "only TCP stream and UDP datagram sockets can be created: others bypass the address rules",
+        }),
+    )
+}
+
+fn unix_fields(e: &UnixEvent) -> (String, Text, String, serde_json::Value) {
+    let len = (e.path_len as usize).min(e.path.len());
+    let bytes = &e.path[..len];
+    let target = if bytes.first() == Some(&0) {
+        let mut t = b"@".to_vec();
+        t.extend_from_slice(&bytes[1..]);
+        t
+    } else {
+        cstr(bytes).to_vec()
+    };
+    let action = if e.hook == HOOK_CONNECT_UNIX {
+        "connect"
+    } else {
+        "sendmsg"
+    };
+    (
+        action.to_owned(),
+        Text::new(target),
+        "network.default-deny".to_owned(),
+        json!({
+            "hook": hook_name(e.hook),
+            "family": "unix",
+            "why": "no rule allows this Unix socket",
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_common::{AF_INET, EVENT_NET, EVENT_UNIX, REASON_NO_RULE};
+
+    fn meta() -> AgentMeta {
+        AgentMeta {
+            agent: AgentRef {
+                id: "a1".into(),
+                name: "demo".into(),
+                policy: "p".into(),
+            },
+            cgroup_id: 9,
+            rules: vec![RuleInfo {
+                id: "network.allow[0]".into(),
+                text: "10.0.0.0/8 tcp 443".into(),
+            }],
+            seen: AtomicU64::new(0),
+            lost_reported: AtomicU64::new(0),
+            closed_at: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn net_record() {
+        let mut e = NetEvent::default();
+        e.hdr.kind = EVENT_NET;
+        e.hdr.verdict = VERDICT_DENIED;
+        e.hdr.reason = REASON_PORT;
+        e.hdr.comm[..4].copy_from_slice(b"curl");
+        e.hook = HOOK_CONNECT6;
+        e.family = AF_INET as u8;
+        e.protocol = IPPROTO_TCP as u8;
+        e.port = 80;
+        e.rule = 0;
+        e.rewritten = 1;
+        e.orig_family = AF_INET6;
+        e.orig_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        e.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let r = record_for(&KernelEvent::Net(e), Some(&meta()));
+        assert_eq!(r.target.as_str(), Some("10.1.2.3:80/tcp"));
+        assert_eq!(r.action, "connect");
+        assert_eq!(r.rule, "network.default-deny");
+        assert_eq!(r.layer, "cgroup-bpf");
+        assert_eq!(r.verdict, Verdict::Denied);
+        let d = r.detail.unwrap();
+        assert_eq!(d["requested"], "::ffff:10.1.2.3");
+        assert_eq!(d["nearest_rule"], "network.allow[0]");
+        assert_eq!(r.process.unwrap().comm.as_str(), Some("curl"));
+        assert_eq!(r.agent.unwrap().name, "demo");
+    }
+
+    #[test]
+    fn unix_and_unknown_scope() {
+        let mut e = UnixEvent::default();
+        e.hdr.kind = EVENT_UNIX;
+        e.hdr.verdict = VERDICT_AUDIT;
+        e.hdr.reason = REASON_NO_RULE;
+        e.hook = HOOK_SENDMSG_UNIX;
+        e.path[..4].copy_from_slice(b"\0abc");
+        e.path_len = 4;
+        let r = record_for(&KernelEvent::Unix(e), None);
+        assert_eq!(r.target.as_str(), Some("@abc"));
+        assert_eq!(r.verdict, Verdict::Audit);
+        assert!(r.agent.unwrap().id.starts_with("cgroup:"));
+        let mut n = NetEvent::default();
+        n.hdr.reason = REASON_UNKNOWN_SCOPE;
+        n.family = AF_INET6 as u8;
+        n.addr[15] = 1;
+        n.port = 9;
+        n.protocol = IPPROTO_UDP as u8;
+        let r = record_for(&KernelEvent::Net(n), None);
+        assert_eq!(r.rule, "scope.unknown");
+        assert_eq!(r.target.as_str(), Some("[::1]:9/udp"));
+    }
+}

@@ -1,0 +1,656 @@
+//! Agent policies: parse and validate a TOML policy, then compile it into a
+//! [`Plan`] that the launcher and the kernel maps consume.
+//!
+//! Parsing validates everything that does not depend on where the agent
+//! runs (names, CIDRs, ports, variables, limits) and already folds the
+//! network rules into LPM trie values, so that a policy that parses can only
+//! fail to compile because of the [`Vars`] it is expanded with.
+//!
+//! Everything here is pure computation: no privileges and no kernel calls.
+
+mod base;
+mod fs;
+mod net;
+mod parse;
+mod process;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use base::BASE_NAMES;
+pub use fs::{Access, FsPlan, FsRule};
+pub use net::{NetPlan, port_allowed};
+pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
+
+use parse::Doc;
+
+/// A 1-based position in a policy source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: u32,
+    pub col: u32,
+}
+
+/// The first problem found in a policy. Displays as
+/// `{file}:{line}:{col}: {message}`, or `{file}: {message}` when the policy
+/// could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", LocSuffix(*.location))]
+pub struct PolicyError {
+    /// The path given to [`Policy::parse`] or [`Policy::load`], or
+    /// `base:<name>` for a problem inside a built-in base.
+    pub file: String,
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+struct LocSuffix(Option<Location>);
+
+impl fmt::Display for LocSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(l) => write!(f, ":{}:{}", l.line, l.col),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Values of the path variables `{workdir}`, `{home}` and `{tmp}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vars {
+    pub workdir: PathBuf,
+    pub home: PathBuf,
+    pub tmp: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Deny what the policy does not allow.
+    #[default]
+    Enforce,
+    /// Allow everything but report what enforce mode would have denied.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// Where a rule came from. The launcher refuses a missing path that the
+/// policy names itself but skips missing paths of a base, since bases list
+/// paths for several distributions at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Policy,
+    Base(&'static str),
+}
+
+/// The source position of one policy item, kept after parsing so that
+/// compile-time errors can still point at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Src {
+    pub origin: Origin,
+    pub loc: Location,
+}
+
+impl Src {
+    pub fn error(&self, policy_file: &str, message: String) -> PolicyError {
+        let file = match self.origin {
+            Origin::Policy => policy_file.to_owned(),
+            Origin::Base(name) => format!("base:{name}"),
+        };
+        PolicyError {
+            file,
+            location: Some(self.loc),
+            message,
+        }
+    }
+}
+
+/// Human-readable description of one network rule, for logs and denials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// `network.allow[3]`, or `base:<name> network.allow[0]`.
+    pub id: String,
+    /// `10.20.0.0/16 tcp 443,8000-8100`, `unix /run/app/api.sock`.
+    pub text: String,
+}
+
+/// A parsed and validated policy whose paths still hold their variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub mode: Mode,
+    /// Bases included, in the order given.
+    pub includes: Vec<String>,
+    /// The file name used in error messages.
+    pub file: String,
+    network: NetPlan,
+    rules: Vec<RuleInfo>,
+    fs: Vec<fs::FsEntry>,
+    /// A `[filesystem]` table exists (in the policy or an included base):
+    /// file access is then default-deny. Without one, files are not
+    /// restricted, and the launcher says so.
+    fs_restricted: bool,
+    allow_write_exec: bool,
+    process: ProcPlan,
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub mode: Mode,
+    pub network: NetPlan,
+    pub filesystem: FsPlan,
+    pub process: ProcPlan,
+    /// Every network rule, indexed by the rule numbers stored in the maps.
+    pub rules: Vec<RuleInfo>,
+}
+
+impl Policy {
+    /// Parse and validate; `file` is used only in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        let doc = Doc::new(text, file.to_owned());
+        let raw = doc.parse_policy()?;
+        let Some(head) = raw.policy else {
+            let message =
+                if raw.network.is_none() && raw.filesystem.is_none() && raw.process.is_none() {
+                    "policy is empty: expected a [policy] table with name"
+                } else {
+                    "missing [policy] table: expected a [policy] table with name"
+                };
+            return Err(doc.error_at(0, message));
+        };
+        let head_span = head.span();
+        let head = head.into_inner();
+
+        let Some(name) = head.name else {
+            return Err(doc.error_at(
+                head_span.start,
+                "missing `name` in [policy]: expected name = \"...\"",
+            ));
+        };
+        if !valid_name(name.get_ref()) {
+            return Err(doc.error_at(
+                name.span().start,
+                format!(
+                    "invalid policy name {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ -",
+                    name.get_ref()
+                ),
+            ));
+        }
+        let mode = match &head.mode {
+            None => Mode::Enforce,
+            Some(m) => match m.get_ref().as_str() {
+                "enforce" => Mode::Enforce,
+                "audit" => Mode::Audit,
+                other => {
+                    return Err(doc.error_at(
+                        m.span().start,
+                        format!("unknown mode {other:?}: expected \"enforce\" or \"audit\""),
+                    ));
+                }
+            },
+        };
+
+        let mut net_rules = Vec::new();
+        let mut fs_entries = Vec::new();
+        let mut includes: Vec<String> = Vec::new();
+        let mut fs_restricted = false;
+        for inc in head.include.unwrap_or_default() {
+            let wanted = inc.get_ref();
+            let Some((base_name, base_text)) = base::lookup(wanted) else {
+                return Err(doc.error_at(
+                    inc.span().start,
+                    format!(
+                        "unknown include {wanted:?}: expected one of: {}",
+                        BASE_NAMES.join(", ")
+                    ),
+                ));
+            };
+            if includes.iter().any(|i| i == base_name) {
+                return Err(doc.error_at(
+                    inc.span().start,
+                    format!("base {wanted:?} is included twice"),
+                ));
+            }
+            includes.push(base_name.to_owned());
+            let origin = Origin::Base(base_name);
+            let base_doc = Doc::new(base_text, format!("base:{base_name}"));
+            let raw_base = base_doc.parse_base()?;
+            if let Some(n) = raw_base.network {
+                net::validate(&base_doc, n, origin, &mut net_rules)?;
+            }
+            if let Some(f) = raw_base.filesystem {
+                fs_restricted = true;
+                fs::validate(&base_doc, f.read, f.write, f.exec, origin, &mut fs_entries)?;
+            }
+        }
+
+        if let Some(n) = raw.network {
+            net::validate(&doc, n, Origin::Policy, &mut net_rules)?;
+        }
+        let mut allow_write_exec = false;
+        if let Some(f) = raw.filesystem {
+            fs_restricted = true;
+            allow_write_exec = f.allow_write_exec.unwrap_or(false);
+            fs::validate(
+                &doc,
+                f.read,
+                f.write,
+                f.exec,
+                Origin::Policy,
+                &mut fs_entries,
+            )?;
+        }
+        let process = match raw.process {
+            Some(p) => process::validate(&doc, p)?,
+            None => ProcPlan::default(),
+        };
+        let (network, rules) = net::compile(&net_rules, file)?;
+
+        Ok(Policy {
+            name: name.into_inner(),
+            mode,
+            includes,
+            file: file.to_owned(),
+            network,
+            rules,
+            fs: fs_entries,
+            fs_restricted,
+            allow_write_exec,
+            process,
+        })
+    }
+
+    /// Read and parse a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Policy::parse(&text, &file),
+            Err(e) => Err(PolicyError {
+                file,
+                location: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// Expand variables and compile to a plan.
+    pub fn compile(&self, vars: &Vars) -> Result<Plan, PolicyError> {
+        let mut filesystem = fs::compile(&self.fs, self.allow_write_exec, vars, &self.file)?;
+        filesystem.restricted = self.fs_restricted;
+        Ok(Plan {
+            name: self.name.clone(),
+            mode: self.mode,
+            network: self.network.clone(),
+            filesystem,
+            process: self.process.clone(),
+            rules: self.rules.clone(),
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[policy]
+name = "coding-agent"      # required
+mode = "enforce"
+include = ["base", "python"]
+
+[network]
+allow = [
+  { cidr = "10.20.0.0/16", ports = [443, "8000-8100"], protocol = "tcp" },
+  { cidr = "2001:db8::/32", ports = [53], protocol = "udp" },
+  { cidr = "127.0.0.1/32", ports = [8080] },
+  { cidr = "127.0.0.1" },
+  { unix = "/run/app/api.sock" },
+  { unix = "@my-abstract" },
+]
+
+[filesystem]
+read  = ["{workdir}", "/usr/share/zoneinfo"]
+write = ["{workdir}", "{tmp}"]
+exec  = ["/usr/bin/python3", "/usr/bin/git"]
+allow_write_exec = false
+
+[process]
+max_processes = 64
+memory = "512M"
+cpu = 0.5
+user = "nobody"
+capabilities = []
+"#;
+
+    fn vars() -> Vars {
+        Vars {
+            workdir: "/home/u/proj".into(),
+            home: "/home/u".into(),
+            tmp: "/tmp/agent".into(),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        Policy::parse(text, "p.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_policy_compiles() {
+        let policy = Policy::parse(EXAMPLE, "p.toml").unwrap();
+        assert_eq!(policy.name, "coding-agent");
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.includes, ["base", "python"]);
+        let plan = policy.compile(&vars()).unwrap();
+        assert_eq!(plan.name, "coding-agent");
+        assert_eq!(plan.rules.len(), 6);
+        assert_eq!(plan.network.v4.len(), 2);
+        assert_eq!(plan.network.v6.len(), 1);
+        assert_eq!(plan.network.unix.len(), 2);
+        let fs = &plan.filesystem;
+        let find = |p: &str| fs.rules.iter().find(|r| r.path == Path::new(p)).unwrap();
+        assert_eq!(find("/home/u/proj").access, Access::READ | Access::WRITE);
+        assert_eq!(find("/home/u/proj").rule, "filesystem.read[0]");
+        // Named by the python base and by the policy.
+        let py = find("/usr/bin/python3");
+        assert_eq!(py.origin, Origin::Policy);
+        assert_eq!(py.rule, "base:python filesystem.exec[0]");
+        assert_eq!(find("/usr/lib/python3.11").origin, Origin::Base("python"));
+        assert_eq!(find("/usr/share/zoneinfo").origin, Origin::Policy);
+        assert_eq!(fs.rules[0].origin, Origin::Base("base"));
+        assert_eq!(plan.process.memory_bytes, Some(512 << 20));
+        assert_eq!(plan.process.cpu_millicores, Some(500));
+        assert_eq!(plan.process.user, Some(UserSpec::Name("nobody".into())));
+        assert!(plan.process.capabilities.is_empty());
+    }
+
+    #[test]
+    fn minimal_policy() {
+        let p = Policy::parse("[policy]\nname = \"a.b_c-1\"\nmode = \"audit\"", "p.toml").unwrap();
+        assert_eq!(p.mode, Mode::Audit);
+        assert_eq!(Mode::Audit.as_str(), "audit");
+        let plan = p.compile(&vars()).unwrap();
+        assert_eq!(plan.network, NetPlan::default());
+        assert!(plan.filesystem.rules.is_empty());
+        assert_eq!(plan.process, ProcPlan::default());
+    }
+
+    #[test]
+    fn head_errors() {
+        let empty = "p.toml:1:1: policy is empty: expected a [policy] table with name";
+        assert_eq!(err(""), empty);
+        assert_eq!(err("\n# nothing\n\n"), empty);
+        assert_eq!(
+            err("[network]\nallow = []\n"),
+            "p.toml:1:1: missing [policy] table: expected a [policy] table with name"
+        );
+        assert_eq!(
+            err("\n[policy]\nmode = \"audit\"\n"),
+            "p.toml:2:1: missing `name` in [policy]: expected name = \"...\""
+        );
+        assert_eq!(
+            err("[policy]\nname = \"a b\"\n"),
+            "p.toml:2:8: invalid policy name \"a b\": expected 1-64 characters of A-Z a-z 0-9 . _ -"
+        );
+        assert!(err("[policy]\nname = \"\"\n").contains("invalid policy name"));
+        let long = "x".repeat(65);
+        assert!(err(&format!("[policy]\nname = \"{long}\"\n")).contains("invalid policy name"));
+        assert!(Policy::parse(&format!("[policy]\nname = \"{}\"\n", &long[1..]), "p").is_ok());
+        assert!(err("[policy]\nname = \"é\"\n").contains("invalid policy name"));
+        assert_eq!(
+            err("[policy]\nname = \"x\"\nmode = \"strict\"\n"),
+            "p.toml:3:8: unknown mode \"strict\": expected \"enforce\" or \"audit\""
+        );
+        assert_eq!(
+            err("[policy]\nname = \"x\"\ninclude = [\"base\", \"rust\"]\n"),
+            "p.toml:3:20: unknown include \"rust\": expected one of: base, shell, python, git"
+        );
+        assert!(
+            err("[policy]\nname = \"x\"\ninclude = [\"git\", \"git\"]\n")
+                .contains("included twice")
+        );
+        assert_eq!(
+            err("[policy]\nname = 5\n"),
+            "p.toml:2:8: invalid type: integer `5`, expected a string"
+        );
+        assert!(err("policy = 1").contains("expected a [policy] table"));
+    }
+
+    #[test]
+    fn load_reports_io_errors_without_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let e = Policy::load(&missing).unwrap_err();
+        assert_eq!(e.location, None);
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("{}: cannot read: ", missing.display())),
+            "{shown}"
+        );
+        let good = dir.path().join("p.toml");
+        std::fs::write(&good, "[policy]\nname = \"x\"\n").unwrap();
+        assert_eq!(Policy::load(&good).unwrap().name, "x");
+        std::fs::write(&good, "[policy]\nname = 1\n").unwrap();
+        let e = Policy::load(&good).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2:8: invalid type: integer `1`, expected a string",
+                good.display()
+            )
+        );
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const TOKENS: &[&str] = &[
+        "\"",
+        "'",
+        "[",
+        "]",
+        "{",
+        "}",
+        "=",
+        ",",
+        "\n",
+        "/",
+        "-",
+        ".",
+        ":",
+        "@",
+        "%",
+        "#",
+        "0",
+        "1",
+        "65536",
+        "99999999999999999999",
+        "-1",
+        "1e400",
+        "nan",
+        "inf",
+        "true",
+        "é",
+        "\\u0000",
+        "::ffff:",
+        "/0",
+        "/128",
+        "/33",
+        "{workdir}",
+        "{home}/..",
+        "{foo}",
+        "{",
+        "tcp",
+        "udp",
+        "\"x\"",
+        "[[network.allow]]\n",
+        "cidr = ",
+        "unix = \"@\"",
+        "ports = [",
+        "\"1-2\"",
+        "\"2-1\"",
+        "protocol = ",
+        "include = [\"git\"]",
+        "[process]\n",
+        "memory = ",
+        "cpu = ",
+        "\"50%\"",
+        "\"1T\"",
+        "user = ",
+        "capabilities = [",
+        "allow_write_exec = true\n",
+        "1979-05-27T07:32:00Z",
+        "0x10",
+        "+5",
+        "\r\n",
+        "\t",
+        "\"\"\"",
+    ];
+
+    /// Replacements for a whole string or number, to reach the validators
+    /// rather than the TOML syntax checks.
+    const VALUES: &[&str] = &[
+        "\"10.0.0.300/8\"",
+        "\"10.20.1.0/16\"",
+        "\"::ffff:1.2.3.4\"",
+        "\"0.0.0.0/0\"",
+        "\"::/0\"",
+        "\"9000-8000\"",
+        "\"80-\"",
+        "\"icmp\"",
+        "\"@\"",
+        "\"/x\\u0000\"",
+        "\"rel/path\"",
+        "\"{foo}\"",
+        "\"{workdir}/../x\"",
+        "\"CAP_FLY\"",
+        "\"net_admin\"",
+        "\"50%\"",
+        "\"0%\"",
+        "\"5MB\"",
+        "\"\"",
+        "\"é\"",
+        "\"/\"",
+        "\"audit\"",
+        "\"base\"",
+        "\"nope\"",
+        "\"1-65535\"",
+        "\"65536\"",
+        "0",
+        "-1",
+        "65536",
+        "nan",
+        "-inf",
+        "1.5",
+        "9223372036854775807",
+        "true",
+        "[]",
+        "{}",
+        "\"443\"",
+        "[\"{home}\"]",
+        "{ unix = \"@a\" }",
+        "{ cidr = \"1.2.3.4\", ports = [0] }",
+    ];
+
+    fn replace_value(rng: &mut XorShift, text: &str) -> String {
+        // Byte offsets of quotes; every char boundary is safe to split at.
+        let quotes: Vec<usize> = text.match_indices('"').map(|(i, _)| i).collect();
+        if quotes.len() < 2 {
+            return text.to_owned();
+        }
+        // Quotes pair up in the example, which has no escaped quotes.
+        let k = 2 * rng.below(quotes.len() / 2);
+        let (a, b) = (quotes[k], quotes[k + 1] + 1);
+        let value = VALUES[rng.below(VALUES.len())];
+        format!("{}{value}{}", &text[..a], &text[b..])
+    }
+
+    fn mutate(rng: &mut XorShift, text: &str) -> String {
+        if rng.below(2) == 0 {
+            let once = replace_value(rng, text);
+            return if rng.below(2) == 0 {
+                replace_value(rng, &once)
+            } else {
+                once
+            };
+        }
+        let mut chars: Vec<char> = text.chars().collect();
+        for _ in 0..1 + rng.below(2) {
+            let at = rng.below(chars.len() + 1);
+            match rng.below(4) {
+                0 => {
+                    let end = (at + 1 + rng.below(6)).min(chars.len());
+                    chars.drain(at..end);
+                }
+                1 | 2 => {
+                    let token = TOKENS[rng.below(TOKENS.len())];
+                    chars.splice(at..at, token.chars());
+                }
+                _ => {
+                    // Duplicate a stretch, which tends to create repeated keys.
+                    let end = (at + rng.below(40)).min(chars.len());
+                    let copy: Vec<char> = chars[at..end].to_vec();
+                    let to = rng.below(chars.len() + 1);
+                    chars.splice(to..to, copy);
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    #[test]
+    fn mutated_policies_never_panic() {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let (mut parsed, mut compiled, mut failed) = (0, 0, 0);
+        for _ in 0..800 {
+            let text = mutate(&mut rng, EXAMPLE);
+            match Policy::parse(&text, "fuzz.toml") {
+                Ok(p) => {
+                    parsed += 1;
+                    if p.compile(&vars()).is_ok() {
+                        compiled += 1;
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    let loc = e.location.unwrap();
+                    assert!(loc.line >= 1 && loc.col >= 1);
+                    assert!(e.to_string().starts_with("fuzz.toml:"));
+                    let lines = u32::try_from(text.lines().count()).unwrap();
+                    assert!(loc.line <= lines + 1, "{e} in {text}");
+                }
+            }
+        }
+        assert!(
+            parsed > 30 && failed > 30,
+            "parsed {parsed}, failed {failed}"
+        );
+        assert!(compiled > 0);
+    }
+}

@@ -1,0 +1,525 @@
+//! Agent scopes: one cgroup per agent, under guard's parent cgroup.
+//!
+//! The v2 cgroup is the scope's identity (the BPF programs key on it, and
+//! `cgroup.kill`/`cgroup.freeze` act on everything in it, however the agent
+//! forked). Resource limits go wherever the host has each controller: in the
+//! v2 tree on pure-v2 hosts, in the v1 hierarchy of that controller on hybrid
+//! hosts like the development machines. A limit that cannot be placed
+//! anywhere is an error unless the caller accepts running without it.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::{
+        fd::OwnedFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use crate::host::CgroupLayout;
+
+#[derive(Debug, Error)]
+pub enum ScopeError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the `{controller}` cgroup controller is not available on this host (neither in the v2 tree nor as a v1 hierarchy), so the policy's {what} cannot be enforced"
+    )]
+    ControllerUnavailable {
+        controller: &'static str,
+        what: &'static str,
+    },
+    #[error("processes of scope {path} did not exit within {waited:?}")]
+    StillPopulated { path: PathBuf, waited: Duration },
+    #[error("invalid scope name {0:?}")]
+    BadName(String),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ScopeError + 'a {
+    move |source| ScopeError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Resource limits of one scope.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub pids: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    /// CPU time in thousandths of a core.
+    pub cpu_millicores: Option<u32>,
+}
+
+/// Where a controller lives on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    V2,
+    /// v1 hierarchy root (mount point) of the controller.
+    V1(PathBuf),
+    Unavailable,
+}
+
+const CONTROLLERS: [(&str, &str); 3] = [
+    ("pids", "process limit (max_processes)"),
+    ("memory", "memory limit"),
+    ("cpu", "CPU limit"),
+];
+
+/// CFS period used for CPU limits, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// guard's parent cgroups for one guardd instance.
+#[derive(Clone, Debug)]
+pub struct ScopeRoot {
+    pub layout: CgroupLayout,
+    pub instance: String,
+    pub v2_parent: PathBuf,
+    pub placements: Vec<(&'static str, Placement)>,
+}
+
+impl ScopeRoot {
+    /// Creates (or reuses) the parent cgroups of `instance` and finds where
+    /// each controller can be used.
+    pub fn init(layout: CgroupLayout, instance: &str) -> Result<ScopeRoot, ScopeError> {
+        check_name(instance)?;
+        let v2_parent = layout.v2.join(instance);
+        fs::create_dir_all(&v2_parent).map_err(io("creating", &v2_parent))?;
+        let available =
+            fs::read_to_string(layout.v2.join("cgroup.controllers")).unwrap_or_default();
+        let mut placements = Vec::new();
+        for (name, _) in CONTROLLERS {
+            let placement = if available.split_whitespace().any(|c| c == name) {
+                // Delegate the controller down to the agents: root → parent.
+                for dir in [layout.v2.clone(), v2_parent.clone()] {
+                    let ctl = dir.join("cgroup.subtree_control");
+                    fs::write(&ctl, format!("+{name}"))
+                        .map_err(io("enabling controller in", &ctl))?;
+                }
+                Placement::V2
+            } else if let Some(mount) = layout.v1_controller(name) {
+                let dir = mount.join(instance);
+                fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+                Placement::V1(mount.to_owned())
+            } else {
+                Placement::Unavailable
+            };
+            placements.push((name, placement));
+        }
+        Ok(ScopeRoot {
+            layout,
+            instance: instance.to_owned(),
+            v2_parent,
+            placements,
+        })
+    }
+
+    /// cgroup level of the agent scopes (children of the parent).
+    pub fn agent_level(&self) -> u32 {
+        self.layout.level_of(&self.v2_parent) + 1
+    }
+
+    pub fn placement(&self, controller: &str) -> &Placement {
+        self.placements
+            .iter()
+            .find(|(n, _)| *n == controller)
+            .map(|(_, p)| p)
+            .unwrap_or(&Placement::Unavailable)
+    }
+
+    /// Creates the scope `name` with `limits`. With `allow_missing`, a limit
+    /// whose controller is unavailable is skipped and reported in
+    /// `Scope::skipped`; otherwise it is an error and nothing is left behind.
+    pub fn create(
+        &self,
+        name: &str,
+        limits: &Limits,
+        allow_missing: bool,
+    ) -> Result<Scope, ScopeError> {
+        check_name(name)?;
+        let v2 = self.v2_parent.join(name);
+        fs::create_dir(&v2).map_err(io("creating", &v2))?;
+        let cgroup_id = fs::metadata(&v2).map_err(io("reading", &v2))?.ino();
+        let mut scope = Scope {
+            name: name.to_owned(),
+            v2,
+            cgroup_id,
+            v1: Vec::new(),
+            skipped: Vec::new(),
+        };
+        if let Err(e) = self.apply_limits(&mut scope, limits, allow_missing) {
+            let _ = scope.remove();
+            return Err(e);
+        }
+        Ok(scope)
+    }
+
+    fn apply_limits(
+        &self,
+        scope: &mut Scope,
+        limits: &Limits,
+        allow_missing: bool,
+    ) -> Result<(), ScopeError> {
+        let wanted: [(&'static str, &'static str, Option<Vec<(&str, String)>>); 3] = [
+            (
+                "pids",
+                CONTROLLERS[0].1,
+                limits.pids.map(|n| vec![("pids.max", n.to_string())]),
+            ),
+            (
+                "memory",
+                CONTROLLERS[1].1,
+                limits.memory_bytes.map(|b| {
+                    vec![
+                        ("memory.max", b.to_string()),
+                        ("memory.swap.max", "0".to_owned()),
+                    ]
+                }),
+            ),
+            (
+                "cpu",
+                CONTROLLERS[2].1,
+                limits.cpu_millicores.map(|m| {
+                    let quota = (u64::from(m) * CPU_PERIOD_US / 1000).max(1000);
+                    vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))]
+                }),
+            ),
+        ];
+        for (controller, what, files) in wanted {
+            let Some(files) = files else { continue };
+            match self.placement(controller) {
+                Placement::V2 => {
+                    for (file, value) in files {
+                        write_optional(&scope.v2.join(file), &value, file == "memory.swap.max")?;
+                    }
+                }
+                Placement::V1(mount) => {
+                    let dir = mount.join(&self.instance).join(&scope.name);
+                    fs::create_dir(&dir).map_err(io("creating", &dir))?;
+                    scope.v1.push((controller, dir.clone()));
+                    for (file, value) in v1_files(controller, files) {
+                        let optional = file.starts_with("memory.memsw");
+                        write_optional(&dir.join(&file), &value, optional)?;
+                    }
+                }
+                Placement::Unavailable => {
+                    if allow_missing {
+                        scope.skipped.push(controller);
+                    } else {
+                        return Err(ScopeError::ControllerUnavailable { controller, what });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the scopes that exist under the parent (for re-adoption and
+    /// clean-up).
+    pub fn existing(&self) -> Vec<String> {
+        fs::read_dir(&self.v2_parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes the parent cgroups if no scope is left in them.
+    pub fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(&self.v2_parent);
+        for (_, p) in &self.placements {
+            if let Placement::V1(mount) = p {
+                let _ = fs::remove_dir(mount.join(&self.instance));
+            }
+        }
+    }
+
+    /// Reopens an existing scope (after a daemon restart).
+    pub fn open(&self, name: &str) -> Result<Scope, ScopeError> {
+        check_name(name)?;
+        let v2 = self.v2_parent.join(name);
+        let cgroup_id = fs::metadata(&v2).map_err(io("reading", &v2))?.ino();
+        let v1 = self
+            .placements
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Placement::V1(mount) => {
+                    let dir = mount.join(&self.instance).join(name);
+                    dir.is_dir().then_some((*c, dir))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Scope {
+            name: name.to_owned(),
+            v2,
+            cgroup_id,
+            v1,
+            skipped: Vec::new(),
+        })
+    }
+}
+
+/// v2 limit files translated to their v1 names.
+fn v1_files(controller: &str, files: Vec<(&str, String)>) -> Vec<(String, String)> {
+    match controller {
+        "memory" => {
+            let max = files
+                .iter()
+                .find(|(f, _)| *f == "memory.max")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            vec![
+                ("memory.limit_in_bytes".into(), max.clone()),
+                ("memory.memsw.limit_in_bytes".into(), max),
+            ]
+        }
+        "cpu" => files
+            .iter()
+            .filter_map(|(_, v)| v.split_once(' '))
+            .flat_map(|(quota, period)| {
+                [
+                    ("cpu.cfs_period_us".to_owned(), period.to_owned()),
+                    ("cpu.cfs_quota_us".to_owned(), quota.to_owned()),
+                ]
+            })
+            .collect(),
+        _ => files.into_iter().map(|(f, v)| (f.to_owned(), v)).collect(),
+    }
+}
+
+/// Writes a control file; `optional` files may be absent (swap accounting
+/// disabled) without failing the scope.
+fn write_optional(path: &Path, value: &str, optional: bool) -> Result<(), ScopeError> {
+    match fs::write(path, value) {
+        Ok(()) => Ok(()),
+        Err(e) if optional && e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ScopeError::Io {
+            op: "writing",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ScopeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ScopeError::BadName(name.to_owned()))
+    }
+}
+
+/// One agent's cgroup(s).
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub name: String,
+    pub v2: PathBuf,
+    pub cgroup_id: u64,
+    /// v1 cgroups holding limits on hybrid hosts.
+    pub v1: Vec<(&'static str, PathBuf)>,
+    /// Controllers whose limits were skipped (accepted degradation).
+    pub skipped: Vec<&'static str>,
+}
+
+impl Scope {
+    /// A descriptor of the v2 cgroup for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn open_dir(&self) -> Result<OwnedFd, ScopeError> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&self.v2)
+            .map_err(io("opening", &self.v2))?;
+        Ok(f.into())
+    }
+
+    /// Write descriptors of the v1 `cgroup.procs` files: the launcher writes
+    /// "0" to each before exec. Writes are checked against the opener's
+    /// credentials, so guardd can hand these to an unprivileged launcher.
+    pub fn v1_procs(&self) -> Result<Vec<OwnedFd>, ScopeError> {
+        self.v1
+            .iter()
+            .map(|(_, dir)| {
+                let p = dir.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&p)
+                    .map(OwnedFd::from)
+                    .map_err(io("opening", &p))
+            })
+            .collect()
+    }
+
+    /// Every process in the scope, nested cgroups included.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        collect_pids(&self.v2, &mut out);
+        out
+    }
+
+    pub fn populated(&self) -> bool {
+        fs::read_to_string(self.v2.join("cgroup.events"))
+            .map(|s| s.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// Freezes (`true`) or thaws every process of the scope at once, and
+    /// waits until the kernel reports the state reached.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), ScopeError> {
+        let f = self.v2.join("cgroup.freeze");
+        fs::write(&f, if frozen { "1" } else { "0" }).map_err(io("writing", &f))?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let ev = fs::read_to_string(self.v2.join("cgroup.events")).unwrap_or_default();
+            if ev.lines().any(|l| l == want) || !self.populated() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err(ScopeError::StillPopulated {
+            path: self.v2.clone(),
+            waited: Duration::from_secs(5),
+        })
+    }
+
+    pub fn frozen(&self) -> bool {
+        fs::read_to_string(self.v2.join("cgroup.events"))
+            .map(|s| s.lines().any(|l| l == "frozen 1"))
+            .unwrap_or(false)
+    }
+
+    /// Kills every process of the scope and waits until it is empty.
+    pub fn kill_all(&self, wait: Duration) -> Result<(), ScopeError> {
+        let kill = self.v2.join("cgroup.kill");
+        if fs::write(&kill, "1").is_err() {
+            // Kernels before 5.14 have no cgroup.kill: freeze so nothing can
+            // fork while the list is walked, kill each, then thaw.
+            let _ = self.set_frozen(true);
+            for pid in self.pids() {
+                // SAFETY: kill(2) with a pid read from the scope's cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = self.set_frozen(false);
+        }
+        let deadline = Instant::now() + wait;
+        while self.populated() {
+            if Instant::now() >= deadline {
+                return Err(ScopeError::StillPopulated {
+                    path: self.v2.clone(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Removes the scope's cgroups (nested ones first). The scope must be
+    /// empty.
+    pub fn remove(&self) -> Result<(), ScopeError> {
+        remove_tree(&self.v2)?;
+        for (_, dir) in &self.v1 {
+            remove_tree(dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(d) = fs::read_dir(dir) {
+        for e in d.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// rmdir of a cgroup and every cgroup below it, deepest first. A cgroup that
+/// is already gone counts as removed.
+fn remove_tree(dir: &Path) -> Result<(), ScopeError> {
+    if let Ok(d) = fs::read_dir(dir) {
+        for e in d.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    // A cgroup whose last process just exited can stay busy for a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Err(e) => {
+                return Err(ScopeError::Io {
+                    op: "removing",
+                    path: dir.to_owned(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("ag-1.x_y").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn v1_translation() {
+        let mem = v1_files(
+            "memory",
+            vec![
+                ("memory.max", "1048576".into()),
+                ("memory.swap.max", "0".into()),
+            ],
+        );
+        assert_eq!(mem[0], ("memory.limit_in_bytes".into(), "1048576".into()));
+        let cpu = v1_files("cpu", vec![("cpu.max", "50000 100000".into())]);
+        assert_eq!(
+            cpu,
+            vec![
+                ("cpu.cfs_period_us".into(), "100000".into()),
+                ("cpu.cfs_quota_us".into(), "50000".into())
+            ]
+        );
+        let pids = v1_files("pids", vec![("pids.max", "5".into())]);
+        assert_eq!(pids, vec![("pids.max".into(), "5".into())]);
+    }
+}

@@ -1,0 +1,413 @@
+//! Harness for guard's privileged integration tests.
+//!
+//! Each test starts its own guardd on a fresh socket, journal and instance
+//! name (so its parent cgroup and bpffs directory are its own), and `Drop`
+//! stops it and removes anything left — cgroups, pins, processes — even when
+//! the test panics. Tests run as root on the real kernel; there is no mock.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const GUARDD: &str = env!("CARGO_BIN_EXE_guardd");
+pub const GUARDCTL: &str = env!("CARGO_BIN_EXE_guardctl");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn agent_script(name: &str) -> String {
+    repo().join("tests/agents").join(name).display().to_string()
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "guard's integration tests load BPF programs and create cgroups: run them as root (cargo xtask test)"
+    );
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn v2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in info.lines() {
+        if let Some((pre, post)) = line.split_once(" - ")
+            && post.starts_with("cgroup2 ")
+        {
+            return PathBuf::from(pre.split(' ').nth(4).unwrap());
+        }
+    }
+    panic!("no cgroup2 mount");
+}
+
+fn v1_roots() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            post.starts_with("cgroup ")
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .collect()
+}
+
+pub struct Guardd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub journal: PathBuf,
+    pub instance: String,
+}
+
+impl Guardd {
+    pub fn start() -> Guardd {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Guardd {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let instance = format!("guard-test-{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("guard-test")
+            .tempdir()
+            .unwrap();
+        // World-traversable so agents running as another user can reach
+        // policy files and probes.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("guard.sock");
+        let journal = dir.path().join("journal.db");
+        let mut g = Guardd {
+            child: None,
+            socket,
+            journal,
+            instance,
+            dir,
+        };
+        g.spawn(extra);
+        g
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join("guardd.log")).unwrap();
+        let child = Command::new(GUARDD)
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args([
+                "--state-dir",
+                self.dir.path().join("state").to_str().unwrap(),
+            ])
+            .args(["--journal", self.journal.to_str().unwrap()])
+            .args(["--instance", &self.instance])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                // The socket is bound before start-up finishes; a hello
+                // round trip means guardd serves.
+                if self.ctl(&["ps"]).status.success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("guardd exited during start-up ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guardd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("guardd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Stops guardd with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the guardd this harness started, by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills guardd abruptly (SIGKILL), as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(&[]);
+    }
+
+    pub fn restart_after_crash(&mut self) {
+        self.spawn(&[]);
+    }
+
+    pub fn ctl_cmd(&self) -> Command {
+        let mut c = Command::new(GUARDCTL);
+        c.env("GUARD_SOCKET", &self.socket);
+        c
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_cmd().args(args).output().unwrap()
+    }
+
+    pub fn write_policy(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `guardctl run --policy P [extra] -- cmd...` in `workdir` (the test's
+    /// temporary directory unless given).
+    pub fn run(&self, policy: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+        self.run_in(policy, extra, cmd, self.dir.path())
+    }
+
+    pub fn run_in(&self, policy: &Path, extra: &[&str], cmd: &[&str], workdir: &Path) -> Output {
+        self.ctl_cmd()
+            .current_dir(workdir)
+            .arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .arg("--")
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    pub fn spawn_run(&self, policy: &Path, extra: &[&str], cmd: &[&str]) -> Child {
+        self.ctl_cmd()
+            .current_dir(self.dir.path())
+            .arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .arg("--")
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Journal records as JSON (`guardctl logs --json` with `args`).
+    pub fn logs(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.ctl(&[&["logs", "--json"], args].concat());
+        assert!(
+            out.status.success(),
+            "guardctl logs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The agent id from guardctl's summary line.
+    pub fn agent_id(out: &Output) -> String {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("guard: agent"))
+            .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+        line.split("--agent ").nth(1).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Guardd {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever guardd did not clean up (it crashed, or the test did):
+        // kill processes left in our cgroups, remove cgroups and pins.
+        let v2 = v2_root().join(&self.instance);
+        if v2.exists() {
+            if let Ok(entries) = std::fs::read_dir(&v2) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            remove_tree(&v2);
+        }
+        for root in v1_roots() {
+            let d = root.join(&self.instance);
+            if d.exists() {
+                remove_tree(&d);
+            }
+        }
+        let pins = Path::new("/sys/fs/bpf").join(&self.instance);
+        if pins.exists() {
+            let _ = std::fs::remove_dir_all(&pins);
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP listener on loopback that accepts and closes connections until
+/// dropped.
+pub struct Listener {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: String,
+}
+
+impl Listener {
+    pub fn tcp(addr: &str) -> Listener {
+        let l = TcpListener::bind(format!("{addr}:0")).unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut buf = [0u8; 512];
+                        let n = c.read(&mut buf).unwrap_or(0);
+                        if buf[..n].starts_with(b"GET ") {
+                            let _ =
+                                c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Listener {
+            port,
+            stop,
+            accepted,
+            thread: Some(thread),
+            addr: addr.to_owned(),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = &self.addr;
+    }
+}
+
+/// A UDP socket bound on loopback (so sends to it are not refused by the
+/// network stack) that counts datagrams.
+pub fn udp_sink(addr: &str) -> (UdpSocket, u16) {
+    let s = UdpSocket::bind(format!("{addr}:0")).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
+/// A free TCP port on 127.0.0.1 that nothing listens on.
+pub fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Parses the probe's JSON lines.
+pub fn probe_results(out: &Output) -> Vec<Value> {
+    BufReader::new(&out.stdout[..])
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}
+
+pub fn errno_of(results: &[Value], op: &str) -> Option<String> {
+    let r = results
+        .iter()
+        .find(|r| r["op"] == op)
+        .unwrap_or_else(|| panic!("no result for {op} in {results:?}"));
+    r["errno"].as_str().map(str::to_owned)
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Records of `kind` for `agent`.
+pub fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
