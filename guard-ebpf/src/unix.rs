@@ -98,10 +98,16 @@ fn read_address(ctx: *mut bpf_sock_addr, key: &mut UnixKey) -> u32 {
         // SAFETY: as above; `n` bytes fit in `key.path`.
         unsafe { bpf_probe_read_kernel(key.path.as_mut_ptr() as *mut c_void, n, sun_path) }
     } else {
-        // Room for `len` bytes and the terminator the helper adds; a
-        // 108-byte name without terminator loses its last byte, and so can
-        // only match a rule no policy can express (rules are at most 107).
-        let size = (len + 1) & 0x7f;
+        // Room for `len` bytes and the terminator the helper adds, within
+        // the key. A 108-byte name without terminator loses its last byte,
+        // so it can only match a rule no policy can express (rules are at
+        // most 107 bytes).
+        let size = (if len as usize >= UNIX_PATH_MAX {
+            UNIX_PATH_MAX as u32
+        } else {
+            len + 1
+        }) & 0x7f;
+        // Bound for the verifier (the branches above already imply it).
         if size as usize > UNIX_PATH_MAX {
             return 0;
         }

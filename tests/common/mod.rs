@@ -411,3 +411,36 @@ pub fn describe(out: &Output) -> String {
 pub fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["kind"] == kind).collect()
 }
+
+/// Opens `net.ipv4.ping_group_range` to everyone while held, so that ICMP
+/// "ping" sockets get past the kernel's own group check and reach guard's
+/// `sock_create` hook. Reference-counted across the tests of one binary and
+/// restored when the last holder drops.
+pub struct PingSockets;
+
+static PING_STATE: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+const PING_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+impl PingSockets {
+    pub fn open() -> PingSockets {
+        let mut st = PING_STATE.lock().unwrap_or_else(|e| e.into_inner());
+        if st.0 == 0 {
+            st.1 = Some(std::fs::read_to_string(PING_RANGE).unwrap());
+            std::fs::write(PING_RANGE, "0 2147483647").unwrap();
+        }
+        st.0 += 1;
+        PingSockets
+    }
+}
+
+impl Drop for PingSockets {
+    fn drop(&mut self) {
+        let mut st = PING_STATE.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 -= 1;
+        if st.0 == 0
+            && let Some(old) = st.1.take()
+        {
+            let _ = std::fs::write(PING_RANGE, old.trim());
+        }
+    }
+}

@@ -128,12 +128,6 @@ impl Daemon {
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
-        let monitor = monitor::start(ring, attribution.clone(), kernel.clone(), handle.clone())
-            .map_err(|source| DaemonError::Io {
-                op: "starting the monitor thread",
-                path: PathBuf::new(),
-                source,
-            })?;
         let shared = Arc::new(Shared {
             cfg,
             kernel,
@@ -144,7 +138,20 @@ impl Daemon {
             started: SystemTime::now(),
         });
         journal_start(&shared);
+        // Re-adopt before reading the ring buffer: events an agent caused
+        // while guardd was down wait there and must find their agent.
         agents::readopt(&shared);
+        let monitor = monitor::start(
+            ring,
+            shared.attribution.clone(),
+            shared.kernel.clone(),
+            shared.journal.clone(),
+        )
+        .map_err(|source| DaemonError::Io {
+            op: "starting the monitor thread",
+            path: PathBuf::new(),
+            source,
+        })?;
         Ok(Daemon {
             shared,
             journal: Some(journal),
