@@ -12,7 +12,7 @@ fn policy_allowing(g: &Guardd, name: &str, rules: &str) -> std::path::PathBuf {
     )
 }
 
-fn net_denials<'a>(records: &'a [Value]) -> Vec<&'a Value> {
+fn net_denials(records: &[Value]) -> Vec<&Value> {
     records
         .iter()
         .filter(|r| r["kind"] == "network" && r["verdict"] == "denied")
@@ -45,7 +45,7 @@ fn allowed_connect_works_and_every_denied_path_is_eperm_and_journaled_once() {
         format!("udp:127.0.0.1:{udp_port}"),
         format!("udpc:127.0.0.1:{udp_port}"),
     ];
-    let mut cmd = vec!["python3".to_owned(), agent_script("netprobe.py")];
+    let mut cmd = vec![PYTHON.to_owned(), agent_script("netprobe.py")];
     cmd.extend(ops.iter().cloned());
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let out = g.run(&policy, &[], &cmd);
@@ -119,7 +119,7 @@ fn port_outside_an_allowed_cidr_names_the_nearest_rule() {
         &p,
         &[],
         &[
-            "python3",
+            PYTHON,
             &agent_script("netprobe.py"),
             &format!("tcp:127.0.0.1:{}", l.port),
         ],
@@ -152,7 +152,7 @@ fn unspecified_addresses_are_judged_as_loopback() {
         format!("tcp:[::]:{}", l6.port),
     ];
     let args = |ops: &[String]| {
-        let mut v = vec!["python3".to_owned(), agent_script("netprobe.py")];
+        let mut v = vec![PYTHON.to_owned(), agent_script("netprobe.py")];
         v.extend(ops.iter().cloned());
         v
     };
@@ -223,7 +223,7 @@ fn sockets_that_bypass_the_address_hooks_are_refused() {
         &p,
         &[],
         &[
-            "python3",
+            PYTHON,
             &agent_script("netprobe.py"),
             "raw",
             "ping",
@@ -241,11 +241,22 @@ fn sockets_that_bypass_the_address_hooks_are_refused() {
         Some("EAFNOSUPPORT"),
         "{res:?}"
     );
-    let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--kind", "network"]);
-    assert_eq!(recs.len(), 1, "{recs:#?}");
+    // Each refusal is journaled once, by the layer that made it.
+    let id = Guardd::agent_id(&out);
+    let recs = g.logs(&["--agent", &id, "--kind", "network"]);
+    assert_eq!(recs.len(), 2, "{recs:#?}");
     assert_eq!(recs[0]["action"], "socket");
-    assert_eq!(recs[0]["target"], "inet icmp");
-    assert_eq!(recs[0]["rule"], "network.socket-types");
+    assert_eq!(recs[0]["layer"], "capabilities", "{recs:#?}");
+    assert_eq!(recs[0]["rule"], "process.capabilities");
+    assert_eq!(recs[1]["target"], "inet icmp");
+    assert_eq!(recs[1]["layer"], "cgroup-bpf");
+    assert_eq!(recs[1]["rule"], "network.socket-types");
+    let sys = g.logs(&["--agent", &id, "--kind", "syscall"]);
+    let packet: Vec<_> = sys.iter().filter(|r| r["action"] == "socket").collect();
+    assert_eq!(packet.len(), 1, "{sys:#?}");
+    assert_eq!(packet[0]["layer"], "seccomp");
+    assert_eq!(packet[0]["rule"], "syscalls.socket-families");
+    assert_eq!(packet[0]["detail"]["family"], 17);
 
     // With CAP_NET_RAW kept, the raw socket reaches the hook, which refuses
     // it on its own; AF_PACKET still meets seccomp.
@@ -256,7 +267,7 @@ fn sockets_that_bypass_the_address_hooks_are_refused() {
     let out = g.run(
         &p,
         &[],
-        &["python3", &agent_script("netprobe.py"), "raw", "packet"],
+        &[PYTHON, &agent_script("netprobe.py"), "raw", "packet"],
     );
     let res = probe_results(&out);
     assert_eq!(errno_of(&res, "raw").as_deref(), Some("EPERM"), "{res:?}");
@@ -307,7 +318,7 @@ fn audit_mode_allows_and_records() {
         let out = g.run(
             &p2,
             &extra,
-            &["python3", &agent_script("netprobe.py"), &op, "ping"],
+            &[PYTHON, &agent_script("netprobe.py"), &op, "ping"],
         );
         let res = probe_results(&out);
         assert_eq!(errno_of(&res, &op), None, "audit must allow: {res:?}");
@@ -343,11 +354,11 @@ fn two_agents_do_not_see_each_others_rules() {
     // Both live at the same time: each sleeps before probing, so their
     // scopes overlap.
     let script = format!(
-        "import time, subprocess, sys; time.sleep(0.5); sys.exit(subprocess.call(['python3', '{}', '{oa}', '{ob}']))",
+        "import time, subprocess, sys; time.sleep(0.5); sys.exit(subprocess.call(['/usr/bin/python3', '{}', '{oa}', '{ob}']))",
         agent_script("netprobe.py")
     );
-    let ca = g.spawn_run(&pa, &[], &["python3", "-c", &script]);
-    let cb = g.spawn_run(&pb, &[], &["python3", "-c", &script]);
+    let ca = g.spawn_run(&pa, &[], &[PYTHON, "-c", &script]);
+    let cb = g.spawn_run(&pb, &[], &[PYTHON, "-c", &script]);
     let ra = ca.wait_with_output().unwrap();
     let rb = cb.wait_with_output().unwrap();
     let (xa, xb) = (probe_results(&ra), probe_results(&rb));
@@ -373,7 +384,7 @@ fn ten_thousand_denials_then_a_marker_are_all_accounted_for() {
         &p,
         &[],
         &[
-            "python3",
+            PYTHON,
             &agent_script("netprobe.py"),
             &format!("loop:10000:127.0.0.1:{flood}"),
             &format!("tcp:127.0.0.1:{}", marker.port),
@@ -433,7 +444,7 @@ fn unix_sockets_are_denied_unless_named() {
         format!("unix:{}", no_path.display()),
         format!("unix:@{abs_name}"),
     ];
-    let mut cmd = vec!["python3".to_owned(), agent_script("netprobe.py")];
+    let mut cmd = vec![PYTHON.to_owned(), agent_script("netprobe.py")];
     cmd.extend(ops.iter().cloned());
     let out = g.run(&p, &[], &cmd.iter().map(String::as_str).collect::<Vec<_>>());
     let res = probe_results(&out);
@@ -457,11 +468,11 @@ fn enforcement_outlives_the_daemon() {
     let p = policy_allowing(&g, "survivor", "");
     // The agent probes after guardd has been killed.
     let script = format!(
-        "import time, subprocess, sys; time.sleep(1.5); sys.exit(subprocess.call(['python3', '{}', 'tcp:127.0.0.1:{}']))",
+        "import time, subprocess, sys; time.sleep(1.5); sys.exit(subprocess.call(['/usr/bin/python3', '{}', 'tcp:127.0.0.1:{}']))",
         agent_script("netprobe.py"),
         l.port
     );
-    let child = g.spawn_run(&p, &[], &["python3", "-c", &script]);
+    let child = g.spawn_run(&p, &[], &[PYTHON, "-c", &script]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     g.crash();
     let out = child.wait_with_output().unwrap();

@@ -40,14 +40,22 @@ pub const AGENT_CLOSING: u32 = 1 << 1;
 pub struct AgentInfo {
     pub slot: u32,
     pub flags: u32,
-    /// Denials (or audit verdicts) decided by the kernel programs. Updated
-    /// atomically by the programs; user space only reads it.
+    /// Denials (or audit verdicts) decided by guard's network programs.
+    /// Updated atomically by the programs; user space only reads it.
     pub denied: u64,
     /// Events that could not be written to the ring buffer (it was full).
     pub lost: u64,
+    /// Events written to the ring buffer: when the monitor has read this
+    /// many for the agent, its journal is complete.
+    pub events: u64,
 }
 
 /// Value of the single-entry `CONFIG` array.
+///
+/// The offsets come from the running kernel's BTF (guardd reads them at
+/// start-up): the programs read a few kernel structs with
+/// `bpf_probe_read_kernel`, and hard-coded offsets would silently read the
+/// wrong field on another kernel build.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -55,11 +63,18 @@ pub struct Config {
     /// to its agent through `bpf_get_current_ancestor_cgroup_id(level)`, so
     /// nested cgroups an agent might create stay attributed to it.
     pub agent_level: u32,
-    /// Offsets into `struct bpf_sock_addr_kern`, read from the kernel's BTF
-    /// at start-up, so the Unix hooks can read the address they judge.
+    /// `struct bpf_sock_addr_kern`: where the Unix hooks find the address.
     pub sa_kern_uaddr_off: u32,
     pub sa_kern_uaddrlen_off: u32,
-    pub _pad: u32,
+    /// `struct linux_binprm.filename`.
+    pub bprm_filename_off: u32,
+    /// `struct task_struct.mm`, `struct mm_struct.arg_start/arg_end`.
+    pub task_mm_off: u32,
+    pub mm_arg_start_off: u32,
+    pub mm_arg_end_off: u32,
+    /// `struct pt_regs`: the system call number and its six arguments.
+    pub regs_orig_ax_off: u32,
+    pub regs_arg_off: [u32; 6],
 }
 
 // ---- network rules ----------------------------------------------------------
@@ -152,6 +167,7 @@ pub const EVENT_NET: u16 = 1;
 pub const EVENT_SOCK: u16 = 2;
 pub const EVENT_UNIX: u16 = 3;
 pub const EVENT_EXEC: u16 = 4;
+pub const EVENT_SYSCALL: u16 = 5;
 
 pub const VERDICT_DENIED: u8 = 1;
 pub const VERDICT_AUDIT: u8 = 2;
@@ -252,6 +268,47 @@ impl Default for UnixEvent {
     }
 }
 
+/// Bytes of an exec'd file name and of its arguments kept in an event;
+/// longer ones are cut (and flagged by the length fields).
+pub const EXEC_FILENAME_MAX: usize = 256;
+pub const EXEC_ARGS_MAX: usize = 512;
+pub const SYSCALL_PATH_MAX: usize = 256;
+
+/// A program started in a scope (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    /// Bytes copied into `filename` (with its NUL), 0 when unreadable.
+    pub filename_len: u32,
+    /// Total length of the argument area (NUL-separated), which may exceed
+    /// what `args` holds.
+    pub args_len: u32,
+    pub filename: [u8; EXEC_FILENAME_MAX],
+    pub args: [u8; EXEC_ARGS_MAX],
+}
+
+/// A system call that failed with a refusal errno in a scope (`sys_exit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    pub hdr: EventHeader,
+    pub nr: u32,
+    pub ret: i32,
+    pub args: [u64; 6],
+    /// Index of the argument `path` was read from (`PATH_ARG` map), or
+    /// `NO_PATH`.
+    pub path_arg: u32,
+    /// Bytes copied into `path` (with its NUL), 0 when none or unreadable.
+    pub path_len: u32,
+    pub path: [u8; SYSCALL_PATH_MAX],
+}
+
+/// `PATH_ARG` value for calls without a path argument.
+pub const NO_PATH: u32 = 0xff;
+/// Entries of the `PATH_ARG` array (system call numbers).
+pub const PATH_ARG_ENTRIES: u32 = 512;
+
 /// Socket constants the programs need (not all in aya-ebpf's bindings).
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
@@ -267,8 +324,10 @@ pub const IPPROTO_ICMPV6: u32 = 58;
 // ---- layout checks ------------------------------------------------------------
 
 const _: () = {
-    assert!(core::mem::size_of::<AgentInfo>() == 24);
-    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<AgentInfo>() == 32);
+    assert!(core::mem::size_of::<Config>() == 56);
+    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
+    assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 256);
     assert!(core::mem::size_of::<PortRange>() == 8);
     assert!(core::mem::size_of::<NetValue>() == 8 + 8 * MAX_PORT_RANGES);
     assert!(core::mem::size_of::<Net4Key>() == 8);
@@ -296,4 +355,8 @@ mod pod {
     unsafe impl aya::Pod for super::Net6Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallEvent {}
 }

@@ -11,3 +11,4 @@ pub mod launch;
 pub mod monitor;
 pub mod policy;
 pub mod scope;
+pub mod syscalls;

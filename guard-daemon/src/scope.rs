@@ -75,6 +75,9 @@ const CONTROLLERS: [(&str, &str); 3] = [
     ("cpu", "CPU limit"),
 ];
 
+/// Control files (v2 names) and the values one limit writes.
+type LimitFiles = Vec<(&'static str, String)>;
+
 /// CFS period used for CPU limits, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -169,7 +172,7 @@ impl ScopeRoot {
         limits: &Limits,
         allow_missing: bool,
     ) -> Result<(), ScopeError> {
-        let wanted: [(&'static str, &'static str, Option<Vec<(&str, String)>>); 3] = [
+        let wanted: [(&'static str, &'static str, Option<LimitFiles>); 3] = [
             (
                 "pids",
                 CONTROLLERS[0].1,
@@ -273,7 +276,7 @@ impl ScopeRoot {
 }
 
 /// v2 limit files translated to their v1 names.
-fn v1_files(controller: &str, files: Vec<(&str, String)>) -> Vec<(String, String)> {
+fn v1_files(controller: &str, files: LimitFiles) -> Vec<(String, String)> {
     match controller {
         "memory" => {
             let max = files

@@ -72,6 +72,20 @@ impl Agent {
         }
     }
 
+    /// Counts an event written to the ring buffer.
+    #[inline(always)]
+    pub fn count_event(&self) {
+        if !self.info.is_null() {
+            // SAFETY: as in `count_denied`.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut (*self.info).events,
+                    1,
+                )
+            };
+        }
+    }
+
     /// Counts an event the ring buffer had no room for, so that user space
     /// can journal the loss instead of losing it silently.
     #[inline(always)]

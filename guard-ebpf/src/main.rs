@@ -13,10 +13,11 @@
 mod common;
 mod maps;
 mod net;
+mod proc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, raw_tracepoint},
+    programs::{RawTracePointContext, SockAddrContext, SockContext},
 };
 use guard_common::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
 
@@ -43,6 +44,16 @@ pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_create)]
 pub fn guard_sock_create(ctx: SockContext) -> i32 {
     net::judge_socket(&ctx)
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn guard_exec(ctx: RawTracePointContext) -> i32 {
+    proc::on_exec(&ctx) as i32
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn guard_sys_exit(ctx: RawTracePointContext) -> i32 {
+    proc::on_sys_exit(&ctx) as i32
 }
 
 #[cfg(not(test))]

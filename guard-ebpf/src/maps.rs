@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     AgentInfo, Config, EVENTS_RING_BYTES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES, Net4Key,
-    Net6Key, NetValue, UNIX_MAX_ENTRIES, UnixKey,
+    Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
 };
 
 #[map]
@@ -27,6 +27,11 @@ pub static NET6: LpmTrie<Net6Key, NetValue> = LpmTrie::with_max_entries(NET6_MAX
 /// index of the rule that allows it.
 #[map]
 pub static UNIX: HashMap<UnixKey, u32> = HashMap::with_max_entries(UNIX_MAX_ENTRIES, 0);
+
+/// For each system call number, which argument is a path (or `NO_PATH`);
+/// filled by guardd.
+#[map]
+pub static PATH_ARG: Array<u32> = Array::with_max_entries(PATH_ARG_ENTRIES, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -241,6 +241,7 @@ fn report<T: 'static>(agent: &Agent, ev: &T) {
             // correctly sized ring buffer slot.
             unsafe { core::ptr::copy_nonoverlapping(ev as *const T, slot.as_mut_ptr(), 1) };
             slot.submit(0);
+            agent.count_event();
         }
         None => agent.count_lost(),
     }

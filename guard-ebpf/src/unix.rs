@@ -161,6 +161,7 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
                 (*ev)._pad2 = [0; 4];
             }
             slot.submit(0);
+            agent.count_event();
         }
         None => agent.count_lost(),
     }

@@ -26,6 +26,9 @@ use serde_json::Value;
 
 pub const GUARDD: &str = env!("CARGO_BIN_EXE_guardd");
 pub const GUARDCTL: &str = env!("CARGO_BIN_EXE_guardctl");
+/// The system interpreter: not a pyenv shim (those live under /root and
+/// re-exec through bash, which policies and other users cannot follow).
+pub const PYTHON: &str = "/usr/bin/python3";
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

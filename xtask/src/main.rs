@@ -1,1 +1,186 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|build|test|demo|bench|check`.
+//!
+//! `setup` installs, idempotently, what a fresh machine lacks to build the
+//! kernel programs (rust-src for the nightly toolchain, bpf-linker built
+//! against that nightly's own LLVM) and the Debian packages the tests and the
+//! benchmark use. Every other task runs it first, so the README's two
+//! commands work on a fresh machine with nothing done by hand.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and packages this project needs.
+    Setup,
+    /// Build guardd and guardctl (release).
+    Build,
+    /// Run every test: unit tests, then the privileged integration suite
+    /// (root, real kernel).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo: an agent confined by policies/demo.toml, then its
+    /// violations from the journal.
+    Demo,
+    /// Run the benchmarks and print ratios against baselines measured in the
+    /// same run.
+    Bench {
+        /// Fewer repetitions (quick look, noisier figures).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// cargo fmt --check and clippy -D warnings on the host crates.
+    Check,
+    /// (used by `bench`) N TCP connects to 127.0.0.1:PORT; prints ns each.
+    #[command(hide = true)]
+    ConnectLoop { port: u16, n: usize },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(true),
+        Cmd::Build => {
+            setup::run(false)?;
+            build_release()
+        }
+        Cmd::Test { args } => {
+            require_root("the tests load BPF programs and create cgroups")?;
+            setup::run(false)?;
+            test(&args)
+        }
+        Cmd::Demo => {
+            require_root("the demo starts guardd, which loads BPF programs")?;
+            setup::run(false)?;
+            build_release()?;
+            demo::run()
+        }
+        Cmd::Bench { quick } => {
+            require_root("the benchmark starts guardd")?;
+            setup::run(false)?;
+            build_release()?;
+            bench::run(quick)
+        }
+        Cmd::ConnectLoop { port, n } => bench::connect_loop_main(port, n),
+        Cmd::Check => {
+            setup::run(false)?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }
+    }
+}
+
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_owned())
+        .unwrap_or_else(|| ".".into())
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "guard-daemon", "--bins"])
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut unit = vec!["test", "--lib", "--bins"];
+    let mut all = vec!["test", "-p", "guard-daemon", "--tests"];
+    if !extra.is_empty() {
+        unit.push("--");
+        all.push("--");
+        for a in extra {
+            unit.push(a);
+            all.push(a);
+        }
+    }
+    eprintln!("== unit tests (no privileges needed)");
+    cargo(&unit)?;
+    eprintln!("== integration tests (root, real kernel)");
+    cargo(&all)?;
+    eprintln!("== leftovers check");
+    leftovers()
+}
+
+/// Fails when a test run left cgroups or pins behind.
+fn leftovers() -> anyhow::Result<()> {
+    let mut left = Vec::new();
+    for dir in ["/sys/fs/bpf"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("guard-test") {
+                    left.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !post.starts_with("cgroup") {
+            continue;
+        }
+        let Some(mp) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        if let Ok(entries) = std::fs::read_dir(mp) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("guard-test") {
+                    left.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    if !left.is_empty() {
+        bail!("the tests left these behind: {}", left.join(", "));
+    }
+    eprintln!("none");
+    Ok(())
+}

@@ -21,7 +21,8 @@ use crate::{
     api::{self, AgentRef, ControlAction, ExitReply, ExitStatus, OpenReply, OpenRequest, PsEntry},
     journal::{self, Kind, Record, Text, Verdict},
     kernel::{AgentKeys, NetEntries},
-    monitor::{AgentMeta, journal_loss},
+    launch::seccomp,
+    monitor::{AgentMeta, journal_loss, judge::Judge},
     policy::{Mode, Policy, RuleInfo, UserSpec, Vars},
     scope::{Limits, Scope},
 };
@@ -52,6 +53,40 @@ pub struct AgentState {
     /// A launcher connection owns the agent; re-adopted agents have none
     /// until their launcher reports the exit.
     pub attached: bool,
+    /// What the agent's policy was compiled from.
+    pub source: Source,
+}
+
+/// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub policy_text: String,
+    pub policy_path: String,
+    pub workdir: PathBuf,
+    pub home: PathBuf,
+    pub unix_degraded: bool,
+}
+
+/// The policy pieces the monitor needs to attribute refused calls: the
+/// same seccomp filter the launcher installs (its socket families depend on
+/// whether the Unix hooks work here), the file grants, the kept capabilities.
+fn judge_for(plan: &crate::policy::Plan, unix_degraded: bool) -> Judge {
+    let mut families = vec![seccomp::AF_INET, seccomp::AF_INET6, seccomp::AF_NETLINK];
+    if !unix_degraded {
+        families.push(seccomp::AF_UNIX);
+    }
+    Judge {
+        fs: Some(plan.filesystem.clone()),
+        seccomp: seccomp::build(&seccomp::Options {
+            socket_families: families,
+        }),
+        caps: plan
+            .process
+            .capabilities
+            .iter()
+            .filter_map(|c| crate::launch::caps::number(c))
+            .collect(),
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +130,12 @@ struct StateFile {
     v6: Vec<(u32, u32, [u8; 16])>,
     unix: Vec<(u32, Vec<u8>)>,
     rules: Vec<(String, String)>,
+    /// To rebuild the agent's policy after a restart (refusal attribution).
+    policy_text: String,
+    policy_path: String,
+    workdir: PathBuf,
+    home: PathBuf,
+    unix_degraded: bool,
 }
 
 fn state_path(shared: &Shared, id: &str) -> PathBuf {
@@ -242,6 +283,9 @@ pub fn open(
         agent: agent.clone(),
         cgroup_id: scope.cgroup_id,
         rules,
+        judge: Some(judge_for(&plan, !unix_hooks.unix_hooks)),
+        refusals: AtomicU64::new(0),
+        suppressed: AtomicU64::new(0),
         seen: AtomicU64::new(0),
         lost_reported: AtomicU64::new(0),
         closed_at: Mutex::new(None),
@@ -259,6 +303,7 @@ pub fn open(
         flags: if audit { AGENT_AUDIT } else { 0 },
         denied: 0,
         lost: 0,
+        events: 0,
     };
     let added = shared
         .kernel
@@ -318,6 +363,13 @@ pub fn open(
         main_pid: None,
         meta,
         attached: true,
+        source: Source {
+            policy_text: req.policy_text.clone(),
+            policy_path: req.policy_path.clone(),
+            workdir: PathBuf::from(&req.workdir),
+            home: PathBuf::from(&req.home),
+            unix_degraded: !unix_hooks.unix_hooks,
+        },
     };
     persist(shared, &state);
 
@@ -427,6 +479,11 @@ fn persist(shared: &Shared, a: &AgentState) {
             .iter()
             .map(|r| (r.id.clone(), r.text.clone()))
             .collect(),
+        policy_text: a.source.policy_text.clone(),
+        policy_path: a.source.policy_path.clone(),
+        workdir: a.source.workdir.clone(),
+        home: a.source.home.clone(),
+        unix_degraded: a.source.unix_degraded,
     };
     let path = state_path(shared, &a.id);
     let tmp = path.with_extension("json.tmp");
@@ -485,15 +542,15 @@ pub fn close(
         .ok()
         .and_then(|k| k.agent_info(agent.scope.cgroup_id))
         .unwrap_or_default();
-    // Every decision produced either an event or a loss count: wait until
-    // the monitor has taken all of them, so the journal is complete when the
+    // The kernel counts every event it wrote for the agent: wait until the
+    // monitor has taken all of them, so the journal is complete when the
     // launcher prints its summary.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while agent.meta.seen.load(Ordering::Relaxed) + info.lost < info.denied
-        && Instant::now() < deadline
-    {
+    while agent.meta.seen.load(Ordering::Acquire) < info.events && Instant::now() < deadline {
         std::thread::sleep(Duration::from_micros(200));
     }
+    let refusals = agent.meta.refusals.load(Ordering::Relaxed);
+    let suppressed = agent.meta.suppressed.load(Ordering::Relaxed);
     journal_loss(&agent.meta, info.lost, &shared.journal);
     if let Ok(mut k) = shared.kernel.lock() {
         k.remove_agent(&agent.keys);
@@ -507,11 +564,7 @@ pub fn close(
         *c = Some(Instant::now());
     }
     let audit = agent.mode == Mode::Audit;
-    let (denied, audited) = if audit {
-        (0, info.denied)
-    } else {
-        (info.denied, 0)
-    };
+    let (denied, audited) = if audit { (0, refusals) } else { (refusals, 0) };
     let rec = Record::new(
         Kind::Lifecycle,
         "exit",
@@ -531,6 +584,7 @@ pub fn close(
         "audited": audited,
         "lost": info.lost,
         "leftover_killed": leftover,
+        "suppressed_repeats": suppressed,
         "uptime_ms": agent.started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0),
     }));
     let _ = shared.journal.append(rec);
@@ -639,9 +693,23 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         "why": "guardd was not running; enforcement continued through the pinned programs, and events that did not fit the ring buffer are counted as lost",
     });
     let opened = shared.scopes.open(&st.scope);
+    let judge = Policy::parse(&st.policy_text, &st.policy_path)
+        .ok()
+        .and_then(|p| {
+            p.compile(&Vars {
+                workdir: st.workdir.clone(),
+                home: st.home.clone(),
+                tmp: st.tmp.clone(),
+            })
+            .ok()
+        })
+        .map(|plan| judge_for(&plan, st.unix_degraded));
     let meta = Arc::new(AgentMeta {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
+        judge,
+        refusals: AtomicU64::new(0),
+        suppressed: AtomicU64::new(0),
         rules: st
             .rules
             .iter()
@@ -730,6 +798,13 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 main_pid: st.main_pid,
                 meta,
                 attached: false,
+                source: Source {
+                    policy_text: st.policy_text,
+                    policy_path: st.policy_path,
+                    workdir: st.workdir,
+                    home: st.home,
+                    unix_degraded: st.unix_degraded,
+                },
             },
         );
     }

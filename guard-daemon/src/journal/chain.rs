@@ -11,18 +11,23 @@
 //! file, so removing the newest records (which leaves a valid chain) is still
 //! detected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::JournalError;
-use super::record::{Kind, Record};
+use super::record::{
+    Kind, Record, RecordBody, Verdict, format_time, parse_record_time, to_unix_us,
+};
 use super::store::Store;
+use super::text::escape_str;
 
 /// `prev` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -47,9 +52,29 @@ impl ChainHead {
         }
     }
 
-    /// Assigns `seq`, `prev` and `hash`, returns the stored JSON, and
-    /// advances the head only if everything succeeded.
-    pub(crate) fn seal(&mut self, rec: &mut Record) -> Result<String, JournalError> {
+    /// Seals a record whose `time` is already set: assigns `seq`, `prev`
+    /// and `hash` in `rec` and returns what to store.
+    pub(crate) fn seal_record(
+        &mut self,
+        rec: &mut Record,
+        ts_us: i64,
+    ) -> Result<Sealed, JournalError> {
+        let prepared = Prepared::from_record(rec, ts_us)?;
+        let (seq, json) = self.seal(&prepared)?;
+        let sealed = Sealed {
+            seq,
+            json,
+            prepared,
+        };
+        rec.seq = seq;
+        rec.prev = prev_of(&sealed.json).to_owned();
+        rec.hash = sealed.hash().to_owned();
+        Ok(sealed)
+    }
+
+    /// Gives `p` the next seq and returns it with the stored JSON; advances
+    /// the head only on success.
+    pub(crate) fn seal(&mut self, p: &Prepared) -> Result<(u64, String), JournalError> {
         let seq = self.seq.checked_add(1).ok_or(JournalError::OutOfRange {
             what: "seq",
             value: self.seq,
@@ -58,34 +83,162 @@ impl ChainHead {
             seq: self.seq,
             reason: format!("chain head hash {:?} is not 64 hex digits", self.hash),
         })?;
-        rec.seq = seq;
-        rec.prev.clone_from(&self.hash);
-        rec.hash.clear();
-        let mut json = serde_json::to_vec(&*rec).map_err(JournalError::json("serialise record"))?;
+        let inner = p
+            .body()
+            .strip_prefix(b"{")
+            .and_then(|b| b.strip_suffix(b"}"))
+            .ok_or_else(|| JournalError::Corrupt {
+                seq,
+                reason: "serialised record body is not an object".into(),
+            })?;
+        // Exactly serde_json's compact form of the whole record with an
+        // empty hash (a test holds this to serde_json::to_vec).
+        let seq_text = seq.to_string();
+        let mut json = Vec::with_capacity(inner.len() + seq_text.len() + 2 * HEX_LEN + 32);
+        json.extend_from_slice(b"{\"seq\":");
+        json.extend_from_slice(seq_text.as_bytes());
+        json.push(b',');
+        json.extend_from_slice(inner);
+        json.extend_from_slice(b",\"prev\":\"");
+        json.extend_from_slice(self.hash.as_bytes());
+        json.extend_from_slice(b"\",");
+        json.extend_from_slice(HASH_KEY);
+        json.extend_from_slice(HASH_TAIL);
         let digest = Sha256::new()
             .chain_update(prev)
             .chain_update(&json)
             .finalize();
-        let hex = hex::encode(digest);
-        let empty_tail_len = HASH_KEY.len() + HASH_TAIL.len();
-        if !json.ends_with(b"\"hash\":\"\"}") || json.len() < empty_tail_len {
-            return Err(JournalError::Corrupt {
-                seq,
-                reason: "serialised record does not end with its hash field".into(),
-            });
-        }
+        let mut hex = [0u8; HEX_LEN];
+        hex::encode_to_slice(digest, &mut hex).map_err(|_| JournalError::Corrupt {
+            seq,
+            reason: "hex encoding failed".into(),
+        })?;
         json.truncate(json.len() - HASH_TAIL.len());
-        json.extend_from_slice(hex.as_bytes());
+        json.extend_from_slice(&hex);
         json.extend_from_slice(HASH_TAIL);
         let json = String::from_utf8(json).map_err(|_| JournalError::Corrupt {
             seq,
             reason: "serialised record is not UTF-8".into(),
         })?;
-        rec.hash.clone_from(&hex);
         self.seq = seq;
-        self.hash = hex;
-        Ok(json)
+        self.hash.clear();
+        self.hash.push_str(hash_of(&json));
+        Ok((seq, json))
     }
+}
+
+/// The `hash` value at the end of a stored JSON line made by
+/// [`ChainHead::seal`].
+fn hash_of(json: &str) -> &str {
+    let end = json.len().saturating_sub(HASH_TAIL.len());
+    json.get(end.saturating_sub(HEX_LEN)..end)
+        .unwrap_or_default()
+}
+
+/// The `prev` value of a stored JSON line made by [`ChainHead::seal`].
+fn prev_of(json: &str) -> &str {
+    // ..."prev":"<64>","hash":"<64>"}
+    let end = json
+        .len()
+        .saturating_sub(HASH_TAIL.len() + HEX_LEN + HASH_KEY.len() + 2);
+    json.get(end.saturating_sub(HEX_LEN)..end)
+        .unwrap_or_default()
+}
+
+fn serialize_body(rec: &Record) -> Result<Vec<u8>, JournalError> {
+    serde_json::to_vec(&RecordBody::of(rec)).map_err(JournalError::json("serialise record"))
+}
+
+/// What the writer needs of a record, packed into one allocation: the
+/// serialised body, then the agent id, agent name and target bytes for the
+/// index columns. One allocation matters: records are built on the daemon's
+/// threads and freed on the writer's, and each cross-thread free contends
+/// for the allocator arena's lock.
+pub(crate) struct Prepared {
+    buf: Vec<u8>,
+    body_len: usize,
+    /// Lengths of agent id and name, which follow the body in `buf`.
+    agent: Option<(usize, usize)>,
+    pub pid: Option<u32>,
+    pub kind: Kind,
+    pub verdict: Verdict,
+    pub ts_us: i64,
+}
+
+impl Prepared {
+    /// Packs `rec` as it is (no caps, `time` as set).
+    pub(crate) fn from_record(rec: &Record, ts_us: i64) -> Result<Prepared, JournalError> {
+        let mut buf = serialize_body(rec)?;
+        let body_len = buf.len();
+        let agent = rec.agent.as_ref().map(|a| {
+            buf.extend_from_slice(a.id.as_bytes());
+            buf.extend_from_slice(a.name.as_bytes());
+            (a.id.len(), a.name.len())
+        });
+        buf.extend_from_slice(rec.target.as_bytes());
+        Ok(Prepared {
+            buf,
+            body_len,
+            agent,
+            pid: rec.process.as_ref().map(|p| p.pid),
+            kind: rec.kind,
+            verdict: rec.verdict,
+            ts_us,
+        })
+    }
+
+    pub(crate) fn body(&self) -> &[u8] {
+        self.buf.get(..self.body_len).unwrap_or_default()
+    }
+
+    /// Agent id and name.
+    pub(crate) fn agent(&self) -> Option<(&str, &str)> {
+        let (id_len, name_len) = self.agent?;
+        let id_end = self.body_len + id_len;
+        let id = std::str::from_utf8(self.buf.get(self.body_len..id_end)?).ok()?;
+        let name = std::str::from_utf8(self.buf.get(id_end..id_end + name_len)?).ok()?;
+        Some((id, name))
+    }
+
+    pub(crate) fn target(&self) -> &[u8] {
+        let start = self.body_len + self.agent.map_or(0, |(i, n)| i + n);
+        self.buf.get(start..).unwrap_or_default()
+    }
+}
+
+/// A record with its place in the chain, ready to insert.
+pub(crate) struct Sealed {
+    pub seq: u64,
+    /// The stored JSON line.
+    pub json: String,
+    pub prepared: Prepared,
+}
+
+impl Sealed {
+    pub(crate) fn hash(&self) -> &str {
+        hash_of(&self.json)
+    }
+}
+
+/// Applies the caps, assigns `time` if empty (or not RFC 3339 UTC), and
+/// serialises the record. Runs on the appending thread.
+pub(crate) fn prepare(mut rec: Record) -> Result<Prepared, JournalError> {
+    rec.enforce_caps();
+    let supplied = if rec.time.is_empty() {
+        None
+    } else {
+        let parsed = parse_record_time(&rec.time);
+        if parsed.is_none() {
+            tracing::warn!(time = %escape_str(&rec.time), "record time is not RFC 3339 UTC; using now");
+        }
+        parsed
+    };
+    let t = supplied.unwrap_or_else(SystemTime::now);
+    rec.time = format_time(t);
+    // From the formatted string, so `ts_us` always agrees with `time` (the
+    // formatter clamps and truncates to microseconds).
+    let ts_us = parse_record_time(&rec.time).map_or_else(|| to_unix_us(t), to_unix_us);
+    Prepared::from_record(&rec, ts_us)
 }
 
 /// `serde_json::to_vec` of the record with `hash` emptied.
@@ -316,16 +469,33 @@ pub fn verify(store_path: impl AsRef<Path>) -> Result<VerifyReport, JournalError
     let path = store_path.as_ref();
     let store = Store::open_existing(path)?;
 
+    // The side file is read before the store's snapshot is taken: the
+    // writer appends a checkpoint only after committing what it names, so
+    // the snapshot then contains every record the file vouches for.
+    let side_file = read_checkpoint_file(&checkpoint_path(path))?;
+    store.begin_snapshot()?;
+    let report = verify_snapshot(&store, side_file);
+    store.end_snapshot()?;
+    report
+}
+
+fn verify_snapshot(
+    store: &Store,
+    side_file: Vec<Checkpoint>,
+) -> Result<VerifyReport, JournalError> {
     // Both sources are checked: the side file survives deletion from the
     // store, the table survives deletion of the side file.
     let mut checkpoints: HashMap<u64, Vec<String>> = HashMap::new();
-    for cp in read_checkpoint_file(&checkpoint_path(path))?
-        .into_iter()
-        .chain(store.checkpoints()?)
-    {
+    for cp in side_file.into_iter().chain(store.checkpoints()?) {
         checkpoints.entry(cp.seq).or_default().push(cp.hash);
     }
     let checkpoint_seq = checkpoints.keys().copied().max();
+
+    // id -> names, so the walk can check membership without allocating.
+    let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
+    for (id, name) in store.agent_pairs()? {
+        agents.entry(id).or_default().insert(name);
+    }
 
     let anchor = store.retention_anchor()?;
     let start = anchor.clone().unwrap_or_else(ChainHead::genesis);
@@ -335,6 +505,7 @@ pub fn verify(store_path: impl AsRef<Path>) -> Result<VerifyReport, JournalError
         records: 0,
         explained_upto: 0,
         problem: None,
+        agents,
     };
     if let Some(a) = &anchor {
         let anchor_ok = decode_hash(&a.hash).is_some()
@@ -387,6 +558,7 @@ struct Walk {
     records: u64,
     explained_upto: u64,
     problem: Option<Problem>,
+    agents: HashMap<String, HashSet<String>>,
 }
 
 impl Walk {
@@ -433,6 +605,16 @@ impl Walk {
         if stored_hash(&own_prev, json).as_deref() != Some(rec.hash.as_str())
             || !row.columns_match(&rec)
         {
+            return Err(altered);
+        }
+        if let Some(a) = &rec.agent
+            && !self
+                .agents
+                .get(&a.id)
+                .is_some_and(|names| names.contains(&a.name))
+        {
+            // Queries by name go through the agents table; a missing pair
+            // would hide this record from them.
             return Err(altered);
         }
         if rec.prev != self.prev_hash {
@@ -483,7 +665,7 @@ mod tests {
     fn seal_matches_the_definition() {
         let mut head = ChainHead::genesis();
         let mut r1 = rec("/etc/shadow");
-        let json1 = head.seal(&mut r1).unwrap();
+        let json1 = head.seal_record(&mut r1, 0).map(|s| s.json).unwrap();
         assert_eq!(r1.seq, 1);
         assert_eq!(r1.prev, GENESIS_HASH);
         let canonical = canonical_bytes(&r1).unwrap();
@@ -496,9 +678,51 @@ mod tests {
         );
 
         let mut r2 = rec("/etc/passwd");
-        head.seal(&mut r2).unwrap();
+        head.seal_record(&mut r2, 0).map(|s| s.json).unwrap();
         assert_eq!((r2.seq, &r2.prev), (2, &r1.hash));
         assert_eq!(head.hash, r2.hash);
+    }
+
+    #[test]
+    fn spliced_json_is_serde_json_of_the_record() {
+        let mut head = ChainHead::genesis();
+        let mut variants = vec![rec("/etc/shadow"), rec("")];
+        let mut r = rec("x");
+        r.target = Text::new(vec![0xff, b'"', b'\\']);
+        r.truncated = vec!["target".into(), "detail".into()];
+        r.detail = Some(serde_json::json!({"z": [1, 2.5, null], "a": "\u{1b}\n", "m": {}}));
+        r.agent = Some(crate::journal::record::AgentRef {
+            id: "i\"d".into(),
+            name: "n\u{202e}".into(),
+            policy: String::new(),
+        });
+        r.process = Some(crate::journal::record::ProcessRef {
+            pid: u32::MAX,
+            comm: Text::new(vec![0x80]),
+            exe: Text::from("/bin/é"),
+        });
+        variants.push(r);
+        for mut r in variants {
+            let json = head.seal_record(&mut r, 0).map(|s| s.json).unwrap();
+            assert_eq!(json.as_bytes(), serde_json::to_vec(&r).unwrap());
+            assert_eq!(
+                record_hash(&r.prev, &canonical_bytes(&r).unwrap()).unwrap(),
+                r.hash
+            );
+        }
+        let mut long = rec("y");
+        long.time.clear();
+        long.target = Text::new(vec![b'y'; crate::journal::text::TARGET_CAP + 1]);
+        let p = prepare(long).unwrap();
+        assert_eq!(p.target().len(), crate::journal::text::TARGET_CAP);
+        let (seq, json) = head.seal(&p).unwrap();
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(json.as_bytes(), serde_json::to_vec(&back).unwrap());
+        assert_eq!((seq, back.seq), (4, 4));
+        assert_eq!(back.truncated, vec!["target"]);
+        assert!(back.timestamp().is_some());
+        assert_eq!(prev_of(&json), back.prev);
+        assert_eq!(hash_of(&json), back.hash);
     }
 
     #[test]
@@ -515,7 +739,7 @@ mod tests {
         let mut r = rec("x");
         r.target = Text::new(vec![0xff, 0x00]);
         r.detail = Some(serde_json::json!({"ratio": 0.1 + 0.2, "big": 1e300}));
-        let json = head.seal(&mut r).unwrap();
+        let json = head.seal_record(&mut r, 0).map(|s| s.json).unwrap();
         let parsed: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed.target, r.target);
         assert_eq!(
@@ -685,7 +909,7 @@ mod tests {
             for seq in from..=to {
                 let mut r = store.get(seq).unwrap().unwrap();
                 r.target = Text::from("/tmp/innocent");
-                let json = head.seal(&mut r).unwrap();
+                let json = head.seal_record(&mut r, 0).map(|s| s.json).unwrap();
                 conn.execute(
                     "UPDATE records SET json = ?1, hash = ?2, target = '/tmp/innocent' WHERE seq = ?3",
                     rusqlite::params![json, r.hash, seq as i64],
@@ -745,6 +969,16 @@ mod tests {
                     expected: 1
                 })
             );
+        }
+
+        #[test]
+        fn removed_agent_name_lookup_is_altered() {
+            let (_dir, path) = journal_with(30);
+            // Events cycle over agent0..agent2; record 2 is the first of agent1.
+            db(&path)
+                .execute("DELETE FROM agents WHERE agent_name = 'agent1'", [])
+                .unwrap();
+            assert_eq!(problem(&path), Some(Problem::Altered { seq: 2 }));
         }
 
         #[test]

@@ -35,7 +35,9 @@ pub use store::{Retention, Store};
 pub use text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
 };
-pub use writer::{Journal, JournalConfig, JournalHandle, JournalStats, bench_ingest};
+pub use writer::{
+    Journal, JournalConfig, JournalHandle, JournalStats, bench_ingest, bench_ingest_agents,
+};
 
 /// Everything that can go wrong in the journal. Each variant names the
 /// operation that failed so a log line is actionable without a backtrace.

@@ -257,6 +257,45 @@ impl Record {
     }
 }
 
+/// Everything of a [`Record`] but `seq`, `prev` and `hash`, with the same
+/// field order and serde attributes, so that
+/// `{"seq":N,` + body + `,"prev":"…","hash":""}` is byte-for-byte
+/// `serde_json::to_vec(record)`. Lets the expensive serialisation happen on
+/// the appending thread; the writer thread only splices and hashes.
+#[derive(Serialize)]
+pub(crate) struct RecordBody<'a> {
+    time: &'a str,
+    agent: &'a Option<AgentRef>,
+    process: &'a Option<ProcessRef>,
+    kind: Kind,
+    action: &'a str,
+    target: &'a Text,
+    verdict: Verdict,
+    rule: &'a str,
+    layer: &'a str,
+    detail: &'a Option<Value>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    truncated: &'a [String],
+}
+
+impl<'a> RecordBody<'a> {
+    pub(crate) fn of(r: &'a Record) -> RecordBody<'a> {
+        RecordBody {
+            time: &r.time,
+            agent: &r.agent,
+            process: &r.process,
+            kind: r.kind,
+            action: &r.action,
+            target: &r.target,
+            verdict: r.verdict,
+            rule: &r.rule,
+            layer: &r.layer,
+            detail: &r.detail,
+            truncated: &r.truncated,
+        }
+    }
+}
+
 fn cap_string(s: &mut String, max: usize) -> bool {
     if s.len() <= max {
         return false;

@@ -34,6 +34,8 @@ pub struct Btf {
     strings_start: usize,
     strings_end: usize,
     structs: HashMap<String, usize>,
+    /// Byte position of every type, by type id (ids start at 1).
+    types: Vec<usize>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -106,6 +108,7 @@ impl Btf {
             strings_start,
             strings_end,
             structs: HashMap::new(),
+            types: Vec::new(),
         };
         btf.index()?;
         Ok(btf)
@@ -125,7 +128,9 @@ impl Btf {
     fn index(&mut self) -> Result<(), BtfError> {
         let mut at = self.types_start;
         let mut structs = HashMap::new();
+        let mut types = vec![0usize];
         while at < self.types_end {
+            types.push(at);
             let name_off = u32_at(&self.data, at)?;
             let info = u32_at(&self.data, at + 4)?;
             let kind = (info >> 24) & 0x1f;
@@ -152,7 +157,54 @@ impl Btf {
             at += 12 + extra;
         }
         self.structs = structs;
+        self.types = types;
         Ok(())
+    }
+
+    /// The struct or union a type id names, skipping typedefs and
+    /// qualifiers; `None` for any other kind.
+    fn composite(&self, mut id: u32) -> Result<Option<usize>, BtfError> {
+        for _ in 0..32 {
+            let at = *self
+                .types
+                .get(id as usize)
+                .ok_or(BtfError::Malformed("type id out of range"))?;
+            let info = u32_at(&self.data, at + 4)?;
+            match (info >> 24) & 0x1f {
+                KIND_STRUCT | KIND_UNION => return Ok(Some(at)),
+                // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
+                8 | 9 | 10 | 11 | 18 => id = u32_at(&self.data, at + 8)?,
+                _ => return Ok(None),
+            }
+        }
+        Err(BtfError::Malformed("type chain too long"))
+    }
+
+    /// Byte offset of `member` inside the composite at `at`, looking into
+    /// anonymous struct and union members too.
+    fn find_member(&self, at: usize, member: &str, depth: u32) -> Result<Option<u32>, BtfError> {
+        if depth > 8 {
+            return Ok(None);
+        }
+        let info = u32_at(&self.data, at + 4)?;
+        let vlen = (info & 0xffff) as usize;
+        let kflag = info >> 31 == 1;
+        for i in 0..vlen {
+            let m = at + 12 + 12 * i;
+            let raw = u32_at(&self.data, m + 8)?;
+            let bits = if kflag { raw & 0x00ff_ffff } else { raw };
+            let name = self.string(u32_at(&self.data, m)?)?;
+            if name == member {
+                return Ok(Some(bits / 8));
+            }
+            if name.is_empty()
+                && let Some(inner) = self.composite(u32_at(&self.data, m + 4)?)?
+                && let Some(off) = self.find_member(inner, member, depth + 1)?
+            {
+                return Ok(Some(bits / 8 + off));
+            }
+        }
+        Ok(None)
     }
 
     /// BTF type id of the function `name` (for attach_btf_id).
@@ -172,27 +224,18 @@ impl Btf {
         Err(BtfError::NoStruct(name.to_owned()))
     }
 
-    /// Byte offset of `member` in `struct strukt` (direct members only).
+    /// Byte offset of `member` in `struct strukt`, including members of
+    /// anonymous structs and unions inside it.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let at = *self
             .structs
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        let info = u32_at(&self.data, at + 4)?;
-        let vlen = (info & 0xffff) as usize;
-        let kflag = info >> 31 == 1;
-        for i in 0..vlen {
-            let m = at + 12 + 12 * i;
-            if self.string(u32_at(&self.data, m)?)? == member {
-                let raw = u32_at(&self.data, m + 8)?;
-                let bits = if kflag { raw & 0x00ff_ffff } else { raw };
-                return Ok(bits / 8);
-            }
-        }
-        Err(BtfError::NoMember {
-            strukt: strukt.to_owned(),
-            member: member.to_owned(),
-        })
+        self.find_member(at, member, 0)?
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_owned(),
+                member: member.to_owned(),
+            })
     }
 }
 

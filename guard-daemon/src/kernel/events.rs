@@ -1,7 +1,8 @@
 //! Decoding the records the kernel programs put in the ring buffer.
 
 use guard_common::{
-    EVENT_NET, EVENT_SOCK, EVENT_UNIX, EventHeader, NetEvent, SockEvent, UnixEvent,
+    EVENT_EXEC, EVENT_NET, EVENT_SOCK, EVENT_SYSCALL, EVENT_UNIX, EventHeader, ExecEvent, NetEvent,
+    SockEvent, SyscallEvent, UnixEvent,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub enum KernelEvent {
     Net(NetEvent),
     Sock(SockEvent),
     Unix(UnixEvent),
+    Exec(Box<ExecEvent>),
+    Syscall(Box<SyscallEvent>),
 }
 
 impl KernelEvent {
@@ -17,6 +20,8 @@ impl KernelEvent {
             KernelEvent::Net(e) => &e.hdr,
             KernelEvent::Sock(e) => &e.hdr,
             KernelEvent::Unix(e) => &e.hdr,
+            KernelEvent::Exec(e) => &e.hdr,
+            KernelEvent::Syscall(e) => &e.hdr,
         }
     }
 }
@@ -40,6 +45,8 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         EVENT_NET => read(bytes).map(KernelEvent::Net),
         EVENT_SOCK => read(bytes).map(KernelEvent::Sock),
         EVENT_UNIX => read(bytes).map(KernelEvent::Unix),
+        EVENT_EXEC => read(bytes).map(|e| KernelEvent::Exec(Box::new(e))),
+        EVENT_SYSCALL => read(bytes).map(|e| KernelEvent::Syscall(Box::new(e))),
         _ => None,
     }
 }
@@ -68,8 +75,10 @@ mod tests {
         let mut u = UnixEvent::default();
         u.hdr.kind = EVENT_UNIX;
         assert_eq!(decode(&bytes_of(&u)), Some(KernelEvent::Unix(u)));
-        let mut bad = EventHeader::default();
-        bad.kind = 999;
+        let bad = EventHeader {
+            kind: 999,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes_of(&bad)), None);
         assert_eq!(decode(&[1, 2, 3]), None);
     }

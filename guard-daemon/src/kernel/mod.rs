@@ -27,7 +27,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, RawTracePoint,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -42,21 +42,34 @@ pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static UNIX_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
 
-const MAP_NAMES: [&str; 6] = ["CONFIG", "AGENTS", "NET4", "NET6", "UNIX", "EVENTS"];
+const MAP_NAMES: [&str; 7] = [
+    "CONFIG", "AGENTS", "NET4", "NET6", "UNIX", "EVENTS", "PATH_ARG",
+];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
     "guard_sendmsg6",
     "guard_sock_create",
+    "guard_exec",
+    "guard_sys_exit",
 ];
+
+/// Raw tracepoint of each tracing program.
+fn tracepoint_of(program: &str) -> Option<&'static str> {
+    match program {
+        "guard_exec" => Some("sched_process_exec"),
+        "guard_sys_exit" => Some("sys_exit"),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum KernelError {
     #[error("loading the BPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("BPF program `{name}`: {source}")]
     Program {
         name: &'static str,
@@ -92,7 +105,7 @@ pub enum KernelError {
     )]
     IncompatiblePins {
         dir: PathBuf,
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 }
 
@@ -143,6 +156,7 @@ pub struct NetEntries<'a> {
 pub struct Kernel {
     _ebpf: Ebpf,
     _config: Array<MapData, Config>,
+    _path_arg: Array<MapData, u32>,
     agents: HashMap<MapData, u64, AgentInfo>,
     net4: LpmTrie<MapData, Net4Key, NetValue>,
     net6: LpmTrie<MapData, Net6Key, NetValue>,
@@ -183,10 +197,10 @@ impl Kernel {
             Err(source) if !old_links.is_empty() => {
                 return Err(KernelError::IncompatiblePins {
                     dir: opts.pin_dir.clone(),
-                    source,
+                    source: Box::new(source),
                 });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(KernelError::Load(Box::new(e))),
         };
 
         // Raw descriptors for the Unix-hook loader, taken while aya still owns
@@ -200,7 +214,9 @@ impl Kernel {
             })
             .collect();
 
-        // Offsets the Unix hooks need, from this kernel's BTF.
+        // Offsets of the kernel structs the programs read, from this
+        // kernel's BTF. The Unix hooks can do without theirs (they are then
+        // reported unavailable); the tracing programs cannot.
         let btf = btf::Btf::from_sys_fs()?;
         let uaddr = btf
             .member_offset("bpf_sock_addr_kern", "uaddr")
@@ -208,6 +224,11 @@ impl Kernel {
         let uaddrlen = btf
             .member_offset("bpf_sock_addr_kern", "uaddrlen")
             .unwrap_or(u32::MAX);
+        let regs = ["di", "si", "dx", "r10", "r8", "r9"];
+        let mut regs_arg_off = [0u32; 6];
+        for (slot, name) in regs_arg_off.iter_mut().zip(regs) {
+            *slot = btf.member_offset("pt_regs", name)?;
+        }
         let mut config: Array<MapData, Config> = Array::try_from(
             ebpf.take_map("CONFIG")
                 .ok_or(KernelError::Missing("map CONFIG"))?,
@@ -220,11 +241,27 @@ impl Kernel {
                     agent_level: opts.agent_level,
                     sa_kern_uaddr_off: uaddr,
                     sa_kern_uaddrlen_off: uaddrlen,
-                    _pad: 0,
+                    bprm_filename_off: btf.member_offset("linux_binprm", "filename")?,
+                    task_mm_off: btf.member_offset("task_struct", "mm")?,
+                    mm_arg_start_off: btf.member_offset("mm_struct", "arg_start")?,
+                    mm_arg_end_off: btf.member_offset("mm_struct", "arg_end")?,
+                    regs_orig_ax_off: btf.member_offset("pt_regs", "orig_ax")?,
+                    regs_arg_off,
                 },
                 0,
             )
             .map_err(map_err("CONFIG"))?;
+        let mut path_arg: Array<MapData, u32> = Array::try_from(
+            ebpf.take_map("PATH_ARG")
+                .ok_or(KernelError::Missing("map PATH_ARG"))?,
+        )
+        .map_err(map_err("PATH_ARG"))?;
+        for nr in 0..guard_common::PATH_ARG_ENTRIES {
+            let arg = crate::syscalls::path_call(nr)
+                .map(|(_, a, _)| a)
+                .unwrap_or(guard_common::NO_PATH);
+            path_arg.set(nr, arg, 0).map_err(map_err("PATH_ARG"))?;
+        }
 
         let cgroup = fs::File::open(&opts.parent_cgroup).map_err(|source| KernelError::Cgroup {
             path: opts.parent_cgroup.clone(),
@@ -241,7 +278,12 @@ impl Kernel {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::Missing("program"))?;
-            let link: FdLink = if name == "guard_sock_create" {
+            let link: FdLink = if let Some(tp) = tracepoint_of(name) {
+                let p: &mut RawTracePoint = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let id = p.attach(tp).map_err(prog_err(name))?;
+                FdLink::from(p.take_link(id).map_err(prog_err(name))?)
+            } else if name == "guard_sock_create" {
                 let p: &mut CgroupSock = program.try_into().map_err(prog_err(name))?;
                 p.load().map_err(prog_err(name))?;
                 let id = p
@@ -326,6 +368,7 @@ impl Kernel {
             Kernel {
                 _ebpf: ebpf,
                 _config: config,
+                _path_arg: path_arg,
                 agents,
                 net4,
                 net6,

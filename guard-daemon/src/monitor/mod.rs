@@ -6,6 +6,8 @@
 //! what it has seen and journals any loss as a `gap` record, so an event the
 //! ring buffer had no room for is never lost silently.
 
+pub mod judge;
+
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -18,11 +20,13 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use std::os::unix::ffi::OsStrExt;
+
 use guard_common::{
-    AF_INET6, EventHeader, HOOK_CONNECT_UNIX, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG_UNIX,
-    HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, NO_RULE, NetEvent, REASON_PORT,
-    REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT,
-    VERDICT_DENIED,
+    AF_INET6, EventHeader, ExecEvent, HOOK_CONNECT_UNIX, HOOK_CONNECT4, HOOK_CONNECT6,
+    HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, NO_RULE, NetEvent,
+    REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent,
+    VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -40,6 +44,14 @@ pub struct AgentMeta {
     pub agent: AgentRef,
     pub cgroup_id: u64,
     pub rules: Vec<RuleInfo>,
+    /// The agent's policy for attributing refused system calls; `None` when
+    /// it could not be rebuilt (the records then say so).
+    pub judge: Option<judge::Judge>,
+    /// Refusals journaled (verdict denied or audit), for the summary.
+    pub refusals: AtomicU64,
+    /// Repeats of benign fallbacks (clone3 → ENOSYS) not journaled again
+    /// for the same process; reported in the exit record.
+    pub suppressed: AtomicU64,
     /// Events of this agent taken from the ring buffer.
     pub seen: AtomicU64,
     /// Loss already journaled.
@@ -74,6 +86,9 @@ pub fn start(
     Ok(Monitor { stop, thread })
 }
 
+/// Processes that already had their `clone3` fallback journaled.
+type Seen = std::collections::HashSet<(u32, u32)>;
+
 fn run(
     mut ring: RingBuf<MapData>,
     attribution: Attribution,
@@ -82,14 +97,18 @@ fn run(
     stop: Arc<AtomicBool>,
 ) {
     let mut last_poll = Instant::now();
+    let mut seen = Seen::new();
     loop {
-        drain(&mut ring, &attribution, &journal);
+        drain(&mut ring, &attribution, &journal, &mut seen);
         if stop.load(Ordering::Relaxed) {
-            drain(&mut ring, &attribution, &journal);
+            drain(&mut ring, &attribution, &journal, &mut seen);
             return;
         }
         if last_poll.elapsed() >= LOSS_POLL {
             report_losses(&attribution, &kernel, &journal);
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
             last_poll = Instant::now();
         }
         let mut pfd = libc::pollfd {
@@ -103,7 +122,12 @@ fn run(
 }
 
 /// Reads every event currently in the ring buffer.
-pub fn drain(ring: &mut RingBuf<MapData>, attribution: &Attribution, journal: &JournalHandle) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    attribution: &Attribution,
+    journal: &JournalHandle,
+    seen: &mut Seen,
+) {
     while let Some(item) = ring.next() {
         let rec = match decode(&item) {
             Some(ev) => {
@@ -111,25 +135,54 @@ pub fn drain(ring: &mut RingBuf<MapData>, attribution: &Attribution, journal: &J
                     .read()
                     .ok()
                     .and_then(|m| m.get(&ev.header().slot).cloned());
+                let rec = if is_repeat_fallback(&ev, seen) {
+                    if let Some(m) = &meta {
+                        m.suppressed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                } else {
+                    record_for(&ev, meta.as_deref())
+                };
                 if let Some(m) = &meta {
-                    m.seen.fetch_add(1, Ordering::Relaxed);
+                    if rec.as_ref().is_some_and(|r| r.verdict != Verdict::Allowed) {
+                        m.refusals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Counted last: once `seen` covers the kernel's count,
+                    // every record of the agent has been appended.
+                    m.seen.fetch_add(1, Ordering::Release);
                 }
-                record_for(&ev, meta.as_deref())
+                rec
             }
-            None => Record::new(
-                Kind::Gap,
-                "undecodable",
-                Text::new(format!("{} bytes", item.len())),
-                Verdict::Denied,
-                "abi",
-                "guardd",
-            )
-            .with_detail(json!({"why": "a kernel event did not match this guardd's ABI"})),
+            None => Some(
+                Record::new(
+                    Kind::Gap,
+                    "undecodable",
+                    Text::new(format!("{} bytes", item.len())),
+                    Verdict::Denied,
+                    "abi",
+                    "guardd",
+                )
+                .with_detail(json!({"why": "a kernel event did not match this guardd's ABI"})),
+            ),
         };
         drop(item);
-        if let Err(e) = journal.append(rec) {
+        if let Some(rec) = rec
+            && let Err(e) = journal.append(rec)
+        {
             tracing::error!("journal append failed: {e}");
         }
+    }
+}
+
+/// glibc tries `clone3` before `clone` for every thread it starts; the
+/// filter answers ENOSYS and glibc falls back. The first refusal per
+/// process is journaled, repeats are counted.
+fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
+    match ev {
+        KernelEvent::Syscall(e) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
+            !seen.insert((e.hdr.slot, e.hdr.tgid))
+        }
+        _ => false,
     }
 }
 
@@ -246,29 +299,64 @@ fn ip_of(family: u32, addr: &[u8; 16]) -> String {
     }
 }
 
-/// The journal record of one kernel event.
-pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Record {
+/// The journal record of one kernel event; `None` when the event is a
+/// refusal another layer has journaled already.
+pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> {
     let h = ev.header();
-    let (action, target, rule, detail) = match ev {
-        KernelEvent::Net(e) => net_fields(e, meta),
-        KernelEvent::Sock(e) => sock_fields(e),
-        KernelEvent::Unix(e) => unix_fields(e),
+    let (kind, action, target, verdict, rule, layer, detail) = match ev {
+        KernelEvent::Net(e) => {
+            let (a, t, r, d) = net_fields(e, meta);
+            (Kind::Network, a, t, verdict_of(h), r, "cgroup-bpf", d)
+        }
+        KernelEvent::Sock(e) => {
+            let (a, t, r, d) = sock_fields(e);
+            (Kind::Network, a, t, verdict_of(h), r, "cgroup-bpf", d)
+        }
+        KernelEvent::Unix(e) => {
+            let (a, t, r, d) = unix_fields(e);
+            (Kind::Network, a, t, verdict_of(h), r, "cgroup-bpf", d)
+        }
+        KernelEvent::Exec(e) => {
+            let (t, r, l, d) = exec_fields(e, meta);
+            (Kind::Exec, "exec".to_owned(), t, Verdict::Allowed, r, l, d)
+        }
+        KernelEvent::Syscall(e) => {
+            let path =
+                (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
+            match meta.and_then(|m| m.judge.as_ref()) {
+                Some(j) => {
+                    let v = j.judge(e.nr, e.ret, &e.args, h.tgid, path)?;
+                    (
+                        v.kind,
+                        v.action,
+                        v.target,
+                        Verdict::Denied,
+                        v.rule,
+                        v.layer,
+                        v.detail,
+                    )
+                }
+                None => (
+                    Kind::Syscall,
+                    crate::syscalls::name(e.nr),
+                    Text::new(crate::syscalls::name(e.nr)),
+                    Verdict::Denied,
+                    "unattributed".to_owned(),
+                    "kernel",
+                    json!({"errno": -e.ret, "args": e.args, "path": path.map(|p| Text::new(p.to_vec())),
+                           "why": "the agent's policy is not known to this guardd, so the refusing layer cannot be named"}),
+                ),
+            }
+        }
     };
     let rule = if h.reason == REASON_UNKNOWN_SCOPE {
         "scope.unknown".to_owned()
     } else {
         rule
     };
-    let mut rec = Record::new(
-        Kind::Network,
-        action,
-        target,
-        verdict_of(h),
-        rule,
-        "cgroup-bpf",
-    )
-    .with_process(process_of(h))
-    .with_detail(detail);
+    let mut rec = Record::new(kind, action, target, verdict, rule, layer)
+        .with_process(process_of(h))
+        .with_detail(detail);
     match meta {
         Some(m) => rec = rec.with_agent(m.agent.clone()),
         None => {
@@ -279,7 +367,43 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Record {
             })
         }
     }
-    rec
+    Some(rec)
+}
+
+/// Arguments of an exec: NUL-separated in the event.
+fn exec_fields(
+    e: &ExecEvent,
+    meta: Option<&AgentMeta>,
+) -> (Text, String, &'static str, serde_json::Value) {
+    let name = cstr(&e.filename[..(e.filename_len as usize).min(e.filename.len())]).to_vec();
+    let kept = (e.args_len as usize).min(e.args.len());
+    let mut argv: Vec<Text> = e.args[..kept]
+        .split(|&b| b == 0)
+        .map(|a| Text::new(a.to_vec()))
+        .collect();
+    if argv.last().is_some_and(|a| a.is_empty()) {
+        argv.pop();
+    }
+    let truncated = e.args_len as usize > e.args.len();
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
+    let (rule, layer) = match meta
+        .and_then(|m| m.judge.as_ref())
+        .and_then(|j| j.fs.as_ref())
+    {
+        Some(fs) if fs.restricted => {
+            let rule = fs
+                .rules
+                .iter()
+                .filter(|r| r.access.exec && path.starts_with(&r.path))
+                .map(|r| r.rule.clone())
+                .next()
+                .unwrap_or_else(|| "filesystem.exec".to_owned());
+            (rule, "landlock")
+        }
+        _ => ("filesystem.unrestricted".to_owned(), "none"),
+    };
+    let detail = json!({"argv": argv, "argv_truncated": truncated, "args_bytes": e.args_len});
+    (Text::new(name), rule, layer, detail)
 }
 
 fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, serde_json::Value) {
@@ -404,6 +528,9 @@ mod tests {
                 id: "network.allow[0]".into(),
                 text: "10.0.0.0/8 tcp 443".into(),
             }],
+            judge: None,
+            refusals: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             lost_reported: AtomicU64::new(0),
             closed_at: Mutex::new(None),
@@ -426,7 +553,7 @@ mod tests {
         e.orig_family = AF_INET6;
         e.orig_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         e.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let r = record_for(&KernelEvent::Net(e), Some(&meta()));
+        let r = record_for(&KernelEvent::Net(e), Some(&meta())).unwrap();
         assert_eq!(r.target.as_str(), Some("10.1.2.3:80/tcp"));
         assert_eq!(r.action, "connect");
         assert_eq!(r.rule, "network.default-deny");
@@ -440,6 +567,32 @@ mod tests {
     }
 
     #[test]
+    fn exec_record_splits_arguments_and_flags_truncation() {
+        let mut e = ExecEvent {
+            hdr: EventHeader::default(),
+            filename_len: 0,
+            args_len: 0,
+            filename: [0; guard_common::EXEC_FILENAME_MAX],
+            args: [0; guard_common::EXEC_ARGS_MAX],
+        };
+        e.hdr.kind = guard_common::EVENT_EXEC;
+        e.filename[..9].copy_from_slice(b"/bin/ls\0\0");
+        e.filename_len = 8;
+        let args = b"ls\0-l\0a\nb\0";
+        e.args[..args.len()].copy_from_slice(args);
+        e.args_len = args.len() as u32;
+        let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        assert_eq!(r.kind, Kind::Exec);
+        assert_eq!(r.target.as_str(), Some("/bin/ls"));
+        let d = r.detail.unwrap();
+        assert_eq!(d["argv"], serde_json::json!(["ls", "-l", "a\nb"]));
+        assert_eq!(d["argv_truncated"], false);
+        e.args_len = 5000;
+        let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        assert_eq!(r.detail.unwrap()["argv_truncated"], true);
+    }
+
+    #[test]
     fn unix_and_unknown_scope() {
         let mut e = UnixEvent::default();
         e.hdr.kind = EVENT_UNIX;
@@ -448,7 +601,7 @@ mod tests {
         e.hook = HOOK_SENDMSG_UNIX;
         e.path[..4].copy_from_slice(b"\0abc");
         e.path_len = 4;
-        let r = record_for(&KernelEvent::Unix(e), None);
+        let r = record_for(&KernelEvent::Unix(e), None).unwrap();
         assert_eq!(r.target.as_str(), Some("@abc"));
         assert_eq!(r.verdict, Verdict::Audit);
         assert!(r.agent.unwrap().id.starts_with("cgroup:"));
@@ -458,7 +611,7 @@ mod tests {
         n.addr[15] = 1;
         n.port = 9;
         n.protocol = IPPROTO_UDP as u8;
-        let r = record_for(&KernelEvent::Net(n), None);
+        let r = record_for(&KernelEvent::Net(n), None).unwrap();
         assert_eq!(r.rule, "scope.unknown");
         assert_eq!(r.target.as_str(), Some("[::1]:9/udp"));
     }

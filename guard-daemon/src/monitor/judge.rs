@@ -1,0 +1,402 @@
+//! Which layer refused a system call, and by which rule.
+//!
+//! The kernel reports only that a call failed (for example `openat` with
+//! EACCES). guardd knows the agent's compiled policy: its seccomp filter (as
+//! data), its Landlock grants and the capabilities it kept. Replaying the
+//! call against them tells a seccomp refusal from a Landlock one from an
+//! ordinary permission error, and names the rule.
+
+use std::{
+    os::unix::ffi::OsStrExt,
+    path::{Component, Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    journal::{Kind, Text},
+    launch::seccomp::{self, NR_CLONE, NR_SOCKET, Program},
+    policy::FsPlan,
+    syscalls::{self, Access},
+};
+
+/// An agent's policy, as the monitor needs it to attribute refusals.
+pub struct Judge {
+    pub fs: Option<FsPlan>,
+    pub seccomp: Program,
+    /// Capabilities kept (numbers).
+    pub caps: Vec<u32>,
+}
+
+/// How a refused call is journaled.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub kind: Kind,
+    pub action: String,
+    pub target: Text,
+    pub rule: String,
+    pub layer: &'static str,
+    pub detail: Value,
+}
+
+const EPERM: i32 = 1;
+const EAGAIN: i32 = 11;
+const EACCES: i32 = 13;
+const ENOSYS: i32 = 38;
+const EAFNOSUPPORT: i32 = 97;
+const NR_CONNECT: u32 = 42;
+const NR_SENDTO: u32 = 44;
+const NR_SENDMSG: u32 = 46;
+const NR_SENDMMSG: u32 = 307;
+const NR_FORK: u32 = 57;
+const NR_VFORK: u32 = 58;
+const NR_KILL: u32 = 62;
+const NR_TKILL: u32 = 200;
+const NR_TGKILL: u32 = 234;
+const NR_PIDFD_SEND_SIGNAL: u32 = 424;
+const CAP_NET_RAW: u32 = 13;
+const SOCK_RAW: u64 = 3;
+
+fn errno_name(e: i32) -> &'static str {
+    match e {
+        EPERM => "EPERM",
+        EAGAIN => "EAGAIN",
+        EACCES => "EACCES",
+        ENOSYS => "ENOSYS",
+        EAFNOSUPPORT => "EAFNOSUPPORT",
+        _ => "error",
+    }
+}
+
+/// Lexically normalises an absolute path (`.`, `..`, repeated slashes).
+fn normalise(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The path as the agent named it, made absolute, and where it really leads
+/// (symlinks and `/proc/self` followed from the agent's point of view).
+pub fn resolve(tgid: u32, raw: &[u8]) -> (PathBuf, Option<PathBuf>) {
+    let p = Path::new(std::ffi::OsStr::from_bytes(raw));
+    let abs = if p.is_absolute() {
+        normalise(p)
+    } else {
+        let cwd =
+            std::fs::read_link(format!("/proc/{tgid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"));
+        normalise(&cwd.join(p))
+    };
+    // /proc/self inside the agent is the agent, not guardd.
+    let lookup = match abs.strip_prefix("/proc/self") {
+        Ok(rest) => PathBuf::from(format!("/proc/{tgid}")).join(rest),
+        Err(_) => abs.clone(),
+    };
+    let real = std::fs::canonicalize(&lookup).ok().or_else(|| {
+        let parent = lookup.parent()?;
+        Some(
+            std::fs::canonicalize(parent)
+                .ok()?
+                .join(lookup.file_name()?),
+        )
+    });
+    let real = real.filter(|r| *r != abs);
+    (abs, real)
+}
+
+/// Which rights a call asked for on its path.
+fn need(access: Access, args: &[u64; 6]) -> (bool, bool, bool, &'static str) {
+    match access {
+        Access::OpenFlags(i) => {
+            let flags = args[i];
+            let write = flags & 3 != 0 || flags & 0x40 != 0 || flags & 0x200 != 0;
+            let read = flags & 3 != 1;
+            (read, write, false, if write { "write" } else { "read" })
+        }
+        Access::Open => (true, false, false, "open"),
+        Access::Read | Access::Meta => (true, false, false, "read"),
+        Access::Write => (false, true, false, "write"),
+        Access::Exec => (false, false, true, "exec"),
+    }
+}
+
+/// The union of what the policy grants on `path` (rights are inherited down
+/// a tree), and the rules that grant something there.
+fn granted(fs: &FsPlan, path: &Path) -> ((bool, bool, bool), Vec<String>) {
+    let mut g = (false, false, false);
+    let mut rules = Vec::new();
+    for r in &fs.rules {
+        if path.starts_with(&r.path) {
+            g.0 |= r.access.read;
+            g.1 |= r.access.write;
+            g.2 |= r.access.exec;
+            rules.push(r.rule.clone());
+        }
+    }
+    (g, rules)
+}
+
+impl Judge {
+    /// The record for a refused call, or `None` when another layer has
+    /// journaled it already (the network hooks record their own refusals).
+    pub fn judge(
+        &self,
+        nr: u32,
+        ret: i32,
+        args: &[u64; 6],
+        tgid: u32,
+        path: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        let errno = -ret;
+        let name = syscalls::name(nr);
+        let base = json!({"syscall": name, "errno": errno_name(errno), "args": args});
+        // 1. seccomp: replay the call against the agent's filter.
+        if let Some(e) = self.seccomp.denies(nr, *args)
+            && e == errno
+        {
+            let rule = match nr {
+                NR_SOCKET => "syscalls.socket-families",
+                NR_CLONE | seccomp::NR_UNSHARE => "syscalls.namespaces",
+                seccomp::NR_IOCTL => "syscalls.terminal-injection",
+                _ if errno == ENOSYS => "syscalls.enosys-fallback",
+                _ => "syscalls.default-deny",
+            };
+            let mut detail = base;
+            if nr == NR_SOCKET {
+                detail["family"] = json!(args[0] as u32);
+            }
+            return Some(Verdict {
+                kind: Kind::Syscall,
+                action: name.clone(),
+                target: Text::new(name),
+                rule: rule.to_owned(),
+                layer: "seccomp",
+                detail,
+            });
+        }
+        // 2. Network calls refused by the cgroup hooks are journaled there.
+        if matches!(nr, NR_CONNECT | NR_SENDTO | NR_SENDMSG | NR_SENDMMSG) && errno == EPERM {
+            return None;
+        }
+        if nr == NR_SOCKET && errno == EPERM {
+            // Raw sockets need CAP_NET_RAW before any hook runs; everything
+            // else refused at creation was journaled by sock_create.
+            if args[1] & 0xf == SOCK_RAW && !self.caps.contains(&CAP_NET_RAW) {
+                return Some(Verdict {
+                    kind: Kind::Network,
+                    action: "socket".into(),
+                    target: Text::new(format!("family {} raw", args[0])),
+                    rule: "process.capabilities".into(),
+                    layer: "capabilities",
+                    detail: json!({"syscall": "socket", "errno": "EPERM", "why": "CAP_NET_RAW is not kept"}),
+                });
+            }
+            return None;
+        }
+        // 3. Fork refused by the pids limit.
+        if errno == EAGAIN {
+            return Some(Verdict {
+                kind: Kind::Syscall,
+                action: "fork".into(),
+                target: Text::new(name),
+                rule: "process.max_processes".into(),
+                layer: "cgroup-pids",
+                detail: json!({"syscall": syscalls::name(nr), "errno": "EAGAIN"}),
+            })
+            .filter(|_| matches!(nr, NR_CLONE | NR_FORK | NR_VFORK));
+        }
+        // 4. Signals to processes outside the agent (Landlock scoping).
+        if matches!(nr, NR_KILL | NR_TKILL | NR_TGKILL | NR_PIDFD_SEND_SIGNAL) && errno == EPERM {
+            return Some(Verdict {
+                kind: Kind::Syscall,
+                action: "signal".into(),
+                target: Text::new(format!("pid {}", args[0] as i32)),
+                rule: "process.signal-scope".into(),
+                layer: "landlock",
+                detail: json!({"syscall": name, "signal": args[1] as i32, "errno": "EPERM"}),
+            });
+        }
+        // 5. Files and programs.
+        if let (Some((_, _, access)), Some(raw)) = (syscalls::path_call(nr), path) {
+            let (abs, real) = resolve(tgid, raw);
+            let (r, w, x, what) = need(access, args);
+            let kind = if access == Access::Exec {
+                Kind::Exec
+            } else {
+                Kind::File
+            };
+            let mut detail = base;
+            detail["access"] = json!(what);
+            if let Some(real) = &real {
+                detail["resolved"] = json!(real.display().to_string());
+            }
+            let judged = real.clone().unwrap_or_else(|| abs.clone());
+            let (layer, rule) = match &self.fs {
+                Some(fs) if fs.restricted && access != Access::Meta => {
+                    let ((gr, gw, gx), rules) = granted(fs, &judged);
+                    let ok = (!r || gr) && (!w || gw) && (!x || gx);
+                    if !rules.is_empty() {
+                        detail["granted_by"] = json!(rules);
+                    }
+                    if ok {
+                        ("kernel", "os.permissions")
+                    } else {
+                        ("landlock", "filesystem.default-deny")
+                    }
+                }
+                _ => ("kernel", "os.permissions"),
+            };
+            if layer == "kernel" {
+                detail["why"] =
+                    json!("the policy allows this; the kernel's own permission checks refused it");
+            }
+            let target = Text::new(abs.as_os_str().as_bytes().to_vec());
+            return Some(Verdict {
+                kind,
+                action: if access == Access::Exec {
+                    "exec".into()
+                } else {
+                    name
+                },
+                target,
+                rule: rule.into(),
+                layer,
+                detail,
+            });
+        }
+        // 6. Anything else: refused because capabilities were dropped (EPERM)
+        // or by the kernel for its own reasons.
+        let (layer, rule) = if errno == EPERM {
+            ("capabilities", "process.capabilities")
+        } else {
+            ("kernel", "os.permissions")
+        };
+        Some(Verdict {
+            kind: Kind::Syscall,
+            action: name.clone(),
+            target: Text::new(name),
+            rule: rule.into(),
+            layer,
+            detail: base,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, Vars};
+
+    fn judge(policy: &str) -> Judge {
+        let p = Policy::parse(policy, "t.toml").unwrap();
+        let plan = p
+            .compile(&Vars {
+                workdir: "/work".into(),
+                home: "/root".into(),
+                tmp: "/tmp/x".into(),
+            })
+            .unwrap();
+        Judge {
+            fs: Some(plan.filesystem),
+            seccomp: seccomp::build(&seccomp::Options::default()),
+            caps: vec![],
+        }
+    }
+
+    const P: &str = "[policy]\nname = \"t\"\n[filesystem]\nread = [\"/work\"]\nwrite = [\"/work/out\"]\nexec = [\"/bin/true\"]\n";
+
+    #[test]
+    fn seccomp_refusals_name_their_rule() {
+        let j = judge(P);
+        let v = j.judge(321, -EPERM, &[0; 6], 1, None).unwrap();
+        assert_eq!(
+            (v.layer, v.rule.as_str(), v.kind),
+            ("seccomp", "syscalls.default-deny", Kind::Syscall)
+        );
+        assert_eq!(v.target.as_str(), Some("bpf"));
+        let v = j.judge(425, -ENOSYS, &[0; 6], 1, None).unwrap();
+        assert_eq!(v.rule, "syscalls.enosys-fallback");
+        let v = j
+            .judge(NR_SOCKET, -EAFNOSUPPORT, &[17, 3, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(v.rule, "syscalls.socket-families");
+        let v = j
+            .judge(272, -EPERM, &[0x1000_0000, 0, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(v.rule, "syscalls.namespaces");
+    }
+
+    #[test]
+    fn files_are_landlock_unless_granted() {
+        let j = judge(P);
+        // openat(AT_FDCWD, "/etc/shadow", O_RDONLY)
+        let v = j
+            .judge(257, -EACCES, &[0, 0, 0, 0, 0, 0], 1, Some(b"/etc/shadow"))
+            .unwrap();
+        assert_eq!(
+            (v.layer, v.rule.as_str(), v.kind),
+            ("landlock", "filesystem.default-deny", Kind::File)
+        );
+        assert_eq!(v.target.as_str(), Some("/etc/shadow"));
+        assert_eq!(v.detail["access"], "read");
+        // Writing where only reading is granted.
+        let v = j
+            .judge(
+                257,
+                -EACCES,
+                &[0, 0, 0o1 | 0o100, 0, 0, 0],
+                1,
+                Some(b"/work/x"),
+            )
+            .unwrap();
+        assert_eq!(v.layer, "landlock");
+        assert_eq!(v.detail["access"], "write");
+        // Reading a granted file refused anyway: the kernel's own checks.
+        let v = j
+            .judge(257, -EACCES, &[0; 6], 1, Some(b"/work/../work/secret"))
+            .unwrap();
+        assert_eq!((v.layer, v.rule.as_str()), ("kernel", "os.permissions"));
+        assert_eq!(v.target.as_str(), Some("/work/secret"));
+        // exec outside the exec list.
+        let v = j
+            .judge(59, -EACCES, &[0; 6], 1, Some(b"/usr/bin/curl"))
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str(), v.layer),
+            (Kind::Exec, "exec", "landlock")
+        );
+    }
+
+    #[test]
+    fn network_refusals_are_left_to_the_hooks_and_forks_to_pids() {
+        let j = judge(P);
+        assert!(j.judge(NR_CONNECT, -EPERM, &[0; 6], 1, None).is_none());
+        assert!(
+            j.judge(NR_SOCKET, -EPERM, &[2, 2, 1, 0, 0, 0], 1, None)
+                .is_none()
+        );
+        let v = j
+            .judge(NR_SOCKET, -EPERM, &[2, 3, 1, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(v.layer, "capabilities");
+        let v = j
+            .judge(NR_CLONE, -EAGAIN, &[17, 0, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.layer, v.rule.as_str()),
+            ("cgroup-pids", "process.max_processes")
+        );
+        assert!(j.judge(0, -EAGAIN, &[0; 6], 1, None).is_none());
+        let v = j
+            .judge(NR_KILL, -EPERM, &[1, 9, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(v.rule, "process.signal-scope");
+    }
+}

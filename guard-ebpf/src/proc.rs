@@ -1,0 +1,156 @@
+//! Observation of agents' processes: every exec in a scope, and every system
+//! call in a scope that the kernel refused (EPERM, EACCES, ENOSYS,
+//! EAFNOSUPPORT, and EAGAIN from fork). Landlock and seccomp refuse without
+//! telling anyone; these events are how their refusals reach the journal
+//! (docs/journal.md explains why this source rather than the audit stream).
+//!
+//! Raw tracepoints hand their arguments over as plain integers, so kernel
+//! structs are read with `bpf_probe_read_kernel` at offsets guardd takes
+//! from the kernel's BTF (see `guard_common::Config`).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
+        bpf_probe_read_user, bpf_probe_read_user_str,
+    },
+    programs::RawTracePointContext,
+};
+use guard_common::{
+    EVENT_EXEC, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, NO_PATH,
+    PATH_ARG_ENTRIES, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
+};
+
+use crate::{
+    common::current_agent,
+    maps::{CONFIG, EVENTS, PATH_ARG},
+};
+
+const EPERM: i64 = 1;
+const EAGAIN: i64 = 11;
+const EACCES: i64 = 13;
+const EAFNOSUPPORT: i64 = 97;
+const ENOSYS: i64 = 38;
+const NR_CLONE: u64 = 56;
+const NR_FORK: u64 = 57;
+const NR_VFORK: u64 = 58;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: probe_read copies 8 bytes from a kernel address without
+    // faulting; on failure `v` stays 0.
+    unsafe { bpf_probe_read_kernel(&raw mut v as *mut c_void, 8, addr as *const c_void) };
+    v
+}
+
+/// `raw_tracepoint/sched_process_exec`: (task, old_pid, bprm).
+#[inline(always)]
+pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
+    let agent = current_agent();
+    if agent.info.is_null() {
+        return 0;
+    }
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let bprm: u64 = ctx.arg(2);
+    let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
+        agent.count_lost();
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` is a reserved slot of the right size; every field is
+    // written (or its length set to what is valid) before submit.
+    unsafe {
+        (*ev).hdr = agent.header(EVENT_EXEC, VERDICT_ALLOWED, 0);
+        let name = read_u64(bprm + u64::from(cfg.bprm_filename_off));
+        let n = bpf_probe_read_kernel_str(
+            (*ev).filename.as_mut_ptr() as *mut c_void,
+            EXEC_FILENAME_MAX as u32,
+            name as *const c_void,
+        );
+        (*ev).filename_len = if n > 0 { n as u32 } else { 0 };
+        let task = bpf_get_current_task();
+        let mm = read_u64(task + u64::from(cfg.task_mm_off));
+        let start = read_u64(mm + u64::from(cfg.mm_arg_start_off));
+        let end = read_u64(mm + u64::from(cfg.mm_arg_end_off));
+        let total = if end > start { end - start } else { 0 };
+        (*ev).args_len = total as u32;
+        let mut copy = total & 0x3ff;
+        if total > EXEC_ARGS_MAX as u64 || copy > EXEC_ARGS_MAX as u64 {
+            copy = EXEC_ARGS_MAX as u64;
+        }
+        if bpf_probe_read_user(
+            (*ev).args.as_mut_ptr() as *mut c_void,
+            copy as u32,
+            start as *const c_void,
+        ) != 0
+        {
+            (*ev).args_len = 0;
+        }
+    }
+    slot.submit(0);
+    agent.count_event();
+    0
+}
+
+/// `raw_tracepoint/sys_exit`: (regs, ret). Returns at once for every
+/// success and for errors that are not refusals, so the cost for the rest of
+/// the host is a comparison.
+#[inline(always)]
+pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    if ret != -EPERM && ret != -EACCES && ret != -ENOSYS && ret != -EAFNOSUPPORT && ret != -EAGAIN {
+        return 0;
+    }
+    let agent = current_agent();
+    if agent.info.is_null() {
+        return 0;
+    }
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let regs: u64 = ctx.arg(0);
+    let nr = read_u64(regs + u64::from(cfg.regs_orig_ax_off));
+    // EAGAIN is ordinary for non-blocking I/O; only fork's EAGAIN (the pids
+    // limit) is a refusal.
+    if ret == -EAGAIN && nr != NR_CLONE && nr != NR_FORK && nr != NR_VFORK {
+        return 0;
+    }
+    let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {
+        agent.count_lost();
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: as in `on_exec`.
+    unsafe {
+        (*ev).hdr = agent.header(EVENT_SYSCALL, VERDICT_DENIED, 0);
+        (*ev).nr = nr as u32;
+        (*ev).ret = ret as i32;
+        let mut i = 0;
+        while i < 6 {
+            (*ev).args[i] = read_u64(regs + u64::from(cfg.regs_arg_off[i]));
+            i += 1;
+        }
+        let arg = if nr < u64::from(PATH_ARG_ENTRIES) {
+            PATH_ARG.get(nr as u32).copied().unwrap_or(NO_PATH)
+        } else {
+            NO_PATH
+        };
+        (*ev).path_arg = arg;
+        (*ev).path_len = 0;
+        let idx = (arg & 7) as usize;
+        if idx < 6 {
+            let ptr = (*ev).args[idx];
+            let n = bpf_probe_read_user_str(
+                (*ev).path.as_mut_ptr() as *mut c_void,
+                SYSCALL_PATH_MAX as u32,
+                ptr as *const c_void,
+            );
+            if n > 0 {
+                (*ev).path_len = n as u32;
+            }
+        }
+    }
+    slot.submit(0);
+    agent.count_event();
+    0
+}
