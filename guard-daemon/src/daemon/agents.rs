@@ -70,13 +70,14 @@ pub struct Source {
 /// The policy pieces the monitor needs to attribute refused calls: the
 /// same seccomp filter the launcher installs (its socket families depend on
 /// whether the Unix hooks work here), the file grants, the kept capabilities.
-fn judge_for(plan: &crate::policy::Plan, unix_degraded: bool) -> Judge {
+fn judge_for(plan: &crate::policy::Plan, workdir: &Path, unix_degraded: bool) -> Judge {
     let mut families = vec![seccomp::AF_INET, seccomp::AF_INET6, seccomp::AF_NETLINK];
     if !unix_degraded {
         families.push(seccomp::AF_UNIX);
     }
     Judge {
         fs: Some(plan.filesystem.clone()),
+        workdir: workdir.to_owned(),
         seccomp: seccomp::build(&seccomp::Options {
             socket_families: families,
         }),
@@ -283,7 +284,11 @@ pub fn open(
         agent: agent.clone(),
         cgroup_id: scope.cgroup_id,
         rules,
-        judge: Some(judge_for(&plan, !unix_hooks.unix_hooks)),
+        judge: Some(judge_for(
+            &plan,
+            Path::new(&req.workdir),
+            !unix_hooks.unix_hooks,
+        )),
         refusals: AtomicU64::new(0),
         suppressed: AtomicU64::new(0),
         seen: AtomicU64::new(0),
@@ -703,7 +708,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             })
             .ok()
         })
-        .map(|plan| judge_for(&plan, st.unix_degraded));
+        .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded));
     let meta = Arc::new(AgentMeta {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),

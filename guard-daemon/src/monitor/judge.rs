@@ -23,6 +23,9 @@ use crate::{
 /// An agent's policy, as the monitor needs it to attribute refusals.
 pub struct Judge {
     pub fs: Option<FsPlan>,
+    /// Where the agent was started: relative paths of a process that has
+    /// already exited (so its cwd cannot be read) are taken from here.
+    pub workdir: PathBuf,
     pub seccomp: Program,
     /// Capabilities kept (numbers).
     pub caps: Vec<u32>,
@@ -83,15 +86,20 @@ fn normalise(p: &Path) -> PathBuf {
     out
 }
 
-/// The path as the agent named it, made absolute, and where it really leads
-/// (symlinks and `/proc/self` followed from the agent's point of view).
-pub fn resolve(tgid: u32, raw: &[u8]) -> (PathBuf, Option<PathBuf>) {
+/// The path as the agent named it, made absolute; where it really leads
+/// (symlinks and `/proc/self` followed from the agent's point of view); and
+/// whether the working directory had to be assumed (the process is gone).
+
+pub fn resolve(tgid: u32, raw: &[u8], workdir: &Path) -> (PathBuf, Option<PathBuf>, bool) {
     let p = Path::new(std::ffi::OsStr::from_bytes(raw));
+    let mut assumed = false;
     let abs = if p.is_absolute() {
         normalise(p)
     } else {
-        let cwd =
-            std::fs::read_link(format!("/proc/{tgid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"));
+        let cwd = std::fs::read_link(format!("/proc/{tgid}/cwd")).unwrap_or_else(|_| {
+            assumed = true;
+            workdir.to_owned()
+        });
         normalise(&cwd.join(p))
     };
     // /proc/self inside the agent is the agent, not guardd.
@@ -108,7 +116,7 @@ pub fn resolve(tgid: u32, raw: &[u8]) -> (PathBuf, Option<PathBuf>) {
         )
     });
     let real = real.filter(|r| *r != abs);
-    (abs, real)
+    (abs, real, assumed)
 }
 
 /// Which rights a call asked for on its path.
@@ -225,7 +233,7 @@ impl Judge {
         }
         // 5. Files and programs.
         if let (Some((_, _, access)), Some(raw)) = (syscalls::path_call(nr), path) {
-            let (abs, real) = resolve(tgid, raw);
+            let (abs, real, assumed) = resolve(tgid, raw, &self.workdir);
             let (r, w, x, what) = need(access, args);
             let kind = if access == Access::Exec {
                 Kind::Exec
@@ -234,6 +242,12 @@ impl Judge {
             };
             let mut detail = base;
             detail["access"] = json!(what);
+            if assumed {
+                detail["cwd"] = json!(format!(
+                    "{} (assumed: the process had exited before its working directory could be read)",
+                    self.workdir.display()
+                ));
+            }
             if let Some(real) = &real {
                 detail["resolved"] = json!(real.display().to_string());
             }
@@ -305,6 +319,7 @@ mod tests {
             .unwrap();
         Judge {
             fs: Some(plan.filesystem),
+            workdir: "/work".into(),
             seccomp: seccomp::build(&seccomp::Options::default()),
             caps: vec![],
         }
