@@ -89,7 +89,6 @@ fn normalise(p: &Path) -> PathBuf {
 /// The path as the agent named it, made absolute; where it really leads
 /// (symlinks and `/proc/self` followed from the agent's point of view); and
 /// whether the working directory had to be assumed (the process is gone).
-
 pub fn resolve(tgid: u32, raw: &[u8], workdir: &Path) -> (PathBuf, Option<PathBuf>, bool) {
     let p = Path::new(std::ffi::OsStr::from_bytes(raw));
     let mut assumed = false;
