@@ -315,7 +315,7 @@ fn a_fork_bomb_stops_at_the_limit_and_the_host_stays_responsive() {
     let g = Guardd::start();
     let work = workspace(&g);
     let p = g.write_policy("files", FILES);
-    let mut child = g
+    let child = g
         .ctl_cmd()
         .current_dir(&work)
         .args([
