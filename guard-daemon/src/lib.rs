@@ -8,6 +8,7 @@ pub mod host;
 pub mod journal;
 pub mod kernel;
 pub mod launch;
+pub mod metrics;
 pub mod monitor;
 pub mod policy;
 pub mod scope;

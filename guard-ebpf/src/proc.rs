@@ -35,6 +35,10 @@ const ENOSYS: i64 = 38;
 const NR_CLONE: u64 = 56;
 const NR_FORK: u64 = 57;
 const NR_VFORK: u64 = 58;
+const NR_CONNECT: u64 = 42;
+const NR_SENDTO: u64 = 44;
+const NR_SENDMSG: u64 = 46;
+const NR_SENDMMSG: u64 = 307;
 
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
@@ -113,6 +117,14 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     // EAGAIN is ordinary for non-blocking I/O; only fork's EAGAIN (the pids
     // limit) is a refusal.
     if ret == -EAGAIN && nr != NR_CLONE && nr != NR_FORK && nr != NR_VFORK {
+        return 0;
+    }
+    // connect/sendto/sendmsg/sendmmsg refused with EPERM were refused (and
+    // reported, with the address) by the cgroup hooks: a second event would
+    // only take ring buffer room from the next refusal.
+    if ret == -EPERM
+        && (nr == NR_CONNECT || nr == NR_SENDTO || nr == NR_SENDMSG || nr == NR_SENDMMSG)
+    {
         return 0;
     }
     let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {

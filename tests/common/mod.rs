@@ -77,6 +77,8 @@ fn v1_roots() -> Vec<PathBuf> {
 
 pub struct Guardd {
     child: Option<Child>,
+    /// Extra guardd arguments, kept for restarts.
+    extra: Vec<String>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub journal: PathBuf,
@@ -103,16 +105,17 @@ impl Guardd {
         let journal = dir.path().join("journal.db");
         let mut g = Guardd {
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             socket,
             journal,
             instance,
             dir,
         };
-        g.spawn(extra);
+        g.spawn();
         g
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("guardd.log")).unwrap();
         let child = Command::new(GUARDD)
             .args(["--socket", self.socket.to_str().unwrap()])
@@ -122,7 +125,8 @@ impl Guardd {
             ])
             .args(["--journal", self.journal.to_str().unwrap()])
             .args(["--instance", &self.instance])
-            .args(extra)
+            .args(["--metrics", "127.0.0.1:0"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -146,6 +150,19 @@ impl Guardd {
                 "guardd did not start:\n{}",
                 self.log()
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where guardd serves its metrics.
+    pub fn metrics_addr(&self) -> String {
+        let f = self.dir.path().join("state/metrics.addr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&f) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "guardd wrote no metrics address");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -185,11 +202,11 @@ impl Guardd {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn(&[]);
+        self.spawn();
     }
 
     pub fn restart_after_crash(&mut self) {
-        self.spawn(&[]);
+        self.spawn();
     }
 
     pub fn ctl_cmd(&self) -> Command {

@@ -56,7 +56,7 @@ impl Daemon {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.path().join("guard.sock");
         let child = Command::new(bin.join("guardd"))
-            .args(["--instance", "guard-bench", "--socket"])
+            .args(["--instance", "guard-bench", "--metrics", "off", "--socket"])
             .arg(&socket)
             .arg("--journal")
             .arg(dir.path().join("journal.db"))

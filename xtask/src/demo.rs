@@ -139,7 +139,7 @@ pub fn run() -> anyhow::Result<()> {
     procs.0.push((
         "guardd".into(),
         Command::new(bin.join("guardd"))
-            .args(["--instance", "guard-demo", "--socket"])
+            .args(["--instance", "guard-demo", "--metrics", "off", "--socket"])
             .arg(&socket)
             .arg("--journal")
             .arg(&journal)

@@ -128,8 +128,10 @@ fn build_release() -> anyhow::Result<()> {
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
-    let mut unit = vec!["test", "--lib", "--bins"];
-    let mut all = vec!["test", "-p", "guard-daemon", "--tests"];
+    // Release: the same build serves both runs, and the privileged tests
+    // exercise the daemon as it ships (floods, follow latency).
+    let mut unit = vec!["test", "--release", "--lib", "--bins"];
+    let mut all = vec!["test", "--release", "-p", "guard-daemon", "--test", "*"];
     if !extra.is_empty() {
         unit.push("--");
         all.push("--");

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("git", "tests (git under a policy)"),
     ("bubblewrap", "the launch benchmark's comparison"),
     ("ca-certificates", "TLS trust store used by the base policy"),
+    (
+        "python3-prometheus-client",
+        "tests (the reference parser for the metrics page)",
+    ),
 ];
 
 fn say(verbose: bool, msg: &str) {

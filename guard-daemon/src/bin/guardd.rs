@@ -42,6 +42,17 @@ struct Args {
     /// Keep pins and the parent cgroup when stopping with no live agent.
     #[arg(long)]
     keep_pins: bool,
+    /// Keep at most this many records; older ones are removed and the
+    /// removal is summarised in a record of its own.
+    #[arg(long)]
+    retain_records: Option<u64>,
+    /// Remove records older than this (e.g. 30d, 12h), summarised likewise.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retain_age: Option<std::time::Duration>,
+    /// Prometheus metrics address (`off` to disable). With port 0 the
+    /// chosen address is written to STATE_DIR/metrics.addr.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,8 +97,19 @@ fn main() -> anyhow::Result<()> {
         bpffs: args.bpffs.clone(),
         group,
         mirror,
+        retention: guard_daemon::journal::Retention {
+            max_records: args.retain_records,
+            max_age: args.retain_age,
+        },
         cleanup_on_exit: !args.keep_pins,
     };
+    let metrics_addr: Option<std::net::SocketAddr> =
+        match args.metrics.as_str() {
+            "off" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--metrics: {a:?} is not an address like 127.0.0.1:9464")
+            })?),
+        };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,6 +130,22 @@ fn main() -> anyhow::Result<()> {
         "guardd ready"
     );
     let shared = daemon.shared.clone();
+    let metrics_task = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            let bound = listener.local_addr()?;
+            let _ = std::fs::write(args.state_dir.join("metrics.addr"), bound.to_string());
+            tracing::info!(metrics = %bound, "serving metrics");
+            let s = shared.clone();
+            Some(rt.spawn(guard_daemon::metrics::serve(
+                listener,
+                std::sync::Arc::new(move || s.render_metrics()),
+            )))
+        }
+    };
     rt.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -118,6 +156,9 @@ fn main() -> anyhow::Result<()> {
         };
         server::serve(shared, listener, shutdown).await;
     });
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     daemon.stop();
     tracing::info!("guardd stopped");

@@ -419,6 +419,7 @@ pub fn open(
         let _ = shared.journal.append(rec);
     }
 
+    shared.metrics.agent_started();
     let reply = OpenReply {
         agent,
         tmp: tmp.display().to_string(),
@@ -549,14 +550,25 @@ pub fn close(
         .unwrap_or_default();
     // The kernel counts every event it wrote for the agent: wait until the
     // monitor has taken all of them, so the journal is complete when the
-    // launcher prints its summary.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while agent.meta.seen.load(Ordering::Acquire) < info.events && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(200));
+    // launcher prints its summary. A backlog after a flood can take a while;
+    // only a monitor that stops making progress ends the wait early.
+    let mut last = agent.meta.seen.load(Ordering::Acquire);
+    let mut stalled_since = Instant::now();
+    while last < info.events && stalled_since.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_micros(500));
+        let now = agent.meta.seen.load(Ordering::Acquire);
+        if now != last {
+            last = now;
+            stalled_since = Instant::now();
+        }
+    }
+    let pending = info.events.saturating_sub(last);
+    if pending > 0 {
+        tracing::warn!("agent {id}: {pending} kernel events not yet journaled at exit");
     }
     let refusals = agent.meta.refusals.load(Ordering::Relaxed);
     let suppressed = agent.meta.suppressed.load(Ordering::Relaxed);
-    journal_loss(&agent.meta, info.lost, &shared.journal);
+    journal_loss(&agent.meta, info.lost, &shared.journal, &shared.metrics);
     if let Ok(mut k) = shared.kernel.lock() {
         k.remove_agent(&agent.keys);
     }
@@ -590,6 +602,7 @@ pub fn close(
         "lost": info.lost,
         "leftover_killed": leftover,
         "suppressed_repeats": suppressed,
+        "events_pending": pending,
         "uptime_ms": agent.started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0),
     }));
     let _ = shared.journal.append(rec);
@@ -748,7 +761,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                     .ok()
                     .and_then(|k| k.agent_info(s.cgroup_id))
                 {
-                    journal_loss(&meta, info.lost, &shared.journal);
+                    journal_loss(&meta, info.lost, &shared.journal, &shared.metrics);
                 }
                 let _ = s.remove();
             }

@@ -23,10 +23,11 @@ use thiserror::Error;
 use crate::{
     host::{CgroupLayout, HostError, ensure_bpffs},
     journal::{
-        Journal, JournalConfig, JournalError, JournalHandle, Kind, MirrorSink, Record, Text,
-        Verdict,
+        Journal, JournalConfig, JournalError, JournalHandle, Kind, MirrorSink, Record, Retention,
+        Text, Verdict,
     },
     kernel::{Kernel, KernelError, KernelOptions},
+    metrics::Metrics,
     monitor::{self, Attribution, Monitor},
     scope::{Placement, ScopeError, ScopeRoot},
 };
@@ -66,6 +67,7 @@ pub struct DaemonConfig {
     /// Group (besides root) allowed on the socket.
     pub group: Option<u32>,
     pub mirror: Vec<MirrorSink>,
+    pub retention: Retention,
     /// Remove pins and the parent cgroup on a clean stop when no agent is
     /// live (the default); off keeps them for inspection.
     pub cleanup_on_exit: bool,
@@ -85,7 +87,16 @@ pub struct Shared {
     pub journal: JournalHandle,
     pub attribution: Attribution,
     pub registry: Mutex<Registry>,
+    pub metrics: Arc<Metrics>,
     pub started: SystemTime,
+}
+
+impl Shared {
+    /// The metrics page.
+    pub fn render_metrics(&self) -> String {
+        let live = self.registry.lock().map(|r| r.live()).unwrap_or(0);
+        self.metrics.render(live, &self.journal.stats())
+    }
 }
 
 pub struct Daemon {
@@ -124,6 +135,7 @@ impl Daemon {
         })?;
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
+        jcfg.retention = cfg.retention.clone();
         let journal = Journal::open(jcfg)?;
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
@@ -135,6 +147,7 @@ impl Daemon {
             journal: handle,
             attribution,
             registry: Mutex::new(Registry::default()),
+            metrics: Arc::new(Metrics::default()),
             started: SystemTime::now(),
         });
         journal_start(&shared);
@@ -146,6 +159,7 @@ impl Daemon {
             shared.attribution.clone(),
             shared.kernel.clone(),
             shared.journal.clone(),
+            shared.metrics.clone(),
         )
         .map_err(|source| DaemonError::Io {
             op: "starting the monitor thread",

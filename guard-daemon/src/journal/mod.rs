@@ -14,6 +14,7 @@
 
 mod chain;
 pub mod human;
+pub mod ocsf;
 mod query;
 mod record;
 mod sink;

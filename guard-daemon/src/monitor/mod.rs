@@ -36,6 +36,7 @@ use crate::{
         Kernel,
         events::{KernelEvent, decode},
     },
+    metrics::Metrics,
     policy::RuleInfo,
 };
 
@@ -77,12 +78,13 @@ pub fn start(
     attribution: Attribution,
     kernel: Arc<Mutex<Kernel>>,
     journal: JournalHandle,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<Monitor> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("guard-monitor".into())
-        .spawn(move || run(ring, attribution, kernel, journal, stop2))?;
+        .spawn(move || run(ring, attribution, kernel, journal, metrics, stop2))?;
     Ok(Monitor { stop, thread })
 }
 
@@ -94,18 +96,20 @@ fn run(
     attribution: Attribution,
     kernel: Arc<Mutex<Kernel>>,
     journal: JournalHandle,
+    metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
     let mut last_poll = Instant::now();
     let mut seen = Seen::new();
     loop {
-        drain(&mut ring, &attribution, &journal, &mut seen);
+        drain(&mut ring, &attribution, &journal, &mut seen, &metrics);
         if stop.load(Ordering::Relaxed) {
-            drain(&mut ring, &attribution, &journal, &mut seen);
+            drain(&mut ring, &attribution, &journal, &mut seen, &metrics);
             return;
         }
         if last_poll.elapsed() >= LOSS_POLL {
-            report_losses(&attribution, &kernel, &journal);
+            report_losses(&attribution, &kernel, &journal, &metrics);
+            forget_exes();
             if seen.len() > 100_000 {
                 seen.clear();
             }
@@ -127,6 +131,7 @@ fn drain(
     attribution: &Attribution,
     journal: &JournalHandle,
     seen: &mut Seen,
+    metrics: &Metrics,
 ) {
     while let Some(item) = ring.next() {
         let rec = match decode(&item) {
@@ -143,6 +148,9 @@ fn drain(
                 } else {
                     record_for(&ev, meta.as_deref())
                 };
+                if let Some(r) = &rec {
+                    metrics.event(r);
+                }
                 if let Some(m) = &meta {
                     if rec.as_ref().is_some_and(|r| r.verdict != Verdict::Allowed) {
                         m.refusals.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +194,12 @@ fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     }
 }
 
-fn report_losses(attribution: &Attribution, kernel: &Arc<Mutex<Kernel>>, journal: &JournalHandle) {
+fn report_losses(
+    attribution: &Attribution,
+    kernel: &Arc<Mutex<Kernel>>,
+    journal: &JournalHandle,
+    metrics: &Metrics,
+) {
     let metas: Vec<Arc<AgentMeta>> = match attribution.read() {
         Ok(m) => m.values().cloned().collect(),
         Err(_) => return,
@@ -197,7 +210,7 @@ fn report_losses(attribution: &Attribution, kernel: &Arc<Mutex<Kernel>>, journal
             Err(_) => None,
         };
         if let Some(info) = info {
-            journal_loss(&meta, info.lost, journal);
+            journal_loss(&meta, info.lost, journal, metrics);
         }
     }
     // Forget agents that ended long enough ago.
@@ -212,12 +225,13 @@ fn report_losses(attribution: &Attribution, kernel: &Arc<Mutex<Kernel>>, journal
 }
 
 /// Journals the part of `lost` not yet reported for this agent.
-pub fn journal_loss(meta: &AgentMeta, lost: u64, journal: &JournalHandle) {
+pub fn journal_loss(meta: &AgentMeta, lost: u64, journal: &JournalHandle, metrics: &Metrics) {
     let before = meta.lost_reported.load(Ordering::Relaxed);
     if lost <= before {
         return;
     }
     meta.lost_reported.store(lost, Ordering::Relaxed);
+    metrics.lost(lost - before);
     let rec = Record::new(
         Kind::Gap,
         "lost",
@@ -242,13 +256,33 @@ fn cstr(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
+thread_local! {
+    /// Executable of each process, so a flood of events from one process
+    /// costs one `readlink` instead of one per event. Exec events refresh
+    /// it; it is emptied with every loss poll, which bounds both its size
+    /// and how long a reused pid could show a stale name.
+    static EXE: std::cell::RefCell<HashMap<u32, Vec<u8>>> = std::cell::RefCell::new(HashMap::new());
+}
+
+fn forget_exes() {
+    EXE.with(|c| c.borrow_mut().clear());
+}
+
+fn remember_exe(tgid: u32, exe: &[u8]) {
+    EXE.with(|c| c.borrow_mut().insert(tgid, exe.to_vec()));
+}
+
 fn process_of(h: &EventHeader) -> ProcessRef {
-    let exe = std::fs::read_link(format!("/proc/{}/exe", h.tgid))
-        .map(|p| {
-            use std::os::unix::ffi::OsStrExt;
-            p.as_os_str().as_bytes().to_vec()
-        })
-        .unwrap_or_default();
+    let exe = EXE.with(|c| {
+        c.borrow_mut()
+            .entry(h.tgid)
+            .or_insert_with(|| {
+                std::fs::read_link(format!("/proc/{}/exe", h.tgid))
+                    .map(|p| p.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_default()
+            })
+            .clone()
+    });
     ProcessRef {
         pid: h.tgid,
         comm: Text::new(cstr(&h.comm).to_vec()),
@@ -318,6 +352,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
         KernelEvent::Exec(e) => {
             let (t, r, l, d) = exec_fields(e, meta);
+            remember_exe(h.tgid, t.as_bytes());
             (Kind::Exec, "exec".to_owned(), t, Verdict::Allowed, r, l, d)
         }
         KernelEvent::Syscall(e) => {

@@ -42,8 +42,11 @@ pub struct LogsArgs {
     #[arg(long, short = 'f')]
     follow: bool,
     /// One JSON record per line (exact; untrusted text unescaped).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ocsf")]
     json: bool,
+    /// One OCSF 1.3 event per line (mapping in docs/journal.md).
+    #[arg(long)]
+    ocsf: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,7 +92,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         fail(e);
         return EXIT_GUARD;
     }
-    let mut header = !args.json;
+    let mut header = !args.json && !args.ocsf;
     loop {
         let line = match conn.read_line() {
             Ok(Some(l)) => l,
@@ -124,6 +127,10 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         let Ok(rec) = serde_json::from_value::<Record>(value.clone()) else {
             continue;
         };
+        if args.ocsf {
+            println!("{}", journal::ocsf::to_ocsf(&rec));
+            continue;
+        }
         if header {
             println!("{}", journal::human::table_header());
             header = false;
