@@ -135,7 +135,7 @@ impl Daemon {
         })?;
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
-        jcfg.retention = cfg.retention.clone();
+        jcfg.retention = cfg.retention;
         let journal = Journal::open(jcfg)?;
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
