@@ -17,8 +17,11 @@ pub const MAX_PORT_RANGES: usize = 32;
 /// `sun_path` length of `struct sockaddr_un`.
 pub const UNIX_PATH_MAX: usize = 108;
 
-/// Capacity of the main ring buffer in bytes (power of two, page multiple).
-pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// Capacity of the main ring buffer in bytes (power of two, page multiple):
+/// about 40,000 network events. It is mapped twice into guardd (so it counts
+/// double in its resident memory); a burst beyond it is counted as lost and
+/// journaled as such.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 
 /// Entries in the LPM tries shared by all agents.
 pub const NET4_MAX_ENTRIES: u32 = 262_144;

@@ -422,17 +422,33 @@ impl LineConn {
         std::mem::take(&mut self.fds)
     }
 
-    /// One request/response exchange.
+    /// Sends a request without waiting for its answer; a later `call`
+    /// skips that answer.
+    pub fn send_request(&mut self, id: u64, req: &Request) -> Result<(), ApiError> {
+        self.send(&encode_request(id, req)?)?;
+        Ok(())
+    }
+
+    /// One request/response exchange. Answers to earlier requests sent with
+    /// `send_request` are skipped by their id.
     pub fn call(
         &mut self,
         id: u64,
         req: &Request,
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
         self.send(&encode_request(id, req)?)?;
-        let line = self
-            .read_line()?
-            .ok_or_else(|| ApiError::Protocol("guardd closed the connection".into()))?;
-        parse_response(&line)
+        loop {
+            let line = self
+                .read_line()?
+                .ok_or_else(|| ApiError::Protocol("guardd closed the connection".into()))?;
+            let for_us = serde_json::from_slice::<Value>(&line)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_u64))
+                .is_none_or(|got| got == id);
+            if for_us {
+                return parse_response(&line);
+            }
+        }
     }
 }
 

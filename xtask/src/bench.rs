@@ -50,16 +50,37 @@ struct Daemon {
     _dir: tempfile::TempDir,
 }
 
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 impl Daemon {
     fn start(bin: &Path) -> anyhow::Result<Daemon> {
+        Self::start_with_journal(bin, None)
+    }
+
+    fn start_with_journal(bin: &Path, journal: Option<&Path>) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("guard-bench").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.path().join("guard.sock");
+        let journal = journal
+            .map(Path::to_owned)
+            .unwrap_or_else(|| dir.path().join("journal.db"));
         let child = Command::new(bin.join("guardd"))
             .args(["--instance", "guard-bench", "--metrics", "off", "--socket"])
             .arg(&socket)
             .arg("--journal")
-            .arg(dir.path().join("journal.db"))
+            .arg(&journal)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .stdout(Stdio::null())
@@ -110,8 +131,17 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         .tempdir()?;
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
     let mut rows = Vec::new();
+    eprintln!("bench: launch");
     launch(&bin, &daemon, work.path(), quick, &mut rows)?;
+    eprintln!("bench: connect");
     connect(&bin, &daemon, work.path(), quick, &mut rows)?;
+    eprintln!("bench: files, system calls, exec");
+    confined_ops(&bin, &daemon, work.path(), quick, &mut rows)?;
+    eprintln!("bench: journal ingest and daemon memory");
+    ingest(&bin, &daemon, work.path(), quick, &mut rows)?;
+    drop(daemon);
+    eprintln!("bench: journal query over a large store");
+    query(&bin, work.path(), quick, &mut rows)?;
 
     println!();
     println!(
@@ -347,5 +377,330 @@ pub fn connect_loop_main(port: u16, n: usize) -> anyhow::Result<()> {
         times.push(t.elapsed().as_nanos() as f64 / per as f64);
     }
     println!("{}", median(times));
+    Ok(())
+}
+
+fn ctl(bin: &Path, d: &Daemon) -> Command {
+    let mut c = Command::new(bin.join("guardctl"));
+    c.env("GUARD_SOCKET", &d.socket);
+    c
+}
+
+/// Runs a probe loop (this binary, copied to `probe`) inside a scope of
+/// `policy` and outside any scope, alternating, and returns the medians.
+fn inside_outside(
+    bin: &Path,
+    d: &Daemon,
+    work: &Path,
+    policy: &Path,
+    probe: &Path,
+    args: &[String],
+    rounds: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        outside.push(connect_loop(
+            Command::new(probe).args(args).current_dir(work),
+        )?);
+        let mut c = ctl(bin, d);
+        c.current_dir(work)
+            .arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--")
+            .arg(probe)
+            .args(args);
+        inside.push(connect_loop(&mut c)?);
+    }
+    Ok((median(inside), median(outside)))
+}
+
+fn confined_ops(
+    bin: &Path,
+    d: &Daemon,
+    work: &Path,
+    quick: bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let probe = work.join("xtask-probe");
+    std::fs::copy(std::env::current_exe()?, &probe)?;
+    let file = work.join("data.txt");
+    std::fs::write(&file, "x")?;
+    // All layers: Landlock with the base grants, seccomp, no capabilities.
+    let policy = work.join("ops.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\nname = \"bench-ops\"\ninclude = [\"base\"]\n\n[filesystem]\nread = [\"{workdir}\"]\nexec = [\"{workdir}/xtask-probe\", \"/bin/true\", \"/usr/bin/true\"]\n",
+    )?;
+    let rounds = if quick { 3 } else { 7 };
+    let n = if quick { 20_000 } else { 200_000 };
+    let s = |v: &str| v.to_owned();
+    let (i, o) = inside_outside(
+        bin,
+        d,
+        work,
+        &policy,
+        &probe,
+        &[s("open-loop"), file.display().to_string(), n.to_string()],
+        rounds,
+    )?;
+    rows.push(Row {
+        what: "open()+close() of a permitted file".into(),
+        value: format!("{:.0} ns", i),
+        baseline: format!("{:.0} ns outside", o),
+        ratio: format!("{:+.1}%", (i / o - 1.0) * 100.0),
+        target: "<= +25%".into(),
+    });
+    let (i, o) = inside_outside(
+        bin,
+        d,
+        work,
+        &policy,
+        &probe,
+        &[s("syscall-loop"), (n * 5).to_string()],
+        rounds,
+    )?;
+    rows.push(Row {
+        what: "getppid() with the seccomp filter".into(),
+        value: format!("{:.0} ns", i),
+        baseline: format!("{:.0} ns without", o),
+        ratio: format!("{:+.1}%", (i / o - 1.0) * 100.0),
+        target: "<= +10%".into(),
+    });
+    let execs = if quick { 100 } else { 1000 };
+    let (i, o) = inside_outside(
+        bin,
+        d,
+        work,
+        &policy,
+        &probe,
+        &[s("exec-loop"), s("/bin/true"), execs.to_string()],
+        rounds,
+    )?;
+    rows.push(Row {
+        what: "fork+exec of an allowed program".into(),
+        value: format!("{:.0} us", i / 1e3),
+        baseline: format!("{:.0} us outside", o / 1e3),
+        ratio: format!("{:+.1}%", (i / o - 1.0) * 100.0),
+        target: "".into(),
+    });
+    Ok(())
+}
+
+/// Refusals from a tight loop in a scope, through the kernel, the monitor
+/// and the journal. guardctl returns only when everything the kernel wrote
+/// for the agent is committed, so its wall time covers the whole pipeline.
+fn ingest(
+    bin: &Path,
+    d: &Daemon,
+    work: &Path,
+    quick: bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let probe = work.join("xtask-probe");
+    let policy = work.join("deny.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\nname = \"bench-ingest\"\n[network]\nallow = []\n",
+    )?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let n: u64 = if quick { 50_000 } else { 300_000 };
+    let idle = rss_mib(d.child.id());
+    let pid = d.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0f64;
+        while !st.load(Ordering::Relaxed) {
+            peak = peak.max(rss_mib(pid));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    });
+    let t = Instant::now();
+    let out = ctl(bin, d)
+        .current_dir(work)
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--")
+        .arg(&probe)
+        .args(["deny-loop", &port.to_string(), &n.to_string()])
+        .output()?;
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0.0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .split("--agent ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .context("no agent id in guardctl's summary")?;
+    let recs = ctl(bin, d)
+        .args(["logs", "--json", "--agent", &id])
+        .output()?;
+    let (mut journaled, mut lost) = (0u64, 0u64);
+    for line in String::from_utf8_lossy(&recs.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["kind"] == "network" {
+            journaled += 1;
+        }
+        if v["kind"] == "gap" && v["action"] == "lost" {
+            lost += v["detail"]["lost"].as_u64().unwrap_or(0);
+        }
+    }
+    let unaccounted = n as i64 - journaled as i64 - lost as i64;
+    let journal_only: serde_json::Value = {
+        let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "guard-daemon",
+                "--bench",
+                "journal",
+                "--",
+                "ingest",
+            ])
+            .arg(n.to_string())
+            .output()?;
+        serde_json::from_slice(&o.stdout).context("journal ingest bench output")?
+    };
+    let base = journal_only["ingest_per_sec"].as_f64().unwrap_or(0.0);
+    let rate = journaled as f64 / elapsed;
+    rows.push(Row {
+        what: format!("ingest kernel -> store ({n} refusals)"),
+        value: format!("{:.0}/s", rate),
+        baseline: format!("{:.0}/s journal only", base),
+        ratio: format!("{:.2}x", rate / base),
+        target: ">= 100000/s".into(),
+    });
+    rows.push(Row {
+        what: "  of which journaled / lost (gap records) / unaccounted".into(),
+        value: format!("{journaled}"),
+        baseline: format!("{lost} lost"),
+        ratio: format!("{unaccounted}"),
+        target: "unaccounted = 0".into(),
+    });
+    rows.push(Row {
+        what: "guardd resident memory, idle / under that load".into(),
+        value: format!("{idle:.1} MiB"),
+        baseline: format!("{peak:.1} MiB peak"),
+        ratio: "".into(),
+        target: "< 50 MiB".into(),
+    });
+    Ok(())
+}
+
+/// A filtered `guardctl logs` over a store of a million records, end to end
+/// (socket, daemon, store, JSON), against the same query on the store alone.
+fn query(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let n: u64 = if quick { 200_000 } else { 1_000_000 };
+    let store = work.join("big.db");
+    let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "guard-daemon",
+            "--bench",
+            "journal",
+            "--",
+            "store",
+        ])
+        .arg(&store)
+        .arg(n.to_string())
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "building the store failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).context("journal store bench output")?;
+    let store_ms = v["query_ms"].as_f64().unwrap_or(0.0);
+    let expected = v["rows"].as_u64().unwrap_or(0);
+    let d = Daemon::start_with_journal(bin, Some(&store))?;
+    let mut times = Vec::new();
+    let mut got = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = ctl(bin, &d)
+            .args(["logs", "--json", "--agent", "agent-7", "--kind", "network"])
+            .output()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        got = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    }
+    if got != expected {
+        bail!("guardctl logs returned {got} records, the store query {expected}");
+    }
+    let e2e = median(times);
+    rows.push(Row {
+        what: format!("guardctl logs --agent --kind over {n} records ({got} rows)"),
+        value: format!("{e2e:.1} ms"),
+        baseline: format!("{store_ms:.1} ms store only"),
+        ratio: format!("{:.1}x", e2e / store_ms.max(0.001)),
+        target: "< 200 ms".into(),
+    });
+    Ok(())
+}
+
+fn per_op(t: Instant, n: usize) -> f64 {
+    t.elapsed().as_nanos() as f64 / n.max(1) as f64
+}
+
+/// Median over 10 slices of `n` operations, in ns per operation.
+fn sliced(n: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let per = (n / 10).max(1);
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        for _ in 0..per {
+            op()?;
+        }
+        times.push(per_op(t, per));
+    }
+    println!("{}", median(times));
+    Ok(())
+}
+
+pub fn open_loop_main(path: &str, n: usize) -> anyhow::Result<()> {
+    sliced(n, || {
+        drop(std::fs::File::open(path).with_context(|| format!("open {path}"))?);
+        Ok(())
+    })
+}
+
+pub fn syscall_loop_main(n: usize) -> anyhow::Result<()> {
+    sliced(n, || {
+        // SAFETY: getppid has no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+        Ok(())
+    })
+}
+
+pub fn exec_loop_main(path: &str, n: usize) -> anyhow::Result<()> {
+    sliced(n, || {
+        let st = Command::new(path)
+            .status()
+            .with_context(|| format!("running {path}"))?;
+        if !st.success() {
+            bail!("{path} failed");
+        }
+        Ok(())
+    })
+}
+
+pub fn deny_loop_main(port: u16, n: usize) -> anyhow::Result<()> {
+    let mut refused = 0;
+    for _ in 0..n {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            refused += 1;
+        }
+    }
+    println!("{refused}");
     Ok(())
 }

@@ -50,6 +50,19 @@ enum Cmd {
     /// (used by `bench`) N TCP connects to 127.0.0.1:PORT; prints ns each.
     #[command(hide = true)]
     ConnectLoop { port: u16, n: usize },
+    /// (used by `bench`) N open()+close() of PATH; prints ns each.
+    #[command(hide = true)]
+    OpenLoop { path: String, n: usize },
+    /// (used by `bench`) N getppid() system calls; prints ns each.
+    #[command(hide = true)]
+    SyscallLoop { n: usize },
+    /// (used by `bench`) N fork+exec of PATH; prints ns each.
+    #[command(hide = true)]
+    ExecLoop { path: String, n: usize },
+    /// (used by `bench`) N refused connects to 127.0.0.1:PORT as fast as
+    /// possible; prints how many were refused.
+    #[command(hide = true)]
+    DenyLoop { port: u16, n: usize },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +91,10 @@ fn main() -> anyhow::Result<()> {
             bench::run(quick)
         }
         Cmd::ConnectLoop { port, n } => bench::connect_loop_main(port, n),
+        Cmd::OpenLoop { path, n } => bench::open_loop_main(&path, n),
+        Cmd::SyscallLoop { n } => bench::syscall_loop_main(n),
+        Cmd::ExecLoop { path, n } => bench::exec_loop_main(&path, n),
+        Cmd::DenyLoop { port, n } => bench::deny_loop_main(port, n),
         Cmd::Check => {
             setup::run(false)?;
             cargo(&["fmt", "--all", "--", "--check"])?;

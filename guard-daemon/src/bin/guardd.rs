@@ -160,6 +160,9 @@ fn main() -> anyhow::Result<()> {
         t.abort();
     }
     let _ = std::fs::remove_file(&args.socket);
+    // Let scope removals that were still running finish before deciding
+    // whether anything is left to keep pinned.
+    rt.shutdown_timeout(std::time::Duration::from_secs(30));
     daemon.stop();
     tracing::info!("guardd stopped");
     Ok(())

@@ -178,6 +178,7 @@ pub fn open(
     req: &OpenRequest,
     peer: Peer,
 ) -> Result<(OpenReply, Vec<OwnedFd>), Failure> {
+    let t0 = Instant::now();
     let policy = Policy::parse(&req.policy_text, &req.policy_path)
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
     let id = random_id();
@@ -189,8 +190,18 @@ pub fn open(
         ));
     }
 
-    // {tmp}: private to the agent, owned by whoever it runs as.
+    // {tmp}: private to the agent, owned by whoever it runs as. The plan
+    // names it, so its path is fixed before compiling and the directory is
+    // made once the policy has compiled.
     let tmp = std::env::temp_dir().join(format!("guard-{id}"));
+    let vars = Vars {
+        workdir: PathBuf::from(&req.workdir),
+        home: PathBuf::from(&req.home),
+        tmp: tmp.clone(),
+    };
+    let plan = policy
+        .compile(&vars)
+        .map_err(|e| (api::code::POLICY, e.to_string()))?;
     std::fs::create_dir(&tmp).map_err(|e| {
         (
             api::code::INTERNAL,
@@ -200,22 +211,15 @@ pub fn open(
     let cleanup_tmp = |tmp: &Path| {
         let _ = std::fs::remove_dir_all(tmp);
     };
-    let owner = policy_user(&policy).unwrap_or(peer.uid);
+    let owner = plan
+        .process
+        .user
+        .as_ref()
+        .and_then(resolve_uid)
+        .unwrap_or(peer.uid);
     let _ = std::os::unix::fs::chown(&tmp, Some(owner), None);
     let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700));
 
-    let vars = Vars {
-        workdir: PathBuf::from(&req.workdir),
-        home: PathBuf::from(&req.home),
-        tmp: tmp.clone(),
-    };
-    let plan = match policy.compile(&vars) {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup_tmp(&tmp);
-            return Err((api::code::POLICY, e.to_string()));
-        }
-    };
     let audit = req.audit || plan.mode == Mode::Audit;
     let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
 
@@ -376,6 +380,10 @@ pub fn open(
             unix_degraded: !unix_hooks.unix_hooks,
         },
     };
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "open: rules in the kernel"
+    );
     persist(shared, &state);
 
     let mut detail = json!({
@@ -428,22 +436,8 @@ pub fn open(
         degraded,
     };
     registry.agents.insert(id, state);
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");
     Ok((reply, fds))
-}
-
-fn policy_user(policy: &Policy) -> Option<u32> {
-    let vars = Vars {
-        workdir: PathBuf::from("/"),
-        home: PathBuf::from("/"),
-        tmp: PathBuf::from("/tmp"),
-    };
-    policy
-        .compile(&vars)
-        .ok()?
-        .process
-        .user
-        .as_ref()
-        .and_then(resolve_uid)
 }
 
 fn persist(shared: &Shared, a: &AgentState) {
@@ -524,20 +518,21 @@ pub fn close(
     id: &str,
     status: Option<ExitStatus>,
     why: &str,
-) -> Result<ExitReply, Failure> {
-    let agent = {
-        let mut r = shared
-            .registry
-            .lock()
-            .map_err(|_| (api::code::INTERNAL, "registry poisoned".to_owned()))?;
-        r.agents.remove(id)
-    };
+    on_summary: impl FnOnce(Result<ExitReply, Failure>),
+) {
+    let agent = shared
+        .registry
+        .lock()
+        .ok()
+        .and_then(|mut r| r.agents.remove(id));
     let Some(agent) = agent else {
-        return Err((
+        on_summary(Err((
             api::code::NOT_FOUND,
             format!("no live agent with id {id:?}"),
-        ));
+        )));
+        return;
     };
+    let t0 = Instant::now();
     let leftover = agent.scope.pids().len();
     if let Err(e) = agent.scope.kill_all(Duration::from_secs(5)) {
         tracing::error!("ending agent {id}: {e}");
@@ -568,15 +563,11 @@ pub fn close(
     }
     let refusals = agent.meta.refusals.load(Ordering::Relaxed);
     let suppressed = agent.meta.suppressed.load(Ordering::Relaxed);
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "close: killed and drained"
+    );
     journal_loss(&agent.meta, info.lost, &shared.journal, &shared.metrics);
-    if let Ok(mut k) = shared.kernel.lock() {
-        k.remove_agent(&agent.keys);
-    }
-    if let Err(e) = agent.scope.remove() {
-        tracing::error!("removing scope of {id}: {e}");
-    }
-    let _ = std::fs::remove_dir_all(&agent.tmp);
-    let _ = std::fs::remove_file(state_path(shared, id));
     if let Ok(mut c) = agent.meta.closed_at.lock() {
         *c = Some(Instant::now());
     }
@@ -607,12 +598,25 @@ pub fn close(
     }));
     let _ = shared.journal.append(rec);
     let _ = shared.journal.flush();
-    Ok(ExitReply {
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "close: journaled");
+    // Everything the launcher reports is settled: processes are gone and
+    // every record is committed. Removing the scope's rules and cgroups can
+    // follow the answer.
+    on_summary(Ok(ExitReply {
         denied,
         audited,
         lost: info.lost,
         leftover_killed: leftover,
-    })
+    }));
+    if let Ok(mut k) = shared.kernel.lock() {
+        k.remove_agent(&agent.keys);
+    }
+    if let Err(e) = agent.scope.remove() {
+        tracing::error!("removing scope of {id}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&agent.tmp);
+    let _ = std::fs::remove_file(state_path(shared, id));
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "close: removed");
 }
 
 /// Re-adopts the scopes a previous guardd left, and removes what cannot be
@@ -841,7 +845,7 @@ pub fn reap_orphans(shared: &Shared) {
         Err(_) => return,
     };
     for id in ended {
-        let _ = close(shared, &id, None, "re-adopted scope emptied");
+        close(shared, &id, None, "re-adopted scope emptied", |_| {});
     }
 }
 

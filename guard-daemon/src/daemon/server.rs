@@ -94,6 +94,8 @@ struct Conn {
     /// Agents opened on this connection and not yet reported as exited:
     /// ended if the connection drops.
     owned: HashSet<String>,
+    /// Scope removals still running after their summary was sent.
+    pending: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Conn {
@@ -122,6 +124,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         writer,
         peer,
         owned: HashSet::new(),
+        pending: Vec::new(),
     };
     if !allowed {
         let _ = conn
@@ -190,13 +193,18 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             break;
         }
     }
+    // Removals still running belong to this connection's agents: finish
+    // them before the task ends, so a stopping guardd leaves nothing behind.
+    for p in conn.pending.drain(..) {
+        let _ = p.await;
+    }
     // The launcher went away without reporting the exit: end its agents
     // rather than leave them unsupervised.
     let owned: Vec<String> = conn.owned.drain().collect();
     for id in owned {
         let shared = conn.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            agents::close(&shared, &id, None, "launcher disconnected")
+            agents::close(&shared, &id, None, "launcher disconnected", |_| {})
         })
         .await;
     }
@@ -248,11 +256,24 @@ async fn handle(
         Request::Exited(req) => {
             conn.owned.remove(&req.agent);
             let s = shared.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                agents::close(&s, &req.agent, Some(req.status), "main process exited")
-            })
-            .await
-            .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            // The summary comes back as soon as it is settled; the scope's
+            // removal goes on in the blocking task after that.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let cleanup = tokio::task::spawn_blocking(move || {
+                agents::close(
+                    &s,
+                    &req.agent,
+                    Some(req.status),
+                    "main process exited",
+                    |r| {
+                        let _ = tx.send(r);
+                    },
+                )
+            });
+            conn.pending.push(cleanup);
+            let res = rx
+                .await
+                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
             match res {
                 Ok(reply) => {
                     conn.send(&api::ok_line(
@@ -366,11 +387,12 @@ async fn logs(
     let mut live = conn.shared.journal.subscribe();
     let path = conn.shared.cfg.journal.clone();
     let f2 = filter.clone();
-    let past =
-        tokio::task::spawn_blocking(move || Store::open_existing(&path).and_then(|s| s.query(&f2)))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+    let past = tokio::task::spawn_blocking(move || {
+        Store::open_for_reading(&path).and_then(|s| s.query(&f2))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     let past = match past {
         Ok(p) => p,
         Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
@@ -406,7 +428,7 @@ async fn logs(
                     let mut f = follow.clone();
                     f.after_seq = Some(last);
                     let path = conn.shared.cfg.journal.clone();
-                    let missed = tokio::task::spawn_blocking(move || Store::open_existing(&path).and_then(|s| s.query(&f)))
+                    let missed = tokio::task::spawn_blocking(move || Store::open_for_reading(&path).and_then(|s| s.query(&f)))
                         .await
                         .ok()
                         .and_then(Result::ok)

@@ -126,6 +126,18 @@ impl Store {
         Store::init(conn, path)
     }
 
+    /// Opens an existing store for queries, with a small page cache: the
+    /// indexes do the work, and each query connection counts against the
+    /// daemon's memory while it lives.
+    pub fn open_for_reading(path: impl AsRef<Path>) -> Result<Store, JournalError> {
+        let store = Store::open_existing(path)?;
+        store
+            .conn
+            .execute_batch("PRAGMA cache_size=-2048;")
+            .map_err(JournalError::sql("set reader cache"))?;
+        Ok(store)
+    }
+
     fn init(conn: Connection, path: &Path) -> Result<Store, JournalError> {
         // A reader (the CLI) and the daemon's writer share the file; wait
         // for each other's short transactions instead of failing.
@@ -138,9 +150,11 @@ impl Store {
         // A 64 MiB WAL (4096 pages) between automatic checkpoints instead
         // of 16 MiB: index pages hit by consecutive batches are copied into
         // the database once rather than several times.
+        // The page cache is bounded (8 MiB) because guardd's whole resident
+        // set has a budget; queries shrink theirs further with `for_reading`.
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-             PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY; \
+             PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY; \
              PRAGMA wal_autocheckpoint=4096;",
         )
         .map_err(JournalError::sql("set pragmas"))?;

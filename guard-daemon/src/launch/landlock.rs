@@ -316,20 +316,23 @@ pub fn prepare(req: &Request) -> Result<(Prepared, Report), LandlockError> {
                 });
             }
         };
-        let is_dir = std::fs::metadata(&g.path)
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
-        let rights = if is_dir {
-            rights
-        } else {
-            rights & fs::FILE_RIGHTS
-        };
-        add_path_rule(ruleset.as_raw_fd(), fd.as_raw_fd(), rights).map_err(|source| {
-            LandlockError::Path {
-                path: g.path.clone(),
-                rule: g.rule.clone(),
-                source,
+        // Directory rights on a file are EINVAL: try the full set, then the
+        // file subset (cheaper than a stat per path).
+        let added = add_path_rule(ruleset.as_raw_fd(), fd.as_raw_fd(), rights).or_else(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) && rights & !fs::FILE_RIGHTS != 0 {
+                add_path_rule(
+                    ruleset.as_raw_fd(),
+                    fd.as_raw_fd(),
+                    rights & fs::FILE_RIGHTS,
+                )
+            } else {
+                Err(e)
             }
+        });
+        added.map_err(|source| LandlockError::Path {
+            path: g.path.clone(),
+            rule: g.rule.clone(),
+            source,
         })?;
     }
     // Ask the kernel to audit-log denials after exec (ABI 7), so they reach

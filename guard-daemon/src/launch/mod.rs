@@ -241,8 +241,10 @@ fn child(
     envp: &[*const libc::c_char],
     pipe: RawFd,
 ) -> ! {
-    // 1. Signals: the launcher blocks the forwarded ones and Rust ignores
-    // SIGPIPE; the agent must start with the defaults.
+    // 1. Signals: the launcher blocks the forwarded ones, and Rust's runtime
+    // ignores SIGPIPE. exec resets handlers but keeps ignored signals and the
+    // mask, so those two are undone; signals ignored by whoever started
+    // guardctl (nohup) stay ignored, as with any launcher.
     // SAFETY: plain signal-mask and disposition calls on our own process.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -250,11 +252,7 @@ fn child(
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
             fail(pipe, 0);
         }
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // 2. v1 cgroups.
     for fd in &spec.v1_procs {

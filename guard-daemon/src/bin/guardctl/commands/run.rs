@@ -67,7 +67,27 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// With `GUARDCTL_TIMING` set, prints how long each launch phase took (for
+/// investigating launch latency; off by default).
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn new() -> Self {
+        Timing(std::env::var_os("GUARDCTL_TIMING").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&self, what: &str) {
+        if let Some(t) = self.0 {
+            eprintln!(
+                "guardctl timing: {:>8.3} ms  {what}",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
 pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
+    let timing = Timing::new();
     let path_str = args.policy.display().to_string();
     let text = match std::fs::read_to_string(&args.policy) {
         Ok(t) => t,
@@ -93,14 +113,17 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     let home = home_dir();
     // Compile once now so every error is reported before anything starts;
     // {tmp} is only known once guardd has created it.
-    if let Err(e) = policy.compile(&Vars {
+    let fs_restricted = match policy.compile(&Vars {
         workdir: workdir.clone(),
         home: home.clone(),
         tmp: std::env::temp_dir().join("guard-check"),
     }) {
-        eprintln!("{e}");
-        return EXIT_USAGE;
-    }
+        Ok(plan) => plan.filesystem.restricted,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
     let accepts = |w: &str| args.allow_degraded.iter().any(|a| a == w || a == "all");
     for a in &args.allow_degraded {
         if !matches!(a.as_str(), "landlock" | "unix" | "limits" | "all") {
@@ -111,6 +134,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         }
     }
 
+    timing.mark("policy parsed and compiled");
     let cmd0 = args.command[0].to_string_lossy().into_owned();
     let Some(program) = launch::resolve_program(&cmd0, std::env::var("PATH").ok().as_deref())
     else {
@@ -121,7 +145,6 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     // Landlock is checked before asking for a scope, so a host that cannot
     // enforce the policy's file rules is refused without side effects.
     let mut notes = Vec::new();
-    let fs_restricted = policy_restricts_fs(&policy, &workdir, &home);
     match landlock::abi_version() {
         Ok(abi) => notes.push(format!("landlock ABI {abi}")),
         Err(e) if fs_restricted && !accepts("landlock") => {
@@ -139,6 +162,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         notes.push("policy has no [filesystem] table: file access is not restricted".into());
     }
 
+    timing.mark("landlock checked");
     let mut conn = match connect(&cli.socket) {
         Ok(c) => c,
         Err(e) => {
@@ -178,6 +202,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             return EXIT_GUARD;
         }
     };
+    timing.mark("scope opened by guardd");
     let mut fds = conn.take_fds().into_iter();
     let Some(cgroup) = fds.next() else {
         fail("guardd did not send the scope's cgroup");
@@ -225,6 +250,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             return abort(&mut conn, &reply, EXIT_GUARD);
         }
     };
+    timing.mark("landlock ruleset and seccomp filter prepared");
     if let Err(e) = launch::block_forwarded() {
         fail(e);
         return abort(&mut conn, &reply, EXIT_GUARD);
@@ -249,32 +275,25 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         }
     };
     drop(spec);
-    // Best effort: only `ps` uses it.
-    let _ = conn.call(
+    timing.mark("agent exec'd");
+    // Only `ps` uses it: do not wait for the answer.
+    let _ = conn.send_request(
         2,
         &Request::Started(StartedRequest {
             agent: reply.agent.id.clone(),
             pid: child.pid,
         }),
     );
+    timing.mark("guardd told the pid");
     let status = wait_forwarding(&child, &sigfd);
+    timing.mark("agent exited");
     let summary = report_exit(cli, &mut conn, &reply, status);
+    timing.mark("guardd ended the scope");
     eprintln!("{}", summary_line(&reply, status, summary.as_ref()));
     match status {
         ExitStatus::Code(c) => c,
         ExitStatus::Signal(s) => 128 + s,
     }
-}
-
-fn policy_restricts_fs(policy: &Policy, workdir: &Path, home: &Path) -> bool {
-    policy
-        .compile(&Vars {
-            workdir: workdir.to_owned(),
-            home: home.to_owned(),
-            tmp: PathBuf::from("/tmp"),
-        })
-        .map(|p| p.filesystem.restricted)
-        .unwrap_or(true)
 }
 
 /// Ends the scope when the agent never started.
