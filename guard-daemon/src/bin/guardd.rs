@@ -64,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Two malloc arenas are plenty for guardd's few threads, and keep freed
+    // memory from spreading over per-thread arenas (resident memory budget).
+    // SAFETY: mallopt only adjusts allocator parameters, before any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let group = match &args.group {
         None => None,
         Some(g) => Some(
@@ -123,6 +127,10 @@ fn main() -> anyhow::Result<()> {
             return Err(e).context("guardd cannot start");
         }
     };
+    // Loading parsed the kernel's BTF and the BPF objects: give that memory
+    // back rather than keep it resident for the daemon's lifetime.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     tracing::info!(
         socket = %args.socket.display(),
         journal = %args.journal.display(),

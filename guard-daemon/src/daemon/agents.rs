@@ -193,6 +193,7 @@ pub fn open(
     // {tmp}: private to the agent, owned by whoever it runs as. The plan
     // names it, so its path is fixed before compiling and the directory is
     // made once the policy has compiled.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: parsed");
     let tmp = std::env::temp_dir().join(format!("guard-{id}"));
     let vars = Vars {
         workdir: PathBuf::from(&req.workdir),
@@ -202,6 +203,7 @@ pub fn open(
     let plan = policy
         .compile(&vars)
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
     std::fs::create_dir(&tmp).map_err(|e| {
         (
             api::code::INTERNAL,
@@ -220,6 +222,7 @@ pub fn open(
     let _ = std::os::unix::fs::chown(&tmp, Some(owner), None);
     let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700));
 
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: tmp made");
     let audit = req.audit || plan.mode == Mode::Audit;
     let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
 
@@ -272,6 +275,7 @@ pub fn open(
             return Err((code, format!("{e}{hint}")));
         }
     };
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: scope made");
     for c in &scope.skipped {
         degraded.push(format!(
             "limits: the {c} controller is unavailable; its limit is not enforced"

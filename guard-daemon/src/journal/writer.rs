@@ -26,7 +26,10 @@ use super::{JournalError, error_chain};
 
 /// Large enough to absorb bursts (a fork bomb denied by policy) without
 /// blocking the daemon; beyond it appenders wait rather than lose records.
-const CHANNEL_CAPACITY: usize = 65_536;
+/// Records queued for the writer. Bounded so that a flood costs at most a
+/// few MiB here (appenders then wait; the kernel's ring buffer absorbs the
+/// burst and counts what it cannot hold).
+const CHANNEL_CAPACITY: usize = 8_192;
 const MAX_BATCH: usize = 4096;
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Slots retained for `--follow` subscribers; a slower subscriber sees

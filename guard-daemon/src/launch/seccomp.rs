@@ -595,23 +595,28 @@ fn ranges(table: &[(u32, Action)]) -> Vec<Range> {
     merged
 }
 
-/// Emits a balanced tree over `ranges`: each node is `jge lo(right) ; ja
-/// right` so every conditional jump is 0 or 1 and long distances go through
-/// `ja`'s 32-bit offset.
-fn emit_tree(ranges: &[Range], out: &mut Vec<Insn>) {
+/// A balanced tree over `ranges`. A node is `jge lo(right)` jumping over
+/// the left subtree when it is short enough for the 8-bit offset, or
+/// `jge ; ja right` when it is not (`ja` has a 32-bit offset). Short
+/// programs matter: the kernel verifies and compiles the filter at every
+/// launch.
+fn tree(ranges: &[Range]) -> Vec<Insn> {
     if ranges.len() == 1 {
-        out.extend(ranges[0].action.code());
-        return;
+        return ranges[0].action.code();
     }
     let mid = ranges.len() / 2;
     let (left, right) = ranges.split_at(mid);
-    out.push(jump(BPF_JMP_JGE_K, right[0].lo, 0, 1));
-    let ja_at = out.len();
-    out.push(stmt(BPF_JMP_JA, 0));
-    emit_tree(left, out);
-    let right_at = out.len();
-    out[ja_at].k = (right_at - ja_at - 1) as u32;
-    emit_tree(right, out);
+    let (left, right_code, k) = (tree(left), tree(right), right[0].lo);
+    let mut out = Vec::with_capacity(left.len() + right_code.len() + 2);
+    if let Ok(skip) = u8::try_from(left.len()) {
+        out.push(jump(BPF_JMP_JGE_K, k, skip, 0));
+    } else {
+        out.push(jump(BPF_JMP_JGE_K, k, 0, 1));
+        out.push(stmt(BPF_JMP_JA, left.len() as u32));
+    }
+    out.extend(left);
+    out.extend(right_code);
+    out
 }
 
 pub fn build(opts: &Options) -> Program {
@@ -623,7 +628,7 @@ pub fn build(opts: &Options) -> Program {
         jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, RET_ERRNO | libc::ENOSYS as u32),
     ];
-    emit_tree(&ranges(&table(opts)), &mut insns);
+    insns.extend(tree(&ranges(&table(opts))));
     Program { insns }
 }
 
@@ -859,7 +864,7 @@ mod tests {
     #[test]
     fn tree_is_short_and_jumps_fit() {
         let p = prog();
-        assert!(p.insns.len() < 1024, "{}", p.insns.len());
+        assert!(p.insns.len() < 700, "{}", p.insns.len());
         // A cheap call goes through few instructions: count by running with
         // an instruction budget.
         let depth = (ranges(&table(&Options::default())).len() as f64)

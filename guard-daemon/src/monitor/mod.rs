@@ -67,6 +67,7 @@ pub type Attribution = Arc<RwLock<HashMap<u32, Arc<AgentMeta>>>>;
 
 const LOSS_POLL: Duration = Duration::from_millis(250);
 const RETAIN_CLOSED: Duration = Duration::from_secs(60);
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Monitor {
     pub stop: Arc<AtomicBool>,
@@ -100,6 +101,7 @@ fn run(
     stop: Arc<AtomicBool>,
 ) {
     let mut last_poll = Instant::now();
+    let mut last_trim = Instant::now();
     let mut seen = Seen::new();
     loop {
         drain(&mut ring, &attribution, &journal, &mut seen, &metrics);
@@ -110,6 +112,12 @@ fn run(
         if last_poll.elapsed() >= LOSS_POLL {
             report_losses(&attribution, &kernel, &journal, &metrics);
             forget_exes();
+            // After a burst, give the memory it took back to the system.
+            if last_trim.elapsed() >= TRIM_EVERY {
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+                last_trim = Instant::now();
+            }
             if seen.len() > 100_000 {
                 seen.clear();
             }

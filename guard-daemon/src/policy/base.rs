@@ -16,6 +16,11 @@ pub(crate) fn lookup(name: &str) -> Option<(&'static str, &'static str)> {
     BASES.iter().copied().find(|(n, _)| *n == name)
 }
 
+/// Every base, name and source text.
+pub(crate) fn all() -> impl Iterator<Item = (&'static str, &'static str)> {
+    BASES.iter().copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse::Doc;

@@ -205,7 +205,7 @@ impl Policy {
         let mut fs_restricted = false;
         for inc in head.include.unwrap_or_default() {
             let wanted = inc.get_ref();
-            let Some((base_name, base_text)) = base::lookup(wanted) else {
+            let Some((base_name, _)) = base::lookup(wanted) else {
                 return Err(doc.error_at(
                     inc.span().start,
                     format!(
@@ -221,15 +221,11 @@ impl Policy {
                 ));
             }
             includes.push(base_name.to_owned());
-            let origin = Origin::Base(base_name);
-            let base_doc = Doc::new(base_text, format!("base:{base_name}"));
-            let raw_base = base_doc.parse_base()?;
-            if let Some(n) = raw_base.network {
-                net::validate(&base_doc, n, origin, &mut net_rules)?;
-            }
-            if let Some(f) = raw_base.filesystem {
+            let parsed = parsed_base(base_name)?;
+            net_rules.extend(parsed.net.iter().cloned());
+            if parsed.has_fs {
                 fs_restricted = true;
-                fs::validate(&base_doc, f.read, f.write, f.exec, origin, &mut fs_entries)?;
+                fs_entries.extend(parsed.fs.iter().cloned());
             }
         }
 
@@ -294,6 +290,54 @@ impl Policy {
             process: self.process.clone(),
             rules: self.rules.clone(),
         })
+    }
+}
+
+/// A built-in base, parsed and validated.
+struct ParsedBase {
+    net: Vec<net::NetRule>,
+    fs: Vec<fs::FsEntry>,
+    has_fs: bool,
+}
+
+/// Bases are compiled into the binary, so each is parsed once per process
+/// (guardd compiles a policy for every agent it starts).
+fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
+    use std::{collections::HashMap, sync::OnceLock};
+    type Cache = HashMap<&'static str, Result<ParsedBase, PolicyError>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        base::all()
+            .map(|(n, t)| {
+                let parse = || -> Result<ParsedBase, PolicyError> {
+                    let origin = Origin::Base(n);
+                    let doc = Doc::new(t, format!("base:{n}"));
+                    let raw = doc.parse_base()?;
+                    let mut out = ParsedBase {
+                        net: Vec::new(),
+                        fs: Vec::new(),
+                        has_fs: raw.filesystem.is_some(),
+                    };
+                    if let Some(net) = raw.network {
+                        net::validate(&doc, net, origin, &mut out.net)?;
+                    }
+                    if let Some(f) = raw.filesystem {
+                        fs::validate(&doc, f.read, f.write, f.exec, origin, &mut out.fs)?;
+                    }
+                    Ok(out)
+                };
+                (n, parse())
+            })
+            .collect()
+    });
+    match cache.get(name) {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(PolicyError {
+            file: format!("base:{name}"),
+            location: None,
+            message: "unknown base".into(),
+        }),
     }
 }
 
