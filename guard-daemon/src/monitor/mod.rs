@@ -66,7 +66,9 @@ pub struct AgentMeta {
 pub type Attribution = Arc<RwLock<HashMap<u32, Arc<AgentMeta>>>>;
 
 const LOSS_POLL: Duration = Duration::from_millis(250);
-const RETAIN_CLOSED: Duration = Duration::from_secs(60);
+/// Closed agents stay attributable this long; their events were all taken
+/// before the scope ended, so this only covers stragglers.
+const RETAIN_CLOSED: Duration = Duration::from_secs(5);
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Monitor {
