@@ -484,3 +484,28 @@ fn python_and_git_work_under_the_example_policy() {
         .collect();
     assert!(real.is_empty(), "{real:#?}");
 }
+
+#[test]
+fn the_agent_can_run_as_another_user() {
+    let g = Guardd::start();
+    let p = g.write_policy(
+        "nobody",
+        "[policy]\nname = \"nobody\"\ninclude = [\"base\"]\n[filesystem]\nexec = [\"/usr/bin/id\"]\n[process]\nuser = \"nobody\"\n",
+    );
+    let out = g.run(&p, &[], &["/usr/bin/id", "-u"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let want = String::from_utf8_lossy(
+        &std::process::Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    assert_eq!(uid, want);
+    // Its private {tmp} belongs to that user.
+    let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--kind", "lifecycle"]);
+    assert!(recs.iter().any(|r| r["action"] == "start"));
+}

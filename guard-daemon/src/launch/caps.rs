@@ -1,5 +1,6 @@
-//! Dropping capabilities in the child: bounding set, ambient set, then the
-//! effective/permitted/inheritable sets, keeping only what the policy names.
+//! Dropping capabilities in the child: bounding and ambient sets first
+//! (while still privileged), then the effective/permitted/inheritable sets,
+//! keeping only what the policy names.
 
 use std::io;
 
@@ -22,11 +23,12 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Only system calls: runs in the child between clone and exec.
-pub fn drop_all_but(keep: &[u32]) -> io::Result<()> {
-    let kept = |c: u32| keep.contains(&c);
+/// Drops every capability not kept from the bounding set and clears the
+/// ambient set. Needs CAP_SETPCAP, so it runs before any user switch. Only
+/// system calls: runs in the child between clone and exec.
+pub fn drop_bounding(keep: &[u32]) -> io::Result<()> {
     for cap in 0..=CAP_MAX {
-        if kept(cap) {
+        if keep.contains(&cap) {
             continue;
         }
         // SAFETY: prctl with integer arguments.
@@ -51,6 +53,13 @@ pub fn drop_all_but(keep: &[u32]) -> io::Result<()> {
     {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets to exactly `keep`,
+/// and raises the kept ones as ambient so they survive exec for a non-root
+/// user. Only system calls.
+pub fn set_kept(keep: &[u32]) -> io::Result<()> {
     let mut data = [CapData::default(); 2];
     for &cap in keep {
         if cap <= CAP_MAX {
@@ -69,7 +78,6 @@ pub fn drop_all_but(keep: &[u32]) -> io::Result<()> {
     if unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // Kept capabilities must survive exec for a non-root user too.
     for &cap in keep {
         // SAFETY: prctl with integer arguments.
         unsafe {

@@ -10,7 +10,8 @@
 //! 1. reset signal mask and dispositions;
 //! 2. join the scope's v1 cgroups (hybrid hosts: resource limits);
 //! 3. die with the launcher (`PR_SET_PDEATHSIG`);
-//! 4. switch user if the policy says so;
+//! 4. drop the capability bounding set, then switch user if the policy says
+//!    so;
 //! 5. `no_new_privs`;
 //! 6. Landlock `restrict_self`;
 //! 7. drop capabilities (bounding, ambient, effective/permitted/inheritable);
@@ -273,10 +274,18 @@ fn child(
             libc::_exit(127);
         }
     }
-    // 4. User.
+    // 4. User. The bounding set is dropped first, while CAP_SETPCAP is
+    // still held; kept capabilities survive the uid change (KEEPCAPS) and
+    // are set exactly in step 7.
+    if caps::drop_bounding(&spec.keep_caps).is_err() {
+        fail(pipe, 6);
+    }
     if let Some(c) = &spec.credentials {
         // SAFETY: credential calls with values resolved in the parent.
         unsafe {
+            if !spec.keep_caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                fail(pipe, 3);
+            }
             if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
                 || libc::setresgid(c.gid, c.gid, c.gid) != 0
                 || libc::setresuid(c.uid, c.uid, c.uid) != 0
@@ -298,8 +307,8 @@ fn child(
     {
         fail(pipe, 5);
     }
-    // 7. Capabilities.
-    if caps::drop_all_but(&spec.keep_caps).is_err() {
+    // 7. Capabilities: exactly the kept ones remain.
+    if caps::set_kept(&spec.keep_caps).is_err() {
         fail(pipe, 6);
     }
     // 8. Descriptors: everything from 3 up becomes close-on-exec (the pipe
