@@ -98,14 +98,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Check => {
             setup::run(false)?;
             cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
         }
     }
 }
