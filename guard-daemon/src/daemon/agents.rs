@@ -781,33 +781,13 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             if let Ok(mut c) = meta.closed_at.lock() {
                 *c = Some(Instant::now());
             }
-            let rec = Record::new(
-                Kind::Gap,
-                "daemon-restart",
-                Text::new("scope ended while guardd was down"),
-                Verdict::Allowed,
-                "daemon",
-                "guardd",
-            )
-            .with_agent(agent)
-            .with_detail(gap);
-            let _ = shared.journal.append(rec);
+            restart_gap(shared, agent, "scope ended while guardd was down", gap);
             return;
         }
     };
     let mut keys = keys;
     keys.cgroup_id = scope.cgroup_id;
-    let rec = Record::new(
-        Kind::Gap,
-        "daemon-restart",
-        Text::new("scope re-adopted"),
-        Verdict::Allowed,
-        "daemon",
-        "guardd",
-    )
-    .with_agent(agent)
-    .with_detail(gap);
-    let _ = shared.journal.append(rec);
+    restart_gap(shared, agent, "scope re-adopted", gap);
     if let Ok(mut r) = shared.registry.lock() {
         r.agents.insert(
             st.id.clone(),
@@ -834,6 +814,21 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             },
         );
     }
+}
+
+/// Journals the gap a daemon restart left in an agent's record.
+fn restart_gap(shared: &Shared, agent: AgentRef, what: &str, detail: serde_json::Value) {
+    let rec = Record::new(
+        Kind::Gap,
+        "daemon-restart",
+        Text::new(what),
+        Verdict::Allowed,
+        "daemon",
+        "guardd",
+    )
+    .with_agent(agent)
+    .with_detail(detail);
+    let _ = shared.journal.append(rec);
 }
 
 /// Re-adopted agents whose scope has emptied and whose launcher never came
