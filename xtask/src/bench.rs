@@ -550,23 +550,7 @@ fn ingest(
         }
     }
     let unaccounted = n as i64 - journaled as i64 - lost as i64;
-    let journal_only: serde_json::Value = {
-        let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "bench",
-                "-q",
-                "-p",
-                "guard-daemon",
-                "--bench",
-                "journal",
-                "--",
-                "ingest",
-            ])
-            .arg(n.to_string())
-            .output()?;
-        serde_json::from_slice(&o.stdout).context("journal ingest bench output")?
-    };
+    let journal_only = journal_bench(&["ingest".into(), n.to_string()])?;
     let base = journal_only["ingest_per_sec"].as_f64().unwrap_or(0.0);
     let rate = journaled as f64 / elapsed;
     rows.push(Row {
@@ -598,29 +582,7 @@ fn ingest(
 fn query(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
     let store = work.join("big.db");
-    let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace_root())
-        .args([
-            "bench",
-            "-q",
-            "-p",
-            "guard-daemon",
-            "--bench",
-            "journal",
-            "--",
-            "store",
-        ])
-        .arg(&store)
-        .arg(n.to_string())
-        .output()?;
-    if !o.status.success() {
-        bail!(
-            "building the store failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).context("journal store bench output")?;
+    let v = journal_bench(&["store".into(), store.display().to_string(), n.to_string()])?;
     let store_ms = v["query_ms"].as_f64().unwrap_or(0.0);
     let expected = v["rows"].as_u64().unwrap_or(0);
     let d = Daemon::start_with_journal(bin, Some(&store))?;
@@ -646,6 +608,31 @@ fn query(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow::R
         target: "< 200 ms".into(),
     });
     Ok(())
+}
+
+/// Runs guard-daemon's `journal` bench target with `args` and returns the
+/// JSON object it prints.
+fn journal_bench(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "guard-daemon",
+            "--bench",
+            "journal",
+            "--",
+        ])
+        .args(args)
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "journal bench {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    serde_json::from_slice(&o.stdout).context("journal bench output")
 }
 
 fn per_op(t: Instant, n: usize) -> f64 {

@@ -135,19 +135,7 @@ impl Btf {
             let info = u32_at(&self.data, at + 4)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
-            let extra = match kind {
-                1 => 4, // INT
-                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
-                3 => 12,            // ARRAY
-                4 | 5 => 12 * vlen, // STRUCT, UNION
-                6 => 8 * vlen,      // ENUM
-                13 => 8 * vlen,     // FUNC_PROTO
-                14 => 4,            // VAR
-                15 => 12 * vlen,    // DATASEC
-                17 => 4,            // DECL_TAG
-                19 => 12 * vlen,    // ENUM64
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
+            let extra = extra_bytes(kind, vlen)?;
             if kind == KIND_STRUCT || kind == KIND_UNION {
                 let name = self.string(name_off)?;
                 if !name.is_empty() {

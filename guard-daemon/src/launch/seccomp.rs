@@ -89,40 +89,35 @@ pub enum Action {
     },
 }
 
+/// Loads argument `arg` and returns `matched` when it equals one of
+/// `values`, `unmatched` otherwise.
+fn arg_match(arg: u32, values: &[u32], matched: u32, unmatched: u32) -> Vec<Insn> {
+    let n = values.len();
+    let mut out = vec![stmt(BPF_LD_W_ABS, off_arg_lo(arg))];
+    for (i, v) in values.iter().enumerate() {
+        out.push(jump(BPF_JMP_JEQ_K, *v, (n - i) as u8, 0));
+    }
+    out.push(stmt(BPF_RET_K, unmatched));
+    out.push(stmt(BPF_RET_K, matched));
+    out
+}
+
 impl Action {
     fn code(&self) -> Vec<Insn> {
         match self {
             Action::Allow => vec![stmt(BPF_RET_K, RET_ALLOW)],
             Action::Errno(e) => vec![stmt(BPF_RET_K, RET_ERRNO | (*e as u32 & 0xffff))],
+            // ld arg; (jeq v -> matched)*; ret unmatched; ret matched
             Action::ArgIn {
                 arg,
                 values,
                 otherwise,
-            } => {
-                // ld arg; (jeq v -> allow)*; ret errno; ret allow
-                let n = values.len();
-                let mut out = vec![stmt(BPF_LD_W_ABS, off_arg_lo(*arg))];
-                for (i, v) in values.iter().enumerate() {
-                    out.push(jump(BPF_JMP_JEQ_K, *v, (n - i) as u8, 0));
-                }
-                out.push(stmt(BPF_RET_K, RET_ERRNO | *otherwise as u32));
-                out.push(stmt(BPF_RET_K, RET_ALLOW));
-                out
-            }
+            } => arg_match(*arg, values, RET_ALLOW, RET_ERRNO | *otherwise as u32),
             Action::ArgNotIn {
                 arg,
                 values,
                 otherwise,
-            } => {
-                let n = values.len();
-                let mut out = vec![stmt(BPF_LD_W_ABS, off_arg_lo(*arg))];
-                for (i, v) in values.iter().enumerate() {
-                    out.push(jump(BPF_JMP_JEQ_K, *v, (n - i) as u8, 0));
-                }
-                out.push(stmt(BPF_RET_K, RET_ALLOW));
-                out.push(stmt(BPF_RET_K, RET_ERRNO | *otherwise as u32));
-                out
-            }
+            } => arg_match(*arg, values, RET_ERRNO | *otherwise as u32, RET_ALLOW),
             Action::ArgNoBits {
                 arg,
                 mask,
