@@ -434,10 +434,16 @@ fn unix_sockets_are_denied_unless_named() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(abs_name.as_bytes()).unwrap();
         std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
     };
-    let p = policy_allowing(
-        &g,
+    // A Unix rule needs restricted files (so the agent cannot redirect the
+    // path); the socket's directory is not writable by the agent.
+    let p = g.write_policy(
         "unix",
-        &format!("  {{ unix = \"{}\" }},", ok_path.display()),
+        &format!(
+            "[policy]\nname = \"unix\"\ninclude = [\"base\", \"python\"]\n[network]\nallow = [{{ unix = {:?} }}]\n\
+             [filesystem]\nread = [{:?}]\n",
+            ok_path.display().to_string(),
+            repo().join("tests/agents").display().to_string()
+        ),
     );
     let ops = [
         format!("unix:{}", ok_path.display()),

@@ -123,8 +123,14 @@ pub struct OpenReply {
     /// Number of v1 `cgroup.procs` descriptors that follow the cgroup
     /// directory descriptor.
     pub v1_procs: usize,
-    /// Layers guardd could not enforce and the user accepted.
+    /// Layers guardd could not enforce and the user accepted (for people:
+    /// nothing decides on this text).
     pub degraded: Vec<String>,
+    /// The Unix-socket hooks are unavailable, so the launcher must refuse
+    /// `socket(AF_UNIX)` in seccomp. Required, with no default: a reply
+    /// without it does not parse, so an older or confused daemon cannot
+    /// leave Unix sockets open.
+    pub refuse_unix_sockets: bool,
 }
 
 pub use crate::journal::AgentRef;
@@ -187,6 +193,7 @@ pub mod code {
     pub const POLICY: &str = "policy";
     pub const DEGRADED: &str = "degraded";
     pub const NOT_FOUND: &str = "not_found";
+    pub const AMBIGUOUS: &str = "ambiguous";
     pub const INTERNAL: &str = "internal";
     pub const TOO_LONG: &str = "too_long";
 }

@@ -211,19 +211,29 @@ pub fn daemon_view(shared: &Shared) -> Value {
             ),
         });
     }
-    let freeze = shared.scopes.v2_parent.join("cgroup.freeze").exists()
-        || shared.scopes.layout.v2.join("cgroup.stat").exists();
-    layers.push(if freeze {
+    // Both files exist in every non-root v2 cgroup of a kernel that has
+    // them; guard's parent cgroup is one, so test there, each for itself.
+    let has = |f: &str| shared.scopes.v2_parent.join(f).exists();
+    layers.push(if has("cgroup.kill") {
         layer(
-            "cgroup freezer/kill",
+            "cgroup kill",
             Status::Enforced,
-            "cgroup.freeze and cgroup.kill (v2)",
+            "cgroup.kill ends every process of a scope at once",
         )
     } else {
         layer(
-            "cgroup freezer/kill",
+            "cgroup kill",
             Status::Degraded,
-            "no cgroup.kill: processes are killed one by one",
+            "no cgroup.kill (kernel before 5.14): the scope is frozen and its processes killed one by one",
+        )
+    });
+    layers.push(if has("cgroup.freeze") {
+        layer("cgroup freezer", Status::Enforced, "cgroup.freeze (v2)")
+    } else {
+        layer(
+            "cgroup freezer",
+            Status::Unavailable,
+            "no cgroup.freeze: `guardctl freeze` cannot work",
         )
     });
     layers.extend(host_layers());

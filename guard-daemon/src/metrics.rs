@@ -45,6 +45,12 @@ impl Metrics {
     /// Counts one record taken from the kernel.
     pub fn event(&self, rec: &Record) {
         self.events.fetch_add(1, Ordering::Relaxed);
+        self.refusal(rec);
+    }
+
+    /// Counts a refusal (or would-be refusal) that guardd itself decided or
+    /// took from the kernel; allowed records are not counted.
+    pub fn refusal(&self, rec: &Record) {
         if rec.verdict != Verdict::Allowed {
             let agent = rec
                 .agent

@@ -17,8 +17,8 @@ use aya_ebpf::{
     helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str},
 };
 use guard_common::{
-    AGENT_AUDIT, EVENT_UNIX, REASON_NO_RULE, REASON_UNKNOWN_SCOPE, UNIX_PATH_MAX, UnixEvent,
-    UnixKey, VERDICT_AUDIT, VERDICT_DENIED,
+    EVENT_UNIX, REASON_NO_RULE, REASON_UNKNOWN_SCOPE, UNIX_PATH_MAX, UnixEvent, UnixKey,
+    VERDICT_DENIED,
 };
 
 use crate::{
@@ -136,7 +136,9 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
     if !agent.info.is_null() && len != 0 && unsafe { UNIX.get(&key) }.is_some() {
         return ALLOW;
     }
-    let audit = agent.flags() & AGENT_AUDIT != 0;
+    // Audit mode relaxes the address rules only: Unix sockets reach local
+    // daemons (guardd's own socket among them), so a name the policy does
+    // not give stays refused in every mode.
     let reason = if agent.info.is_null() {
         REASON_UNKNOWN_SCOPE
     } else {
@@ -149,11 +151,7 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
             // SAFETY: `ev` points to a reserved slot of the right size; every
             // field is written before submit.
             unsafe {
-                (*ev).hdr = agent.header(
-                    EVENT_UNIX,
-                    if audit { VERDICT_AUDIT } else { VERDICT_DENIED },
-                    reason,
-                );
+                (*ev).hdr = agent.header(EVENT_UNIX, VERDICT_DENIED, reason);
                 (*ev).hook = hook;
                 (*ev)._pad = [0; 3];
                 (*ev).path_len = len;
@@ -165,5 +163,5 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
         }
         None => agent.count_lost(),
     }
-    if audit { ALLOW } else { DENY }
+    DENY
 }

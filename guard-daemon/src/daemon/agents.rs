@@ -101,10 +101,45 @@ impl Registry {
         self.agents.len()
     }
 
-    fn find(&self, key: &str) -> Option<&AgentState> {
-        self.agents
-            .get(key)
-            .or_else(|| self.agents.values().find(|a| a.name == key))
+    /// The agent named by `key`: an id, an unambiguous id prefix, or a name
+    /// that exactly one live agent has. Names default to the policy name, so
+    /// they collide easily; acting on an arbitrary one of several agents
+    /// would be worse than refusing.
+    fn find(&self, key: &str) -> Result<&AgentState, Failure> {
+        if let Some(a) = self.agents.get(key) {
+            return Ok(a);
+        }
+        let mut by_name: Vec<&AgentState> =
+            self.agents.values().filter(|a| a.name == key).collect();
+        if by_name.is_empty() && !key.is_empty() {
+            by_name = self
+                .agents
+                .values()
+                .filter(|a| a.id.starts_with(key))
+                .collect();
+        }
+        match by_name.len() {
+            1 => Ok(by_name[0]),
+            0 => Err((
+                api::code::NOT_FOUND,
+                format!("no live agent with id or name {key:?}"),
+            )),
+            _ => {
+                by_name.sort_by(|a, b| a.id.cmp(&b.id));
+                let list: Vec<String> = by_name
+                    .iter()
+                    .map(|a| format!("{} ({})", a.id, a.name))
+                    .collect();
+                Err((
+                    api::code::AMBIGUOUS,
+                    format!(
+                        "{key:?} names {} live agents: {}; use an id",
+                        list.len(),
+                        list.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 
     fn alloc_slot(&mut self) -> u32 {
@@ -438,6 +473,7 @@ pub fn open(
         cgroup: scope.v2.display().to_string(),
         v1_procs: fds.len() - 1,
         degraded,
+        refuse_unix_sockets: !unix_hooks.unix_hooks,
     };
     registry.agents.insert(id, state);
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");
@@ -879,6 +915,62 @@ pub fn ps(shared: &Shared) -> Vec<PsEntry> {
     out
 }
 
+/// Journals a request refused because its peer runs inside a scope (or
+/// could not be placed), and returns the message for the peer.
+pub fn refuse_confined_peer(
+    shared: &Shared,
+    peer: Peer,
+    confined: Option<(&String, &String)>,
+) -> String {
+    let meta = confined.and_then(|(id, _)| {
+        shared
+            .registry
+            .lock()
+            .ok()
+            .and_then(|r| r.agents.get(id).map(|a| a.meta.clone()))
+    });
+    let (rule, why) = match confined {
+        Some(_) => (
+            "control.confined-peer",
+            "guardd serves no process inside an agent's scope",
+        ),
+        None => (
+            "control.unplaced-peer",
+            "guardd could not tell whether the peer runs inside a scope",
+        ),
+    };
+    let mut rec = Record::new(
+        Kind::Policy,
+        "control",
+        Text::new(shared.cfg.socket.display().to_string()),
+        Verdict::Denied,
+        rule,
+        "guardd",
+    )
+    .with_detail(json!({
+        "peer": {"uid": peer.uid, "pid": peer.pid},
+        "cgroup": confined.map(|(_, c)| c),
+        "why": why,
+    }));
+    match (&meta, confined) {
+        (Some(m), _) => {
+            m.refusals.fetch_add(1, Ordering::Relaxed);
+            rec = rec.with_agent(m.agent.clone());
+        }
+        (None, Some((id, _))) => {
+            rec = rec.with_agent(crate::journal::AgentRef {
+                id: id.clone(),
+                name: String::new(),
+                policy: String::new(),
+            });
+        }
+        (None, None) => {}
+    }
+    shared.metrics.refusal(&rec);
+    let _ = shared.journal.append(rec);
+    why.to_owned()
+}
+
 /// The operator's kill switch and freezer.
 pub fn control(
     shared: &Shared,
@@ -892,12 +984,7 @@ pub fn control(
             .registry
             .lock()
             .map_err(|_| (api::code::INTERNAL, "registry poisoned".to_owned()))?;
-        let a = r.find(key).ok_or_else(|| {
-            (
-                api::code::NOT_FOUND,
-                format!("no live agent with id or name {key:?}"),
-            )
-        })?;
+        let a = r.find(key)?;
         (a.scope.clone(), a.meta.agent.clone())
     };
     let processes = scope.pids().len();

@@ -8,6 +8,7 @@
 //! stop it the same way.
 
 mod agents;
+pub mod peer;
 pub mod server;
 
 use std::{

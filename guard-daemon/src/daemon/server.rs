@@ -19,6 +19,7 @@ use tokio::{
 use super::{
     Shared,
     agents::{self, Failure, Peer},
+    peer,
 };
 use crate::{
     api::{self, Request},
@@ -117,7 +118,22 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         },
         Err(_) => return,
     };
-    let allowed = peer_allowed(&shared, &stream, peer);
+    // Nothing inside a scope is served, whatever its uid (agents usually run
+    // as uid 0 without capabilities) and whatever the socket's permissions.
+    let placement = peer::placement(stream.as_fd().as_raw_fd());
+    let refusal = match &placement {
+        Ok(peer::Placement::Outside) => None,
+        Ok(peer::Placement::Confined { agent, cgroup }) => Some(agents::refuse_confined_peer(
+            &shared,
+            peer,
+            Some((agent, cgroup)),
+        )),
+        Err(e) => {
+            tracing::warn!("refusing a peer that cannot be placed: {e}");
+            Some(agents::refuse_confined_peer(&shared, peer, None))
+        }
+    };
+    let allowed = refusal.is_none() && peer_allowed(&shared, &stream, peer);
     let (reader, writer) = stream.into_split();
     let mut conn = Conn {
         shared,
@@ -126,6 +142,12 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         owned: HashSet::new(),
         pending: Vec::new(),
     };
+    if let Some(message) = refusal {
+        let _ = conn
+            .send(&api::error_line(0, "permission_denied", &message))
+            .await;
+        return;
+    }
     if !allowed {
         let _ = conn
             .send(&api::error_line(
@@ -425,17 +447,40 @@ async fn logs(
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind the live stream: catch up from the store.
-                    let mut f = follow.clone();
-                    f.after_seq = Some(last);
-                    let path = conn.shared.cfg.journal.clone();
-                    let missed = tokio::task::spawn_blocking(move || Store::open_for_reading(&path).and_then(|s| s.query(&f)))
+                    // A catch-up that keeps failing is said to the reader,
+                    // with the range it misses, never skipped in silence.
+                    let mut missed = Err(String::new());
+                    for attempt in 0..3 {
+                        if attempt > 0 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        let mut f = follow.clone();
+                        f.after_seq = Some(last);
+                        let path = conn.shared.cfg.journal.clone();
+                        missed = tokio::task::spawn_blocking(move || {
+                            Store::open_for_reading(&path).and_then(|s| s.query(&f))
+                        })
                         .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default();
-                    for rec in missed {
-                        last = rec.seq;
-                        conn.send(&record_line(id, &rec)).await?;
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                        if missed.is_ok() {
+                            break;
+                        }
+                    }
+                    match missed {
+                        Ok(records) => {
+                            for rec in records {
+                                last = rec.seq;
+                                conn.send(&record_line(id, &rec)).await?;
+                            }
+                        }
+                        Err(e) => {
+                            let gap = json!({"gap": {
+                                "after_seq": last,
+                                "why": format!("fell behind the live stream and could not read the missed records back: {e}"),
+                            }});
+                            conn.send(&api::ok_line(id, gap)).await?;
+                        }
                     }
                 }
                 Err(RecvError::Closed) => return conn.send(&api::ok_line(id, json!({"done": true}))).await,

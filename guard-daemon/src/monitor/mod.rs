@@ -236,11 +236,12 @@ fn report_losses(
 
 /// Journals the part of `lost` not yet reported for this agent.
 pub fn journal_loss(meta: &AgentMeta, lost: u64, journal: &JournalHandle, metrics: &Metrics) {
-    let before = meta.lost_reported.load(Ordering::Relaxed);
+    // One atomic step: the monitor's poll and a scope's close may report
+    // the same counter at once, and only one of them may journal each loss.
+    let before = meta.lost_reported.fetch_max(lost, Ordering::AcqRel);
     if lost <= before {
         return;
     }
-    meta.lost_reported.store(lost, Ordering::Relaxed);
     metrics.lost(lost - before);
     let rec = Record::new(
         Kind::Gap,

@@ -15,6 +15,7 @@ mod parse;
 mod process;
 
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
@@ -282,6 +283,7 @@ impl Policy {
     pub fn compile(&self, vars: &Vars) -> Result<Plan, PolicyError> {
         let mut filesystem = fs::compile(&self.fs, self.allow_write_exec, vars, &self.file)?;
         filesystem.restricted = self.fs_restricted;
+        self.check_unix_pinned(&filesystem)?;
         Ok(Plan {
             name: self.name.clone(),
             mode: self.mode,
@@ -290,6 +292,64 @@ impl Policy {
             process: self.process.clone(),
             rules: self.rules.clone(),
         })
+    }
+}
+
+impl Policy {
+    /// A Unix rule names a socket, but the kernel hook sees only the path
+    /// string the agent passes. The two stay the same socket only if the
+    /// agent cannot change any directory on the way: otherwise it could
+    /// replace the socket (or a directory above it) with a symlink to
+    /// another socket, guardd's own among them. So every directory that
+    /// holds a component of the path, as written and as it resolves now,
+    /// must be outside the agent's write grants, and files must be
+    /// restricted at all.
+    fn check_unix_pinned(&self, fs: &FsPlan) -> Result<(), PolicyError> {
+        for (key, rule) in &self.network.unix {
+            if key[0] != b'/' {
+                continue; // abstract names have no path to redirect
+            }
+            let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+            let path = Path::new(std::ffi::OsStr::from_bytes(&key[..end]));
+            let id = self
+                .rules
+                .get(*rule as usize)
+                .map(|r| r.id.as_str())
+                .unwrap_or("network.allow");
+            let err = |message: String| PolicyError {
+                file: self.file.clone(),
+                location: None,
+                message: format!("{id} (unix {}): {message}", path.display()),
+            };
+            if !fs.restricted {
+                return Err(err(
+                    "files are unrestricted (no [filesystem] table), so the agent could replace \
+                     this socket with a link to any other; add a [filesystem] table"
+                        .into(),
+                ));
+            }
+            let resolved = path
+                .parent()
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .and_then(|p| Some(p.join(path.file_name()?)));
+            for p in std::iter::once(path).chain(resolved.as_deref()) {
+                for dir in p.ancestors().skip(1) {
+                    if let Some(w) = fs
+                        .rules
+                        .iter()
+                        .find(|r| r.access.write && dir.starts_with(&r.path))
+                    {
+                        return Err(err(format!(
+                            "the agent may write {} ({}), so it could replace the socket with a \
+                             link to another one; name a socket in a directory the agent cannot write",
+                            dir.display(),
+                            w.rule
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

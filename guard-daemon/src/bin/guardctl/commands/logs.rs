@@ -117,6 +117,18 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         if map.get("done").and_then(|v| v.as_bool()) == Some(true) {
             return 0;
         }
+        if let Some(gap) = map.get("gap") {
+            // Records the follower could not deliver: say so where a person
+            // or a pipeline sees it, with where to pick up again.
+            eprintln!(
+                "guardctl: warning: records after seq {} were not delivered ({}); query them again with `guardctl logs`",
+                gap.get("after_seq").and_then(|v| v.as_u64()).unwrap_or(0),
+                gap.get("why")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown reason"),
+            );
+            continue;
+        }
         let Some(value) = map.get("record") else {
             continue;
         };

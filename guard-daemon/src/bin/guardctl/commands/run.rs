@@ -233,7 +233,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             return abort(&mut conn, &reply, EXIT_USAGE);
         }
     };
-    let unix_degraded = reply.degraded.iter().any(|d| d.starts_with("unix:"));
+    let unix_degraded = reply.refuse_unix_sockets;
     let spec = match build_spec(
         &plan,
         &program,
