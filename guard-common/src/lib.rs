@@ -78,6 +78,10 @@ pub struct Config {
     /// `struct pt_regs`: the system call number and its six arguments.
     pub regs_orig_ax_off: u32,
     pub regs_arg_off: [u32; 6],
+    /// `struct task_struct.seccomp` (its `mode` is the first member): tells
+    /// a seccomp kill from a SIGSYS the agent sends itself.
+    pub task_seccomp_off: u32,
+    pub _pad: u32,
 }
 
 // ---- network rules ----------------------------------------------------------
@@ -171,6 +175,7 @@ pub const EVENT_SOCK: u16 = 2;
 pub const EVENT_UNIX: u16 = 3;
 pub const EVENT_EXEC: u16 = 4;
 pub const EVENT_SYSCALL: u16 = 5;
+pub const EVENT_KILL: u16 = 6;
 
 pub const VERDICT_DENIED: u8 = 1;
 pub const VERDICT_AUDIT: u8 = 2;
@@ -307,6 +312,30 @@ pub struct SyscallEvent {
     pub path: [u8; SYSCALL_PATH_MAX],
 }
 
+/// A process of a scope killed by a guard layer (today: seccomp's
+/// `SECCOMP_RET_KILL_PROCESS`, taken from `signal_generate`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillEvent {
+    pub hdr: EventHeader,
+    pub signal: u32,
+    /// `si_code` of the signal (`SYS_SECCOMP` = 1 for seccomp).
+    pub code: i32,
+    /// The system call and the `AUDIT_ARCH_*` it was made with.
+    pub syscall: i32,
+    pub arch: u32,
+}
+
+/// `si_code` of a SIGSYS sent by seccomp.
+pub const SYS_SECCOMP: i32 = 1;
+/// `SECCOMP_MODE_DEAD`: set on a task just before seccomp kills it.
+pub const SECCOMP_MODE_DEAD: i32 = 3;
+/// Threads whose current system call an address hook refused; the
+/// `sys_exit` program leaves those EPERMs to the hook's own record.
+pub const HOOK_DENIED_ENTRIES: u32 = 8192;
+/// How long a hook's mark stays valid for the system call that follows it.
+pub const HOOK_DENIED_WINDOW_NS: u64 = 5_000_000;
+
 /// `PATH_ARG` value for calls without a path argument.
 pub const NO_PATH: u32 = 0xff;
 /// Entries of the `PATH_ARG` array (system call numbers).
@@ -328,7 +357,8 @@ pub const IPPROTO_ICMPV6: u32 = 58;
 
 const _: () = {
     assert!(core::mem::size_of::<AgentInfo>() == 32);
-    assert!(core::mem::size_of::<Config>() == 56);
+    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 256);
     assert!(core::mem::size_of::<PortRange>() == 8);
@@ -362,4 +392,6 @@ mod pod {
     unsafe impl aya::Pod for super::ExecEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KillEvent {}
 }

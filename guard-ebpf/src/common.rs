@@ -7,9 +7,50 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     generated::bpf_get_current_ancestor_cgroup_id,
 };
-use guard_common::{AgentInfo, EventHeader};
+use guard_common::{AgentInfo, EventHeader, HOOK_DENIED_WINDOW_NS};
 
-use crate::maps::{AGENTS, CONFIG};
+use crate::maps::{AGENTS, CONFIG, HOOK_DENIED};
+
+/// Marks the current thread's system call as refused by an address hook,
+/// which journals the refusal itself. `sys_exit` then knows that the EPERM
+/// it sees came from the hook; any other EPERM of connect/send (a control
+/// message or option the kernel refused) is journaled by `sys_exit`.
+#[inline(always)]
+pub fn mark_hook_denied() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a plain BPF helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = HOOK_DENIED.insert(&tid, &now, 0);
+}
+
+/// An address hook allowed the current call: a mark left by an earlier call
+/// that did not end in EPERM (a `sendmmsg` that sent some messages) must
+/// not hide a refusal of this one.
+#[inline(always)]
+pub fn clear_hook_denied() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = HOOK_DENIED.remove(&tid);
+}
+
+/// Takes the current thread's mark: whether a hook refused its current call.
+#[inline(always)]
+#[allow(
+    dead_code,
+    reason = "the Unix-hook object shares this file and has no sys_exit program"
+)]
+pub fn take_hook_denied() -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once; a concurrent update by the
+    // same thread cannot happen (it is in this system call).
+    let marked = match unsafe { HOOK_DENIED.get(&tid) } {
+        Some(t) => *t,
+        None => return false,
+    };
+    let _ = HOOK_DENIED.remove(&tid);
+    // SAFETY: a plain BPF helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.wrapping_sub(marked) < HOOK_DENIED_WINDOW_NS
+}
 
 /// The agent a task belongs to, found through its ancestor cgroup at the
 /// agents' level. `info` is null when the ancestor is not a known scope: the

@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
 };
 use guard_common::{
-    AgentInfo, Config, EVENTS_RING_BYTES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES, Net4Key,
-    Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
+    AgentInfo, Config, EVENTS_RING_BYTES, HOOK_DENIED_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES,
+    NET6_MAX_ENTRIES, Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
 };
 
 #[map]
@@ -32,6 +32,11 @@ pub static UNIX: HashMap<UnixKey, u32> = HashMap::with_max_entries(UNIX_MAX_ENTR
 /// filled by guardd.
 #[map]
 pub static PATH_ARG: Array<u32> = Array::with_max_entries(PATH_ARG_ENTRIES, 0);
+
+/// Thread id → time an address hook refused that thread's current call
+/// (see `common::mark_hook_denied`).
+#[map]
+pub static HOOK_DENIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(HOOK_DENIED_ENTRIES, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -15,7 +15,7 @@ use guard_common::{
 };
 
 use crate::{
-    common::{Agent, current_agent},
+    common::{Agent, clear_hook_denied, current_agent, mark_hook_denied},
     maps::{EVENTS, NET4, NET6},
 };
 
@@ -219,6 +219,7 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     };
 
     if decision.allowed {
+        clear_hook_denied();
         return ALLOW;
     }
     let audit = agent.flags() & AGENT_AUDIT != 0;
@@ -229,7 +230,13 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         decision.reason,
     );
     report(&agent, &ev);
-    if audit { ALLOW } else { DENY }
+    if audit {
+        clear_hook_denied();
+        ALLOW
+    } else {
+        mark_hook_denied();
+        DENY
+    }
 }
 
 #[inline(always)]

@@ -18,12 +18,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    EVENT_EXEC, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, NO_PATH,
-    PATH_ARG_ENTRIES, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
+    EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, KillEvent,
+    NO_PATH, PATH_ARG_ENTRIES, SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent,
+    VERDICT_ALLOWED, VERDICT_DENIED,
 };
 
 use crate::{
-    common::current_agent,
+    common::{current_agent, take_hook_denied},
     maps::{CONFIG, EVENTS, PATH_ARG},
 };
 
@@ -31,6 +32,13 @@ const EPERM: i64 = 1;
 const EAGAIN: i64 = 11;
 const EACCES: i64 = 13;
 const EAFNOSUPPORT: i64 = 97;
+const EXDEV: i64 = 18;
+const SIGSYS: u64 = 31;
+const NR_RENAME: u64 = 82;
+const NR_LINK: u64 = 86;
+const NR_RENAMEAT: u64 = 264;
+const NR_LINKAT: u64 = 265;
+const NR_RENAMEAT2: u64 = 316;
 const ENOSYS: i64 = 38;
 const NR_CLONE: u64 = 56;
 const NR_FORK: u64 = 57;
@@ -104,7 +112,13 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
 #[inline(always)]
 pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     let ret: i64 = ctx.arg(1);
-    if ret != -EPERM && ret != -EACCES && ret != -ENOSYS && ret != -EAFNOSUPPORT && ret != -EAGAIN {
+    if ret != -EPERM
+        && ret != -EACCES
+        && ret != -ENOSYS
+        && ret != -EAFNOSUPPORT
+        && ret != -EAGAIN
+        && ret != -EXDEV
+    {
         return 0;
     }
     let agent = current_agent();
@@ -119,11 +133,26 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     if ret == -EAGAIN && nr != NR_CLONE && nr != NR_FORK && nr != NR_VFORK {
         return 0;
     }
-    // connect/sendto/sendmsg/sendmmsg refused with EPERM were refused (and
-    // reported, with the address) by the cgroup hooks: a second event would
-    // only take ring buffer room from the next refusal.
+    // Landlock answers EXDEV when a rename or link would move a file
+    // between directories with different grants; elsewhere EXDEV is an
+    // ordinary error.
+    if ret == -EXDEV
+        && nr != NR_RENAME
+        && nr != NR_LINK
+        && nr != NR_RENAMEAT
+        && nr != NR_LINKAT
+        && nr != NR_RENAMEAT2
+    {
+        return 0;
+    }
+    // connect/sendto/sendmsg/sendmmsg refused by an address hook were
+    // reported, with the address, by the hook: a second event would only
+    // take ring buffer room from the next refusal. An EPERM the hook did
+    // not cause (an option or control message the kernel refused) is
+    // reported here.
     if ret == -EPERM
         && (nr == NR_CONNECT || nr == NR_SENDTO || nr == NR_SENDMSG || nr == NR_SENDMMSG)
+        && take_hook_denied()
     {
         return 0;
     }
@@ -164,5 +193,62 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     }
     slot.submit(0);
     agent.count_event();
+    0
+}
+
+/// `raw_tracepoint/signal_generate`: (sig, info, task, group, result).
+/// A process that seccomp kills makes no `sys_exit`; the SIGSYS seccomp
+/// forces on it is its only trace. The agent could send itself a SIGSYS
+/// with the same `si_code`, so the task's seccomp mode, which the kernel
+/// sets to DEAD just before the kill, decides.
+#[inline(always)]
+pub fn on_signal(ctx: &RawTracePointContext) -> u32 {
+    let sig: u64 = ctx.arg(0);
+    if sig & 0xffff_ffff != SIGSYS {
+        return 0;
+    }
+    let agent = current_agent();
+    if agent.info.is_null() {
+        return 0;
+    }
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let info: u64 = ctx.arg(1);
+    let target: u64 = ctx.arg(2);
+    // SAFETY: a plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    // SEND_SIG_NOINFO/PRIV are small integers, not pointers; seccomp signals
+    // its own task.
+    if info < 4096 || target != task {
+        return 0;
+    }
+    // `struct kernel_siginfo` has the UAPI siginfo layout: si_code at 8,
+    // and for SIGSYS `_sifields._sigsys` {_call_addr, _syscall, _arch} at 16.
+    let word = read_u64(info + 8);
+    let code = word as u32 as i32;
+    if code != SYS_SECCOMP {
+        return 0;
+    }
+    let mode = read_u64(task + u64::from(cfg.task_seccomp_off)) as u32 as i32;
+    if mode != SECCOMP_MODE_DEAD {
+        return 0;
+    }
+    let sys = read_u64(info + 24);
+    let ev = KillEvent {
+        hdr: agent.header(EVENT_KILL, VERDICT_DENIED, 0),
+        signal: SIGSYS as u32,
+        code,
+        syscall: sys as u32 as i32,
+        arch: (sys >> 32) as u32,
+    };
+    agent.count_denied();
+    match EVENTS.reserve::<KillEvent>(0) {
+        Some(mut slot) => {
+            // SAFETY: writing a plain value into a reserved slot of its size.
+            unsafe { slot.as_mut_ptr().write(ev) };
+            slot.submit(0);
+            agent.count_event();
+        }
+        None => agent.count_lost(),
+    }
     0
 }

@@ -22,7 +22,7 @@ use guard_common::{
 };
 
 use crate::{
-    common::current_agent,
+    common::{clear_hook_denied, current_agent, mark_hook_denied},
     maps::{CONFIG, EVENTS, UNIX},
 };
 
@@ -134,6 +134,7 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
     // SAFETY: the value is only tested for presence, never read, so a
     // concurrent update by user space cannot tear anything.
     if !agent.info.is_null() && len != 0 && unsafe { UNIX.get(&key) }.is_some() {
+        clear_hook_denied();
         return ALLOW;
     }
     // Audit mode relaxes the address rules only: Unix sockets reach local
@@ -163,5 +164,6 @@ pub fn judge(ctx: *mut bpf_sock_addr, hook: u8) -> i32 {
         }
         None => agent.count_lost(),
     }
+    mark_hook_denied();
     DENY
 }

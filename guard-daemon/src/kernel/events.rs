@@ -1,8 +1,8 @@
 //! Decoding the records the kernel programs put in the ring buffer.
 
 use guard_common::{
-    EVENT_EXEC, EVENT_NET, EVENT_SOCK, EVENT_SYSCALL, EVENT_UNIX, EventHeader, ExecEvent, NetEvent,
-    SockEvent, SyscallEvent, UnixEvent,
+    EVENT_EXEC, EVENT_KILL, EVENT_NET, EVENT_SOCK, EVENT_SYSCALL, EVENT_UNIX, EventHeader,
+    ExecEvent, KillEvent, NetEvent, SockEvent, SyscallEvent, UnixEvent,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,7 @@ pub enum KernelEvent {
     Unix(UnixEvent),
     Exec(Box<ExecEvent>),
     Syscall(Box<SyscallEvent>),
+    Kill(KillEvent),
 }
 
 impl KernelEvent {
@@ -22,6 +23,7 @@ impl KernelEvent {
             KernelEvent::Unix(e) => &e.hdr,
             KernelEvent::Exec(e) => &e.hdr,
             KernelEvent::Syscall(e) => &e.hdr,
+            KernelEvent::Kill(e) => &e.hdr,
         }
     }
 }
@@ -47,6 +49,7 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         EVENT_UNIX => read(bytes).map(KernelEvent::Unix),
         EVENT_EXEC => read(bytes).map(|e| KernelEvent::Exec(Box::new(e))),
         EVENT_SYSCALL => read(bytes).map(|e| KernelEvent::Syscall(Box::new(e))),
+        EVENT_KILL => read(bytes).map(KernelEvent::Kill),
         _ => None,
     }
 }
@@ -75,6 +78,10 @@ mod tests {
         let mut u = UnixEvent::default();
         u.hdr.kind = EVENT_UNIX;
         assert_eq!(decode(&bytes_of(&u)), Some(KernelEvent::Unix(u)));
+        let mut k = KillEvent::default();
+        k.hdr.kind = EVENT_KILL;
+        k.syscall = 1;
+        assert_eq!(decode(&bytes_of(&k)), Some(KernelEvent::Kill(k)));
         let bad = EventHeader {
             kind: 999,
             ..Default::default()

@@ -42,12 +42,19 @@ pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static UNIX_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
 
-const MAP_NAMES: [&str; 7] = [
-    "CONFIG", "AGENTS", "NET4", "NET6", "UNIX", "EVENTS", "PATH_ARG",
+const MAP_NAMES: [&str; 8] = [
+    "CONFIG",
+    "AGENTS",
+    "NET4",
+    "NET6",
+    "UNIX",
+    "EVENTS",
+    "PATH_ARG",
+    "HOOK_DENIED",
 ];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 8] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
@@ -55,6 +62,7 @@ const PROGRAMS: [&str; 7] = [
     "guard_sock_create",
     "guard_exec",
     "guard_sys_exit",
+    "guard_signal",
 ];
 
 /// Raw tracepoint of each tracing program.
@@ -62,6 +70,7 @@ fn tracepoint_of(program: &str) -> Option<&'static str> {
     match program {
         "guard_exec" => Some("sched_process_exec"),
         "guard_sys_exit" => Some("sys_exit"),
+        "guard_signal" => Some("signal_generate"),
         _ => None,
     }
 }
@@ -247,6 +256,8 @@ impl Kernel {
                     mm_arg_end_off: btf.member_offset("mm_struct", "arg_end")?,
                     regs_orig_ax_off: btf.member_offset("pt_regs", "orig_ax")?,
                     regs_arg_off,
+                    task_seccomp_off: btf.member_offset("task_struct", "seccomp")?,
+                    _pad: 0,
                 },
                 0,
             )
@@ -485,7 +496,11 @@ impl Kernel {
 fn map_raw_fd(map: &aya::maps::Map) -> Option<i32> {
     use aya::maps::Map;
     let data = match map {
-        Map::HashMap(d) | Map::LpmTrie(d) | Map::RingBuf(d) | Map::Array(d) => d,
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d)
+        | Map::RingBuf(d)
+        | Map::Array(d) => d,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())

@@ -228,18 +228,26 @@ mod tests {
 
     #[test]
     fn links_the_embedded_object() {
-        let maps: HashMap<String, i32> = ["CONFIG", "AGENTS", "NET4", "NET6", "UNIX", "EVENTS"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), 100 + i as i32))
-            .collect();
+        let maps: HashMap<String, i32> = [
+            "CONFIG",
+            "AGENTS",
+            "NET4",
+            "NET6",
+            "UNIX",
+            "EVENTS",
+            "HOOK_DENIED",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), 100 + i as i32))
+        .collect();
         let insns = link_program(super::super::UNIX_OBJ, "cgroup/connect_unix", &maps).unwrap();
         // Every map load now names one of our descriptors, and every call
         // into .text lands inside the program.
         let mut map_loads = 0;
         for (i, insn) in insns.iter().enumerate() {
             if insn.code == BPF_LD_IMM64 && insn.src_reg() == BPF_PSEUDO_MAP_FD {
-                assert!((100..106).contains(&insn.imm));
+                assert!((100..107).contains(&insn.imm));
                 map_loads += 1;
             }
             if insn.code == BPF_CALL && insn.src_reg() == 1 {

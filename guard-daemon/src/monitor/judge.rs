@@ -47,6 +47,12 @@ const EAGAIN: i32 = 11;
 const EACCES: i32 = 13;
 const ENOSYS: i32 = 38;
 const EAFNOSUPPORT: i32 = 97;
+const EXDEV: i32 = 18;
+const NR_RENAME: u32 = 82;
+const NR_LINK: u32 = 86;
+const NR_RENAMEAT: u32 = 264;
+const NR_LINKAT: u32 = 265;
+const NR_RENAMEAT2: u32 = 316;
 const NR_CONNECT: u32 = 42;
 const NR_SENDTO: u32 = 44;
 const NR_SENDMSG: u32 = 46;
@@ -67,6 +73,7 @@ fn errno_name(e: i32) -> &'static str {
         EACCES => "EACCES",
         ENOSYS => "ENOSYS",
         EAFNOSUPPORT => "EAFNOSUPPORT",
+        EXDEV => "EXDEV",
         _ => "error",
     }
 }
@@ -188,9 +195,60 @@ impl Judge {
                 detail,
             });
         }
-        // 2. Network calls refused by the cgroup hooks are journaled there.
+        // 2. Network calls refused by the cgroup hooks are journaled there
+        // (the kernel program drops those); an EPERM that reaches here was
+        // not the hook's: the kernel refused an option or control message
+        // of an allowed address (IPv4 source routing, for one, needs
+        // CAP_NET_RAW).
         if matches!(nr, NR_CONNECT | NR_SENDTO | NR_SENDMSG | NR_SENDMMSG) && errno == EPERM {
-            return None;
+            return Some(Verdict {
+                kind: Kind::Network,
+                action: name.clone(),
+                target: Text::new(name),
+                rule: "process.capabilities".into(),
+                layer: "capabilities",
+                detail: json!({
+                    "syscall": syscalls::name(nr),
+                    "errno": "EPERM",
+                    "why": "the address was allowed; the kernel refused an option or control message of the call, which needs a capability the agent does not keep",
+                }),
+            });
+        }
+        // Landlock answers EXDEV to a rename or link between directories
+        // whose grants differ (guard never grants the REFER right); with
+        // unrestricted files EXDEV can only be the kernel's cross-filesystem
+        // answer, which is no refusal.
+        if errno == EXDEV {
+            let restricted = self.fs.as_ref().is_some_and(|f| f.restricted);
+            if !restricted
+                || !matches!(
+                    nr,
+                    NR_RENAME | NR_LINK | NR_RENAMEAT | NR_LINKAT | NR_RENAMEAT2
+                )
+            {
+                return None;
+            }
+            let mut detail = base;
+            detail["why"] = json!(
+                "Landlock refuses to move or link a file into a directory with other grants than its own; \
+                 programs fall back to copying (if both paths are on different filesystems the kernel \
+                 refuses too)"
+            );
+            let target = match path {
+                Some(raw) => {
+                    let (abs, _, _) = resolve(tgid, raw, &self.workdir);
+                    Text::new(abs.as_os_str().as_bytes().to_vec())
+                }
+                None => Text::new(name.clone()),
+            };
+            return Some(Verdict {
+                kind: Kind::File,
+                action: name,
+                target,
+                rule: "filesystem.refer".into(),
+                layer: "landlock",
+                detail,
+            });
         }
         if nr == NR_SOCKET && errno == EPERM {
             // Raw sockets need CAP_NET_RAW before any hook runs; everything
@@ -391,7 +449,6 @@ mod tests {
     #[test]
     fn network_refusals_are_left_to_the_hooks_and_forks_to_pids() {
         let j = judge(P);
-        assert!(j.judge(NR_CONNECT, -EPERM, &[0; 6], 1, None).is_none());
         assert!(
             j.judge(NR_SOCKET, -EPERM, &[2, 2, 1, 0, 0, 0], 1, None)
                 .is_none()
@@ -412,5 +469,15 @@ mod tests {
             .judge(NR_KILL, -EPERM, &[1, 9, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(v.rule, "process.signal-scope");
+        // An EPERM of a send that the hook did not cause.
+        let v = j.judge(NR_SENDMSG, -EPERM, &[0; 6], 1, None).unwrap();
+        assert_eq!((v.kind, v.layer), (Kind::Network, "capabilities"));
+        // Landlock's EXDEV for a rename between directories; other EXDEVs
+        // are no refusal.
+        let v = j
+            .judge(NR_RENAME, -EXDEV, &[0; 6], 1, Some(b"/work/out/a"))
+            .unwrap();
+        assert_eq!((v.rule.as_str(), v.layer), ("filesystem.refer", "landlock"));
+        assert!(j.judge(0, -EXDEV, &[0; 6], 1, None).is_none());
     }
 }

@@ -24,9 +24,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_CONNECT_UNIX, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, NO_RULE, NetEvent,
-    REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent,
-    VERDICT_AUDIT, VERDICT_DENIED,
+    HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE,
+    NetEvent, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent,
+    UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -64,6 +64,9 @@ pub struct AgentMeta {
 
 /// Agents by kernel slot, shared with the daemon.
 pub type Attribution = Arc<RwLock<HashMap<u32, Arc<AgentMeta>>>>;
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 
 const LOSS_POLL: Duration = Duration::from_millis(250);
 /// Closed agents stay attributable this long; their events were all taken
@@ -366,6 +369,10 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             remember_exe(h.tgid, t.as_bytes());
             (Kind::Exec, "exec".to_owned(), t, Verdict::Allowed, r, l, d)
         }
+        KernelEvent::Kill(e) => {
+            let (a, t, r, d) = kill_fields(e);
+            (Kind::Syscall, a, t, Verdict::Denied, r, "seccomp", d)
+        }
         KernelEvent::Syscall(e) => {
             let path =
                 (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
@@ -450,6 +457,38 @@ fn exec_fields(
     };
     let detail = json!({"argv": argv, "argv_truncated": truncated, "args_bytes": e.args_len});
     (Text::new(name), rule, layer, detail)
+}
+
+/// A process seccomp killed: the call, and the architecture it was made
+/// with (the filter kills calls of any ABI but x86_64).
+fn kill_fields(e: &KillEvent) -> (String, Text, String, serde_json::Value) {
+    let arch = match e.arch {
+        AUDIT_ARCH_X86_64 => "x86_64".to_owned(),
+        AUDIT_ARCH_I386 => "i386".to_owned(),
+        other => format!("{other:#x}"),
+    };
+    let (rule, call) = if e.arch == AUDIT_ARCH_X86_64 {
+        (
+            "syscalls.default-deny",
+            crate::syscalls::name(e.syscall as u32),
+        )
+    } else {
+        (
+            "syscalls.architecture",
+            format!("{arch} system call {}", e.syscall),
+        )
+    };
+    (
+        "killed".to_owned(),
+        Text::new(call),
+        rule.to_owned(),
+        json!({
+            "signal": "SIGSYS",
+            "syscall": e.syscall,
+            "arch": arch,
+            "why": "seccomp killed the process: only x86_64 system calls are allowed (a foreign ABI would bypass the filter's numbering)",
+        }),
+    )
 }
 
 fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, serde_json::Value) {
