@@ -125,6 +125,8 @@ attempt("plain", lambda: s.sendto(b"x", ("::1", {port})))
 hop = bytes([0, 0, 1, 4, 0, 0, 0, 0])   # hop-by-hop header with a PadN option
 attempt("hopopts", lambda: s.sendmsg([b"x"], [(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, hop)], 0, ("::1", {port})))
 attempt("mark", lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 7))
+import subprocess
+attempt("exec", lambda: subprocess.call(["/usr/bin/id"]))
 print(json.dumps(res))
 "#,
         a = a.display().to_string(),
@@ -139,6 +141,7 @@ print(json.dumps(res))
     assert_eq!(res["plain"], Value::Null, "{res}");
     assert_eq!(res["hopopts"], "EPERM", "{res}");
     assert_eq!(res["mark"], "EPERM", "{res}");
+    assert_eq!(res["exec"], "EACCES", "{res}");
     let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--verdict", "denied"]);
     let refer: Vec<&Value> = recs
         .iter()

@@ -81,6 +81,10 @@ pub struct Config {
     /// `struct task_struct.seccomp` (its `mode` is the first member): tells
     /// a seccomp kill from a SIGSYS the agent sends itself.
     pub task_seccomp_off: u32,
+    /// `struct task_struct.real_parent` and `.tgid`: the parent of a refused
+    /// call's process, whose program a forked child still runs.
+    pub task_real_parent_off: u32,
+    pub task_tgid_off: u32,
     pub _pad: u32,
 }
 
@@ -309,6 +313,11 @@ pub struct SyscallEvent {
     pub path_arg: u32,
     /// Bytes copied into `path` (with its NUL), 0 when none or unreadable.
     pub path_len: u32,
+    /// The calling process's parent (tgid): a process that forked and
+    /// never exec'd runs its parent's program, and may be gone before
+    /// guardd can read its `/proc/<pid>/exe`.
+    pub ppid: u32,
+    pub _pad: u32,
     pub path: [u8; SYSCALL_PATH_MAX],
 }
 
@@ -357,10 +366,10 @@ pub const IPPROTO_ICMPV6: u32 = 58;
 
 const _: () = {
     assert!(core::mem::size_of::<AgentInfo>() == 32);
-    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
-    assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 256);
+    assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256);
     assert!(core::mem::size_of::<PortRange>() == 8);
     assert!(core::mem::size_of::<NetValue>() == 8 + 8 * MAX_PORT_RANGES);
     assert!(core::mem::size_of::<Net4Key>() == 8);

@@ -178,6 +178,10 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
         };
         (*ev).path_arg = arg;
         (*ev).path_len = 0;
+        let task = bpf_get_current_task();
+        let parent = read_u64(task + u64::from(cfg.task_real_parent_off));
+        (*ev).ppid = read_u64(parent + u64::from(cfg.task_tgid_off)) as u32;
+        (*ev)._pad = 0;
         let idx = (arg & 7) as usize;
         if idx < 6 {
             let ptr = (*ev).args[idx];

@@ -257,6 +257,8 @@ impl Kernel {
                     regs_orig_ax_off: btf.member_offset("pt_regs", "orig_ax")?,
                     regs_arg_off,
                     task_seccomp_off: btf.member_offset("task_struct", "seccomp")?,
+                    task_real_parent_off: btf.member_offset("task_struct", "real_parent")?,
+                    task_tgid_off: btf.member_offset("task_struct", "tgid")?,
                     _pad: 0,
                 },
                 0,

@@ -272,31 +272,50 @@ fn cstr(bytes: &[u8]) -> &[u8] {
 
 thread_local! {
     /// Executable of each process, so a flood of events from one process
-    /// costs one `readlink` instead of one per event. Exec events refresh
-    /// it; it is emptied with every loss poll, which bounds both its size
-    /// and how long a reused pid could show a stale name.
+    /// costs one `readlink` instead of one per event, and a process that
+    /// has exited is still named. Every exec in a scope refreshes its
+    /// entry, so a pid reused by a new program shows the new one; the table
+    /// is emptied when it grows past `EXE_CACHE_MAX`, which bounds it.
     static EXE: std::cell::RefCell<HashMap<u32, Vec<u8>>> = std::cell::RefCell::new(HashMap::new());
 }
 
+const EXE_CACHE_MAX: usize = 65_536;
+
 fn forget_exes() {
-    EXE.with(|c| c.borrow_mut().clear());
+    EXE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > EXE_CACHE_MAX {
+            c.clear();
+        }
+    });
 }
 
 fn remember_exe(tgid: u32, exe: &[u8]) {
     EXE.with(|c| c.borrow_mut().insert(tgid, exe.to_vec()));
 }
 
-fn process_of(h: &EventHeader) -> ProcessRef {
-    let exe = EXE.with(|c| {
-        c.borrow_mut()
-            .entry(h.tgid)
-            .or_insert_with(|| {
-                std::fs::read_link(format!("/proc/{}/exe", h.tgid))
-                    .map(|p| p.as_os_str().as_bytes().to_vec())
-                    .unwrap_or_default()
-            })
-            .clone()
-    });
+/// The program a process runs: from its last exec seen, or its
+/// `/proc/<pid>/exe` (only successes are cached).
+fn exe_of(tgid: u32) -> Option<Vec<u8>> {
+    if let Some(e) = EXE.with(|c| c.borrow().get(&tgid).cloned()) {
+        return Some(e);
+    }
+    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .ok()?
+        .as_os_str()
+        .as_bytes()
+        .to_vec();
+    remember_exe(tgid, &exe);
+    Some(exe)
+}
+
+/// The process of an event. A process that has already exited and never
+/// exec'd in the scope (a forked child whose exec was refused) runs its
+/// parent's program, so the parent's stands in for it.
+fn process_of(h: &EventHeader, parent: Option<u32>) -> ProcessRef {
+    let exe = exe_of(h.tgid)
+        .or_else(|| parent.filter(|&p| p != 0).and_then(exe_of))
+        .unwrap_or_default();
     ProcessRef {
         pid: h.tgid,
         comm: Text::new(cstr(&h.comm).to_vec()),
@@ -407,8 +426,12 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
     } else {
         rule
     };
+    let parent = match ev {
+        KernelEvent::Syscall(e) => Some(e.ppid),
+        _ => None,
+    };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer)
-        .with_process(process_of(h))
+        .with_process(process_of(h, parent))
         .with_detail(detail);
     match meta {
         Some(m) => rec = rec.with_agent(m.agent.clone()),
