@@ -39,6 +39,7 @@ const NR_CONNECT: u64 = 42;
 const NR_SENDTO: u64 = 44;
 const NR_SENDMSG: u64 = 46;
 const NR_SENDMMSG: u64 = 307;
+const NR_BIND: u64 = 49;
 
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
@@ -119,11 +120,15 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     if ret == -EAGAIN && nr != NR_CLONE && nr != NR_FORK && nr != NR_VFORK {
         return 0;
     }
-    // connect/sendto/sendmsg/sendmmsg refused with EPERM were refused (and
-    // reported, with the address) by the cgroup hooks: a second event would
-    // only take ring buffer room from the next refusal.
+    // connect/sendto/sendmsg/sendmmsg/bind refused with EPERM were refused
+    // (and reported, with the address) by the cgroup hooks: a second event
+    // would only take ring buffer room from the next refusal.
     if ret == -EPERM
-        && (nr == NR_CONNECT || nr == NR_SENDTO || nr == NR_SENDMSG || nr == NR_SENDMMSG)
+        && (nr == NR_CONNECT
+            || nr == NR_SENDTO
+            || nr == NR_SENDMSG
+            || nr == NR_SENDMMSG
+            || nr == NR_BIND)
     {
         return 0;
     }

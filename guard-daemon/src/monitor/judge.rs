@@ -48,6 +48,7 @@ const EACCES: i32 = 13;
 const ENOSYS: i32 = 38;
 const EAFNOSUPPORT: i32 = 97;
 const NR_CONNECT: u32 = 42;
+const NR_BIND: u32 = 49;
 const NR_SENDTO: u32 = 44;
 const NR_SENDMSG: u32 = 46;
 const NR_SENDMMSG: u32 = 307;
@@ -165,6 +166,22 @@ impl Judge {
         let name = syscalls::name(nr);
         let base = json!({"syscall": name, "errno": errno_name(errno), "args": args});
         // 1. seccomp: replay the call against the agent's filter.
+        if nr == seccomp::NR_LISTEN
+            && errno == EPERM
+            && self.seccomp.denies(nr, *args) == Some(EPERM)
+        {
+            return Some(Verdict {
+                kind: Kind::Network,
+                action: "listen".into(),
+                target: Text::new(format!("fd {}", args[0] as i32)),
+                rule: "network.listen-default-deny".into(),
+                layer: "seccomp",
+                detail: json!({
+                    "syscall": "listen", "errno": "EPERM", "fd": args[0] as i32,
+                    "why": "the policy has no listen rules, so nothing may listen (listen() without bind() would take an ephemeral port no bind hook sees)",
+                }),
+            });
+        }
         if let Some(e) = self.seccomp.denies(nr, *args)
             && e == errno
         {
@@ -189,7 +206,11 @@ impl Judge {
             });
         }
         // 2. Network calls refused by the cgroup hooks are journaled there.
-        if matches!(nr, NR_CONNECT | NR_SENDTO | NR_SENDMSG | NR_SENDMMSG) && errno == EPERM {
+        if matches!(
+            nr,
+            NR_CONNECT | NR_SENDTO | NR_SENDMSG | NR_SENDMMSG | NR_BIND
+        ) && errno == EPERM
+        {
             return None;
         }
         if nr == NR_SOCKET && errno == EPERM {
@@ -345,6 +366,41 @@ mod tests {
             .judge(272, -EPERM, &[0x1000_0000, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(v.rule, "syscalls.namespaces");
+    }
+
+    #[test]
+    fn listen_refused_by_seccomp_and_bind_left_to_the_hooks() {
+        let j = judge(P);
+        let v = j
+            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str(), v.layer, v.rule.as_str()),
+            (
+                Kind::Network,
+                "listen",
+                "seccomp",
+                "network.listen-default-deny"
+            )
+        );
+        assert_eq!(v.target.as_str(), Some("fd 3"));
+        // bind refused with EPERM was journaled by the bind hooks.
+        assert!(
+            j.judge(NR_BIND, -EPERM, &[3, 0, 0, 0, 0, 0], 1, None)
+                .is_none()
+        );
+        // With listen allowed, an EPERM from listen is not seccomp's.
+        let open = Judge {
+            seccomp: seccomp::build(&seccomp::Options {
+                listen: true,
+                ..seccomp::Options::default()
+            }),
+            ..judge(P)
+        };
+        let v = open
+            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_ne!(v.layer, "seccomp");
     }
 
     #[test]
