@@ -68,7 +68,14 @@ impl Server {
             lines,
             stdout: Vec::new(),
         };
-        let port = loop {
+        let port = server.next_ready();
+        (server, port)
+    }
+
+    /// Waits for the next `{"ready": port}` line.
+    fn next_ready(&mut self) -> u16 {
+        let server = self;
+        loop {
             let mut line = String::new();
             let n = server.lines.read_line(&mut line).unwrap();
             assert!(
@@ -80,10 +87,9 @@ impl Server {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(p) = v["ready"].as_u64()
             {
-                break u16::try_from(p).unwrap();
+                return u16::try_from(p).unwrap();
             }
-        };
-        (server, port)
+        }
     }
 
     fn finish(mut self) -> Output {
@@ -490,4 +496,70 @@ fn policy_check_and_doctor_show_the_inbound_layer() {
         .cloned()
         .unwrap_or_else(|| panic!("{v:#}"));
     assert_eq!(inbound["status"], "enforced");
+}
+
+#[test]
+fn inbound_stays_closed_while_guardd_is_down() {
+    let mut g = Guardd::start();
+    let port = closed_port();
+    let other = closed_port();
+    let p = policy(
+        &g,
+        "survivor",
+        &format!(
+            "listen = [ {{ cidr = \"127.0.0.1/32\", ports = [{port}], protocol = \"tcp\" }} ]"
+        ),
+    );
+    let ops = [
+        format!("serve:127.0.0.1:{port}"),
+        format!("tcp:127.0.0.1:{other}"),
+        "autoserve:4:3".to_owned(),
+    ];
+    let (mut server, _) = Server::start(&g, &p, &[], &ops);
+    g.crash();
+    // Everything below is decided by the pinned programs alone.
+    assert_eq!(
+        echo(
+            &format!("127.0.0.1:{port}"),
+            "still",
+            Duration::from_secs(5)
+        )
+        .as_deref(),
+        Some("still")
+    );
+    let ephemeral = server.next_ready();
+    assert_eq!(
+        echo(
+            &format!("127.0.0.1:{ephemeral}"),
+            "x",
+            Duration::from_millis(1500)
+        ),
+        None
+    );
+    let out = server.finish();
+    let res = probe_results(&out);
+    assert_eq!(result(&res, &ops[0])["echoed"], "still", "{res:?}");
+    assert_eq!(errno_of(&res, &ops[1]).as_deref(), Some("EPERM"), "{res:?}");
+    assert_eq!(result(&res, &ops[2])["accepted"], false, "{res:?}");
+    // The restarted guardd finds both refusals in the pinned ring buffer.
+    g.restart_after_crash();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let recs: Vec<Value> = g
+            .logs(&["--agent", "survivor", "--kind", "network"])
+            .into_iter()
+            .filter(|r| r["verdict"] == "denied")
+            .collect();
+        let targets: Vec<&str> = recs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+        if targets
+            == [
+                format!("127.0.0.1:{other}/tcp"),
+                format!("0.0.0.0:{ephemeral}/tcp"),
+            ]
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
