@@ -27,6 +27,14 @@ pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 pub const NET4_MAX_ENTRIES: u32 = 262_144;
 pub const NET6_MAX_ENTRIES: u32 = 262_144;
 pub const UNIX_MAX_ENTRIES: u32 = 16_384;
+/// Entries in the LPM tries of `listen` rules (local addresses an agent may
+/// bind and listen on); far fewer than egress rules in practice.
+pub const LISTEN4_MAX_ENTRIES: u32 = 65_536;
+pub const LISTEN6_MAX_ENTRIES: u32 = 65_536;
+/// Listening sockets whose refused inbound packets were already reported
+/// (keyed by socket cookie, least recently used evicted): one record per
+/// socket, not one per SYN an outsider sends.
+pub const LISTEN_SEEN_ENTRIES: u32 = 16_384;
 
 // ---- agent table ------------------------------------------------------------
 
@@ -193,6 +201,12 @@ pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
 pub const HOOK_CONNECT_UNIX: u8 = 6;
 pub const HOOK_SENDMSG_UNIX: u8 = 7;
+/// `cgroup/bind4`, `cgroup/bind6`: the local address a socket binds to.
+pub const HOOK_BIND4: u8 = 8;
+pub const HOOK_BIND6: u8 = 9;
+/// `cgroup_skb/ingress`: a packet for a TCP socket in LISTEN state (also one
+/// that listen() bound implicitly, which no bind hook sees).
+pub const HOOK_INGRESS: u8 = 10;
 
 /// Why the program denied, beyond "no rule": attribution for the journal.
 pub const REASON_NO_RULE: u8 = 0;

@@ -183,6 +183,12 @@ pub fn daemon_view(shared: &Shared) -> Value {
             shared.scopes.v2_parent.display()
         ),
     )];
+    // guardd does not start without these, so when it answers they hold.
+    layers.push(layer(
+        "cgroup-bpf inbound",
+        Status::Enforced,
+        "bind4/6 and cgroup_skb/ingress attached: nothing binds or accepts without a listen rule",
+    ));
     layers.push(if k.unix_hooks {
         layer("cgroup-bpf unix", Status::Enforced, "connect_unix and sendmsg_unix attached")
     } else {

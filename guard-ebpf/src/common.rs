@@ -63,12 +63,24 @@ pub struct Agent {
 
 #[inline(always)]
 pub fn current_agent() -> Agent {
-    let level = match CONFIG.get(0) {
+    // SAFETY: a plain BPF helper call without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(agent_level() as i32) };
+    agent_of(cgroup_id)
+}
+
+/// cgroup level of agent scopes, for hooks that find the cgroup another way
+/// than through the current task (packets: through their socket).
+#[inline(always)]
+pub fn agent_level() -> u32 {
+    match CONFIG.get(0) {
         Some(cfg) => cfg.agent_level,
         None => 0,
-    };
-    // SAFETY: a plain BPF helper call without pointer arguments.
-    let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+    }
+}
+
+/// The agent whose scope has this cgroup id (`info` null when none).
+#[inline(always)]
+pub fn agent_of(cgroup_id: u64) -> Agent {
     let info = match AGENTS.get_ptr_mut(&cgroup_id) {
         Some(p) => p,
         None => core::ptr::null_mut(),

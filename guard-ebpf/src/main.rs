@@ -11,15 +11,18 @@
 )]
 
 mod common;
+mod listen;
 mod maps;
 mod net;
 mod proc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, raw_tracepoint},
-    programs::{RawTracePointContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, raw_tracepoint},
+    programs::{RawTracePointContext, SkBuffContext, SockAddrContext, SockContext},
 };
-use guard_common::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
+use guard_common::{
+    HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
@@ -39,6 +42,21 @@ pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
     net::judge_addr(&ctx, HOOK_SENDMSG6, true)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn guard_bind4(ctx: SockAddrContext) -> i32 {
+    listen::judge_bind(&ctx, HOOK_BIND4, false)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
+    listen::judge_bind(&ctx, HOOK_BIND6, true)
+}
+
+#[cgroup_skb(ingress)]
+pub fn guard_ingress(ctx: SkBuffContext) -> i32 {
+    listen::judge_ingress(&ctx)
 }
 
 #[cgroup_sock(sock_create)]

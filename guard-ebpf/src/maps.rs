@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
 };
 use guard_common::{
-    AgentInfo, Config, EVENTS_RING_BYTES, HOOK_DENIED_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES,
-    NET6_MAX_ENTRIES, Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
+    AgentInfo, Config, EVENTS_RING_BYTES, HOOK_DENIED_ENTRIES, LISTEN_SEEN_ENTRIES,
+    LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES,
+    Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
 };
 
 #[map]
@@ -22,6 +23,18 @@ pub static NET4: LpmTrie<Net4Key, NetValue> = LpmTrie::with_max_entries(NET4_MAX
 
 #[map]
 pub static NET6: LpmTrie<Net6Key, NetValue> = LpmTrie::with_max_entries(NET6_MAX_ENTRIES, 0);
+
+/// Local addresses and ports an agent may bind and listen on (`listen`
+/// rules), folded like `NET4`/`NET6`.
+#[map]
+pub static LISTEN4: LpmTrie<Net4Key, NetValue> = LpmTrie::with_max_entries(LISTEN4_MAX_ENTRIES, 0);
+
+#[map]
+pub static LISTEN6: LpmTrie<Net6Key, NetValue> = LpmTrie::with_max_entries(LISTEN6_MAX_ENTRIES, 0);
+
+/// Cookies of listening sockets whose refused packets were reported.
+#[map]
+pub static LISTEN_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(LISTEN_SEEN_ENTRIES, 0);
 
 /// Unix socket addresses an agent may connect or send to; the value is the
 /// index of the rule that allows it.

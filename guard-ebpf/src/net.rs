@@ -19,17 +19,17 @@ use crate::{
     maps::{EVENTS, NET4, NET6},
 };
 
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+pub(crate) const ALLOW: i32 = 1;
+pub(crate) const DENY: i32 = 0;
 
-struct Decision {
-    allowed: bool,
-    rule: u32,
-    reason: u8,
+pub(crate) struct Decision {
+    pub allowed: bool,
+    pub rule: u32,
+    pub reason: u8,
 }
 
 #[inline(always)]
-fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decision {
+pub(crate) fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decision {
     let mut i = 0;
     while i < MAX_PORT_RANGES {
         if i as u32 >= value.count {
@@ -79,7 +79,7 @@ fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
 }
 
 #[inline(always)]
-fn proto_bit(protocol: u32) -> u8 {
+pub(crate) fn proto_bit(protocol: u32) -> u8 {
     match protocol {
         IPPROTO_TCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
@@ -89,7 +89,7 @@ fn proto_bit(protocol: u32) -> u8 {
 
 /// `::ffff:a.b.c.d` reaches the IPv4 address a.b.c.d.
 #[inline(always)]
-fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+pub(crate) fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
     if a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
         && a[10] == 0xff
         && a[11] == 0xff
@@ -112,7 +112,7 @@ fn resolve4(addr: [u8; 4]) -> [u8; 4] {
 }
 
 #[inline(always)]
-fn is_unspecified6(a: &[u8; 16]) -> bool {
+pub(crate) fn is_unspecified6(a: &[u8; 16]) -> bool {
     let mut acc = 0u8;
     let mut i = 0;
     while i < 16 {
@@ -240,7 +240,7 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
 }
 
 #[inline(always)]
-fn report<T: 'static>(agent: &Agent, ev: &T) {
+pub(crate) fn report<T: 'static>(agent: &Agent, ev: &T) {
     agent.count_denied();
     match EVENTS.reserve::<T>(0) {
         Some(mut slot) => {

@@ -47,6 +47,7 @@ const NR_CONNECT: u64 = 42;
 const NR_SENDTO: u64 = 44;
 const NR_SENDMSG: u64 = 46;
 const NR_SENDMMSG: u64 = 307;
+const NR_BIND: u64 = 49;
 
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
@@ -145,13 +146,17 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     {
         return 0;
     }
-    // connect/sendto/sendmsg/sendmmsg refused by an address hook were
+    // connect/sendto/sendmsg/sendmmsg/bind refused by an address hook were
     // reported, with the address, by the hook: a second event would only
     // take ring buffer room from the next refusal. An EPERM the hook did
     // not cause (an option or control message the kernel refused) is
     // reported here.
     if ret == -EPERM
-        && (nr == NR_CONNECT || nr == NR_SENDTO || nr == NR_SENDMSG || nr == NR_SENDMMSG)
+        && (nr == NR_CONNECT
+            || nr == NR_SENDTO
+            || nr == NR_SENDMSG
+            || nr == NR_SENDMMSG
+            || nr == NR_BIND)
         && take_hook_denied()
     {
         return 0;

@@ -70,7 +70,12 @@ pub struct Source {
 /// The policy pieces the monitor needs to attribute refused calls: the
 /// same seccomp filter the launcher installs (its socket families depend on
 /// whether the Unix hooks work here), the file grants, the kept capabilities.
-fn judge_for(plan: &crate::policy::Plan, workdir: &Path, unix_degraded: bool) -> Judge {
+fn judge_for(
+    plan: &crate::policy::Plan,
+    workdir: &Path,
+    unix_degraded: bool,
+    audit: bool,
+) -> Judge {
     let mut families = vec![seccomp::AF_INET, seccomp::AF_INET6, seccomp::AF_NETLINK];
     if !unix_degraded {
         families.push(seccomp::AF_UNIX);
@@ -80,6 +85,7 @@ fn judge_for(plan: &crate::policy::Plan, workdir: &Path, unix_degraded: bool) ->
         workdir: workdir.to_owned(),
         seccomp: seccomp::build(&seccomp::Options {
             socket_families: families,
+            listen: plan.network.has_listen_rules() || audit,
         }),
         caps: plan
             .process
@@ -165,6 +171,11 @@ struct StateFile {
     v4: Vec<(u32, u32, [u8; 4])>,
     v6: Vec<(u32, u32, [u8; 16])>,
     unix: Vec<(u32, Vec<u8>)>,
+    /// Keys of the `listen` tries (absent in state written before them).
+    #[serde(default)]
+    listen4: Vec<(u32, u32, [u8; 4])>,
+    #[serde(default)]
+    listen6: Vec<(u32, u32, [u8; 16])>,
     rules: Vec<(String, String)>,
     /// To rebuild the agent's policy after a restart (refusal attribution).
     policy_text: String,
@@ -331,6 +342,7 @@ pub fn open(
             &plan,
             Path::new(&req.workdir),
             !unix_hooks.unix_hooks,
+            audit,
         )),
         refusals: AtomicU64::new(0),
         suppressed: AtomicU64::new(0),
@@ -365,6 +377,8 @@ pub fn open(
                     v4: &plan.network.v4,
                     v6: &plan.network.v6,
                     unix: &plan.network.unix,
+                    listen4: &plan.network.listen4,
+                    listen6: &plan.network.listen6,
                 },
             )
             .map_err(|e| e.to_string())
@@ -512,6 +526,18 @@ fn persist(shared: &Shared, a: &AgentState) {
             .unix
             .iter()
             .map(|k| (k.slot, k.path.to_vec()))
+            .collect(),
+        listen4: a
+            .keys
+            .listen4
+            .iter()
+            .map(|(b, k)| (*b, k.slot, k.addr))
+            .collect(),
+        listen6: a
+            .keys
+            .listen6
+            .iter()
+            .map(|(b, k)| (*b, k.slot, k.addr))
             .collect(),
         rules: a
             .meta
@@ -744,6 +770,32 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 UnixKey { slot: *slot, path }
             })
             .collect(),
+        listen4: st
+            .listen4
+            .iter()
+            .map(|(b, slot, addr)| {
+                (
+                    *b,
+                    Net4Key {
+                        slot: *slot,
+                        addr: *addr,
+                    },
+                )
+            })
+            .collect(),
+        listen6: st
+            .listen6
+            .iter()
+            .map(|(b, slot, addr)| {
+                (
+                    *b,
+                    Net6Key {
+                        slot: *slot,
+                        addr: *addr,
+                    },
+                )
+            })
+            .collect(),
     };
     let agent = AgentRef {
         id: st.id.clone(),
@@ -765,7 +817,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             })
             .ok()
         })
-        .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded));
+        .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded, st.audit));
     let meta = Arc::new(AgentMeta {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),

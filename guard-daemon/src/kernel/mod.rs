@@ -27,7 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, RawTracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        RawTracePoint,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -42,7 +43,7 @@ pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static UNIX_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
 
-const MAP_NAMES: [&str; 8] = [
+const MAP_NAMES: [&str; 11] = [
     "CONFIG",
     "AGENTS",
     "NET4",
@@ -51,14 +52,20 @@ const MAP_NAMES: [&str; 8] = [
     "EVENTS",
     "PATH_ARG",
     "HOOK_DENIED",
+    "LISTEN4",
+    "LISTEN6",
+    "LISTEN_SEEN",
 ];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 8] = [
+const PROGRAMS: [&str; 11] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
     "guard_sendmsg6",
+    "guard_bind4",
+    "guard_bind6",
+    "guard_ingress",
     "guard_sock_create",
     "guard_exec",
     "guard_sys_exit",
@@ -153,6 +160,9 @@ pub struct AgentKeys {
     pub v4: Vec<(u32, Net4Key)>,
     pub v6: Vec<(u32, Net6Key)>,
     pub unix: Vec<UnixKey>,
+    /// Keys of the agent's `listen` rules.
+    pub listen4: Vec<(u32, Net4Key)>,
+    pub listen6: Vec<(u32, Net6Key)>,
 }
 
 /// Network rules of one agent, as compiled by `policy`.
@@ -160,6 +170,9 @@ pub struct NetEntries<'a> {
     pub v4: &'a [(u32, [u8; 4], NetValue)],
     pub v6: &'a [(u32, [u8; 16], NetValue)],
     pub unix: &'a [([u8; UNIX_PATH_MAX], u32)],
+    /// Local addresses the agent may bind and listen on.
+    pub listen4: &'a [(u32, [u8; 4], NetValue)],
+    pub listen6: &'a [(u32, [u8; 16], NetValue)],
 }
 
 pub struct Kernel {
@@ -170,6 +183,8 @@ pub struct Kernel {
     net4: LpmTrie<MapData, Net4Key, NetValue>,
     net6: LpmTrie<MapData, Net6Key, NetValue>,
     unix: HashMap<MapData, UnixKey, u32>,
+    listen4: LpmTrie<MapData, Net4Key, NetValue>,
+    listen6: LpmTrie<MapData, Net6Key, NetValue>,
     pin_dir: PathBuf,
     pub layers: KernelLayers,
 }
@@ -296,6 +311,22 @@ impl Kernel {
                 p.load().map_err(prog_err(name))?;
                 let id = p.attach(tp).map_err(prog_err(name))?;
                 FdLink::from(p.take_link(id).map_err(prog_err(name))?)
+            } else if name == "guard_ingress" {
+                // The second inbound layer: a packet for a listening socket
+                // on a port no `listen` rule allows is dropped.
+                let p: &mut CgroupSkb = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let id = p
+                    .attach(
+                        &cgroup,
+                        CgroupSkbAttachType::Ingress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(prog_err(name))?;
+                p.take_link(id)
+                    .map_err(prog_err(name))?
+                    .try_into()
+                    .map_err(|source: LinkError| KernelError::Link { name, source })?
             } else if name == "guard_sock_create" {
                 let p: &mut CgroupSock = program.try_into().map_err(prog_err(name))?;
                 p.load().map_err(prog_err(name))?;
@@ -372,6 +403,16 @@ impl Kernel {
                 .ok_or(KernelError::Missing("map UNIX"))?,
         )
         .map_err(map_err("UNIX"))?;
+        let listen4 = LpmTrie::try_from(
+            ebpf.take_map("LISTEN4")
+                .ok_or(KernelError::Missing("map LISTEN4"))?,
+        )
+        .map_err(map_err("LISTEN4"))?;
+        let listen6 = LpmTrie::try_from(
+            ebpf.take_map("LISTEN6")
+                .ok_or(KernelError::Missing("map LISTEN6"))?,
+        )
+        .map_err(map_err("LISTEN6"))?;
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(KernelError::Missing("map EVENTS"))?,
@@ -386,6 +427,8 @@ impl Kernel {
                 net4,
                 net6,
                 unix: unix_map,
+                listen4,
+                listen6,
                 pin_dir: opts.pin_dir.clone(),
                 layers,
             },
@@ -442,6 +485,32 @@ impl Kernel {
             self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
             keys.v6.push((key.prefix_len(), key.data()));
         }
+        for (bits, addr, value) in net.listen4 {
+            let key = Key::new(
+                SLOT_PREFIX_BITS + bits,
+                Net4Key {
+                    slot: info.slot,
+                    addr: *addr,
+                },
+            );
+            self.listen4
+                .insert(&key, value, 0)
+                .map_err(map_err("LISTEN4"))?;
+            keys.listen4.push((key.prefix_len(), key.data()));
+        }
+        for (bits, addr, value) in net.listen6 {
+            let key = Key::new(
+                SLOT_PREFIX_BITS + bits,
+                Net6Key {
+                    slot: info.slot,
+                    addr: *addr,
+                },
+            );
+            self.listen6
+                .insert(&key, value, 0)
+                .map_err(map_err("LISTEN6"))?;
+            keys.listen6.push((key.prefix_len(), key.data()));
+        }
         for (path, rule) in net.unix {
             let key = UnixKey {
                 slot: info.slot,
@@ -468,6 +537,12 @@ impl Kernel {
         }
         for k in &keys.unix {
             let _ = self.unix.remove(k);
+        }
+        for (bits, data) in &keys.listen4 {
+            let _ = self.listen4.remove(&Key::new(*bits, *data));
+        }
+        for (bits, data) in &keys.listen6 {
+            let _ = self.listen6.remove(&Key::new(*bits, *data));
         }
     }
 

@@ -241,7 +241,6 @@ const ALLOWED: &[(u32, &str)] = &[
     (47, "recvmsg"),
     (48, "shutdown"),
     (49, "bind"),
-    (50, "listen"),
     (51, "getsockname"),
     (52, "getpeername"),
     (53, "socketpair"),
@@ -446,6 +445,7 @@ const ALLOWED: &[(u32, &str)] = &[
 ];
 
 pub const NR_SOCKET: u32 = 41;
+pub const NR_LISTEN: u32 = 50;
 pub const NR_CLONE: u32 = 56;
 pub const NR_IOCTL: u32 = 16;
 pub const NR_UNSHARE: u32 = 272;
@@ -458,12 +458,17 @@ pub const NR_IO_URING: [u32; 3] = [425, 426, 427];
 pub struct Options {
     /// Socket families the network layer governs (and so may be created).
     pub socket_families: Vec<u32>,
+    /// `listen(2)` allowed: the policy has `listen` rules (or runs in audit
+    /// mode). Without them it is refused here, because listen() on an
+    /// unbound socket takes an ephemeral port without any bind hook.
+    pub listen: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             socket_families: vec![AF_UNIX, AF_INET, AF_INET6, AF_NETLINK],
+            listen: false,
         }
     }
 }
@@ -511,6 +516,14 @@ pub fn table(opts: &Options) -> Vec<(u32, Action)> {
             otherwise: libc::EPERM,
         },
     ));
+    t.push((
+        NR_LISTEN,
+        if opts.listen {
+            Action::Allow
+        } else {
+            Action::Errno(libc::EPERM)
+        },
+    ));
     t.push((NR_CLONE3, Action::Errno(libc::ENOSYS)));
     for nr in NR_IO_URING {
         t.push((nr, Action::Errno(libc::ENOSYS)));
@@ -527,6 +540,7 @@ pub fn name_of(nr: u32) -> Option<&'static str> {
         .map(|(_, s)| *s)
         .or(match nr {
             NR_SOCKET => Some("socket"),
+            NR_LISTEN => Some("listen"),
             NR_CLONE => Some("clone"),
             NR_UNSHARE => Some("unshare"),
             NR_IOCTL => Some("ioctl"),
@@ -752,6 +766,20 @@ mod tests {
     }
 
     #[test]
+    fn listen_only_when_the_policy_allows_it() {
+        assert_eq!(
+            prog().denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]),
+            Some(libc::EPERM)
+        );
+        let p = build(&Options {
+            listen: true,
+            ..Options::default()
+        });
+        assert_eq!(p.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]), None);
+        assert_eq!(name_of(NR_LISTEN), Some("listen"));
+    }
+
+    #[test]
     fn fallbacks_answer_enosys() {
         let p = prog();
         for nr in [NR_CLONE3, 425, 426, 427] {
@@ -803,6 +831,7 @@ mod tests {
         }
         let no_unix = build(&Options {
             socket_families: vec![AF_INET, AF_INET6],
+            ..Options::default()
         });
         assert_eq!(
             no_unix.denies(NR_SOCKET, [AF_UNIX as u64, 1, 0, 0, 0, 0]),

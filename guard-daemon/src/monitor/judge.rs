@@ -54,6 +54,7 @@ const NR_RENAMEAT: u32 = 264;
 const NR_LINKAT: u32 = 265;
 const NR_RENAMEAT2: u32 = 316;
 const NR_CONNECT: u32 = 42;
+const NR_BIND: u32 = 49;
 const NR_SENDTO: u32 = 44;
 const NR_SENDMSG: u32 = 46;
 const NR_SENDMMSG: u32 = 307;
@@ -172,6 +173,22 @@ impl Judge {
         let name = syscalls::name(nr);
         let base = json!({"syscall": name, "errno": errno_name(errno), "args": args});
         // 1. seccomp: replay the call against the agent's filter.
+        if nr == seccomp::NR_LISTEN
+            && errno == EPERM
+            && self.seccomp.denies(nr, *args) == Some(EPERM)
+        {
+            return Some(Verdict {
+                kind: Kind::Network,
+                action: "listen".into(),
+                target: Text::new(format!("fd {}", args[0] as i32)),
+                rule: "network.listen-default-deny".into(),
+                layer: "seccomp",
+                detail: json!({
+                    "syscall": "listen", "errno": "EPERM", "fd": args[0] as i32,
+                    "why": "the policy has no listen rules, so nothing may listen (listen() without bind() would take an ephemeral port no bind hook sees)",
+                }),
+            });
+        }
         if let Some(e) = self.seccomp.denies(nr, *args)
             && e == errno
         {
@@ -403,6 +420,43 @@ mod tests {
             .judge(272, -EPERM, &[0x1000_0000, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(v.rule, "syscalls.namespaces");
+    }
+
+    #[test]
+    fn listen_refused_by_seccomp_and_bind_left_to_the_hooks() {
+        let j = judge(P);
+        let v = j
+            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str(), v.layer, v.rule.as_str()),
+            (
+                Kind::Network,
+                "listen",
+                "seccomp",
+                "network.listen-default-deny"
+            )
+        );
+        assert_eq!(v.target.as_str(), Some("fd 3"));
+        // A bind EPERM reaches the judge only when the bind hooks did not
+        // cause it (they mark the thread and the kernel program drops
+        // theirs): a capability the agent lacks.
+        let v = j
+            .judge(NR_BIND, -EPERM, &[3, 0, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(v.layer, "capabilities");
+        // With listen allowed, an EPERM from listen is not seccomp's.
+        let open = Judge {
+            seccomp: seccomp::build(&seccomp::Options {
+                listen: true,
+                ..seccomp::Options::default()
+            }),
+            ..judge(P)
+        };
+        let v = open
+            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_ne!(v.layer, "seccomp");
     }
 
     #[test]

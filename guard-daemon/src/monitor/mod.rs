@@ -23,10 +23,10 @@ use aya::maps::{MapData, RingBuf};
 use std::os::unix::ffi::OsStrExt;
 
 use guard_common::{
-    AF_INET6, EventHeader, ExecEvent, HOOK_CONNECT_UNIX, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE,
-    NetEvent, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent,
-    UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
+    HOOK_CONNECT6, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP,
+    IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE,
+    REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -346,6 +346,9 @@ fn hook_name(hook: u8) -> &'static str {
         HOOK_SENDMSG6 => "sendmsg6",
         HOOK_CONNECT_UNIX => "connect_unix",
         HOOK_SENDMSG_UNIX => "sendmsg_unix",
+        HOOK_BIND4 => "bind4",
+        HOOK_BIND6 => "bind6",
+        HOOK_INGRESS => "cgroup_skb/ingress",
         _ => "sock_create",
     }
 }
@@ -430,9 +433,11 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         KernelEvent::Syscall(e) => Some(e.ppid),
         _ => None,
     };
-    let mut rec = Record::new(kind, action, target, verdict, rule, layer)
-        .with_process(process_of(h, parent))
-        .with_detail(detail);
+    let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
+    // A packet is judged outside any process of the agent: name none.
+    if !matches!(ev, KernelEvent::Net(e) if e.hook == HOOK_INGRESS) {
+        rec = rec.with_process(process_of(h, parent));
+    }
     match meta {
         Some(m) => rec = rec.with_agent(m.agent.clone()),
         None => {
@@ -524,9 +529,16 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
     let target = format!("{host}:{}/{}", e.port, proto_name(e.protocol));
     let action = match e.hook {
         HOOK_CONNECT4 | HOOK_CONNECT6 => "connect",
+        HOOK_BIND4 | HOOK_BIND6 => "bind",
+        HOOK_INGRESS => "listen",
         _ => "sendmsg",
     };
     let nearest = rule_name(meta, e.rule);
+    if matches!(e.hook, HOOK_BIND4 | HOOK_BIND6 | HOOK_INGRESS)
+        && e.hdr.reason != REASON_UNKNOWN_SCOPE
+    {
+        return listen_fields(e, action, target, nearest);
+    }
     let (rule, why) = match e.hdr.reason {
         REASON_PORT => (
             "network.default-deny".to_owned(),
@@ -561,6 +573,51 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
         detail["nearest_rule"] = json!(r.id);
     }
     (action.to_owned(), Text::new(target), rule, detail)
+}
+
+/// A bind, or a listening socket's inbound packets, refused by the
+/// `listen` rules.
+fn listen_fields(
+    e: &NetEvent,
+    action: &str,
+    target: String,
+    nearest: Option<&RuleInfo>,
+) -> (String, Text, String, serde_json::Value) {
+    let mut why = match (e.hdr.reason, nearest) {
+        (REASON_PROTOCOL, _) => "only TCP and UDP can listen".to_owned(),
+        (REASON_PORT, Some(r)) => format!(
+            "the local address is in {} ({}) but that rule does not allow this port/protocol",
+            r.id, r.text
+        ),
+        _ => "no listen rule allows this local address".to_owned(),
+    };
+    if e.hook == HOOK_INGRESS {
+        why.push_str(
+            "; packets for a socket listening there are dropped (listen() without bind() \
+             takes an ephemeral port that no bind hook sees)",
+        );
+    } else if e.port == 0 {
+        why.push_str(
+            "; port 0 lets the kernel choose a port, which only a rule without `ports` allows",
+        );
+    }
+    let mut detail = json!({
+        "hook": hook_name(e.hook),
+        "port": e.port,
+        "why": why,
+    });
+    if e.rewritten != 0 {
+        detail["requested"] = json!(ip_of(e.orig_family, &e.orig_addr));
+    }
+    if let Some(r) = nearest {
+        detail["nearest_rule"] = json!(r.id);
+    }
+    (
+        action.to_owned(),
+        Text::new(target),
+        "network.listen-default-deny".to_owned(),
+        detail,
+    )
 }
 
 fn sock_fields(e: &SockEvent) -> (String, Text, String, serde_json::Value) {
@@ -698,6 +755,57 @@ mod tests {
         e.args_len = 5000;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
         assert_eq!(r.detail.unwrap()["argv_truncated"], true);
+    }
+
+    #[test]
+    fn listen_records_name_the_port_and_the_listen_rule() {
+        let mut m = meta();
+        m.rules.push(RuleInfo {
+            id: "network.listen[0]".into(),
+            text: "127.0.0.1/32 tcp 8000".into(),
+        });
+        let mut e = NetEvent::default();
+        e.hdr.kind = EVENT_NET;
+        e.hdr.verdict = VERDICT_DENIED;
+        e.hdr.reason = REASON_PORT;
+        e.hdr.tgid = 42;
+        e.hook = HOOK_BIND6;
+        e.family = AF_INET as u8;
+        e.protocol = IPPROTO_UDP as u8;
+        e.port = 8000;
+        e.rule = 1;
+        e.rewritten = 1;
+        e.orig_family = AF_INET6;
+        e.orig_addr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let r = record_for(&KernelEvent::Net(e), Some(&m)).unwrap();
+        assert_eq!(r.action, "bind");
+        assert_eq!(r.target.as_str(), Some("127.0.0.1:8000/udp"));
+        assert_eq!(r.rule, "network.listen-default-deny");
+        assert!(r.process.is_some());
+        let d = r.detail.unwrap();
+        assert_eq!(d["port"], 8000);
+        assert_eq!(d["nearest_rule"], "network.listen[0]");
+        assert_eq!(d["requested"], "::ffff:127.0.0.1");
+        assert!(d["why"].as_str().unwrap().contains("network.listen[0]"));
+
+        // A packet for a listening socket: no process is named.
+        let mut e = NetEvent::default();
+        e.hdr.kind = EVENT_NET;
+        e.hdr.verdict = VERDICT_DENIED;
+        e.hdr.reason = REASON_NO_RULE;
+        e.hook = HOOK_INGRESS;
+        e.family = AF_INET6 as u8;
+        e.protocol = IPPROTO_TCP as u8;
+        e.port = 40000;
+        e.rule = NO_RULE;
+        let r = record_for(&KernelEvent::Net(e), Some(&m)).unwrap();
+        assert_eq!(r.action, "listen");
+        assert_eq!(r.target.as_str(), Some("[::]:40000/tcp"));
+        assert!(r.process.is_none());
+        let d = r.detail.unwrap();
+        assert_eq!(d["hook"], "cgroup_skb/ingress");
+        assert!(d["why"].as_str().unwrap().contains("ephemeral"));
     }
 
     #[test]

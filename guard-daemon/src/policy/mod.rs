@@ -201,6 +201,7 @@ impl Policy {
         };
 
         let mut net_rules = Vec::new();
+        let mut listen_rules = Vec::new();
         let mut fs_entries = Vec::new();
         let mut includes: Vec<String> = Vec::new();
         let mut fs_restricted = false;
@@ -224,6 +225,7 @@ impl Policy {
             includes.push(base_name.to_owned());
             let parsed = parsed_base(base_name)?;
             net_rules.extend(parsed.net.iter().cloned());
+            listen_rules.extend(parsed.listen.iter().cloned());
             if parsed.has_fs {
                 fs_restricted = true;
                 fs_entries.extend(parsed.fs.iter().cloned());
@@ -231,7 +233,7 @@ impl Policy {
         }
 
         if let Some(n) = raw.network {
-            net::validate(&doc, n, Origin::Policy, &mut net_rules)?;
+            net::validate(&doc, n, Origin::Policy, &mut net_rules, &mut listen_rules)?;
         }
         let mut allow_write_exec = false;
         if let Some(f) = raw.filesystem {
@@ -250,7 +252,7 @@ impl Policy {
             Some(p) => process::validate(&doc, p)?,
             None => ProcPlan::default(),
         };
-        let (network, rules) = net::compile(&net_rules, file)?;
+        let (network, rules) = net::compile(&net_rules, &listen_rules, file)?;
 
         Ok(Policy {
             name: name.into_inner(),
@@ -356,6 +358,7 @@ impl Policy {
 /// A built-in base, parsed and validated.
 struct ParsedBase {
     net: Vec<net::NetRule>,
+    listen: Vec<net::NetRule>,
     fs: Vec<fs::FsEntry>,
     has_fs: bool,
 }
@@ -375,11 +378,12 @@ fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
                     let raw = doc.parse_base()?;
                     let mut out = ParsedBase {
                         net: Vec::new(),
+                        listen: Vec::new(),
                         fs: Vec::new(),
                         has_fs: raw.filesystem.is_some(),
                     };
                     if let Some(net) = raw.network {
-                        net::validate(&doc, net, origin, &mut out.net)?;
+                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen)?;
                     }
                     if let Some(f) = raw.filesystem {
                         fs::validate(&doc, f.read, f.write, f.exec, origin, &mut out.fs)?;

@@ -1,5 +1,10 @@
-//! Network rules: validation of `[network] allow` and their compilation into
-//! LPM trie entries and Unix socket keys.
+//! Network rules: validation of `[network] allow` and `[network] listen`,
+//! and their compilation into LPM trie entries and Unix socket keys.
+//!
+//! `listen` rules name local addresses and ports the agent may bind and
+//! listen on. They are folded exactly like `allow` rules, into tries of
+//! their own; their rule numbers follow those of the `allow` rules, so one
+//! list of [`RuleInfo`] names both.
 //!
 //! The kernel looks an address up in an LPM trie and gets the value of the
 //! longest matching prefix only. So that a longer prefix cannot hide the
@@ -13,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use guard_common::{MAX_PORT_RANGES, NetValue, PROTO_TCP, PROTO_UDP, PortRange, UNIX_PATH_MAX};
 use toml::Spanned;
 
-use super::parse::{Doc, RawNetRule, RawNetwork, Scalar};
+use super::parse::{Doc, RawListenRule, RawNetRule, RawNetwork, Scalar};
 use super::{Origin, PolicyError, RuleInfo, Src};
 
 /// Rule indices are stored as `u16` in `PortRange::rule`.
@@ -30,6 +35,11 @@ pub struct NetPlan {
     /// Unix socket keys: NUL-padded `sun_path` bytes (abstract: a leading 0
     /// byte, then the name), and the rule index.
     pub unix: Vec<([u8; UNIX_PATH_MAX], u32)>,
+    /// Entries of the `listen` tries: local addresses (the unspecified
+    /// address meaning "every address") with the ports that may be bound
+    /// there. Same layout as `v4`/`v6`.
+    pub listen4: Vec<(u32, [u8; 4], NetValue)>,
+    pub listen6: Vec<(u32, [u8; 16], NetValue)>,
 }
 
 impl NetPlan {
@@ -37,36 +47,53 @@ impl NetPlan {
     /// IPv4-mapped IPv6 addresses are looked up as IPv4, as the kernel does.
     /// A linear scan: meant for diagnostics and tests, not hot paths.
     pub fn lookup(&self, ip: IpAddr) -> Option<&NetValue> {
-        let ip = match ip {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
-            v4 => v4,
-        };
-        match ip {
-            IpAddr::V4(a) => {
-                let x = u128::from(u32::from(a));
-                self.v4
-                    .iter()
-                    .filter(|(len, net, _)| {
-                        contains(u128::from(u32::from_be_bytes(*net)), *len, x, 32, 32)
-                    })
-                    .max_by_key(|(len, _, _)| *len)
-                    .map(|(_, _, v)| v)
-            }
-            IpAddr::V6(a) => {
-                let x = u128::from(a);
-                self.v6
-                    .iter()
-                    .filter(|(len, net, _)| contains(u128::from_be_bytes(*net), *len, x, 128, 128))
-                    .max_by_key(|(len, _, _)| *len)
-                    .map(|(_, _, v)| v)
-            }
-        }
+        lookup_in(&self.v4, &self.v6, ip)
+    }
+
+    /// As [`NetPlan::lookup`], in the `listen` entries: the value for a
+    /// local address a socket binds to.
+    pub fn listen_lookup(&self, ip: IpAddr) -> Option<&NetValue> {
+        lookup_in(&self.listen4, &self.listen6, ip)
+    }
+
+    /// Whether the policy lets the agent listen anywhere at all; without
+    /// listen rules, `listen(2)` is refused outright by seccomp.
+    pub fn has_listen_rules(&self) -> bool {
+        !self.listen4.is_empty() || !self.listen6.is_empty()
     }
 
     /// The rule index of the Unix socket key for `addr` (`/path` or `@name`).
     pub fn unix_rule(&self, addr: &str) -> Option<u32> {
         let key = unix_key(addr).ok()?;
         self.unix.iter().find(|(k, _)| *k == key).map(|(_, r)| *r)
+    }
+}
+
+type Entries4 = [(u32, [u8; 4], NetValue)];
+type Entries6 = [(u32, [u8; 16], NetValue)];
+
+fn lookup_in<'a>(v4: &'a Entries4, v6: &'a Entries6, ip: IpAddr) -> Option<&'a NetValue> {
+    let ip = match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            let x = u128::from(u32::from(a));
+            v4.iter()
+                .filter(|(len, net, _)| {
+                    contains(u128::from(u32::from_be_bytes(*net)), *len, x, 32, 32)
+                })
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, _, v)| v)
+        }
+        IpAddr::V6(a) => {
+            let x = u128::from(a);
+            v6.iter()
+                .filter(|(len, net, _)| contains(u128::from_be_bytes(*net), *len, x, 128, 128))
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, _, v)| v)
+        }
     }
 }
 
@@ -107,15 +134,54 @@ pub(crate) struct Inet {
     pub protos: u8,
 }
 
+/// Validates `[network]`: `allow` rules go to `out`, `listen` rules to
+/// `listen`.
 pub(crate) fn validate(
     doc: &Doc,
     raw: RawNetwork,
     origin: Origin,
     out: &mut Vec<NetRule>,
+    listen: &mut Vec<NetRule>,
 ) -> Result<(), PolicyError> {
+    for (i, rule) in raw.listen.unwrap_or_default().into_iter().enumerate() {
+        let span = rule.span();
+        if out.len() + listen.len() >= MAX_RULES {
+            return Err(doc.error_at(
+                span.start,
+                format!("too many network rules: at most {MAX_RULES}"),
+            ));
+        }
+        let id = match origin {
+            Origin::Policy => format!("network.listen[{i}]"),
+            Origin::Base(name) => format!("base:{name} network.listen[{i}]"),
+        };
+        let src = Src {
+            origin,
+            loc: doc.location(span.start),
+        };
+        let RawListenRule {
+            cidr,
+            ports,
+            protocol,
+        } = rule.into_inner();
+        let Some(cidr) = cidr else {
+            return Err(doc.error_at(
+                span.start,
+                "listen rule without `cidr`: expected { cidr = \"127.0.0.1/32\", ports = [8000] } \
+                 (\"0.0.0.0/0\" or \"::/0\" to listen on every address)",
+            ));
+        };
+        let (kind, text) = inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?;
+        listen.push(NetRule {
+            id,
+            text,
+            src,
+            kind,
+        });
+    }
     for (i, rule) in raw.allow.unwrap_or_default().into_iter().enumerate() {
         let span = rule.span();
-        if out.len() >= MAX_RULES {
+        if out.len() + listen.len() >= MAX_RULES {
             return Err(doc.error_at(
                 span.start,
                 format!("too many network rules: at most {MAX_RULES}"),
@@ -389,13 +455,16 @@ fn unix_key(s: &str) -> Result<[u8; UNIX_PATH_MAX], String> {
     Ok(key)
 }
 
-/// Folds the rules into map entries and describes every rule.
+/// Folds the rules into map entries and describes every rule: the `allow`
+/// rules first, then the `listen` rules, numbered on from them.
 pub(crate) fn compile(
     rules: &[NetRule],
+    listen: &[NetRule],
     file: &str,
 ) -> Result<(NetPlan, Vec<RuleInfo>), PolicyError> {
     let infos = rules
         .iter()
+        .chain(listen)
         .map(|r| RuleInfo {
             id: r.id.clone(),
             text: r.text.clone(),
@@ -410,11 +479,19 @@ pub(crate) fn compile(
             plan.unix.push((*key, rule_u32(i)));
         }
     }
-    plan.v4 = fold(rules, false, file)?
+    plan.v4 = fold(rules, 0, false, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
         .collect();
-    plan.v6 = fold(rules, true, file)?
+    plan.v6 = fold(rules, 0, true, file)?
+        .into_iter()
+        .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
+        .collect();
+    plan.listen4 = fold(listen, rules.len(), false, file)?
+        .into_iter()
+        .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
+        .collect();
+    plan.listen6 = fold(listen, rules.len(), true, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
         .collect();
@@ -432,8 +509,12 @@ fn rule_u32(i: usize) -> u32 {
 /// contain it, and prefixes form a tree; a stack of the enclosing prefixes
 /// of the current one therefore carries their already-folded ranges, and
 /// each prefix costs one merge with its parent: O(n log n) overall.
+///
+/// `offset` is added to rule indices (the `listen` rules are numbered after
+/// the `allow` rules).
 fn fold(
     rules: &[NetRule],
+    offset: usize,
     v6: bool,
     file: &str,
 ) -> Result<Vec<(u128, u32, NetValue)>, PolicyError> {
@@ -470,7 +551,7 @@ fn fold(
             else {
                 continue;
             };
-            let rule = u16::try_from(ri).map_err(|_| {
+            let rule = u16::try_from(ri + offset).map_err(|_| {
                 src.error(file, format!("too many network rules: at most {MAX_RULES}"))
             })?;
             ranges.extend(inet.ports.iter().map(|&(lo, hi)| PortRange {
@@ -494,7 +575,7 @@ fn fold(
         }
         let mut value = NetValue {
             count: rule_u32(ranges.len()),
-            cidr_rule: rule_u32(first),
+            cidr_rule: rule_u32(first + offset),
             ..NetValue::default()
         };
         for (dst, src) in value.ranges.iter_mut().zip(&ranges) {
@@ -842,6 +923,82 @@ mod tests {
         );
     }
 
+    fn listen(rules: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(
+            &format!(
+                "[policy]\nname = \"t\"\n[network]\nallow = [ {{ cidr = \"10.0.0.0/8\" }} ]\nlisten = [\n{rules}\n]\n"
+            ),
+            "p.toml",
+        )
+    }
+
+    #[test]
+    fn listen_rules_compile_into_their_own_entries_numbered_after_allow() {
+        let p = listen(
+            r#"{ cidr = "127.0.0.1/32", ports = [8000], protocol = "tcp" },
+               { cidr = "::/0", ports = ["9000-9001"] },
+               { cidr = "0.0.0.0/0", protocol = "udp" },"#,
+        )
+        .unwrap();
+        let n = &p.network;
+        assert!(n.has_listen_rules());
+        assert_eq!(n.v4.len(), 1);
+        assert_eq!(n.listen4.len(), 2);
+        assert_eq!(n.listen6.len(), 1);
+        let ids: Vec<&str> = p.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "network.allow[0]",
+                "network.listen[0]",
+                "network.listen[1]",
+                "network.listen[2]"
+            ]
+        );
+        let lo = n.listen_lookup("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(port_allowed(lo, 8000, PROTO_TCP), Some(1));
+        assert_eq!(port_allowed(lo, 8000, PROTO_UDP), Some(3));
+        assert_eq!(port_allowed(lo, 8001, PROTO_TCP), None);
+        // A rule without ports covers port 0 (the kernel picks the port).
+        assert_eq!(port_allowed(lo, 0, PROTO_UDP), Some(3));
+        assert_eq!(port_allowed(lo, 0, PROTO_TCP), None);
+        // The wildcard is an address like any other: only 0.0.0.0/0 covers it.
+        let any = n.listen_lookup("0.0.0.0".parse().unwrap()).unwrap();
+        assert_eq!(port_allowed(any, 8000, PROTO_TCP), None);
+        let v6 = n.listen_lookup("::".parse().unwrap()).unwrap();
+        assert_eq!(port_allowed(v6, 9001, PROTO_TCP), Some(2));
+        assert_eq!(v6.cidr_rule, 2);
+        // Egress rules do not open anything inbound, nor the reverse.
+        assert!(n.listen_lookup("10.1.2.3".parse().unwrap()).is_some());
+        assert!(n.lookup("127.0.0.1".parse().unwrap()).is_none());
+        let none = listen("").unwrap();
+        assert!(!none.network.has_listen_rules());
+    }
+
+    #[test]
+    fn listen_rule_errors() {
+        let e = listen(r#"{ ports = [80] }"#).unwrap_err().to_string();
+        assert!(
+            e.starts_with("p.toml:6:1: listen rule without `cidr`"),
+            "{e}"
+        );
+        let e = listen(r#"{ cidr = "127.0.0.1", unix = "/x" }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `unix` in a [network] listen rule"),
+            "{e}"
+        );
+        let e = listen(r#"{ cidr = "127.0.0.1", ports = [0] }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:6:32: port 0 out of range"), "{e}");
+        let e = listen(r#"{ cidr = "::ffff:127.0.0.1" }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("127.0.0.1/32 instead"), "{e}");
+    }
+
     #[test]
     fn duplicate_unix_keys_keep_the_first_rule() {
         let n = plan(r#"{ unix = "/a" }, { unix = "/b" }, { unix = "/a" },"#);
@@ -899,7 +1056,7 @@ mod tests {
             ));
         }
         let start = Instant::now();
-        let (n, infos) = compile(&rules, "p.toml").unwrap();
+        let (n, infos) = compile(&rules, &[], "p.toml").unwrap();
         let elapsed = start.elapsed();
         assert!(elapsed.as_millis() < 1000, "took {elapsed:?}");
         assert_eq!(infos.len(), 10_005);
@@ -988,7 +1145,7 @@ mod tests {
                     rule(v6, addr, len, random_ports(&mut rng), protos)
                 })
                 .collect();
-            let (n, _) = match compile(&rules, "p.toml") {
+            let (n, _) = match compile(&rules, &[], "p.toml") {
                 Ok(x) => x,
                 Err(e) => {
                     assert!(e.message.contains("too many port ranges"), "{e}");

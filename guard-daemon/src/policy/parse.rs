@@ -39,6 +39,19 @@ pub(crate) struct RawPolicy {
 #[serde(deny_unknown_fields, expecting = "a [network] table")]
 pub(crate) struct RawNetwork {
     pub allow: Option<Vec<Spanned<RawNetRule>>>,
+    pub listen: Option<Vec<Spanned<RawListenRule>>>,
+}
+
+/// A local address and ports the agent may bind and listen on.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listen rule table like { cidr = \"127.0.0.1/32\", ports = [8000] }"
+)]
+pub(crate) struct RawListenRule {
+    pub cidr: Option<Spanned<String>>,
+    pub ports: Option<Spanned<Vec<Spanned<Scalar>>>>,
+    pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,8 +237,9 @@ fn rewrite_unknown_key(msg: &str) -> Option<String> {
             " at the top level"
         }
         ["include", "mode", "name"] => " in [policy]",
-        ["allow"] => " in [network]",
+        ["allow", "listen"] => " in [network]",
         ["cidr", "ports", "protocol", "unix"] => " in a [network] allow rule",
+        ["cidr", "ports", "protocol"] => " in a [network] listen rule",
         ["allow_write_exec", "exec", "read", "write"] | ["exec", "read", "write"] => {
             " in [filesystem]"
         }
@@ -269,7 +283,12 @@ mod tests {
     fn unknown_keys_name_their_table() {
         assert_eq!(
             err("[network]\nfoo = 1\n"),
-            "p.toml:2:1: unknown key `foo` in [network]; expected one of: allow"
+            "p.toml:2:1: unknown key `foo` in [network]; expected one of: allow, listen"
+        );
+        assert_eq!(
+            err("[network]\nlisten = [{ cidr = \"127.0.0.1\", unix = \"/x\" }]\n"),
+            "p.toml:2:33: unknown key `unix` in a [network] listen rule; \
+             expected one of: cidr, ports, protocol"
         );
         assert_eq!(
             err("[policy]\nname = \"x\"\n  color = 1\n"),

@@ -58,15 +58,31 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
     println!(
         "network (default deny; enforced by cgroup BPF connect/sendmsg hooks, TCP ports also by Landlock when ABI >= 4):"
     );
-    if plan.rules.is_empty() {
+    let (listen, allow): (Vec<_>, Vec<_>) = plan
+        .rules
+        .iter()
+        .partition(|r| r.id.contains("network.listen["));
+    if allow.is_empty() {
         println!("  (no rules: every connection and datagram is refused, loopback included)");
     }
-    for r in &plan.rules {
+    for r in &allow {
         println!("  {:<22} {}", r.id, r.text);
     }
     println!(
         "  raw, packet and ICMP sockets: refused (cgroup sock_create + seccomp socket families + no CAP_NET_RAW)"
     );
+    println!();
+    println!(
+        "inbound (default deny; enforced by cgroup BPF bind hooks, and by dropping packets for listening sockets on unlisted ports):"
+    );
+    if listen.is_empty() {
+        println!(
+            "  (no listen rules: bind and listen are refused on every address and port, loopback included; listen() by seccomp)"
+        );
+    }
+    for r in &listen {
+        println!("  {:<22} {}", r.id, r.text);
+    }
     println!();
     if plan.filesystem.restricted {
         println!(

@@ -380,8 +380,10 @@ fn build_spec(
     if !unix_degraded {
         families.push(seccomp::AF_UNIX);
     }
+    let audit = args.audit || plan.mode == guard_daemon::policy::Mode::Audit;
     let seccomp = seccomp::build(&seccomp::Options {
         socket_families: families,
+        listen: plan.network.has_listen_rules() || audit,
     });
 
     let keep_caps = plan
