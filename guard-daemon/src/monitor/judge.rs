@@ -54,7 +54,6 @@ const NR_RENAMEAT: u32 = 264;
 const NR_LINKAT: u32 = 265;
 const NR_RENAMEAT2: u32 = 316;
 const NR_CONNECT: u32 = 42;
-const NR_BIND: u32 = 49;
 const NR_SENDTO: u32 = 44;
 const NR_SENDMSG: u32 = 46;
 const NR_SENDMMSG: u32 = 307;
@@ -441,6 +440,7 @@ mod tests {
         // A bind EPERM reaches the judge only when the bind hooks did not
         // cause it (they mark the thread and the kernel program drops
         // theirs): a capability the agent lacks.
+        const NR_BIND: u32 = 49;
         let v = j
             .judge(NR_BIND, -EPERM, &[3, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
