@@ -2,7 +2,7 @@
 //!
 //! | guard kind | OCSF class | activity |
 //! | --- | --- | --- |
-//! | network | Network Activity (4001) | connect: Open (1); sendmsg: Traffic (6); socket: Other (99) |
+//! | network | Network Activity (4001) | connect: Open (1); sendmsg: Traffic (6); bind, listen: Listen (7); socket: Other (99) |
 //! | file | File System Activity (1001) | open for read: Read (2); writes: Update (3); creation: Create (1); deletion: Delete (4); else Other (99) |
 //! | exec | Process Activity (1007) | Launch (1) |
 //! | syscall | Process Activity (1007) | Other (99) |
@@ -27,6 +27,7 @@ fn class_of(r: &Record) -> (u32, &'static str, u32, u32, &'static str) {
             let (a, n) = match r.action.as_str() {
                 "connect" => (1, "Open"),
                 "sendmsg" => (6, "Traffic"),
+                "bind" | "listen" => (7, "Listen"),
                 _ => (99, "Other"),
             };
             (4001, "Network Activity", 4, a, n)
@@ -212,6 +213,16 @@ mod tests {
         assert_eq!(o["unmapped"]["rule"], "network.default-deny");
         assert_eq!(o["metadata"]["uid"], "9");
         assert_eq!(o["time"], 1_795_316_645_000u64);
+        let l = to_ocsf(&rec(
+            Kind::Network,
+            "bind",
+            "127.0.0.1:8000/tcp",
+            Verdict::Denied,
+        ));
+        assert_eq!(
+            (l["activity_id"].as_u64(), l["type_uid"].as_u64()),
+            (Some(7), Some(400107))
+        );
     }
 
     #[test]
