@@ -537,7 +537,14 @@ pub fn close(
         return;
     };
     let t0 = Instant::now();
-    let leftover = agent.scope.pids().len();
+    // The launcher's own child is not a leftover: with exec confinement it
+    // is the agent's pid-1 reaper, which stays while anything else does.
+    let leftover = agent
+        .scope
+        .pids()
+        .iter()
+        .filter(|p| Some(**p) != agent.main_pid)
+        .count();
     if let Err(e) = agent.scope.kill_all(Duration::from_secs(5)) {
         tracing::error!("ending agent {id}: {e}");
     }
