@@ -78,7 +78,24 @@ pub struct Config {
     /// `struct pt_regs`: the system call number and its six arguments.
     pub regs_orig_ax_off: u32,
     pub regs_arg_off: [u32; 6],
+    /// `linux_binprm.file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb`,
+    /// `super_block.s_dev`: which file an exec runs.
+    pub bprm_file_off: u32,
+    pub file_inode_off: u32,
+    pub inode_ino_off: u32,
+    pub inode_sb_off: u32,
+    pub sb_dev_off: u32,
+    /// Entries of `loader_dev`/`loader_ino` in use.
+    pub loader_count: u32,
+    /// The host's dynamic loaders (kernel `dev_t`, inode number). Run as the
+    /// program itself (not as an interpreter), a loader maps any readable
+    /// file executable: such an exec in a scope is killed (issue 7).
+    pub loader_dev: [u32; MAX_LOADERS],
+    pub loader_ino: [u64; MAX_LOADERS],
 }
+
+/// Dynamic loader identities `Config` holds.
+pub const MAX_LOADERS: usize = 4;
 
 // ---- network rules ----------------------------------------------------------
 
@@ -195,6 +212,9 @@ pub const REASON_PORT: u8 = 2;
 pub const REASON_PROTOCOL: u8 = 3;
 /// A socket type that bypasses the address hooks (raw, ICMP, ...).
 pub const REASON_SOCKET_TYPE: u8 = 4;
+/// An exec of the dynamic loader itself (`ExecEvent`, verdict denied): the
+/// process was killed before its first instruction.
+pub const REASON_DIRECT_LOADER: u8 = 5;
 
 /// Common head of every event in the ring buffer.
 #[repr(C)]
@@ -328,7 +348,7 @@ pub const IPPROTO_ICMPV6: u32 = 58;
 
 const _: () = {
     assert!(core::mem::size_of::<AgentInfo>() == 32);
-    assert!(core::mem::size_of::<Config>() == 56);
+    assert!(core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 256);
     assert!(core::mem::size_of::<PortRange>() == 8);
