@@ -365,3 +365,57 @@ fn the_agent_dies_with_guardctl_when_it_runs_as_another_user() {
         2,
     );
 }
+
+/// Through the pid-1 reaper: a signal sent to guardctl reaches the agent,
+/// and guardctl exits with the agent's status (a code, or 128 + the signal
+/// that killed it).
+#[test]
+fn signals_and_exit_status_pass_through_the_reaper() {
+    let g = Guardd::start();
+    let work = workspace(&g);
+    let p = g.write_policy("exec-routes", POLICY);
+    let wait_ready = |ctl: &mut std::process::Child| {
+        use std::io::Read;
+        let mut b = [0u8; 6];
+        ctl.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ready\n");
+    };
+    for (handler, want) in [(true, 7), (false, 128 + libc::SIGTERM)] {
+        let script = format!(
+            "import signal, sys, time\n\
+             if {}: signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)",
+            if handler { "True" } else { "False" }
+        );
+        let mut ctl = g
+            .ctl_cmd()
+            .current_dir(&work)
+            .args(["run", "--policy", p.to_str().unwrap(), "--", PYTHON, "-c"])
+            .arg(&script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_ready(&mut ctl);
+        // SAFETY: signalling the guardctl this test started, by pid.
+        unsafe { libc::kill(ctl.id() as i32, libc::SIGTERM) };
+        let out = ctl.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(want), "{}", describe(&out));
+    }
+    let out = g.run_in(&p, &[], &[PYTHON, "-c", "raise SystemExit(42)"], &work);
+    assert_eq!(out.status.code(), Some(42), "{}", describe(&out));
+}
+
+/// A policy without a `[filesystem]` table restricts no program: the loader
+/// may be run directly there (`ldd` works), and the agent shares the host's
+/// views.
+#[test]
+fn unrestricted_policies_keep_the_loader() {
+    let g = Guardd::start();
+    let p = g.write_policy("open", "[policy]\nname = \"open\"\n");
+    let out = g.run(&p, &[], &[LOADER, "/bin/true"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--verdict", "denied"]);
+    assert!(recs.is_empty(), "{recs:#?}");
+}

@@ -35,6 +35,9 @@ pub const AGENT_AUDIT: u32 = 1 << 0;
 /// `AgentInfo::flags`: the scope is being torn down; deny without reporting
 /// the same event twice.
 pub const AGENT_CLOSING: u32 = 1 << 1;
+/// `AgentInfo::flags`: the policy restricts programs (a `[filesystem]`
+/// table): running the dynamic loader as a program is killed.
+pub const AGENT_RESTRICT_EXEC: u32 = 1 << 2;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
 /// scope (the ancestor at `Config::agent_level` of the current task).

@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    Config, EVENT_EXEC, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, MAX_LOADERS,
-    NO_PATH, PATH_ARG_ENTRIES, REASON_DIRECT_LOADER, SYSCALL_PATH_MAX, SyscallEvent,
-    VERDICT_ALLOWED, VERDICT_DENIED,
+    AGENT_RESTRICT_EXEC, Config, EVENT_EXEC, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX,
+    ExecEvent, MAX_LOADERS, NO_PATH, PATH_ARG_ENTRIES, REASON_DIRECT_LOADER, SYSCALL_PATH_MAX,
+    SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
 };
 
 use crate::{
@@ -94,7 +94,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     // The exec has succeeded but no instruction of the new program has run:
     // a SIGKILL now ends it on its way back to user space. Decided before
     // the event is reserved, so a full ring buffer does not let it through.
-    let loader = runs_the_loader(cfg, bprm);
+    let loader = agent.flags() & AGENT_RESTRICT_EXEC != 0 && runs_the_loader(cfg, bprm);
     if loader {
         // SAFETY: signals the current task, which is the one exec'ing.
         unsafe { bpf_send_signal(SIGKILL) };

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use guard_common::{AGENT_AUDIT, AgentInfo, Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
+use guard_common::{
+    AGENT_AUDIT, AGENT_RESTRICT_EXEC, AgentInfo, Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -313,7 +315,12 @@ pub fn open(
     }
     let info = AgentInfo {
         slot,
-        flags: if audit { AGENT_AUDIT } else { 0 },
+        flags: if audit { AGENT_AUDIT } else { 0 }
+            | if plan.filesystem.restricted {
+                AGENT_RESTRICT_EXEC
+            } else {
+                0
+            },
         denied: 0,
         lost: 0,
         events: 0,
