@@ -419,3 +419,48 @@ fn unrestricted_policies_keep_the_loader() {
     let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--verdict", "denied"]);
     assert!(recs.is_empty(), "{recs:#?}");
 }
+
+/// Fail closed: a launcher that cannot create the namespaces (root without
+/// CAP_SYS_ADMIN) refuses to start the agent and names the step; with
+/// `--allow-degraded exec` it runs without them and the start record says so.
+#[test]
+fn without_namespaces_the_launch_fails_closed_unless_accepted() {
+    let g = Guardd::start();
+    let work = workspace(&g);
+    let p = g.write_policy("exec-routes", POLICY);
+    let run = |extra: &[&str]| {
+        let mut c = std::process::Command::new("/usr/bin/setpriv");
+        c.args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"])
+            .arg(GUARDCTL)
+            .env("GUARD_SOCKET", &g.socket)
+            .current_dir(&work)
+            .args(["run", "--policy", p.to_str().unwrap()])
+            .args(extra)
+            .args(["--", "/bin/true"]);
+        c.output().unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exec confinement: creating the agent's mount and pid namespaces")
+            && err.contains("--allow-degraded exec"),
+        "{}",
+        describe(&out)
+    );
+    let out = run(&["--allow-degraded", "exec"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--kind", "lifecycle"]);
+    let start = recs.iter().find(|r| r["action"] == "start").unwrap();
+    assert!(
+        start["detail"]["launcher_notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n
+                .as_str()
+                .unwrap()
+                .starts_with("exec confinement unavailable")),
+        "{start:#}"
+    );
+}

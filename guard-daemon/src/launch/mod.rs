@@ -94,6 +94,9 @@ const STEP_SECCOMP: usize = 8;
 const STEP_EXEC: usize = 9;
 const STEP_VIEWS: usize = 10;
 const STEP_REAPER: usize = 15;
+/// Reported by the launcher itself when clone3 cannot create the
+/// namespaces.
+const STEP_NAMESPACES: &str = "exec confinement: creating the agent's mount and pid namespaces";
 
 fn views_step(f: views::Failed) -> usize {
     STEP_VIEWS
@@ -111,8 +114,6 @@ impl LaunchError {
     /// the caller may retry without it when the user accepted that.
     pub fn is_exec_confinement(&self) -> bool {
         matches!(self, LaunchError::Child { step, .. } if step.starts_with("exec confinement"))
-            || matches!(self, LaunchError::Clone(e)
-                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)))
     }
 }
 
@@ -286,7 +287,21 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
         )
     };
     if rc < 0 {
-        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        // Namespaces need CAP_SYS_ADMIN (and may be limited by
+        // user.max_*_namespaces): name that step rather than the clone.
+        if spec.views.is_some()
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSPC | libc::EUSERS)
+            )
+        {
+            return Err(LaunchError::Child {
+                step: STEP_NAMESPACES,
+                source: e,
+            });
+        }
+        return Err(LaunchError::Clone(e));
     }
     if rc == 0 {
         // In the child: never returns.
