@@ -271,7 +271,9 @@ fn python_with_c_extensions_and_its_children_work() {
                             capture_output=True, text=True)\n\
          print('child', r.returncode, r.stdout.strip(), r.stderr.strip())\n\
          print('self', open('/proc/self/status').readline().strip())\n\
-         print('true', subprocess.run(['/bin/true']).returncode)",
+         print('true', subprocess.run(['/bin/true']).returncode)\n\
+         # Only the agent's processes and its pid-1 reaper.\n\
+         print('pids', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
     );
     assert!(out.status.success(), "{}", describe(&out));
     let s = stdout(&out);
@@ -279,6 +281,8 @@ fn python_with_c_extensions_and_its_children_work() {
     assert!(s.contains("child 0 Name:\tpython3"), "{}", describe(&out));
     assert!(s.contains("self Name:\tpython3"), "{}", describe(&out));
     assert!(s.contains("true 0"), "{}", describe(&out));
+    let pids = s.lines().find(|l| l.starts_with("pids ")).unwrap();
+    assert!(pids.starts_with("pids [1, 2"), "{pids}");
     let denied: Vec<&Value> = recs.iter().filter(|r| r["verdict"] == "denied").collect();
     assert!(denied.is_empty(), "{denied:#?}");
 }

@@ -586,6 +586,9 @@ fn reaper(agent: libc::pid_t, status: RawFd, set: &libc::sigset_t) -> ! {
     // its children and buffers we own.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        // Children must turn into zombies to be waited for, whatever
+        // disposition guardctl inherited.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         let mut agent_done = false;
         loop {
             let mut info: libc::siginfo_t = std::mem::zeroed();
