@@ -202,7 +202,10 @@ fn dangerous_system_calls_are_refused_and_journaled() {
         "[policy]\nname = \"sys\"\ninclude = [\"base\", \"python\"]\n[filesystem]\nread = [\"{workdir}\"]\nexec = [\"/usr/bin/unshare\"]\n",
     );
     let ptrace = format!("syscall:ptrace:{pid}");
-    let kill = format!("syscall:kill:{pid}");
+    // The agent has its own pid namespace, so the outsider has no pid there
+    // (ESRCH). Pid 1 is the launcher's reaper, outside the agent's Landlock
+    // domain: the signal scope refuses it.
+    let kill = "syscall:kill:1".to_owned();
     let ops = [
         "syscall:unshare_user",
         "syscall:unshare_net",
@@ -234,7 +237,7 @@ fn dangerous_system_calls_are_refused_and_journaled() {
         Some("ENOSYS")
     );
     assert_eq!(errno_of(&res, "syscall:bpf").as_deref(), Some("EPERM"));
-    // Signals to processes outside the agent (Landlock scoping).
+    // Signals to processes outside the agent's domain (Landlock scoping).
     assert_eq!(errno_of(&res, &kill).as_deref(), Some("EPERM"));
     assert!(
         !out2.status.success(),

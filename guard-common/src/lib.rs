@@ -43,6 +43,9 @@ pub const AGENT_AUDIT: u32 = 1 << 0;
 /// `AgentInfo::flags`: the scope is being torn down; deny without reporting
 /// the same event twice.
 pub const AGENT_CLOSING: u32 = 1 << 1;
+/// `AgentInfo::flags`: the policy restricts programs (a `[filesystem]`
+/// table): running the dynamic loader as a program is killed.
+pub const AGENT_RESTRICT_EXEC: u32 = 1 << 2;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
 /// scope (the ancestor at `Config::agent_level` of the current task).
@@ -86,6 +89,20 @@ pub struct Config {
     /// `struct pt_regs`: the system call number and its six arguments.
     pub regs_orig_ax_off: u32,
     pub regs_arg_off: [u32; 6],
+    /// `linux_binprm.file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb`,
+    /// `super_block.s_dev`: which file an exec runs.
+    pub bprm_file_off: u32,
+    pub file_inode_off: u32,
+    pub inode_ino_off: u32,
+    pub inode_sb_off: u32,
+    pub sb_dev_off: u32,
+    /// Entries of `loader_dev`/`loader_ino` in use.
+    pub loader_count: u32,
+    /// The host's dynamic loaders (kernel `dev_t`, inode number). Run as the
+    /// program itself (not as an interpreter), a loader maps any readable
+    /// file executable: such an exec in a scope is killed (issue 7).
+    pub loader_dev: [u32; MAX_LOADERS],
+    pub loader_ino: [u64; MAX_LOADERS],
     /// `struct task_struct.seccomp` (its `mode` is the first member): tells
     /// a seccomp kill from a SIGSYS the agent sends itself.
     pub task_seccomp_off: u32,
@@ -95,6 +112,9 @@ pub struct Config {
     pub task_tgid_off: u32,
     pub _pad: u32,
 }
+
+/// Dynamic loader identities `Config` holds.
+pub const MAX_LOADERS: usize = 4;
 
 // ---- network rules ----------------------------------------------------------
 
@@ -218,6 +238,9 @@ pub const REASON_PORT: u8 = 2;
 pub const REASON_PROTOCOL: u8 = 3;
 /// A socket type that bypasses the address hooks (raw, ICMP, ...).
 pub const REASON_SOCKET_TYPE: u8 = 4;
+/// An exec of the dynamic loader itself (`ExecEvent`, verdict denied): the
+/// process was killed before its first instruction.
+pub const REASON_DIRECT_LOADER: u8 = 5;
 
 /// Common head of every event in the ring buffer.
 #[repr(C)]
@@ -380,7 +403,7 @@ pub const IPPROTO_ICMPV6: u32 = 58;
 
 const _: () = {
     assert!(core::mem::size_of::<AgentInfo>() == 32);
-    assert!(core::mem::size_of::<Config>() == 72);
+    assert!(core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16);
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256);

@@ -13,13 +13,14 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
-        bpf_probe_read_user, bpf_probe_read_user_str,
+        bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal,
     },
     programs::RawTracePointContext,
 };
 use guard_common::{
-    EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, KillEvent,
-    NO_PATH, PATH_ARG_ENTRIES, SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent,
+    AGENT_RESTRICT_EXEC, Config, EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX,
+    EXEC_FILENAME_MAX, ExecEvent, KillEvent, MAX_LOADERS, NO_PATH, PATH_ARG_ENTRIES,
+    REASON_DIRECT_LOADER, SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent,
     VERDICT_ALLOWED, VERDICT_DENIED,
 };
 
@@ -48,6 +49,7 @@ const NR_SENDTO: u64 = 44;
 const NR_SENDMSG: u64 = 46;
 const NR_SENDMMSG: u64 = 307;
 const NR_BIND: u64 = 49;
+const SIGKILL: u32 = 9;
 
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
@@ -56,6 +58,37 @@ fn read_u64(addr: u64) -> u64 {
     // faulting; on failure `v` stays 0.
     unsafe { bpf_probe_read_kernel(&raw mut v as *mut c_void, 8, addr as *const c_void) };
     v
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> u32 {
+    let mut v = 0u32;
+    // SAFETY: as in `read_u64`, 4 bytes.
+    unsafe { bpf_probe_read_kernel(&raw mut v as *mut c_void, 4, addr as *const c_void) };
+    v
+}
+
+/// Whether the file `bprm` executes is one of the host's dynamic loaders.
+/// Run as a program rather than as an interpreter, the loader maps any
+/// readable file (or memfd) executable, which `exec` grants would not allow.
+#[inline(always)]
+fn runs_the_loader(cfg: &Config, bprm: u64) -> bool {
+    if cfg.loader_count == 0 {
+        return false;
+    }
+    let file = read_u64(bprm + u64::from(cfg.bprm_file_off));
+    let inode = read_u64(file + u64::from(cfg.file_inode_off));
+    let ino = read_u64(inode + u64::from(cfg.inode_ino_off));
+    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
+    let dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+    let mut i = 0;
+    while i < MAX_LOADERS {
+        if (i as u32) < cfg.loader_count && cfg.loader_ino[i] == ino && cfg.loader_dev[i] == dev {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// `raw_tracepoint/sched_process_exec`: (task, old_pid, bprm).
@@ -67,6 +100,14 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     }
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     let bprm: u64 = ctx.arg(2);
+    // The exec has succeeded but no instruction of the new program has run:
+    // a SIGKILL now ends it on its way back to user space. Decided before
+    // the event is reserved, so a full ring buffer does not let it through.
+    let loader = agent.flags() & AGENT_RESTRICT_EXEC != 0 && runs_the_loader(cfg, bprm);
+    if loader {
+        // SAFETY: signals the current task, which is the one exec'ing.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
         agent.count_lost();
         return 0;
@@ -75,7 +116,11 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     // SAFETY: `ev` is a reserved slot of the right size; every field is
     // written (or its length set to what is valid) before submit.
     unsafe {
-        (*ev).hdr = agent.header(EVENT_EXEC, VERDICT_ALLOWED, 0);
+        (*ev).hdr = if loader {
+            agent.header(EVENT_EXEC, VERDICT_DENIED, REASON_DIRECT_LOADER)
+        } else {
+            agent.header(EVENT_EXEC, VERDICT_ALLOWED, 0)
+        };
         let name = read_u64(bprm + u64::from(cfg.bprm_filename_off));
         let n = bpf_probe_read_kernel_str(
             (*ev).filename.as_mut_ptr() as *mut c_void,

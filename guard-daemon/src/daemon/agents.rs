@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use guard_common::{AGENT_AUDIT, AgentInfo, Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
+use guard_common::{
+    AGENT_AUDIT, AGENT_RESTRICT_EXEC, AgentInfo, Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -360,7 +362,12 @@ pub fn open(
     }
     let info = AgentInfo {
         slot,
-        flags: if audit { AGENT_AUDIT } else { 0 },
+        flags: if audit { AGENT_AUDIT } else { 0 }
+            | if plan.filesystem.restricted {
+                AGENT_RESTRICT_EXEC
+            } else {
+                0
+            },
         denied: 0,
         lost: 0,
         events: 0,
@@ -599,7 +606,14 @@ pub fn close(
         return;
     };
     let t0 = Instant::now();
-    let leftover = agent.scope.pids().len();
+    // The launcher's own child is not a leftover: with exec confinement it
+    // is the agent's pid-1 reaper, which stays while anything else does.
+    let leftover = agent
+        .scope
+        .pids()
+        .iter()
+        .filter(|p| Some(**p) != agent.main_pid)
+        .count();
     if let Err(e) = agent.scope.kill_all(Duration::from_secs(5)) {
         tracing::error!("ending agent {id}: {e}");
     }

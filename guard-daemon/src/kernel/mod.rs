@@ -253,6 +253,13 @@ impl Kernel {
         for (slot, name) in regs_arg_off.iter_mut().zip(regs) {
             *slot = btf.member_offset("pt_regs", name)?;
         }
+        let loaders = loader_identities();
+        let mut loader_dev = [0u32; guard_common::MAX_LOADERS];
+        let mut loader_ino = [0u64; guard_common::MAX_LOADERS];
+        for (i, (dev, ino)) in loaders.iter().enumerate() {
+            loader_dev[i] = *dev;
+            loader_ino[i] = *ino;
+        }
         let mut config: Array<MapData, Config> = Array::try_from(
             ebpf.take_map("CONFIG")
                 .ok_or(KernelError::Missing("map CONFIG"))?,
@@ -271,6 +278,14 @@ impl Kernel {
                     mm_arg_end_off: btf.member_offset("mm_struct", "arg_end")?,
                     regs_orig_ax_off: btf.member_offset("pt_regs", "orig_ax")?,
                     regs_arg_off,
+                    bprm_file_off: btf.member_offset("linux_binprm", "file")?,
+                    file_inode_off: btf.member_offset("file", "f_inode")?,
+                    inode_ino_off: btf.member_offset("inode", "i_ino")?,
+                    inode_sb_off: btf.member_offset("inode", "i_sb")?,
+                    sb_dev_off: btf.member_offset("super_block", "s_dev")?,
+                    loader_count: loaders.len() as u32,
+                    loader_dev,
+                    loader_ino,
                     task_seccomp_off: btf.member_offset("task_struct", "seccomp")?,
                     task_real_parent_off: btf.member_offset("task_struct", "real_parent")?,
                     task_tgid_off: btf.member_offset("task_struct", "tgid")?,
@@ -568,6 +583,36 @@ impl Kernel {
         let _ = fs::remove_dir(&maps_dir);
         let _ = fs::remove_dir(&self.pin_dir);
     }
+}
+
+/// Where distributions install the dynamic loader (x86_64 glibc and musl,
+/// and the i386 one). Symlinks and merged-/usr spellings collapse to the
+/// same file.
+pub const LOADER_PATHS: [&str; 6] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-linux.so.2",
+];
+
+/// The distinct loaders on this host as the kernel names them: `dev_t` in
+/// the kernel's encoding (major << 20 | minor) and inode number.
+pub fn loader_identities() -> Vec<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for p in LOADER_PATHS {
+        if let Ok(m) = fs::metadata(p) {
+            let dev = m.dev();
+            let kdev = (libc::major(dev) << 20) | libc::minor(dev);
+            let id = (kdev, m.ino());
+            if !out.contains(&id) && out.len() < guard_common::MAX_LOADERS {
+                out.push(id);
+            }
+        }
+    }
+    out
 }
 
 fn map_raw_fd(map: &aya::maps::Map) -> Option<i32> {

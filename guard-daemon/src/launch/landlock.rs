@@ -9,7 +9,11 @@
 //! The ruleset is built in the parent (opening every path there, following
 //! symlinks, so rules name real inodes); the child only calls
 //! `landlock_restrict_self`, plus one `open` per `/proc/self` rule, which must
-//! name the child's own process directory.
+//! name the child's own process directory. With a private procfs (the agent
+//! in its own pid namespace) that becomes one rule on the agent's `/proc`,
+//! which holds only the agent's processes: every one of them then reaches
+//! its own `/proc/self`. Rules are bound to inodes, so bind mounts of the
+//! same files and directories (the exec views) keep matching.
 //!
 //! The ABI is negotiated: every right this kernel knows is handled (so it is
 //! denied unless granted). Rights the kernel does not know are listed in the
@@ -152,6 +156,11 @@ pub struct Prepared {
     /// `/proc/self...` paths, opened by the child itself.
     child_paths: Vec<(CString, u64)>,
     restrict_flags: u32,
+    /// The agent has its own procfs (pid namespace, `subset=pid`): the
+    /// `/proc/self` grants become one rule on that `/proc`, so every process
+    /// of the agent reaches its own directory (a rule on `/proc/self` opened
+    /// by the launcher's child names that one process only).
+    private_proc: bool,
 }
 
 /// The Landlock ABI version of this kernel, or why there is none.
@@ -347,15 +356,39 @@ pub fn prepare(req: &Request) -> Result<(Prepared, Report), LandlockError> {
             ruleset,
             child_paths,
             restrict_flags,
+            private_proc: false,
         },
         report,
     ))
 }
 
 impl Prepared {
+    /// The child mounts a procfs of its own pid namespace that shows only
+    /// the agent's processes (see `Prepared::private_proc`).
+    pub fn use_private_proc(&mut self) {
+        self.private_proc = true;
+    }
+
     /// Only system calls: runs in the child between clone and exec.
     pub fn restrict_self(&self) -> io::Result<()> {
-        for (path, rights) in &self.child_paths {
+        if self.private_proc && !self.child_paths.is_empty() {
+            let rights = self.child_paths.iter().fold(0, |r, (_, x)| r | x);
+            // SAFETY: opening a constant NUL-terminated path.
+            let fd = unsafe { libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let added = add_path_rule(self.ruleset.as_raw_fd(), fd, rights);
+            // SAFETY: closing the descriptor opened above.
+            unsafe { libc::close(fd) };
+            added?;
+        }
+        let per_process = if self.private_proc {
+            &[][..]
+        } else {
+            &self.child_paths[..]
+        };
+        for (path, rights) in per_process {
             // SAFETY: opening a NUL-terminated path prepared in the parent.
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
             if fd < 0 {

@@ -9,9 +9,17 @@
 //!
 //! 1. reset signal mask and dispositions;
 //! 2. join the scope's v1 cgroups (hybrid hosts: resource limits);
-//! 3. die with the launcher (`PR_SET_PDEATHSIG`);
+//! 3. with exec views (the policy restricts files): the child is pid 1 of a
+//!    new pid namespace, in a new mount namespace. It dies with the launcher
+//!    (`PR_SET_PDEATHSIG`), sets up the views (`views::apply`: every mount
+//!    noexec but the exec grants and library directories, a private /proc,
+//!    `vm.memfd_noexec = 2`), forks the agent, and stays as its pid-1
+//!    reaper (`reaper`): it forwards signals, reaps orphans, and hands the
+//!    agent's wait status to the launcher through a pipe. The agent goes on:
 //! 4. drop the capability bounding set, then switch user if the policy says
-//!    so;
+//!    so; without a pid-1 reaper, die with the launcher from here on
+//!    (`PR_SET_PDEATHSIG` is cleared by a credential change, so it is set
+//!    after it);
 //! 5. `no_new_privs`;
 //! 6. Landlock `restrict_self`;
 //! 7. drop capabilities (bounding, ambient, effective/permitted/inheritable);
@@ -27,6 +35,7 @@
 pub mod caps;
 pub mod landlock;
 pub mod seccomp;
+pub mod views;
 
 use std::{
     ffi::CString,
@@ -53,8 +62,8 @@ pub enum LaunchError {
     Setup(String),
 }
 
-/// Steps reported by a failing child, in order.
-const STEPS: [&str; 11] = [
+/// Steps reported by a failing child.
+const STEPS: [&str; 17] = [
     "resetting signals",
     "joining the scope's v1 cgroups",
     "binding the agent's life to the launcher",
@@ -65,9 +74,48 @@ const STEPS: [&str; 11] = [
     "closing inherited descriptors",
     "installing the seccomp filter",
     "executing the program",
+    "exec confinement: making the agent's mount namespace private",
+    "exec confinement: marking every mount noexec",
+    "exec confinement: keeping exec grants and library directories executable",
+    "exec confinement: setting vm.memfd_noexec in the agent's pid namespace",
+    "exec confinement: mounting the agent's /proc",
+    "exec confinement: starting the agent under its pid-1 reaper",
     "unknown step",
 ];
+const STEP_SIGNALS: usize = 0;
+const STEP_V1: usize = 1;
+const STEP_LIFE: usize = 2;
+const STEP_USER: usize = 3;
+const STEP_NNP: usize = 4;
+const STEP_LANDLOCK: usize = 5;
+const STEP_CAPS: usize = 6;
+const STEP_FDS: usize = 7;
+const STEP_SECCOMP: usize = 8;
 const STEP_EXEC: usize = 9;
+const STEP_VIEWS: usize = 10;
+const STEP_REAPER: usize = 15;
+/// Reported by the launcher itself when clone3 cannot create the
+/// namespaces.
+const STEP_NAMESPACES: &str = "exec confinement: creating the agent's mount and pid namespaces";
+
+fn views_step(f: views::Failed) -> usize {
+    STEP_VIEWS
+        + match f {
+            views::Failed::Private => 0,
+            views::Failed::Noexec => 1,
+            views::Failed::Keep => 2,
+            views::Failed::MemfdNoexec => 3,
+            views::Failed::Proc => 4,
+        }
+}
+
+impl LaunchError {
+    /// The exec confinement (namespaces, noexec views) could not be set up:
+    /// the caller may retry without it when the user accepted that.
+    pub fn is_exec_confinement(&self) -> bool {
+        matches!(self, LaunchError::Child { step, .. } if step.starts_with("exec confinement"))
+    }
+}
 
 /// Who the agent runs as, resolved in the parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,12 +142,43 @@ pub struct LaunchSpec {
     /// Capabilities (numbers) to keep; all others are dropped.
     pub keep_caps: Vec<u32>,
     pub seccomp: Option<seccomp::Program>,
+    /// Exec confinement: private mount and pid namespaces with noexec views
+    /// (`views`), the agent under a pid-1 reaper. `None` runs the agent as
+    /// the launcher's direct child in the launcher's namespaces.
+    pub views: Option<views::Views>,
 }
 
 /// The running agent.
 pub struct Child {
+    /// The launcher's child: the agent itself, or its pid-1 reaper.
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// With a reaper: the read end of the pipe on which it writes the
+    /// agent's wait status (4 bytes, native endian) when the agent exits.
+    pub status: Option<OwnedFd>,
+}
+
+impl Child {
+    /// The agent's wait status from the reaper, if it has written it.
+    /// Non-blocking.
+    pub fn reported_status(&self) -> Option<i32> {
+        let fd = self.status.as_ref()?;
+        let mut buf = [0u8; 4];
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling and reading one descriptor we own into a buffer
+        // we own.
+        let n = unsafe {
+            if libc::poll(&mut pfd, 1, 0) != 1 {
+                return None;
+            }
+            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        (n == 4).then(|| i32::from_ne_bytes(buf))
+    }
 }
 
 #[repr(C)]
@@ -119,7 +198,10 @@ struct CloneArgs {
 }
 
 const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_NEWPID: u64 = 0x2000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CAP_KILL: u32 = 5;
 
 /// Signals guardctl forwards; blocked in the launcher, restored in the child.
 pub const FORWARDED: [i32; 8] = [
@@ -133,30 +215,62 @@ pub const FORWARDED: [i32; 8] = [
     libc::SIGCONT,
 ];
 
-/// Starts the agent. The caller must be single-threaded (the child runs a
-/// copy of its address space until exec).
-pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
-    let mut pipe_fds = [0 as RawFd; 2];
+fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array we own.
-    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(LaunchError::Clone(std::io::Error::last_os_error()));
     }
     // SAFETY: pipe2 succeeded; both descriptors are new and ours.
-    let (read_end, write_end) = unsafe {
-        (
-            OwnedFd::from_raw_fd(pipe_fds[0]),
-            OwnedFd::from_raw_fd(pipe_fds[1]),
-        )
-    };
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What the child knows of its launcher, taken before clone.
+struct Launcher {
+    /// The launcher's pid, compared with `getppid()` by a child in the
+    /// launcher's pid namespace.
+    pid: i32,
+    /// A pidfd of the launcher, polled by a child in a new pid namespace
+    /// (where `getppid()` is 0 whoever the parent is).
+    pidfd: Option<OwnedFd>,
+}
+
+/// Starts the agent. The caller must be single-threaded (the child runs a
+/// copy of its address space until exec).
+pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
+    let (read_end, write_end) = pipe()?;
+    let status = spec.views.as_ref().map(|_| pipe()).transpose()?;
 
     let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
 
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let launcher = Launcher {
+        pid,
+        pidfd: match &spec.views {
+            None => None,
+            Some(_) => {
+                // SAFETY: pidfd_open of our own pid returns a new descriptor.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+                if fd < 0 {
+                    return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+                }
+                // SAFETY: a new descriptor we own (close-on-exec by default).
+                Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+            }
+        },
+    };
+
     let mut pidfd: RawFd = -1;
+    let mut flags = CLONE_PIDFD | CLONE_INTO_CGROUP;
+    if spec.views.is_some() {
+        flags |= CLONE_NEWNS | CLONE_NEWPID;
+    }
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        flags,
         pidfd: &raw mut pidfd as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: spec.cgroup.as_raw_fd() as u64,
@@ -173,13 +287,40 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
         )
     };
     if rc < 0 {
-        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        // Namespaces need CAP_SYS_ADMIN (and may be limited by
+        // user.max_*_namespaces): name that step rather than the clone.
+        if spec.views.is_some()
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSPC | libc::EUSERS)
+            )
+        {
+            return Err(LaunchError::Child {
+                step: STEP_NAMESPACES,
+                source: e,
+            });
+        }
+        return Err(LaunchError::Clone(e));
     }
     if rc == 0 {
         // In the child: never returns.
-        child(spec, &argv, &envp, write_end.as_raw_fd());
+        let status_fd = status.as_ref().map(|(_, w)| w.as_raw_fd());
+        child(
+            spec,
+            &argv,
+            &envp,
+            write_end.as_raw_fd(),
+            status_fd,
+            &launcher,
+        );
     }
     drop(write_end);
+    drop(launcher);
+    let status = status.map(|(r, w)| {
+        drop(w);
+        r
+    });
     // SAFETY: CLONE_PIDFD stored a new descriptor in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let pid = rc as i32;
@@ -202,7 +343,9 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
     if n == 8 {
         let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        // The child has exited (127); reap it so no zombie remains.
+        // The child (or, with a reaper, the reaper once its agent failed)
+        // exits; reap it so no zombie remains. A reaper exits when its only
+        // child is gone.
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -218,7 +361,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
             source,
         });
     }
-    Ok(Child { pid, pidfd })
+    Ok(Child { pid, pidfd, status })
 }
 
 /// Reports the failing step and exits. Only async-signal-safe calls.
@@ -236,11 +379,42 @@ fn fail(pipe: RawFd, step: usize) -> ! {
     }
 }
 
+/// Dies with the launcher: a killed guardctl must not leave an unsupervised
+/// agent behind. Set after any credential change (which clears it), then
+/// checked against the launcher recorded before clone, in case the launcher
+/// died before the request took effect (the child would then have been
+/// reparented, to init or to a subreaper, and never get the signal).
+fn bind_life(pipe: RawFd, launcher: &Launcher) {
+    // SAFETY: prctl/getppid/poll with constant arguments or values we own.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(pipe, STEP_LIFE);
+        }
+        let gone = match &launcher.pidfd {
+            // A pidfd polls readable once its process has exited.
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                libc::poll(&mut pfd, 1, 0) != 0
+            }
+            None => libc::getppid() != launcher.pid,
+        };
+        if gone {
+            libc::_exit(127);
+        }
+    }
+}
+
 fn child(
     spec: &LaunchSpec,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     pipe: RawFd,
+    status: Option<RawFd>,
+    launcher: &Launcher,
 ) -> ! {
     // 1. Signals: the launcher blocks the forwarded ones, and Rust's runtime
     // ignores SIGPIPE. exec resets handlers but keeps ignored signals and the
@@ -251,7 +425,7 @@ fn child(
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-            fail(pipe, 0);
+            fail(pipe, STEP_SIGNALS);
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
@@ -259,57 +433,89 @@ fn child(
     for fd in &spec.v1_procs {
         // SAFETY: writing "0" (this process) to a cgroup.procs descriptor.
         if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
-            fail(pipe, 1);
+            fail(pipe, STEP_V1);
         }
     }
-    // 3. Die with the launcher: the scope is bound to its session, and a
-    // killed guardctl must not leave an unsupervised agent behind.
-    // SAFETY: prctl/getppid with constant arguments.
-    unsafe {
-        let parent = libc::getppid();
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            fail(pipe, 2);
+    // 3. Exec views, and the pid-1 reaper that the agent runs under.
+    if let (Some(v), Some(status)) = (&spec.views, status) {
+        // The reaper never changes credentials, so its death signal holds;
+        // the agent dies with its pid namespace when the reaper dies.
+        bind_life(pipe, launcher);
+        if let Err(f) = v.apply() {
+            fail(pipe, views_step(f));
         }
-        if parent == 1 {
-            libc::_exit(127);
+        let set = reaper_signals();
+        // SAFETY: blocking signals (before fork, so that none is lost
+        // between the agent's start and the reaper's wait), then forking a
+        // copy of this single-threaded process.
+        let agent = unsafe {
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                fail(pipe, STEP_REAPER);
+            }
+            libc::fork()
+        };
+        if agent < 0 {
+            fail(pipe, STEP_REAPER);
+        }
+        if agent > 0 {
+            // SAFETY: the failure pipe is the agent's to report on (or to
+            // close by exec): the reaper's copy must not keep it open.
+            unsafe { libc::close(pipe) };
+            reaper(agent, status, &set);
+        }
+        // The agent: its own signal mask back to empty.
+        let empty = {
+            // SAFETY: building an empty set we own.
+            let mut s: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            unsafe { libc::sigemptyset(&mut s) };
+            s
+        };
+        // SAFETY: setting our own signal mask.
+        if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } != 0 {
+            fail(pipe, STEP_SIGNALS);
         }
     }
     // 4. User. The bounding set is dropped first, while CAP_SETPCAP is
     // still held; kept capabilities survive the uid change (KEEPCAPS) and
     // are set exactly in step 7.
     if caps::drop_bounding(&spec.keep_caps).is_err() {
-        fail(pipe, 6);
+        fail(pipe, STEP_CAPS);
     }
     if let Some(c) = &spec.credentials {
         // SAFETY: credential calls with values resolved in the parent.
         unsafe {
             if !spec.keep_caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                fail(pipe, 3);
+                fail(pipe, STEP_USER);
             }
             if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
                 || libc::setresgid(c.gid, c.gid, c.gid) != 0
                 || libc::setresuid(c.uid, c.uid, c.uid) != 0
             {
-                fail(pipe, 3);
+                fail(pipe, STEP_USER);
             }
         }
+    }
+    if spec.views.is_none() {
+        // After the credential change, which clears the death signal.
+        bind_life(pipe, launcher);
     }
     // 5. no_new_privs: set-id binaries and file capabilities cannot give the
     // agent more than it has; also required for unprivileged Landlock and
     // seccomp.
     // SAFETY: prctl with constant arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        fail(pipe, 4);
+        fail(pipe, STEP_NNP);
     }
     // 6. Landlock.
     if let Some(ll) = &spec.landlock
         && ll.restrict_self().is_err()
     {
-        fail(pipe, 5);
+        fail(pipe, STEP_LANDLOCK);
     }
     // 7. Capabilities: exactly the kept ones remain.
     if caps::set_kept(&spec.keep_caps).is_err() {
-        fail(pipe, 6);
+        fail(pipe, STEP_CAPS);
     }
     // 8. Descriptors: everything from 3 up becomes close-on-exec (the pipe
     // too, which is how the parent learns exec succeeded), then the explicitly
@@ -323,11 +529,11 @@ fn child(
             libc::CLOSE_RANGE_CLOEXEC,
         ) != 0
         {
-            fail(pipe, 7);
+            fail(pipe, STEP_FDS);
         }
         for &fd in &spec.keep_fds {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                fail(pipe, 7);
+                fail(pipe, STEP_FDS);
             }
         }
     }
@@ -335,7 +541,7 @@ fn child(
     if let Some(prog) = &spec.seccomp
         && prog.install().is_err()
     {
-        fail(pipe, 8);
+        fail(pipe, STEP_SECCOMP);
     }
     // 10. exec.
     // SAFETY: argv/envp are NUL-terminated arrays of pointers into CStrings
@@ -344,6 +550,74 @@ fn child(
         libc::execve(spec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     fail(pipe, STEP_EXEC)
+}
+
+/// SIGCHLD and the forwarded signals: what the reaper waits for.
+fn reaper_signals() -> libc::sigset_t {
+    // SAFETY: building a signal set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    }
+}
+
+/// Pid 1 of the agent's pid namespace. The kernel drops signals to a
+/// namespace's init that it has no handler for, and kills the whole
+/// namespace when it exits, so the agent cannot be pid 1 itself. The reaper
+/// forwards to the agent the signals the launcher forwards to it (those
+/// from the terminal reach the agent directly, as it shares the process
+/// group), reaps orphans, writes the agent's wait status to `status` when
+/// the agent exits, and exits once nothing is left in the namespace (so
+/// processes the agent left behind are still there for guardd to count and
+/// kill with the scope). Only system calls; keeps no capability but
+/// CAP_KILL (the agent may run as another user).
+fn reaper(agent: libc::pid_t, status: RawFd, set: &libc::sigset_t) -> ! {
+    // Best effort: the reaper is outside the agent's Landlock domain, so
+    // the agent can neither signal nor trace it; fewer privileges only make
+    // that safer.
+    let _ = caps::drop_bounding(&[CAP_KILL]);
+    let _ = caps::set_kept(&[CAP_KILL]);
+    // SAFETY: prctl/sigwaitinfo/waitpid/kill/write/_exit on our own process,
+    // its children and buffers we own.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        // Children must turn into zombies to be waited for, whatever
+        // disposition guardctl inherited.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut agent_done = false;
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(set, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut st = 0;
+                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    if r == agent {
+                        agent_done = true;
+                        let b = st.to_ne_bytes();
+                        libc::write(status, b.as_ptr().cast(), b.len());
+                    } else if r == 0 {
+                        break;
+                    } else if r < 0 {
+                        if agent_done {
+                            libc::_exit(0);
+                        }
+                        break;
+                    }
+                }
+            } else if !agent_done && info.si_code != libc::SI_KERNEL {
+                libc::kill(agent, sig);
+            }
+        }
+    }
 }
 
 /// Blocks the forwarded signals (and SIGCHLD) in the calling thread so a

@@ -419,7 +419,6 @@ const ALLOWED: &[(u32, &str)] = &[
     (309, "getcpu"),
     (316, "renameat2"),
     (318, "getrandom"),
-    (319, "memfd_create"),
     (322, "execveat"),
     (324, "membarrier"),
     (325, "mlock2"),
@@ -452,6 +451,9 @@ pub const NR_UNSHARE: u32 = 272;
 pub const NR_PERSONALITY: u32 = 135;
 pub const NR_CLONE3: u32 = 435;
 pub const NR_IO_URING: [u32; 3] = [425, 426, 427];
+pub const NR_MEMFD_CREATE: u32 = 319;
+/// `memfd_create` flag asking for an executable memfd.
+pub const MFD_EXEC: u32 = 0x10;
 
 /// Options from the policy and the host.
 #[derive(Clone, Debug)]
@@ -524,6 +526,16 @@ pub fn table(opts: &Options) -> Vec<(u32, Action)> {
             Action::Errno(libc::EPERM)
         },
     ));
+    // An executable memfd runs a program no exec grant names (issue 7);
+    // without the flag, `vm.memfd_noexec = 2` makes memfds non-executable.
+    t.push((
+        NR_MEMFD_CREATE,
+        Action::ArgNoBits {
+            arg: 1,
+            mask: MFD_EXEC,
+            otherwise: libc::EPERM,
+        },
+    ));
     t.push((NR_CLONE3, Action::Errno(libc::ENOSYS)));
     for nr in NR_IO_URING {
         t.push((nr, Action::Errno(libc::ENOSYS)));
@@ -546,6 +558,7 @@ pub fn name_of(nr: u32) -> Option<&'static str> {
             NR_IOCTL => Some("ioctl"),
             NR_PERSONALITY => Some("personality"),
             NR_CLONE3 => Some("clone3"),
+            NR_MEMFD_CREATE => Some("memfd_create"),
             425 => Some("io_uring_setup"),
             426 => Some("io_uring_enter"),
             427 => Some("io_uring_register"),
@@ -777,6 +790,21 @@ mod tests {
         });
         assert_eq!(p.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]), None);
         assert_eq!(name_of(NR_LISTEN), Some("listen"));
+    }
+
+    #[test]
+    fn executable_memfds_are_refused() {
+        let p = prog();
+        assert_eq!(p.denies(NR_MEMFD_CREATE, [0, 0, 0, 0, 0, 0]), None);
+        // MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL
+        assert_eq!(
+            p.denies(NR_MEMFD_CREATE, [0, 0x1 | 0x2 | 0x8, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(
+            p.denies(NR_MEMFD_CREATE, [0, u64::from(MFD_EXEC) | 1, 0, 0, 0, 0]),
+            Some(libc::EPERM)
+        );
     }
 
     #[test]

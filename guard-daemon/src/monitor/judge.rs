@@ -157,6 +157,100 @@ fn granted(fs: &FsPlan, path: &Path) -> ((bool, bool, bool), Vec<String>) {
     (g, rules)
 }
 
+const NR_MMAP: u32 = 9;
+const NR_MPROTECT: u32 = 10;
+const NR_EXECVE: u32 = 59;
+const NR_EXECVEAT: u32 = 322;
+const PROT_EXEC: u64 = 4;
+const AT_EMPTY_PATH: u64 = 0x1000;
+
+/// What descriptor `fd` of process `tgid` names, if it can still be read.
+fn fd_target(tgid: u32, fd: u64) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{tgid}/fd/{}", fd as i32)).ok()
+}
+
+/// Whether `path` (as the agent named it) is a descriptor link in procfs:
+/// `/proc/self/fd/N`, `/proc/thread-self/fd/N` or `/proc/PID/fd/N`. Returns
+/// N.
+fn proc_fd(path: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(path).ok()?;
+    let rest = s.strip_prefix("/proc/")?;
+    let (_, fd) = rest.split_once("/fd/")?;
+    fd.parse().ok()
+}
+
+/// Refusals of the routes around `exec` that are not Landlock's: a mapping
+/// made executable from a noexec mount (the loader or `dlopen` on a file
+/// outside the exec grants), and a memfd executed or created executable
+/// (`vm.memfd_noexec = 2` in the agent's pid namespace).
+fn exec_route(
+    nr: u32,
+    errno: i32,
+    args: &[u64; 6],
+    tgid: u32,
+    path: Option<&[u8]>,
+) -> Option<Verdict> {
+    let memfd = |p: &Path| p.as_os_str().as_bytes().starts_with(b"/memfd:");
+    match nr {
+        NR_MMAP | NR_MPROTECT if errno == EPERM && args[2] & PROT_EXEC != 0 => {
+            let target = if nr == NR_MMAP {
+                fd_target(tgid, args[4])
+                    .map(|p| Text::new(p.as_os_str().as_bytes().to_vec()))
+                    .unwrap_or_else(|| Text::new(format!("fd {}", args[4] as i32)))
+            } else {
+                Text::new(format!("mapping at {:#x}", args[0]))
+            };
+            Some(Verdict {
+                kind: Kind::Exec,
+                action: "map-exec".into(),
+                target,
+                rule: "exec.noexec-mapping".into(),
+                layer: "mount-noexec",
+                detail: json!({
+                    "syscall": syscalls::name(nr),
+                    "errno": "EPERM",
+                    "prot": args[2],
+                    "why": "only the exec grants and the library directories may be mapped executable; \
+                            every other mount is noexec in the agent's mount namespace",
+                }),
+            })
+        }
+        seccomp::NR_MEMFD_CREATE if errno == EACCES => Some(Verdict {
+            kind: Kind::Exec,
+            action: "memfd_create".into(),
+            target: Text::new("memfd_create(MFD_EXEC)"),
+            rule: "exec.memfd-noexec".into(),
+            layer: "memfd-noexec",
+            detail: json!({"syscall": "memfd_create", "errno": "EACCES", "flags": args[1],
+                           "why": "vm.memfd_noexec = 2 in the agent's pid namespace"}),
+        }),
+        NR_EXECVE | NR_EXECVEAT if errno == EACCES => {
+            let raw = path.unwrap_or_default();
+            let fd = if nr == NR_EXECVEAT && raw.is_empty() && args[4] & AT_EMPTY_PATH != 0 {
+                Some(args[0])
+            } else {
+                proc_fd(raw)
+            }?;
+            let target = fd_target(tgid, fd).filter(|t| memfd(t))?;
+            Some(Verdict {
+                kind: Kind::Exec,
+                action: "exec".into(),
+                target: Text::new(target.as_os_str().as_bytes().to_vec()),
+                rule: "exec.memfd-noexec".into(),
+                layer: "memfd-noexec",
+                detail: json!({
+                    "syscall": syscalls::name(nr),
+                    "errno": "EACCES",
+                    "fd": fd as i32,
+                    "path": Text::new(raw.to_vec()),
+                    "why": "memfds are created non-executable and sealed so (vm.memfd_noexec = 2 in the agent's pid namespace)",
+                }),
+            })
+        }
+        _ => None,
+    }
+}
+
 impl Judge {
     /// The record for a refused call, or `None` when another layer has
     /// journaled it already (the network hooks record their own refusals).
@@ -192,6 +286,7 @@ impl Judge {
             && e == errno
         {
             let rule = match nr {
+                seccomp::NR_MEMFD_CREATE => "syscalls.memfd-exec",
                 NR_SOCKET => "syscalls.socket-families",
                 NR_CLONE | seccomp::NR_UNSHARE => "syscalls.namespaces",
                 seccomp::NR_IOCTL => "syscalls.terminal-injection",
@@ -202,14 +297,25 @@ impl Judge {
             if nr == NR_SOCKET {
                 detail["family"] = json!(args[0] as u32);
             }
+            // An executable memfd is a route to run a program `exec` does
+            // not grant: journaled as an exec refusal.
+            let kind = if nr == seccomp::NR_MEMFD_CREATE {
+                Kind::Exec
+            } else {
+                Kind::Syscall
+            };
             return Some(Verdict {
-                kind: Kind::Syscall,
+                kind,
                 action: name.clone(),
                 target: Text::new(name),
                 rule: rule.to_owned(),
                 layer: "seccomp",
                 detail,
             });
+        }
+        // Executable code around the exec grants (issue 7).
+        if let Some(v) = exec_route(nr, errno, args, tgid, path) {
+            return Some(v);
         }
         // 2. Network calls refused by the cgroup hooks are journaled there
         // (the kernel program drops those); an EPERM that reaches here was
@@ -498,6 +604,50 @@ mod tests {
             (v.kind, v.action.as_str(), v.layer),
             (Kind::Exec, "exec", "landlock")
         );
+    }
+
+    #[test]
+    fn routes_around_exec_name_their_layer() {
+        let j = judge(P);
+        // mmap(PROT_READ|PROT_EXEC) of a file on a noexec mount.
+        let v = j
+            .judge(NR_MMAP, -EPERM, &[0, 4096, 5, 2, 987_654, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.layer, v.rule.as_str()),
+            (Kind::Exec, "mount-noexec", "exec.noexec-mapping")
+        );
+        assert_eq!(v.target.as_str(), Some("fd 987654"));
+        // Without PROT_EXEC an EPERM mmap is not about exec.
+        let v = j.judge(NR_MMAP, -EPERM, &[0, 4096, 3, 2, 3, 0], 1, None);
+        assert_ne!(v.map(|v| v.layer), Some("mount-noexec"));
+        // memfd_create(MFD_EXEC): seccomp first, the sysctl behind it.
+        let v = j
+            .judge(
+                seccomp::NR_MEMFD_CREATE,
+                -EPERM,
+                &[0, 0x11, 0, 0, 0, 0],
+                1,
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.layer, v.rule.as_str()),
+            (Kind::Exec, "seccomp", "syscalls.memfd-exec")
+        );
+        let v = j
+            .judge(
+                seccomp::NR_MEMFD_CREATE,
+                -EACCES,
+                &[0, 0, 0, 0, 0, 0],
+                1,
+                None,
+            )
+            .unwrap();
+        assert_eq!((v.kind, v.layer), (Kind::Exec, "memfd-noexec"));
+        assert_eq!(proc_fd(b"/proc/self/fd/12"), Some(12));
+        assert_eq!(proc_fd(b"/proc/77/fd/3"), Some(3));
+        assert_eq!(proc_fd(b"/usr/bin/id"), None);
     }
 
     #[test]

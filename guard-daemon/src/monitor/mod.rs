@@ -25,8 +25,8 @@ use std::os::unix::ffi::OsStrExt;
 use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP,
-    IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE,
-    REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_DIRECT_LOADER, REASON_PORT, REASON_PROTOCOL,
+    REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -385,6 +385,22 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         KernelEvent::Unix(e) => {
             let (a, t, r, d) = unix_fields(e);
             (Kind::Network, a, t, verdict_of(h), r, "cgroup-bpf", d)
+        }
+        KernelEvent::Exec(e) if h.reason == REASON_DIRECT_LOADER => {
+            let (t, _, _, mut d) = exec_fields(e, meta);
+            d["why"] = json!(
+                "the dynamic loader was run as a program: it would map any readable file or memfd executable, \
+                 around the exec grants; the process was killed before its first instruction"
+            );
+            (
+                Kind::Exec,
+                "exec".to_owned(),
+                t,
+                Verdict::Denied,
+                "exec.loader-direct".to_owned(),
+                "exec-tracepoint",
+                d,
+            )
         }
         KernelEvent::Exec(e) => {
             let (t, r, l, d) = exec_fields(e, meta);

@@ -39,7 +39,8 @@ pub struct RunArgs {
     #[arg(long)]
     audit: bool,
     /// Start even though these layers cannot be enforced here (comma list of
-    /// `landlock`, `unix`, `limits`, or `all`). The degradation is journaled.
+    /// `landlock`, `unix`, `limits`, `exec`, or `all`). The degradation is
+    /// journaled.
     #[arg(long, value_delimiter = ',')]
     allow_degraded: Vec<String>,
     /// The command and its arguments.
@@ -126,9 +127,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     };
     let accepts = |w: &str| args.allow_degraded.iter().any(|a| a == w || a == "all");
     for a in &args.allow_degraded {
-        if !matches!(a.as_str(), "landlock" | "unix" | "limits" | "all") {
+        if !matches!(a.as_str(), "landlock" | "unix" | "limits" | "exec" | "all") {
             fail(format!(
-                "--allow-degraded: unknown layer {a:?} (expected landlock, unix, limits or all)"
+                "--allow-degraded: unknown layer {a:?} (expected landlock, unix, limits, exec or all)"
             ));
             return EXIT_USAGE;
         }
@@ -160,6 +161,20 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     }
     if !fs_restricted {
         notes.push("policy has no [filesystem] table: file access is not restricted".into());
+    }
+    // Exec confinement (private mount and pid namespaces, noexec views) is
+    // part of enforcing `exec`. Without acceptance a failure stops the
+    // launch at the step that failed; with it, it is probed here so that
+    // the start record tells the truth.
+    let mut exec_views = fs_restricted;
+    if fs_restricted
+        && accepts("exec")
+        && let Err(e) = launch::views::probe()
+    {
+        exec_views = false;
+        notes.push(format!(
+            "exec confinement unavailable ({e}); the loader, dlopen and memfd routes around `exec` are NOT closed (accepted)"
+        ));
     }
 
     timing.mark("landlock checked");
@@ -243,6 +258,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         &reply,
         unix_degraded,
         accepts("landlock"),
+        exec_views.then_some(workdir.as_path()),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -265,7 +281,13 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     let child = match launch::spawn(&spec) {
         Ok(c) => c,
         Err(e) => {
-            fail(&e);
+            if spec.views.is_some() && e.is_exec_confinement() {
+                fail(format!(
+                    "{e}. Refusing to start; pass --allow-degraded exec to run without closing the routes around `exec`"
+                ));
+            } else {
+                fail(&e);
+            }
             let code = if matches!(e, launch::LaunchError::Exec { .. }) {
                 127
             } else {
@@ -321,6 +343,7 @@ fn build_spec(
     reply: &OpenReply,
     unix_degraded: bool,
     landlock_degraded_ok: bool,
+    exec_views: Option<&Path>,
 ) -> Result<LaunchSpec, String> {
     let cstring =
         |b: &[u8]| CString::new(b).map_err(|_| "an argument contains a NUL byte".to_owned());
@@ -363,8 +386,31 @@ fn build_spec(
         scope_abstract_unix: !plan.network.unix.iter().any(|(p, _)| p[0] == 0),
         scope_signals: true,
     };
+    // The exec views keep the `exec` grants (and library directories)
+    // executable-mappable; everything else is noexec.
+    let views = match exec_views {
+        Some(cwd) => {
+            let exec: Vec<PathBuf> = plan
+                .filesystem
+                .rules
+                .iter()
+                .filter(|r| r.access.exec)
+                .map(|r| r.path.clone())
+                .collect();
+            Some(
+                launch::views::Views::prepare(&exec, Some(cwd))
+                    .map_err(|e| format!("exec views: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let landlock = match landlock::prepare(&request) {
-        Ok((prepared, _report)) => Some(prepared),
+        Ok((mut prepared, _report)) => {
+            if views.is_some() {
+                prepared.use_private_proc();
+            }
+            Some(prepared)
+        }
         // Without Landlock the other layers still hold; the user accepted
         // that (or the policy does not restrict files), and it was journaled
         // with the start record.
@@ -407,6 +453,7 @@ fn build_spec(
         landlock,
         keep_caps,
         seccomp: Some(seccomp),
+        views,
     })
 }
 
@@ -459,12 +506,29 @@ fn signalfd() -> std::io::Result<OwnedFd> {
     }
 }
 
+fn exit_status(status: i32) -> ExitStatus {
+    if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    }
+}
+
 /// Waits for the agent's main process, forwarding signals sent to guardctl.
 /// Signals the kernel sends for the terminal (Ctrl-C, ...) already reach the
 /// agent, which shares the foreground process group; only signals sent to
-/// guardctl by another process are forwarded.
+/// guardctl by another process are forwarded. With a pid-1 reaper, the
+/// agent's status comes from the reaper's status pipe (the reaper itself
+/// may stay until guardd ends the scope, when the agent left processes
+/// behind); a reaper that died without writing it (killed with the scope)
+/// gives its own status.
 fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
+    let mut status_open = child.status.is_some();
     loop {
+        let status_fd = match (&child.status, status_open) {
+            (Some(fd), true) => fd.as_raw_fd(),
+            _ => -1,
+        };
         let mut fds = [
             libc::pollfd {
                 fd: child.pidfd.as_raw_fd(),
@@ -476,9 +540,14 @@ fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: status_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: polling two descriptors we own.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: polling descriptors we own (a negative one is skipped).
+        unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if fds[1].revents & libc::POLLIN != 0 {
             // SAFETY: reading one signalfd_siginfo into a zeroed buffer.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -503,15 +572,23 @@ fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
                 };
             }
         }
+        if fds[2].revents != 0 {
+            if let Some(st) = child.reported_status() {
+                return exit_status(st);
+            }
+            if fds[2].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                status_open = false;
+            }
+        }
         if fds[0].revents & libc::POLLIN != 0 {
+            if let Some(st) = child.reported_status() {
+                return exit_status(st);
+            }
             let mut status = 0;
             // SAFETY: waiting for our own child.
             let rc = unsafe { libc::waitpid(child.pid, &mut status, 0) };
             if rc == child.pid {
-                if libc::WIFSIGNALED(status) {
-                    return ExitStatus::Signal(libc::WTERMSIG(status));
-                }
-                return ExitStatus::Code(libc::WEXITSTATUS(status));
+                return exit_status(status);
             }
         }
     }
