@@ -28,7 +28,10 @@ use crate::{
     },
     kernel::{Kernel, KernelError, KernelOptions},
     metrics::Metrics,
-    monitor::{self, Attribution, Monitor},
+    monitor::{
+        self, Attribution, Monitor,
+        coalesce::{CoalesceConfig, Coalescer},
+    },
     scope::{Placement, ScopeError, ScopeRoot},
 };
 
@@ -68,6 +71,8 @@ pub struct DaemonConfig {
     pub group: Option<u32>,
     pub mirror: Vec<MirrorSink>,
     pub retention: Retention,
+    /// Folding of repeated identical refusals (`monitor::coalesce`).
+    pub coalesce: CoalesceConfig,
     /// Remove pins and the parent cgroup on a clean stop when no agent is
     /// live (the default); off keeps them for inspection.
     pub cleanup_on_exit: bool,
@@ -89,6 +94,9 @@ pub struct Shared {
     pub registry: Mutex<Registry>,
     pub metrics: Arc<Metrics>,
     pub started: SystemTime,
+    /// Held counts of repeated refusals; the monitor feeds it, closing a
+    /// scope flushes that agent's counts before its exit record.
+    pub coalescer: Arc<Mutex<Coalescer>>,
 }
 
 impl Shared {
@@ -140,6 +148,7 @@ impl Daemon {
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
+        let cfg_coalesce = cfg.coalesce;
         let shared = Arc::new(Shared {
             cfg,
             kernel,
@@ -149,6 +158,7 @@ impl Daemon {
             registry: Mutex::new(Registry::default()),
             metrics: Arc::new(Metrics::default()),
             started: SystemTime::now(),
+            coalescer: Arc::new(Mutex::new(Coalescer::new(cfg_coalesce))),
         });
         journal_start(&shared);
         // Re-adopt before reading the ring buffer: events an agent caused
@@ -160,6 +170,7 @@ impl Daemon {
             shared.kernel.clone(),
             shared.journal.clone(),
             shared.metrics.clone(),
+            shared.coalescer.clone(),
         )
         .map_err(|source| DaemonError::Io {
             op: "starting the monitor thread",
@@ -244,6 +255,8 @@ fn journal_start(shared: &Shared) {
         "unix_hooks": layers.unix_hooks,
         "unix_hooks_error": layers.unix_error,
         "controllers": placements,
+        "journal_max_bytes": shared.cfg.retention.max_bytes,
+        "coalesce_interval_ms": u64::try_from(shared.cfg.coalesce.interval.as_millis()).unwrap_or(u64::MAX),
     }));
     let _ = shared.journal.append(rec);
 }

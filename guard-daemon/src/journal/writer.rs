@@ -20,7 +20,7 @@ use super::chain::{
 use super::query::bench_record;
 use super::record::{Kind, Record, Verdict, format_time};
 use super::sink::{Mirror, MirrorSink};
-use super::store::{Retention, Store};
+use super::store::{Retention, Store, budget_cut, wal_cap};
 use super::text::Text;
 use super::{JournalError, error_chain};
 
@@ -43,6 +43,9 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// open, the writer retries forever and appenders feel backpressure.
 const CLOSE_RETRIES: u32 = 5;
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The disk budget is checked at least this often while records arrive, and
+/// whenever a sixteenth of it has been written since the last check.
+const BUDGET_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -87,6 +90,8 @@ pub struct JournalStats {
     pub checkpoint_errors: u64,
     pub retention_removed: u64,
     pub head_seq: u64,
+    /// Main file plus WAL at the last budget check (0 without a budget).
+    pub store_bytes: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +107,7 @@ struct Stats {
     checkpoint_errors: AtomicU64,
     retention_removed: AtomicU64,
     head_seq: AtomicU64,
+    store_bytes: AtomicU64,
 }
 
 enum Msg {
@@ -181,6 +187,7 @@ impl JournalHandle {
             checkpoint_errors: s.checkpoint_errors.load(Relaxed),
             retention_removed: s.retention_removed.load(Relaxed),
             head_seq: s.head_seq.load(Relaxed),
+            store_bytes: s.store_bytes.load(Relaxed),
         }
     }
 
@@ -207,6 +214,7 @@ impl Journal {
     /// record and starts the writer thread.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
         let store = Store::open(&cfg.path)?;
+        store.limit_wal(cfg.retention.max_bytes)?;
         let head = match store.head()? {
             Some(h) => h,
             None => store.retention_anchor()?.unwrap_or_else(ChainHead::genesis),
@@ -264,6 +272,15 @@ impl Journal {
             last_cp_at: now,
             next_retention: now,
             disconnected: false,
+            written_since_check: 0,
+            last_budget_check: now,
+            pending_bytes: 0,
+            // A batch is one transaction: under a small budget it must not
+            // overshoot the budget before the next check can act.
+            batch_bytes: cfg
+                .retention
+                .max_bytes
+                .map_or(u64::MAX, |b| (b / 32).max(4096)),
         };
         let thread = std::thread::Builder::new()
             .name("guard-journal".into())
@@ -328,6 +345,12 @@ struct Writer {
     last_cp_at: Instant,
     next_retention: Instant,
     disconnected: bool,
+    /// JSON bytes committed since the disk budget was last checked.
+    written_since_check: u64,
+    last_budget_check: Instant,
+    /// Serialised bytes in `pending`, and the most one batch may hold.
+    pending_bytes: u64,
+    batch_bytes: u64,
 }
 
 impl Writer {
@@ -345,6 +368,7 @@ impl Writer {
                 return Err(e);
             }
             self.serve_retention_requests();
+            self.maybe_enforce_budget();
             self.maybe_checkpoint(false);
         }
         self.maybe_checkpoint(true);
@@ -369,7 +393,7 @@ impl Writer {
     fn gather(&mut self, first: Msg) {
         let started = Instant::now();
         let mut urgent = self.accept(first);
-        while !urgent && self.pending.len() < MAX_BATCH {
+        while !urgent && self.pending.len() < MAX_BATCH && self.pending_bytes < self.batch_bytes {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Disconnected) => {
@@ -399,6 +423,7 @@ impl Writer {
     fn accept(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Append(rec) => {
+                self.pending_bytes += rec.body().len() as u64;
                 self.pending.push(rec);
                 false
             }
@@ -470,6 +495,7 @@ impl Writer {
         let mut head = self.head.clone();
         let mut sealed: Vec<Sealed> = Vec::with_capacity(self.pending.len());
         let mut queue = std::mem::take(&mut self.pending).into_iter();
+        self.pending_bytes = 0;
         let mut result = Ok(());
         for prepared in queue.by_ref() {
             match head.seal(&prepared) {
@@ -501,6 +527,7 @@ impl Writer {
         }
         self.head = head;
         let n = sealed.len() as u64;
+        self.written_since_check += sealed.iter().map(|s| s.json.len() as u64).sum::<u64>();
         let stats = &self.shared.stats;
         stats.committed.fetch_add(n, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
@@ -591,6 +618,57 @@ impl Writer {
         }
     }
 
+    /// Keeps the store within `retention.max_bytes`: measures it (cheaply:
+    /// page counts and the WAL's size) after enough writes, checkpoints a WAL
+    /// that readers let grow past its cap, and removes the oldest records
+    /// through retention (journaled, chain kept) when the records' pages
+    /// pass the high watermark.
+    fn maybe_enforce_budget(&mut self) {
+        let Some(budget) = self.retention.max_bytes else {
+            return;
+        };
+        if self.written_since_check < budget / 16 && self.last_budget_check.elapsed() < BUDGET_CHECK
+        {
+            return;
+        }
+        if self.written_since_check == 0 && self.last_budget_check.elapsed() < BUDGET_CHECK * 10 {
+            // Idle: nothing can have grown.
+            return;
+        }
+        self.written_since_check = 0;
+        self.last_budget_check = Instant::now();
+        let usage = match self.store.usage() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "measuring the journal failed");
+                return;
+            }
+        };
+        self.shared
+            .stats
+            .store_bytes
+            .store(usage.db_file + usage.wal_file, Relaxed);
+        if usage.wal_file > 2 * wal_cap(Some(budget))
+            && let Err(e) = self.store.checkpoint_wal()
+        {
+            tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
+        }
+        if budget_cut(budget, usage.db_used, 1).is_none() {
+            return;
+        }
+        match self.run_retention() {
+            Ok(removed) if removed > 0 => {
+                tracing::warn!(
+                    removed,
+                    budget,
+                    "journal disk budget reached: oldest records removed"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %error_chain(&e), "journal budget retention failed"),
+        }
+    }
+
     fn serve_retention_requests(&mut self) {
         for reply in std::mem::take(&mut self.retention_waiters) {
             let _ = reply.send(self.run_retention());
@@ -622,6 +700,7 @@ impl Writer {
             "first_seq": plan.first_seq,
             "last_seq": plan.last_seq,
             "by_kind": plan.by_kind,
+            "max_bytes": self.retention.max_bytes,
         }));
         let prepared = prepare(summary)?;
         let mut head = self.head.clone();
@@ -968,6 +1047,7 @@ pub(crate) mod tests {
         cfg.retention = Retention {
             max_records: Some(20),
             max_age: None,
+            max_bytes: None,
         };
         // Retention runs as the journal opens.
         let journal = Journal::open(cfg).unwrap();
@@ -1013,6 +1093,7 @@ pub(crate) mod tests {
         cfg.retention = Retention {
             max_records: None,
             max_age: Some(Duration::ZERO),
+            max_bytes: None,
         };
         let journal = Journal::open(cfg).unwrap();
         let h = journal.handle();
