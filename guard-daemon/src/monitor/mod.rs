@@ -111,16 +111,19 @@ struct Sink {
 }
 
 impl Sink {
-    /// Journals `rec` now or folds it into a later summary. The lock is held
-    /// across the append so that a scope's final flush (`coalesce::flush_agent`)
-    /// cannot overtake a record of that scope.
-    fn put(&mut self, rec: Record) {
+    /// Journals `rec` now or folds it into a later summary; returns whether
+    /// it was folded. The lock is held across the append so that a scope's
+    /// final flush (`coalesce::flush_agent`) cannot overtake a record of
+    /// that scope.
+    fn put(&mut self, rec: Record) -> bool {
         let mut c = self
             .coalescer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = c.folded();
         c.offer(rec, coalesce::Stamp::now(), &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
+        c.folded() != before
     }
 
     /// Journals the summaries of intervals that have ended.
@@ -235,8 +238,10 @@ fn drain(
             ),
         };
         drop(item);
-        if let Some(rec) = rec {
-            sink.put(rec);
+        if let Some(rec) = rec
+            && sink.put(rec)
+        {
+            metrics.folded();
         }
         // Counted last, after the record is appended or held: once `seen`
         // covers the kernel's count, every record of the agent is appended
