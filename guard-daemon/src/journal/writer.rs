@@ -44,7 +44,7 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const CLOSE_RETRIES: u32 = 5;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The disk budget is checked at least this often while records arrive, and
-/// whenever a sixteenth of it has been written since the last check.
+/// whenever a thirty-second of it has been written since the last check.
 const BUDGET_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,7 +280,7 @@ impl Journal {
             batch_bytes: cfg
                 .retention
                 .max_bytes
-                .map_or(u64::MAX, |b| (b / 32).max(4096)),
+                .map_or(u64::MAX, |b| (b / 64).max(4096)),
         };
         let thread = std::thread::Builder::new()
             .name("guard-journal".into())
@@ -627,7 +627,7 @@ impl Writer {
         let Some(budget) = self.retention.max_bytes else {
             return;
         };
-        if self.written_since_check < budget / 16 && self.last_budget_check.elapsed() < BUDGET_CHECK
+        if self.written_since_check < budget / 32 && self.last_budget_check.elapsed() < BUDGET_CHECK
         {
             return;
         }

@@ -124,13 +124,14 @@ struct Held {
     /// Repeats in this interval, `rec` included.
     count: u64,
     first_wall: SystemTime,
+    /// When `rec` happened; formatted only for the summary, not per repeat.
+    last_wall: SystemTime,
     pids: Vec<u32>,
     pids_truncated: bool,
 }
 
 impl Held {
-    fn new(mut rec: Record, wall: SystemTime) -> Held {
-        rec.time = format_time(wall);
+    fn new(rec: Record, wall: SystemTime) -> Held {
         let pids = rec
             .process
             .as_ref()
@@ -140,13 +141,13 @@ impl Held {
             rec,
             count: 1,
             first_wall: wall,
+            last_wall: wall,
             pids,
             pids_truncated: false,
         }
     }
 
-    fn add(&mut self, mut rec: Record, wall: SystemTime) {
-        rec.time = format_time(wall);
+    fn add(&mut self, rec: Record, wall: SystemTime) {
         if let Some(p) = &rec.process
             && !self.pids.contains(&p.pid)
         {
@@ -157,12 +158,14 @@ impl Held {
             }
         }
         self.rec = rec;
+        self.last_wall = wall;
         self.count += 1;
     }
 
     /// The record standing for every repeat of the interval.
     fn into_summary(self) -> Record {
         let mut rec = self.rec;
+        rec.time = format_time(self.last_wall);
         let mut detail = match rec.detail.take() {
             Some(Value::Object(m)) => m,
             Some(other) => {

@@ -120,6 +120,13 @@ impl Sink {
             .coalescer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !c.enabled() {
+            drop(c);
+            if let Err(e) = self.journal.append(rec) {
+                tracing::error!("journal append failed: {e}");
+            }
+            return false;
+        }
         let before = c.folded();
         c.offer(rec, coalesce::Stamp::now(), &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
