@@ -776,6 +776,24 @@ fn a_disk_budget_keeps_the_store_small_and_verifiable() {
         assert_eq!(r["detail"]["max_bytes"], BUDGET, "{r}");
         assert!(r["detail"]["removed"].as_u64().unwrap() > 0, "{r}");
     }
+    // Every refusal is kept, counted in the running totals of the newest
+    // retention record, or lost in the kernel (gap records).
+    let kept = refusals(
+        &recs
+            .iter()
+            .filter(|r| r["kind"] == "network" && r["agent"]["id"] == id)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let removed = retention.last().unwrap()["detail"]["total_by_kind"]["network"]
+        .as_u64()
+        .unwrap_or(0);
+    let lost = lost(&recs);
+    assert_eq!(
+        kept + removed + lost,
+        n,
+        "kept {kept}, removed {removed}, lost {lost}"
+    );
     // The newest refusals and the exit record are kept.
     assert!(
         recs.iter()

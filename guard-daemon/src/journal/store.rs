@@ -179,6 +179,11 @@ pub(crate) struct RetentionPlan {
     pub by_kind: BTreeMap<String, u64>,
     /// Which limit triggered, for the summary's `rule`.
     pub rule: &'static str,
+    /// Records removed by every retention pass so far, this one included,
+    /// by kind: each summary carries the running total, so counts still
+    /// add up after later passes remove earlier summaries.
+    pub total_removed: u64,
+    pub total_by_kind: BTreeMap<String, u64>,
 }
 
 pub struct Store {
@@ -665,6 +670,12 @@ impl Store {
             removed += n;
             *by_kind.entry(kind.unwrap_or_default()).or_insert(0) += n;
         }
+        drop(stmt);
+        let (mut total_removed, mut total_by_kind) = self.retention_totals()?;
+        total_removed += removed;
+        for (kind, n) in &by_kind {
+            *total_by_kind.entry(kind.clone()).or_insert(0) += n;
+        }
         Ok(Some(RetentionPlan {
             first_seq: seq_from_sql(min)?,
             last_seq: seq_from_sql(last)?,
@@ -672,7 +683,52 @@ impl Store {
             removed,
             by_kind,
             rule,
+            total_removed,
+            total_by_kind,
         }))
+    }
+
+    /// The running totals of the newest retention summary in the store
+    /// (zero when there is none). A summary from before totals existed
+    /// counts with its own `removed`/`by_kind`.
+    fn retention_totals(&self) -> Result<(u64, BTreeMap<String, u64>), JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT json FROM records WHERE kind = 'gap' ORDER BY seq DESC")
+            .map_err(JournalError::sql("find the last retention summary"))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(JournalError::sql("find the last retention summary"))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(JournalError::sql("find the last retention summary"))?
+        {
+            let Ok(json) = row.get_ref(0).map(|v| v.as_str().unwrap_or_default()) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_str::<Record>(json) else {
+                continue;
+            };
+            if rec.action != "retention" {
+                continue;
+            }
+            let d = rec.detail.unwrap_or_default();
+            let (total, kinds) = if d.get("total_removed").is_some() {
+                (&d["total_removed"], &d["total_by_kind"])
+            } else {
+                (&d["removed"], &d["by_kind"])
+            };
+            let kinds = kinds
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok((total.as_u64().unwrap_or(0), kinds));
+        }
+        Ok((0, BTreeMap::new()))
     }
 
     /// Removes the planned prefix, moves the anchor and inserts the summary,

@@ -700,6 +700,8 @@ impl Writer {
             "first_seq": plan.first_seq,
             "last_seq": plan.last_seq,
             "by_kind": plan.by_kind,
+            "total_removed": plan.total_removed,
+            "total_by_kind": plan.total_by_kind,
             "max_bytes": self.retention.max_bytes,
         }));
         let prepared = prepare(summary)?;
@@ -1076,6 +1078,8 @@ pub(crate) mod tests {
         assert_eq!(d["last_seq"], 31);
         assert_eq!(d["by_kind"]["network"], 16);
         assert_eq!(d["by_kind"]["file"], 15);
+        assert_eq!(d["total_removed"], 31, "the first pass: totals are its own");
+        assert_eq!(d["total_by_kind"], d["by_kind"]);
         assert_eq!(
             store.retention_anchor().unwrap().unwrap().seq,
             31,
@@ -1084,6 +1088,46 @@ pub(crate) mod tests {
         let report = verify(&path).unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!((report.records, report.head_seq), (21, 52));
+    }
+
+    #[test]
+    fn a_disk_budget_holds_and_totals_add_up_across_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let budget = 1u64 << 20;
+        let mut cfg = JournalConfig::new(&path);
+        cfg.retention.max_bytes = Some(budget);
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        let n = 20_000;
+        for i in 0..n {
+            h.append(event(i)).unwrap();
+        }
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        let usage = store.usage().unwrap();
+        assert!(
+            usage.db_file + usage.wal_file <= budget,
+            "{usage:?} over {budget}"
+        );
+        let recs = store.query(&Filter::default()).unwrap();
+        let summaries: Vec<&Record> = recs
+            .iter()
+            .filter(|r| r.kind == Kind::Gap && r.action == "retention")
+            .collect();
+        assert!(!summaries.is_empty());
+        let last = summaries.last().unwrap().detail.as_ref().unwrap();
+        assert_eq!(last["max_bytes"], budget);
+        let kept = |k: Kind| recs.iter().filter(|r| r.kind == k).count() as u64;
+        let removed = |k: &str| last["total_by_kind"][k].as_u64().unwrap_or(0);
+        // Every appended event is either kept or counted in the totals of
+        // the newest summary, however many passes removed earlier ones.
+        assert_eq!(
+            kept(Kind::Network) + removed("network") + kept(Kind::File) + removed("file"),
+            n
+        );
+        assert!(summaries.len() < 10 || removed("gap") > 0);
+        assert!(verify(&path).unwrap().ok);
     }
 
     #[test]
