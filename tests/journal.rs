@@ -546,6 +546,9 @@ fn metrics_parse_with_the_reference_parser() {
         "guard_lost_events",
         "guard_agents_live",
         "guard_journal_commit_latency_seconds",
+        "guard_refusals_coalesced",
+        "guard_journal_bytes",
+        "guard_journal_retention_removed",
     ] {
         assert!(fams.get(f).is_some(), "missing {f} in {fams:#}");
     }
