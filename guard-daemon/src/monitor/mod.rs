@@ -205,6 +205,7 @@ fn drain(
     seen: &mut Seen,
     metrics: &Metrics,
 ) {
+    let mut taken_since_due = 0u32;
     while let Some(item) = ring.next() {
         let mut taken: Option<Arc<AgentMeta>> = None;
         let rec = match decode(&item) {
@@ -255,6 +256,13 @@ fn drain(
         // or in the coalescer, where closing the scope flushes it.
         if let Some(m) = taken {
             m.seen.fetch_add(1, Ordering::Release);
+        }
+        // A sustained flood can keep this loop from returning: end the
+        // intervals of other keys from here too.
+        taken_since_due += 1;
+        if taken_since_due == 1024 {
+            taken_since_due = 0;
+            sink.due();
         }
     }
 }
