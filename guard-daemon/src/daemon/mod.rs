@@ -201,11 +201,13 @@ impl Daemon {
         .with_detail(
             json!({"live_agents": live, "pins_kept": live > 0 || !self.shared.cfg.cleanup_on_exit}),
         );
-        let _ = self.shared.journal.append(rec);
+        // The monitor stops first: its last events and every held count of
+        // repeated refusals (`monitor::coalesce`) come before the stop record.
         if let Some(m) = self.monitor.take() {
             m.stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = m.thread.join();
         }
+        let _ = self.shared.journal.append(rec);
         if let Some(j) = self.journal.take()
             && let Err(e) = j.close()
         {
