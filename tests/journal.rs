@@ -35,6 +35,28 @@ fn seqs(recs: &[Value]) -> Vec<u64> {
     recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
+/// Refusals the records stand for: each is itself plus `detail.repeated`
+/// identical ones folded into it.
+fn refusals(recs: &[Value]) -> u64 {
+    recs.iter()
+        .map(|r| 1 + r["detail"]["repeated"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Events the kernel could not queue, from the agent's gap records.
+fn lost(recs: &[Value]) -> u64 {
+    recs.iter()
+        .filter(|r| r["kind"] == "gap" && r["action"] == "lost")
+        .map(|r| r["detail"]["lost"].as_u64().unwrap())
+        .sum()
+}
+
+/// Main file plus WAL.
+fn store_bytes(journal: &Path) -> u64 {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    len(journal) + len(Path::new(&format!("{}-wal", journal.display())))
+}
+
 #[test]
 fn queries_return_exactly_the_matching_records() {
     let g = Guardd::start();
@@ -71,7 +93,9 @@ fn queries_return_exactly_the_matching_records() {
         seqs(&got),
         expect(&|r| agent_is(r, &ida) && r["kind"] == "network")
     );
-    assert_eq!(got.len(), 3);
+    // Three identical refusals: the first in full, the two others folded
+    // into one record.
+    assert_eq!(refusals(&got), 3, "{got:#?}");
     // By id as well as by name.
     assert_eq!(
         seqs(&g.logs(&["--agent", &idb, "--kind", "network"])),
@@ -187,7 +211,8 @@ fn copy_journal(src: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn verify_detects_edits_deletions_reordering_and_truncation() {
-    let mut g = Guardd::start();
+    // Every refusal its own record, so there are records to tamper with.
+    let mut g = Guardd::start_with(&["--coalesce-interval", "0"]);
     let p = net_policy(&g, "ver");
     let port = closed_port();
     let targets: Vec<String> = (0..20).map(|_| format!("tcp:127.0.0.1:{port}")).collect();
@@ -261,13 +286,8 @@ fn a_flood_of_denials_cannot_hide_a_later_violation() {
     assert_eq!(res[0]["codes"]["EPERM"], 100000, "{res:?}");
     let id = Guardd::agent_id(&out);
     let flood_target = format!("127.0.0.1:{flood}/tcp");
-    let floods = g.logs(&["--agent", &id, "--target", &flood_target]).len() as u64;
-    let gaps = g.logs(&["--agent", &id, "--kind", "gap"]);
-    let lost: u64 = gaps
-        .iter()
-        .filter(|r| r["action"] == "lost")
-        .map(|r| r["detail"]["lost"].as_u64().unwrap())
-        .sum();
+    let floods = refusals(&g.logs(&["--agent", &id, "--target", &flood_target]));
+    let lost = lost(&g.logs(&["--agent", &id, "--kind", "gap"]));
     let marker_seen = !g
         .logs(&[
             "--agent",
@@ -526,6 +546,9 @@ fn metrics_parse_with_the_reference_parser() {
         "guard_lost_events",
         "guard_agents_live",
         "guard_journal_commit_latency_seconds",
+        "guard_refusals_coalesced",
+        "guard_journal_bytes",
+        "guard_journal_retention_removed",
     ] {
         assert!(fams.get(f).is_some(), "missing {f} in {fams:#}");
     }
@@ -558,7 +581,7 @@ fn ocsf_and_mirror_outputs() {
 
 #[test]
 fn retention_summarises_what_it_removes() {
-    let mut g = Guardd::start_with(&["--retain-records", "5"]);
+    let mut g = Guardd::start_with(&["--retain-records", "5", "--coalesce-interval", "0"]);
     let p = net_policy(&g, "ret");
     let port = closed_port();
     let targets: Vec<String> = (0..12).map(|_| format!("tcp:127.0.0.1:{port}")).collect();
@@ -568,10 +591,18 @@ fn retention_summarises_what_it_removes() {
     let out = g.ctl(&["logs"]);
     assert!(!out.status.success());
     g.restart_after_crash();
-    let recs = g.logs(&[]);
+    // The writer thread runs it as it starts, which on a loaded machine can
+    // be after guardd already answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let is_summary = |r: &Value| r["kind"] == "gap" && r["action"] == "retention";
+    let mut recs = g.logs(&[]);
+    while !recs.iter().any(is_summary) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        recs = g.logs(&[]);
+    }
     let summary = recs
         .iter()
-        .find(|r| r["kind"] == "gap" && r["action"] == "retention")
+        .find(|r| is_summary(r))
         .unwrap_or_else(|| panic!("{recs:#?}"));
     assert!(
         summary["detail"]["removed"].as_u64().unwrap() >= 10,
@@ -581,4 +612,205 @@ fn retention_summarises_what_it_removes() {
     g.stop();
     let (code, text) = verify(&g.journal);
     assert_eq!(code, 0, "retention must not break the chain: {text}");
+}
+
+/// An agent that sends `n` UDP datagrams to one forbidden address as fast as
+/// Python can, then (after the monitor has had time to drain) one to a
+/// second port, and prints how many sends were refused.
+const UDP_FLOOD: &str = r#"
+import json, socket, sys, time
+host, port, n, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+send = s.sendto
+addr = (host, port)
+denied = 0
+for _ in range(n):
+    try:
+        send(b"x", addr)
+    except PermissionError:
+        denied += 1
+time.sleep(1.0)
+try:
+    send(b"x", (host, marker))
+    marked = "sent"
+except PermissionError:
+    marked = "denied"
+print(json.dumps({"denied": denied, "marker": marked}), flush=True)
+"#;
+
+/// A distinct forbidden destination per send: ports `1..=n`.
+const UDP_SPREAD: &str = r#"
+import json, socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+denied = 0
+for port in range(1, n + 1):
+    try:
+        s.sendto(b"x", (host, port))
+    except PermissionError:
+        denied += 1
+print(json.dumps({"denied": denied}), flush=True)
+"#;
+
+fn agent_json(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("agent printed no result: {}", describe(out)));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn a_million_identical_refusals_stay_small_and_add_up() {
+    let mut g = Guardd::start();
+    let p = net_policy(&g, "flood1m");
+    let (flood, marker) = (closed_port(), closed_port());
+    let before = store_bytes(&g.journal);
+    let started = Instant::now();
+    let out = g.run(
+        &p,
+        &[],
+        &[
+            PYTHON,
+            "-c",
+            UDP_FLOOD,
+            "127.0.0.1",
+            &flood.to_string(),
+            "1000000",
+            &marker.to_string(),
+        ],
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", describe(&out));
+    let res = agent_json(&out);
+    assert_eq!(res["denied"], 1_000_000, "{res}");
+    assert_eq!(res["marker"], "denied", "{res}");
+    let growth = store_bytes(&g.journal).saturating_sub(before);
+    eprintln!("1,000,000 refusals in {took:?}: journal grew by {growth} bytes");
+    assert!(growth < 10_000_000, "journal grew by {growth} bytes");
+
+    let id = Guardd::agent_id(&out);
+    let recs = g.logs(&["--agent", &id]);
+    let flood_recs: Vec<Value> = recs
+        .iter()
+        .filter(|r| r["target"] == format!("127.0.0.1:{flood}/udp"))
+        .cloned()
+        .collect();
+    let marker_recs: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["target"] == format!("127.0.0.1:{marker}/udp"))
+        .collect();
+    assert_eq!(marker_recs.len(), 1, "the distinct refusal is journaled");
+    let lost = lost(&recs);
+    let journaled = refusals(&flood_recs);
+    eprintln!(
+        "{} flood records stand for {journaled} refusals; {lost} lost in the kernel",
+        flood_recs.len()
+    );
+    assert_eq!(
+        journaled + lost,
+        1_000_000,
+        "journaled {journaled} in {} records, lost {lost}",
+        flood_recs.len()
+    );
+    // Folded, not one record per refusal.
+    assert!(flood_recs.len() < 1000, "{} records", flood_recs.len());
+    let summary = flood_recs
+        .iter()
+        .find(|r| r["detail"]["repeated"].as_u64().unwrap_or(0) > 0)
+        .expect("a summary record");
+    assert!(summary["detail"]["first_time"].is_string(), "{summary}");
+    assert!(!summary["detail"]["pids"].as_array().unwrap().is_empty());
+    // The exit record and guardctl's summary count every refusal the
+    // monitor saw, folded or not.
+    let exit = recs.iter().find(|r| r["action"] == "exit").unwrap();
+    let denied = exit["detail"]["denied"].as_u64().unwrap();
+    assert_eq!(denied + lost, 1_000_001, "{exit}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{denied} denied")), "{err}");
+    // The exit record comes after every record of the flood.
+    let exit_seq = exit["seq"].as_u64().unwrap();
+    assert!(
+        flood_recs
+            .iter()
+            .all(|r| r["seq"].as_u64().unwrap() < exit_seq)
+    );
+    // The table shows the count.
+    let table = g.ctl(&["logs", "--agent", &id, "--target", &format!(":{flood}/udp")]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains('×'), "{text}");
+
+    g.stop();
+    let (code, text) = verify(&g.journal);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact"), "{text}");
+}
+
+#[test]
+fn a_disk_budget_keeps_the_store_small_and_verifiable() {
+    const BUDGET: u64 = 2 << 20;
+    let mut g = Guardd::start_with(&["--journal-max-bytes", "2M"]);
+    let p = net_policy(&g, "spread");
+    let n = 20_000u64;
+    let out = g.run(
+        &p,
+        &[],
+        &[PYTHON, "-c", UDP_SPREAD, "127.0.0.1", &n.to_string()],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(agent_json(&out)["denied"], n);
+    let id = Guardd::agent_id(&out);
+    let size = store_bytes(&g.journal);
+    let wal = store_bytes(&g.journal) - std::fs::metadata(&g.journal).unwrap().len();
+    eprintln!(
+        "{n} distinct refusals under a {BUDGET}-byte budget: store is {size} bytes ({wal} in the WAL)"
+    );
+    assert!(size <= BUDGET + BUDGET / 4, "store is {size} bytes");
+
+    let recs = g.logs(&[]);
+    let retention: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "gap" && r["action"] == "retention")
+        .collect();
+    assert!(!retention.is_empty(), "no retention record");
+    for r in &retention {
+        assert_eq!(r["rule"], "retention.max_bytes", "{r}");
+        assert_eq!(r["detail"]["max_bytes"], BUDGET, "{r}");
+        assert!(r["detail"]["removed"].as_u64().unwrap() > 0, "{r}");
+    }
+    // Every refusal is kept, counted in the running totals of the newest
+    // retention record, or lost in the kernel (gap records).
+    let kept = refusals(
+        &recs
+            .iter()
+            .filter(|r| r["kind"] == "network" && r["agent"]["id"] == id)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let removed = retention.last().unwrap()["detail"]["total_by_kind"]["network"]
+        .as_u64()
+        .unwrap_or(0);
+    let lost = lost(&recs);
+    assert_eq!(
+        kept + removed + lost,
+        n,
+        "kept {kept}, removed {removed}, lost {lost}"
+    );
+    // The newest refusals and the exit record are kept.
+    assert!(
+        recs.iter()
+            .any(|r| r["target"] == format!("127.0.0.1:{n}/udp") && r["agent"]["id"] == id),
+        "the last refusal is kept"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "exit" && r["agent"]["id"] == id)
+    );
+
+    g.stop();
+    assert!(store_bytes(&g.journal) <= BUDGET + BUDGET / 4);
+    let (code, text) = verify(&g.journal);
+    assert_eq!(code, 0, "budget retention must not break the chain: {text}");
+    assert!(text.contains("intact"), "{text}");
 }

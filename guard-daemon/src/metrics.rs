@@ -25,6 +25,7 @@ pub struct Metrics {
     events: AtomicU64,
     lost: AtomicU64,
     agents_started: AtomicU64,
+    folded: AtomicU64,
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -66,6 +67,12 @@ impl Metrics {
 
     pub fn lost(&self, n: u64) {
         self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One refusal folded into a coalesced record instead of journaled on
+    /// its own (still counted in `guard_refusals_total`).
+    pub fn folded(&self) {
+        self.folded.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn agent_started(&self) {
@@ -151,6 +158,32 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE guard_journal_errors_total counter");
         let _ = writeln!(out, "guard_journal_errors_total {}", journal.commit_errors);
+        let _ = writeln!(
+            out,
+            "# HELP guard_refusals_coalesced_total Refusals journaled as part of a coalesced record (detail.repeated) rather than on their own."
+        );
+        let _ = writeln!(out, "# TYPE guard_refusals_coalesced_total counter");
+        let _ = writeln!(
+            out,
+            "guard_refusals_coalesced_total {}",
+            self.folded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guard_journal_bytes Size of the journal store (main file and WAL) at the last disk-budget check."
+        );
+        let _ = writeln!(out, "# TYPE guard_journal_bytes gauge");
+        let _ = writeln!(out, "guard_journal_bytes {}", journal.store_bytes);
+        let _ = writeln!(
+            out,
+            "# HELP guard_journal_retention_removed_total Records removed by retention (age, count or disk budget), each removal summarised in a record."
+        );
+        let _ = writeln!(out, "# TYPE guard_journal_retention_removed_total counter");
+        let _ = writeln!(
+            out,
+            "guard_journal_retention_removed_total {}",
+            journal.retention_removed
+        );
         out
     }
 }

@@ -73,10 +73,19 @@ impl Daemon {
         let dir = tempfile::Builder::new().prefix("guard-bench").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.path().join("guard.sock");
+        let prepared = journal.is_some();
         let journal = journal
             .map(Path::to_owned)
             .unwrap_or_else(|| dir.path().join("journal.db"));
-        let child = Command::new(bin.join("guardd"))
+        let mut cmd = Command::new(bin.join("guardd"));
+        // The ingest bench measures the journal path for every refusal:
+        // coalescing would fold its single-target loop into a few records.
+        cmd.args(["--coalesce-interval", "0"]);
+        if prepared {
+            // A prepared store is measured as it is, whatever its size.
+            cmd.args(["--journal-max-bytes", "off"]);
+        }
+        let child = cmd
             .args(["--instance", "guard-bench", "--metrics", "off", "--socket"])
             .arg(&socket)
             .arg("--journal")
@@ -543,7 +552,8 @@ fn ingest(
     for line in String::from_utf8_lossy(&recs.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if v["kind"] == "network" {
-            journaled += 1;
+            // A coalesced record stands for itself and `repeated` more.
+            journaled += 1 + v["detail"]["repeated"].as_u64().unwrap_or(0);
         }
         if v["kind"] == "gap" && v["action"] == "lost" {
             lost += v["detail"]["lost"].as_u64().unwrap_or(0);

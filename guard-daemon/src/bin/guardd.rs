@@ -49,6 +49,18 @@ struct Args {
     /// Remove records older than this (e.g. 30d, 12h), summarised likewise.
     #[arg(long, value_parser = humantime::parse_duration)]
     retain_age: Option<std::time::Duration>,
+    /// Disk budget of the journal (main file and WAL), e.g. 500M or 2G;
+    /// `off` for none. When reached, the oldest records are removed and the
+    /// removal is summarised in a record. Default: 1G, or a tenth of the
+    /// journal's filesystem when that is smaller (at least 64M).
+    #[arg(long, value_name = "SIZE")]
+    journal_max_bytes: Option<String>,
+    /// Repeated identical refusals (same agent, kind, action, target,
+    /// verdict, rule, layer) within this interval are journaled as one
+    /// record carrying their count (`detail.repeated`); the first is always
+    /// journaled at once. `0` journals every refusal in full.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    coalesce_interval: std::time::Duration,
     /// Prometheus metrics address (`off` to disable). With port 0 the
     /// chosen address is written to STATE_DIR/metrics.addr.
     #[arg(long, default_value = "127.0.0.1:9464")]
@@ -93,6 +105,15 @@ fn main() -> anyhow::Result<()> {
             }
         })
         .collect();
+    let max_bytes = match args.journal_max_bytes.as_deref() {
+        Some("off") => None,
+        Some(s) => Some(
+            guard_daemon::journal::parse_size(s)
+                .map_err(anyhow::Error::from)
+                .context("--journal-max-bytes")?,
+        ),
+        None => Some(guard_daemon::journal::default_budget(&args.journal)),
+    };
     let cfg = DaemonConfig {
         socket: args.socket.clone(),
         state_dir: args.state_dir.clone(),
@@ -104,6 +125,11 @@ fn main() -> anyhow::Result<()> {
         retention: guard_daemon::journal::Retention {
             max_records: args.retain_records,
             max_age: args.retain_age,
+            max_bytes,
+        },
+        coalesce: guard_daemon::monitor::coalesce::CoalesceConfig {
+            interval: args.coalesce_interval,
+            ..Default::default()
         },
         cleanup_on_exit: !args.keep_pins,
     };

@@ -647,6 +647,9 @@ pub fn close(
         us = t0.elapsed().as_micros() as u64,
         "close: killed and drained"
     );
+    // Held repeat counts first, so the agent's records add up before its
+    // gap and exit records.
+    crate::monitor::coalesce::flush_agent(&shared.coalescer, &agent.meta.agent.id, &shared.journal);
     journal_loss(&agent.meta, info.lost, &shared.journal, &shared.metrics);
     if let Ok(mut c) = agent.meta.closed_at.lock() {
         *c = Some(Instant::now());

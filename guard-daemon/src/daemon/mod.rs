@@ -29,7 +29,10 @@ use crate::{
     },
     kernel::{Kernel, KernelError, KernelOptions},
     metrics::Metrics,
-    monitor::{self, Attribution, Monitor},
+    monitor::{
+        self, Attribution, Monitor,
+        coalesce::{CoalesceConfig, Coalescer},
+    },
     scope::{Placement, ScopeError, ScopeRoot},
 };
 
@@ -69,6 +72,8 @@ pub struct DaemonConfig {
     pub group: Option<u32>,
     pub mirror: Vec<MirrorSink>,
     pub retention: Retention,
+    /// Folding of repeated identical refusals (`monitor::coalesce`).
+    pub coalesce: CoalesceConfig,
     /// Remove pins and the parent cgroup on a clean stop when no agent is
     /// live (the default); off keeps them for inspection.
     pub cleanup_on_exit: bool,
@@ -90,6 +95,9 @@ pub struct Shared {
     pub registry: Mutex<Registry>,
     pub metrics: Arc<Metrics>,
     pub started: SystemTime,
+    /// Held counts of repeated refusals; the monitor feeds it, closing a
+    /// scope flushes that agent's counts before its exit record.
+    pub coalescer: Arc<Mutex<Coalescer>>,
 }
 
 impl Shared {
@@ -141,6 +149,7 @@ impl Daemon {
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
+        let cfg_coalesce = cfg.coalesce;
         let shared = Arc::new(Shared {
             cfg,
             kernel,
@@ -150,6 +159,7 @@ impl Daemon {
             registry: Mutex::new(Registry::default()),
             metrics: Arc::new(Metrics::default()),
             started: SystemTime::now(),
+            coalescer: Arc::new(Mutex::new(Coalescer::new(cfg_coalesce))),
         });
         journal_start(&shared);
         // Re-adopt before reading the ring buffer: events an agent caused
@@ -161,6 +171,7 @@ impl Daemon {
             shared.kernel.clone(),
             shared.journal.clone(),
             shared.metrics.clone(),
+            shared.coalescer.clone(),
         )
         .map_err(|source| DaemonError::Io {
             op: "starting the monitor thread",
@@ -191,11 +202,13 @@ impl Daemon {
         .with_detail(
             json!({"live_agents": live, "pins_kept": live > 0 || !self.shared.cfg.cleanup_on_exit}),
         );
-        let _ = self.shared.journal.append(rec);
+        // The monitor stops first: its last events and every held count of
+        // repeated refusals (`monitor::coalesce`) come before the stop record.
         if let Some(m) = self.monitor.take() {
             m.stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = m.thread.join();
         }
+        let _ = self.shared.journal.append(rec);
         if let Some(j) = self.journal.take()
             && let Err(e) = j.close()
         {
@@ -245,6 +258,8 @@ fn journal_start(shared: &Shared) {
         "unix_hooks": layers.unix_hooks,
         "unix_hooks_error": layers.unix_error,
         "controllers": placements,
+        "journal_max_bytes": shared.cfg.retention.max_bytes,
+        "coalesce_interval_ms": u64::try_from(shared.cfg.coalesce.interval.as_millis()).unwrap_or(u64::MAX),
     }));
     let _ = shared.journal.append(rec);
 }

@@ -32,6 +32,17 @@ pub fn table_row(r: &Record) -> String {
         .process
         .as_ref()
         .map_or_else(|| "-".to_owned(), |p| p.pid.to_string());
+    let mut target = r.target.escaped();
+    // A coalesced record stands for itself and `repeated` identical ones.
+    if let Some(n) = r
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("repeated"))
+        .and_then(serde_json::Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        target.push_str(&format!(" ×{}", n.saturating_add(1)));
+    }
     row([
         &time,
         &agent,
@@ -39,7 +50,7 @@ pub fn table_row(r: &Record) -> String {
         r.kind.as_str(),
         r.verdict.as_str(),
         &escape_str(&r.action),
-        &r.target.escaped(),
+        &target,
         &escape_str(&r.rule),
         &escape_str(&r.layer),
     ])
@@ -102,6 +113,16 @@ mod tests {
         assert!(line.starts_with("2026-11-22 03:04:05 evil\\r\\u{202E}name"));
         assert!(line.contains(" 4242 file      denied  open       a\\nb\\x1b[31mc "));
         assert!(line.ends_with(" landlock"));
+    }
+
+    #[test]
+    fn coalesced_rows_show_how_many_refusals_they_stand_for() {
+        let mut r = rec();
+        r.target = Text::from("10.0.0.1:53/udp");
+        r.detail = Some(serde_json::json!({"repeated": 999}));
+        assert!(table_row(&r).contains(" 10.0.0.1:53/udp ×1000 "));
+        r.detail = Some(serde_json::json!({"repeated": 0}));
+        assert!(!table_row(&r).contains('×'));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use chain::{
 pub use query::{Filter, bench_query, parse_time};
 pub use record::{AgentRef, Kind, ProcessRef, Record, Verdict, format_time, parse_record_time};
 pub use sink::MirrorSink;
-pub use store::{Retention, Store};
+pub use store::{Retention, Store, Usage, default_budget, parse_size};
 pub use text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
 };
@@ -68,6 +68,8 @@ pub enum JournalError {
          or a relative duration such as 30s, 10m, 2h, 1d"
     )]
     InvalidTime { input: String, reason: String },
+    #[error("invalid size {input:?}: expected a byte count such as 500M, 2G or 1048576")]
+    InvalidSize { input: String },
     #[error("unknown {what} {input:?}")]
     UnknownName { what: &'static str, input: String },
     #[error("corrupt journal record at seq {seq}: {reason}")]

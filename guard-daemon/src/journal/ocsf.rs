@@ -12,7 +12,10 @@
 //! `disposition_id` is Blocked (2) for `denied`, Allowed (1) for `allowed`,
 //! and Logged (17) with `status_detail` "audit" for `audit` (it would have
 //! been blocked). guard's own fields (rule, layer, agent, hash chain) go to
-//! `unmapped` so nothing is lost in translation.
+//! `unmapped` so nothing is lost in translation. A coalesced record (see
+//! `monitor::coalesce`) sets OCSF's `count` to the refusals it stands for
+//! (`1 + detail.repeated`) and `start_time`/`end_time` to the first and the
+//! last of them.
 
 use serde_json::{Value, json};
 
@@ -121,6 +124,19 @@ pub fn to_ocsf(r: &Record) -> Value {
     });
     if r.verdict == Verdict::Audit {
         ev["status_detail"] = json!("audit");
+    }
+    if let Some(d) = &r.detail
+        && let Some(repeated) = d.get("repeated").and_then(Value::as_u64)
+    {
+        ev["count"] = json!(repeated.saturating_add(1));
+        let first_ms = d
+            .get("first_time")
+            .and_then(Value::as_str)
+            .and_then(super::parse_record_time)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(time_ms, |d| d.as_millis() as u64);
+        ev["start_time"] = json!(first_ms);
+        ev["end_time"] = json!(time_ms);
     }
     if let Some(p) = &r.process {
         ev["actor"] = json!({"process": {
@@ -246,5 +262,20 @@ mod tests {
         assert_eq!(o["process"]["cmd_line"], "ls -l");
         let g = to_ocsf(&rec(Kind::Gap, "lost", "3 events", Verdict::Denied));
         assert_eq!(g["class_uid"], 0);
+    }
+
+    #[test]
+    fn coalesced_records_carry_their_count() {
+        let mut r = rec(Kind::Network, "sendmsg", "10.0.0.1:53/udp", Verdict::Denied);
+        r.detail = Some(json!({"repeated": 41, "first_time": "2026-11-22T03:04:04.000000Z"}));
+        let o = to_ocsf(&r);
+        assert_eq!(o["count"], 42);
+        assert_eq!(o["start_time"], 1_795_316_644_000u64);
+        assert_eq!(o["end_time"], 1_795_316_645_000u64);
+        assert!(
+            to_ocsf(&rec(Kind::Network, "sendmsg", "x", Verdict::Denied))
+                .get("count")
+                .is_none()
+        );
     }
 }

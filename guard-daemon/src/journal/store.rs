@@ -73,11 +73,99 @@ const SCAN_COLUMNS: &str =
 pub struct Retention {
     pub max_records: Option<u64>,
     pub max_age: Option<Duration>,
+    /// Disk budget of the store: main file and WAL together.
+    pub max_bytes: Option<u64>,
 }
 
 impl Retention {
     pub fn is_enabled(&self) -> bool {
-        self.max_records.is_some() || self.max_age.is_some()
+        self.max_records.is_some() || self.max_age.is_some() || self.max_bytes.is_some()
+    }
+}
+
+/// Largest WAL kept between checkpoints: today's 64 MiB (fewer copies of hot
+/// index pages, see `init`), or an eighth of a smaller budget.
+pub(crate) fn wal_cap(budget: Option<u64>) -> u64 {
+    const WAL_MAX: u64 = 64 << 20;
+    budget.map_or(WAL_MAX, |b| (b / 8).clamp(64 << 10, WAL_MAX))
+}
+
+/// How many of the oldest records a disk budget removes: none while the
+/// records' pages stay under 90% of what the budget leaves them beside the
+/// WAL, else enough to get back to 80%, estimated from the mean record size.
+/// The main file does not shrink (freed pages are reused), so these
+/// watermarks, not the file size, keep the store near the budget.
+pub(crate) fn budget_cut(budget: u64, db_used: u64, records: u64) -> Option<u64> {
+    let for_records = budget.saturating_sub(wal_cap(Some(budget)));
+    let high = for_records / 10 * 9;
+    let low = for_records / 10 * 8;
+    if db_used <= high || records == 0 {
+        return None;
+    }
+    let per_record = (db_used / records).max(1);
+    let remove = (db_used - low).div_ceil(per_record);
+    Some(remove.clamp(1, records))
+}
+
+/// The disk budget when none is configured: 1 GiB, or a tenth of the
+/// filesystem holding the journal when that is smaller (a node's disk is
+/// shared with its workloads), but at least 64 MiB.
+pub fn default_budget(journal: &Path) -> u64 {
+    const MAX: u64 = 1 << 30;
+    const MIN: u64 = 64 << 20;
+    // The journal's directory may not exist yet: measure the nearest
+    // ancestor that does.
+    let fs_size = journal
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
+        .map(|v| v.blocks().saturating_mul(v.fragment_size()));
+    fs_size.map_or(MAX, |size| (size / 10).clamp(MIN, MAX))
+}
+
+/// `500M`, `2G`, `64KiB`, `1048576`: a byte count with an optional binary
+/// suffix (K, M, G, T; `iB` or `B` may follow).
+pub fn parse_size(input: &str) -> Result<u64, JournalError> {
+    let bad = || JournalError::InvalidSize {
+        input: input.to_owned(),
+    };
+    let s = input.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Bytes the store occupies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Pages of the main file in use (not on the freelist).
+    pub db_used: u64,
+    /// Size of the main file.
+    pub db_file: u64,
+    /// Size of the WAL file.
+    pub wal_file: u64,
+}
+
+impl Usage {
+    /// What the budget is held to: live pages and the WAL. Free pages of
+    /// the main file are reused before it grows again.
+    pub fn used(&self) -> u64 {
+        self.db_used + self.wal_file
     }
 }
 
@@ -91,6 +179,11 @@ pub(crate) struct RetentionPlan {
     pub by_kind: BTreeMap<String, u64>,
     /// Which limit triggered, for the summary's `rule`.
     pub rule: &'static str,
+    /// Records removed by every retention pass so far, this one included,
+    /// by kind: each summary carries the running total, so counts still
+    /// add up after later passes remove earlier summaries.
+    pub total_removed: u64,
+    pub total_by_kind: BTreeMap<String, u64>,
 }
 
 pub struct Store {
@@ -391,6 +484,55 @@ impl Store {
         restore
     }
 
+    /// Bounds the WAL to `wal_cap(budget)`: checkpoints start once it holds
+    /// that much, and the file is cut back to it after each checkpoint
+    /// (SQLite otherwise keeps the WAL file at its largest size forever).
+    pub(crate) fn limit_wal(&self, budget: Option<u64>) -> Result<(), JournalError> {
+        let cap = wal_cap(budget);
+        let page: u64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_err(JournalError::sql("read page size"))?
+            .try_into()
+            .unwrap_or(4096);
+        let pages = (cap / page.max(512)).max(8);
+        self.conn
+            .execute_batch(&format!(
+                "PRAGMA journal_size_limit={cap}; PRAGMA wal_autocheckpoint={pages};"
+            ))
+            .map_err(JournalError::sql("limit the WAL"))
+    }
+
+    /// A passive checkpoint: copies what it can from the WAL without
+    /// waiting for readers, so the WAL can start over (and be cut back).
+    pub(crate) fn checkpoint_wal(&self) -> Result<(), JournalError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(JournalError::sql("checkpoint the WAL"))
+    }
+
+    /// How much disk the store takes.
+    pub fn usage(&self) -> Result<Usage, JournalError> {
+        let (pages, free, page): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count), \
+                        (SELECT freelist_count FROM pragma_freelist_count), \
+                        (SELECT page_size FROM pragma_page_size)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(JournalError::sql("measure the store"))?;
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok(Usage {
+            db_used: u64::try_from((pages - free).max(0) * page).unwrap_or(0),
+            db_file: len(&self.path),
+            wal_file: len(Path::new(&wal)),
+        })
+    }
+
     /// Newest checkpoint seq in the store.
     pub(crate) fn last_checkpoint_seq(&self) -> Result<Option<u64>, JournalError> {
         let seq: Option<i64> = self
@@ -407,14 +549,18 @@ impl Store {
         policy: &Retention,
         now: SystemTime,
     ) -> Result<Option<RetentionPlan>, JournalError> {
-        let (min, max, count): (Option<i64>, Option<i64>, i64) = self
+        let (min, max): (Option<i64>, Option<i64>) = self
             .conn
-            .query_row(
-                "SELECT min(seq), max(seq), count(*) FROM records",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(JournalError::sql("measure records"))?;
+        // Counting scans the whole table: only when a limit needs it.
+        let count = || -> Result<i64, JournalError> {
+            self.conn
+                .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+                .map_err(JournalError::sql("count records"))
+        };
         let (Some(min), Some(max)) = (min, max) else {
             return Ok(None);
         };
@@ -424,6 +570,7 @@ impl Store {
             // Only act once the limit is exceeded, and then remove one extra
             // for the summary, so an idle journal is not churned every pass.
             let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+            let count = count()?;
             if count > limit {
                 let remove = count - limit + 1;
                 let last: Option<i64> = self
@@ -437,6 +584,32 @@ impl Store {
                     .map_err(JournalError::sql("find retention cut"))?;
                 if let Some(last) = last {
                     cut = Some((last, "retention.max_records"));
+                }
+            }
+        }
+        if let Some(budget) = policy.max_bytes {
+            let used = self.usage()?.db_used;
+            let over = budget_cut(budget, used, 1).is_some();
+            let records = if over {
+                u64::try_from(count()?).unwrap_or(0)
+            } else {
+                0
+            };
+            if let Some(remove) = budget_cut(budget, used, records) {
+                let offset = i64::try_from(remove - 1).unwrap_or(i64::MAX);
+                let last: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT seq FROM records ORDER BY seq LIMIT 1 OFFSET ?1",
+                        [offset],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(JournalError::sql("find retention size cut"))?;
+                if let Some(last) = last
+                    && cut.is_none_or(|(c, _)| last > c)
+                {
+                    cut = Some((last, "retention.max_bytes"));
                 }
             }
         }
@@ -497,6 +670,12 @@ impl Store {
             removed += n;
             *by_kind.entry(kind.unwrap_or_default()).or_insert(0) += n;
         }
+        drop(stmt);
+        let (mut total_removed, mut total_by_kind) = self.retention_totals()?;
+        total_removed += removed;
+        for (kind, n) in &by_kind {
+            *total_by_kind.entry(kind.clone()).or_insert(0) += n;
+        }
         Ok(Some(RetentionPlan {
             first_seq: seq_from_sql(min)?,
             last_seq: seq_from_sql(last)?,
@@ -504,7 +683,52 @@ impl Store {
             removed,
             by_kind,
             rule,
+            total_removed,
+            total_by_kind,
         }))
+    }
+
+    /// The running totals of the newest retention summary in the store
+    /// (zero when there is none). A summary from before totals existed
+    /// counts with its own `removed`/`by_kind`.
+    fn retention_totals(&self) -> Result<(u64, BTreeMap<String, u64>), JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT json FROM records WHERE kind = 'gap' ORDER BY seq DESC")
+            .map_err(JournalError::sql("find the last retention summary"))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(JournalError::sql("find the last retention summary"))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(JournalError::sql("find the last retention summary"))?
+        {
+            let Ok(json) = row.get_ref(0).map(|v| v.as_str().unwrap_or_default()) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_str::<Record>(json) else {
+                continue;
+            };
+            if rec.action != "retention" {
+                continue;
+            }
+            let d = rec.detail.unwrap_or_default();
+            let (total, kinds) = if d.get("total_removed").is_some() {
+                (&d["total_removed"], &d["total_by_kind"])
+            } else {
+                (&d["removed"], &d["by_kind"])
+            };
+            let kinds = kinds
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok((total.as_u64().unwrap_or(0), kinds));
+        }
+        Ok((0, BTreeMap::new()))
     }
 
     /// Removes the planned prefix, moves the anchor and inserts the summary,
@@ -779,6 +1003,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("2mb").unwrap(), 2 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "M", "1.5G", "2X", "-1G", "99999999999T"] {
+            assert!(
+                matches!(parse_size(bad), Err(JournalError::InvalidSize { .. })),
+                "{bad}"
+            );
+        }
+        let d = default_budget(Path::new("/nonexistent/dir/journal.db"));
+        assert!((64 << 20..=1 << 30).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn budget_cuts_back_to_the_low_watermark() {
+        let budget = 10 << 20;
+        // The WAL is given an eighth: 8.75 MiB for records.
+        let for_records = budget - wal_cap(Some(budget));
+        assert_eq!(for_records, budget / 8 * 7);
+        assert_eq!(budget_cut(budget, for_records / 10 * 9, 1000), None);
+        let used = for_records;
+        let remove = budget_cut(budget, used, 1000).unwrap();
+        // 1000 records fill it; back to 80% removes about 200.
+        assert!((199..=201).contains(&remove), "{remove}");
+        assert_eq!(budget_cut(budget, 100 * budget, 10), Some(10));
+        assert_eq!(wal_cap(None), 64 << 20);
+        assert_eq!(wal_cap(Some(1 << 30)), 64 << 20);
+        assert_eq!(wal_cap(Some(2 << 20)), 256 << 10);
+    }
+
+    #[test]
+    fn a_byte_budget_removes_the_oldest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("j.db")).unwrap();
+        store.limit_wal(Some(1 << 20)).unwrap();
+        let mut head = ChainHead::genesis();
+        for i in 0..10 {
+            store
+                .insert_batch(&sealed_batch(&mut head, 500, 1_000_000 + i * 1000).0)
+                .unwrap();
+        }
+        let usage = store.usage().unwrap();
+        assert!(usage.db_used > 1 << 20, "{usage:?}");
+        assert!(usage.db_file >= usage.db_used);
+        let policy = Retention {
+            max_bytes: Some(1 << 20),
+            ..Retention::default()
+        };
+        let plan = store
+            .plan_retention(&policy, SystemTime::now())
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.rule, "retention.max_bytes");
+        assert_eq!(plan.first_seq, 1);
+        assert!(plan.removed > 2500 && plan.removed < 5000, "{plan:?}");
+        let roomy = Retention {
+            max_bytes: Some(1 << 30),
+            ..Retention::default()
+        };
+        assert_eq!(
+            store.plan_retention(&roomy, SystemTime::now()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn retention_plans_a_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path().join("j.db")).unwrap();
@@ -795,6 +1088,7 @@ pub(crate) mod tests {
         let by_count = Retention {
             max_records: Some(15),
             max_age: None,
+            max_bytes: None,
         };
         let plan = store
             .plan_retention(&by_count, SystemTime::now())
@@ -810,12 +1104,14 @@ pub(crate) mod tests {
         let by_age = Retention {
             max_records: None,
             max_age: Some(Duration::from_secs(3600)),
+            max_bytes: None,
         };
         let plan = store.plan_retention(&by_age, now).unwrap().unwrap();
         assert_eq!((plan.last_seq, plan.rule), (12, "retention.max_age"));
         let under = Retention {
             max_records: Some(100),
             max_age: None,
+            max_bytes: None,
         };
         assert_eq!(store.plan_retention(&under, now).unwrap(), None);
     }

@@ -20,7 +20,7 @@ use super::chain::{
 use super::query::bench_record;
 use super::record::{Kind, Record, Verdict, format_time};
 use super::sink::{Mirror, MirrorSink};
-use super::store::{Retention, Store};
+use super::store::{Retention, Store, budget_cut, wal_cap};
 use super::text::Text;
 use super::{JournalError, error_chain};
 
@@ -43,6 +43,9 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// open, the writer retries forever and appenders feel backpressure.
 const CLOSE_RETRIES: u32 = 5;
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The disk budget is checked at least this often while records arrive, and
+/// whenever a thirty-second of it has been written since the last check.
+const BUDGET_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -87,6 +90,8 @@ pub struct JournalStats {
     pub checkpoint_errors: u64,
     pub retention_removed: u64,
     pub head_seq: u64,
+    /// Main file plus WAL at the last budget check (0 without a budget).
+    pub store_bytes: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +107,7 @@ struct Stats {
     checkpoint_errors: AtomicU64,
     retention_removed: AtomicU64,
     head_seq: AtomicU64,
+    store_bytes: AtomicU64,
 }
 
 enum Msg {
@@ -181,6 +187,7 @@ impl JournalHandle {
             checkpoint_errors: s.checkpoint_errors.load(Relaxed),
             retention_removed: s.retention_removed.load(Relaxed),
             head_seq: s.head_seq.load(Relaxed),
+            store_bytes: s.store_bytes.load(Relaxed),
         }
     }
 
@@ -207,6 +214,7 @@ impl Journal {
     /// record and starts the writer thread.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
         let store = Store::open(&cfg.path)?;
+        store.limit_wal(cfg.retention.max_bytes)?;
         let head = match store.head()? {
             Some(h) => h,
             None => store.retention_anchor()?.unwrap_or_else(ChainHead::genesis),
@@ -264,6 +272,15 @@ impl Journal {
             last_cp_at: now,
             next_retention: now,
             disconnected: false,
+            written_since_check: 0,
+            last_budget_check: now,
+            pending_bytes: 0,
+            // A batch is one transaction: under a small budget it must not
+            // overshoot the budget before the next check can act.
+            batch_bytes: cfg
+                .retention
+                .max_bytes
+                .map_or(u64::MAX, |b| (b / 64).max(4096)),
         };
         let thread = std::thread::Builder::new()
             .name("guard-journal".into())
@@ -328,6 +345,12 @@ struct Writer {
     last_cp_at: Instant,
     next_retention: Instant,
     disconnected: bool,
+    /// JSON bytes committed since the disk budget was last checked.
+    written_since_check: u64,
+    last_budget_check: Instant,
+    /// Serialised bytes in `pending`, and the most one batch may hold.
+    pending_bytes: u64,
+    batch_bytes: u64,
 }
 
 impl Writer {
@@ -345,6 +368,7 @@ impl Writer {
                 return Err(e);
             }
             self.serve_retention_requests();
+            self.maybe_enforce_budget();
             self.maybe_checkpoint(false);
         }
         self.maybe_checkpoint(true);
@@ -369,7 +393,7 @@ impl Writer {
     fn gather(&mut self, first: Msg) {
         let started = Instant::now();
         let mut urgent = self.accept(first);
-        while !urgent && self.pending.len() < MAX_BATCH {
+        while !urgent && self.pending.len() < MAX_BATCH && self.pending_bytes < self.batch_bytes {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Disconnected) => {
@@ -399,6 +423,7 @@ impl Writer {
     fn accept(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Append(rec) => {
+                self.pending_bytes += rec.body().len() as u64;
                 self.pending.push(rec);
                 false
             }
@@ -470,6 +495,7 @@ impl Writer {
         let mut head = self.head.clone();
         let mut sealed: Vec<Sealed> = Vec::with_capacity(self.pending.len());
         let mut queue = std::mem::take(&mut self.pending).into_iter();
+        self.pending_bytes = 0;
         let mut result = Ok(());
         for prepared in queue.by_ref() {
             match head.seal(&prepared) {
@@ -501,6 +527,7 @@ impl Writer {
         }
         self.head = head;
         let n = sealed.len() as u64;
+        self.written_since_check += sealed.iter().map(|s| s.json.len() as u64).sum::<u64>();
         let stats = &self.shared.stats;
         stats.committed.fetch_add(n, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
@@ -591,6 +618,57 @@ impl Writer {
         }
     }
 
+    /// Keeps the store within `retention.max_bytes`: measures it (cheaply:
+    /// page counts and the WAL's size) after enough writes, checkpoints a WAL
+    /// that readers let grow past its cap, and removes the oldest records
+    /// through retention (journaled, chain kept) when the records' pages
+    /// pass the high watermark.
+    fn maybe_enforce_budget(&mut self) {
+        let Some(budget) = self.retention.max_bytes else {
+            return;
+        };
+        if self.written_since_check < budget / 32 && self.last_budget_check.elapsed() < BUDGET_CHECK
+        {
+            return;
+        }
+        if self.written_since_check == 0 && self.last_budget_check.elapsed() < BUDGET_CHECK * 10 {
+            // Idle: nothing can have grown.
+            return;
+        }
+        self.written_since_check = 0;
+        self.last_budget_check = Instant::now();
+        let usage = match self.store.usage() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "measuring the journal failed");
+                return;
+            }
+        };
+        self.shared
+            .stats
+            .store_bytes
+            .store(usage.db_file + usage.wal_file, Relaxed);
+        if usage.wal_file > 2 * wal_cap(Some(budget))
+            && let Err(e) = self.store.checkpoint_wal()
+        {
+            tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
+        }
+        if budget_cut(budget, usage.db_used, 1).is_none() {
+            return;
+        }
+        match self.run_retention() {
+            Ok(removed) if removed > 0 => {
+                tracing::warn!(
+                    removed,
+                    budget,
+                    "journal disk budget reached: oldest records removed"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %error_chain(&e), "journal budget retention failed"),
+        }
+    }
+
     fn serve_retention_requests(&mut self) {
         for reply in std::mem::take(&mut self.retention_waiters) {
             let _ = reply.send(self.run_retention());
@@ -622,6 +700,9 @@ impl Writer {
             "first_seq": plan.first_seq,
             "last_seq": plan.last_seq,
             "by_kind": plan.by_kind,
+            "total_removed": plan.total_removed,
+            "total_by_kind": plan.total_by_kind,
+            "max_bytes": self.retention.max_bytes,
         }));
         let prepared = prepare(summary)?;
         let mut head = self.head.clone();
@@ -968,6 +1049,7 @@ pub(crate) mod tests {
         cfg.retention = Retention {
             max_records: Some(20),
             max_age: None,
+            max_bytes: None,
         };
         // Retention runs as the journal opens.
         let journal = Journal::open(cfg).unwrap();
@@ -996,6 +1078,8 @@ pub(crate) mod tests {
         assert_eq!(d["last_seq"], 31);
         assert_eq!(d["by_kind"]["network"], 16);
         assert_eq!(d["by_kind"]["file"], 15);
+        assert_eq!(d["total_removed"], 31, "the first pass: totals are its own");
+        assert_eq!(d["total_by_kind"], d["by_kind"]);
         assert_eq!(
             store.retention_anchor().unwrap().unwrap().seq,
             31,
@@ -1007,12 +1091,53 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_disk_budget_holds_and_totals_add_up_across_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let budget = 1u64 << 20;
+        let mut cfg = JournalConfig::new(&path);
+        cfg.retention.max_bytes = Some(budget);
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        let n = 20_000;
+        for i in 0..n {
+            h.append(event(i)).unwrap();
+        }
+        journal.close().unwrap();
+        let store = Store::open_existing(&path).unwrap();
+        let usage = store.usage().unwrap();
+        assert!(
+            usage.db_file + usage.wal_file <= budget,
+            "{usage:?} over {budget}"
+        );
+        let recs = store.query(&Filter::default()).unwrap();
+        let summaries: Vec<&Record> = recs
+            .iter()
+            .filter(|r| r.kind == Kind::Gap && r.action == "retention")
+            .collect();
+        assert!(!summaries.is_empty());
+        let last = summaries.last().unwrap().detail.as_ref().unwrap();
+        assert_eq!(last["max_bytes"], budget);
+        let kept = |k: Kind| recs.iter().filter(|r| r.kind == k).count() as u64;
+        let removed = |k: &str| last["total_by_kind"][k].as_u64().unwrap_or(0);
+        // Every appended event is either kept or counted in the totals of
+        // the newest summary, however many passes removed earlier ones.
+        assert_eq!(
+            kept(Kind::Network) + removed("network") + kept(Kind::File) + removed("file"),
+            n
+        );
+        assert!(summaries.len() < 10 || removed("gap") > 0);
+        assert!(verify(&path).unwrap().ok);
+    }
+
+    #[test]
     fn retention_by_age_can_empty_the_store_and_chain_continues() {
         let (_dir, path) = journal_with(5);
         let mut cfg = JournalConfig::new(&path);
         cfg.retention = Retention {
             max_records: None,
             max_age: Some(Duration::ZERO),
+            max_bytes: None,
         };
         let journal = Journal::open(cfg).unwrap();
         let h = journal.handle();

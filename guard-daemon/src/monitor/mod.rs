@@ -6,6 +6,7 @@
 //! what it has seen and journals any loss as a `gap` record, so an event the
 //! ring buffer had no room for is never lost silently.
 
+pub mod coalesce;
 pub mod judge;
 
 use std::{
@@ -37,6 +38,7 @@ use crate::{
         events::{KernelEvent, decode},
     },
     metrics::Metrics,
+    monitor::coalesce::Coalescer,
     policy::RuleInfo,
 };
 
@@ -85,23 +87,80 @@ pub fn start(
     kernel: Arc<Mutex<Kernel>>,
     journal: JournalHandle,
     metrics: Arc<Metrics>,
+    coalescer: Arc<Mutex<Coalescer>>,
 ) -> std::io::Result<Monitor> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let sink = Sink {
+        journal,
+        coalescer,
+        out: Vec::new(),
+    };
     let thread = std::thread::Builder::new()
         .name("guard-monitor".into())
-        .spawn(move || run(ring, attribution, kernel, journal, metrics, stop2))?;
+        .spawn(move || run(ring, attribution, kernel, sink, metrics, stop2))?;
     Ok(Monitor { stop, thread })
 }
 
 /// Processes that already had their `clone3` fallback journaled.
 type Seen = std::collections::HashSet<(u32, u32)>;
 
+/// Where the monitor's records go: through the coalescer to the journal.
+struct Sink {
+    journal: JournalHandle,
+    coalescer: Arc<Mutex<Coalescer>>,
+    /// Reused output buffer of the coalescer.
+    out: Vec<Record>,
+}
+
+impl Sink {
+    /// Journals `rec` now or folds it into a later summary; returns whether
+    /// it was folded. The lock is held across the append so that a scope's
+    /// final flush (`coalesce::flush_agent`) cannot overtake a record of
+    /// that scope.
+    fn put(&mut self, rec: Record) -> bool {
+        let mut c = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !c.enabled() {
+            drop(c);
+            if let Err(e) = self.journal.append(rec) {
+                tracing::error!("journal append failed: {e}");
+            }
+            return false;
+        }
+        let before = c.folded();
+        c.offer(rec, coalesce::Stamp::now(), &mut self.out);
+        coalesce::append_all(&self.journal, &mut self.out);
+        c.folded() != before
+    }
+
+    /// Journals the summaries of intervals that have ended.
+    fn due(&mut self) {
+        let mut c = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.due(Instant::now(), &mut self.out);
+        coalesce::append_all(&self.journal, &mut self.out);
+    }
+
+    fn flush_all(&mut self) {
+        let mut c = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.flush_all(&mut self.out);
+        coalesce::append_all(&self.journal, &mut self.out);
+    }
+}
+
 fn run(
     mut ring: RingBuf<MapData>,
     attribution: Attribution,
     kernel: Arc<Mutex<Kernel>>,
-    journal: JournalHandle,
+    mut sink: Sink,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
@@ -109,13 +168,16 @@ fn run(
     let mut last_trim = Instant::now();
     let mut seen = Seen::new();
     loop {
-        drain(&mut ring, &attribution, &journal, &mut seen, &metrics);
+        drain(&mut ring, &attribution, &mut sink, &mut seen, &metrics);
+        sink.due();
         if stop.load(Ordering::Relaxed) {
-            drain(&mut ring, &attribution, &journal, &mut seen, &metrics);
+            drain(&mut ring, &attribution, &mut sink, &mut seen, &metrics);
+            // Shutdown: every held count is journaled.
+            sink.flush_all();
             return;
         }
         if last_poll.elapsed() >= LOSS_POLL {
-            report_losses(&attribution, &kernel, &journal, &metrics);
+            report_losses(&attribution, &kernel, &sink.journal, &metrics);
             forget_exes();
             // After a burst, give the memory it took back to the system.
             if last_trim.elapsed() >= TRIM_EVERY {
@@ -142,11 +204,13 @@ fn run(
 fn drain(
     ring: &mut RingBuf<MapData>,
     attribution: &Attribution,
-    journal: &JournalHandle,
+    sink: &mut Sink,
     seen: &mut Seen,
     metrics: &Metrics,
 ) {
+    let mut taken_since_due = 0u32;
     while let Some(item) = ring.next() {
+        let mut taken: Option<Arc<AgentMeta>> = None;
         let rec = match decode(&item) {
             Some(ev) => {
                 let meta = attribution
@@ -164,14 +228,12 @@ fn drain(
                 if let Some(r) = &rec {
                     metrics.event(r);
                 }
-                if let Some(m) = &meta {
-                    if rec.as_ref().is_some_and(|r| r.verdict != Verdict::Allowed) {
-                        m.refusals.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Counted last: once `seen` covers the kernel's count,
-                    // every record of the agent has been appended.
-                    m.seen.fetch_add(1, Ordering::Release);
+                if let Some(m) = &meta
+                    && rec.as_ref().is_some_and(|r| r.verdict != Verdict::Allowed)
+                {
+                    m.refusals.fetch_add(1, Ordering::Relaxed);
                 }
+                taken = meta;
                 rec
             }
             None => Some(
@@ -188,9 +250,22 @@ fn drain(
         };
         drop(item);
         if let Some(rec) = rec
-            && let Err(e) = journal.append(rec)
+            && sink.put(rec)
         {
-            tracing::error!("journal append failed: {e}");
+            metrics.folded();
+        }
+        // Counted last, after the record is appended or held: once `seen`
+        // covers the kernel's count, every record of the agent is appended
+        // or in the coalescer, where closing the scope flushes it.
+        if let Some(m) = taken {
+            m.seen.fetch_add(1, Ordering::Release);
+        }
+        // A sustained flood can keep this loop from returning: end the
+        // intervals of other keys from here too.
+        taken_since_due += 1;
+        if taken_since_due == 1024 {
+            taken_since_due = 0;
+            sink.due();
         }
     }
 }
