@@ -142,7 +142,9 @@ fn result<'a>(res: &'a [Value], op: &str) -> &'a Value {
 
 #[test]
 fn nothing_listens_by_default_on_any_route() {
-    let g = Guardd::start();
+    // One record per route: identical refusals (the same bind target by
+    // several routes) are not folded here.
+    let g = Guardd::start_with(&["--coalesce-interval", "0"]);
     let p = policy(&g, "quiet", "allow = [ { cidr = \"10.0.0.0/8\" } ]");
     let port = closed_port();
     let ops = [

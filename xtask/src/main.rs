@@ -141,7 +141,15 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // Release: the same build serves both runs, and the privileged tests
     // exercise the daemon as it ships (floods, follow latency).
     let mut unit = vec!["test", "--release", "--lib", "--bins"];
-    let mut all = vec!["test", "--release", "-p", "guard-daemon", "--test", "*"];
+    let mut all = vec![
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "guard-daemon",
+        "--test",
+        "*",
+    ];
     if !extra.is_empty() {
         unit.push("--");
         all.push("--");
