@@ -468,3 +468,18 @@ fn without_namespaces_the_launch_fails_closed_unless_accepted() {
         "{start:#}"
     );
 }
+
+#[test]
+fn doctor_reports_the_exec_confinement() {
+    let g = Guardd::start();
+    let out = g.ctl(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "exec confinement")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(l["status"], "enforced", "{l}");
+}
