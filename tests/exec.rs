@@ -468,3 +468,61 @@ fn without_namespaces_the_launch_fails_closed_unless_accepted() {
         "{start:#}"
     );
 }
+
+#[test]
+fn doctor_reports_the_exec_confinement() {
+    let g = Guardd::start();
+    let out = g.ctl(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "exec confinement")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(l["status"], "enforced", "{l}");
+}
+
+#[test]
+fn the_loader_cannot_be_run_under_another_name() {
+    let g = Guardd::start();
+    let work = workspace(&g);
+    // A symlink the agent plants: the exec tracepoint compares inodes.
+    let (out, recs) = route(
+        &g,
+        &work,
+        &format!(
+            "os.symlink('{LOADER}', 'out/ld')\n\
+             r = subprocess.run(['out/ld', '/usr/bin/id'], capture_output=True)\n\
+             print('rc', r.returncode, r.stdout)"
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout(&out).contains("rc -9 b''"), "{}", describe(&out));
+    one_refusal(&recs, "exec-tracepoint");
+}
+
+#[test]
+fn a_preloaded_library_the_agent_wrote_is_not_mapped() {
+    let g = Guardd::start();
+    let work = workspace(&g);
+    // The granted program runs; the library is refused (the loader ignores
+    // a preload it cannot map).
+    let (out, recs) = route(
+        &g,
+        &work,
+        "shutil.copyfile('/usr/lib/x86_64-linux-gnu/libz.so.1', 'out/libpre.so')\n\
+         r = subprocess.run(['/bin/true'], env={'LD_PRELOAD': os.path.abspath('out/libpre.so')},\n\
+                            capture_output=True, text=True)\n\
+         print('rc', r.returncode, r.stderr.strip())",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("rc 0") && s.contains("cannot be preloaded"),
+        "{}",
+        describe(&out)
+    );
+    one_refusal(&recs, "mount-noexec");
+}

@@ -158,11 +158,66 @@ pub fn audit_layer() -> Layer {
     }
 }
 
+/// The exec confinement (issue 7): noexec views in a private mount
+/// namespace, `vm.memfd_noexec` in a private pid namespace, and the loader
+/// identified for the exec tracepoint.
+pub fn exec_layer() -> Layer {
+    // mount_setattr with no path answers EFAULT/EINVAL where it exists.
+    // SAFETY: the call fails on its null arguments and changes nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0u32,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    };
+    let setattr = rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS);
+    let memfd = std::path::Path::new("/proc/sys/vm/memfd_noexec").exists();
+    let loaders = crate::kernel::loader_identities().len();
+    let mut lacks = Vec::new();
+    if !setattr {
+        lacks.push("mount_setattr (Linux 5.12): no noexec views");
+    }
+    if !memfd {
+        lacks.push("vm.memfd_noexec (Linux 6.3): memfds could be executed");
+    }
+    if loaders == 0 {
+        lacks.push("no dynamic loader found: running it directly is not refused");
+    }
+    if lacks.is_empty() {
+        layer(
+            "exec confinement",
+            Status::Enforced,
+            format!(
+                "noexec views but exec grants and library directories, vm.memfd_noexec=2, \
+                 direct loader runs killed ({loaders} loader file(s)); the launcher needs CAP_SYS_ADMIN"
+            ),
+        )
+    } else {
+        layer(
+            "exec confinement",
+            if setattr && memfd {
+                Status::Degraded
+            } else {
+                Status::Unavailable
+            },
+            format!(
+                "missing: {}; agents need --allow-degraded exec",
+                lacks.join(", ")
+            ),
+        )
+    }
+}
+
 /// Host probes that need no daemon.
 pub fn host_layers() -> Vec<Layer> {
     vec![
         landlock_layer(),
         seccomp_layer(),
+        exec_layer(),
         audit_layer(),
         bpf_lsm_layer(),
     ]

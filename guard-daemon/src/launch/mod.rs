@@ -445,10 +445,14 @@ fn child(
             fail(pipe, views_step(f));
         }
         let set = reaper_signals();
-        // SAFETY: blocking signals (before fork, so that none is lost
-        // between the agent's start and the reaper's wait), then forking a
-        // copy of this single-threaded process.
+        // SAFETY: SIGCHLD to its default (children must become zombies to
+        // be waited for, whatever guardctl inherited; done before fork, as
+        // setting it discards a pending SIGCHLD), blocking signals (before
+        // fork, so that none is lost between the agent's start and the
+        // reaper's wait), then forking a copy of this single-threaded
+        // process.
         let agent = unsafe {
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
             if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 fail(pipe, STEP_REAPER);
             }
@@ -582,39 +586,42 @@ fn reaper(agent: libc::pid_t, status: RawFd, set: &libc::sigset_t) -> ! {
     // that safer.
     let _ = caps::drop_bounding(&[CAP_KILL]);
     let _ = caps::set_kept(&[CAP_KILL]);
-    // SAFETY: prctl/sigwaitinfo/waitpid/kill/write/_exit on our own process,
+    // SAFETY: prctl/sigtimedwait/waitpid/kill/write/_exit on our own process,
     // its children and buffers we own.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        // Children must turn into zombies to be waited for, whatever
-        // disposition guardctl inherited.
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         let mut agent_done = false;
+        // Children are reaped on every wake-up, and at least every second:
+        // a missed SIGCHLD must not leave the launcher waiting.
+        let tick = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
         loop {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(set, &mut info);
-            if sig < 0 {
+            let sig = libc::sigtimedwait(set, &mut info, &tick);
+            if sig != libc::SIGCHLD && sig > 0 {
+                if !agent_done && info.si_code != libc::SI_KERNEL {
+                    libc::kill(agent, sig);
+                }
                 continue;
             }
-            if sig == libc::SIGCHLD {
-                loop {
-                    let mut st = 0;
-                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
-                    if r == agent {
-                        agent_done = true;
-                        let b = st.to_ne_bytes();
-                        libc::write(status, b.as_ptr().cast(), b.len());
-                    } else if r == 0 {
-                        break;
-                    } else if r < 0 {
-                        if agent_done {
-                            libc::_exit(0);
-                        }
-                        break;
+            // SIGCHLD, a timeout or an interruption: reap what has exited.
+            loop {
+                let mut st = 0;
+                let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                if r == agent {
+                    agent_done = true;
+                    let b = st.to_ne_bytes();
+                    libc::write(status, b.as_ptr().cast(), b.len());
+                } else if r == 0 {
+                    break;
+                } else if r < 0 {
+                    if agent_done {
+                        libc::_exit(0);
                     }
+                    break;
                 }
-            } else if !agent_done && info.si_code != libc::SI_KERNEL {
-                libc::kill(agent, sig);
             }
         }
     }

@@ -311,6 +311,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     timing.mark("agent exited");
     let summary = report_exit(cli, &mut conn, &reply, status);
     timing.mark("guardd ended the scope");
+    reap(&child);
     eprintln!("{}", summary_line(&reply, status, summary.as_ref()));
     match status {
         ExitStatus::Code(c) => c,
@@ -591,6 +592,27 @@ fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
                 return exit_status(status);
             }
         }
+    }
+}
+
+/// Reaps the launcher's child if the agent's status came from its pid-1
+/// reaper: by now the reaper has exited (nothing left in its namespace) or
+/// guardd has killed it with the scope. Bounded, in case guardd could not.
+fn reap(child: &launch::Child) {
+    if child.status.is_none() {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: child.pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut status = 0;
+    // SAFETY: polling our child's pidfd, then reaping that child without
+    // blocking (an already reaped child makes waitpid fail harmlessly).
+    unsafe {
+        libc::poll(&mut pfd, 1, 1000);
+        libc::waitpid(child.pid, &mut status, libc::WNOHANG);
     }
 }
 
