@@ -194,6 +194,8 @@ pub mod code {
     pub const DEGRADED: &str = "degraded";
     pub const NOT_FOUND: &str = "not_found";
     pub const AMBIGUOUS: &str = "ambiguous";
+    pub const PERMISSION_DENIED: &str = "permission_denied";
+    pub const BUSY: &str = "busy";
     pub const INTERNAL: &str = "internal";
     pub const TOO_LONG: &str = "too_long";
 }

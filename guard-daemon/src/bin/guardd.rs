@@ -32,9 +32,15 @@ struct Args {
     /// bpffs mount point (mounted if needed).
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
-    /// Group whose members may use the socket besides root.
+    /// Group whose members may use the socket besides root. They see and
+    /// control only agents they own (and only root starts agents), unless
+    /// `--group-reads-all`.
     #[arg(long)]
     group: Option<String>,
+    /// Let members of `--group` list every agent and read every record (a
+    /// reviewers' group); control stays with each agent's owner and root.
+    #[arg(long, requires = "group")]
+    group_reads_all: bool,
     /// Also write every record as a JSON line to `stdout` or to FILE
     /// (rotated at 64 MiB, 5 kept). May be repeated.
     #[arg(long)]
@@ -121,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         instance: args.instance.clone(),
         bpffs: args.bpffs.clone(),
         group,
+        group_reads_all: args.group_reads_all,
         mirror,
         retention: guard_daemon::journal::Retention {
             max_records: args.retain_records,
@@ -141,6 +148,11 @@ fn main() -> anyhow::Result<()> {
             })?),
         };
 
+    // Everything guardd writes (journal, WAL, checkpoints, mirrors, the
+    // state directory with each agent's policy and arguments) is root's,
+    // readable by the configured group at most, from the moment it exists.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(if group.is_some() { 0o027 } else { 0o077 }) };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,6 +165,12 @@ fn main() -> anyhow::Result<()> {
             return Err(e).context("guardd cannot start");
         }
     };
+    // Files left by an earlier guardd may have been made with looser modes.
+    if let Err(e) = restrict_files(&args.journal, &args.state_dir, group) {
+        let _ = std::fs::remove_file(&args.socket);
+        daemon.stop();
+        return Err(e).context("guardd cannot start");
+    }
     // Loading parsed the kernel's BTF and the BPF objects: give that memory
     // back rather than keep it resident for the daemon's lifetime.
     // SAFETY: malloc_trim has no preconditions.
@@ -199,6 +217,43 @@ fn main() -> anyhow::Result<()> {
     rt.shutdown_timeout(std::time::Duration::from_secs(30));
     daemon.stop();
     tracing::info!("guardd stopped");
+    Ok(())
+}
+
+/// Journal files: root's, readable by `group` only (0640) or by root only
+/// (0600). State: root's only (it holds policies, arguments, work dirs).
+fn restrict_files(journal: &Path, state: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    let mut journal_files = vec![
+        journal.to_owned(),
+        guard_daemon::journal::checkpoint_path(journal),
+    ];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = journal.as_os_str().to_owned();
+        p.push(suffix);
+        journal_files.push(PathBuf::from(p));
+    }
+    for f in journal_files.iter().filter(|f| f.exists()) {
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(f, Some(0), Some(gid))
+                .with_context(|| format!("chown {}", f.display()))?;
+        }
+        let mode = if group.is_some() { 0o640 } else { 0o600 };
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", f.display()))?;
+    }
+    let agents = state.join("agents");
+    for dir in [state, agents.as_path()] {
+        if dir.exists() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod {}", dir.display()))?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&agents) {
+        for e in entries.flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", e.path().display()))?;
+        }
+    }
     Ok(())
 }
 

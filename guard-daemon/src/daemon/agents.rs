@@ -51,6 +51,9 @@ pub struct AgentState {
     pub tmp: PathBuf,
     pub started: SystemTime,
     pub main_pid: Option<i32>,
+    /// The uid that opened the scope (seen from the socket peer): only it
+    /// and root may report on or control the agent.
+    pub owner: u32,
     pub meta: Arc<AgentMeta>,
     /// A launcher connection owns the agent; re-adopted agents have none
     /// until their launcher reports the exit.
@@ -170,6 +173,9 @@ struct StateFile {
     tmp: PathBuf,
     started_unix: u64,
     main_pid: Option<i32>,
+    /// Absent in state written before owners were kept: root's.
+    #[serde(default)]
+    owner: u32,
     v4: Vec<(u32, u32, [u8; 4])>,
     v6: Vec<(u32, u32, [u8; 16])>,
     unix: Vec<(u32, Vec<u8>)>,
@@ -219,6 +225,67 @@ fn resolve_uid(user: &UserSpec) -> Option<u32> {
     }
 }
 
+/// Journals a request refused for who asked, and returns the failure.
+fn refuse_request(
+    shared: &Shared,
+    peer: Peer,
+    op: &str,
+    target: &str,
+    rule: &str,
+    agent: Option<crate::journal::AgentRef>,
+    message: String,
+) -> Failure {
+    let mut rec = Record::new(
+        Kind::Policy,
+        op,
+        Text::new(target.to_owned()),
+        Verdict::Denied,
+        rule,
+        "guardd",
+    )
+    .with_detail(json!({"requested_by": {"uid": peer.uid, "pid": peer.pid}, "why": message}));
+    if let Some(a) = agent {
+        rec = rec.with_agent(a);
+    }
+    shared.metrics.refusal(&rec);
+    let _ = shared.journal.append(rec);
+    (api::code::PERMISSION_DENIED, message)
+}
+
+/// Only the uid that opened an agent, or root, may report on it or control
+/// it. An unknown id passes here so the operation itself says `not_found`.
+pub fn authorize(shared: &Shared, peer: Peer, id: &str, op: &str) -> Result<(), Failure> {
+    if peer.uid == 0 {
+        return Ok(());
+    }
+    let found = shared
+        .registry
+        .lock()
+        .ok()
+        .and_then(|r| r.agents.get(id).map(|a| (a.owner, a.meta.agent.clone())));
+    match found {
+        Some((owner, agent)) if owner != peer.uid => Err(refuse_request(
+            shared,
+            peer,
+            op,
+            id,
+            "control.not-owner",
+            Some(agent),
+            format!(
+                "agent {id} belongs to uid {owner}; uid {} may not {op} it",
+                peer.uid
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `peer` may read every agent (ps, logs): root, or a member of the
+/// configured group when guardd lets the group read everything.
+pub fn reads_all(shared: &Shared, peer: Peer, in_group: bool) -> bool {
+    peer.uid == 0 || (shared.cfg.group_reads_all && in_group)
+}
+
 /// Opens a scope for a launcher. Returns the reply and the descriptors to
 /// send with it: the cgroup directory, then the v1 `cgroup.procs` files.
 pub fn open(
@@ -227,6 +294,24 @@ pub fn open(
     peer: Peer,
 ) -> Result<(OpenReply, Vec<OwnedFd>), Failure> {
     let t0 = Instant::now();
+    // The reply carries descriptors that write into root-owned cgroups
+    // (checked against the opener, root), and the launcher needs
+    // CAP_SYS_ADMIN for the agent's namespaces: only root starts agents.
+    if peer.uid != 0 {
+        return Err(refuse_request(
+            shared,
+            peer,
+            "open",
+            req.argv.first().map(String::as_str).unwrap_or(""),
+            "control.open-root-only",
+            None,
+            format!(
+                "only root can start agents (uid {} asked): the launcher places the agent in \
+                 root-owned cgroups and namespaces; run guardctl as root, e.g. with sudo",
+                peer.uid
+            ),
+        ));
+    }
     let policy = Policy::parse(&req.policy_text, &req.policy_path)
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
     let id = random_id();
@@ -430,6 +515,7 @@ pub fn open(
         tmp: tmp.clone(),
         started: SystemTime::now(),
         main_pid: None,
+        owner: peer.uid,
         meta,
         attached: true,
         source: Source {
@@ -516,6 +602,7 @@ fn persist(shared: &Shared, a: &AgentState) {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         main_pid: a.main_pid,
+        owner: a.owner,
         v4: a
             .keys
             .v4
@@ -907,6 +994,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 tmp: st.tmp,
                 started: UNIX_EPOCH + Duration::from_secs(st.started_unix),
                 main_pid: st.main_pid,
+                owner: st.owner,
                 meta,
                 attached: false,
                 source: Source {
@@ -953,13 +1041,23 @@ pub fn reap_orphans(shared: &Shared) {
     }
 }
 
-pub fn ps(shared: &Shared) -> Vec<PsEntry> {
+fn action_name(a: ControlAction) -> &'static str {
+    match a {
+        ControlAction::Kill => "kill",
+        ControlAction::Freeze => "freeze",
+        ControlAction::Thaw => "thaw",
+    }
+}
+
+/// Live agents; a caller who may not read everything sees only its own.
+pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
     let Ok(r) = shared.registry.lock() else {
         return Vec::new();
     };
     let mut out: Vec<PsEntry> = r
         .agents
         .values()
+        .filter(|a| all || a.owner == peer.uid)
         .map(|a| {
             let info = shared
                 .kernel
@@ -1056,6 +1154,7 @@ pub fn control(
         let a = r.find(key)?;
         (a.scope.clone(), a.meta.agent.clone())
     };
+    authorize(shared, peer, &agent.id, action_name(action))?;
     let processes = scope.pids().len();
     let (verb, result) = match action {
         ControlAction::Kill => ("kill", scope.kill_all(Duration::from_secs(5))),

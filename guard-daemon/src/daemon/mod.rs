@@ -70,6 +70,9 @@ pub struct DaemonConfig {
     pub bpffs: PathBuf,
     /// Group (besides root) allowed on the socket.
     pub group: Option<u32>,
+    /// Members of `group` may list and read every agent (reviewers); without
+    /// it they see only agents they own.
+    pub group_reads_all: bool,
     pub mirror: Vec<MirrorSink>,
     pub retention: Retention,
     /// Folding of repeated identical refusals (`monitor::coalesce`).

@@ -44,12 +44,20 @@ pub async fn serve(
             }
         })
     };
+    let limits = Arc::new(Limits::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
-                    tokio::spawn(async move { connection(shared, stream).await });
+                    let limits = limits.clone();
+                    tokio::spawn(async move {
+                        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+                        match Limits::admit(&limits, uid) {
+                            Some(_slot) => connection(shared, stream).await,
+                            None => refuse_busy(stream, uid).await,
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -62,10 +70,90 @@ pub async fn serve(
     reaper.abort();
 }
 
-fn peer_allowed(shared: &Shared, stream: &UnixStream, peer: Peer) -> bool {
-    if peer.uid == 0 {
-        return true;
+/// Connections served at once: all non-root peers together, each non-root
+/// uid, and root (which has its own allowance, so a flood of other peers
+/// cannot lock the operator out).
+const MAX_CONNECTIONS: usize = 256;
+const MAX_PER_UID: usize = 32;
+const MAX_ROOT: usize = 64;
+/// A connection that sends no request for this long, owns no agent and
+/// follows no log is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// Records per page of a streamed query.
+const PAGE: usize = 1000;
+/// The most records a `-n` (newest N) query returns: those are gathered
+/// before sending, so they are bounded.
+const MAX_TAIL: usize = 100_000;
+
+#[derive(Default)]
+struct Limits {
+    counts: std::sync::Mutex<(usize, usize, std::collections::HashMap<u32, usize>)>,
+}
+
+/// A connection's place under the limits, given back when it ends.
+struct Slot {
+    limits: Arc<Limits>,
+    uid: u32,
+}
+
+impl Limits {
+    fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
+        let mut c = limits.counts.lock().ok()?;
+        let (root, others, per_uid) = &mut *c;
+        if uid == 0 {
+            if *root >= MAX_ROOT {
+                return None;
+            }
+            *root += 1;
+        } else {
+            let mine = per_uid.entry(uid).or_insert(0);
+            if *others >= MAX_CONNECTIONS || *mine >= MAX_PER_UID {
+                return None;
+            }
+            *mine += 1;
+            *others += 1;
+        }
+        Some(Slot {
+            limits: limits.clone(),
+            uid,
+        })
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.limits.counts.lock() {
+            let (root, others, per_uid) = &mut *c;
+            if self.uid == 0 {
+                *root = root.saturating_sub(1);
+            } else {
+                *others = others.saturating_sub(1);
+                if let Some(n) = per_uid.get_mut(&self.uid) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_uid.remove(&self.uid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn refuse_busy(mut stream: UnixStream, uid: u32) {
+    let line = api::error_line(
+        0,
+        api::code::BUSY,
+        &format!(
+            "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
+             {MAX_ROOT} for root); uid {uid} must close some first"
+        ),
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&line)).await;
+}
+
+/// Whether the peer belongs to the configured group (primary or
+/// supplementary, as the kernel saw them at connect).
+fn in_group(shared: &Shared, stream: &UnixStream, peer: Peer) -> bool {
     let Some(group) = shared.cfg.group else {
         return false;
     };
@@ -92,6 +180,8 @@ struct Conn {
     shared: Arc<Shared>,
     writer: OwnedWriteHalf,
     peer: Peer,
+    /// The peer may list and read every agent.
+    reads_all: bool,
     /// Agents opened on this connection and not yet reported as exited:
     /// ended if the connection drops.
     owned: HashSet<String>,
@@ -133,12 +223,15 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             Some(agents::refuse_confined_peer(&shared, peer, None))
         }
     };
-    let allowed = refusal.is_none() && peer_allowed(&shared, &stream, peer);
+    let member = in_group(&shared, &stream, peer);
+    let allowed = refusal.is_none() && (peer.uid == 0 || member);
     let (reader, writer) = stream.into_split();
+    let reads_all = agents::reads_all(&shared, peer, member);
     let mut conn = Conn {
         shared,
         writer,
         peer,
+        reads_all,
         owned: HashSet::new(),
         pending: Vec::new(),
     };
@@ -169,9 +262,17 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         // error and skipped, without buffering it.
         let mut too_long = false;
         let done = loop {
-            let buf = match reader.fill_buf().await {
-                Ok(b) => b,
-                Err(_) => break true,
+            // An idle connection that owns no agent holds a slot for nothing.
+            let buf = if conn.owned.is_empty() {
+                match tokio::time::timeout(IDLE, reader.fill_buf()).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(_)) | Err(_) => break true,
+                }
+            } else {
+                match reader.fill_buf().await {
+                    Ok(b) => b,
+                    Err(_) => break true,
+                }
             };
             if buf.is_empty() {
                 break true;
@@ -269,6 +370,9 @@ async fn handle(
             }
         }
         Request::Started(req) => {
+            if let Err(f) = agents::authorize(&shared, conn.peer, &req.agent, "started") {
+                return conn.fail(id, f).await;
+            }
             let s = shared.clone();
             let _ =
                 tokio::task::spawn_blocking(move || agents::set_main_pid(&s, &req.agent, req.pid))
@@ -276,6 +380,9 @@ async fn handle(
             conn.send(&api::ok_line(id, Value::Null)).await
         }
         Request::Exited(req) => {
+            if let Err(f) = agents::authorize(&shared, conn.peer, &req.agent, "exited") {
+                return conn.fail(id, f).await;
+            }
             conn.owned.remove(&req.agent);
             let s = shared.clone();
             // The summary comes back as soon as it is settled; the scope's
@@ -309,7 +416,8 @@ async fn handle(
         }
         Request::Ps(_) => {
             let s = shared.clone();
-            let list = tokio::task::spawn_blocking(move || agents::ps(&s))
+            let (peer, all) = (conn.peer, conn.reads_all);
+            let list = tokio::task::spawn_blocking(move || agents::ps(&s, peer, all))
                 .await
                 .unwrap_or_default();
             conn.send(&api::ok_line(id, json!({"agents": list}))).await
@@ -405,31 +513,69 @@ async fn logs(
         Ok(f) => f,
         Err(f) => return conn.fail(id, f).await,
     };
-    // Subscribe before querying so nothing committed in between is missed.
-    let mut live = conn.shared.journal.subscribe();
-    let path = conn.shared.cfg.journal.clone();
-    let f2 = filter.clone();
-    let past = tokio::task::spawn_blocking(move || {
-        Store::open_for_reading(&path).and_then(|s| s.query(&f2))
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
-    let past = match past {
-        Ok(p) => p,
-        Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
-    };
-    let mut last = 0;
-    for rec in &past {
-        last = rec.seq;
-        conn.send(&record_line(id, rec)).await?;
-    }
-    if !req.follow {
+    if !conn.reads_all {
+        // Only root starts agents, so a caller who may not read everything
+        // owns none, and sees no record.
         return conn
             .send(&api::ok_line(
                 id,
-                json!({"done": true, "count": past.len()}),
+                json!({"done": true, "count": 0, "note": format!(
+                    "uid {} owns no agents; guardd --group-reads-all lets its group read every record",
+                    conn.peer.uid
+                )}),
             ))
+            .await;
+    }
+    // Subscribe before querying so nothing committed in between is missed.
+    let mut live = conn.shared.journal.subscribe();
+    // Streamed in pages: a query holds at most one page in memory, and a
+    // reader that does not read holds up the next page, not guardd's
+    // memory (writes wait on the socket).
+    let mut last = 0;
+    let mut count = 0usize;
+    let mut page = filter.clone();
+    if page.tail {
+        if page.limit.is_some_and(|n| n > MAX_TAIL) {
+            return conn
+                .fail(
+                    id,
+                    (
+                        api::code::BAD_REQUEST,
+                        format!("-n is at most {MAX_TAIL}; without -n, records are streamed"),
+                    ),
+                )
+                .await;
+        }
+    } else {
+        page.limit = Some(PAGE);
+    }
+    loop {
+        let path = conn.shared.cfg.journal.clone();
+        let f2 = page.clone();
+        let past = tokio::task::spawn_blocking(move || {
+            Store::open_for_reading(&path).and_then(|s| s.query(&f2))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let past = match past {
+            Ok(p) => p,
+            Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
+        };
+        let full = !page.tail && past.len() == PAGE;
+        for rec in &past {
+            last = rec.seq;
+            conn.send(&record_line(id, rec)).await?;
+        }
+        count += past.len();
+        if !full {
+            break;
+        }
+        page.after_seq = Some(last);
+    }
+    if !req.follow {
+        return conn
+            .send(&api::ok_line(id, json!({"done": true, "count": count})))
             .await;
     }
     let mut follow = filter;
