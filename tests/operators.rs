@@ -277,3 +277,31 @@ fn logs_stream_with_bounded_memory_under_slow_readers() {
         "guardd grew from {before} kB to {during} kB under 16 stalled readers"
     );
 }
+
+#[test]
+fn a_policy_over_its_share_of_a_rule_map_gets_a_quota_error() {
+    let g = Guardd::start();
+    let rules: Vec<String> = (0..16_500u32)
+        .map(|i| format!("  {{ cidr = \"10.{}.{}.1\" }},", i / 256, i % 256))
+        .collect();
+    let p = g.write_policy(
+        "big",
+        &format!(
+            "[policy]\nname = \"big\"\n[network]\nallow = [\n{}\n]\n",
+            rules.join("\n")
+        ),
+    );
+    let out = g.run(&p, &[], &["/bin/true"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("one agent may use at most 16384") && err.contains("IPv4 rule"),
+        "{err}"
+    );
+    // The maps were left as they were: a small agent still starts.
+    let small = g.write_policy(
+        "small",
+        "[policy]\nname = \"small\"\n[network]\nallow = []\n",
+    );
+    assert!(g.run(&small, &[], &["/bin/true"]).status.success());
+}

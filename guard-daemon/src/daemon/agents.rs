@@ -460,7 +460,7 @@ pub fn open(
     let added = shared
         .kernel
         .lock()
-        .map_err(|_| "kernel lock poisoned".to_owned())
+        .map_err(|_| (api::code::INTERNAL, "kernel lock poisoned".to_owned()))
         .and_then(|mut k| {
             k.add_agent(
                 scope.cgroup_id,
@@ -473,15 +473,22 @@ pub fn open(
                     listen6: &plan.network.listen6,
                 },
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                let code = if matches!(e, crate::kernel::KernelError::Quota { .. }) {
+                    api::code::POLICY
+                } else {
+                    api::code::INTERNAL
+                };
+                (code, e.to_string())
+            })
         });
     let keys = match added {
         Ok(k) => k,
-        Err(e) => {
+        Err((code, e)) => {
             let _ = scope.remove();
             cleanup_tmp(&tmp);
             return Err((
-                api::code::INTERNAL,
+                code,
                 format!("writing the agent's rules into the kernel maps: {e}"),
             ));
         }

@@ -86,6 +86,16 @@ fn tracepoint_of(program: &str) -> Option<&'static str> {
 pub enum KernelError {
     #[error("loading the BPF object: {0}")]
     Load(Box<aya::EbpfError>),
+    #[error(
+        "the policy needs {need} entries in the {map} map; one agent may use at most {quota} \
+         (the map holds {max} for all agents): use fewer or wider rules"
+    )]
+    Quota {
+        map: &'static str,
+        need: usize,
+        quota: usize,
+        max: usize,
+    },
     #[error("BPF program `{name}`: {source}")]
     Program {
         name: &'static str,
@@ -173,6 +183,40 @@ pub struct NetEntries<'a> {
     /// Local addresses the agent may bind and listen on.
     pub listen4: &'a [(u32, [u8; 4], NetValue)],
     pub listen6: &'a [(u32, [u8; 16], NetValue)],
+}
+
+/// Share of a rule map one agent may use: the maps are shared by every
+/// agent, and one policy must not fill them for the rest.
+pub const AGENT_MAP_SHARE: usize = 16;
+
+impl NetEntries<'_> {
+    /// Refuses a policy whose entries exceed one agent's share of a map.
+    pub fn check_quota(&self) -> Result<(), KernelError> {
+        use guard_common::{
+            LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES,
+            UNIX_MAX_ENTRIES,
+        };
+        let maps: [(&'static str, usize, u32); 5] = [
+            ("IPv4 rule", self.v4.len(), NET4_MAX_ENTRIES),
+            ("IPv6 rule", self.v6.len(), NET6_MAX_ENTRIES),
+            ("Unix socket", self.unix.len(), UNIX_MAX_ENTRIES),
+            ("IPv4 listen", self.listen4.len(), LISTEN4_MAX_ENTRIES),
+            ("IPv6 listen", self.listen6.len(), LISTEN6_MAX_ENTRIES),
+        ];
+        for (map, need, max) in maps {
+            let max = max as usize;
+            let quota = max / AGENT_MAP_SHARE;
+            if need > quota {
+                return Err(KernelError::Quota {
+                    map,
+                    need,
+                    quota,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Kernel {
@@ -460,6 +504,7 @@ impl Kernel {
         info: AgentInfo,
         net: &NetEntries<'_>,
     ) -> Result<AgentKeys, KernelError> {
+        net.check_quota()?;
         let mut keys = AgentKeys {
             cgroup_id,
             ..AgentKeys::default()
