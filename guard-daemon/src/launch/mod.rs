@@ -105,7 +105,7 @@ const STEP_CGROUP_NS: usize = 16;
 /// Reported by the launcher itself when clone3 cannot create the
 /// namespaces.
 const STEP_NAMESPACES: &str =
-    "exec confinement: creating the agent's mount, pid and IPC namespaces";
+    "exec confinement: creating the agent's mount and pid namespaces (and its IPC namespace)";
 
 fn views_step(f: views::Failed) -> usize {
     STEP_VIEWS

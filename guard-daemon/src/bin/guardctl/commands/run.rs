@@ -175,7 +175,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     {
         exec_views = false;
         notes.push(format!(
-            "exec confinement and isolation unavailable ({e}); the loader, dlopen and memfd routes around `exec`, \
+            "exec confinement unavailable ({e}); the loader, dlopen and memfd routes around `exec`, \
              metadata changes outside the write grants, host IPC, outside processes and cgroup moves are NOT closed (accepted)"
         ));
     }
