@@ -1,6 +1,8 @@
 //! Observation of agents' processes: every exec in a scope, and every system
 //! call in a scope that the kernel refused (EPERM, EACCES, ENOSYS,
-//! EAFNOSUPPORT, and EAGAIN from fork). Landlock and seccomp refuse without
+//! EAFNOSUPPORT, EROFS from the read-only views, EAGAIN from fork, and
+//! ESRCH from calls that name another process: outside the agent's pid
+//! namespace no process exists for it). Landlock and seccomp refuse without
 //! telling anyone; these events are how their refusals reach the journal
 //! (docs/journal.md explains why this source rather than the audit stream).
 //!
@@ -34,6 +36,8 @@ const EAGAIN: i64 = 11;
 const EACCES: i64 = 13;
 const EAFNOSUPPORT: i64 = 97;
 const EXDEV: i64 = 18;
+const ESRCH: i64 = 3;
+const EROFS: i64 = 30;
 const SIGSYS: u64 = 31;
 const NR_RENAME: u64 = 82;
 const NR_LINK: u64 = 86;
@@ -50,6 +54,20 @@ const NR_SENDMSG: u64 = 46;
 const NR_SENDMMSG: u64 = 307;
 const NR_BIND: u64 = 49;
 const SIGKILL: u32 = 9;
+
+/// prlimit64, getpgid, getsid, get/setpriority, sched_getparam,
+/// sched_setscheduler, sched_getscheduler, sched_rr_get_interval,
+/// sched_setaffinity, sched_getaffinity, get_robust_list, pidfd_open,
+/// setpgid: the allowed calls that name a process. The others
+/// (process_vm_*, kcmp, pidfd_getfd, ioprio_*, migrate/move_pages,
+/// sched_setparam/setattr) are refused by seccomp with EPERM.
+#[inline(always)]
+fn names_a_process(nr: u64) -> bool {
+    matches!(
+        nr,
+        302 | 121 | 124 | 140 | 141 | 143 | 144 | 145 | 148 | 203 | 204 | 274 | 434 | 109
+    )
+}
 
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
@@ -164,6 +182,8 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
         && ret != -EAFNOSUPPORT
         && ret != -EAGAIN
         && ret != -EXDEV
+        && ret != -EROFS
+        && ret != -ESRCH
     {
         return 0;
     }
@@ -177,6 +197,13 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     // EAGAIN is ordinary for non-blocking I/O; only fork's EAGAIN (the pids
     // limit) is a refusal.
     if ret == -EAGAIN && nr != NR_CLONE && nr != NR_FORK && nr != NR_VFORK {
+        return 0;
+    }
+    // ESRCH is a refusal only from the calls that name another process by
+    // pid (issue 8): the agent's pid namespace hides every outside one. Not
+    // kill/tgkill, whose ESRCH is how a liveness check learns a child is
+    // gone.
+    if ret == -ESRCH && !names_a_process(nr) {
         return 0;
     }
     // Landlock answers EXDEV when a rename or link would move a file

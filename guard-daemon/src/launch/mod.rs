@@ -9,11 +9,14 @@
 //!
 //! 1. reset signal mask and dispositions;
 //! 2. join the scope's v1 cgroups (hybrid hosts: resource limits);
-//! 3. with exec views (the policy restricts files): the child is pid 1 of a
-//!    new pid namespace, in a new mount namespace. It dies with the launcher
-//!    (`PR_SET_PDEATHSIG`), sets up the views (`views::apply`: every mount
-//!    noexec but the exec grants and library directories, a private /proc,
-//!    `vm.memfd_noexec = 2`), forks the agent, and stays as its pid-1
+//! 3. with views (always, unless the user accepted running without them):
+//!    the child is pid 1 of a new pid namespace, in new mount and IPC
+//!    namespaces. It dies with the launcher (`PR_SET_PDEATHSIG`), enters a
+//!    cgroup namespace rooted at its scope, sets up the views
+//!    (`views::apply`: cgroup file systems read-only, a private mqueue and
+//!    /proc; when the policy restricts files also every mount read-only and
+//!    noexec but the write and exec grants, `vm.memfd_noexec = 2`), forks
+//!    the agent, and stays as its pid-1
 //!    reaper (`reaper`): it forwards signals, reaps orphans, and hands the
 //!    agent's wait status to the launcher through a pipe. The agent goes on:
 //! 4. drop the capability bounding set, then switch user if the policy says
@@ -63,7 +66,7 @@ pub enum LaunchError {
 }
 
 /// Steps reported by a failing child.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 21] = [
     "resetting signals",
     "joining the scope's v1 cgroups",
     "binding the agent's life to the launcher",
@@ -80,6 +83,10 @@ const STEPS: [&str; 17] = [
     "exec confinement: setting vm.memfd_noexec in the agent's pid namespace",
     "exec confinement: mounting the agent's /proc",
     "exec confinement: starting the agent under its pid-1 reaper",
+    "isolation: entering a cgroup namespace rooted at the scope",
+    "isolation: making the cgroup file systems read-only",
+    "isolation: mounting the agent's own POSIX message queue file system",
+    "isolation: binding the write grants read-write over the read-only view",
     "unknown step",
 ];
 const STEP_SIGNALS: usize = 0;
@@ -94,9 +101,11 @@ const STEP_SECCOMP: usize = 8;
 const STEP_EXEC: usize = 9;
 const STEP_VIEWS: usize = 10;
 const STEP_REAPER: usize = 15;
+const STEP_CGROUP_NS: usize = 16;
 /// Reported by the launcher itself when clone3 cannot create the
 /// namespaces.
-const STEP_NAMESPACES: &str = "exec confinement: creating the agent's mount and pid namespaces";
+const STEP_NAMESPACES: &str =
+    "exec confinement: creating the agent's mount and pid namespaces (and its IPC namespace)";
 
 fn views_step(f: views::Failed) -> usize {
     STEP_VIEWS
@@ -106,14 +115,19 @@ fn views_step(f: views::Failed) -> usize {
             views::Failed::Keep => 2,
             views::Failed::MemfdNoexec => 3,
             views::Failed::Proc => 4,
+            views::Failed::Cgroup => 7,
+            views::Failed::Mqueue => 8,
+            views::Failed::Writable => 9,
         }
 }
 
 impl LaunchError {
-    /// The exec confinement (namespaces, noexec views) could not be set up:
-    /// the caller may retry without it when the user accepted that.
+    /// The exec confinement or the isolation (namespaces, read-only and
+    /// noexec views) could not be set up: the caller may retry without it
+    /// when the user accepted that.
     pub fn is_exec_confinement(&self) -> bool {
-        matches!(self, LaunchError::Child { step, .. } if step.starts_with("exec confinement"))
+        matches!(self, LaunchError::Child { step, .. }
+            if step.starts_with("exec confinement") || step.starts_with("isolation"))
     }
 }
 
@@ -199,6 +213,7 @@ struct CloneArgs {
 
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_NEWIPC: u64 = 0x0800_0000;
 const CLONE_NEWPID: u64 = 0x2000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const CAP_KILL: u32 = 5;
@@ -267,7 +282,9 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
     let mut pidfd: RawFd = -1;
     let mut flags = CLONE_PIDFD | CLONE_INTO_CGROUP;
     if spec.views.is_some() {
-        flags |= CLONE_NEWNS | CLONE_NEWPID;
+        // IPC: System V objects and POSIX queues of the host (and of other
+        // agents) are out of reach.
+        flags |= CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC;
     }
     let mut args = CloneArgs {
         flags,
@@ -441,6 +458,14 @@ fn child(
         // The reaper never changes credentials, so its death signal holds;
         // the agent dies with its pid namespace when the reaper dies.
         bind_life(pipe, launcher);
+        // Now that the child is in all of its cgroups: a cgroup namespace
+        // rooted there, so cgroup v2 moves outside the scope fail even
+        // where a writable cgroup file system were reachable, and
+        // /proc/self/cgroup shows nothing of the host's tree.
+        // SAFETY: unshare with a constant flag.
+        if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+            fail(pipe, STEP_CGROUP_NS);
+        }
         if let Err(f) = v.apply() {
             fail(pipe, views_step(f));
         }

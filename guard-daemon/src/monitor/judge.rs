@@ -48,6 +48,8 @@ const EACCES: i32 = 13;
 const ENOSYS: i32 = 38;
 const EAFNOSUPPORT: i32 = 97;
 const EXDEV: i32 = 18;
+const ESRCH: i32 = 3;
+const EROFS: i32 = 30;
 const NR_RENAME: u32 = 82;
 const NR_LINK: u32 = 86;
 const NR_RENAMEAT: u32 = 264;
@@ -74,6 +76,8 @@ fn errno_name(e: i32) -> &'static str {
         ENOSYS => "ENOSYS",
         EAFNOSUPPORT => "EAFNOSUPPORT",
         EXDEV => "EXDEV",
+        ESRCH => "ESRCH",
+        EROFS => "EROFS",
         _ => "error",
     }
 }
@@ -251,7 +255,119 @@ fn exec_route(
     }
 }
 
+/// prlimit64, getpgid, getsid, getpriority, setpriority, sched_getparam,
+/// sched_setscheduler, sched_getscheduler, sched_rr_get_interval,
+/// sched_setaffinity, sched_getaffinity, get_robust_list, pidfd_open,
+/// setpgid (the same list as guard-ebpf's `names_a_process`).
+const NAMES_A_PROCESS: [u32; 14] = [
+    302, 121, 124, 140, 141, 143, 144, 145, 148, 203, 204, 274, 434, 109,
+];
+const NR_GETPRIORITY: u32 = 140;
+const NR_SETPRIORITY: u32 = 141;
+/// Where guard's read-only cgroup views are (the usual mount point).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Calls that change metadata: Landlock does not govern them, the
+/// read-only views do (issue 8).
+fn changes_metadata(name: &str) -> bool {
+    matches!(
+        name,
+        "chmod"
+            | "fchmod"
+            | "fchmodat"
+            | "fchmodat2"
+            | "chown"
+            | "fchown"
+            | "lchown"
+            | "fchownat"
+            | "utime"
+            | "utimes"
+            | "futimesat"
+            | "utimensat"
+            | "setxattr"
+            | "lsetxattr"
+            | "fsetxattr"
+            | "removexattr"
+            | "lremovexattr"
+            | "fremovexattr"
+    )
+}
+
+fn priority_which(w: u64) -> &'static str {
+    match w {
+        0 => "process",
+        1 => "process-group",
+        2 => "user",
+        _ => "which?",
+    }
+}
+
 impl Judge {
+    /// An EROFS: the agent's read-only view refused a write outside the
+    /// write grants, or any write to a cgroup file system. A path under a
+    /// write grant that is read-only for its own reasons is the kernel's.
+    fn read_only(
+        &self,
+        name: String,
+        args: &[u64; 6],
+        tgid: u32,
+        path: Option<&[u8]>,
+        base: Value,
+    ) -> Verdict {
+        let (abs, real) = match path {
+            Some(raw) => {
+                let (abs, real, _) = resolve(tgid, raw, &self.workdir);
+                (Some(abs), real)
+            }
+            // fchmod, fchown, fsetxattr, ftruncate...: the descriptor names
+            // the file while the process still exists.
+            None => (fd_target(tgid, args[0]), None),
+        };
+        let mut detail = base;
+        detail["access"] = json!(if changes_metadata(&name) {
+            "metadata"
+        } else {
+            "write"
+        });
+        if let Some(real) = &real {
+            detail["resolved"] = json!(real.display().to_string());
+        }
+        let judged = real.or_else(|| abs.clone());
+        let in_cgroupfs = judged
+            .as_deref()
+            .is_some_and(|p| p.starts_with(CGROUP_ROOT));
+        let (layer, rule) = match (&self.fs, &judged) {
+            _ if in_cgroupfs => ("mount-readonly", "process.cgroup-scope"),
+            (Some(fs), Some(p)) if fs.restricted => {
+                let ((_, gw, _), rules) = granted(fs, p);
+                if !rules.is_empty() {
+                    detail["granted_by"] = json!(rules);
+                }
+                if gw {
+                    ("kernel", "os.permissions")
+                } else {
+                    ("mount-readonly", "filesystem.default-deny")
+                }
+            }
+            (Some(fs), None) if fs.restricted => ("mount-readonly", "filesystem.default-deny"),
+            _ => ("kernel", "os.permissions"),
+        };
+        if layer == "kernel" {
+            detail["why"] = json!("the file system is read-only for reasons of its own");
+        }
+        Verdict {
+            kind: Kind::File,
+            action: name.clone(),
+            target: Text::new(
+                abs.map(|p| p.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_else(|| name.into_bytes()),
+            ),
+            rule: rule.into(),
+            layer,
+            detail,
+        }
+    }
+
     /// The record for a refused call, or `None` when another layer has
     /// journaled it already (the network hooks record their own refusals).
     pub fn judge(
@@ -410,6 +526,28 @@ impl Judge {
                 detail: json!({"syscall": name, "signal": args[1] as i32, "errno": "EPERM"}),
             });
         }
+        // 4b. Calls that name a process the agent's pid namespace does not
+        // hold (the kernel program passes ESRCH for these calls only).
+        if errno == ESRCH && NAMES_A_PROCESS.contains(&nr) {
+            let target = if matches!(nr, NR_GETPRIORITY | NR_SETPRIORITY) {
+                format!("{} {}", priority_which(args[0]), args[1] as i32)
+            } else {
+                format!("pid {}", args[0] as i32)
+            };
+            return Some(Verdict {
+                kind: Kind::Syscall,
+                action: name,
+                target: Text::new(target),
+                rule: "process.outside-pid".into(),
+                layer: "pid-namespace",
+                detail: base,
+            });
+        }
+        // 4c. Read-only views: a write (data or metadata) outside the write
+        // grants, or to a cgroup file system.
+        if errno == EROFS {
+            return Some(self.read_only(name, args, tgid, path, base));
+        }
         // 5. Files and programs.
         if let (Some((_, _, access)), Some(raw)) = (syscalls::path_call(nr), path) {
             let (abs, real, assumed) = resolve(tgid, raw, &self.workdir);
@@ -563,6 +701,55 @@ mod tests {
             .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_ne!(v.layer, "seccomp");
+    }
+
+    #[test]
+    fn read_only_views_and_outside_pids_name_their_layer() {
+        let j = judge(P);
+        // fchmodat(AT_FDCWD, "/etc/passwd", 04755): metadata outside the
+        // write grants.
+        let v = j
+            .judge(
+                268,
+                -EROFS,
+                &[0, 0, 0o4755, 0, 0, 0],
+                1,
+                Some(b"/etc/passwd"),
+            )
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str(), v.layer, v.rule.as_str()),
+            (
+                Kind::File,
+                "fchmodat",
+                "mount-readonly",
+                "filesystem.default-deny"
+            )
+        );
+        assert_eq!(v.detail["access"], "metadata");
+        // A cgroup file, whatever the file policy.
+        let v = j
+            .judge(
+                257,
+                -EROFS,
+                &[0, 0, 1, 0, 0, 0],
+                1,
+                Some(b"/sys/fs/cgroup/unified/cgroup.procs"),
+            )
+            .unwrap();
+        assert_eq!(
+            (v.layer, v.rule.as_str()),
+            ("mount-readonly", "process.cgroup-scope")
+        );
+        // prlimit64 of a pid outside the agent's pid namespace.
+        let v = j
+            .judge(302, -ESRCH, &[4242, 7, 0, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.layer, v.rule.as_str()),
+            (Kind::Syscall, "pid-namespace", "process.outside-pid")
+        );
+        assert_eq!(v.target.as_str(), Some("pid 4242"));
     }
 
     #[test]

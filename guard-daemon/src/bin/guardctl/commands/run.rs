@@ -162,18 +162,21 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     if !fs_restricted {
         notes.push("policy has no [filesystem] table: file access is not restricted".into());
     }
-    // Exec confinement (private mount and pid namespaces, noexec views) is
-    // part of enforcing `exec`. Without acceptance a failure stops the
-    // launch at the step that failed; with it, it is probed here so that
-    // the start record tells the truth.
-    let mut exec_views = fs_restricted;
-    if fs_restricted
-        && accepts("exec")
+    // The agent's namespaces and views (private mount, pid, IPC and cgroup
+    // namespaces; read-only cgroup file systems; with a [filesystem] table
+    // also read-only and noexec views) hold whatever the policy: they are
+    // part of enforcing `exec`, the file grants and the scope itself.
+    // Without acceptance a failure stops the launch at the step that
+    // failed; with it, it is probed here so that the start record tells the
+    // truth.
+    let mut exec_views = true;
+    if accepts("exec")
         && let Err(e) = launch::views::probe()
     {
         exec_views = false;
         notes.push(format!(
-            "exec confinement unavailable ({e}); the loader, dlopen and memfd routes around `exec` are NOT closed (accepted)"
+            "exec confinement unavailable ({e}); the loader, dlopen and memfd routes around `exec`, \
+             metadata changes outside the write grants, host IPC, outside processes and cgroup moves are NOT closed (accepted)"
         ));
     }
 
@@ -283,7 +286,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         Err(e) => {
             if spec.views.is_some() && e.is_exec_confinement() {
                 fail(format!(
-                    "{e}. Refusing to start; pass --allow-degraded exec to run without closing the routes around `exec`"
+                    "{e}. Refusing to start; pass --allow-degraded exec to run without the agent's namespaces and views (the routes around `exec`, metadata, IPC and cgroup isolation)"
                 ));
             } else {
                 fail(&e);
@@ -391,15 +394,24 @@ fn build_spec(
     // executable-mappable; everything else is noexec.
     let views = match exec_views {
         Some(cwd) => {
-            let exec: Vec<PathBuf> = plan
+            let with = |f: fn(&guard_daemon::policy::Access) -> bool| -> Vec<PathBuf> {
+                plan.filesystem
+                    .rules
+                    .iter()
+                    .filter(|r| f(&r.access))
+                    .map(|r| r.path.clone())
+                    .collect()
+            };
+            let (exec, write) = (with(|a| a.exec), with(|a| a.write));
+            let restrict = plan
                 .filesystem
-                .rules
-                .iter()
-                .filter(|r| r.access.exec)
-                .map(|r| r.path.clone())
-                .collect();
+                .restricted
+                .then_some(launch::views::Restrict {
+                    exec_grants: &exec,
+                    write_grants: &write,
+                });
             Some(
-                launch::views::Views::prepare(&exec, Some(cwd))
+                launch::views::Views::prepare(restrict, Some(cwd))
                     .map_err(|e| format!("exec views: {e}"))?,
             )
         }
@@ -407,7 +419,7 @@ fn build_spec(
     };
     let landlock = match landlock::prepare(&request) {
         Ok((mut prepared, _report)) => {
-            if views.is_some() {
+            if views.as_ref().is_some_and(|v| v.restricts_files()) {
                 prepared.use_private_proc();
             }
             Some(prepared)
