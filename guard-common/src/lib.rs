@@ -35,6 +35,9 @@ pub const LISTEN6_MAX_ENTRIES: u32 = 65_536;
 /// (keyed by socket cookie, least recently used evicted): one record per
 /// socket, not one per SYN an outsider sends.
 pub const LISTEN_SEEN_ENTRIES: u32 = 16_384;
+/// Sockets whose source-routed packets were already reported (keyed by
+/// socket cookie): one record per socket, however many packets it sends.
+pub const ROUTE_SEEN_ENTRIES: u32 = 16_384;
 
 // ---- agent table ------------------------------------------------------------
 
@@ -227,6 +230,14 @@ pub const HOOK_BIND6: u8 = 9;
 /// `cgroup_skb/ingress`: a packet for a TCP socket in LISTEN state (also one
 /// that listen() bound implicitly, which no bind hook sees).
 pub const HOOK_INGRESS: u8 = 10;
+/// `cgroup_skb/egress`: a packet of an agent whose wire destination can
+/// differ from the address the hooks judged (issue 8, section 4). For this
+/// hook `NetEvent::addr` is the final destination the header names (what
+/// connect/sendmsg judged), `orig_addr` the packet's own destination
+/// address (the first hop), and `rule` holds no policy rule but what was
+/// dropped: the routing header type (reason `REASON_ROUTING_HEADER`) or the
+/// first IPv4 option byte (reason `REASON_IP_OPTIONS`).
+pub const HOOK_EGRESS: u8 = 11;
 
 /// Why the program denied, beyond "no rule": attribution for the journal.
 pub const REASON_NO_RULE: u8 = 0;
@@ -241,6 +252,12 @@ pub const REASON_SOCKET_TYPE: u8 = 4;
 /// An exec of the dynamic loader itself (`ExecEvent`, verdict denied): the
 /// process was killed before its first instruction.
 pub const REASON_DIRECT_LOADER: u8 = 5;
+/// An IPv6 packet with a Routing header (or an extension chain too long to
+/// judge), dropped by `cgroup_skb/egress`.
+pub const REASON_ROUTING_HEADER: u8 = 6;
+/// An IPv4 packet with IP options (source routing among them), dropped by
+/// `cgroup_skb/egress`.
+pub const REASON_IP_OPTIONS: u8 = 7;
 
 /// Common head of every event in the ring buffer.
 #[repr(C)]
@@ -398,6 +415,45 @@ pub const IPPROTO_ICMP: u32 = 1;
 pub const IPPROTO_TCP: u32 = 6;
 pub const IPPROTO_UDP: u32 = 17;
 pub const IPPROTO_ICMPV6: u32 = 58;
+
+/// Socket options that make the kernel route a packet elsewhere than the
+/// address connect/sendmsg judged (or that carry such headers), refused by
+/// `cgroup/setsockopt` (issue 8, section 4). `SOL_IP`/`SOL_IPV6` levels.
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+/// `IP_OPTIONS`: IPv4 options, source routing (LSRR/SSRR) among them.
+pub const IP_OPTIONS: i32 = 4;
+/// RFC 2292 forms: hop-by-hop, destination options, routing header, and
+/// `IPV6_2292PKTOPTIONS`, which sets any of them as a control-message list.
+pub const IPV6_2292HOPOPTS: i32 = 3;
+pub const IPV6_2292DSTOPTS: i32 = 4;
+pub const IPV6_2292RTHDR: i32 = 5;
+pub const IPV6_2292PKTOPTIONS: i32 = 6;
+/// RFC 3542 forms.
+pub const IPV6_HOPOPTS: i32 = 54;
+pub const IPV6_RTHDRDSTOPTS: i32 = 55;
+pub const IPV6_RTHDR: i32 = 57;
+pub const IPV6_DSTOPTS: i32 = 59;
+
+/// Whether `setsockopt(level, optname)` sets extension headers or IP
+/// options that can steer a packet away from its judged destination.
+pub const fn is_route_option(level: i32, optname: i32) -> bool {
+    match level {
+        SOL_IP => optname == IP_OPTIONS,
+        SOL_IPV6 => matches!(
+            optname,
+            IPV6_2292HOPOPTS
+                | IPV6_2292DSTOPTS
+                | IPV6_2292RTHDR
+                | IPV6_2292PKTOPTIONS
+                | IPV6_HOPOPTS
+                | IPV6_RTHDRDSTOPTS
+                | IPV6_RTHDR
+                | IPV6_DSTOPTS
+        ),
+        _ => false,
+    }
+}
 
 // ---- layout checks ------------------------------------------------------------
 

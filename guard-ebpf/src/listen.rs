@@ -128,7 +128,7 @@ fn words_to_bytes(words: &[u32; 4]) -> [u8; 16] {
 /// in softirq context): the current task is whoever the CPU was running, so
 /// no process is named.
 #[inline(always)]
-fn header_without_task(agent: &Agent, verdict: u8, reason: u8) -> EventHeader {
+pub(crate) fn header_without_task(agent: &Agent, verdict: u8, reason: u8) -> EventHeader {
     EventHeader {
         kind: EVENT_NET,
         verdict,

@@ -15,10 +15,11 @@ mod listen;
 mod maps;
 mod net;
 mod proc;
+mod route;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, raw_tracepoint},
-    programs::{RawTracePointContext, SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, raw_tracepoint},
+    programs::{RawTracePointContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use guard_common::{
     HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
@@ -57,6 +58,16 @@ pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn guard_ingress(ctx: SkBuffContext) -> i32 {
     listen::judge_ingress(&ctx)
+}
+
+#[cgroup_skb(egress)]
+pub fn guard_egress(ctx: SkBuffContext) -> i32 {
+    route::judge_egress(&ctx)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
+    route::judge_setsockopt(&ctx)
 }
 
 #[cgroup_sock(sock_create)]

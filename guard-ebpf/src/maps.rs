@@ -9,7 +9,7 @@ use aya_ebpf::{
 use guard_common::{
     AgentInfo, Config, EVENTS_RING_BYTES, HOOK_DENIED_ENTRIES, LISTEN_SEEN_ENTRIES,
     LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES,
-    Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
+    Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, ROUTE_SEEN_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
 };
 
 #[map]
@@ -35,6 +35,10 @@ pub static LISTEN6: LpmTrie<Net6Key, NetValue> = LpmTrie::with_max_entries(LISTE
 /// Cookies of listening sockets whose refused packets were reported.
 #[map]
 pub static LISTEN_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(LISTEN_SEEN_ENTRIES, 0);
+
+/// Cookies of sockets whose source-routed packets were reported.
+#[map]
+pub static ROUTE_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(ROUTE_SEEN_ENTRIES, 0);
 
 /// Unix socket addresses an agent may connect or send to; the value is the
 /// index of the rule that allows it.

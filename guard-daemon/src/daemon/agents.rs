@@ -91,6 +91,7 @@ fn judge_for(
         seccomp: seccomp::build(&seccomp::Options {
             socket_families: families,
             listen: plan.network.has_listen_rules() || audit,
+            inotify: plan.process.inotify || audit,
         }),
         caps: plan
             .process

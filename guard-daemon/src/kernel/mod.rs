@@ -27,8 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
-        RawTracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, ProgramError, RawTracePoint,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -43,7 +43,7 @@ pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static UNIX_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
 
-const MAP_NAMES: [&str; 11] = [
+const MAP_NAMES: [&str; 12] = [
     "CONFIG",
     "AGENTS",
     "NET4",
@@ -55,10 +55,11 @@ const MAP_NAMES: [&str; 11] = [
     "LISTEN4",
     "LISTEN6",
     "LISTEN_SEEN",
+    "ROUTE_SEEN",
 ];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 11] = [
+const PROGRAMS: [&str; 13] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
@@ -70,7 +71,12 @@ const PROGRAMS: [&str; 11] = [
     "guard_exec",
     "guard_sys_exit",
     "guard_signal",
+    "guard_egress",
+    "guard_setsockopt",
 ];
+
+/// `BPF_CGROUP_SETSOCKOPT` (uapi `enum bpf_attach_type`).
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 
 /// Raw tracepoint of each tracing program.
 fn tracepoint_of(program: &str) -> Option<&'static str> {
@@ -110,6 +116,11 @@ pub enum KernelError {
     Map {
         name: &'static str,
         source: MapError,
+    },
+    #[error("attaching BPF program `{name}`: {source}")]
+    Attach {
+        name: &'static str,
+        source: std::io::Error,
     },
     #[error("BPF object has no {0}")]
     Missing(&'static str),
@@ -365,6 +376,19 @@ impl Kernel {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::Missing("program"))?;
+            if name == "guard_setsockopt" {
+                // Refuses the socket options that install routing headers.
+                // aya 0.14 turns no sockopt link into an `FdLink`, so the
+                // link is created and pinned directly.
+                let p: &mut CgroupSockopt = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let prog_fd = p.fd().map_err(prog_err(name))?;
+                let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), BPF_CGROUP_SETSOCKOPT)
+                    .map_err(|e| KernelError::Attach { name, source: e })?;
+                let path = links_dir.join(format!("{name}-{generation}"));
+                sys::obj_pin(link.as_fd(), &path).map_err(pin_err(&path))?;
+                continue;
+            }
             let link: FdLink = if let Some(tp) = tracepoint_of(name) {
                 let p: &mut RawTracePoint = program.try_into().map_err(prog_err(name))?;
                 p.load().map_err(prog_err(name))?;
@@ -379,6 +403,22 @@ impl Kernel {
                     .attach(
                         &cgroup,
                         CgroupSkbAttachType::Ingress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(prog_err(name))?;
+                p.take_link(id)
+                    .map_err(prog_err(name))?
+                    .try_into()
+                    .map_err(|source: LinkError| KernelError::Link { name, source })?
+            } else if name == "guard_egress" {
+                // Packets go where the hooks judged, or nowhere: a packet
+                // carrying a Routing header or IPv4 options is dropped.
+                let p: &mut CgroupSkb = program.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))?;
+                let id = p
+                    .attach(
+                        &cgroup,
+                        CgroupSkbAttachType::Egress,
                         CgroupAttachMode::Single,
                     )
                     .map_err(prog_err(name))?;

@@ -452,6 +452,7 @@ pub const NR_PERSONALITY: u32 = 135;
 pub const NR_CLONE3: u32 = 435;
 pub const NR_IO_URING: [u32; 3] = [425, 426, 427];
 pub const NR_MEMFD_CREATE: u32 = 319;
+pub const NR_INOTIFY_ADD_WATCH: u32 = 254;
 /// `memfd_create` flag asking for an executable memfd.
 pub const MFD_EXEC: u32 = 0x10;
 
@@ -464,6 +465,10 @@ pub struct Options {
     /// mode). Without them it is refused here, because listen() on an
     /// unbound socket takes an ephemeral port without any bind hook.
     pub listen: bool,
+    /// `inotify_add_watch(2)` allowed: the policy says `[process] inotify =
+    /// true`. Landlock does not mediate watches, so without the opt-in a
+    /// watch would report names under directories no grant covers.
+    pub inotify: bool,
 }
 
 impl Default for Options {
@@ -471,6 +476,7 @@ impl Default for Options {
         Options {
             socket_families: vec![AF_UNIX, AF_INET, AF_INET6, AF_NETLINK],
             listen: false,
+            inotify: false,
         }
     }
 }
@@ -536,6 +542,12 @@ pub fn table(opts: &Options) -> Vec<(u32, Action)> {
             otherwise: libc::EPERM,
         },
     ));
+    if !opts.inotify {
+        // Watching, like reading, needs a grant (issue 8, section 6): the
+        // table's allow entry is replaced by a refusal.
+        t.retain(|(nr, _)| *nr != NR_INOTIFY_ADD_WATCH);
+        t.push((NR_INOTIFY_ADD_WATCH, Action::Errno(libc::EPERM)));
+    }
     t.push((NR_CLONE3, Action::Errno(libc::ENOSYS)));
     for nr in NR_IO_URING {
         t.push((nr, Action::Errno(libc::ENOSYS)));
@@ -744,6 +756,10 @@ mod tests {
     fn every_allowed_call_is_allowed_and_neighbours_are_not() {
         let p = prog();
         for (nr, name) in ALLOWED {
+            if *nr == NR_INOTIFY_ADD_WATCH {
+                // Needs the policy's opt-in (`inotify_watches_need_the_opt_in`).
+                continue;
+            }
             assert_eq!(p.denies(*nr, [0; 6]), None, "{name}");
         }
         // Spot checks of refused calls.
@@ -790,6 +806,21 @@ mod tests {
         });
         assert_eq!(p.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]), None);
         assert_eq!(name_of(NR_LISTEN), Some("listen"));
+    }
+
+    #[test]
+    fn inotify_watches_need_the_opt_in() {
+        assert_eq!(
+            prog().denies(NR_INOTIFY_ADD_WATCH, [3, 0, 0x100, 0, 0, 0]),
+            Some(libc::EPERM)
+        );
+        // Creating the instance is harmless; only watches report names.
+        assert_eq!(prog().denies(294, [0; 6]), None);
+        let p = build(&Options {
+            inotify: true,
+            ..Options::default()
+        });
+        assert_eq!(p.denies(NR_INOTIFY_ADD_WATCH, [3, 0, 0x100, 0, 0, 0]), None);
     }
 
     #[test]

@@ -59,6 +59,7 @@ const NR_CONNECT: u32 = 42;
 const NR_SENDTO: u32 = 44;
 const NR_SENDMSG: u32 = 46;
 const NR_SENDMMSG: u32 = 307;
+const NR_SETSOCKOPT: u32 = 54;
 const NR_FORK: u32 = 57;
 const NR_VFORK: u32 = 58;
 const NR_KILL: u32 = 62;
@@ -406,6 +407,7 @@ impl Judge {
                 NR_SOCKET => "syscalls.socket-families",
                 NR_CLONE | seccomp::NR_UNSHARE => "syscalls.namespaces",
                 seccomp::NR_IOCTL => "syscalls.terminal-injection",
+                seccomp::NR_INOTIFY_ADD_WATCH => "syscalls.inotify",
                 _ if errno == ENOSYS => "syscalls.enosys-fallback",
                 _ => "syscalls.default-deny",
             };
@@ -413,17 +415,29 @@ impl Judge {
             if nr == NR_SOCKET {
                 detail["family"] = json!(args[0] as u32);
             }
+            if nr == seccomp::NR_INOTIFY_ADD_WATCH {
+                detail["path"] = json!(path.map(|p| Text::new(p.to_vec())));
+                detail["why"] = json!(
+                    "Landlock does not mediate inotify watches, which report the names of files under the watched \
+                     directory: watching needs `[process] inotify = true`"
+                );
+            }
             // An executable memfd is a route to run a program `exec` does
             // not grant: journaled as an exec refusal.
-            let kind = if nr == seccomp::NR_MEMFD_CREATE {
-                Kind::Exec
-            } else {
-                Kind::Syscall
+            let kind = match nr {
+                seccomp::NR_MEMFD_CREATE => Kind::Exec,
+                // A watch reveals names like a directory read would.
+                seccomp::NR_INOTIFY_ADD_WATCH => Kind::File,
+                _ => Kind::Syscall,
+            };
+            let target = match (nr, path) {
+                (seccomp::NR_INOTIFY_ADD_WATCH, Some(p)) => Text::new(p.to_vec()),
+                _ => Text::new(name.clone()),
             };
             return Some(Verdict {
                 kind,
                 action: name.clone(),
-                target: Text::new(name),
+                target,
                 rule: rule.to_owned(),
                 layer: "seccomp",
                 detail,
@@ -432,6 +446,28 @@ impl Judge {
         // Executable code around the exec grants (issue 7).
         if let Some(v) = exec_route(nr, errno, args, tgid, path) {
             return Some(v);
+        }
+        // A socket option that would install a routing header or IPv4
+        // options, refused by `cgroup/setsockopt` (issue 8, section 4).
+        if nr == NR_SETSOCKOPT
+            && errno == EPERM
+            && guard_common::is_route_option(args[1] as i32, args[2] as i32)
+        {
+            return Some(Verdict {
+                kind: Kind::Network,
+                action: "setsockopt".into(),
+                target: Text::new(format!(
+                    "fd {} level {} option {}",
+                    args[0] as i32, args[1] as i32, args[2] as i32
+                )),
+                rule: "network.source-route".into(),
+                layer: "cgroup-bpf",
+                detail: json!({
+                    "syscall": "setsockopt", "errno": "EPERM", "fd": args[0] as i32,
+                    "level": args[1] as i32, "optname": args[2] as i32,
+                    "why": "the option sets a routing header or IP options, which send packets to another address than the one connect/sendmsg judged",
+                }),
+            });
         }
         // 2. Network calls refused by the cgroup hooks are journaled there
         // (the kernel program drops those); an EPERM that reaches here was
@@ -663,6 +699,41 @@ mod tests {
             .judge(272, -EPERM, &[0x1000_0000, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(v.rule, "syscalls.namespaces");
+    }
+
+    #[test]
+    fn route_options_and_watches_name_their_rule() {
+        let j = judge(P);
+        let v = j
+            .judge(NR_SETSOCKOPT, -EPERM, &[3, 41, 57, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.layer, v.rule.as_str()),
+            (Kind::Network, "cgroup-bpf", "network.source-route")
+        );
+        // Other options refused EPERM are not source routing.
+        let v = j
+            .judge(NR_SETSOCKOPT, -EPERM, &[3, 1, 2, 0, 0, 0], 1, None)
+            .unwrap();
+        assert_ne!(v.rule, "network.source-route");
+        let v = j
+            .judge(
+                seccomp::NR_INOTIFY_ADD_WATCH,
+                -EPERM,
+                &[3, 0, 0x100, 0, 0, 0],
+                1,
+                Some(b"/etc/secret"),
+            )
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.layer, v.rule.as_str(), v.target.as_bytes()),
+            (
+                Kind::File,
+                "seccomp",
+                "syscalls.inotify",
+                &b"/etc/secret"[..]
+            )
+        );
     }
 
     #[test]

@@ -25,9 +25,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
-    HOOK_CONNECT6, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6, IPPROTO_TCP,
-    IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_DIRECT_LOADER, REASON_PORT, REASON_PROTOCOL,
-    REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    HOOK_CONNECT6, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6,
+    IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_DIRECT_LOADER,
+    REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE,
+    SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -424,6 +425,7 @@ fn hook_name(hook: u8) -> &'static str {
         HOOK_BIND4 => "bind4",
         HOOK_BIND6 => "bind6",
         HOOK_INGRESS => "cgroup_skb/ingress",
+        HOOK_EGRESS => "cgroup_skb/egress",
         _ => "sock_create",
     }
 }
@@ -526,7 +528,8 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
     };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
     // A packet is judged outside any process of the agent: name none.
-    if !matches!(ev, KernelEvent::Net(e) if e.hook == HOOK_INGRESS) {
+    if !matches!(ev, KernelEvent::Net(e) if e.hook == HOOK_INGRESS || (e.hook == HOOK_EGRESS && e.hdr.tgid == 0))
+    {
         rec = rec.with_process(process_of(h, parent));
     }
     match meta {
@@ -624,6 +627,9 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
         HOOK_INGRESS => "listen",
         _ => "sendmsg",
     };
+    if e.hook == HOOK_EGRESS && e.hdr.reason != REASON_UNKNOWN_SCOPE {
+        return route_fields(e, target);
+    }
     let nearest = rule_name(meta, e.rule);
     if matches!(e.hook, HOOK_BIND4 | HOOK_BIND6 | HOOK_INGRESS)
         && e.hdr.reason != REASON_UNKNOWN_SCOPE
@@ -664,6 +670,38 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
         detail["nearest_rule"] = json!(r.id);
     }
     (action.to_owned(), Text::new(target), rule, detail)
+}
+
+/// A packet dropped because its wire destination could differ from the
+/// address connect/sendmsg judged (issue 8, section 4). `target` is the
+/// judged (final) destination; the detail names the first hop the header
+/// would have sent it to.
+fn route_fields(e: &NetEvent, target: String) -> (String, Text, String, serde_json::Value) {
+    let dropped = if e.hdr.reason == REASON_IP_OPTIONS {
+        let name = match e.rule {
+            0x83 => "loose source route",
+            0x89 => "strict source route",
+            _ => "other option",
+        };
+        format!("IPv4 options (first option {:#04x}, {name})", e.rule)
+    } else if e.rule == u32::MAX {
+        "IPv6 extension header chain too long to judge".to_owned()
+    } else {
+        format!("IPv6 routing header type {}", e.rule)
+    };
+    let detail = json!({
+        "hook": hook_name(e.hook),
+        "dropped": dropped,
+        "wire_destination": ip_of(e.orig_family, &e.orig_addr),
+        "why": "the packet carried a header that sends it to another address than the one connect/sendmsg judged; \
+                every packet of the socket that carries one is dropped, and this record stands for all of them",
+    });
+    (
+        "sendmsg".to_owned(),
+        Text::new(target),
+        "network.source-route".to_owned(),
+        detail,
+    )
 }
 
 /// A bind, or a listening socket's inbound packets, refused by the

@@ -96,6 +96,17 @@ mod tests {
     }
 
     #[test]
+    fn base_grants_trust_anchors_not_private_keys() {
+        let plan = with("\"base\"");
+        let covers = |p: &str| plan.rules.iter().any(|r| Path::new(p).starts_with(&r.path));
+        assert!(covers("/etc/ssl/certs/ca-certificates.crt"));
+        assert!(covers("/usr/share/ca-certificates/mozilla/x.crt"));
+        assert!(!covers("/etc/ssl/private/ssl-cert-snakeoil.key"));
+        assert!(!covers("/etc/ssl/private"));
+        assert!(!covers("/etc/ssl"));
+    }
+
+    #[test]
     fn other_bases_contents() {
         let shell = with("\"shell\"");
         assert_eq!(shell.rules.len(), 6 + 2 * 33);

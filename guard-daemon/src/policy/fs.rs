@@ -290,37 +290,93 @@ pub(crate) fn compile(
 
 /// Refuses a path that is writable and executable through the same rule or
 /// through a rule on an ancestor: a file written there could be run.
+///
+/// Paths are compared as they resolve on this host, not as written (issue 8,
+/// section 6): Landlock grants the file a path resolves to, so `write =
+/// ["/x/wx"]` with `exec = ["/x/wxlink"]`, a symlink to it, grants write and
+/// execute on one directory.
 fn check_write_exec(entries: &[FsEntry], merged: &[Merged], file: &str) -> Result<(), PolicyError> {
-    let with = |f: fn(&Merged) -> Option<usize>| -> HashMap<&Path, usize> {
+    let real: Vec<PathBuf> = merged.iter().map(|m| resolve(&m.rule.path)).collect();
+    let with = |f: fn(&Merged) -> Option<usize>| -> HashMap<&Path, (usize, usize)> {
         merged
             .iter()
-            .filter_map(|m| f(m).map(|ei| (m.rule.path.as_path(), ei)))
+            .zip(&real)
+            .enumerate()
+            .filter_map(|(k, (m, r))| f(m).map(|ei| (r.as_path(), (ei, k))))
             .collect()
     };
     let writers = with(|m| m.write_by);
     let execs = with(|m| m.exec_by);
-    for m in merged {
-        let path = m.rule.path.as_path();
+    for (k, (m, r)) in merged.iter().zip(&real).enumerate() {
         if let Some(e) = m.exec_by
-            && let Some(w) = path.ancestors().find_map(|a| writers.get(a))
+            && let Some((w, wk)) = r.as_path().ancestors().find_map(|a| writers.get(a))
         {
-            return Err(conflict(entries, path, *w, e, file));
+            return Err(conflict(
+                entries,
+                &described(merged, &real, k, *wk),
+                *w,
+                e,
+                file,
+            ));
         }
         if let Some(w) = m.write_by
-            && let Some(e) = path.ancestors().skip(1).find_map(|a| execs.get(a))
+            && let Some((e, ek)) = r.as_path().ancestors().skip(1).find_map(|a| execs.get(a))
         {
-            return Err(conflict(entries, path, w, *e, file));
+            return Err(conflict(
+                entries,
+                &described(merged, &real, k, *ek),
+                w,
+                *e,
+                file,
+            ));
         }
     }
     Ok(())
 }
 
-fn conflict(entries: &[FsEntry], path: &Path, w: usize, e: usize, file: &str) -> PolicyError {
+/// What a path names on this host: symlinks resolved as far as the path
+/// exists, the rest appended as written (a path created later cannot be
+/// known now; Landlock would refuse a rule on it anyway).
+pub(crate) fn resolve(path: &Path) -> PathBuf {
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                cur = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+/// The conflicting path as the message shows it: as written, plus what it
+/// and the other rule's path resolve to when a symlink made them meet.
+fn described(merged: &[Merged], real: &[PathBuf], k: usize, other: usize) -> String {
+    let path = &merged[k].rule.path;
+    let other_path = &merged[other].rule.path;
+    // As written, the paths already overlap: the resolution adds nothing.
+    if path.starts_with(other_path) || other_path.starts_with(path) {
+        return format!("{path:?}");
+    }
+    format!(
+        "{path:?} (resolving to {:?}, under {other_path:?} which resolves to {:?})",
+        real[k], real[other]
+    )
+}
+
+fn conflict(entries: &[FsEntry], path: &str, w: usize, e: usize, file: &str) -> PolicyError {
     let (Some(we), Some(ee)) = (entries.get(w), entries.get(e)) else {
         return PolicyError {
             file: file.to_owned(),
             location: None,
-            message: format!("{path:?} is both writable and executable"),
+            message: format!("{path} is both writable and executable"),
         };
     };
     // Point at the entry the policy author controls; of two such entries,
@@ -339,7 +395,7 @@ fn conflict(entries: &[FsEntry], path: &Path, w: usize, e: usize, file: &str) ->
     at.src.error(
         file,
         format!(
-            "{path:?} is both writable and executable (a written file could be run); \
+            "{path} is both writable and executable (a written file could be run); \
              set allow_write_exec = true to accept this (write: {}, exec: {})",
             we.id, ee.id
         ),
@@ -516,6 +572,46 @@ exec = ["/usr/bin/python3"]"#,
     }
 
     #[test]
+    fn write_and_exec_through_a_symlink_is_refused() {
+        let dir = std::env::temp_dir().join(format!("guard-wx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("wx")).unwrap();
+        std::os::unix::fs::symlink(dir.join("wx"), dir.join("wxlink")).unwrap();
+        let d = dir.display();
+        let same = err(&format!("write = [\"{d}/wx\"]\nexec = [\"{d}/wxlink\"]"));
+        // A file under the link, and the link's target's parent.
+        let under = err(&format!(
+            "write = [\"{d}/wx\"]\nexec = [\"{d}/wxlink/tool\"]"
+        ));
+        let above = err(&format!(
+            "write = [\"{d}/wxlink/sub\"]\nexec = [\"{d}/wx\"]"
+        ));
+        let apart = compile(&format!("write = [\"{d}/wx\"]\nexec = [\"{d}/other\"]"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            same.contains(&format!(
+                "\"{d}/wxlink\" (resolving to \"{d}/wx\", under \"{d}/wx\" which resolves to \"{d}/wx\") is both writable and executable"
+            )),
+            "{same}"
+        );
+        assert!(
+            same.contains("write: filesystem.write[0], exec: filesystem.exec[0]"),
+            "{same}"
+        );
+        assert!(under.contains("is both writable and executable"), "{under}");
+        assert!(above.contains("is both writable and executable"), "{above}");
+        assert!(apart.is_ok());
+    }
+
+    #[test]
+    fn resolve_keeps_missing_tails() {
+        assert_eq!(resolve(Path::new("/")), Path::new("/"));
+        let r = resolve(Path::new("/proc/self/../nonexistent-guard/x"));
+        assert!(r.ends_with("nonexistent-guard/x"), "{r:?}");
+        assert!(!r.to_string_lossy().contains(".."), "{r:?}");
+    }
+
+    #[test]
     fn overlap_is_component_wise() {
         let plan = compile(
             "write = [\"/usr/lib\", \"/a/b\"]\nexec = [\"/usr/lib64/x\", \"/a/bc\", \"/a/b.sh\"]",
@@ -574,12 +670,11 @@ exec = ["/usr/bin/python3"]"#,
         .compile(&vars())
         .unwrap_err()
         .to_string();
-        assert!(
-            e.starts_with(
-                "p.toml:5:18: \"/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\" is both"
-            ),
-            "{e}"
-        );
-        assert!(e.contains("exec: base:base filesystem.exec[2]"), "{e}");
+        // Which loader spelling is reported first depends on how this
+        // host's /lib64 resolves (merged /usr makes it a link into /usr).
+        assert!(e.starts_with("p.toml:5:18: \""), "{e}");
+        assert!(e.contains("ld-linux-x86-64.so.2"), "{e}");
+        assert!(e.contains("is both writable and executable"), "{e}");
+        assert!(e.contains("exec: base:base filesystem.exec["), "{e}");
     }
 }

@@ -93,6 +93,7 @@ pub(crate) struct RawProcess {
     pub cpu: Option<Spanned<Scalar>>,
     pub user: Option<Spanned<Scalar>>,
     pub capabilities: Option<Vec<Spanned<String>>>,
+    pub inotify: Option<bool>,
 }
 
 /// A value that may be written as a number or a string (ports, sizes, cpu
@@ -243,7 +244,14 @@ fn rewrite_unknown_key(msg: &str) -> Option<String> {
         ["allow_write_exec", "exec", "read", "write"] | ["exec", "read", "write"] => {
             " in [filesystem]"
         }
-        ["capabilities", "cpu", "max_processes", "memory", "user"] => " in [process]",
+        [
+            "capabilities",
+            "cpu",
+            "inotify",
+            "max_processes",
+            "memory",
+            "user",
+        ] => " in [process]",
         _ => "",
     };
     if expected.is_empty() {

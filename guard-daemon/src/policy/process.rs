@@ -22,6 +22,11 @@ pub struct ProcPlan {
     /// Capabilities to keep, as `CAP_X` names, without duplicates, in the
     /// order given.
     pub capabilities: Vec<String>,
+    /// `inotify = true`: the agent may watch files and directories. Off by
+    /// default because Landlock does not mediate `inotify_add_watch`: a
+    /// watch on a directory outside every grant reports the names of the
+    /// files created, opened and changed there (issue 8, section 6).
+    pub inotify: bool,
 }
 
 /// Linux capability names, indexed by capability number (0..=40).
@@ -96,6 +101,7 @@ pub(crate) fn validate(doc: &Doc, raw: RawProcess) -> Result<ProcPlan, PolicyErr
     if let Some(v) = &raw.user {
         plan.user = Some(user(v.get_ref()).map_err(|m| at(v, m))?);
     }
+    plan.inotify = raw.inotify.unwrap_or(false);
     for c in raw.capabilities.unwrap_or_default() {
         let name = capability(c.get_ref()).map_err(|m| doc.error_at(c.span().start, m))?;
         if !plan.capabilities.contains(&name) {
@@ -283,9 +289,12 @@ mod tests {
                 cpu_millicores: Some(500),
                 user: Some(UserSpec::Name("nobody".into())),
                 capabilities: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
+                inotify: false,
             }
         );
         assert_eq!(parse("").unwrap(), ProcPlan::default());
+        assert!(parse("inotify = true").unwrap().inotify);
+        assert!(err("inotify = 1").contains("p.toml:"));
     }
 
     #[test]

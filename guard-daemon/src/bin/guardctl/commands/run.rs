@@ -443,6 +443,7 @@ fn build_spec(
     let seccomp = seccomp::build(&seccomp::Options {
         socket_families: families,
         listen: plan.network.has_listen_rules() || audit,
+        inotify: plan.process.inotify || audit,
     });
 
     let keep_caps = plan
