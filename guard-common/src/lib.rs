@@ -114,6 +114,20 @@ pub struct Config {
     pub task_real_parent_off: u32,
     pub task_tgid_off: u32,
     pub _pad: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `fdtable.max_fds`: the file a directory descriptor names; and
+    /// `task_struct.fs`, `fs_struct.pwd`, `path.dentry`, `dentry.d_inode`:
+    /// the working directory. A refused call's relative path is judged
+    /// against the directory identified here, not against guardd's later
+    /// reading of `/proc/<pid>/cwd` (issue 8, section 7).
+    pub task_files_off: u32,
+    pub files_fdt_off: u32,
+    pub fdt_fd_off: u32,
+    pub fdt_max_fds_off: u32,
+    pub task_fs_off: u32,
+    pub fs_pwd_off: u32,
+    pub path_dentry_off: u32,
+    pub dentry_inode_off: u32,
 }
 
 /// Dynamic loader identities `Config` holds.
@@ -371,9 +385,52 @@ pub struct SyscallEvent {
     /// never exec'd runs its parent's program, and may be gone before
     /// guardd can read its `/proc/<pid>/exe`.
     pub ppid: u32,
-    pub _pad: u32,
+    /// `PATH_*` bits: which of the fields below hold something.
+    pub path_flags: u32,
+    /// The path argument as read from the caller's memory at exit.
+    pub path: [u8; SYSCALL_PATH_MAX],
+    /// The same argument as read at the call's entry (`sys_enter`), before
+    /// the kernel copied it: two readings that differ mean another thread
+    /// rewrote the buffer while the call ran (`PATH_ENTRY` set).
+    pub entry_len: u32,
+    /// Kernel `dev_t` (major << 20 | minor) of the directory a relative
+    /// path starts from: the directory descriptor's file, or the working
+    /// directory (`PATH_BASE` set), read from the task at exit.
+    pub base_dev: u32,
+    pub base_ino: u64,
+    pub entry: [u8; SYSCALL_PATH_MAX],
+}
+
+/// `SyscallEvent::path_flags`: `entry` holds the reading at entry.
+pub const PATH_ENTRY: u32 = 1 << 0;
+/// `SyscallEvent::path_flags`: `base_dev`/`base_ino` identify the base
+/// directory.
+pub const PATH_BASE: u32 = 1 << 1;
+/// `PATH_ARG` value bit: the argument before the path is a directory
+/// descriptor (`*at` calls) that a relative path is resolved against.
+pub const PATH_ARG_DIRFD: u32 = 1 << 4;
+/// `AT_FDCWD`: a relative path of an `*at` call starts at the working
+/// directory.
+pub const AT_FDCWD: i32 = -100;
+
+/// A path argument read at a call's entry, kept per thread until its exit
+/// (`ENTRY_PATHS` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryPath {
+    pub nr: u32,
+    pub len: u32,
+    /// The user address it was read from: an exit whose argument points
+    /// elsewhere is not the same call.
+    pub ptr: u64,
     pub path: [u8; SYSCALL_PATH_MAX],
 }
+
+/// Threads whose path argument is held between entry and exit. Refused
+/// calls are rare; successful ones leave their entry behind to be evicted
+/// (least recently used), so this bounds memory, not correctness: a
+/// missing entry makes the record unverified, never wrong.
+pub const ENTRY_PATHS_ENTRIES: u32 = 16_384;
 
 /// A process of a scope killed by a guard layer (today: seccomp's
 /// `SECCOMP_RET_KILL_PROCESS`, taken from `signal_generate`).
@@ -459,10 +516,13 @@ pub const fn is_route_option(level: i32, optname: i32) -> bool {
 
 const _: () = {
     assert!(core::mem::size_of::<AgentInfo>() == 32);
-    assert!(core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16);
+    assert!(
+        core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32
+    );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
-    assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256);
+    assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
+    assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
     assert!(core::mem::size_of::<PortRange>() == 8);
     assert!(core::mem::size_of::<NetValue>() == 8 + 8 * MAX_PORT_RANGES);
     assert!(core::mem::size_of::<Net4Key>() == 8);
@@ -496,4 +556,6 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KillEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EntryPath {}
 }

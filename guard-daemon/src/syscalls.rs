@@ -76,6 +76,20 @@ pub fn path_call(nr: u32) -> Option<(&'static str, u32, Access)> {
         .map(|(_, name, arg, access)| (*name, *arg, *access))
 }
 
+/// `*at` calls: a relative path argument is resolved against the
+/// directory descriptor in the argument just before it (unless it is
+/// `AT_FDCWD`), never against the working directory.
+const DIRFD_CALLS: &[u32] = &[
+    257, 258, 259, 260, 262, 263, 264, 265, 266, 267, 268, 269, 280, 303, 316, 322, 332, 428, 437,
+    439, 452,
+];
+
+/// Index of the directory descriptor a call's path is relative to, if any.
+pub fn dirfd_arg(nr: u32) -> Option<usize> {
+    let (_, arg, _) = path_call(nr)?;
+    (DIRFD_CALLS.contains(&nr) && arg >= 1).then(|| arg as usize - 1)
+}
+
 /// A call's name for records: the seccomp table knows most.
 pub fn name(nr: u32) -> String {
     path_call(nr)
@@ -149,5 +163,12 @@ mod tests {
         assert_eq!(name(425), "io_uring_setup");
         assert_eq!(name(9999), "syscall 9999");
         assert!(PATH_CALLS.iter().all(|c| c.2 < 6));
+        // The descriptor sits just before the path, whichever it is.
+        assert_eq!(dirfd_arg(257), Some(0)); // openat(dirfd, path)
+        assert_eq!(dirfd_arg(265), Some(2)); // linkat(.., newdirfd, newpath)
+        assert_eq!(dirfd_arg(266), Some(1)); // symlinkat(target, newdirfd, linkpath)
+        assert_eq!(dirfd_arg(254), None); // inotify_add_watch: not a dirfd
+        assert_eq!(dirfd_arg(2), None);
+        assert!(DIRFD_CALLS.iter().all(|&n| path_call(n).is_some()));
     }
 }

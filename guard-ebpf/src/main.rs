@@ -85,6 +85,11 @@ pub fn guard_signal(ctx: RawTracePointContext) -> i32 {
     proc::on_signal(&ctx) as i32
 }
 
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn guard_sys_enter(ctx: RawTracePointContext) -> i32 {
+    proc::on_sys_enter(&ctx) as i32
+}
+
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn guard_sys_exit(ctx: RawTracePointContext) -> i32 {
     proc::on_sys_exit(&ctx) as i32

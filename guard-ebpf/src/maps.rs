@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    AgentInfo, Config, EVENTS_RING_BYTES, HOOK_DENIED_ENTRIES, LISTEN_SEEN_ENTRIES,
-    LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES,
-    Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, ROUTE_SEEN_ENTRIES, UNIX_MAX_ENTRIES, UnixKey,
+    AgentInfo, Config, ENTRY_PATHS_ENTRIES, EVENTS_RING_BYTES, EntryPath, HOOK_DENIED_ENTRIES,
+    LISTEN_SEEN_ENTRIES, LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES,
+    NET6_MAX_ENTRIES, Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, ROUTE_SEEN_ENTRIES,
+    UNIX_MAX_ENTRIES, UnixKey,
 };
 
 #[map]
@@ -54,6 +55,17 @@ pub static PATH_ARG: Array<u32> = Array::with_max_entries(PATH_ARG_ENTRIES, 0);
 /// (see `common::mark_hook_denied`).
 #[map]
 pub static HOOK_DENIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(HOOK_DENIED_ENTRIES, 0);
+
+/// Thread id → the path argument of its current call as read at entry
+/// (`proc::on_sys_enter`), compared at exit with a second reading.
+#[map]
+pub static ENTRY_PATHS: LruHashMap<u32, EntryPath> =
+    LruHashMap::with_max_entries(ENTRY_PATHS_ENTRIES, 0);
+
+/// Where `on_sys_enter` builds an `EntryPath`: too large for the BPF stack
+/// next to everything else.
+#[map]
+pub static ENTRY_SCRATCH: PerCpuArray<EntryPath> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

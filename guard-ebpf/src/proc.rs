@@ -13,22 +13,25 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{
-        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
-        bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
+            bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal,
+        },
     },
     programs::RawTracePointContext,
 };
 use guard_common::{
-    AGENT_RESTRICT_EXEC, Config, EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX,
-    EXEC_FILENAME_MAX, ExecEvent, KillEvent, MAX_LOADERS, NO_PATH, PATH_ARG_ENTRIES,
-    REASON_DIRECT_LOADER, SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent,
-    VERDICT_ALLOWED, VERDICT_DENIED,
+    AGENT_RESTRICT_EXEC, AT_FDCWD, Config, EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX,
+    EXEC_FILENAME_MAX, ExecEvent, KillEvent, MAX_LOADERS, NO_PATH, PATH_ARG_DIRFD,
+    PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER, SECCOMP_MODE_DEAD, SYS_SECCOMP,
+    SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
 };
 
 use crate::{
     common::{current_agent, take_hook_denied},
-    maps::{CONFIG, EVENTS, PATH_ARG},
+    maps::{CONFIG, ENTRY_PATHS, ENTRY_SCRATCH, EVENTS, PATH_ARG},
 };
 
 const EPERM: i64 = 1;
@@ -258,7 +261,7 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
         let task = bpf_get_current_task();
         let parent = read_u64(task + u64::from(cfg.task_real_parent_off));
         (*ev).ppid = read_u64(parent + u64::from(cfg.task_tgid_off)) as u32;
-        (*ev)._pad = 0;
+        (*ev).path_flags = 0;
         let idx = (arg & 7) as usize;
         if idx < 6 {
             let ptr = (*ev).args[idx];
@@ -271,10 +274,126 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
                 (*ev).path_len = n as u32;
             }
         }
+        (*ev).entry_len = 0;
+        (*ev).base_dev = 0;
+        (*ev).base_ino = 0;
+        if idx < 6 {
+            path_facts(cfg, &mut *ev, arg, idx, task);
+        }
     }
     slot.submit(0);
     agent.count_event();
     0
+}
+
+/// `raw_tracepoint/sys_enter`: (regs, id). Reads the path argument of an
+/// agent's path call before the kernel copies it, so that `sys_exit` can
+/// tell whether the buffer changed while the call ran. Runs for every
+/// system call on the host: a call without a path argument costs one
+/// array lookup, a path call outside any scope one more (the cgroup).
+#[inline(always)]
+pub fn on_sys_enter(ctx: &RawTracePointContext) -> u32 {
+    let nr: u64 = ctx.arg(1);
+    if nr >= u64::from(PATH_ARG_ENTRIES) {
+        return 0;
+    }
+    let arg = match PATH_ARG.get(nr as u32) {
+        Some(a) => *a,
+        None => return 0,
+    };
+    let idx = (arg & 7) as usize;
+    if idx >= 6 {
+        return 0;
+    }
+    if current_agent().info.is_null() {
+        return 0;
+    }
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let Some(e) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let regs: u64 = ctx.arg(0);
+    let ptr = read_u64(regs + u64::from(cfg.regs_arg_off[idx]));
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: `e` is this CPU's scratch entry (valid for the program run,
+    // not shared with a concurrent run on this CPU); the helper writes at
+    // most its size.
+    unsafe {
+        (*e).nr = nr as u32;
+        (*e).ptr = ptr;
+        let n = bpf_probe_read_user_str(
+            (*e).path.as_mut_ptr() as *mut c_void,
+            SYSCALL_PATH_MAX as u32,
+            ptr as *const c_void,
+        );
+        (*e).len = if n > 0 { n as u32 } else { 0 };
+        let _ = ENTRY_PATHS.insert(&tid, &*e, 0);
+    }
+    0
+}
+
+/// What the kernel knows about a refused call's path besides the exit
+/// reading: the entry reading (taken and cleared here), and the identity of
+/// the directory a relative path starts from (a directory descriptor's
+/// file, or the working directory), so that guardd can check the directory
+/// it names against the one the call used.
+#[inline(always)]
+fn path_facts(cfg: &Config, ev: &mut SyscallEvent, arg: u32, idx: usize, task: u64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the map value stays valid for the program run (RCU); it is
+    // copied out with a probe read before the entry is removed.
+    if let Some(e) = unsafe { ENTRY_PATHS.get(&tid) } {
+        if e.nr == ev.nr && e.ptr == ev.args[idx] {
+            let len = e.len;
+            // SAFETY: copies one map value field into the event, same size.
+            unsafe {
+                bpf_probe_read_kernel(
+                    ev.entry.as_mut_ptr() as *mut c_void,
+                    SYSCALL_PATH_MAX as u32,
+                    e.path.as_ptr() as *const c_void,
+                )
+            };
+            ev.entry_len = len;
+            ev.path_flags |= PATH_ENTRY;
+        }
+        let _ = ENTRY_PATHS.remove(&tid);
+    }
+    if ev.path_len > 0 && ev.path[0] == b'/' {
+        return;
+    }
+    let dirfd = if arg & PATH_ARG_DIRFD != 0 && idx >= 1 && idx < 6 {
+        ev.args[idx - 1] as i32
+    } else {
+        AT_FDCWD
+    };
+    let inode = if dirfd == AT_FDCWD {
+        let fs = read_u64(task + u64::from(cfg.task_fs_off));
+        let dentry = read_u64(fs + u64::from(cfg.fs_pwd_off) + u64::from(cfg.path_dentry_off));
+        read_u64(dentry + u64::from(cfg.dentry_inode_off))
+    } else if dirfd >= 0 {
+        let files = read_u64(task + u64::from(cfg.task_files_off));
+        let fdt = read_u64(files + u64::from(cfg.files_fdt_off));
+        let max = read_u32(fdt + u64::from(cfg.fdt_max_fds_off));
+        if (dirfd as u32) < max {
+            let fds = read_u64(fdt + u64::from(cfg.fdt_fd_off));
+            let file = read_u64(fds + 8 * dirfd as u64);
+            if file != 0 {
+                read_u64(file + u64::from(cfg.file_inode_off))
+            } else {
+                0
+            }
+        } else {
+            0
+        }
+    } else {
+        0
+    };
+    if inode != 0 {
+        let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
+        ev.base_ino = read_u64(inode + u64::from(cfg.inode_ino_off));
+        ev.base_dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+        ev.path_flags |= PATH_BASE;
+    }
 }
 
 /// `raw_tracepoint/signal_generate`: (sig, info, task, group, result).

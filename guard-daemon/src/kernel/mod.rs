@@ -59,7 +59,7 @@ const MAP_NAMES: [&str; 12] = [
 ];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 13] = [
+const PROGRAMS: [&str; 14] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
@@ -69,6 +69,7 @@ const PROGRAMS: [&str; 13] = [
     "guard_ingress",
     "guard_sock_create",
     "guard_exec",
+    "guard_sys_enter",
     "guard_sys_exit",
     "guard_signal",
     "guard_egress",
@@ -82,6 +83,7 @@ const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 fn tracepoint_of(program: &str) -> Option<&'static str> {
     match program {
         "guard_exec" => Some("sched_process_exec"),
+        "guard_sys_enter" => Some("sys_enter"),
         "guard_sys_exit" => Some("sys_exit"),
         "guard_signal" => Some("signal_generate"),
         _ => None,
@@ -345,6 +347,14 @@ impl Kernel {
                     task_real_parent_off: btf.member_offset("task_struct", "real_parent")?,
                     task_tgid_off: btf.member_offset("task_struct", "tgid")?,
                     _pad: 0,
+                    task_files_off: btf.member_offset("task_struct", "files")?,
+                    files_fdt_off: btf.member_offset("files_struct", "fdt")?,
+                    fdt_fd_off: btf.member_offset("fdtable", "fd")?,
+                    fdt_max_fds_off: btf.member_offset("fdtable", "max_fds")?,
+                    task_fs_off: btf.member_offset("task_struct", "fs")?,
+                    fs_pwd_off: btf.member_offset("fs_struct", "pwd")?,
+                    path_dentry_off: btf.member_offset("path", "dentry")?,
+                    dentry_inode_off: btf.member_offset("dentry", "d_inode")?,
                 },
                 0,
             )
@@ -356,7 +366,13 @@ impl Kernel {
         .map_err(map_err("PATH_ARG"))?;
         for nr in 0..guard_common::PATH_ARG_ENTRIES {
             let arg = crate::syscalls::path_call(nr)
-                .map(|(_, a, _)| a)
+                .map(|(_, a, _)| {
+                    if crate::syscalls::dirfd_arg(nr).is_some() {
+                        a | guard_common::PATH_ARG_DIRFD
+                    } else {
+                        a
+                    }
+                })
                 .unwrap_or(guard_common::NO_PATH);
             path_arg.set(nr, arg, 0).map_err(map_err("PATH_ARG"))?;
         }

@@ -98,25 +98,71 @@ fn normalise(p: &Path) -> PathBuf {
     out
 }
 
-/// The path as the agent named it, made absolute; where it really leads
-/// (symlinks and `/proc/self` followed from the agent's point of view); and
-/// whether the working directory had to be assumed (the process is gone).
-pub fn resolve(tgid: u32, raw: &[u8], workdir: &Path) -> (PathBuf, Option<PathBuf>, bool) {
-    let p = Path::new(std::ffi::OsStr::from_bytes(raw));
-    let mut assumed = false;
-    let abs = if p.is_absolute() {
-        normalise(p)
-    } else {
-        let cwd = std::fs::read_link(format!("/proc/{tgid}/cwd")).unwrap_or_else(|_| {
-            assumed = true;
-            workdir.to_owned()
-        });
-        normalise(&cwd.join(p))
-    };
-    // /proc/self inside the agent is the agent, not guardd.
+/// What the kernel reported about a refused call's path argument.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PathFacts<'a> {
+    /// Read from the caller's memory at the call's exit.
+    pub exit: Option<&'a [u8]>,
+    /// Read at the call's entry; `None` when no entry reading was kept.
+    pub entry: Option<&'a [u8]>,
+    /// Kernel `dev_t` and inode number of the directory a relative path
+    /// starts from (the directory descriptor's file, or the working
+    /// directory), as the kernel saw it at the call's exit.
+    pub base: Option<(u32, u64)>,
+}
+
+impl<'a> PathFacts<'a> {
+    /// One path known to be what the kernel judged (tests, and callers
+    /// that established it otherwise).
+    pub fn trusted(path: Option<&'a [u8]>) -> Self {
+        PathFacts {
+            exit: path,
+            entry: path,
+            base: None,
+        }
+    }
+}
+
+/// Where a refused call's path leads, and how sure guardd is of it.
+#[derive(Debug, Default)]
+pub struct Target {
+    /// What the record shows: the absolute path when established, else a
+    /// description that says what is known and that it is unverified.
+    pub text: Vec<u8>,
+    /// The absolute path, when both the argument and the directory it
+    /// starts from are established.
+    pub abs: Option<PathBuf>,
+    /// Where `abs` really leads (symlinks and `/proc/self` followed), when
+    /// that differs.
+    pub real: Option<PathBuf>,
+    /// Why the target is not verified; empty when it is.
+    pub doubts: Vec<String>,
+    /// Facts for the record's detail (readings, descriptor, base).
+    pub detail: serde_json::Map<String, Value>,
+}
+
+/// The kernel's encoding of a `dev_t` (what `super_block.s_dev` holds).
+fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+/// Identity of what a path (or a procfs magic link) names now.
+fn identity(p: &Path) -> Option<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((kernel_dev(m.dev()), m.ino()))
+}
+
+fn quoted(raw: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(raw))
+}
+
+/// Makes `abs` absolute-normalised and follows it from the agent's point
+/// of view (`/proc/self` is the agent, not guardd).
+fn follow(tgid: u32, abs: &Path) -> Option<PathBuf> {
     let lookup = match abs.strip_prefix("/proc/self") {
         Ok(rest) => PathBuf::from(format!("/proc/{tgid}")).join(rest),
-        Err(_) => abs.clone(),
+        Err(_) => abs.to_owned(),
     };
     let real = std::fs::canonicalize(&lookup).ok().or_else(|| {
         let parent = lookup.parent()?;
@@ -126,8 +172,233 @@ pub fn resolve(tgid: u32, raw: &[u8], workdir: &Path) -> (PathBuf, Option<PathBu
                 .join(lookup.file_name()?),
         )
     });
-    let real = real.filter(|r| *r != abs);
-    (abs, real, assumed)
+    real.filter(|r| r != abs)
+}
+
+/// The target of a refused path call. The argument is taken from the
+/// caller's memory, which another thread can rewrite while the call runs:
+/// it counts as what the kernel judged only when the readings at entry and
+/// exit agree. A relative path starts at the call's directory descriptor
+/// (`*at` calls) or the working directory, which guardd can only read
+/// after the call (`/proc/<pid>/fd/N`, `/proc/<pid>/cwd`): that reading
+/// counts only when it names the directory the kernel saw at exit (same
+/// device and inode).
+pub fn resolve(
+    nr: u32,
+    args: &[u64; 6],
+    tgid: u32,
+    facts: &PathFacts<'_>,
+    workdir: &Path,
+) -> Target {
+    let mut t = Target::default();
+    let exit = facts.exit.unwrap_or_default();
+    let raw = match facts.entry {
+        Some(entry) if entry == exit => exit,
+        Some(entry) => {
+            t.doubts.push(
+                "the path argument changed while the call ran (another thread rewrote the buffer): \
+                 the path the kernel judged is not known"
+                    .into(),
+            );
+            t.detail.insert(
+                "readings".into(),
+                json!({"entry": Text::new(entry.to_vec()), "exit": Text::new(exit.to_vec())}),
+            );
+            t.text = format!(
+                "<unverified: {} at entry, {} at exit>",
+                quoted(entry),
+                quoted(exit)
+            )
+            .into_bytes();
+            return t;
+        }
+        None => {
+            t.doubts.push(
+                "the path argument was read only at the call's exit (no reading from its entry was kept), \
+                 so a rewrite of the buffer while the call ran cannot be ruled out"
+                    .into(),
+            );
+            t.detail
+                .insert("readings".into(), json!({"exit": Text::new(exit.to_vec())}));
+            exit
+        }
+    };
+    let p = Path::new(std::ffi::OsStr::from_bytes(raw));
+    if p.is_absolute() {
+        let abs = normalise(p);
+        t.real = follow(tgid, &abs);
+        t.text = abs.as_os_str().as_bytes().to_vec();
+        t.abs = Some(abs);
+        if !t.doubts.is_empty() {
+            t.text = format!("<unverified: {} at exit>", quoted(raw)).into_bytes();
+        }
+        return t;
+    }
+    let dirfd = syscalls::dirfd_arg(nr)
+        .map(|i| args[i] as i32)
+        .filter(|&fd| fd != guard_common::AT_FDCWD);
+    // Where the relative path starts, as guardd can read it now.
+    let (label, link, seen) = match dirfd {
+        Some(fd) => {
+            let magic = PathBuf::from(format!("/proc/{tgid}/fd/{fd}"));
+            t.detail.insert("dirfd".into(), json!(fd));
+            (
+                format!("dirfd {fd}"),
+                std::fs::read_link(&magic).ok(),
+                identity(&magic),
+            )
+        }
+        None => {
+            let magic = PathBuf::from(format!("/proc/{tgid}/cwd"));
+            match std::fs::read_link(&magic) {
+                Ok(l) => ("cwd".to_owned(), Some(l), identity(&magic)),
+                // The process is gone: the scope's working directory is a
+                // candidate, accepted only if it is the directory the
+                // kernel saw.
+                Err(_) => (
+                    "cwd".to_owned(),
+                    Some(workdir.to_owned()),
+                    identity(workdir),
+                ),
+            }
+        }
+    };
+    let base_ok = link.is_some() && seen.is_some() && seen == facts.base;
+    if let Some((dev, ino)) = facts.base {
+        t.detail
+            .insert("base_inode".into(), json!(format!("{dev:#x}:{ino}")));
+    }
+    match (&link, base_ok) {
+        (Some(l), true) => {
+            let abs = normalise(&l.join(p));
+            t.real = follow(tgid, &abs);
+            t.text = abs.as_os_str().as_bytes().to_vec();
+            t.abs = Some(abs);
+            if !t.doubts.is_empty() {
+                t.text = format!("<unverified: {} at exit>", quoted(&t.text)).into_bytes();
+            }
+        }
+        (Some(l), false) => {
+            t.doubts.push(format!(
+                "{label} was read by guardd after the call ({}); the kernel's record of the directory the call \
+                 used {}",
+                l.display(),
+                if facts.base.is_some() {
+                    "names another one"
+                } else {
+                    "is missing"
+                }
+            ));
+            t.detail
+                .insert("base".into(), json!(l.display().to_string()));
+            t.text = format!(
+                "<{label}: {} (read by guardd after the call, unverified)>/{}",
+                l.display(),
+                String::from_utf8_lossy(raw)
+            )
+            .into_bytes();
+        }
+        (None, _) => {
+            t.doubts.push(format!(
+                "{label} could not be read after the call (closed, or the process exited)"
+            ));
+            t.text = format!(
+                "<{label}: unknown (gone before guardd could read it)>/{}",
+                String::from_utf8_lossy(raw)
+            )
+            .into_bytes();
+        }
+    }
+    t
+}
+
+/// The credentials a process acts with on files: fsuid, fsgid and groups.
+fn fs_creds(tgid: u32) -> Option<(u32, u32, Vec<u32>)> {
+    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+    let field = |name: &str| -> Option<Vec<u32>> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        Some(
+            line[name.len()..]
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect(),
+        )
+    };
+    let uid = *field("Uid:")?.get(3)?;
+    let gid = *field("Gid:")?.get(3)?;
+    Some((uid, gid, field("Groups:").unwrap_or_default()))
+}
+
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+/// Whether the file mode bits refuse `want` (r = 4, w = 2, x = 1) on `m`
+/// to these credentials, given the capabilities the agent kept.
+fn mode_refuses(
+    m: &std::fs::Metadata,
+    creds: &(u32, u32, Vec<u32>),
+    want: u32,
+    caps: &[u32],
+) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid, groups) = creds;
+    let mode = m.mode();
+    let bits = if *uid == m.uid() {
+        mode >> 6
+    } else if *gid == m.gid() || groups.contains(&m.gid()) {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    let mut missing = want & !bits;
+    if caps.contains(&CAP_DAC_OVERRIDE) {
+        // Execute still needs some execute bit on a file.
+        missing &= if m.is_dir() || mode & 0o111 != 0 {
+            0
+        } else {
+            1
+        };
+    }
+    if caps.contains(&CAP_DAC_READ_SEARCH) {
+        missing &= if m.is_dir() { 2 } else { 3 };
+    }
+    missing != 0
+}
+
+/// Whether the kernel's own permission checks (mode bits along the path)
+/// explain a refusal of `path` for the process `tgid`: `None` when that
+/// cannot be told (the process is gone).
+fn dac_explains(
+    tgid: u32,
+    path: &Path,
+    r: bool,
+    w: bool,
+    x: bool,
+    on_parent: bool,
+    caps: &[u32],
+) -> Option<bool> {
+    let creds = fs_creds(tgid)?;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    for dir in parent.ancestors() {
+        if let Ok(m) = std::fs::metadata(dir)
+            && mode_refuses(&m, &creds, 1, caps)
+        {
+            return Some(true);
+        }
+    }
+    let want = u32::from(r) * 4 + u32::from(w) * 2 + u32::from(x);
+    let (subject, want) = match std::fs::metadata(path) {
+        Ok(m) if !on_parent => (m, want),
+        // Reading or running a file that is not there is ENOENT, not a
+        // refusal.
+        Err(_) if !on_parent && !w => return Some(false),
+        // Creating, removing or renaming: write on the directory.
+        _ => match std::fs::metadata(parent) {
+            Ok(m) => (m, 2),
+            Err(_) => return Some(false),
+        },
+    };
+    Some(mode_refuses(&subject, &creds, want, caps))
 }
 
 /// Which rights a call asked for on its path.
@@ -312,13 +583,22 @@ impl Judge {
         name: String,
         args: &[u64; 6],
         tgid: u32,
-        path: Option<&[u8]>,
+        nr: u32,
+        facts: &PathFacts<'_>,
         base: Value,
     ) -> Verdict {
-        let (abs, real) = match path {
-            Some(raw) => {
-                let (abs, real, _) = resolve(tgid, raw, &self.workdir);
-                (Some(abs), real)
+        let mut base = base;
+        let (abs, real) = match facts.exit {
+            Some(_) => {
+                let t = resolve(nr, args, tgid, facts, &self.workdir);
+                base["target_verified"] = json!(t.doubts.is_empty());
+                if !t.doubts.is_empty() {
+                    base["unverified_because"] = json!(t.doubts);
+                }
+                for (k, v) in t.detail {
+                    base[k] = v;
+                }
+                (t.abs, t.real)
             }
             // fchmod, fchown, fsetxattr, ftruncate...: the descriptor names
             // the file while the process still exists.
@@ -369,8 +649,7 @@ impl Judge {
         }
     }
 
-    /// The record for a refused call, or `None` when another layer has
-    /// journaled it already (the network hooks record their own refusals).
+    /// `judge_facts` for a path known to be what the kernel judged.
     pub fn judge(
         &self,
         nr: u32,
@@ -379,6 +658,20 @@ impl Judge {
         tgid: u32,
         path: Option<&[u8]>,
     ) -> Option<Verdict> {
+        self.judge_facts(nr, ret, args, tgid, &PathFacts::trusted(path))
+    }
+
+    /// The record for a refused call, or `None` when another layer has
+    /// journaled it already (the network hooks record their own refusals).
+    pub fn judge_facts(
+        &self,
+        nr: u32,
+        ret: i32,
+        args: &[u64; 6],
+        tgid: u32,
+        facts: &PathFacts<'_>,
+    ) -> Option<Verdict> {
+        let path = facts.exit;
         let errno = -ret;
         let name = syscalls::name(nr);
         let base = json!({"syscall": name, "errno": errno_name(errno), "args": args});
@@ -509,9 +802,16 @@ impl Judge {
                  refuses too)"
             );
             let target = match path {
-                Some(raw) => {
-                    let (abs, _, _) = resolve(tgid, raw, &self.workdir);
-                    Text::new(abs.as_os_str().as_bytes().to_vec())
+                Some(_) => {
+                    let t = resolve(nr, args, tgid, facts, &self.workdir);
+                    if !t.doubts.is_empty() {
+                        detail["target_verified"] = json!(false);
+                        detail["unverified_because"] = json!(t.doubts);
+                    }
+                    for (k, v) in t.detail {
+                        detail[k] = v;
+                    }
+                    Text::new(t.text)
                 }
                 None => Text::new(name.clone()),
             };
@@ -582,11 +882,11 @@ impl Judge {
         // 4c. Read-only views: a write (data or metadata) outside the write
         // grants, or to a cgroup file system.
         if errno == EROFS {
-            return Some(self.read_only(name, args, tgid, path, base));
+            return Some(self.read_only(name, args, tgid, nr, facts, base));
         }
         // 5. Files and programs.
-        if let (Some((_, _, access)), Some(raw)) = (syscalls::path_call(nr), path) {
-            let (abs, real, assumed) = resolve(tgid, raw, &self.workdir);
+        if let (Some((_, _, access)), Some(_)) = (syscalls::path_call(nr), path) {
+            let t = resolve(nr, args, tgid, facts, &self.workdir);
             let (r, w, x, what) = need(access, args);
             let kind = if access == Access::Exec {
                 Kind::Exec
@@ -595,36 +895,93 @@ impl Judge {
             };
             let mut detail = base;
             detail["access"] = json!(what);
-            if assumed {
-                detail["cwd"] = json!(format!(
-                    "{} (assumed: the process had exited before its working directory could be read)",
-                    self.workdir.display()
-                ));
+            for (k, v) in t.detail {
+                detail[k] = v;
             }
-            if let Some(real) = &real {
+            if let Some(real) = &t.real {
                 detail["resolved"] = json!(real.display().to_string());
             }
-            let judged = real.clone().unwrap_or_else(|| abs.clone());
-            let (layer, rule) = match &self.fs {
-                Some(fs) if fs.restricted && access != Access::Meta => {
+            let mut doubts = t.doubts;
+            let mut layer_rule = ("kernel", "os.permissions");
+            if let (Some(abs), true) = (&t.abs, doubts.is_empty()) {
+                let judged = t.real.clone().unwrap_or_else(|| abs.clone());
+                if let Some(fs) = self.fs.as_ref().filter(|f| f.restricted)
+                    && access != Access::Meta
+                {
                     let ((gr, gw, gx), rules) = granted(fs, &judged);
                     let ok = (!r || gr) && (!w || gw) && (!x || gx);
                     if !rules.is_empty() {
                         detail["granted_by"] = json!(rules);
                     }
-                    if ok {
-                        ("kernel", "os.permissions")
-                    } else {
-                        ("landlock", "filesystem.default-deny")
+                    if !ok {
+                        layer_rule = ("landlock", "filesystem.default-deny");
                     }
                 }
-                _ => ("kernel", "os.permissions"),
+                // The policy allows what the readings name, yet the call
+                // was refused: the kernel's own checks must explain it, or
+                // the path the kernel judged was not the one read (the
+                // buffer rewritten and restored while the call ran).
+                if layer_rule.0 == "kernel" && access != Access::Meta {
+                    let on_parent = access == Access::Write && !matches!(nr, 76 | 85);
+                    match dac_explains(tgid, &judged, r, w, x, on_parent, &self.caps) {
+                        Some(true) => {}
+                        Some(false) => doubts.push(
+                            "the policy and the file's permissions allow this access to the path as read, \
+                             yet the kernel refused it: the path it judged was another one (the buffer can \
+                             be rewritten and restored while the call runs)"
+                                .into(),
+                        ),
+                        None => doubts.push(
+                            "the policy allows this access to the path as read, and the process exited \
+                             before its permissions could be checked"
+                                .into(),
+                        ),
+                    }
+                }
+            }
+            let (layer, rule) = if doubts.is_empty() {
+                detail["target_verified"] = json!(true);
+                layer_rule
+            } else {
+                // Never "the policy allows this" (nor any other rule) from
+                // a path the kernel may not have judged.
+                detail["target_verified"] = json!(false);
+                detail["unverified_because"] = json!(doubts);
+                if detail.get("readings").is_none() {
+                    detail["readings"] = json!({
+                        "entry": facts.entry.map(|e| Text::new(e.to_vec())),
+                        "exit": Text::new(facts.exit.unwrap_or_default().to_vec()),
+                    });
+                }
+                detail["why"] = json!(
+                    "the refused path could not be established, so neither the layer nor the rule can be named"
+                );
+                ("unverified", "filesystem.unverified-target")
             };
             if layer == "kernel" {
-                detail["why"] =
-                    json!("the policy allows this; the kernel's own permission checks refused it");
+                detail["why"] = json!(if access == Access::Meta {
+                    "Landlock does not govern this call; the kernel's own permission checks refused it"
+                } else {
+                    "the policy allows this; the kernel's own permission checks refused it"
+                });
             }
-            let target = Text::new(abs.as_os_str().as_bytes().to_vec());
+            let target = if doubts.is_empty() || t.abs.is_none() {
+                Text::new(t.text)
+            } else {
+                Text::new(
+                    format!(
+                        "<unverified: {}>",
+                        quoted(
+                            t.abs
+                                .as_deref()
+                                .unwrap_or(Path::new(""))
+                                .as_os_str()
+                                .as_bytes()
+                        )
+                    )
+                    .into_bytes(),
+                )
+            };
             return Some(Verdict {
                 kind,
                 action: if access == Access::Exec {
@@ -848,12 +1205,22 @@ mod tests {
             .unwrap();
         assert_eq!(v.layer, "landlock");
         assert_eq!(v.detail["access"], "write");
-        // Reading a granted file refused anyway: the kernel's own checks.
+        // Reading a granted file that does not exist cannot have been
+        // refused: the path the kernel judged was another one.
         let v = j
-            .judge(257, -EACCES, &[0; 6], 1, Some(b"/work/../work/secret"))
+            .judge(
+                257,
+                -EACCES,
+                &[0; 6],
+                1,
+                Some(b"/work/../work/no-such-file"),
+            )
             .unwrap();
-        assert_eq!((v.layer, v.rule.as_str()), ("kernel", "os.permissions"));
-        assert_eq!(v.target.as_str(), Some("/work/secret"));
+        assert_eq!(
+            (v.layer, v.rule.as_str()),
+            ("unverified", "filesystem.unverified-target")
+        );
+        assert_eq!(v.detail["target_verified"], false);
         // exec outside the exec list.
         let v = j
             .judge(59, -EACCES, &[0; 6], 1, Some(b"/usr/bin/curl"))
@@ -941,5 +1308,160 @@ mod tests {
             .unwrap();
         assert_eq!((v.rule.as_str(), v.layer), ("filesystem.refer", "landlock"));
         assert!(j.judge(0, -EXDEV, &[0; 6], 1, None).is_none());
+    }
+
+    /// A judge granting read on `dir`, for the tests that need real files
+    /// and this process as the caller.
+    fn judge_of(dir: &Path) -> Judge {
+        let policy = format!(
+            "[policy]\nname = \"t\"\n[filesystem]\nread = [{:?}]\n",
+            dir.display().to_string()
+        );
+        Judge {
+            workdir: dir.to_owned(),
+            ..judge(&policy)
+        }
+    }
+
+    fn scratch() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("closed"), "x").unwrap();
+        std::fs::set_permissions(
+            d.path().join("closed"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        std::fs::write(d.path().join("open"), "x").unwrap();
+        d
+    }
+
+    #[test]
+    fn a_granted_path_refused_is_the_kernels_only_when_its_permissions_explain_it() {
+        let d = scratch();
+        let j = judge_of(d.path());
+        let me = std::process::id();
+        // Mode 000: the kernel's own checks refuse (no capability is kept).
+        let closed = d.path().join("closed");
+        let v = j
+            .judge(
+                257,
+                -EACCES,
+                &[0; 6],
+                me,
+                Some(closed.as_os_str().as_bytes()),
+            )
+            .unwrap();
+        assert_eq!((v.layer, v.rule.as_str()), ("kernel", "os.permissions"));
+        assert_eq!(v.detail["target_verified"], true);
+        assert_eq!(v.target.as_bytes(), closed.as_os_str().as_bytes());
+        // Readable by everyone and granted, yet refused: whatever the
+        // kernel judged, it was not this path. Never "the policy allows".
+        let open = d.path().join("open");
+        let v = j
+            .judge(257, -EACCES, &[0; 6], me, Some(open.as_os_str().as_bytes()))
+            .unwrap();
+        assert_eq!(
+            (v.layer, v.rule.as_str()),
+            ("unverified", "filesystem.unverified-target")
+        );
+        assert_eq!(v.detail["target_verified"], false);
+        assert!(v.target.as_str().unwrap().starts_with("<unverified"));
+        assert!(
+            v.detail["why"]
+                .as_str()
+                .unwrap()
+                .contains("could not be established")
+        );
+    }
+
+    #[test]
+    fn readings_that_differ_or_are_missing_are_unverified() {
+        let j = judge(P);
+        let facts = PathFacts {
+            exit: Some(b"notes.txt"),
+            entry: Some(b"/etc/shadow"),
+            base: None,
+        };
+        let v = j.judge_facts(257, -EACCES, &[0; 6], 1, &facts).unwrap();
+        assert_eq!(v.layer, "unverified");
+        assert_eq!(v.detail["target_verified"], false);
+        assert_eq!(v.detail["readings"]["entry"], "/etc/shadow");
+        assert_eq!(v.detail["readings"]["exit"], "notes.txt");
+        let t = v.target.as_str().unwrap();
+        assert!(t.contains("/etc/shadow") && t.contains("notes.txt"), "{t}");
+        assert!(t.starts_with("<unverified"), "{t}");
+        // Only the exit reading: never a verified target either.
+        let facts = PathFacts {
+            exit: Some(b"/etc/shadow"),
+            entry: None,
+            base: None,
+        };
+        let v = j.judge_facts(257, -EACCES, &[0; 6], 1, &facts).unwrap();
+        assert_eq!(v.detail["target_verified"], false);
+        assert_eq!(v.layer, "unverified");
+        assert_eq!(v.target.as_str(), Some("<unverified: \"/etc/shadow\">"));
+    }
+
+    #[test]
+    fn a_relative_path_starts_at_its_directory_descriptor_never_the_cwd() {
+        use std::os::fd::AsRawFd;
+        let d = scratch();
+        let j = judge_of(d.path());
+        let me = std::process::id();
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let fd = dir.as_raw_fd() as u64;
+        let id = identity(d.path()).unwrap();
+        // openat(dirfd, "closed"): the kernel saw this directory.
+        let facts = PathFacts {
+            exit: Some(b"closed"),
+            entry: Some(b"closed"),
+            base: Some(id),
+        };
+        let v = j
+            .judge_facts(257, -EACCES, &[fd, 0, 0, 0, 0, 0], me, &facts)
+            .unwrap();
+        let want = d.path().join("closed");
+        assert_eq!(v.target.as_bytes(), want.as_os_str().as_bytes());
+        assert_eq!(v.detail["dirfd"], fd as i32);
+        assert_eq!(v.detail["target_verified"], true);
+        // The kernel saw another directory (the descriptor was replaced
+        // after the call): guardd's reading is shown as unverified.
+        let facts = PathFacts {
+            base: Some((id.0, id.1 + 1)),
+            ..facts
+        };
+        let v = j
+            .judge_facts(257, -EACCES, &[fd, 0, 0, 0, 0, 0], me, &facts)
+            .unwrap();
+        let t = v.target.as_str().unwrap();
+        assert!(
+            t.starts_with(&format!("<dirfd {fd}: {}", d.path().display())),
+            "{t}"
+        );
+        assert!(t.contains("unverified") && t.ends_with(">/closed"), "{t}");
+        assert_eq!(v.layer, "unverified");
+        // A closed descriptor: unknown, and still not the working directory.
+        let facts = PathFacts {
+            base: None,
+            ..facts
+        };
+        let v = j
+            .judge_facts(257, -EACCES, &[999_999, 0, 0, 0, 0, 0], me, &facts)
+            .unwrap();
+        let t = v.target.as_str().unwrap();
+        assert!(t.starts_with("<dirfd 999999: unknown"), "{t}");
+        // AT_FDCWD: the working directory, checked the same way.
+        let cwd = std::env::current_dir().unwrap();
+        let facts = PathFacts {
+            exit: Some(b"x"),
+            entry: Some(b"x"),
+            base: identity(&cwd),
+        };
+        let at_fdcwd = guard_common::AT_FDCWD as i64 as u64;
+        let v = j
+            .judge_facts(257, -EACCES, &[at_fdcwd, 0, 0, 0, 0, 0], me, &facts)
+            .unwrap();
+        assert_eq!(v.target.as_bytes(), cwd.join("x").as_os_str().as_bytes());
     }
 }

@@ -26,9 +26,9 @@ use std::os::unix::ffi::OsStrExt;
 use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, REASON_DIRECT_LOADER,
-    REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE,
-    SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, PATH_BASE, PATH_ENTRY,
+    REASON_DIRECT_LOADER, REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE,
+    REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -491,9 +491,15 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         KernelEvent::Syscall(e) => {
             let path =
                 (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
+            let facts = judge::PathFacts {
+                exit: path,
+                entry: (e.path_flags & PATH_ENTRY != 0)
+                    .then(|| cstr(&e.entry[..(e.entry_len as usize).min(e.entry.len())])),
+                base: (e.path_flags & PATH_BASE != 0).then_some((e.base_dev, e.base_ino)),
+            };
             match meta.and_then(|m| m.judge.as_ref()) {
                 Some(j) => {
-                    let v = j.judge(e.nr, e.ret, &e.args, h.tgid, path)?;
+                    let v = j.judge_facts(e.nr, e.ret, &e.args, h.tgid, &facts)?;
                     (
                         v.kind,
                         v.action,
