@@ -549,6 +549,9 @@ async fn logs(
         });
         match resolved {
             Ok(id) => filter.agent = Some(id),
+            // A follower may name an agent that has not started yet: it
+            // waits for exactly that id or name.
+            Err((code, _)) if req.follow && code == api::code::NOT_FOUND => {}
             Err(f) => return conn.fail(id, f).await,
         }
     }

@@ -318,6 +318,8 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
     if let Some(key) = &filter.agent {
         match store.resolve_agent(key) {
             Ok(id) => filter.agent = Some(id),
+            // A follower may name an agent that has not started yet.
+            Err(JournalError::UnknownAgent { .. }) if args.follow => {}
             Err(e @ (JournalError::UnknownAgent { .. } | JournalError::AmbiguousAgent { .. })) => {
                 fail(e);
                 return EXIT_USAGE;
