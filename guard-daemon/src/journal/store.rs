@@ -83,6 +83,9 @@ impl Retention {
     }
 }
 
+/// Size the WAL file is cut back to when it starts over.
+const WAL_KEEP: u64 = 4 << 20;
+
 /// Largest WAL kept between checkpoints: today's 64 MiB (fewer copies of hot
 /// index pages, see `init`), or an eighth of a smaller budget.
 pub(crate) fn wal_cap(budget: Option<u64>) -> u64 {
@@ -610,9 +613,13 @@ impl Store {
             .try_into()
             .unwrap_or(4096);
         let pages = (cap / page.max(512)).max(8);
+        // The writer checkpoints the WAL at every chain checkpoint (seconds
+        // apart), so it rarely grows far; cut it back to a few MiB when it
+        // starts over, so that the main file, not the WAL, holds the journal.
+        let keep = cap.min(WAL_KEEP);
         self.conn
             .execute_batch(&format!(
-                "PRAGMA journal_size_limit={cap}; PRAGMA wal_autocheckpoint={pages};"
+                "PRAGMA journal_size_limit={keep}; PRAGMA wal_autocheckpoint={pages};"
             ))
             .map_err(JournalError::sql("limit the WAL"))
     }
