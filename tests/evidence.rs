@@ -536,3 +536,82 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_journal_that_cannot_write_refuses_agents_and_still_stops() {
+    let mut g = Guardd::start();
+    let p = net_policy(&g, "wedge");
+    // guardd's start record is committed first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.logs(&[]).is_empty() {
+        assert!(Instant::now() < deadline, "no daemon-start record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another process writes the next seq behind guardd's back (bypassing
+    // the lock), as a second guardd on the same journal used to.
+    let c = rusqlite::Connection::open(&g.journal).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let taken = loop {
+        let max: i64 = c
+            .query_row("select coalesce(max(seq), 0) from records", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if c.execute(
+            "insert into records(seq, json, hash) values (?1, '{}', 'x')",
+            [max + 1],
+        )
+        .is_ok()
+        {
+            break max + 1;
+        }
+    };
+    drop(c);
+    let started = Instant::now();
+    let mut first = g.spawn_run(&p, &[], &["/bin/true"]);
+    let status = loop {
+        if let Some(s) = first.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = first.kill();
+            let _ = first.wait();
+            panic!("guardctl run hung on a journal that cannot write");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = status;
+    // From now on no agent starts: its violations would go unrecorded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let out = g.run(&p, &[], &["/bin/true"]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "agents still start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("journal cannot record"), "{err}");
+    let t = Instant::now();
+    g.stop();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let log = g.log();
+    assert!(log.contains("another writer"), "{log}");
+    // What could not be committed is in the log, not silently gone.
+    assert!(log.contains("uncommitted journal record"), "{log}");
+    // The first agent's start record, among them.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("uncommitted journal record") && l.contains("wedge")),
+        "{log}"
+    );
+    // The journal itself is intact up to there; the foreign row is found.
+    let out = verify(&g.journal, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("record {taken} was altered")),
+        "{}",
+        text(&out)
+    );
+}

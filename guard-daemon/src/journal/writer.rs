@@ -199,6 +199,15 @@ impl JournalHandle {
         }
     }
 
+    /// Why the writer stopped accepting records, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn check_failed(&self) -> Result<(), JournalError> {
         match &*self
             .shared
