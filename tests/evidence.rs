@@ -255,7 +255,11 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         g.journal.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(side(&export).exists());
+    for f in [export.clone(), side(&export)] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
     let out = verify(&export, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let exported = json_lines(&ctl(&[

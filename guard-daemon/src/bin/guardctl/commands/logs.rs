@@ -507,7 +507,16 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
             return EXIT_GUARD;
         }
     };
-    if let Err(e) = store.export_to(dest) {
+    // The copy holds what the journal holds (paths, arguments, who ran
+    // what): readable by its owner only, like the journal, from the moment
+    // it exists.
+    // SAFETY: umask has no preconditions; guardctl has no other threads
+    // creating files meanwhile.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let exported = store.export_to(dest);
+    if let Err(e) = exported {
+        // SAFETY: as above.
+        unsafe { libc::umask(old_mask) };
         fail(format!("exporting to {}: {}", dest.display(), chain(&e)));
         return EXIT_GUARD;
     }
@@ -529,6 +538,8 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
             side_src.display()
         );
     }
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
     let report = match journal::verify(dest) {
         Ok(r) => r,
         Err(e) => {
