@@ -313,6 +313,14 @@ pub fn open(
             ),
         ));
     }
+    // Fail closed: an agent whose violations cannot be recorded is not
+    // started.
+    if let Some(why) = shared.journal.failure() {
+        return Err((
+            api::code::DEGRADED,
+            format!("the journal cannot record anything ({why}); no agent is started"),
+        ));
+    }
     let policy = Policy::parse(&req.policy_text, &req.policy_path)
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
     let id = random_id();

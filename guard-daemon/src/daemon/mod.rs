@@ -24,8 +24,8 @@ use thiserror::Error;
 use crate::{
     host::{CgroupLayout, HostError, ensure_bpffs},
     journal::{
-        Journal, JournalConfig, JournalError, JournalHandle, Kind, MirrorSink, Record, Retention,
-        Text, Verdict,
+        Journal, JournalConfig, JournalError, JournalHandle, JournalLock, Kind, MirrorSink, Record,
+        Retention, Text, Verdict,
     },
     kernel::{Kernel, KernelError, KernelOptions},
     metrics::Metrics,
@@ -137,6 +137,17 @@ impl Daemon {
                 source,
             })?;
         }
+        // First, before any kernel or cgroup state is made: a journal has
+        // one writer, and a second guardd must be refused, naming the first.
+        let journal_lock = JournalLock::acquire(
+            &cfg.journal,
+            &format!(
+                "guardd pid {} (instance {}, socket {})",
+                std::process::id(),
+                cfg.instance,
+                cfg.socket.display()
+            ),
+        )?;
         ensure_bpffs(&cfg.bpffs)?;
         let layout = CgroupLayout::detect()?;
         let scopes = ScopeRoot::init(layout, &cfg.instance)?;
@@ -148,7 +159,7 @@ impl Daemon {
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
         jcfg.retention = cfg.retention;
-        let journal = Journal::open(jcfg)?;
+        let journal = Journal::open_locked(jcfg, journal_lock)?;
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));

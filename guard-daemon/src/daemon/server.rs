@@ -526,6 +526,35 @@ async fn logs(
             ))
             .await;
     }
+    let mut filter = filter;
+    if let Some(key) = filter.agent.clone() {
+        // An unknown agent is an error, not an empty answer; an id prefix
+        // is resolved as `ps` does.
+        let path = conn.shared.cfg.journal.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            Store::open_for_reading(&path).and_then(|s| s.resolve_agent(&key))
+        })
+        .await
+        .map_err(|e| (api::code::INTERNAL, e.to_string()))
+        .and_then(|r| {
+            r.map_err(|e| match e {
+                crate::journal::JournalError::UnknownAgent { .. } => {
+                    (api::code::NOT_FOUND, e.to_string())
+                }
+                crate::journal::JournalError::AmbiguousAgent { .. } => {
+                    (api::code::AMBIGUOUS, e.to_string())
+                }
+                other => (api::code::INTERNAL, other.to_string()),
+            })
+        });
+        match resolved {
+            Ok(id) => filter.agent = Some(id),
+            // A follower may name an agent that has not started yet: it
+            // waits for exactly that id or name.
+            Err((code, _)) if req.follow && code == api::code::NOT_FOUND => {}
+            Err(f) => return conn.fail(id, f).await,
+        }
+    }
     // Subscribe before querying so nothing committed in between is missed.
     let mut live = conn.shared.journal.subscribe();
     // Streamed in pages: a query holds at most one page in memory, and a

@@ -304,7 +304,9 @@ pub fn checkpoint_path(store_path: &Path) -> PathBuf {
 }
 
 /// Reads the side file; a missing file means no checkpoints. A final line
-/// without a newline is a write torn by a crash and is ignored.
+/// without a newline is still a checkpoint when it parses (removing the
+/// newline must not hide the newest checkpoint); only one that does not
+/// parse is taken as a write torn by a crash and ignored.
 pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -320,13 +322,19 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError
         let n = reader
             .read_until(b'\n', &mut line)
             .map_err(JournalError::io("read checkpoint file", path))?;
-        if n == 0 || line.last() != Some(&b'\n') {
+        if n == 0 {
             break;
         }
         number += 1;
         let body = line.trim_ascii();
         if body.is_empty() {
             continue;
+        }
+        if line.last() != Some(&b'\n') {
+            if let Ok(cp) = serde_json::from_slice(body) {
+                out.push(cp);
+            }
+            break;
         }
         let cp =
             serde_json::from_slice(body).map_err(|source| JournalError::CorruptCheckpoint {
@@ -393,6 +401,12 @@ fn drop_torn_tail(file: &mut File) -> std::io::Result<()> {
     if buf.last() == Some(&b'\n') {
         return Ok(());
     }
+    let tail_start = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if serde_json::from_slice::<Checkpoint>(buf[tail_start..].trim_ascii()).is_ok() {
+        // A whole checkpoint that lost its newline: keep it, end the line.
+        file.write_all(b"\n")?;
+        return file.sync_data();
+    }
     let keep = match buf.iter().rposition(|&b| b == b'\n') {
         Some(i) => len - window + i as u64 + 1,
         None if window == len => 0,
@@ -421,6 +435,18 @@ pub enum Problem {
     /// The newest records were removed: a checkpoint vouches for
     /// `checkpoint_seq` but the chain ends at `head_seq`.
     Truncated { head_seq: u64, checkpoint_seq: u64 },
+    /// A head held off this host (`--head`, `--mirror`) names `seq`, but
+    /// the store ends at `head_seq`: the store was rolled back.
+    RolledBack { head_seq: u64, seq: u64 },
+    /// A head held off this host names `seq` with another hash than the
+    /// store's record `seq`.
+    HeadMismatch { seq: u64 },
+    /// The checkpoint side file is gone; without it a truncation of the
+    /// newest records together with the checkpoint table goes unseen.
+    CheckpointFileMissing { path: String },
+    /// The store cannot be read as a journal (corrupt, not SQLite, not
+    /// guard's schema).
+    Unreadable { reason: String },
 }
 
 impl fmt::Display for Problem {
@@ -447,6 +473,19 @@ impl fmt::Display for Problem {
                 f,
                 "journal was truncated: it ends at {head_seq} but checkpoint {checkpoint_seq} exists"
             ),
+            Problem::RolledBack { head_seq, seq } => write!(
+                f,
+                "journal was rolled back: it ends at {head_seq} but the head held off this host is record {seq}"
+            ),
+            Problem::HeadMismatch { seq } => write!(
+                f,
+                "record {seq} differs from the head held off this host (altered or replaced)"
+            ),
+            Problem::CheckpointFileMissing { path } => write!(
+                f,
+                "checkpoint side file {path} is missing: truncation cannot be ruled out"
+            ),
+            Problem::Unreadable { reason } => write!(f, "store cannot be read: {reason}"),
         }
     }
 }
@@ -461,27 +500,166 @@ pub struct VerifyReport {
     pub head_seq: u64,
     /// Newest checkpoint found in the side file or the store.
     pub checkpoint_seq: Option<u64>,
+    /// Newest head held off this host that was checked against the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_head_seq: Option<u64>,
 }
 
 /// Walks the whole store in seq order and checks hashes, links, the
 /// gap-free sequence, the index columns, retention and checkpoints.
+/// Never writes to the store (see [`Store::open_read_only`]).
 pub fn verify(store_path: impl AsRef<Path>) -> Result<VerifyReport, JournalError> {
-    let path = store_path.as_ref();
-    let store = Store::open_existing(path)?;
+    verify_against(store_path, &[])
+}
 
+/// [`verify`], and also that every head in `heads` (kept off this host:
+/// `--head`, the newest line of a mirror) is in the store with the same
+/// hash. Local files alone cannot reveal a rollback of the store and side
+/// file together; an off-host head can.
+pub fn verify_against(
+    store_path: impl AsRef<Path>,
+    heads: &[ChainHead],
+) -> Result<VerifyReport, JournalError> {
+    let path = store_path.as_ref();
+    let unreadable = |e: JournalError| match &e {
+        JournalError::Sqlite { source, .. } if is_corruption(source) => Ok(VerifyReport {
+            records: 0,
+            ok: false,
+            first_problem: Some(Problem::Unreadable {
+                reason: super::error_chain(&e),
+            }),
+            head_seq: 0,
+            checkpoint_seq: None,
+            external_head_seq: None,
+        }),
+        _ => Err(e),
+    };
+    let store = match Store::open_read_only(path) {
+        Ok(s) => s,
+        Err(e) => return unreadable(e),
+    };
+    let cp_path = checkpoint_path(path);
     // The side file is read before the store's snapshot is taken: the
     // writer appends a checkpoint only after committing what it names, so
     // the snapshot then contains every record the file vouches for.
-    let side_file = read_checkpoint_file(&checkpoint_path(path))?;
-    store.begin_snapshot()?;
-    let report = verify_snapshot(&store, side_file);
-    store.end_snapshot()?;
-    report
+    let side_exists = cp_path.exists();
+    let side_file = read_checkpoint_file(&cp_path)?;
+    let report = store.begin_snapshot().and_then(|()| {
+        let r = verify_snapshot(&store, side_file, heads);
+        store.end_snapshot()?;
+        r
+    });
+    let mut report = match report {
+        Ok(r) => r,
+        Err(e) => return unreadable(e),
+    };
+    if report.ok && !side_exists {
+        // guardd creates the side file when it opens the journal, so its
+        // absence means it was removed (or not copied with the store).
+        report.ok = false;
+        report.first_problem = Some(Problem::CheckpointFileMissing {
+            path: cp_path.display().to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// Errors that mean the file is not a readable guard journal, as opposed
+/// to this reader's situation (busy, no permission, out of memory).
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => !matches!(
+            f.code,
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::CannotOpen
+                | C::PermissionDenied
+                | C::OutOfMemory
+                | C::ReadOnly
+                | C::SystemIoFailure
+        ),
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+        _ => false,
+    }
+}
+
+/// Parses `SEQ:HASH` as printed by `verify` and carried by every mirror
+/// line (`seq`, `hash`).
+pub fn parse_head(input: &str) -> Result<ChainHead, JournalError> {
+    let bad = || JournalError::InvalidHead {
+        input: input.to_owned(),
+    };
+    let (seq, hash) = input.trim().split_once(':').ok_or_else(bad)?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    let hash = hash.to_ascii_lowercase();
+    if seq == 0 || decode_hash(&hash).is_none() {
+        return Err(bad());
+    }
+    Ok(ChainHead { seq, hash })
+}
+
+/// The newest head (largest `seq`) in a JSON-lines mirror. Every complete
+/// line must be a record with `seq` and `hash`; a final line without a
+/// newline that does not parse is a write cut short and is skipped.
+pub fn mirror_head(path: &Path) -> Result<Option<ChainHead>, JournalError> {
+    #[derive(Deserialize)]
+    struct Line {
+        seq: u64,
+        hash: String,
+    }
+    let file = File::open(path).map_err(JournalError::io("open mirror", path))?;
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    let mut newest: Option<ChainHead> = None;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(JournalError::io("read mirror", path))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let body = line.trim_ascii();
+        if body.is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_slice::<Line>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|l| {
+                decode_hash(&l.hash)
+                    .map(|_| l)
+                    .ok_or_else(|| "hash is not 64 hex digits".to_owned())
+            });
+        let l = match parsed {
+            Ok(l) => l,
+            Err(_) if line.last() != Some(&b'\n') => break,
+            Err(reason) => {
+                return Err(JournalError::CorruptMirror {
+                    path: path.to_owned(),
+                    line: number,
+                    reason,
+                });
+            }
+        };
+        if newest.as_ref().is_none_or(|h| l.seq > h.seq) {
+            newest = Some(ChainHead {
+                seq: l.seq,
+                hash: l.hash,
+            });
+        }
+    }
+    Ok(newest)
 }
 
 fn verify_snapshot(
     store: &Store,
     side_file: Vec<Checkpoint>,
+    heads: &[ChainHead],
 ) -> Result<VerifyReport, JournalError> {
     // Both sources are checked: the side file survives deletion from the
     // store, the table survives deletion of the side file.
@@ -543,12 +721,41 @@ fn verify_snapshot(
             checkpoint_seq: cp,
         });
     }
+    let external_head_seq = heads.iter().map(|h| h.seq).max();
+    for h in heads {
+        if walk.problem.is_some() {
+            break;
+        }
+        if h.seq > head_seq {
+            walk.problem = Some(Problem::RolledBack {
+                head_seq,
+                seq: h.seq,
+            });
+            break;
+        }
+        // Every row was checked above, so the hash column is the record's.
+        let stored = match store.hash_at(h.seq)? {
+            Some(hash) => Some(hash),
+            None => anchor
+                .as_ref()
+                .filter(|a| a.seq == h.seq)
+                .map(|a| a.hash.clone()),
+        };
+        // Older than the retained records (and not the anchor): removed by
+        // recorded retention, nothing left to compare.
+        if let Some(stored) = stored
+            && !stored.eq_ignore_ascii_case(&h.hash)
+        {
+            walk.problem = Some(Problem::HeadMismatch { seq: h.seq });
+        }
+    }
     Ok(VerifyReport {
         records: walk.records,
         ok: walk.problem.is_none(),
         first_problem: walk.problem,
         head_seq,
         checkpoint_seq,
+        external_head_seq,
     })
 }
 
@@ -822,6 +1029,7 @@ mod tests {
                     first_problem: None,
                     head_seq: 100,
                     checkpoint_seq: Some(100),
+                    external_head_seq: None,
                 }
             );
         }
@@ -979,6 +1187,189 @@ mod tests {
                 .execute("DELETE FROM agents WHERE agent_name = 'agent1'", [])
                 .unwrap();
             assert_eq!(problem(&path), Some(Problem::Altered { seq: 2 }));
+        }
+
+        fn sha(path: &Path) -> Vec<u8> {
+            Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+        }
+
+        #[test]
+        fn verify_never_changes_the_file_it_checks() {
+            let (dir, path) = journal_with(50);
+            // A copy without its WAL, as a reviewer would get it.
+            let copy = dir.path().join("copy.db");
+            std::fs::copy(&path, &copy).unwrap();
+            std::fs::copy(checkpoint_path(&path), checkpoint_path(&copy)).unwrap();
+            let before = (sha(&copy), sha(&checkpoint_path(&copy)));
+            for _ in 0..2 {
+                let report = verify(&copy).unwrap();
+                assert!(report.ok, "{report:?}");
+                assert_eq!(report.records, 50);
+            }
+            assert_eq!(before, (sha(&copy), sha(&checkpoint_path(&copy))));
+            for suffix in ["-wal", "-shm"] {
+                let side = format!("{}{suffix}", copy.display());
+                assert!(!Path::new(&side).exists(), "{side} was created");
+            }
+        }
+
+        #[test]
+        fn a_corrupt_store_is_not_intact_with_the_reason() {
+            let (_dir, path) = journal_with(20);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[..16].copy_from_slice(b"not a database!!");
+            std::fs::write(&path, &bytes).unwrap();
+            match problem(&path) {
+                Some(Problem::Unreadable { reason }) => {
+                    assert!(reason.contains("not a database"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+            std::fs::write(&path, b"").unwrap();
+            assert!(matches!(problem(&path), Some(Problem::Unreadable { .. })));
+        }
+
+        #[test]
+        fn a_missing_side_file_is_reported() {
+            let (_dir, path) = journal_with(20);
+            std::fs::remove_file(checkpoint_path(&path)).unwrap();
+            assert!(matches!(
+                problem(&path),
+                Some(Problem::CheckpointFileMissing { .. })
+            ));
+        }
+
+        #[test]
+        fn a_side_file_without_its_final_newline_still_counts() {
+            let (_dir, path) = journal_with(100);
+            let side = checkpoint_path(&path);
+            let text = std::fs::read_to_string(&side).unwrap();
+            std::fs::write(&side, text.trim_end()).unwrap();
+            assert_eq!(
+                read_checkpoint_file(&side).unwrap().last().unwrap().seq,
+                100
+            );
+            db(&path)
+                .execute_batch("DELETE FROM records WHERE seq > 90; DELETE FROM checkpoints;")
+                .unwrap();
+            assert_eq!(
+                problem(&path),
+                Some(Problem::Truncated {
+                    head_seq: 90,
+                    checkpoint_seq: 100
+                })
+            );
+            // Reopening for writing ends the line instead of dropping it.
+            let mut f = CheckpointFile::open(side.clone()).unwrap();
+            f.append(&Checkpoint {
+                seq: 101,
+                hash: GENESIS_HASH.into(),
+                time: "t".into(),
+            })
+            .unwrap();
+            let seqs: Vec<u64> = read_checkpoint_file(&side)
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect();
+            assert_eq!(&seqs[seqs.len() - 2..], &[100, 101]);
+        }
+
+        #[test]
+        fn a_rollback_of_store_and_side_file_needs_the_off_host_head() {
+            let (dir, path) = journal_with(100);
+            let head = Store::open_read_only(&path)
+                .unwrap()
+                .head()
+                .unwrap()
+                .unwrap();
+            let mirror = dir.path().join("mirror.jsonl");
+            {
+                let store = Store::open_read_only(&path).unwrap();
+                let mut text = String::new();
+                for seq in 1..=100 {
+                    text.push_str(
+                        &serde_json::to_string(&store.get(seq).unwrap().unwrap()).unwrap(),
+                    );
+                    text.push('\n');
+                }
+                // A line cut short by a crash of the shipper is skipped.
+                text.push_str("{\"seq\":101,\"ha");
+                std::fs::write(&mirror, text).unwrap();
+            }
+            assert_eq!(mirror_head(&mirror).unwrap(), Some(head.clone()));
+            let r = verify_against(&path, std::slice::from_ref(&head)).unwrap();
+            assert!(r.ok, "{r:?}");
+            assert_eq!(r.external_head_seq, Some(100));
+
+            // Roll back: the newest ten records, their checkpoint rows and
+            // side-file lines all go. Local checks cannot tell.
+            db(&path)
+                .execute_batch(
+                    "DELETE FROM records WHERE seq > 90; DELETE FROM checkpoints WHERE seq > 90;",
+                )
+                .unwrap();
+            let side = checkpoint_path(&path);
+            let kept: Vec<Checkpoint> = read_checkpoint_file(&side)
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.seq <= 90)
+                .collect();
+            let mut text = String::new();
+            for c in &kept {
+                text.push_str(&serde_json::to_string(c).unwrap());
+                text.push('\n');
+            }
+            std::fs::write(&side, text).unwrap();
+            assert_eq!(problem(&path), None);
+            assert_eq!(
+                verify_against(&path, std::slice::from_ref(&head))
+                    .unwrap()
+                    .first_problem,
+                Some(Problem::RolledBack {
+                    head_seq: 90,
+                    seq: 100
+                })
+            );
+            let from_mirror = mirror_head(&mirror).unwrap().unwrap();
+            assert!(!verify_against(&path, &[from_mirror]).unwrap().ok);
+
+            // A head that names a present record with another hash.
+            let wrong = ChainHead {
+                seq: 50,
+                hash: GENESIS_HASH.into(),
+            };
+            assert_eq!(
+                verify_against(&path, &[wrong]).unwrap().first_problem,
+                Some(Problem::HeadMismatch { seq: 50 })
+            );
+        }
+
+        #[test]
+        fn heads_and_mirrors_parse_strictly() {
+            let h = format!("12:{}", "Ab".repeat(32));
+            assert_eq!(
+                parse_head(&h).unwrap(),
+                ChainHead {
+                    seq: 12,
+                    hash: "ab".repeat(32)
+                }
+            );
+            for bad in ["", "12", "x:00", "12:abc", &format!("0:{}", "a".repeat(64))] {
+                assert!(
+                    matches!(parse_head(bad), Err(JournalError::InvalidHead { .. })),
+                    "{bad}"
+                );
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let m = dir.path().join("m");
+            std::fs::write(&m, "garbage\n{}\n").unwrap();
+            assert!(matches!(
+                mirror_head(&m),
+                Err(JournalError::CorruptMirror { line: 1, .. })
+            ));
+            std::fs::write(&m, "").unwrap();
+            assert_eq!(mirror_head(&m).unwrap(), None);
         }
 
         #[test]

@@ -14,6 +14,7 @@
 
 mod chain;
 pub mod human;
+mod lock;
 pub mod ocsf;
 mod query;
 mod record;
@@ -27,8 +28,9 @@ use std::sync::Arc;
 
 pub use chain::{
     ChainHead, Checkpoint, GENESIS_HASH, Problem, VerifyReport, canonical_bytes, checkpoint_path,
-    read_checkpoint_file, record_hash, verify,
+    mirror_head, parse_head, read_checkpoint_file, record_hash, verify, verify_against,
 };
+pub use lock::{JournalLock, lock_path};
 pub use query::{Filter, bench_query, parse_time};
 pub use record::{AgentRef, Kind, ProcessRef, Record, Verdict, format_time, parse_record_time};
 pub use sink::MirrorSink;
@@ -97,6 +99,26 @@ pub enum JournalError {
     },
     #[error("journal writer thread panicked")]
     WriterPanicked,
+    #[error("no agent with id, id prefix or name {key:?} in the journal")]
+    UnknownAgent { key: String },
+    #[error("{key:?} is a prefix of several agent ids: {candidates}; give more of the id")]
+    AmbiguousAgent { key: String, candidates: String },
+    #[error(
+        "journal {} is in use by {holder}; a journal has exactly one writer: stop that guardd or \
+         give this one another --journal",
+        path.display()
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("journal writer failed and accepts no more records: {reason}")]
+    Failed { reason: String },
+    #[error("mirror file {} line {line}: {reason}", path.display())]
+    CorruptMirror {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("invalid chain head {input:?}: expected SEQ:HASH with 64 hex digits")]
+    InvalidHead { input: String },
 }
 
 impl JournalError {

@@ -83,6 +83,9 @@ impl Retention {
     }
 }
 
+/// Size the WAL file is cut back to when it starts over.
+const WAL_KEEP: u64 = 4 << 20;
+
 /// Largest WAL kept between checkpoints: today's 64 MiB (fewer copies of hot
 /// index pages, see `init`), or an eighth of a smaller budget.
 pub(crate) fn wal_cap(budget: Option<u64>) -> u64 {
@@ -221,14 +224,128 @@ impl Store {
 
     /// Opens an existing store for queries, with a small page cache: the
     /// indexes do the work, and each query connection counts against the
-    /// daemon's memory while it lives.
+    /// daemon's memory while it lives. Read-only (see [`Store::open_read_only`]).
     pub fn open_for_reading(path: impl AsRef<Path>) -> Result<Store, JournalError> {
-        let store = Store::open_existing(path)?;
+        let store = Store::open_read_only(path)?;
         store
             .conn
             .execute_batch("PRAGMA cache_size=-2048;")
             .map_err(JournalError::sql("set reader cache"))?;
         Ok(store)
+    }
+
+    /// Opens an existing store without ever writing to it: no schema, no
+    /// pragmas that persist, `SQLITE_OPEN_READ_ONLY`. Evidence must not be
+    /// changed by looking at it. Without a `-wal` beside the file (guardd is
+    /// not running on it, or this is a copy) the file is opened `immutable`,
+    /// so SQLite creates no `-wal`/`-shm` files either and reads exactly the
+    /// main file's bytes.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, JournalError> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(JournalError::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let immutable = !Path::new(&wal).exists();
+        let uri = sqlite_uri(path, immutable);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn =
+            Connection::open_with_flags(&uri, flags).map_err(JournalError::sql("open store"))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(JournalError::sql("set busy timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(JournalError::sql("read schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::SchemaVersion {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+            agents: HashMap::new(),
+        };
+        for (id, name) in store.agent_pairs()? {
+            store.agents.entry(id).or_default().insert(name);
+        }
+        Ok(store)
+    }
+
+    /// What `--agent KEY` selects: `KEY` itself when it is a recorded agent
+    /// id or name (a name may cover several runs), else the one id starting
+    /// with `KEY`, as `guardctl ps` resolves ids. Unknown or ambiguous keys
+    /// are errors, so a typo is never an empty, successful answer.
+    pub fn resolve_agent(&self, key: &str) -> Result<String, JournalError> {
+        if self
+            .agents
+            .iter()
+            .any(|(id, names)| id == key || names.contains(key))
+        {
+            return Ok(key.to_owned());
+        }
+        let mut ids: Vec<(&String, &HashSet<String>)> = if key.is_empty() {
+            Vec::new()
+        } else {
+            self.agents
+                .iter()
+                .filter(|(id, _)| id.starts_with(key))
+                .collect()
+        };
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        match ids.as_slice() {
+            [] => Err(JournalError::UnknownAgent {
+                key: key.to_owned(),
+            }),
+            [(id, _)] => Ok((*id).clone()),
+            many => Err(JournalError::AmbiguousAgent {
+                key: key.to_owned(),
+                candidates: many
+                    .iter()
+                    .map(|(id, names)| {
+                        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        names.sort_unstable();
+                        format!("{id} ({})", names.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Writes a consistent copy of the store to `dest` (which must not
+    /// exist) in one read transaction, without writing to this store.
+    pub fn export_to(&self, dest: &Path) -> Result<(), JournalError> {
+        let dest_text = dest.to_str().ok_or_else(|| JournalError::Io {
+            op: "export to",
+            path: dest.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "path is not valid UTF-8",
+            ),
+        })?;
+        self.conn
+            .execute("VACUUM INTO ?1", [dest_text])
+            .map_err(JournalError::sql("export the store"))?;
+        Ok(())
+    }
+
+    /// The stored hash of record `seq`, if the record is present.
+    pub fn hash_at(&self, seq: u64) -> Result<Option<String>, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT hash FROM records WHERE seq = ?1",
+                [seq_to_sql(seq)?],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(JournalError::sql("read record hash"))
     }
 
     fn init(conn: Connection, path: &Path) -> Result<Store, JournalError> {
@@ -496,9 +613,13 @@ impl Store {
             .try_into()
             .unwrap_or(4096);
         let pages = (cap / page.max(512)).max(8);
+        // The writer checkpoints the WAL at every chain checkpoint (seconds
+        // apart), so it rarely grows far; cut it back to a few MiB when it
+        // starts over, so that the main file, not the WAL, holds the journal.
+        let keep = cap.min(WAL_KEEP);
         self.conn
             .execute_batch(&format!(
-                "PRAGMA journal_size_limit={cap}; PRAGMA wal_autocheckpoint={pages};"
+                "PRAGMA journal_size_limit={keep}; PRAGMA wal_autocheckpoint={pages};"
             ))
             .map_err(JournalError::sql("limit the WAL"))
     }
@@ -878,6 +999,25 @@ impl ScannedRow<'_> {
     }
 }
 
+/// `file:` URI for `path`, percent-encoding everything but unreserved
+/// bytes so that `?`, `#` or `%` in a path cannot add URI parameters.
+fn sqlite_uri(path: &Path, immutable: bool) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro");
+    if immutable {
+        uri.push_str("&immutable=1");
+    }
+    uri
+}
+
 fn parse_stored(seq: u64, json: &str) -> Result<Record, JournalError> {
     serde_json::from_str(json).map_err(|e| JournalError::Corrupt {
         seq,
@@ -957,6 +1097,60 @@ pub(crate) mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn agents_resolve_by_id_name_or_unambiguous_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .conn()
+            .execute_batch(
+                "INSERT INTO agents VALUES ('abc123', 'web'), ('abd456', 'web'), ('ff00', 'db');",
+            )
+            .unwrap();
+        drop(store);
+        let store = Store::open_read_only(&path).unwrap();
+        assert_eq!(store.resolve_agent("web").unwrap(), "web");
+        assert_eq!(store.resolve_agent("abc123").unwrap(), "abc123");
+        assert_eq!(store.resolve_agent("abc").unwrap(), "abc123");
+        assert_eq!(store.resolve_agent("f").unwrap(), "ff00");
+        match store.resolve_agent("ab") {
+            Err(JournalError::AmbiguousAgent { candidates, .. }) => {
+                assert_eq!(candidates, "abc123 (web), abd456 (web)")
+            }
+            other => panic!("{other:?}"),
+        }
+        for unknown in ["", "zz", "abc1234"] {
+            assert!(
+                matches!(
+                    store.resolve_agent(unknown),
+                    Err(JournalError::UnknownAgent { .. })
+                ),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_open_refuses_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut head = ChainHead::genesis();
+        store
+            .insert_batch(&sealed_batch(&mut head, 5, 1_000_000).0)
+            .unwrap();
+        drop(store);
+        let mut ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.count().unwrap(), 5);
+        assert!(
+            ro.insert_batch(&sealed_batch(&mut head, 1, 2_000_000).0)
+                .is_err()
+        );
+        let uri = sqlite_uri(Path::new("/a b/j?x=1#y%.db"), true);
+        assert_eq!(uri, "file:/a%20b/j%3Fx%3D1%23y%25.db?mode=ro&immutable=1");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use super::chain::{
     ChainHead, Checkpoint, CheckpointFile, Prepared, Sealed, checkpoint_path, decode_hash, prepare,
 };
+use super::lock::JournalLock;
 use super::query::bench_record;
 use super::record::{Kind, Record, Verdict, format_time};
 use super::sink::{Mirror, MirrorSink};
@@ -119,6 +120,12 @@ enum Msg {
 }
 
 struct Shared {
+    /// Set first thing in `close`: a writer stuck retrying a commit gives up
+    /// after a few attempts instead of looping while the daemon waits.
+    closing: AtomicBool,
+    /// Set when the writer cannot go on (the store was written by someone
+    /// else, or closing gave up): appends fail at once with this reason.
+    failed: RwLock<Option<String>>,
     /// `None` once closing. Appenders hold the read lock across `send`, so
     /// close cannot slip between a successful send and the writer's final
     /// drain: every accepted record is committed or reported.
@@ -140,6 +147,7 @@ impl JournalHandle {
     /// the queue is full, in which case it blocks until there is room: a
     /// journal that drops violations is worse than a slow one.
     pub fn append(&self, rec: Record) -> Result<(), JournalError> {
+        self.check_failed()?;
         let prepared = prepare(rec)?;
         // Counted first so `committed` can never overtake `appended`.
         self.shared.stats.appended.fetch_add(1, Relaxed);
@@ -191,6 +199,29 @@ impl JournalHandle {
         }
     }
 
+    /// Why the writer stopped accepting records, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn check_failed(&self) -> Result<(), JournalError> {
+        match &*self
+            .shared
+            .failed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(reason) => Err(JournalError::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn send(&self, msg: Msg) -> Result<(), JournalError> {
         let guard = self
             .shared
@@ -213,6 +244,15 @@ impl Journal {
     /// Opens (or creates) the store, resumes the chain from its newest
     /// record and starts the writer thread.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
+        let holder = format!("process {}", std::process::id());
+        let lock = JournalLock::acquire(&cfg.path, &holder)?;
+        Journal::open_locked(cfg, lock)
+    }
+
+    /// [`Journal::open`] with the writer lock already taken (guardd takes it
+    /// before anything else, naming itself). The writer thread holds the
+    /// lock until its last commit.
+    pub fn open_locked(cfg: JournalConfig, lock: JournalLock) -> Result<Journal, JournalError> {
         let store = Store::open(&cfg.path)?;
         store.limit_wal(cfg.retention.max_bytes)?;
         let head = match store.head()? {
@@ -249,6 +289,8 @@ impl Journal {
         let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let shared = Arc::new(Shared {
+            closing: AtomicBool::new(false),
+            failed: RwLock::new(None),
             tx: RwLock::new(Some(tx)),
             events,
             stats: Stats::default(),
@@ -256,6 +298,7 @@ impl Journal {
         shared.stats.head_seq.store(head.seq, Relaxed);
         let now = Instant::now();
         let writer = Writer {
+            _lock: lock,
             rx,
             store,
             head,
@@ -306,6 +349,9 @@ impl Journal {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
+        // Before taking the sender: appenders blocked on a full queue hold
+        // its read lock, and only a writer that stops retrying frees them.
+        self.handle.shared.closing.store(true, Relaxed);
         // Dropping the only sender lets the writer drain the queue and then
         // see the disconnect; nothing queued is abandoned.
         drop(
@@ -329,6 +375,8 @@ impl Drop for Journal {
 }
 
 struct Writer {
+    /// Released when the writer thread ends, after its last commit.
+    _lock: JournalLock,
     rx: Receiver<Msg>,
     store: Store,
     head: ChainHead,
@@ -363,8 +411,10 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => self.disconnected = true,
             }
             if let Err(e) = self.commit_pending() {
-                // Only when closing: still vouch for what did get committed.
+                // Closing, or a failure no retry can fix: still vouch for
+                // what did get committed, and account for the rest.
                 self.maybe_checkpoint(true);
+                self.fail(&e);
                 return Err(e);
             }
             self.serve_retention_requests();
@@ -373,6 +423,61 @@ impl Writer {
         }
         self.maybe_checkpoint(true);
         Ok(())
+    }
+
+    /// Stops accepting records and says, loudly, which ones were not
+    /// committed: the pending batch and everything still queued. Each lost
+    /// record's JSON goes to the log so nothing vanishes without a trace.
+    fn set_failed(&self, reason: String) {
+        let mut failed = self
+            .shared
+            .failed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed.is_none() {
+            *failed = Some(reason);
+        }
+    }
+
+    fn fail(&mut self, e: &JournalError) {
+        let reason = error_chain(e);
+        self.set_failed(reason.clone());
+        let mut lost = std::mem::take(&mut self.pending);
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Append(p) => lost.push(p),
+                Msg::Flush(reply) => {
+                    let _ = reply.send(Err(JournalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+                Msg::Retention(reply) => {
+                    let _ = reply.send(Err(JournalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+        self.reply_flush(|| {
+            Err(JournalError::Failed {
+                reason: reason.clone(),
+            })
+        });
+        if lost.is_empty() {
+            return;
+        }
+        tracing::error!(
+            lost = lost.len(),
+            head_seq = self.head.seq,
+            error = %reason,
+            "journal records could not be committed; their content follows"
+        );
+        for p in &lost {
+            tracing::error!(
+                record = %String::from_utf8_lossy(p.body()),
+                "uncommitted journal record"
+            );
+        }
     }
 
     fn idle_timeout(&self) -> Duration {
@@ -461,6 +566,12 @@ impl Writer {
                 errors,
                 "journal commit failed; retrying"
             );
+            let permanent = is_permanent(&e);
+            if permanent {
+                // Before anyone waiting hears of the failure, so that what
+                // they append next is refused rather than queued.
+                self.set_failed(error_chain(&*e));
+            }
             self.reply_flush(|| {
                 Err(JournalError::Writer {
                     op: "commit",
@@ -468,7 +579,20 @@ impl Writer {
                 })
             });
             attempts += 1;
-            if self.disconnected && attempts >= CLOSE_RETRIES {
+            if permanent {
+                // The store's seqs moved under this writer: another process
+                // wrote to it. Retrying would fail forever.
+                tracing::error!(
+                    head_seq = self.head.seq,
+                    "journal store was changed by another writer; refusing to fork the chain"
+                );
+                return Err(JournalError::Writer {
+                    op: "commit (store written by another process)",
+                    source: e,
+                });
+            }
+            let closing = self.disconnected || self.shared.closing.load(Relaxed);
+            if closing && attempts >= CLOSE_RETRIES {
                 tracing::error!(
                     lost = self.pending.len(),
                     "journal closing with records that could not be committed"
@@ -600,6 +724,12 @@ impl Writer {
             Ok(()) => {
                 self.last_cp_seq = cp.seq;
                 self.shared.stats.checkpoints.fetch_add(1, Relaxed);
+                // Copy the WAL into the main file at each checkpoint, so the
+                // main file alone (what a plain copy takes) holds every record
+                // up to it. Passive: never waits for readers.
+                if let Err(e) = self.store.checkpoint_wal() {
+                    tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
+                }
             }
             Err(e) => {
                 self.shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
@@ -726,6 +856,18 @@ impl Writer {
         self.publish(std::slice::from_ref(&sealed));
         Ok(plan.removed)
     }
+}
+
+/// Whether a commit error can never succeed on retry: a constraint
+/// violation means the seqs this writer assigns are already taken.
+fn is_permanent(e: &JournalError) -> bool {
+    matches!(
+        e,
+        JournalError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
 }
 
 /// Appends `n` typical records (4 agents, all kinds, ~450-byte JSON)
@@ -1181,6 +1323,125 @@ pub(crate) mod tests {
         writer.join().unwrap();
         journal.close().unwrap();
         assert_eq!(verify(&path).unwrap().records, 3000);
+    }
+
+    #[test]
+    fn a_second_writer_on_the_same_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let first = Journal::open(JournalConfig::new(&path)).unwrap();
+        first.handle().append(event(0)).unwrap();
+        let err = Journal::open(JournalConfig::new(&path)).err().unwrap();
+        assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("process {}", std::process::id())),
+            "{err}"
+        );
+        first.close().unwrap();
+        // Released with the writer: the next one opens and continues.
+        let second = Journal::open(JournalConfig::new(&path)).unwrap();
+        second.handle().append(event(1)).unwrap();
+        second.close().unwrap();
+        let report = verify(&path).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 2);
+    }
+
+    #[test]
+    fn a_store_written_behind_the_writers_back_stops_it_without_looping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let h = journal.handle();
+        h.append(event(0)).unwrap();
+        h.flush().unwrap();
+        // Another process takes seq 2 (bypassing the lock).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO records(seq, json, hash) VALUES (2, '{}', 'x')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        h.append(event(1)).unwrap();
+        let started = Instant::now();
+        let flushed = h.flush();
+        assert!(flushed.is_err(), "{flushed:?}");
+        // Refused at once from now on, not queued behind a retry loop.
+        let err = h.append(event(2)).unwrap_err();
+        assert!(matches!(err, JournalError::Failed { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(journal.close().is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_closing_writer_gives_up_retrying_and_frees_blocked_appenders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+        let h = journal.handle();
+        h.append(event(0)).unwrap();
+        h.flush().unwrap();
+        // Every commit fails from now on, but not in a way a retry could
+        // rule out (as a full disk would).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE records").unwrap();
+        drop(conn);
+        let appender = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                // Beyond the queue's capacity: these block once it is full.
+                (0..CHANNEL_CAPACITY as u64 * 2)
+                    .map(|i| h.append(event(i)).is_ok())
+                    .filter(|ok| *ok)
+                    .count()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let closed = journal.close();
+        assert!(closed.is_err(), "{closed:?}");
+        let accepted = appender.join().unwrap();
+        assert!(accepted < CHANNEL_CAPACITY * 2, "{accepted}");
+        // A few attempts with at most a second between them.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(
+            h.append(event(0)),
+            Err(JournalError::Failed { .. } | JournalError::Closed)
+        ));
+    }
+
+    #[test]
+    fn checkpoints_copy_the_wal_into_the_main_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut cfg = JournalConfig::new(&path);
+        cfg.checkpoint_every = 100;
+        let journal = Journal::open(cfg).unwrap();
+        let h = journal.handle();
+        for i in 0..100 {
+            h.append(event(i)).unwrap();
+        }
+        h.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.stats().checkpoints == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Only the main file and the side file, as a plain `cp` would take
+        // them while guardd runs.
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::copy(checkpoint_path(&path), checkpoint_path(&copy)).unwrap();
+        let report = verify(&copy).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 100);
+        journal.close().unwrap();
     }
 
     #[test]

@@ -1,22 +1,31 @@
-//! `guardctl logs [filters] [--follow] [--json]` and `guardctl logs verify`.
+//! `guardctl logs [filters] [--follow] [--json] [--journal FILE]`,
+//! `guardctl logs verify` and `guardctl logs export`.
 
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use guard_daemon::{
     api::{LogsRequest, Request},
-    journal::{self, Record},
+    journal::{self, ChainHead, Filter, JournalError, Kind, Record, Store, Verdict},
 };
 
 use super::{connect, describe, fail};
 use crate::{Cli, EXIT_GUARD, EXIT_USAGE};
+
+const DEFAULT_JOURNAL: &str = "/var/lib/guard/journal.db";
+/// Records read per query when reading a store directly, so memory stays
+/// bounded however large the journal is.
+const PAGE: usize = 1000;
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct LogsArgs {
     #[command(subcommand)]
     cmd: Option<LogsCmd>,
-    /// Agent id or name.
+    /// Agent id, unambiguous id prefix, or name.
     #[arg(long)]
     agent: Option<String>,
     /// network, dns, file, exec, syscall, lifecycle, policy or gap.
@@ -47,21 +56,143 @@ pub struct LogsArgs {
     /// One OCSF 1.3 event per line (mapping in docs/journal.md).
     #[arg(long)]
     ocsf: bool,
+    /// Read this journal file directly, read-only, instead of asking guardd
+    /// (an exported copy, or when guardd is down).
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum LogsCmd {
     /// Check the journal's hash chain and checkpoints (reads the file
-    /// directly; needs read access to it).
+    /// directly and read-only; needs read access to it).
     Verify {
-        #[arg(long, default_value = "/var/lib/guard/journal.db")]
+        #[arg(long, default_value = DEFAULT_JOURNAL)]
+        journal: PathBuf,
+        /// A chain head kept off this host, SEQ:HASH: the store must hold
+        /// record SEQ with this hash (detects rollback). Repeatable.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Vec<String>,
+        /// A JSON-lines mirror kept off this host: its newest record must
+        /// be in the store with the same hash. Repeatable.
+        #[arg(long, value_name = "FILE")]
+        mirror: Vec<PathBuf>,
+    },
+    /// Write a consistent, verifiable copy of the journal (store and
+    /// checkpoint side file) to FILE and FILE.checkpoint; reads the journal
+    /// read-only, while guardd runs or not.
+    Export {
+        /// Where to write the copy; must not exist.
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_JOURNAL)]
         journal: PathBuf,
     },
 }
 
+/// Why printing stopped early.
+enum Stop {
+    /// The reader went away (`| head`): a normal end.
+    Closed,
+    Failed(io::Error),
+}
+
+/// Standard output that treats a closed pipe as the end of the listing
+/// instead of a panic.
+struct Out {
+    out: io::StdoutLock<'static>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            out: io::stdout().lock(),
+        }
+    }
+
+    fn line(&mut self, text: impl std::fmt::Display) -> Result<(), Stop> {
+        writeln!(self.out, "{text}").map_err(stop)
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        self.out.flush().map_err(stop)
+    }
+}
+
+fn stop(e: io::Error) -> Stop {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Stop::Closed
+    } else {
+        Stop::Failed(e)
+    }
+}
+
+fn exit_of(s: Stop) -> i32 {
+    match s {
+        Stop::Closed => 0,
+        Stop::Failed(e) => {
+            fail(format!("writing output: {e}"));
+            EXIT_GUARD
+        }
+    }
+}
+
+/// Prints records in the chosen format.
+struct Printer {
+    out: Out,
+    json: bool,
+    ocsf: bool,
+    header: bool,
+}
+
+impl Printer {
+    fn new(args: &LogsArgs) -> Printer {
+        Printer {
+            out: Out::new(),
+            json: args.json,
+            ocsf: args.ocsf,
+            header: !args.json && !args.ocsf,
+        }
+    }
+
+    /// A record as received from guardd; `--json` prints it untouched.
+    fn value(&mut self, value: &serde_json::Value) -> Result<(), Stop> {
+        if self.json {
+            return self.out.line(value);
+        }
+        match serde_json::from_value::<Record>(value.clone()) {
+            Ok(rec) => self.record(&rec),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn record(&mut self, rec: &Record) -> Result<(), Stop> {
+        if self.json {
+            let text = serde_json::to_string(rec).map_err(|e| Stop::Failed(e.into()))?;
+            return self.out.line(text);
+        }
+        if self.ocsf {
+            return self.out.line(journal::ocsf::to_ocsf(rec));
+        }
+        if self.header {
+            self.out.line(journal::human::table_header())?;
+            self.header = false;
+        }
+        self.out.line(journal::human::table_row(rec))
+    }
+}
+
 pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
-    if let Some(LogsCmd::Verify { journal }) = &args.cmd {
-        return verify(journal);
+    match &args.cmd {
+        Some(LogsCmd::Verify {
+            journal,
+            head,
+            mirror,
+        }) => return verify(journal, head, mirror),
+        Some(LogsCmd::Export { file, journal }) => return export(journal, file),
+        None => {}
+    }
+    if let Some(path) = &args.journal {
+        return offline(path, args);
     }
     let mut conn = match connect(&cli.socket) {
         Ok(c) => c,
@@ -92,7 +223,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         fail(e);
         return EXIT_GUARD;
     }
-    let mut header = !args.json && !args.ocsf;
+    let mut printer = Printer::new(args);
     loop {
         let line = match conn.read_line() {
             Ok(Some(l)) => l,
@@ -106,7 +237,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
             Ok(m) => m,
             Err(e) => {
                 fail(describe(&e));
-                return if matches!(e, guard_daemon::api::ApiError::Remote { ref code, .. } if code == "bad_request")
+                return if matches!(e, guard_daemon::api::ApiError::Remote { ref code, .. } if matches!(code.as_str(), "bad_request" | "not_found" | "ambiguous"))
                 {
                     EXIT_USAGE
                 } else {
@@ -115,7 +246,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
             }
         };
         if map.get("done").and_then(|v| v.as_bool()) == Some(true) {
-            return 0;
+            return printer.out.flush().map_or_else(exit_of, |()| 0);
         }
         if let Some(gap) = map.get("gap") {
             // Records the follower could not deliver: say so where a person
@@ -132,52 +263,314 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         let Some(value) = map.get("record") else {
             continue;
         };
-        if args.json {
-            println!("{value}");
-            continue;
+        if let Err(s) = printer.value(value) {
+            return exit_of(s);
         }
-        let Ok(rec) = serde_json::from_value::<Record>(value.clone()) else {
-            continue;
-        };
-        if args.ocsf {
-            println!("{}", journal::ocsf::to_ocsf(&rec));
-            continue;
-        }
-        if header {
-            println!("{}", journal::human::table_header());
-            header = false;
-        }
-        println!("{}", journal::human::table_row(&rec));
     }
 }
 
-fn verify(path: &PathBuf) -> i32 {
-    match journal::verify(path) {
+/// The same filter guardd builds from a logs request.
+fn filter_of(args: &LogsArgs) -> Result<Filter, JournalError> {
+    let now = SystemTime::now();
+    Ok(Filter {
+        agent: args.agent.clone(),
+        kind: args.kind.as_deref().map(str::parse::<Kind>).transpose()?,
+        verdict: args
+            .verdict
+            .as_deref()
+            .map(str::parse::<Verdict>)
+            .transpose()?,
+        since: args
+            .since
+            .as_deref()
+            .map(|s| journal::parse_time(s, now))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|s| journal::parse_time(s, now))
+            .transpose()?,
+        pid: args.pid,
+        target_contains: args.target.clone(),
+        after_seq: None,
+        limit: args.limit,
+        tail: args.limit.is_some(),
+    })
+}
+
+/// `guardctl logs --journal FILE`: the query guardd would run, against the
+/// file itself, opened read-only.
+fn offline(path: &Path, args: &LogsArgs) -> i32 {
+    let mut filter = match filter_of(args) {
+        Ok(f) => f,
+        Err(e) => {
+            fail(e);
+            return EXIT_USAGE;
+        }
+    };
+    let store = match Store::open_for_reading(path) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(format!("{}: {}", path.display(), chain(&e)));
+            return EXIT_GUARD;
+        }
+    };
+    if let Some(key) = &filter.agent {
+        match store.resolve_agent(key) {
+            Ok(id) => filter.agent = Some(id),
+            // A follower may name an agent that has not started yet.
+            Err(JournalError::UnknownAgent { .. }) if args.follow => {}
+            Err(e @ (JournalError::UnknownAgent { .. } | JournalError::AmbiguousAgent { .. })) => {
+                fail(e);
+                return EXIT_USAGE;
+            }
+            Err(e) => {
+                fail(format!("{}: {}", path.display(), chain(&e)));
+                return EXIT_GUARD;
+            }
+        }
+    }
+    let mut printer = Printer::new(args);
+    let mut last = 0;
+    let mut page = filter.clone();
+    if !page.tail {
+        page.limit = Some(PAGE);
+    }
+    let result = (|| -> Result<(), PrintError> {
+        loop {
+            let recs = store.query(&page)?;
+            for rec in &recs {
+                last = rec.seq;
+                printer.record(rec)?;
+            }
+            if page.tail || recs.len() < PAGE {
+                break;
+            }
+            page.after_seq = Some(last);
+        }
+        printer.out.flush()?;
+        if !args.follow {
+            return Ok(());
+        }
+        drop(store);
+        let mut follow = filter.clone();
+        follow.limit = Some(PAGE);
+        follow.tail = false;
+        loop {
+            std::thread::sleep(FOLLOW_POLL);
+            // Reopened each time: a store without a WAL is read as an
+            // immutable file, which would not show guardd starting on it.
+            let store = Store::open_for_reading(path)?;
+            follow.after_seq = Some(last);
+            for rec in store.query(&follow)? {
+                last = rec.seq;
+                printer.record(&rec)?;
+            }
+            printer.out.flush()?;
+        }
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(PrintError::Out(s)) => exit_of(s),
+        Err(PrintError::Journal(e)) => {
+            fail(format!("{}: {}", path.display(), chain(&e)));
+            EXIT_GUARD
+        }
+    }
+}
+
+enum PrintError {
+    Out(Stop),
+    Journal(JournalError),
+}
+
+impl From<Stop> for PrintError {
+    fn from(s: Stop) -> Self {
+        PrintError::Out(s)
+    }
+}
+
+impl From<JournalError> for PrintError {
+    fn from(e: JournalError) -> Self {
+        PrintError::Journal(e)
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
+    let mut heads: Vec<ChainHead> = Vec::new();
+    for h in head {
+        match journal::parse_head(h) {
+            Ok(h) => heads.push(h),
+            Err(e) => {
+                fail(format!("--head: {e}"));
+                return EXIT_USAGE;
+            }
+        }
+    }
+    for m in mirror {
+        match journal::mirror_head(m) {
+            Ok(Some(h)) => heads.push(h),
+            Ok(None) => {
+                fail(format!(
+                    "--mirror {}: holds no record, so it vouches for nothing",
+                    m.display()
+                ));
+                return EXIT_USAGE;
+            }
+            Err(e) => {
+                fail(format!("--mirror: {}", chain(&e)));
+                return EXIT_GUARD;
+            }
+        }
+    }
+    let mut out = Out::new();
+    let (code, text) = match journal::verify_against(path, &heads) {
         Ok(report) => {
             if report.ok {
-                println!(
-                    "journal {}: intact — {} records, chain head {}{}",
-                    path.display(),
-                    report.records,
-                    report.head_seq,
-                    report
-                        .checkpoint_seq
-                        .map(|c| format!(", newest checkpoint {c}"))
-                        .unwrap_or_default()
-                );
-                0
+                (
+                    0,
+                    format!(
+                        "journal {}: intact — {} records, chain head {}{}{}",
+                        path.display(),
+                        report.records,
+                        report.head_seq,
+                        report
+                            .checkpoint_seq
+                            .map(|c| format!(", newest checkpoint {c}"))
+                            .unwrap_or_default(),
+                        report
+                            .external_head_seq
+                            .map(|s| format!(", matches the off-host head {s}"))
+                            .unwrap_or_default(),
+                    ),
+                )
             } else {
                 let problem = report
                     .first_problem
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "unknown problem".into());
-                println!("journal {}: NOT intact — {problem}", path.display());
-                1
+                (
+                    1,
+                    format!("journal {}: NOT intact — {problem}", path.display()),
+                )
             }
         }
         Err(e) => {
-            fail(format!("{}: {e}", path.display()));
-            EXIT_GUARD
+            fail(format!("{}: {}", path.display(), chain(&e)));
+            return EXIT_GUARD;
         }
+    };
+    match out.line(text).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(Stop::Closed) => code,
+        Err(s) => exit_of(s),
+    }
+}
+
+/// Copies the store (one consistent snapshot, `VACUUM INTO`) and its side
+/// file, then verifies the copy.
+fn export(journal_path: &Path, dest: &Path) -> i32 {
+    let side_dest = journal::checkpoint_path(dest);
+    for p in [dest, side_dest.as_path()] {
+        if p.exists() {
+            fail(format!("{} exists; export writes a new file", p.display()));
+            return EXIT_USAGE;
+        }
+    }
+    let store = match Store::open_read_only(journal_path) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(format!("{}: {}", journal_path.display(), chain(&e)));
+            return EXIT_GUARD;
+        }
+    };
+    // Side file first, then the snapshot: guardd appends a checkpoint only
+    // after committing what it names, so the copy holds every record the
+    // copied side file vouches for.
+    let side_src = journal::checkpoint_path(journal_path);
+    let side = match std::fs::read(&side_src) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            fail(format!("reading {}: {e}", side_src.display()));
+            return EXIT_GUARD;
+        }
+    };
+    // The copy holds what the journal holds (paths, arguments, who ran
+    // what): readable by its owner only, like the journal, from the moment
+    // it exists.
+    // SAFETY: umask has no preconditions; guardctl has no other threads
+    // creating files meanwhile.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let exported = store.export_to(dest);
+    if let Err(e) = exported {
+        // SAFETY: as above.
+        unsafe { libc::umask(old_mask) };
+        fail(format!("exporting to {}: {}", dest.display(), chain(&e)));
+        return EXIT_GUARD;
+    }
+    drop(store);
+    if let Some(bytes) = side {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&side_dest)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()));
+        if let Err(e) = written {
+            fail(format!("writing {}: {e}", side_dest.display()));
+            return EXIT_GUARD;
+        }
+    } else {
+        eprintln!(
+            "guardctl: warning: {} has no checkpoint side file ({}); the copy cannot show truncation",
+            journal_path.display(),
+            side_src.display()
+        );
+    }
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
+    let report = match journal::verify(dest) {
+        Ok(r) => r,
+        Err(e) => {
+            fail(format!("verifying {}: {}", dest.display(), chain(&e)));
+            return EXIT_GUARD;
+        }
+    };
+    let mut out = Out::new();
+    let text = if report.ok {
+        format!(
+            "exported {} to {} (and {}): intact — {} records, chain head {}",
+            journal_path.display(),
+            dest.display(),
+            side_dest.display(),
+            report.records,
+            report.head_seq
+        )
+    } else {
+        format!(
+            "exported {} to {}: NOT intact — {}",
+            journal_path.display(),
+            dest.display(),
+            report
+                .first_problem
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown problem".into())
+        )
+    };
+    let code = if report.ok { 0 } else { 1 };
+    match out.line(text).and_then(|()| out.flush()) {
+        Ok(()) | Err(Stop::Closed) => code,
+        Err(s) => exit_of(s),
     }
 }
