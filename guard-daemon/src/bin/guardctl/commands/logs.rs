@@ -132,15 +132,34 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
         let Some(value) = map.get("record") else {
             continue;
         };
+        // Bidi and C1 characters stay in the JSON as `\uXXXX` escapes: the
+        // same value for a parser, no reordered line on a terminal.
         if args.json {
-            println!("{value}");
+            println!(
+                "{}",
+                journal::to_safe_json(value).unwrap_or_else(|_| value.to_string())
+            );
             continue;
         }
-        let Ok(rec) = serde_json::from_value::<Record>(value.clone()) else {
-            continue;
+        let rec = match serde_json::from_value::<Record>(value.clone()) {
+            Ok(rec) => rec,
+            Err(e) => {
+                // Said, not skipped: a record this guardctl cannot read is
+                // still a record.
+                eprintln!(
+                    "guardctl: warning: record seq {} cannot be shown ({}); see it with --json",
+                    value.get("seq").and_then(|v| v.as_u64()).unwrap_or(0),
+                    journal::escape_str(&e.to_string()),
+                );
+                continue;
+            }
         };
         if args.ocsf {
-            println!("{}", journal::ocsf::to_ocsf(&rec));
+            let ev = journal::ocsf::to_ocsf(&rec);
+            println!(
+                "{}",
+                journal::to_safe_json(&ev).unwrap_or_else(|_| ev.to_string())
+            );
             continue;
         }
         if header {
