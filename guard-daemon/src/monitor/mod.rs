@@ -33,10 +33,10 @@ use guard_common::{
 use serde_json::json;
 
 use crate::{
-    journal::{AgentRef, JournalHandle, Kind, ProcessRef, Record, Text, Verdict},
+    journal::{AgentRef, JournalHandle, Kind, ProcessRef, Record, Text, Verdict, format_time},
     kernel::{
         Kernel,
-        events::{KernelEvent, decode},
+        events::{BootClock, KernelEvent, decode},
     },
     metrics::Metrics,
     monitor::coalesce::Coalescer,
@@ -132,7 +132,13 @@ impl Sink {
             return false;
         }
         let before = c.folded();
-        c.offer(rec, coalesce::Stamp::now(), &mut self.out);
+        // The record's own time (when the kernel saw the event), so a
+        // summary's first and last times are those of the refusals.
+        let stamp = coalesce::Stamp {
+            mono: Instant::now(),
+            wall: rec.timestamp().unwrap_or_else(std::time::SystemTime::now),
+        };
+        c.offer(rec, stamp, &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
         c.folded() != before
     }
@@ -210,6 +216,7 @@ fn drain(
     metrics: &Metrics,
 ) {
     let mut taken_since_due = 0u32;
+    let mut clock = BootClock::now();
     while let Some(item) = ring.next() {
         let mut taken: Option<Arc<AgentMeta>> = None;
         let rec = match decode(&item) {
@@ -218,7 +225,7 @@ fn drain(
                     .read()
                     .ok()
                     .and_then(|m| m.get(&ev.header().slot).cloned());
-                let rec = if is_repeat_fallback(&ev, seen) {
+                let mut rec = if is_repeat_fallback(&ev, seen) {
                     if let Some(m) = &meta {
                         m.suppressed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -226,6 +233,20 @@ fn drain(
                 } else {
                     record_for(&ev, meta.as_deref())
                 };
+                if let Some(r) = &mut rec {
+                    // When the kernel saw it, however long it waited in the
+                    // ring buffer. A time later than the clock reading is
+                    // an event newer than it: read the clocks again.
+                    let ts = ev.header().ts_ns;
+                    let wall = clock
+                        .wall(ts)
+                        .or_else(|| {
+                            clock = BootClock::now();
+                            clock.wall(ts)
+                        })
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    r.time = format_time(wall);
+                }
                 if let Some(r) = &rec {
                     metrics.event(r);
                 }
@@ -276,7 +297,7 @@ fn drain(
 /// process is journaled, repeats are counted.
 fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     match ev {
-        KernelEvent::Syscall(e) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
+        KernelEvent::Syscall(e, _) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
             !seen.insert((e.hdr.slot, e.hdr.tgid))
         }
         _ => false,
@@ -465,6 +486,9 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
         KernelEvent::Exec(e) if h.reason == REASON_DIRECT_LOADER => {
             let (t, _, _, mut d) = exec_fields(e, meta);
+            // The same field as every other exec refusal.
+            d["args"] = d["argv"].clone();
+            d["args_truncated"] = d["argv_truncated"].clone();
             d["why"] = json!(
                 "the dynamic loader was run as a program: it would map any readable file or memfd executable, \
                  around the exec grants; the process was killed before its first instruction"
@@ -488,7 +512,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             let (a, t, r, d) = kill_fields(e);
             (Kind::Syscall, a, t, Verdict::Denied, r, "seccomp", d)
         }
-        KernelEvent::Syscall(e) => {
+        KernelEvent::Syscall(e, argv) => {
             let path =
                 (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
             let facts = judge::PathFacts {
@@ -497,7 +521,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
                     .then(|| cstr(&e.entry[..(e.entry_len as usize).min(e.entry.len())])),
                 base: (e.path_flags & PATH_BASE != 0).then_some((e.base_dev, e.base_ino)),
             };
-            match meta.and_then(|m| m.judge.as_ref()) {
+            let (k, a, t, v, r, l, mut d) = match meta.and_then(|m| m.judge.as_ref()) {
                 Some(j) => {
                     let v = j.judge_facts(e.nr, e.ret, &e.args, h.tgid, &facts)?;
                     (
@@ -520,7 +544,13 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
                     json!({"errno": -e.ret, "args": e.args, "path": path.map(|p| Text::new(p.to_vec())),
                            "why": "the agent's policy is not known to this guardd, so the refusing layer cannot be named"}),
                 ),
+            };
+            // A refused exec: the program's arguments replace the raw
+            // argument registers, which only held pointers.
+            if let Some(argv) = argv {
+                add_exec_args(&mut d, argv);
             }
+            (k, a, t, v, r, l, d)
         }
     };
     let rule = if h.reason == REASON_UNKNOWN_SCOPE {
@@ -529,7 +559,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         rule
     };
     let parent = match ev {
-        KernelEvent::Syscall(e) => Some(e.ppid),
+        KernelEvent::Syscall(e, _) => Some(e.ppid),
         _ => None,
     };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
@@ -549,6 +579,34 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
     }
     Some(rec)
+}
+
+/// Puts a refused exec's arguments in `detail.args` (strings), with
+/// `args_truncated` when an argument was cut or there were more than the
+/// kernel keeps, `args_unreadable` when the `argv` array could not be read
+/// to its end.
+fn add_exec_args(detail: &mut serde_json::Value, a: &guard_common::ExecArgv) {
+    let count = (a.count as usize).min(guard_common::EXEC_ARGV_MAX);
+    let args: Vec<Text> = a.args[..count]
+        .iter()
+        .zip(&a.lens[..count])
+        .map(|(arg, &len)| {
+            let kept = (len as usize).min(arg.len());
+            Text::new(cstr(&arg[..kept]).to_vec())
+        })
+        .collect();
+    let cut = a.cut != 0 || a.flags & guard_common::ARGV_MORE != 0;
+    if !detail.is_object() {
+        *detail = json!({"original": detail.take()});
+    }
+    if let Some(raw) = detail.get("args").cloned() {
+        detail["registers"] = raw;
+    }
+    detail["args"] = json!(args);
+    detail["args_truncated"] = json!(cut);
+    if a.flags & guard_common::ARGV_FAULT != 0 {
+        detail["args_unreadable"] = json!(true);
+    }
 }
 
 /// Arguments of an exec: NUL-separated in the event.
@@ -890,6 +948,59 @@ mod tests {
         e.args_len = 5000;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
         assert_eq!(r.detail.unwrap()["argv_truncated"], true);
+    }
+
+    #[test]
+    fn a_refused_exec_names_its_arguments() {
+        // SAFETY: all-zero is a valid value of these plain integer structs.
+        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
+        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        s.hdr.verdict = VERDICT_DENIED;
+        s.nr = 59;
+        s.ret = -13;
+        s.args = [0x1000, 0x2000, 0x3000, 0, 0, 0];
+        // SAFETY: as above.
+        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
+        for (i, arg) in [&b"id\0"[..], b"-u\0", &[0xff, b'\n', 0]]
+            .iter()
+            .enumerate()
+        {
+            a.args[i][..arg.len()].copy_from_slice(arg);
+            a.lens[i] = arg.len() as u32;
+        }
+        a.count = 3;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, None).unwrap();
+        let d = r.detail.unwrap();
+        assert_eq!(
+            d["args"],
+            serde_json::json!(["id", "-u", {"base64": "/wo="}])
+        );
+        assert_eq!(d["args_truncated"], false);
+        assert_eq!(
+            d["registers"],
+            serde_json::json!([0x1000, 0x2000, 0x3000, 0, 0, 0])
+        );
+        assert!(d.get("args_unreadable").is_none());
+        a.cut = 1 << 1;
+        a.flags = guard_common::ARGV_FAULT;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let d = record_for(&ev, None).unwrap().detail.unwrap();
+        assert_eq!(
+            (
+                d["args_truncated"].as_bool(),
+                d["args_unreadable"].as_bool()
+            ),
+            (Some(true), Some(true))
+        );
+        // A count the kernel cannot have written is bounded, not trusted.
+        a.count = 1000;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let d = record_for(&ev, None).unwrap().detail.unwrap();
+        assert_eq!(
+            d["args"].as_array().unwrap().len(),
+            guard_common::EXEC_ARGV_MAX
+        );
     }
 
     #[test]
