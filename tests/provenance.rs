@@ -378,3 +378,28 @@ except PermissionError:
     let text = String::from_utf8_lossy(&ocsf.stdout);
     assert!(text.contains(r#"id -u \"a b\" \\xff\\n xxx"#), "{text}");
 }
+
+/// Item 4, the first exec of a run refused: guardctl's launcher is the
+/// program that tried, and the record says so, with the arguments.
+#[test]
+fn a_refused_first_exec_names_the_launcher_and_the_arguments() {
+    let g = Guardd::start_with(&["--coalesce-interval", "0"]);
+    let p = policy(&g, "first");
+    let out = g.run(&p, &[], &["/usr/bin/id", "-u", "two words"]);
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    let recs = g.logs(&["--agent", "first", "--kind", "exec"]);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    let r = &recs[0];
+    assert_eq!(
+        (r["verdict"].as_str(), r["layer"].as_str()),
+        (Some("denied"), Some("landlock"))
+    );
+    assert_eq!(r["target"], "/usr/bin/id");
+    assert_eq!(r["process"]["exe"], GUARDCTL, "{r}");
+    assert_eq!(
+        r["detail"]["args"],
+        serde_json::json!(["/usr/bin/id", "-u", "two words"])
+    );
+    assert_eq!(r["detail"]["args_truncated"], false);
+    assert!(r["detail"]["registers"].is_array(), "{r}");
+}
