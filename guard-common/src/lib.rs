@@ -113,7 +113,10 @@ pub struct Config {
     /// call's process, whose program a forked child still runs.
     pub task_real_parent_off: u32,
     pub task_tgid_off: u32,
-    pub _pad: u32,
+    /// `struct mm_struct.exe_file`: the program a refused exec's caller
+    /// runs, identified in the kernel (its `/proc/<pid>/exe` may be gone by
+    /// the time guardd reads the event).
+    pub mm_exe_file_off: u32,
     /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
     /// `fdtable.max_fds`: the file a directory descriptor names; and
     /// `task_struct.fs`, `fs_struct.pwd`, `path.dentry`, `dentry.d_inode`:
@@ -430,6 +433,8 @@ pub const ARGV_MORE: u32 = 1 << 0;
 /// `ExecArgv::flags`: an `argv` pointer could not be read; the list ends
 /// early.
 pub const ARGV_FAULT: u32 = 1 << 1;
+/// `ExecArgv::flags`: `exe_dev`/`exe_ino` identify the caller's program.
+pub const ARGV_EXE: u32 = 1 << 2;
 
 /// The arguments of a refused exec, read from the caller's memory when the
 /// call returns. The kernel refuses an exec (Landlock, a noexec mount,
@@ -444,7 +449,11 @@ pub struct ExecArgv {
     pub flags: u32,
     /// Bit i: argument i was longer than `EXEC_ARG_BYTES - 1` and was cut.
     pub cut: u32,
-    pub _pad: u32,
+    /// The caller's own program (`mm->exe_file`): kernel `dev_t` and inode
+    /// number, valid when `ARGV_EXE` is set. guardd names it only with a
+    /// path whose identity matches.
+    pub exe_dev: u32,
+    pub exe_ino: u64,
     /// Bytes copied into `args[i]` with the NUL; 0 when unreadable.
     pub lens: [u32; EXEC_ARGV_MAX],
     pub args: [[u8; EXEC_ARG_BYTES]; EXEC_ARGV_MAX],
@@ -569,7 +578,7 @@ const _: () = {
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
     assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
     assert!(
-        core::mem::size_of::<ExecArgv>() == 16 + 4 * EXEC_ARGV_MAX + EXEC_ARG_BYTES * EXEC_ARGV_MAX
+        core::mem::size_of::<ExecArgv>() == 24 + 4 * EXEC_ARGV_MAX + EXEC_ARG_BYTES * EXEC_ARGV_MAX
     );
     assert!(
         core::mem::size_of::<ExecRefusedEvent>()

@@ -23,11 +23,12 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    AGENT_RESTRICT_EXEC, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config, EVENT_EXEC, EVENT_EXEC_REFUSED,
-    EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX, EXEC_ARGV_MAX, EXEC_FILENAME_MAX,
-    ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, MAX_LOADERS, NO_PATH, PATH_ARG_DIRFD,
-    PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER, SECCOMP_MODE_DEAD, SYS_SECCOMP,
-    SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
+    AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config, EVENT_EXEC,
+    EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX, EXEC_ARGV_MAX,
+    EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, MAX_LOADERS, NO_PATH,
+    PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER,
+    SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED,
+    VERDICT_DENIED,
 };
 
 use crate::{
@@ -257,6 +258,7 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
                 (*ev).sys.args[2]
             };
             read_argv(&mut (*ev).argv, argv);
+            exe_identity(cfg, &mut (*ev).argv);
             (*ev).sys.hdr.kind = EVENT_EXEC_REFUSED;
         }
         slot.submit(0);
@@ -321,6 +323,34 @@ fn fill_syscall(cfg: &Config, ev: &mut SyscallEvent, agent: &Agent, nr: u64, ret
     }
 }
 
+/// Identifies the program the caller runs (`task->mm->exe_file`), which
+/// outlives neither the process nor its `/proc` entry for guardd to read.
+#[inline(always)]
+fn exe_identity(cfg: &Config, out: &mut ExecArgv) {
+    out.exe_dev = 0;
+    out.exe_ino = 0;
+    // SAFETY: a plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let mm = read_u64(task + u64::from(cfg.task_mm_off));
+    if mm == 0 {
+        return;
+    }
+    let file = read_u64(mm + u64::from(cfg.mm_exe_file_off));
+    if file == 0 {
+        return;
+    }
+    let inode = read_u64(file + u64::from(cfg.file_inode_off));
+    if inode == 0 {
+        return;
+    }
+    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
+    out.exe_ino = read_u64(inode + u64::from(cfg.inode_ino_off));
+    out.exe_dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+    if out.exe_ino != 0 {
+        out.flags |= ARGV_EXE;
+    }
+}
+
 /// Reads the first `EXEC_ARGV_MAX` strings of a user `argv` array, each cut
 /// at `EXEC_ARG_BYTES` (flagged). A bounded loop: one pointer read and one
 /// string read per argument, on refused execs only.
@@ -329,7 +359,6 @@ fn read_argv(out: &mut ExecArgv, argv: u64) {
     out.count = 0;
     out.flags = 0;
     out.cut = 0;
-    out._pad = 0;
     let mut i = 0;
     while i < EXEC_ARGV_MAX {
         out.lens[i] = 0;

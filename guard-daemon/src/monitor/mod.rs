@@ -63,6 +63,18 @@ pub struct AgentMeta {
     /// Set when the scope has ended; the entry is dropped a while later so
     /// that late events are still attributed.
     pub closed_at: Mutex<Option<Instant>>,
+    /// The program of the launcher that opened the scope (guardctl): what
+    /// a process of the scope runs until something in it execs. Used only
+    /// when the kernel's identity of a caller's program matches it.
+    pub launcher_exe: Option<Vec<u8>>,
+}
+
+/// The program `pid` runs, for [`AgentMeta::launcher_exe`]; `None` when it
+/// cannot be read.
+pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
 /// Agents by kernel slot, shared with the daemon.
@@ -420,6 +432,37 @@ fn process_of(h: &EventHeader, parent: Option<u32>) -> ProcessRef {
     }
 }
 
+/// The process of a refused exec, its program named by the first
+/// candidate whose identity is the one the kernel read from the caller's
+/// `mm->exe_file`: the process's own (or last exec'd) program, its
+/// parent's (a forked child runs its parent's program), the launcher's (a
+/// process that nothing in the scope exec'd yet runs guardctl's). A
+/// candidate that does not match (a pid reused, a file replaced) is never
+/// named; the flag says whether one matched.
+fn process_by_identity(
+    h: &EventHeader,
+    ppid: u32,
+    meta: Option<&AgentMeta>,
+    id: (u32, u64),
+) -> (ProcessRef, bool) {
+    let is_it = |p: &Vec<u8>| {
+        judge::identity(std::path::Path::new(std::ffi::OsStr::from_bytes(p))) == Some(id)
+    };
+    let exe = exe_of(h.tgid)
+        .filter(is_it)
+        .or_else(|| (ppid != 0).then(|| exe_of(ppid)).flatten().filter(is_it))
+        .or_else(|| meta.and_then(|m| m.launcher_exe.clone()).filter(is_it));
+    let found = exe.is_some();
+    (
+        ProcessRef {
+            pid: h.tgid,
+            comm: Text::new(cstr(&h.comm).to_vec()),
+            exe: Text::new(exe.unwrap_or_default()),
+        },
+        found,
+    )
+}
+
 fn verdict_of(h: &EventHeader) -> Verdict {
     match h.verdict {
         VERDICT_AUDIT => Verdict::Audit,
@@ -563,10 +606,23 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         _ => None,
     };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
-    // A packet is judged outside any process of the agent: name none.
-    if !matches!(ev, KernelEvent::Net(e) if e.hook == HOOK_INGRESS || (e.hook == HOOK_EGRESS && e.hdr.tgid == 0))
-    {
-        rec = rec.with_process(process_of(h, parent));
+    match ev {
+        // A packet is judged outside any process of the agent: name none.
+        KernelEvent::Net(e)
+            if e.hook == HOOK_INGRESS || (e.hook == HOOK_EGRESS && e.hdr.tgid == 0) => {}
+        // A refused exec: the kernel identified the caller's program.
+        KernelEvent::Syscall(e, Some(a)) if a.flags & guard_common::ARGV_EXE != 0 => {
+            let (process, found) = process_by_identity(h, e.ppid, meta, (a.exe_dev, a.exe_ino));
+            if !found && let Some(d) = &mut rec.detail {
+                d["exe_identity"] = json!({
+                    "dev": format!("{}:{}", a.exe_dev >> 20, a.exe_dev & 0xf_ffff),
+                    "ino": a.exe_ino,
+                    "why": "the caller's program was identified in the kernel, but no path guardd could read names that file",
+                });
+            }
+            rec = rec.with_process(process);
+        }
+        _ => rec = rec.with_process(process_of(h, parent)),
     }
     match meta {
         Some(m) => rec = rec.with_agent(m.agent.clone()),
@@ -892,6 +948,7 @@ mod tests {
             seen: AtomicU64::new(0),
             lost_reported: AtomicU64::new(0),
             closed_at: Mutex::new(None),
+            launcher_exe: None,
         }
     }
 
@@ -1000,6 +1057,39 @@ mod tests {
         assert_eq!(
             d["args"].as_array().unwrap().len(),
             guard_common::EXEC_ARGV_MAX
+        );
+    }
+
+    #[test]
+    fn a_refused_exec_names_only_a_program_the_kernel_identified() {
+        let me = std::env::current_exe().unwrap();
+        let (dev, ino) = judge::identity(&me).unwrap();
+        // SAFETY: all-zero is a valid value of these plain integer structs.
+        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
+        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        // A process (and parent) long gone: no /proc entry to read.
+        s.hdr.tgid = 0x3fff_fff0;
+        s.nr = 59;
+        s.ret = -13;
+        // SAFETY: as above.
+        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
+        a.flags = guard_common::ARGV_EXE;
+        a.exe_dev = dev;
+        a.exe_ino = ino;
+        let mut m = meta();
+        m.launcher_exe = Some(me.as_os_str().as_bytes().to_vec());
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, Some(&m)).unwrap();
+        assert_eq!(r.process.unwrap().exe.as_bytes(), me.as_os_str().as_bytes());
+        assert!(r.detail.unwrap().get("exe_identity").is_none());
+        // Another file: the launcher's program is not named.
+        a.exe_ino = ino.wrapping_add(1);
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, Some(&m)).unwrap();
+        assert!(r.process.unwrap().exe.is_empty());
+        assert_eq!(
+            r.detail.unwrap()["exe_identity"]["ino"],
+            ino.wrapping_add(1)
         );
     }
 
