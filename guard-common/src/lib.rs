@@ -113,7 +113,10 @@ pub struct Config {
     /// call's process, whose program a forked child still runs.
     pub task_real_parent_off: u32,
     pub task_tgid_off: u32,
-    pub _pad: u32,
+    /// `struct mm_struct.exe_file`: the program a refused exec's caller
+    /// runs, identified in the kernel (its `/proc/<pid>/exe` may be gone by
+    /// the time guardd reads the event).
+    pub mm_exe_file_off: u32,
     /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
     /// `fdtable.max_fds`: the file a directory descriptor names; and
     /// `task_struct.fs`, `fs_struct.pwd`, `path.dentry`, `dentry.d_inode`:
@@ -225,6 +228,9 @@ pub const EVENT_UNIX: u16 = 3;
 pub const EVENT_EXEC: u16 = 4;
 pub const EVENT_SYSCALL: u16 = 5;
 pub const EVENT_KILL: u16 = 6;
+/// A refused `execve`/`execveat`: a `SyscallEvent` followed by the
+/// program's arguments (`ExecRefusedEvent`).
+pub const EVENT_EXEC_REFUSED: u16 = 7;
 
 pub const VERDICT_DENIED: u8 = 1;
 pub const VERDICT_AUDIT: u8 = 2;
@@ -281,6 +287,10 @@ pub struct EventHeader {
     pub verdict: u8,
     pub reason: u8,
     pub slot: u32,
+    /// When the kernel saw the event: `CLOCK_BOOTTIME` nanoseconds
+    /// (`bpf_ktime_get_boot_ns`), which keeps counting across suspend, so
+    /// guardd can turn it into wall-clock time however long the event
+    /// waited in the ring buffer (guardd down, a burst).
     pub ts_ns: u64,
     /// cgroup id of the agent's scope (or of the unknown ancestor).
     pub cgroup_id: u64,
@@ -413,6 +423,50 @@ pub const PATH_ARG_DIRFD: u32 = 1 << 4;
 /// directory.
 pub const AT_FDCWD: i32 = -100;
 
+/// Arguments of a refused exec kept per event, and bytes kept of each (with
+/// its NUL); longer ones are cut and flagged in `ExecArgv::cut`.
+pub const EXEC_ARGV_MAX: usize = 16;
+pub const EXEC_ARG_BYTES: usize = 128;
+
+/// `ExecArgv::flags`: `argv` has more entries than `EXEC_ARGV_MAX`.
+pub const ARGV_MORE: u32 = 1 << 0;
+/// `ExecArgv::flags`: an `argv` pointer could not be read; the list ends
+/// early.
+pub const ARGV_FAULT: u32 = 1 << 1;
+/// `ExecArgv::flags`: `exe_dev`/`exe_ino` identify the caller's program.
+pub const ARGV_EXE: u32 = 1 << 2;
+
+/// The arguments of a refused exec, read from the caller's memory when the
+/// call returns. The kernel refuses an exec (Landlock, a noexec mount,
+/// seccomp) before it copies `argv`, so nothing the kernel used could be
+/// read instead; this is what the program asked to run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecArgv {
+    /// Entries of `args` filled (the first `count` of `argv`).
+    pub count: u32,
+    /// `ARGV_*` bits.
+    pub flags: u32,
+    /// Bit i: argument i was longer than `EXEC_ARG_BYTES - 1` and was cut.
+    pub cut: u32,
+    /// The caller's own program (`mm->exe_file`): kernel `dev_t` and inode
+    /// number, valid when `ARGV_EXE` is set. guardd names it only with a
+    /// path whose identity matches.
+    pub exe_dev: u32,
+    pub exe_ino: u64,
+    /// Bytes copied into `args[i]` with the NUL; 0 when unreadable.
+    pub lens: [u32; EXEC_ARGV_MAX],
+    pub args: [[u8; EXEC_ARG_BYTES]; EXEC_ARGV_MAX],
+}
+
+/// `EVENT_EXEC_REFUSED`: a refused `execve`/`execveat` with its arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecRefusedEvent {
+    pub sys: SyscallEvent,
+    pub argv: ExecArgv,
+}
+
 /// A path argument read at a call's entry, kept per thread until its exit
 /// (`ENTRY_PATHS` map).
 #[repr(C)]
@@ -523,6 +577,13 @@ const _: () = {
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
     assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
+    assert!(
+        core::mem::size_of::<ExecArgv>() == 24 + 4 * EXEC_ARGV_MAX + EXEC_ARG_BYTES * EXEC_ARGV_MAX
+    );
+    assert!(
+        core::mem::size_of::<ExecRefusedEvent>()
+            == core::mem::size_of::<SyscallEvent>() + core::mem::size_of::<ExecArgv>()
+    );
     assert!(core::mem::size_of::<PortRange>() == 8);
     assert!(core::mem::size_of::<NetValue>() == 8 + 8 * MAX_PORT_RANGES);
     assert!(core::mem::size_of::<Net4Key>() == 8);
@@ -558,4 +619,6 @@ mod pod {
     unsafe impl aya::Pod for super::KillEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EntryPath {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecRefusedEvent {}
 }

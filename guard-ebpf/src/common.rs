@@ -5,7 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    generated::bpf_get_current_ancestor_cgroup_id,
+    generated::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns},
 };
 use guard_common::{AgentInfo, EventHeader, HOOK_DENIED_WINDOW_NS};
 
@@ -163,8 +163,11 @@ impl Agent {
             verdict,
             reason,
             slot: self.slot(),
+            // Boot time, not the monotonic clock: guardd converts it to
+            // wall-clock time, and only boot time shares its epoch with
+            // `CLOCK_BOOTTIME` across a suspend.
             // SAFETY: a plain BPF helper call.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
             cgroup_id: self.cgroup_id,
             tgid: (pid_tgid >> 32) as u32,
             pid: pid_tgid as u32,

@@ -13,7 +13,7 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
     },
     maps::lpm_trie::Key,
     programs::{SkBuffContext, SockAddrContext},
@@ -135,7 +135,8 @@ pub(crate) fn header_without_task(agent: &Agent, verdict: u8, reason: u8) -> Eve
         reason,
         slot: agent.slot(),
         // SAFETY: a plain BPF helper call.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        // Boot time, as in `Agent::header`.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id: agent.cgroup_id,
         tgid: 0,
         pid: 0,

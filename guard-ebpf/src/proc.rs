@@ -23,14 +23,16 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    AGENT_RESTRICT_EXEC, AT_FDCWD, Config, EVENT_EXEC, EVENT_KILL, EVENT_SYSCALL, EXEC_ARGS_MAX,
-    EXEC_FILENAME_MAX, ExecEvent, KillEvent, MAX_LOADERS, NO_PATH, PATH_ARG_DIRFD,
-    PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER, SECCOMP_MODE_DEAD, SYS_SECCOMP,
-    SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED,
+    AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config, EVENT_EXEC,
+    EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX, EXEC_ARGV_MAX,
+    EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, MAX_LOADERS, NO_PATH,
+    PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER,
+    SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED,
+    VERDICT_DENIED,
 };
 
 use crate::{
-    common::{current_agent, take_hook_denied},
+    common::{Agent, current_agent, take_hook_denied},
     maps::{CONFIG, ENTRY_PATHS, ENTRY_SCRATCH, EVENTS, PATH_ARG},
 };
 
@@ -57,6 +59,8 @@ const NR_SENDMSG: u64 = 46;
 const NR_SENDMMSG: u64 = 307;
 const NR_BIND: u64 = 49;
 const SIGKILL: u32 = 9;
+const NR_EXECVE: u64 = 59;
+const NR_EXECVEAT: u64 = 322;
 
 /// prlimit64, getpgid, getsid, get/setpriority, sched_getparam,
 /// sched_setscheduler, sched_getscheduler, sched_rr_get_interval,
@@ -236,54 +240,195 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     {
         return 0;
     }
+    // A refused exec carries the program's arguments: a larger event,
+    // reserved only for these (rare) refusals.
+    if nr == NR_EXECVE || nr == NR_EXECVEAT {
+        let Some(mut slot) = EVENTS.reserve::<ExecRefusedEvent>(0) else {
+            agent.count_lost();
+            return 0;
+        };
+        let ev = slot.as_mut_ptr();
+        // SAFETY: as in `on_exec`; `fill_syscall` and `read_argv` write
+        // every field of the event.
+        unsafe {
+            fill_syscall(cfg, &mut (*ev).sys, &agent, nr, ret, regs);
+            let argv = if nr == NR_EXECVE {
+                (*ev).sys.args[1]
+            } else {
+                (*ev).sys.args[2]
+            };
+            read_argv(&mut (*ev).argv, argv);
+            exe_identity(cfg, &mut (*ev).argv);
+            (*ev).sys.hdr.kind = EVENT_EXEC_REFUSED;
+        }
+        slot.submit(0);
+        agent.count_event();
+        return 0;
+    }
     let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {
         agent.count_lost();
         return 0;
     };
     let ev = slot.as_mut_ptr();
-    // SAFETY: as in `on_exec`.
-    unsafe {
-        (*ev).hdr = agent.header(EVENT_SYSCALL, VERDICT_DENIED, 0);
-        (*ev).nr = nr as u32;
-        (*ev).ret = ret as i32;
-        let mut i = 0;
-        while i < 6 {
-            (*ev).args[i] = read_u64(regs + u64::from(cfg.regs_arg_off[i]));
-            i += 1;
-        }
-        let arg = if nr < u64::from(PATH_ARG_ENTRIES) {
-            PATH_ARG.get(nr as u32).copied().unwrap_or(NO_PATH)
-        } else {
-            NO_PATH
-        };
-        (*ev).path_arg = arg;
-        (*ev).path_len = 0;
-        let task = bpf_get_current_task();
-        let parent = read_u64(task + u64::from(cfg.task_real_parent_off));
-        (*ev).ppid = read_u64(parent + u64::from(cfg.task_tgid_off)) as u32;
-        (*ev).path_flags = 0;
-        let idx = (arg & 7) as usize;
-        if idx < 6 {
-            let ptr = (*ev).args[idx];
-            let n = bpf_probe_read_user_str(
-                (*ev).path.as_mut_ptr() as *mut c_void,
-                SYSCALL_PATH_MAX as u32,
-                ptr as *const c_void,
-            );
-            if n > 0 {
-                (*ev).path_len = n as u32;
-            }
-        }
-        (*ev).entry_len = 0;
-        (*ev).base_dev = 0;
-        (*ev).base_ino = 0;
-        if idx < 6 {
-            path_facts(cfg, &mut *ev, arg, idx, task);
-        }
-    }
+    // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
+    unsafe { fill_syscall(cfg, &mut *ev, &agent, nr, ret, regs) };
     slot.submit(0);
     agent.count_event();
     0
+}
+
+/// Writes every field of a refused call's event.
+#[inline(always)]
+fn fill_syscall(cfg: &Config, ev: &mut SyscallEvent, agent: &Agent, nr: u64, ret: i64, regs: u64) {
+    ev.hdr = agent.header(EVENT_SYSCALL, VERDICT_DENIED, 0);
+    ev.nr = nr as u32;
+    ev.ret = ret as i32;
+    let mut i = 0;
+    while i < 6 {
+        ev.args[i] = read_u64(regs + u64::from(cfg.regs_arg_off[i]));
+        i += 1;
+    }
+    let arg = if nr < u64::from(PATH_ARG_ENTRIES) {
+        PATH_ARG.get(nr as u32).copied().unwrap_or(NO_PATH)
+    } else {
+        NO_PATH
+    };
+    ev.path_arg = arg;
+    ev.path_len = 0;
+    // SAFETY: a plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let parent = read_u64(task + u64::from(cfg.task_real_parent_off));
+    ev.ppid = read_u64(parent + u64::from(cfg.task_tgid_off)) as u32;
+    ev.path_flags = 0;
+    let idx = (arg & 7) as usize;
+    if idx < 6 {
+        let ptr = ev.args[idx];
+        // SAFETY: the helper writes at most the buffer's size.
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                ev.path.as_mut_ptr() as *mut c_void,
+                SYSCALL_PATH_MAX as u32,
+                ptr as *const c_void,
+            )
+        };
+        if n > 0 {
+            ev.path_len = n as u32;
+        }
+    }
+    ev.entry_len = 0;
+    ev.base_dev = 0;
+    ev.base_ino = 0;
+    if idx < 6 {
+        path_facts(cfg, ev, arg, idx, task);
+    }
+}
+
+/// Identifies the program the caller runs (`task->mm->exe_file`), which
+/// outlives neither the process nor its `/proc` entry for guardd to read.
+#[inline(always)]
+fn exe_identity(cfg: &Config, out: &mut ExecArgv) {
+    out.exe_dev = 0;
+    out.exe_ino = 0;
+    // SAFETY: a plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let mm = read_u64(task + u64::from(cfg.task_mm_off));
+    if mm == 0 {
+        return;
+    }
+    let file = read_u64(mm + u64::from(cfg.mm_exe_file_off));
+    if file == 0 {
+        return;
+    }
+    let inode = read_u64(file + u64::from(cfg.file_inode_off));
+    if inode == 0 {
+        return;
+    }
+    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
+    out.exe_ino = read_u64(inode + u64::from(cfg.inode_ino_off));
+    out.exe_dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+    if out.exe_ino != 0 {
+        out.flags |= ARGV_EXE;
+    }
+}
+
+/// Reads the first `EXEC_ARGV_MAX` strings of a user `argv` array, each cut
+/// at `EXEC_ARG_BYTES` (flagged). A bounded loop: one pointer read and one
+/// string read per argument, on refused execs only.
+#[inline(always)]
+fn read_argv(out: &mut ExecArgv, argv: u64) {
+    out.count = 0;
+    out.flags = 0;
+    out.cut = 0;
+    let mut i = 0;
+    while i < EXEC_ARGV_MAX {
+        out.lens[i] = 0;
+        i += 1;
+    }
+    if argv == 0 {
+        return;
+    }
+    let mut i = 0;
+    while i < EXEC_ARGV_MAX {
+        let mut p = 0u64;
+        // SAFETY: probe_read copies 8 bytes from a user address without
+        // faulting; it fails (non-zero) on an unmapped one.
+        if unsafe {
+            bpf_probe_read_user(
+                &raw mut p as *mut c_void,
+                8,
+                (argv + 8 * i as u64) as *const c_void,
+            )
+        } != 0
+        {
+            out.flags |= ARGV_FAULT;
+            return;
+        }
+        if p == 0 {
+            return;
+        }
+        // SAFETY: the helper writes at most the buffer's size.
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                out.args[i].as_mut_ptr() as *mut c_void,
+                EXEC_ARG_BYTES as u32,
+                p as *const c_void,
+            )
+        };
+        if n > 0 {
+            out.lens[i] = n as u32;
+            // A full buffer holds EXEC_ARG_BYTES - 1 bytes and the NUL the
+            // helper put there: the string was cut unless its own NUL sits
+            // at that place.
+            if n as usize == EXEC_ARG_BYTES {
+                let mut next = 0u8;
+                // SAFETY: one byte from a user address, without faulting.
+                unsafe {
+                    bpf_probe_read_user(
+                        &raw mut next as *mut c_void,
+                        1,
+                        (p + EXEC_ARG_BYTES as u64 - 1) as *const c_void,
+                    )
+                };
+                if next != 0 {
+                    out.cut |= 1 << i;
+                }
+            }
+        }
+        out.count = i as u32 + 1;
+        i += 1;
+    }
+    let mut p = 0u64;
+    // SAFETY: as above.
+    let r = unsafe {
+        bpf_probe_read_user(
+            &raw mut p as *mut c_void,
+            8,
+            (argv + 8 * EXEC_ARGV_MAX as u64) as *const c_void,
+        )
+    };
+    if r != 0 || p != 0 {
+        out.flags |= ARGV_MORE;
+    }
 }
 
 /// `raw_tracepoint/sys_enter`: (regs, id). Reads the path argument of an

@@ -445,6 +445,7 @@ pub fn open(
         seen: AtomicU64::new(0),
         lost_reported: AtomicU64::new(0),
         closed_at: Mutex::new(None),
+        launcher_exe: crate::monitor::launcher_exe(peer.pid),
     });
     let mut registry = shared
         .registry
@@ -942,6 +943,8 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
         judge,
+        // The launcher of an agent guardd re-adopts is gone or unknown.
+        launcher_exe: None,
         refusals: AtomicU64::new(0),
         suppressed: AtomicU64::new(0),
         rules: st

@@ -156,6 +156,9 @@ impl Daemon {
             agent_level: scopes.agent_level(),
             pin_dir: cfg.pin_dir(),
         })?;
+        // Every record names this machine (issue 10): set before the
+        // journal opens, so its own first records carry it too.
+        crate::journal::set_local_host(crate::journal::HostRef::local());
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
         jcfg.retention = cfg.retention;

@@ -220,10 +220,14 @@ impl Sealed {
     }
 }
 
-/// Applies the caps, assigns `time` if empty (or not RFC 3339 UTC), and
-/// serialises the record. Runs on the appending thread.
+/// Applies the caps, assigns `time` if empty (or not RFC 3339 UTC), names
+/// the local host if the record names none, and serialises the record.
+/// Runs on the appending thread.
 pub(crate) fn prepare(mut rec: Record) -> Result<Prepared, JournalError> {
     rec.enforce_caps();
+    if rec.host.is_none() {
+        rec.host = super::record::local_host().cloned();
+    }
     let supplied = if rec.time.is_empty() {
         None
     } else {

@@ -32,11 +32,15 @@ pub use chain::{
 };
 pub use lock::{JournalLock, lock_path};
 pub use query::{Filter, bench_query, parse_time};
-pub use record::{AgentRef, Kind, ProcessRef, Record, Verdict, format_time, parse_record_time};
+pub use record::{
+    AgentRef, HostRef, Kind, ProcessRef, Record, Verdict, format_time, local_host,
+    parse_record_time, set_local_host,
+};
 pub use sink::MirrorSink;
 pub use store::{Retention, Store, Usage, default_budget, parse_size};
 pub use text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
+    to_safe_json,
 };
 pub use writer::{
     Journal, JournalConfig, JournalHandle, JournalStats, bench_ingest, bench_ingest_agents,

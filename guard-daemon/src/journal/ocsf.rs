@@ -16,10 +16,41 @@
 //! `monitor::coalesce`) sets OCSF's `count` to the refusals it stands for
 //! (`1 + detail.repeated`) and `start_time`/`end_time` to the first and the
 //! last of them.
+//!
+//! Text an agent controls (paths, names, arguments, the message built from
+//! them) is written with [`escape_bytes`]: bytes that are not UTF-8 as
+//! `\xNN`, controls, C1 and bidi characters escaped, a backslash doubled.
+//! The escape is reversible, so two different names never print the same
+//! (a lossy conversion would turn every invalid byte into U+FFFD); the exact
+//! bytes are also in `unmapped.target` and `unmapped.detail`, in the
+//! journal's own lossless form. `device` names the host the record comes
+//! from (`hostname`, and `uid` = its machine id).
 
 use serde_json::{Value, json};
 
-use super::{Kind, Record, Verdict};
+use super::text::{escape_bytes, escape_str};
+use super::{Kind, Record, Text, Verdict};
+
+/// The last path component of an escaped path.
+fn base_name(escaped: &str) -> &str {
+    escaped.rsplit('/').next().unwrap_or("")
+}
+
+/// One argument of a command line: escaped, and quoted when it is empty or
+/// holds a space or a quote, so the joined line still tells its arguments
+/// apart.
+fn cmd_arg(v: &Value) -> String {
+    let arg = match serde_json::from_value::<Text>(v.clone()) {
+        Ok(t) => t.escaped(),
+        // Not text at all: shown as JSON rather than dropped.
+        Err(_) => escape_str(&v.to_string()),
+    };
+    if arg.is_empty() || arg.contains([' ', '"']) {
+        format!("\"{}\"", arg.replace('"', "\\\""))
+    } else {
+        arg
+    }
+}
 
 const VERSION: &str = "1.3.0";
 
@@ -89,7 +120,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let target = r.target.to_string_lossy().into_owned();
+    let target = escape_bytes(r.target.as_bytes());
     let mut ev = json!({
         "class_uid": class_uid,
         "class_name": class_name,
@@ -103,7 +134,13 @@ pub fn to_ocsf(r: &Record) -> Value {
         "status": status,
         "disposition_id": disposition_id,
         "disposition": disposition,
-        "message": format!("{} {} {} ({})", r.verdict.as_str(), r.action, target, r.rule),
+        "message": format!(
+            "{} {} {} ({})",
+            r.verdict.as_str(),
+            escape_str(&r.action),
+            target,
+            escape_str(&r.rule)
+        ),
         "metadata": {
             "version": VERSION,
             "uid": r.seq.to_string(),
@@ -138,15 +175,19 @@ pub fn to_ocsf(r: &Record) -> Value {
         ev["start_time"] = json!(first_ms);
         ev["end_time"] = json!(time_ms);
     }
+    if let Some(h) = &r.host {
+        ev["device"] = json!({"hostname": h.hostname.escaped(), "uid": h.machine_id});
+    }
     if let Some(p) = &r.process {
+        let exe = p.exe.escaped();
         ev["actor"] = json!({"process": {
             "pid": p.pid,
-            "name": p.comm.to_string_lossy(),
-            "file": {"path": p.exe.to_string_lossy(), "name": p.exe.to_string_lossy().rsplit('/').next().unwrap_or("")},
+            "name": p.comm.escaped(),
+            "file": {"path": exe, "name": base_name(&exe)},
         }});
     }
     if let Some(a) = &r.agent {
-        ev["actor"]["app_name"] = json!(a.name);
+        ev["actor"]["app_name"] = json!(escape_str(&a.name));
         ev["actor"]["session"] = json!({"uid": a.id});
     }
     match r.kind {
@@ -160,19 +201,16 @@ pub fn to_ocsf(r: &Record) -> Value {
             }
         }
         Kind::File => {
-            ev["file"] = json!({"path": target, "name": target.rsplit('/').next().unwrap_or("")});
+            ev["file"] = json!({"path": target, "name": base_name(&target)});
         }
         Kind::Exec => {
+            // `argv` of a program started, `args` of a refused exec.
             let argv: Vec<String> = r
                 .detail
                 .as_ref()
-                .and_then(|d| d.get("argv"))
+                .and_then(|d| d.get("argv").or_else(|| d.get("args")))
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.as_str().unwrap_or("?").to_owned())
-                        .collect()
-                })
+                .map(|a| a.iter().map(cmd_arg).collect())
                 .unwrap_or_default();
             ev["process"] = json!({"file": {"path": target}, "cmd_line": argv.join(" ")});
         }
@@ -262,6 +300,73 @@ mod tests {
         assert_eq!(o["process"]["cmd_line"], "ls -l");
         let g = to_ocsf(&rec(Kind::Gap, "lost", "3 events", Verdict::Denied));
         assert_eq!(g["class_uid"], 0);
+    }
+
+    #[test]
+    fn untrusted_text_is_escaped_reversibly() {
+        let mut a = rec(Kind::File, "openat", "x", Verdict::Denied);
+        a.target = Text::new(b"/tmp/a\xffb".to_vec());
+        let mut b = a.clone();
+        b.target = Text::from("/tmp/a\u{fffd}b");
+        let (oa, ob) = (to_ocsf(&a), to_ocsf(&b));
+        assert_eq!(oa["file"]["path"], "/tmp/a\\xffb");
+        assert_eq!(ob["file"]["path"], "/tmp/a\u{fffd}b");
+        assert_ne!(oa["message"], ob["message"]);
+        // A bidi override and a newline in a name, and a backslash that
+        // must not be read as the start of an escape.
+        let mut c = a.clone();
+        c.target = Text::from("/tmp/gpj.\u{202e}exe\n\\xff");
+        c.process.as_mut().unwrap().exe = Text::new(b"/opt/\x9b\xe2\x80\xaebin".to_vec());
+        let o = to_ocsf(&c);
+        // As guardctl prints it: the lossless `unmapped.target` keeps the
+        // override as a JSON escape.
+        let text = crate::journal::to_safe_json(&o).unwrap();
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\u{fffd}'),
+            "{text}"
+        );
+        assert_eq!(o["file"]["path"], "/tmp/gpj.\\u{202E}exe\\n\\\\xff");
+        assert_eq!(o["file"]["name"], "gpj.\\u{202E}exe\\n\\\\xff");
+        assert!(
+            o["message"]
+                .as_str()
+                .unwrap()
+                .contains("gpj.\\u{202E}exe\\n")
+        );
+        assert_eq!(
+            o["actor"]["process"]["file"]["path"],
+            "/opt/\\x9b\\u{202E}bin"
+        );
+        assert_eq!(o["actor"]["process"]["file"]["name"], "\\x9b\\u{202E}bin");
+        // The exact bytes stay available in the journal's lossless form.
+        assert_eq!(
+            o["unmapped"]["target"],
+            serde_json::to_value(&c.target).unwrap()
+        );
+    }
+
+    #[test]
+    fn exec_command_lines_keep_their_arguments_apart() {
+        let mut e = rec(Kind::Exec, "exec", "/usr/bin/env", Verdict::Denied);
+        e.detail = Some(json!({"args": ["env", "a b", "", "q\"", {"base64": "/w=="}, "\u{202e}"]}));
+        let o = to_ocsf(&e);
+        assert_eq!(
+            o["process"]["cmd_line"],
+            r#"env "a b" "" "q\"" \xff \u{202E}"#
+        );
+    }
+
+    #[test]
+    fn device_names_the_host() {
+        let mut r = rec(Kind::Network, "connect", "10.0.0.1:1/tcp", Verdict::Denied);
+        assert!(to_ocsf(&r).get("device").is_none());
+        r.host = Some(crate::journal::HostRef {
+            hostname: Text::from("node\u{202e}7"),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        });
+        let o = to_ocsf(&r);
+        assert_eq!(o["device"]["hostname"], "node\\u{202E}7");
+        assert_eq!(o["device"]["uid"], "0123456789abcdef0123456789abcdef");
     }
 
     #[test]

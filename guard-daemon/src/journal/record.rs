@@ -2,7 +2,9 @@
 //! integrity chain (see `chain.rs`), so do not reorder fields.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,64 @@ use super::JournalError;
 use super::text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, floor_char_boundary,
 };
+
+/// The machine a record comes from, so that records gathered from many
+/// nodes can be told apart. Part of the record, hence of its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostRef {
+    /// The kernel's host name (UTS namespace of guardd) when the record was
+    /// made.
+    pub hostname: Text,
+    /// `/etc/machine-id` (32 lowercase hex digits), or `None` when the
+    /// host has none or it is malformed.
+    pub machine_id: Option<String>,
+}
+
+impl HostRef {
+    /// This machine, read from `/proc/sys/kernel/hostname` and
+    /// `/etc/machine-id`. What cannot be read is left empty rather than
+    /// guessed.
+    pub fn local() -> HostRef {
+        HostRef::read(
+            Path::new("/proc/sys/kernel/hostname"),
+            Path::new("/etc/machine-id"),
+        )
+    }
+
+    fn read(hostname: &Path, machine_id: &Path) -> HostRef {
+        let hostname = std::fs::read(hostname)
+            .map(|mut b| {
+                while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
+                    b.pop();
+                }
+                b
+            })
+            .unwrap_or_default();
+        let machine_id = std::fs::read_to_string(machine_id)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|s| s.to_ascii_lowercase());
+        HostRef {
+            hostname: Text::new(hostname),
+            machine_id,
+        }
+    }
+}
+
+static LOCAL_HOST: OnceLock<HostRef> = OnceLock::new();
+
+/// Names this process's host in every record appended from now on (guardd
+/// calls it once at start-up; records of a process that never calls it,
+/// such as unit tests, name no host). A second call changes nothing.
+pub fn set_local_host(host: HostRef) {
+    let _ = LOCAL_HOST.set(host);
+}
+
+/// The host set by [`set_local_host`], if any.
+pub fn local_host() -> Option<&'static HostRef> {
+    LOCAL_HOST.get()
+}
 
 /// Which agent the event belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,6 +199,10 @@ pub struct Record {
     /// RFC 3339 UTC with microseconds; assigned at append when left empty.
     #[serde(default)]
     pub time: String,
+    /// The machine of the guardd that made the record; absent in records
+    /// written before hosts were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostRef>,
     /// `None` for host-level records.
     pub agent: Option<AgentRef>,
     pub process: Option<ProcessRef>,
@@ -174,6 +238,7 @@ impl Record {
         Record {
             seq: 0,
             time: String::new(),
+            host: None,
             agent: None,
             process: None,
             kind,
@@ -265,6 +330,8 @@ impl Record {
 #[derive(Serialize)]
 pub(crate) struct RecordBody<'a> {
     time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: &'a Option<HostRef>,
     agent: &'a Option<AgentRef>,
     process: &'a Option<ProcessRef>,
     kind: Kind,
@@ -282,6 +349,7 @@ impl<'a> RecordBody<'a> {
     pub(crate) fn of(r: &'a Record) -> RecordBody<'a> {
         RecordBody {
             time: &r.time,
+            host: &r.host,
             agent: &r.agent,
             process: &r.process,
             kind: r.kind,
@@ -387,6 +455,46 @@ mod tests {
         );
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn host_is_part_of_the_record_and_of_its_body() {
+        let mut r = sample();
+        r.seq = 3;
+        r.host = Some(HostRef {
+            hostname: Text::from("node-7"),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        });
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""time":"","host":{"hostname":"node-7","machine_id":"0123456789abcdef0123456789abcdef"},"agent":"#),
+            "{json}"
+        );
+        // The body the chain hashes is the record's JSON minus seq/prev/hash.
+        let body = serde_json::to_string(&RecordBody::of(&r)).unwrap();
+        assert!(json.contains(&body[1..body.len() - 1]), "{body}");
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn local_host_reads_hostname_and_validates_the_machine_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, m) = (dir.path().join("h"), dir.path().join("m"));
+        std::fs::write(&h, "node-7\n").unwrap();
+        std::fs::write(&m, "0123456789ABCDEF0123456789abcdef\n").unwrap();
+        let host = HostRef::read(&h, &m);
+        assert_eq!(host.hostname.as_str(), Some("node-7"));
+        assert_eq!(
+            host.machine_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        std::fs::write(&m, "not-a-machine-id\n").unwrap();
+        assert_eq!(HostRef::read(&h, &m).machine_id, None);
+        let gone = HostRef::read(&dir.path().join("x"), &dir.path().join("y"));
+        assert!(gone.hostname.is_empty() && gone.machine_id.is_none());
+        // The real host: a name at least (machine-id may be absent).
+        assert!(!HostRef::local().hostname.is_empty());
     }
 
     #[test]

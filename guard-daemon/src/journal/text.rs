@@ -104,9 +104,16 @@ pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
     end
 }
 
-/// Escapes arbitrary bytes for display: `\n`, `\t`, `\r`, `\\`; other C0/C1
-/// controls, DEL and invalid UTF-8 as `\xNN`; bidi and line-separator
-/// characters (which can reorder or break what a reviewer sees) as `\u{XXXX}`.
+/// Escapes arbitrary bytes for display: `\n`, `\t`, `\r`, `\\`; other C0
+/// controls, DEL and invalid UTF-8 as `\xNN`; C1 controls, bidi and
+/// line-separator characters (which can reorder or break what a reviewer
+/// sees) as `\u{XXXX}`.
+///
+/// Reversible, so two different byte strings never look the same: a
+/// backslash is always the start of an escape, `\xNN` only ever stands for
+/// a single byte (a C0 control, DEL, or a byte that is not UTF-8), and a
+/// C1 control, which is a valid two-byte character, is written `\u{00NN}`
+/// so it cannot be confused with the lone byte NN.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -136,11 +143,14 @@ fn push_escaped_char(out: &mut String, c: char) {
         '\t' => out.push_str("\\t"),
         '\r' => out.push_str("\\r"),
         '\\' => out.push_str("\\\\"),
-        // C0, DEL and C1: the last range is what 8-bit terminals read as CSI etc.
-        '\0'..='\x1f' | '\x7f'..='\u{9f}' => push_hex_byte(out, c as u32 as u8),
-        // Bidi embeddings/overrides/isolates and marks can make a path read
-        // differently from what it is; U+2028/2029 may render as line breaks.
-        '\u{061c}'
+        // C0 and DEL: one byte each.
+        '\0'..='\x1f' | '\x7f' => push_hex_byte(out, c as u32 as u8),
+        // C1 (what 8-bit terminals read as CSI etc.); bidi embeddings,
+        // overrides, isolates and marks, which can make a path read
+        // differently from what it is; U+2028/2029, which may render as
+        // line breaks.
+        '\u{80}'..='\u{9f}'
+        | '\u{061c}'
         | '\u{200e}'
         | '\u{200f}'
         | '\u{2028}'
@@ -156,6 +166,55 @@ fn push_escaped_char(out: &mut String, c: char) {
         }
         _ => out.push(c),
     }
+}
+
+/// Whether a character that JSON would carry as it is can still reorder or
+/// break what a terminal shows: DEL, C1 controls, bidi controls and marks,
+/// line and paragraph separators.
+fn is_display_hazard(c: char) -> bool {
+    matches!(c,
+        '\x7f'..='\u{9f}'
+        | '\u{061c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'
+        | '\u{2029}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}')
+}
+
+/// serde_json's compact output, but with every display hazard (see
+/// [`is_display_hazard`]) written as a `\uXXXX` escape. JSON parsers read
+/// the same value back, so nothing is lost; a reviewer who pipes the output
+/// to a terminal sees the escape, not a reordered line.
+struct SafeFormatter;
+
+impl serde_json::ser::Formatter for SafeFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if is_display_hazard(c) {
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                write!(writer, "\\u{:04x}", c as u32)?;
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// Compact JSON of `value` with display hazards escaped (`\u202e`, ...).
+pub fn to_safe_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, SafeFormatter);
+    value.serialize(&mut ser)?;
+    // The serializer writes only what `str` fragments and ASCII syntax
+    // make, so the output is UTF-8; the lossy conversion never replaces.
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn push_hex_byte(out: &mut String, b: u8) {
@@ -290,8 +349,100 @@ impl<'de> Visitor<'de> for TextVisitor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The inverse of [`escape_bytes`]; the tests use it to show that the
+    /// escaping loses nothing.
+    pub(crate) fn unescape(s: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            match chars.next()? {
+                'n' => out.push(b'\n'),
+                't' => out.push(b'\t'),
+                'r' => out.push(b'\r'),
+                '\\' => out.push(b'\\'),
+                'x' => {
+                    let hex: String = chars.by_ref().take(2).collect();
+                    out.push(u8::from_str_radix(&hex, 16).ok()?);
+                }
+                'u' => {
+                    if chars.next()? != '{' {
+                        return None;
+                    }
+                    let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let c = char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?;
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn escaping_is_reversible_so_different_bytes_never_look_alike() {
+        // The pairs that a lossy or naive escape would merge.
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0xff],
+            "\u{fffd}".into(),
+            b"\\xff".to_vec(),
+            vec![0x9b],
+            "\u{9b}".into(),
+            b"\\u{009B}".to_vec(),
+            "a\u{202e}b".into(),
+            b"a\\u{202E}b".to_vec(),
+            vec![b'a', 0xc3],
+            vec![b'a', 0xc3, 0xa9],
+            b"\n".to_vec(),
+            b"\\n".to_vec(),
+        ];
+        let shown: Vec<String> = cases.iter().map(|b| escape_bytes(b)).collect();
+        for (i, a) in shown.iter().enumerate() {
+            assert_eq!(unescape(a).as_deref(), Some(cases[i].as_slice()), "{a}");
+            for b in &shown[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Every byte pair and a pseudo-random sample of longer strings.
+        for x in 0..=255u8 {
+            for y in 0..=255u8 {
+                let b = [x, y, b'\\', x];
+                assert_eq!(unescape(&escape_bytes(&b)).as_deref(), Some(&b[..]));
+            }
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let bytes: Vec<u8> = (0..12)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Bias towards the interesting bytes.
+                    [0x5c, 0xe2, 0x80, 0xae, 0xc2, 0x9b, b'x', b'{', seed as u8]
+                        [(seed >> 40) as usize % 9]
+                })
+                .collect();
+            assert_eq!(unescape(&escape_bytes(&bytes)), Some(bytes));
+        }
+    }
+
+    #[test]
+    fn safe_json_escapes_display_hazards_and_reads_back_the_same() {
+        let v = serde_json::json!({"p": "a\u{202e}b\u{2066}\u{7f}\u{9b}\u{200f}\n\"é"});
+        let s = to_safe_json(&v).unwrap();
+        assert_eq!(s, r#"{"p":"a\u202eb\u2066\u007f\u009b\u200f\n\"é"}"#);
+        assert!(!s.chars().any(is_display_hazard));
+        let back: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, v);
+    }
 
     #[test]
     fn newline_and_ansi_escape_to_one_safe_line_and_round_trip() {
@@ -334,7 +485,7 @@ mod tests {
         let t = Text::from("x\t\r\\\0\x7f\u{9b}y\u{202e}z\u{2066}\u{2028}");
         assert_eq!(
             t.escaped(),
-            "x\\t\\r\\\\\\x00\\x7f\\x9by\\u{202E}z\\u{2066}\\u{2028}"
+            "x\\t\\r\\\\\\x00\\x7f\\u{009B}y\\u{202E}z\\u{2066}\\u{2028}"
         );
         // Ordinary non-ASCII text stays readable.
         assert_eq!(Text::from("café/日本").escaped(), "café/日本");

@@ -346,7 +346,7 @@ impl Kernel {
                     task_seccomp_off: btf.member_offset("task_struct", "seccomp")?,
                     task_real_parent_off: btf.member_offset("task_struct", "real_parent")?,
                     task_tgid_off: btf.member_offset("task_struct", "tgid")?,
-                    _pad: 0,
+                    mm_exe_file_off: btf.member_offset("mm_struct", "exe_file")?,
                     task_files_off: btf.member_offset("task_struct", "files")?,
                     files_fdt_off: btf.member_offset("files_struct", "fdt")?,
                     fdt_fd_off: btf.member_offset("fdtable", "fd")?,

@@ -147,7 +147,7 @@ fn kernel_dev(dev: u64) -> u32 {
 }
 
 /// Identity of what a path (or a procfs magic link) names now.
-fn identity(p: &Path) -> Option<(u32, u64)> {
+pub(crate) fn identity(p: &Path) -> Option<(u32, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
     Some((kernel_dev(m.dev()), m.ino()))

@@ -33,10 +33,10 @@ use guard_common::{
 use serde_json::json;
 
 use crate::{
-    journal::{AgentRef, JournalHandle, Kind, ProcessRef, Record, Text, Verdict},
+    journal::{AgentRef, JournalHandle, Kind, ProcessRef, Record, Text, Verdict, format_time},
     kernel::{
         Kernel,
-        events::{KernelEvent, decode},
+        events::{BootClock, KernelEvent, decode},
     },
     metrics::Metrics,
     monitor::coalesce::Coalescer,
@@ -63,6 +63,18 @@ pub struct AgentMeta {
     /// Set when the scope has ended; the entry is dropped a while later so
     /// that late events are still attributed.
     pub closed_at: Mutex<Option<Instant>>,
+    /// The program of the launcher that opened the scope (guardctl): what
+    /// a process of the scope runs until something in it execs. Used only
+    /// when the kernel's identity of a caller's program matches it.
+    pub launcher_exe: Option<Vec<u8>>,
+}
+
+/// The program `pid` runs, for [`AgentMeta::launcher_exe`]; `None` when it
+/// cannot be read.
+pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
 /// Agents by kernel slot, shared with the daemon.
@@ -132,7 +144,13 @@ impl Sink {
             return false;
         }
         let before = c.folded();
-        c.offer(rec, coalesce::Stamp::now(), &mut self.out);
+        // The record's own time (when the kernel saw the event), so a
+        // summary's first and last times are those of the refusals.
+        let stamp = coalesce::Stamp {
+            mono: Instant::now(),
+            wall: rec.timestamp().unwrap_or_else(std::time::SystemTime::now),
+        };
+        c.offer(rec, stamp, &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
         c.folded() != before
     }
@@ -210,6 +228,7 @@ fn drain(
     metrics: &Metrics,
 ) {
     let mut taken_since_due = 0u32;
+    let mut clock = BootClock::now();
     while let Some(item) = ring.next() {
         let mut taken: Option<Arc<AgentMeta>> = None;
         let rec = match decode(&item) {
@@ -218,7 +237,7 @@ fn drain(
                     .read()
                     .ok()
                     .and_then(|m| m.get(&ev.header().slot).cloned());
-                let rec = if is_repeat_fallback(&ev, seen) {
+                let mut rec = if is_repeat_fallback(&ev, seen) {
                     if let Some(m) = &meta {
                         m.suppressed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -226,6 +245,20 @@ fn drain(
                 } else {
                     record_for(&ev, meta.as_deref())
                 };
+                if let Some(r) = &mut rec {
+                    // When the kernel saw it, however long it waited in the
+                    // ring buffer. A time later than the clock reading is
+                    // an event newer than it: read the clocks again.
+                    let ts = ev.header().ts_ns;
+                    let wall = clock
+                        .wall(ts)
+                        .or_else(|| {
+                            clock = BootClock::now();
+                            clock.wall(ts)
+                        })
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    r.time = format_time(wall);
+                }
                 if let Some(r) = &rec {
                     metrics.event(r);
                 }
@@ -276,7 +309,7 @@ fn drain(
 /// process is journaled, repeats are counted.
 fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     match ev {
-        KernelEvent::Syscall(e) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
+        KernelEvent::Syscall(e, _) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
             !seen.insert((e.hdr.slot, e.hdr.tgid))
         }
         _ => false,
@@ -399,6 +432,37 @@ fn process_of(h: &EventHeader, parent: Option<u32>) -> ProcessRef {
     }
 }
 
+/// The process of a refused exec, its program named by the first
+/// candidate whose identity is the one the kernel read from the caller's
+/// `mm->exe_file`: the process's own (or last exec'd) program, its
+/// parent's (a forked child runs its parent's program), the launcher's (a
+/// process that nothing in the scope exec'd yet runs guardctl's). A
+/// candidate that does not match (a pid reused, a file replaced) is never
+/// named; the flag says whether one matched.
+fn process_by_identity(
+    h: &EventHeader,
+    ppid: u32,
+    meta: Option<&AgentMeta>,
+    id: (u32, u64),
+) -> (ProcessRef, bool) {
+    let is_it = |p: &Vec<u8>| {
+        judge::identity(std::path::Path::new(std::ffi::OsStr::from_bytes(p))) == Some(id)
+    };
+    let exe = exe_of(h.tgid)
+        .filter(is_it)
+        .or_else(|| (ppid != 0).then(|| exe_of(ppid)).flatten().filter(is_it))
+        .or_else(|| meta.and_then(|m| m.launcher_exe.clone()).filter(is_it));
+    let found = exe.is_some();
+    (
+        ProcessRef {
+            pid: h.tgid,
+            comm: Text::new(cstr(&h.comm).to_vec()),
+            exe: Text::new(exe.unwrap_or_default()),
+        },
+        found,
+    )
+}
+
 fn verdict_of(h: &EventHeader) -> Verdict {
     match h.verdict {
         VERDICT_AUDIT => Verdict::Audit,
@@ -465,6 +529,9 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
         KernelEvent::Exec(e) if h.reason == REASON_DIRECT_LOADER => {
             let (t, _, _, mut d) = exec_fields(e, meta);
+            // The same field as every other exec refusal.
+            d["args"] = d["argv"].clone();
+            d["args_truncated"] = d["argv_truncated"].clone();
             d["why"] = json!(
                 "the dynamic loader was run as a program: it would map any readable file or memfd executable, \
                  around the exec grants; the process was killed before its first instruction"
@@ -488,7 +555,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             let (a, t, r, d) = kill_fields(e);
             (Kind::Syscall, a, t, Verdict::Denied, r, "seccomp", d)
         }
-        KernelEvent::Syscall(e) => {
+        KernelEvent::Syscall(e, argv) => {
             let path =
                 (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
             let facts = judge::PathFacts {
@@ -497,7 +564,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
                     .then(|| cstr(&e.entry[..(e.entry_len as usize).min(e.entry.len())])),
                 base: (e.path_flags & PATH_BASE != 0).then_some((e.base_dev, e.base_ino)),
             };
-            match meta.and_then(|m| m.judge.as_ref()) {
+            let (k, a, t, v, r, l, mut d) = match meta.and_then(|m| m.judge.as_ref()) {
                 Some(j) => {
                     let v = j.judge_facts(e.nr, e.ret, &e.args, h.tgid, &facts)?;
                     (
@@ -520,7 +587,13 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
                     json!({"errno": -e.ret, "args": e.args, "path": path.map(|p| Text::new(p.to_vec())),
                            "why": "the agent's policy is not known to this guardd, so the refusing layer cannot be named"}),
                 ),
+            };
+            // A refused exec: the program's arguments replace the raw
+            // argument registers, which only held pointers.
+            if let Some(argv) = argv {
+                add_exec_args(&mut d, argv);
             }
+            (k, a, t, v, r, l, d)
         }
     };
     let rule = if h.reason == REASON_UNKNOWN_SCOPE {
@@ -529,14 +602,27 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         rule
     };
     let parent = match ev {
-        KernelEvent::Syscall(e) => Some(e.ppid),
+        KernelEvent::Syscall(e, _) => Some(e.ppid),
         _ => None,
     };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
-    // A packet is judged outside any process of the agent: name none.
-    if !matches!(ev, KernelEvent::Net(e) if e.hook == HOOK_INGRESS || (e.hook == HOOK_EGRESS && e.hdr.tgid == 0))
-    {
-        rec = rec.with_process(process_of(h, parent));
+    match ev {
+        // A packet is judged outside any process of the agent: name none.
+        KernelEvent::Net(e)
+            if e.hook == HOOK_INGRESS || (e.hook == HOOK_EGRESS && e.hdr.tgid == 0) => {}
+        // A refused exec: the kernel identified the caller's program.
+        KernelEvent::Syscall(e, Some(a)) if a.flags & guard_common::ARGV_EXE != 0 => {
+            let (process, found) = process_by_identity(h, e.ppid, meta, (a.exe_dev, a.exe_ino));
+            if !found && let Some(d) = &mut rec.detail {
+                d["exe_identity"] = json!({
+                    "dev": format!("{}:{}", a.exe_dev >> 20, a.exe_dev & 0xf_ffff),
+                    "ino": a.exe_ino,
+                    "why": "the caller's program was identified in the kernel, but no path guardd could read names that file",
+                });
+            }
+            rec = rec.with_process(process);
+        }
+        _ => rec = rec.with_process(process_of(h, parent)),
     }
     match meta {
         Some(m) => rec = rec.with_agent(m.agent.clone()),
@@ -549,6 +635,34 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
     }
     Some(rec)
+}
+
+/// Puts a refused exec's arguments in `detail.args` (strings), with
+/// `args_truncated` when an argument was cut or there were more than the
+/// kernel keeps, `args_unreadable` when the `argv` array could not be read
+/// to its end.
+fn add_exec_args(detail: &mut serde_json::Value, a: &guard_common::ExecArgv) {
+    let count = (a.count as usize).min(guard_common::EXEC_ARGV_MAX);
+    let args: Vec<Text> = a.args[..count]
+        .iter()
+        .zip(&a.lens[..count])
+        .map(|(arg, &len)| {
+            let kept = (len as usize).min(arg.len());
+            Text::new(cstr(&arg[..kept]).to_vec())
+        })
+        .collect();
+    let cut = a.cut != 0 || a.flags & guard_common::ARGV_MORE != 0;
+    if !detail.is_object() {
+        *detail = json!({"original": detail.take()});
+    }
+    if let Some(raw) = detail.get("args").cloned() {
+        detail["registers"] = raw;
+    }
+    detail["args"] = json!(args);
+    detail["args_truncated"] = json!(cut);
+    if a.flags & guard_common::ARGV_FAULT != 0 {
+        detail["args_unreadable"] = json!(true);
+    }
 }
 
 /// Arguments of an exec: NUL-separated in the event.
@@ -834,6 +948,7 @@ mod tests {
             seen: AtomicU64::new(0),
             lost_reported: AtomicU64::new(0),
             closed_at: Mutex::new(None),
+            launcher_exe: None,
         }
     }
 
@@ -890,6 +1005,92 @@ mod tests {
         e.args_len = 5000;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
         assert_eq!(r.detail.unwrap()["argv_truncated"], true);
+    }
+
+    #[test]
+    fn a_refused_exec_names_its_arguments() {
+        // SAFETY: all-zero is a valid value of these plain integer structs.
+        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
+        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        s.hdr.verdict = VERDICT_DENIED;
+        s.nr = 59;
+        s.ret = -13;
+        s.args = [0x1000, 0x2000, 0x3000, 0, 0, 0];
+        // SAFETY: as above.
+        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
+        for (i, arg) in [&b"id\0"[..], b"-u\0", &[0xff, b'\n', 0]]
+            .iter()
+            .enumerate()
+        {
+            a.args[i][..arg.len()].copy_from_slice(arg);
+            a.lens[i] = arg.len() as u32;
+        }
+        a.count = 3;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, None).unwrap();
+        let d = r.detail.unwrap();
+        assert_eq!(
+            d["args"],
+            serde_json::json!(["id", "-u", {"base64": "/wo="}])
+        );
+        assert_eq!(d["args_truncated"], false);
+        assert_eq!(
+            d["registers"],
+            serde_json::json!([0x1000, 0x2000, 0x3000, 0, 0, 0])
+        );
+        assert!(d.get("args_unreadable").is_none());
+        a.cut = 1 << 1;
+        a.flags = guard_common::ARGV_FAULT;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let d = record_for(&ev, None).unwrap().detail.unwrap();
+        assert_eq!(
+            (
+                d["args_truncated"].as_bool(),
+                d["args_unreadable"].as_bool()
+            ),
+            (Some(true), Some(true))
+        );
+        // A count the kernel cannot have written is bounded, not trusted.
+        a.count = 1000;
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let d = record_for(&ev, None).unwrap().detail.unwrap();
+        assert_eq!(
+            d["args"].as_array().unwrap().len(),
+            guard_common::EXEC_ARGV_MAX
+        );
+    }
+
+    #[test]
+    fn a_refused_exec_names_only_a_program_the_kernel_identified() {
+        let me = std::env::current_exe().unwrap();
+        let (dev, ino) = judge::identity(&me).unwrap();
+        // SAFETY: all-zero is a valid value of these plain integer structs.
+        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
+        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        // A process (and parent) long gone: no /proc entry to read.
+        s.hdr.tgid = 0x3fff_fff0;
+        s.nr = 59;
+        s.ret = -13;
+        // SAFETY: as above.
+        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
+        a.flags = guard_common::ARGV_EXE;
+        a.exe_dev = dev;
+        a.exe_ino = ino;
+        let mut m = meta();
+        m.launcher_exe = Some(me.as_os_str().as_bytes().to_vec());
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, Some(&m)).unwrap();
+        assert_eq!(r.process.unwrap().exe.as_bytes(), me.as_os_str().as_bytes());
+        assert!(r.detail.unwrap().get("exe_identity").is_none());
+        // Another file: the launcher's program is not named.
+        a.exe_ino = ino.wrapping_add(1);
+        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let r = record_for(&ev, Some(&m)).unwrap();
+        assert!(r.process.unwrap().exe.is_empty());
+        assert_eq!(
+            r.detail.unwrap()["exe_identity"]["ino"],
+            ino.wrapping_add(1)
+        );
     }
 
     #[test]

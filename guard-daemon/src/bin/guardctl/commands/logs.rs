@@ -137,6 +137,10 @@ fn exit_of(s: Stop) -> i32 {
 }
 
 /// Prints records in the chosen format.
+fn safe_json(value: &serde_json::Value) -> String {
+    journal::to_safe_json(value).unwrap_or_else(|_| value.to_string())
+}
+
 struct Printer {
     out: Out,
     json: bool,
@@ -157,21 +161,32 @@ impl Printer {
     /// A record as received from guardd; `--json` prints it untouched.
     fn value(&mut self, value: &serde_json::Value) -> Result<(), Stop> {
         if self.json {
-            return self.out.line(value);
+            // Bidi and C1 characters stay in the JSON as `\uXXXX` escapes:
+            // the same value for a parser, no reordered line on a terminal.
+            return self.out.line(safe_json(value));
         }
         match serde_json::from_value::<Record>(value.clone()) {
             Ok(rec) => self.record(&rec),
-            Err(_) => Ok(()),
+            Err(e) => {
+                // Said, not skipped: a record this guardctl cannot read is
+                // still a record.
+                eprintln!(
+                    "guardctl: warning: record seq {} cannot be shown ({}); see it with --json",
+                    value.get("seq").and_then(|v| v.as_u64()).unwrap_or(0),
+                    journal::escape_str(&e.to_string()),
+                );
+                Ok(())
+            }
         }
     }
 
     fn record(&mut self, rec: &Record) -> Result<(), Stop> {
         if self.json {
-            let text = serde_json::to_string(rec).map_err(|e| Stop::Failed(e.into()))?;
-            return self.out.line(text);
+            let value = serde_json::to_value(rec).map_err(|e| Stop::Failed(e.into()))?;
+            return self.out.line(safe_json(&value));
         }
         if self.ocsf {
-            return self.out.line(journal::ocsf::to_ocsf(rec));
+            return self.out.line(safe_json(&journal::ocsf::to_ocsf(rec)));
         }
         if self.header {
             self.out.line(journal::human::table_header())?;
