@@ -432,7 +432,7 @@ pub fn open(
             !unix_hooks.unix_hooks,
             audit,
         )),
-        refusals: AtomicU64::new(0),
+        refusals: Default::default(),
         suppressed: AtomicU64::new(0),
         seen: AtomicU64::new(0),
         lost_reported: AtomicU64::new(0),
@@ -736,7 +736,6 @@ pub fn close(
     if pending > 0 {
         tracing::warn!("agent {id}: {pending} kernel events not yet journaled at exit");
     }
-    let refusals = agent.meta.refusals.load(Ordering::Relaxed);
     let suppressed = agent.meta.suppressed.load(Ordering::Relaxed);
     tracing::debug!(
         us = t0.elapsed().as_micros() as u64,
@@ -749,8 +748,11 @@ pub fn close(
     if let Ok(mut c) = agent.meta.closed_at.lock() {
         *c = Some(Instant::now());
     }
-    let audit = agent.mode == Mode::Audit;
-    let (denied, audited) = if audit { (0, refusals) } else { (refusals, 0) };
+    // Counted by verdict, not by mode: in audit mode some layers still
+    // really refuse (seccomp, Unix-socket rules), and those are not
+    // would-be refusals.
+    let denied = agent.meta.refusals.denied();
+    let audited = agent.meta.refusals.audited();
     let rec = Record::new(
         Kind::Lifecycle,
         "exit",
@@ -934,7 +936,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
         judge,
-        refusals: AtomicU64::new(0),
+        refusals: Default::default(),
         suppressed: AtomicU64::new(0),
         rules: st
             .rules
@@ -1067,12 +1069,9 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
         .values()
         .filter(|a| all || a.owner == peer.uid)
         .map(|a| {
-            let info = shared
-                .kernel
-                .lock()
-                .ok()
-                .and_then(|k| k.agent_info(a.scope.cgroup_id))
-                .unwrap_or_default();
+            // The journal's count, whichever layer refused: the kernel's
+            // own counter sees only what the BPF programs refused, not
+            // Landlock, mount views, seccomp or guardd itself.
             PsEntry {
                 id: a.id.clone(),
                 name: a.name.clone(),
@@ -1081,7 +1080,8 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
                 main_pid: a.main_pid,
                 processes: a.scope.pids().len(),
                 uptime_secs: a.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-                denied: info.denied,
+                denied: a.meta.refusals.denied(),
+                audited: a.meta.refusals.audited(),
                 frozen: a.scope.frozen(),
             }
         })
@@ -1129,7 +1129,7 @@ pub fn refuse_confined_peer(
     }));
     match (&meta, confined) {
         (Some(m), _) => {
-            m.refusals.fetch_add(1, Ordering::Relaxed);
+            m.refusals.count(rec.verdict);
             rec = rec.with_agent(m.agent.clone());
         }
         (None, Some((id, _))) => {
