@@ -104,6 +104,43 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether guardd can do its job now: its programs attached (their
+    /// link pins in place) to a parent cgroup that exists, and the journal
+    /// committing. `Err` says what is wrong, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        match self.kernel.lock() {
+            Ok(k) => {
+                let missing = k.missing_links();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "programs not attached (link pins missing: {})",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            Err(_) => problems.push("kernel state unavailable".to_owned()),
+        }
+        if !self.scopes.v2_parent.is_dir() {
+            problems.push(format!(
+                "parent cgroup {} is gone",
+                self.scopes.v2_parent.display()
+            ));
+        }
+        let stats = self.journal.stats();
+        if stats.commit_failing {
+            problems.push(format!(
+                "journal not writable (last commit failed; {} records waiting)",
+                stats.pending
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// The metrics page.
     pub fn render_metrics(&self) -> String {
         let live = self.registry.lock().map(|r| r.live()).unwrap_or(0);
@@ -139,16 +176,45 @@ impl Daemon {
         }
         ensure_bpffs(&cfg.bpffs)?;
         let layout = CgroupLayout::detect()?;
-        let scopes = ScopeRoot::init(layout, &cfg.instance)?;
-        let (kernel, ring) = Kernel::load(&KernelOptions {
+        // A bad instance name creates nothing (and names nothing to undo).
+        crate::scope::check_name(&cfg.instance)?;
+        match Self::load(cfg, layout.clone()) {
+            Ok(d) => Ok(d),
+            Err((e, cfg)) => {
+                undo_failed_start(&layout, &cfg);
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of start-up that creates cgroups and pins; on failure the
+    /// caller removes them again.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the configuration is handed back once, on failure"
+    )]
+    fn load(
+        cfg: DaemonConfig,
+        layout: CgroupLayout,
+    ) -> Result<Daemon, (DaemonError, DaemonConfig)> {
+        macro_rules! tri {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((DaemonError::from(e), cfg)),
+                }
+            };
+        }
+        let scopes = tri!(ScopeRoot::init(layout, &cfg.instance));
+        let (kernel, ring) = tri!(Kernel::load(&KernelOptions {
             parent_cgroup: scopes.v2_parent.clone(),
             agent_level: scopes.agent_level(),
             pin_dir: cfg.pin_dir(),
-        })?;
+        }));
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
         jcfg.retention = cfg.retention;
-        let journal = Journal::open(jcfg)?;
+        let journal = tri!(Journal::open(jcfg));
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
@@ -176,10 +242,15 @@ impl Daemon {
             shared.metrics.clone(),
             shared.coalescer.clone(),
         )
-        .map_err(|source| DaemonError::Io {
-            op: "starting the monitor thread",
-            path: PathBuf::new(),
-            source,
+        .map_err(|source| {
+            (
+                DaemonError::Io {
+                    op: "starting the monitor thread",
+                    path: PathBuf::new(),
+                    source,
+                },
+                shared.cfg.clone(),
+            )
         })?;
         Ok(Daemon {
             shared,
@@ -223,6 +294,34 @@ impl Daemon {
             }
             self.shared.scopes.remove_if_empty();
         }
+    }
+}
+
+/// Removes what a failed start-up created (pins, parent cgroups), unless a
+/// scope of a live agent is there: its confinement hangs on the pinned
+/// programs, and the next guardd re-adopts it. `--keep-pins` keeps them.
+fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
+    if !cfg.cleanup_on_exit {
+        return;
+    }
+    let parent = layout.v2.join(&cfg.instance);
+    let scopes = std::fs::read_dir(&parent)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        })
+        .unwrap_or(false);
+    if scopes {
+        tracing::warn!(
+            cgroup = %parent.display(),
+            "start-up failed with agent scopes present: their pins and cgroups are kept"
+        );
+        return;
+    }
+    crate::kernel::remove_pins(&cfg.pin_dir());
+    let _ = std::fs::remove_dir(&parent);
+    for (_, mount) in &layout.v1 {
+        let _ = std::fs::remove_dir(mount.join(&cfg.instance));
     }
 }
 
