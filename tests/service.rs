@@ -34,6 +34,19 @@ fn v2_root() -> PathBuf {
     panic!("no cgroup2 mount");
 }
 
+/// The v1 hierarchies (hybrid hosts), where guardd makes a parent cgroup
+/// per controller it cannot use in v2.
+fn v1_roots() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            post.starts_with("cgroup ")
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .collect()
+}
+
 fn pins(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf").join(instance)
 }
@@ -68,6 +81,7 @@ struct Direct {
     child: Option<Child>,
     dir: tempfile::TempDir,
     instance: String,
+    journal: PathBuf,
 }
 
 static DIRECT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -76,12 +90,14 @@ impl Direct {
     fn new() -> Direct {
         require_root();
         let n = DIRECT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = tempfile::Builder::new()
+            .prefix("guard-service")
+            .tempdir()
+            .unwrap();
         Direct {
             child: None,
-            dir: tempfile::Builder::new()
-                .prefix("guard-service")
-                .tempdir()
-                .unwrap(),
+            journal: dir.path().join("journal.db"),
+            dir,
             instance: format!("guard-svc-{}-{n}", std::process::id()),
         }
     }
@@ -91,7 +107,7 @@ impl Direct {
     }
 
     fn journal(&self) -> PathBuf {
-        self.dir.path().join("journal.db")
+        self.journal.clone()
     }
 
     fn command(&self, metrics: &str) -> Command {
@@ -156,6 +172,10 @@ impl Direct {
             "cgroup left behind: {}",
             parent_cgroup(&self.instance).display()
         );
+        for root in v1_roots() {
+            let d = root.join(&self.instance);
+            assert!(!d.exists(), "v1 cgroup left behind: {}", d.display());
+        }
         assert!(!self.socket().exists(), "socket left behind");
     }
 
@@ -191,6 +211,17 @@ impl Drop for Direct {
                 }
             }
             let _ = std::fs::remove_dir(&v2);
+        }
+        for root in v1_roots() {
+            let d = root.join(&self.instance);
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
         }
         let _ = std::fs::remove_dir_all(pins(&self.instance));
     }
@@ -614,6 +645,125 @@ fn healthz_and_readyz_report_liveness_and_readiness() {
     assert!(body.contains("guard_connect4"), "{body}");
     // Alive all the same.
     assert_eq!(http_get(&addr, "/healthz").0, 200);
+}
+
+/// A small tmpfs, unmounted on drop (after the guardd using it is gone:
+/// declare it before the `Direct`).
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let d = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "guard-test",
+            ])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallFs(d)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: unmounting the tmpfs this test mounted, by its path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn readyz_says_when_the_journal_cannot_be_written() {
+    let fs = SmallFs::mount("16m");
+    let mut d = Direct::new();
+    d.journal = fs.0.path().join("journal.db");
+    let log = std::fs::File::create(d.dir.path().join("guardd.log")).unwrap();
+    let child = d
+        .command("127.0.0.1:0")
+        .args(["--journal-max-bytes", "off", "--coalesce-interval", "0"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    d.child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        if let Some(a) = d.metrics_addr()
+            && d.ctl(&["ps"]).status.success()
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "guardd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    // Fill the journal's filesystem, then make records.
+    let filler = fs.0.path().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let p = d.dir.path().join("flood.toml");
+    std::fs::write(&p, "[policy]\nname = \"flood\"\n[network]\nallow = []\n").unwrap();
+    let op = format!("loop:3000:127.0.0.1:{}", closed_port());
+    let mut agent = Command::new(GUARDCTL)
+        .env("GUARD_SOCKET", d.socket())
+        .args(["run", "--policy", p.to_str().unwrap(), "--"])
+        .args([PYTHON, &agent_script("netprobe.py"), &op])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (code, body) = http_get(&addr, "/readyz");
+        if code == 503 {
+            break body;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the journal's filesystem is full, yet ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        body.starts_with("not ready: journal not writable"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "alive all the same");
+    // Room again (far more than the agent's records need): the commit
+    // retried succeeds and guardd is ready again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if let Some(st) = agent.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if ended.is_none() {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    assert!(
+        ended.is_some(),
+        "the agent's run did not end once space was freed"
+    );
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    d.stop();
 }
 
 // ------------------------------------------------------ 7. bounded labels
