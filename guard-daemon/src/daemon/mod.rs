@@ -178,49 +178,28 @@ impl Daemon {
         let layout = CgroupLayout::detect()?;
         // A bad instance name creates nothing (and names nothing to undo).
         crate::scope::check_name(&cfg.instance)?;
-        match Self::load(cfg, layout.clone()) {
-            Ok(d) => Ok(d),
-            Err((e, cfg)) => {
-                undo_failed_start(&layout, &cfg);
-                Err(e)
-            }
-        }
+        Self::load(&cfg, layout.clone()).inspect_err(|_| undo_failed_start(&layout, &cfg))
     }
 
     /// The part of start-up that creates cgroups and pins; on failure the
     /// caller removes them again.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the configuration is handed back once, on failure"
-    )]
-    fn load(
-        cfg: DaemonConfig,
-        layout: CgroupLayout,
-    ) -> Result<Daemon, (DaemonError, DaemonConfig)> {
-        macro_rules! tri {
-            ($e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(e) => return Err((DaemonError::from(e), cfg)),
-                }
-            };
-        }
-        let scopes = tri!(ScopeRoot::init(layout, &cfg.instance));
-        let (kernel, ring) = tri!(Kernel::load(&KernelOptions {
+    fn load(cfg: &DaemonConfig, layout: CgroupLayout) -> Result<Daemon, DaemonError> {
+        let scopes = ScopeRoot::init(layout, &cfg.instance)?;
+        let (kernel, ring) = Kernel::load(&KernelOptions {
             parent_cgroup: scopes.v2_parent.clone(),
             agent_level: scopes.agent_level(),
             pin_dir: cfg.pin_dir(),
-        }));
+        })?;
         let mut jcfg = JournalConfig::new(&cfg.journal);
         jcfg.mirror = cfg.mirror.clone();
         jcfg.retention = cfg.retention;
-        let journal = tri!(Journal::open(jcfg));
+        let journal = Journal::open(jcfg)?;
         let handle = journal.handle();
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
         let cfg_coalesce = cfg.coalesce;
         let shared = Arc::new(Shared {
-            cfg,
+            cfg: cfg.clone(),
             kernel,
             scopes,
             journal: handle,
@@ -242,15 +221,10 @@ impl Daemon {
             shared.metrics.clone(),
             shared.coalescer.clone(),
         )
-        .map_err(|source| {
-            (
-                DaemonError::Io {
-                    op: "starting the monitor thread",
-                    path: PathBuf::new(),
-                    source,
-                },
-                shared.cfg.clone(),
-            )
+        .map_err(|source| DaemonError::Io {
+            op: "starting the monitor thread",
+            path: PathBuf::new(),
+            source,
         })?;
         Ok(Daemon {
             shared,
