@@ -239,13 +239,20 @@ fn running(pid: u32) -> bool {
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
-/// Refusals of `recs` by verdict, each record standing for
-/// `1 + detail.repeated` of them; gap records are losses, not refusals.
+/// The agent's refusals in `recs` by verdict, each record standing for
+/// `1 + detail.repeated` of them. Gap records are losses, lifecycle records
+/// no action of the agent, and guardd's refusals of other people's requests
+/// about the agent no refusal of the agent.
 fn journal_counts(recs: &[Value]) -> (u64, u64) {
     let weight = |r: &Value| 1 + r["detail"]["repeated"].as_u64().unwrap_or(0);
     let sum = |v: &str| {
         recs.iter()
-            .filter(|r| r["verdict"] == v && r["kind"] != "gap" && r["action"] != "degraded")
+            .filter(|r| {
+                r["verdict"] == v
+                    && r["kind"] != "gap"
+                    && r["kind"] != "lifecycle"
+                    && (r["layer"] != "guardd" || r["rule"] == "control.confined-peer")
+            })
             .map(weight)
             .sum()
     };
@@ -312,7 +319,7 @@ print("mount", libc.syscall(165, 0, 0, 0, 0, 0), ctypes.get_errno())
 
 #[test]
 fn ps_counts_refusals_of_every_layer() {
-    let g = Guardd::start();
+    let mut g = Guardd::start();
     let work = g.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let secret_dir = g.dir.path().join("secret");
@@ -408,6 +415,15 @@ time.sleep(60)
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[cols.len() - 3], denied.to_string(), "{table}");
     assert!(table.lines().next().unwrap().contains("DENIED"));
+    // The count carries over a restart of guardd (the agent is re-adopted).
+    g.restart();
+    let out = g.ctl(&["ps", "--json"]);
+    let entry: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["name"] == "layers")
+        .unwrap_or_else(|| panic!("not re-adopted: {}", describe(&out)));
+    assert_eq!(entry["denied"], denied, "after a restart: {entry}");
     assert!(g.ctl(&["kill", "layers"]).status.success());
     let _ = child.wait();
 }

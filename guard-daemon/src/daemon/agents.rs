@@ -845,6 +845,53 @@ pub fn readopt(shared: &Shared) {
     }
 }
 
+/// Whether `rec` is one of its agent's refusals as the monitor and guardd
+/// count them live (`RefusalCount`): a refused or would-be refused action
+/// of the agent, whichever layer; not a loss (gap), not a lifecycle record,
+/// and not a request of someone else about the agent that guardd refused
+/// (guardd's own refusals count only when the agent itself asked).
+pub fn is_agents_refusal(rec: &Record) -> bool {
+    rec.verdict != Verdict::Allowed
+        && !matches!(rec.kind, Kind::Gap | Kind::Lifecycle)
+        && (rec.layer != "guardd" || rec.rule == "control.confined-peer")
+}
+
+/// Adds the refusals the journal holds for agent `id` to `counts`, each
+/// record counting for `1 + detail.repeated`. Read in pages so that a
+/// flooded agent's history is not taken into memory at once.
+fn journaled_refusals(
+    journal: &Path,
+    id: &str,
+    counts: &crate::monitor::RefusalCount,
+) -> Result<(), crate::journal::JournalError> {
+    const PAGE: usize = 10_000;
+    let store = crate::journal::Store::open_for_reading(journal)?;
+    let mut after = None;
+    loop {
+        let page = store.query(&crate::journal::Filter {
+            agent: Some(id.to_owned()),
+            after_seq: after,
+            limit: Some(PAGE),
+            ..Default::default()
+        })?;
+        for r in &page {
+            if is_agents_refusal(r) && r.agent.as_ref().is_some_and(|a| a.id == id) {
+                let repeated = r
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.get("repeated"))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                counts.add(r.verdict, repeated.saturating_add(1));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.seq),
+            _ => return Ok(()),
+        }
+    }
+}
+
 fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     let keys = AgentKeys {
         cgroup_id: 0,
@@ -932,11 +979,16 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             .ok()
         })
         .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded, st.audit));
+    // The agent's refusals so far carry over the restart.
+    let refusals = crate::monitor::RefusalCount::default();
+    if let Err(e) = journaled_refusals(&shared.cfg.journal, &st.id, &refusals) {
+        tracing::warn!(agent = %st.id, "counting the re-adopted agent's refusals: {e}");
+    }
     let meta = Arc::new(AgentMeta {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
         judge,
-        refusals: Default::default(),
+        refusals,
         suppressed: AtomicU64::new(0),
         rules: st
             .rules

@@ -81,9 +81,13 @@ pub struct RefusalCount {
 
 impl RefusalCount {
     pub fn count(&self, verdict: Verdict) {
+        self.add(verdict, 1);
+    }
+
+    pub fn add(&self, verdict: Verdict, n: u64) {
         match verdict {
-            Verdict::Denied => self.denied.fetch_add(1, Ordering::Relaxed),
-            Verdict::Audit => self.audited.fetch_add(1, Ordering::Relaxed),
+            Verdict::Denied => self.denied.fetch_add(n, Ordering::Relaxed),
+            Verdict::Audit => self.audited.fetch_add(n, Ordering::Relaxed),
             Verdict::Allowed => return,
         };
     }
