@@ -541,7 +541,7 @@ fn metrics_parse_with_the_reference_parser() {
     let fams: Value = serde_json::from_slice(&out.stdout).unwrap();
     let refusals = fams["guard_refusals"].as_array().unwrap();
     assert!(
-        refusals.iter().any(|s| s[1]["agent"] == "metered"
+        refusals.iter().any(|s| s[1]["policy"] == "metered"
             && s[1]["layer"] == "cgroup-bpf"
             && s[2].as_f64().unwrap() >= 1.0),
         "{fams:#}"

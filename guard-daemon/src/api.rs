@@ -32,7 +32,9 @@ pub enum ApiError {
     Io(#[from] io::Error),
     #[error("malformed message: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("guardd answered: {code}: {message}")]
+    /// guardd refused the request. `code` is for programs (see [`code`]);
+    /// only the message is shown to people.
+    #[error("{message}")]
     Remote { code: String, message: String },
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -182,7 +184,11 @@ pub struct PsEntry {
     pub main_pid: Option<i32>,
     pub processes: usize,
     pub uptime_secs: u64,
+    /// Refusals journaled for the agent (verdict `denied`), every layer.
     pub denied: u64,
+    /// Would-be refusals journaled in audit mode (verdict `audit`).
+    #[serde(default)]
+    pub audited: u64,
     pub frozen: bool,
 }
 

@@ -1,6 +1,12 @@
-//! Prometheus metrics: refusals by agent, kind and layer; kernel events and
-//! lost events; live agents; journal write latency. Served as text
-//! exposition format 0.0.4 on a loopback address by default.
+//! Prometheus metrics: refusals by policy, kind, layer and verdict; kernel
+//! events and lost events; live agents; journal write latency. Served as
+//! text exposition format 0.0.4 on a loopback address by default, beside
+//! the liveness (`/healthz`) and readiness (`/readyz`) endpoints.
+//!
+//! Label values stay bounded whatever agents are started: refusals are
+//! keyed by policy name (a run's `--name` is unbounded and never a label),
+//! and past [`MAX_POLICY_LABELS`] distinct policies the rest are counted
+//! under the policy label [`OTHER_POLICIES`].
 
 use std::{
     collections::BTreeMap,
@@ -19,13 +25,46 @@ use tokio::{
 
 use crate::journal::{JournalStats, Record, Verdict};
 
+/// Most distinct `policy` label values; later policies share
+/// [`OTHER_POLICIES`].
+pub const MAX_POLICY_LABELS: usize = 64;
+/// The `policy` label of refusals beyond [`MAX_POLICY_LABELS`] policies.
+pub const OTHER_POLICIES: &str = "_other";
+
+/// Key of one `guard_refusals_total` series: policy, kind, layer, verdict.
+type SeriesKey = (String, String, String, &'static str);
+
 #[derive(Default)]
 pub struct Metrics {
-    refusals: Mutex<BTreeMap<(String, String, String), u64>>,
+    refusals: Mutex<Refusals>,
     events: AtomicU64,
     lost: AtomicU64,
     agents_started: AtomicU64,
     folded: AtomicU64,
+}
+
+#[derive(Default)]
+struct Refusals {
+    series: BTreeMap<SeriesKey, u64>,
+    /// Policies that have a label of their own.
+    policies: std::collections::BTreeSet<String>,
+}
+
+impl Refusals {
+    fn add(&mut self, policy: &str, kind: &str, layer: &str, verdict: &'static str) {
+        let policy = if self.policies.contains(policy) {
+            policy.to_owned()
+        } else if self.policies.len() < MAX_POLICY_LABELS {
+            self.policies.insert(policy.to_owned());
+            policy.to_owned()
+        } else {
+            OTHER_POLICIES.to_owned()
+        };
+        *self
+            .series
+            .entry((policy, kind.to_owned(), layer.to_owned(), verdict))
+            .or_insert(0) += 1;
+    }
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -53,14 +92,9 @@ impl Metrics {
     /// took from the kernel; allowed records are not counted.
     pub fn refusal(&self, rec: &Record) {
         if rec.verdict != Verdict::Allowed {
-            let agent = rec
-                .agent
-                .as_ref()
-                .map(|a| a.name.clone())
-                .unwrap_or_default();
+            let policy = rec.agent.as_ref().map(|a| a.policy.as_str()).unwrap_or("");
             if let Ok(mut m) = self.refusals.lock() {
-                *m.entry((agent, rec.kind.as_str().to_owned(), rec.layer.clone()))
-                    .or_insert(0) += 1;
+                m.add(policy, rec.kind.as_str(), &rec.layer, rec.verdict.as_str());
             }
         }
     }
@@ -83,15 +117,15 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP guard_refusals_total Actions refused (or, in audit mode, that would have been), by agent, kind and layer."
+            "# HELP guard_refusals_total Actions refused (verdict=\"denied\") or, in audit mode, that would have been (verdict=\"audit\"), by policy name, kind and layer. Past {MAX_POLICY_LABELS} policies, the rest count under policy=\"{OTHER_POLICIES}\"."
         );
         let _ = writeln!(out, "# TYPE guard_refusals_total counter");
         if let Ok(m) = self.refusals.lock() {
-            for ((agent, kind, layer), n) in m.iter() {
+            for ((policy, kind, layer, verdict), n) in m.series.iter() {
                 let _ = writeln!(
                     out,
-                    "guard_refusals_total{{agent=\"{}\",kind=\"{}\",layer=\"{}\"}} {n}",
-                    label(agent),
+                    "guard_refusals_total{{policy=\"{}\",kind=\"{}\",layer=\"{}\",verdict=\"{verdict}\"}} {n}",
+                    label(policy),
                     label(kind),
                     label(layer)
                 );
@@ -188,15 +222,58 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until the task is dropped. Anything else gets 404;
-/// a client gets 5 seconds to send its request.
-pub async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
+/// What the HTTP endpoints answer with.
+pub struct Endpoints {
+    /// The metrics page.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// `Ok` when guardd can do its job (programs attached, journal
+    /// writable), or why not.
+    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// The answer to one request head: status line, content type, body.
+fn route(head: &str, endpoints: &Endpoints) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" {
+        return ("405 Method Not Allowed", TEXT, "only GET\n".to_owned());
+    }
+    match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            (endpoints.metrics)(),
+        ),
+        // Liveness: this task answers, so the runtime runs.
+        "/healthz" => ("200 OK", TEXT, "ok\n".to_owned()),
+        "/readyz" => match (endpoints.ready)() {
+            Ok(()) => ("200 OK", TEXT, "ready\n".to_owned()),
+            Err(why) => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    }
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until the task is
+/// dropped. Anything else gets 404 (405 for other methods); a client gets 5
+/// seconds to send its request.
+pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let render = render.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -219,18 +296,20 @@ pub async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send 
                 return;
             }
             let head = String::from_utf8_lossy(&buf[..len]);
-            let response = if head.starts_with("GET /metrics ")
-                || head.starts_with("GET /metrics\r")
-            {
-                let body = render();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
+            let first = head.lines().next().unwrap_or("");
+            // Readiness reads pins and locks the kernel handle: off the
+            // runtime's only thread.
+            let endpoints2 = endpoints.clone();
+            let first = first.to_owned();
+            let Ok((status, ctype, body)) =
+                tokio::task::spawn_blocking(move || route(&first, &endpoints2)).await
+            else {
+                return;
             };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
@@ -255,14 +334,14 @@ mod tests {
         )
         .with_agent(AgentRef {
             id: "1".into(),
-            name: "we\"ird\\name\n".into(),
-            policy: "p".into(),
+            name: "run-name".into(),
+            policy: "we\"ird\\name\n".into(),
         });
         m.event(&rec);
         m.event(&rec);
         m.lost(3);
         let text = m.render(2, &JournalStats::default());
-        assert!(text.contains(r#"guard_refusals_total{agent="we\"ird\\name\n",kind="network",layer="cgroup-bpf"} 2"#), "{text}");
+        assert!(text.contains(r#"guard_refusals_total{policy="we\"ird\\name\n",kind="network",layer="cgroup-bpf",verdict="denied"} 2"#), "{text}");
         assert!(text.contains("guard_lost_events_total 3"));
         assert!(text.contains("guard_agents_live 2"));
         assert!(text.contains("guard_kernel_events_total 2"));
@@ -271,5 +350,110 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
+    }
+
+    fn refusal(policy: &str, name: &str, verdict: Verdict) -> Record {
+        Record::new(
+            Kind::File,
+            "openat",
+            Text::new("/x"),
+            verdict,
+            "r",
+            "landlock",
+        )
+        .with_agent(AgentRef {
+            id: name.into(),
+            name: name.into(),
+            policy: policy.into(),
+        })
+    }
+
+    fn series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("guard_refusals_total{"))
+            .collect()
+    }
+
+    #[test]
+    fn run_names_are_no_label_and_policies_are_capped() {
+        let m = Metrics::default();
+        // Many runs of one policy under distinct names: one series.
+        for i in 0..500 {
+            m.refusal(&refusal("build", &format!("run-{i}"), Verdict::Denied));
+        }
+        let text = m.render(0, &JournalStats::default());
+        assert_eq!(series(&text).len(), 1, "{text}");
+        assert!(!text.contains("run-"), "{text}");
+        // Many distinct policies: at most MAX_POLICY_LABELS + the overflow.
+        for i in 0..1000 {
+            m.refusal(&refusal(&format!("p{i}"), "x", Verdict::Denied));
+        }
+        let text = m.render(0, &JournalStats::default());
+        let s = series(&text);
+        assert_eq!(s.len(), MAX_POLICY_LABELS + 1, "{text}");
+        let other = s
+            .iter()
+            .find(|l| l.contains(&format!("policy=\"{OTHER_POLICIES}\"")))
+            .unwrap();
+        // 1000 policies, 63 of them labelled after "build" took one.
+        assert!(
+            other.ends_with(&format!(" {}", 1000 - (MAX_POLICY_LABELS - 1))),
+            "{other}"
+        );
+        // A labelled policy keeps its label.
+        m.refusal(&refusal("build", "again", Verdict::Denied));
+        let text = m.render(0, &JournalStats::default());
+        assert!(
+            text.contains(
+                "policy=\"build\",kind=\"file\",layer=\"landlock\",verdict=\"denied\"} 501"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn audit_and_denied_are_separate_series() {
+        let m = Metrics::default();
+        m.refusal(&refusal("p", "a", Verdict::Denied));
+        m.refusal(&refusal("p", "a", Verdict::Audit));
+        m.refusal(&refusal("p", "a", Verdict::Audit));
+        m.refusal(&refusal("p", "a", Verdict::Allowed));
+        let text = m.render(0, &JournalStats::default());
+        assert!(text.contains("verdict=\"denied\"} 1"), "{text}");
+        assert!(text.contains("verdict=\"audit\"} 2"), "{text}");
+        assert_eq!(series(&text).len(), 2);
+    }
+
+    fn endpoints(ready: Result<(), String>) -> Endpoints {
+        Endpoints {
+            metrics: Box::new(|| "guard_x 1\n".to_owned()),
+            ready: Box::new(move || ready.clone()),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let ok = endpoints(Ok(()));
+        assert_eq!(route("GET /metrics HTTP/1.1", &ok).0, "200 OK");
+        assert_eq!(route("GET /metrics HTTP/1.1", &ok).2, "guard_x 1\n");
+        assert_eq!(route("GET /healthz HTTP/1.1", &ok).0, "200 OK");
+        assert_eq!(
+            route("GET /readyz HTTP/1.0", &ok),
+            ("200 OK", "text/plain; charset=utf-8", "ready\n".to_owned())
+        );
+        assert_eq!(route("GET /readyz?verbose HTTP/1.1", &ok).0, "200 OK");
+        assert_eq!(route("GET /nope HTTP/1.1", &ok).0, "404 Not Found");
+        assert_eq!(route("GET /metricsx HTTP/1.1", &ok).0, "404 Not Found");
+        assert_eq!(
+            route("POST /metrics HTTP/1.1", &ok).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route("", &ok).0, "405 Method Not Allowed");
+        let not = endpoints(Err("journal not writable".into()));
+        let (status, _, body) = route("GET /readyz HTTP/1.1", &not);
+        assert_eq!(status, "503 Service Unavailable");
+        assert_eq!(body, "not ready: journal not writable\n");
+        // Liveness does not depend on readiness.
+        assert_eq!(route("GET /healthz HTTP/1.1", &not).0, "200 OK");
     }
 }

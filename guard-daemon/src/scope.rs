@@ -317,7 +317,7 @@ fn write_optional(path: &Path, value: &str, optional: bool) -> Result<(), ScopeE
     }
 }
 
-fn check_name(name: &str) -> Result<(), ScopeError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ScopeError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != "."

@@ -73,12 +73,23 @@ struct Args {
     metrics: String,
 }
 
+/// Whether log lines may carry colour: only on a terminal, and not when
+/// `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -157,6 +168,22 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // Signals are taken over before anything is created: SIGHUP's default
+    // action (and SIGTERM's, during start-up) would end guardd without
+    // removing its pins and cgroups. A SIGTERM received while starting
+    // stops guardd cleanly once it has started.
+    let signals = rt
+        .block_on(async { Signals::new() })
+        .context("installing signal handlers")?;
+    // The metrics address is bound before the kernel programs are loaded: a
+    // taken port must fail start-up before it creates anything.
+    let metrics_listener = match metrics_addr {
+        None => None,
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the metrics address {addr}"))?,
+        ),
+    };
     let listener = rt.block_on(async { bind(&args.socket, group) })?;
     let daemon = match Daemon::start(cfg) {
         Ok(d) => d,
@@ -171,43 +198,50 @@ fn main() -> anyhow::Result<()> {
         daemon.stop();
         return Err(e).context("guardd cannot start");
     }
+    let shared = daemon.shared.clone();
+    let metrics_task = match metrics_listener {
+        None => None,
+        Some(listener) => {
+            let served = rt.block_on(async {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)
+            });
+            let listener = match served {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&args.socket);
+                    daemon.stop();
+                    return Err(e).context("serving the metrics address");
+                }
+            };
+            let bound = listener.local_addr()?;
+            let _ = std::fs::write(args.state_dir.join("metrics.addr"), bound.to_string());
+            tracing::info!(metrics = %bound, "serving metrics, /healthz and /readyz");
+            let (m, r) = (shared.clone(), shared.clone());
+            Some(rt.spawn(guard_daemon::metrics::serve(
+                listener,
+                std::sync::Arc::new(guard_daemon::metrics::Endpoints {
+                    metrics: Box::new(move || m.render_metrics()),
+                    ready: Box::new(move || r.readiness()),
+                }),
+            )))
+        }
+    };
     // Loading parsed the kernel's BTF and the BPF objects: give that memory
     // back rather than keep it resident for the daemon's lifetime.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
+    // Only now: programs attached, journal open, socket listening, metrics
+    // bound.
     tracing::info!(
         socket = %args.socket.display(),
         journal = %args.journal.display(),
         cgroup = %daemon.shared.scopes.v2_parent.display(),
         "guardd ready"
     );
-    let shared = daemon.shared.clone();
-    let metrics_task = match metrics_addr {
-        None => None,
-        Some(addr) => {
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .with_context(|| format!("binding the metrics address {addr}"))?;
-            let bound = listener.local_addr()?;
-            let _ = std::fs::write(args.state_dir.join("metrics.addr"), bound.to_string());
-            tracing::info!(metrics = %bound, "serving metrics");
-            let s = shared.clone();
-            Some(rt.spawn(guard_daemon::metrics::serve(
-                listener,
-                std::sync::Arc::new(move || s.render_metrics()),
-            )))
-        }
-    };
-    rt.block_on(async move {
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        server::serve(shared, listener, shutdown).await;
-    });
+    notify("READY=1\nSTATUS=ready\n");
+    rt.block_on(server::serve(shared, listener, signals.shutdown()));
+    notify("STOPPING=1\n");
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -218,6 +252,62 @@ fn main() -> anyhow::Result<()> {
     daemon.stop();
     tracing::info!("guardd stopped");
     Ok(())
+}
+
+/// The signals guardd handles. SIGTERM and SIGINT stop it cleanly. SIGHUP
+/// is acknowledged in the log and otherwise ignored: guardd's settings are
+/// its command line and it logs to stderr, so there is nothing to reload or
+/// re-open (restart it to change settings; live agents are re-adopted).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Completes at SIGTERM or SIGINT.
+    async fn shutdown(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: nothing to reload (settings come from the command line; logs go to stderr); still running");
+                }
+            }
+        }
+    }
+}
+
+/// Tells the service manager about guardd's state (`sd_notify`): a
+/// datagram to `$NOTIFY_SOCKET`, a path or an abstract name (`@...`).
+/// Without the variable, nothing; a failure is logged, never fatal.
+fn notify(state: &str) {
+    use std::os::{linux::net::SocketAddrExt as _, unix::ffi::OsStrExt as _};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        match target.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)
+            }
+            None => sock.send_to(state.as_bytes(), Path::new(&target)),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?target, "notifying the service manager: {e}");
+    }
 }
 
 /// Journal files: root's, readable by `group` only (0640) or by root only
@@ -286,4 +376,19 @@ fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::UnixListe
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".as_ref())));
+        assert!(!colour(false, Some("1".as_ref())));
+        // NO_COLOR set but empty does not count (no-color.org).
+        assert!(colour(true, Some("".as_ref())));
+    }
 }

@@ -440,7 +440,7 @@ pub fn open(
             !unix_hooks.unix_hooks,
             audit,
         )),
-        refusals: AtomicU64::new(0),
+        refusals: Default::default(),
         suppressed: AtomicU64::new(0),
         seen: AtomicU64::new(0),
         lost_reported: AtomicU64::new(0),
@@ -745,7 +745,6 @@ pub fn close(
     if pending > 0 {
         tracing::warn!("agent {id}: {pending} kernel events not yet journaled at exit");
     }
-    let refusals = agent.meta.refusals.load(Ordering::Relaxed);
     let suppressed = agent.meta.suppressed.load(Ordering::Relaxed);
     tracing::debug!(
         us = t0.elapsed().as_micros() as u64,
@@ -758,8 +757,11 @@ pub fn close(
     if let Ok(mut c) = agent.meta.closed_at.lock() {
         *c = Some(Instant::now());
     }
-    let audit = agent.mode == Mode::Audit;
-    let (denied, audited) = if audit { (0, refusals) } else { (refusals, 0) };
+    // Counted by verdict, not by mode: in audit mode some layers still
+    // really refuse (seccomp, Unix-socket rules), and those are not
+    // would-be refusals.
+    let denied = agent.meta.refusals.denied();
+    let audited = agent.meta.refusals.audited();
     let rec = Record::new(
         Kind::Lifecycle,
         "exit",
@@ -852,6 +854,53 @@ pub fn readopt(shared: &Shared) {
     }
 }
 
+/// Whether `rec` is one of its agent's refusals as the monitor and guardd
+/// count them live (`RefusalCount`): a refused or would-be refused action
+/// of the agent, whichever layer; not a loss (gap), not a lifecycle record,
+/// and not a request of someone else about the agent that guardd refused
+/// (guardd's own refusals count only when the agent itself asked).
+pub fn is_agents_refusal(rec: &Record) -> bool {
+    rec.verdict != Verdict::Allowed
+        && !matches!(rec.kind, Kind::Gap | Kind::Lifecycle)
+        && (rec.layer != "guardd" || rec.rule == "control.confined-peer")
+}
+
+/// Adds the refusals the journal holds for agent `id` to `counts`, each
+/// record counting for `1 + detail.repeated`. Read in pages so that a
+/// flooded agent's history is not taken into memory at once.
+fn journaled_refusals(
+    journal: &Path,
+    id: &str,
+    counts: &crate::monitor::RefusalCount,
+) -> Result<(), crate::journal::JournalError> {
+    const PAGE: usize = 10_000;
+    let store = crate::journal::Store::open_for_reading(journal)?;
+    let mut after = None;
+    loop {
+        let page = store.query(&crate::journal::Filter {
+            agent: Some(id.to_owned()),
+            after_seq: after,
+            limit: Some(PAGE),
+            ..Default::default()
+        })?;
+        for r in &page {
+            if is_agents_refusal(r) && r.agent.as_ref().is_some_and(|a| a.id == id) {
+                let repeated = r
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.get("repeated"))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                counts.add(r.verdict, repeated.saturating_add(1));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.seq),
+            _ => return Ok(()),
+        }
+    }
+}
+
 fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     let keys = AgentKeys {
         cgroup_id: 0,
@@ -939,13 +988,18 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             .ok()
         })
         .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded, st.audit));
+    // The agent's refusals so far carry over the restart.
+    let refusals = crate::monitor::RefusalCount::default();
+    if let Err(e) = journaled_refusals(&shared.cfg.journal, &st.id, &refusals) {
+        tracing::warn!(agent = %st.id, "counting the re-adopted agent's refusals: {e}");
+    }
     let meta = Arc::new(AgentMeta {
         agent: agent.clone(),
         cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
         judge,
         // The launcher of an agent guardd re-adopts is gone or unknown.
         launcher_exe: None,
-        refusals: AtomicU64::new(0),
+        refusals,
         suppressed: AtomicU64::new(0),
         rules: st
             .rules
@@ -1078,12 +1132,9 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
         .values()
         .filter(|a| all || a.owner == peer.uid)
         .map(|a| {
-            let info = shared
-                .kernel
-                .lock()
-                .ok()
-                .and_then(|k| k.agent_info(a.scope.cgroup_id))
-                .unwrap_or_default();
+            // The journal's count, whichever layer refused: the kernel's
+            // own counter sees only what the BPF programs refused, not
+            // Landlock, mount views, seccomp or guardd itself.
             PsEntry {
                 id: a.id.clone(),
                 name: a.name.clone(),
@@ -1092,7 +1143,8 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
                 main_pid: a.main_pid,
                 processes: a.scope.pids().len(),
                 uptime_secs: a.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-                denied: info.denied,
+                denied: a.meta.refusals.denied(),
+                audited: a.meta.refusals.audited(),
                 frozen: a.scope.frozen(),
             }
         })
@@ -1140,7 +1192,7 @@ pub fn refuse_confined_peer(
     }));
     match (&meta, confined) {
         (Some(m), _) => {
-            m.refusals.fetch_add(1, Ordering::Relaxed);
+            m.refusals.count(rec.verdict);
             rec = rec.with_agent(m.agent.clone());
         }
         (None, Some((id, _))) => {

@@ -104,6 +104,43 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether guardd can do its job now: its programs attached (their
+    /// link pins in place) to a parent cgroup that exists, and the journal
+    /// committing. `Err` says what is wrong, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        match self.kernel.lock() {
+            Ok(k) => {
+                let missing = k.missing_links();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "programs not attached (link pins missing: {})",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            Err(_) => problems.push("kernel state unavailable".to_owned()),
+        }
+        if !self.scopes.v2_parent.is_dir() {
+            problems.push(format!(
+                "parent cgroup {} is gone",
+                self.scopes.v2_parent.display()
+            ));
+        }
+        let stats = self.journal.stats();
+        if stats.commit_failing {
+            problems.push(format!(
+                "journal not writable (last commit failed; {} records waiting)",
+                stats.pending
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// The metrics page.
     pub fn render_metrics(&self) -> String {
         let live = self.registry.lock().map(|r| r.live()).unwrap_or(0);
@@ -150,6 +187,19 @@ impl Daemon {
         )?;
         ensure_bpffs(&cfg.bpffs)?;
         let layout = CgroupLayout::detect()?;
+        // A bad instance name creates nothing (and names nothing to undo).
+        crate::scope::check_name(&cfg.instance)?;
+        Self::load(&cfg, layout.clone(), journal_lock)
+            .inspect_err(|_| undo_failed_start(&layout, &cfg))
+    }
+
+    /// The part of start-up that creates cgroups and pins; on failure the
+    /// caller removes them again.
+    fn load(
+        cfg: &DaemonConfig,
+        layout: CgroupLayout,
+        journal_lock: JournalLock,
+    ) -> Result<Daemon, DaemonError> {
         let scopes = ScopeRoot::init(layout, &cfg.instance)?;
         let (kernel, ring) = Kernel::load(&KernelOptions {
             parent_cgroup: scopes.v2_parent.clone(),
@@ -168,7 +218,7 @@ impl Daemon {
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
         let cfg_coalesce = cfg.coalesce;
         let shared = Arc::new(Shared {
-            cfg,
+            cfg: cfg.clone(),
             kernel,
             scopes,
             journal: handle,
@@ -237,6 +287,34 @@ impl Daemon {
             }
             self.shared.scopes.remove_if_empty();
         }
+    }
+}
+
+/// Removes what a failed start-up created (pins, parent cgroups), unless a
+/// scope of a live agent is there: its confinement hangs on the pinned
+/// programs, and the next guardd re-adopts it. `--keep-pins` keeps them.
+fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
+    if !cfg.cleanup_on_exit {
+        return;
+    }
+    let parent = layout.v2.join(&cfg.instance);
+    let scopes = std::fs::read_dir(&parent)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        })
+        .unwrap_or(false);
+    if scopes {
+        tracing::warn!(
+            cgroup = %parent.display(),
+            "start-up failed with agent scopes present: their pins and cgroups are kept"
+        );
+        return;
+    }
+    crate::kernel::remove_pins(&cfg.pin_dir());
+    let _ = std::fs::remove_dir(&parent);
+    for (_, mount) in &layout.v1 {
+        let _ = std::fs::remove_dir(mount.join(&cfg.instance));
     }
 }
 

@@ -86,6 +86,9 @@ pub struct JournalStats {
     /// Sealing plus the SQLite transaction of the last batch.
     pub last_commit_latency_us: u64,
     pub commit_errors: u64,
+    /// The last commit failed (and is being retried): the journal is not
+    /// writable now.
+    pub commit_failing: bool,
     pub mirror_errors: u64,
     pub checkpoints: u64,
     pub checkpoint_errors: u64,
@@ -103,6 +106,7 @@ struct Stats {
     last_batch_size: AtomicU64,
     last_commit_latency_us: AtomicU64,
     commit_errors: AtomicU64,
+    commit_failing: std::sync::atomic::AtomicBool,
     mirror_errors: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_errors: AtomicU64,
@@ -190,6 +194,7 @@ impl JournalHandle {
             last_batch_size: s.last_batch_size.load(Relaxed),
             last_commit_latency_us: s.last_commit_latency_us.load(Relaxed),
             commit_errors: s.commit_errors.load(Relaxed),
+            commit_failing: s.commit_failing.load(Relaxed),
             mirror_errors: s.mirror_errors.load(Relaxed),
             checkpoints: s.checkpoints.load(Relaxed),
             checkpoint_errors: s.checkpoint_errors.load(Relaxed),
@@ -555,9 +560,11 @@ impl Writer {
                 return Ok(());
             }
             let Err(e) = self.commit_once() else {
+                self.shared.stats.commit_failing.store(false, Relaxed);
                 self.reply_flush(|| Ok(()));
                 return Ok(());
             };
+            self.shared.stats.commit_failing.store(true, Relaxed);
             let e = Arc::new(e);
             let errors = self.shared.stats.commit_errors.fetch_add(1, Relaxed) + 1;
             tracing::error!(

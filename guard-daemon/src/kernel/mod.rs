@@ -243,6 +243,9 @@ pub struct Kernel {
     listen4: LpmTrie<MapData, Net4Key, NetValue>,
     listen6: LpmTrie<MapData, Net6Key, NetValue>,
     pin_dir: PathBuf,
+    /// The link pins of this generation: while they exist, the programs
+    /// stay attached (readiness checks them).
+    links: Vec<PathBuf>,
     pub layers: KernelLayers,
 }
 
@@ -384,6 +387,7 @@ impl Kernel {
 
         // Attach the new generation before dropping the old one, so that a
         // restart never leaves the parent cgroup without programs.
+        let mut pinned = Vec::new();
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -403,6 +407,7 @@ impl Kernel {
                     .map_err(|e| KernelError::Attach { name, source: e })?;
                 let path = links_dir.join(format!("{name}-{generation}"));
                 sys::obj_pin(link.as_fd(), &path).map_err(pin_err(&path))?;
+                pinned.push(path);
                 continue;
             }
             let link: FdLink = if let Some(tp) = tracepoint_of(name) {
@@ -468,6 +473,7 @@ impl Kernel {
                 path: path.clone(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+            pinned.push(path);
         }
 
         let mut layers = KernelLayers::default();
@@ -481,6 +487,7 @@ impl Kernel {
                     for (name, link) in &hooks.links {
                         let path = links_dir.join(format!("{name}-{generation}"));
                         sys::obj_pin(link.as_fd(), &path).map_err(pin_err(&path))?;
+                        pinned.push(path);
                     }
                     layers.unix_hooks = true;
                 }
@@ -545,6 +552,7 @@ impl Kernel {
                 listen4,
                 listen6,
                 pin_dir: opts.pin_dir.clone(),
+                links: pinned,
                 layers,
             },
             ring,
@@ -669,21 +677,42 @@ impl Kernel {
 
     /// Removes this instance's pins. Only for a clean shutdown with no live
     /// agents: afterwards nothing holds the programs attached.
+    /// Link pins of this generation that are gone: their programs are
+    /// detached (or going to be), so guardd is not ready.
+    pub fn missing_links(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|p| !p.exists())
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     pub fn unpin_all(&self) {
-        let links_dir = self.pin_dir.join("links");
-        if let Ok(entries) = fs::read_dir(&links_dir) {
+        remove_pins(&self.pin_dir);
+    }
+}
+
+/// Removes guard's pins under `pin_dir` (links, maps, the directories):
+/// detaches the programs. Also for a start-up that failed before a
+/// [`Kernel`] existed.
+pub fn remove_pins(pin_dir: &Path) {
+    let links_dir = pin_dir.join("links");
+    let maps_dir = pin_dir.join("maps");
+    // The directory is this instance's own: everything in it is guard's.
+    for dir in [&links_dir, &maps_dir] {
+        if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());
             }
         }
-        let maps_dir = self.pin_dir.join("maps");
-        for n in MAP_NAMES {
-            let _ = fs::remove_file(maps_dir.join(n));
-        }
-        let _ = fs::remove_dir(&links_dir);
-        let _ = fs::remove_dir(&maps_dir);
-        let _ = fs::remove_dir(&self.pin_dir);
     }
+    let _ = fs::remove_dir(&links_dir);
+    let _ = fs::remove_dir(&maps_dir);
+    let _ = fs::remove_dir(pin_dir);
 }
 
 /// Where distributions install the dynamic loader (x86_64 glibc and musl,

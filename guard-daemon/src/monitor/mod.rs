@@ -51,8 +51,9 @@ pub struct AgentMeta {
     /// The agent's policy for attributing refused system calls; `None` when
     /// it could not be rebuilt (the records then say so).
     pub judge: Option<judge::Judge>,
-    /// Refusals journaled (verdict denied or audit), for the summary.
-    pub refusals: AtomicU64,
+    /// Refusals journaled, real and would-be apart, for the exit summary
+    /// and `guardctl ps`.
+    pub refusals: RefusalCount,
     /// Repeats of benign fallbacks (clone3 → ENOSYS) not journaled again
     /// for the same process; reported in the exit record.
     pub suppressed: AtomicU64,
@@ -75,6 +76,41 @@ pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+/// An agent's refusals by verdict. Every refusal taken from the kernel or
+/// decided by guardd is counted here, whichever layer refused it, before
+/// any folding (`coalesce`): the counts equal the journal's records of the
+/// agent weighted by `1 + detail.repeated`.
+#[derive(Debug, Default)]
+pub struct RefusalCount {
+    /// Really refused (verdict `denied`), in any mode: in audit mode some
+    /// layers still refuse (seccomp, Unix-socket rules, guardd's socket).
+    pub denied: AtomicU64,
+    /// Would have been refused (verdict `audit`), allowed in audit mode.
+    pub audited: AtomicU64,
+}
+
+impl RefusalCount {
+    pub fn count(&self, verdict: Verdict) {
+        self.add(verdict, 1);
+    }
+
+    pub fn add(&self, verdict: Verdict, n: u64) {
+        match verdict {
+            Verdict::Denied => self.denied.fetch_add(n, Ordering::Relaxed),
+            Verdict::Audit => self.audited.fetch_add(n, Ordering::Relaxed),
+            Verdict::Allowed => return,
+        };
+    }
+
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    pub fn audited(&self) -> u64 {
+        self.audited.load(Ordering::Relaxed)
+    }
 }
 
 /// Agents by kernel slot, shared with the daemon.
@@ -262,10 +298,8 @@ fn drain(
                 if let Some(r) = &rec {
                     metrics.event(r);
                 }
-                if let Some(m) = &meta
-                    && rec.as_ref().is_some_and(|r| r.verdict != Verdict::Allowed)
-                {
-                    m.refusals.fetch_add(1, Ordering::Relaxed);
+                if let (Some(m), Some(r)) = (&meta, &rec) {
+                    m.refusals.count(r.verdict);
                 }
                 taken = meta;
                 rec
@@ -943,7 +977,7 @@ mod tests {
                 text: "10.0.0.0/8 tcp 443".into(),
             }],
             judge: None,
-            refusals: AtomicU64::new(0),
+            refusals: RefusalCount::default(),
             suppressed: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             lost_reported: AtomicU64::new(0),

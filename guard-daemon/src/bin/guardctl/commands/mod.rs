@@ -22,9 +22,11 @@ pub fn connect(socket: &Path) -> Result<LineConn, String> {
     }
 }
 
+/// An error as people read it: guardd's message without its protocol code
+/// (the code stays in the protocol for programs, and picks exit statuses).
 pub fn describe(e: &ApiError) -> String {
     match e {
-        ApiError::Remote { code, message } => format!("{message} [{code}]"),
+        ApiError::Remote { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }

@@ -40,12 +40,12 @@ pub fn run(cli: &Cli, args: &PsArgs) -> i32 {
         return 0;
     }
     println!(
-        "{:<14} {:<20} {:<20} {:<8} {:>8} {:>6} {:>9} {:>7} STATE",
-        "ID", "NAME", "POLICY", "MODE", "PID", "PROCS", "UPTIME", "DENIED"
+        "{:<14} {:<20} {:<20} {:<8} {:>8} {:>6} {:>9} {:>7} {:>7} STATE",
+        "ID", "NAME", "POLICY", "MODE", "PID", "PROCS", "UPTIME", "DENIED", "AUDITED"
     );
     for a in &agents {
         println!(
-            "{:<14} {:<20} {:<20} {:<8} {:>8} {:>6} {:>9} {:>7} {}",
+            "{:<14} {:<20} {:<20} {:<8} {:>8} {:>6} {:>9} {:>7} {:>7} {}",
             a.id,
             guard_daemon::journal::escape_str(&a.name),
             guard_daemon::journal::escape_str(&a.policy),
@@ -56,6 +56,7 @@ pub fn run(cli: &Cli, args: &PsArgs) -> i32 {
             a.processes,
             uptime(a.uptime_secs),
             a.denied,
+            a.audited,
             if a.frozen { "frozen" } else { "running" }
         );
     }

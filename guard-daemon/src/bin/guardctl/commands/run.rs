@@ -666,10 +666,13 @@ fn summary_line(reply: &OpenReply, status: ExitStatus, summary: Option<&ExitRepl
         ),
         Some(s) => {
             let mut parts = Vec::new();
+            // Real refusals apart from would-be ones: in audit mode some
+            // layers still refuse (seccomp, Unix-socket rules).
+            if s.denied > 0 || s.audited == 0 {
+                parts.push(format!("{} denied", s.denied));
+            }
             if s.audited > 0 {
                 parts.push(format!("{} would have been denied (audit mode)", s.audited));
-            } else {
-                parts.push(format!("{} denied", s.denied));
             }
             if s.lost > 0 {
                 parts.push(format!(
