@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
-pub use fs::{Access, FsPlan, FsRule};
+pub use fs::{Access, FsPlan, FsRule, resolve};
 pub use net::{NetPlan, port_allowed};
 pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
 
@@ -155,10 +155,19 @@ pub struct Plan {
 }
 
 impl Policy {
-    /// Parse and validate; `file` is used only in error messages.
+    /// Parse and validate; `file` is used only in error messages. Returns
+    /// the first problem; [`Policy::parse_all`] returns every one.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_all(text, file).map_err(first)
+    }
+
+    /// Parse and validate, collecting every problem found (in the order
+    /// they were found: the [policy] table, then the network, filesystem
+    /// and process tables). A TOML syntax or type error stops there: what
+    /// follows it cannot be read reliably.
+    pub fn parse_all(text: &str, file: &str) -> Result<Policy, Vec<PolicyError>> {
         let doc = Doc::new(text, file.to_owned());
-        let raw = doc.parse_policy()?;
+        let raw = doc.parse_policy().map_err(|e| vec![e])?;
         let Some(head) = raw.policy else {
             let message =
                 if raw.network.is_none() && raw.filesystem.is_none() && raw.process.is_none() {
@@ -166,36 +175,43 @@ impl Policy {
                 } else {
                     "missing [policy] table: expected a [policy] table with name"
                 };
-            return Err(doc.error_at(0, message));
+            return Err(vec![doc.error_at(0, message)]);
         };
         let head_span = head.span();
         let head = head.into_inner();
+        let mut errs = Vec::new();
 
-        let Some(name) = head.name else {
-            return Err(doc.error_at(
-                head_span.start,
-                "missing `name` in [policy]: expected name = \"...\"",
-            ));
+        let name = match head.name {
+            None => {
+                errs.push(doc.error_at(
+                    head_span.start,
+                    "missing `name` in [policy]: expected name = \"...\"",
+                ));
+                String::new()
+            }
+            Some(name) if !valid_name(name.get_ref()) => {
+                errs.push(doc.error_at(
+                    name.span().start,
+                    format!(
+                        "invalid policy name {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ -",
+                        name.get_ref()
+                    ),
+                ));
+                String::new()
+            }
+            Some(name) => name.into_inner(),
         };
-        if !valid_name(name.get_ref()) {
-            return Err(doc.error_at(
-                name.span().start,
-                format!(
-                    "invalid policy name {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ -",
-                    name.get_ref()
-                ),
-            ));
-        }
         let mode = match &head.mode {
             None => Mode::Enforce,
             Some(m) => match m.get_ref().as_str() {
                 "enforce" => Mode::Enforce,
                 "audit" => Mode::Audit,
                 other => {
-                    return Err(doc.error_at(
+                    errs.push(doc.error_at(
                         m.span().start,
                         format!("unknown mode {other:?}: expected \"enforce\" or \"audit\""),
                     ));
+                    Mode::Enforce
                 }
             },
         };
@@ -208,22 +224,30 @@ impl Policy {
         for inc in head.include.unwrap_or_default() {
             let wanted = inc.get_ref();
             let Some((base_name, _)) = base::lookup(wanted) else {
-                return Err(doc.error_at(
+                errs.push(doc.error_at(
                     inc.span().start,
                     format!(
                         "unknown include {wanted:?}: expected one of: {}",
                         BASE_NAMES.join(", ")
                     ),
                 ));
+                continue;
             };
             if includes.iter().any(|i| i == base_name) {
-                return Err(doc.error_at(
+                errs.push(doc.error_at(
                     inc.span().start,
                     format!("base {wanted:?} is included twice"),
                 ));
+                continue;
             }
             includes.push(base_name.to_owned());
-            let parsed = parsed_base(base_name)?;
+            let parsed = match parsed_base(base_name) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(e);
+                    continue;
+                }
+            };
             net_rules.extend(parsed.net.iter().cloned());
             listen_rules.extend(parsed.listen.iter().cloned());
             if parsed.has_fs {
@@ -233,7 +257,14 @@ impl Policy {
         }
 
         if let Some(n) = raw.network {
-            net::validate(&doc, n, Origin::Policy, &mut net_rules, &mut listen_rules)?;
+            net::validate(
+                &doc,
+                n,
+                Origin::Policy,
+                &mut net_rules,
+                &mut listen_rules,
+                &mut errs,
+            );
         }
         let mut allow_write_exec = false;
         if let Some(f) = raw.filesystem {
@@ -246,16 +277,21 @@ impl Policy {
                 f.exec,
                 Origin::Policy,
                 &mut fs_entries,
-            )?;
+                &mut errs,
+            );
         }
         let process = match raw.process {
-            Some(p) => process::validate(&doc, p)?,
+            Some(p) => process::validate(&doc, p, &mut errs),
             None => ProcPlan::default(),
         };
-        let (network, rules) = net::compile(&net_rules, &listen_rules, file)?;
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let (network, rules) =
+            net::compile(&net_rules, &listen_rules, file).map_err(|e| vec![e])?;
 
         Ok(Policy {
-            name: name.into_inner(),
+            name,
             mode,
             includes,
             file: file.to_owned(),
@@ -283,9 +319,16 @@ impl Policy {
 
     /// Expand variables and compile to a plan.
     pub fn compile(&self, vars: &Vars) -> Result<Plan, PolicyError> {
+        self.compile_all(vars).map_err(first)
+    }
+
+    /// Expand variables and compile to a plan, reporting every path that
+    /// cannot be expanded (or else the first write-and-exec conflict or
+    /// Unix-socket problem).
+    pub fn compile_all(&self, vars: &Vars) -> Result<Plan, Vec<PolicyError>> {
         let mut filesystem = fs::compile(&self.fs, self.allow_write_exec, vars, &self.file)?;
         filesystem.restricted = self.fs_restricted;
-        self.check_unix_pinned(&filesystem)?;
+        self.check_unix_pinned(&filesystem).map_err(|e| vec![e])?;
         Ok(Plan {
             name: self.name.clone(),
             mode: self.mode,
@@ -382,13 +425,25 @@ fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
                         fs: Vec::new(),
                         has_fs: raw.filesystem.is_some(),
                     };
+                    let mut errs = Vec::new();
                     if let Some(net) = raw.network {
-                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen)?;
+                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen, &mut errs);
                     }
                     if let Some(f) = raw.filesystem {
-                        fs::validate(&doc, f.read, f.write, f.exec, origin, &mut out.fs)?;
+                        fs::validate(
+                            &doc,
+                            f.read,
+                            f.write,
+                            f.exec,
+                            origin,
+                            &mut out.fs,
+                            &mut errs,
+                        );
                     }
-                    Ok(out)
+                    match errs.into_iter().next() {
+                        Some(e) => Err(e),
+                        None => Ok(out),
+                    }
                 };
                 (n, parse())
             })
@@ -403,6 +458,80 @@ fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
             message: "unknown base".into(),
         }),
     }
+}
+
+/// Capabilities that let a process step around the other layers (or the
+/// kernel itself), with what each gives.
+const DANGEROUS_CAPS: [(&str, &str); 14] = [
+    ("CAP_SYS_ADMIN", "mounts, namespaces, BPF and much more"),
+    ("CAP_SYS_PTRACE", "tracing and reading other processes"),
+    ("CAP_SYS_MODULE", "loading kernel modules"),
+    ("CAP_SYS_RAWIO", "raw I/O ports and device memory"),
+    ("CAP_SYS_BOOT", "rebooting the host"),
+    ("CAP_DAC_OVERRIDE", "ignoring file permissions"),
+    (
+        "CAP_DAC_READ_SEARCH",
+        "reading any file by handle, around path rules",
+    ),
+    ("CAP_NET_ADMIN", "changing the host's network configuration"),
+    ("CAP_NET_RAW", "raw sockets"),
+    ("CAP_BPF", "loading BPF programs"),
+    ("CAP_PERFMON", "performance monitoring of other processes"),
+    ("CAP_SETUID", "becoming any user"),
+    ("CAP_SETFCAP", "giving files capabilities"),
+    ("CAP_MAC_ADMIN", "changing the security modules' policy"),
+];
+
+/// Directories whose writing changes the host for everyone (or the
+/// kernel's view of it).
+const SYSTEM_DIRS: [&str; 11] = [
+    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/proc", "/sys", "/var/lib",
+];
+
+/// Grants that are valid but almost certainly a mistake, one warning each:
+/// kept capabilities that step around confinement, and write grants on
+/// system directories (or anything under /etc, /usr, /boot, /sys, or
+/// system-wide /proc). Device nodes and `/proc/self` are not warned about.
+pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for cap in &plan.process.capabilities {
+        if let Some((_, what)) = DANGEROUS_CAPS.iter().find(|(c, _)| c == cap) {
+            out.push(format!(
+                "process.capabilities keeps {cap} ({what}): it lets the agent step around                  the other layers; keep it only if you must"
+            ));
+        }
+    }
+    for r in plan.filesystem.rules.iter().filter(|r| r.access.write) {
+        let real = resolve(&r.path);
+        let under_proc_self = ["/proc/self", "/proc/thread-self"]
+            .iter()
+            .any(|p| r.path.starts_with(p));
+        let system = SYSTEM_DIRS.iter().any(|d| {
+            let d = Path::new(d);
+            real == d || (d != Path::new("/") && d != Path::new("/var/lib") && real.starts_with(d))
+        });
+        if system && !under_proc_self && !real.starts_with("/dev") {
+            out.push(format!(
+                "{} grants write on {} (a system directory): the agent could change the host                  for every program",
+                r.rule,
+                if real == r.path {
+                    r.path.display().to_string()
+                } else {
+                    format!("{} (resolving to {})", r.path.display(), real.display())
+                }
+            ));
+        }
+    }
+    out
+}
+
+/// The first of a non-empty list of errors (every caller passes one).
+fn first(errs: Vec<PolicyError>) -> PolicyError {
+    errs.into_iter().next().unwrap_or_else(|| PolicyError {
+        file: String::new(),
+        location: None,
+        message: "invalid policy".into(),
+    })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -466,10 +595,12 @@ capabilities = []
         assert_eq!(policy.includes, ["base", "python"]);
         let plan = policy.compile(&vars()).unwrap();
         assert_eq!(plan.name, "coding-agent");
-        assert_eq!(plan.rules.len(), 6);
+        // Six of the policy, two of `base` (nscd's socket).
+        assert_eq!(plan.rules.len(), 8);
+        assert_eq!(plan.rules[0].id, "base:base network.allow[0]");
         assert_eq!(plan.network.v4.len(), 2);
         assert_eq!(plan.network.v6.len(), 1);
-        assert_eq!(plan.network.unix.len(), 2);
+        assert_eq!(plan.network.unix.len(), 4);
         let fs = &plan.filesystem;
         let find = |p: &str| fs.rules.iter().find(|r| r.path == Path::new(p)).unwrap();
         assert_eq!(find("/home/u/proj").access, Access::READ | Access::WRITE);
@@ -537,6 +668,86 @@ capabilities = []
             "p.toml:2:8: invalid type: integer `5`, expected a string"
         );
         assert!(err("policy = 1").contains("expected a [policy] table"));
+    }
+
+    #[test]
+    fn parse_all_reports_every_error() {
+        let text = "[policy]\nname = \"a b\"\nmode = \"x\"\ninclude = [\"nope\", \"base\"]\n\
+                    [network]\nallow = [{ cidr = \"1.2.3.300\" }, { cidr = \"1.2.3.4\", ports = [0] }]\n\
+                    [filesystem]\nread = [\"rel\", \"/ok\", \"{x}\"]\n\
+                    [process]\ncpu = \"lots\"\ncapabilities = [\"CAP_FLY\"]\n";
+        let errs = Policy::parse_all(text, "p.toml").unwrap_err();
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 9, "{shown:#?}");
+        for (e, want) in errs.iter().zip([
+            "invalid policy name",
+            "unknown mode",
+            "unknown include \"nope\"",
+            "invalid",
+            "port",
+            "not absolute",
+            "unknown variable",
+            "invalid cpu",
+            "unknown capability",
+        ]) {
+            assert!(e.message.contains(want), "{want:?} in {shown:#?}");
+        }
+        // `parse` returns the first of them.
+        assert_eq!(Policy::parse(text, "p.toml").unwrap_err(), errs[0]);
+        // A syntax error stops there.
+        assert_eq!(
+            Policy::parse_all("[policy\nname = 1", "p.toml")
+                .unwrap_err()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn compile_all_reports_every_bad_path() {
+        let p = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nread = [\"{workdir}/a\", \"/ok\", \"{home}/b\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let mut v = vars();
+        v.workdir = "rel".into();
+        v.home = "also-rel".into();
+        let errs = p.compile_all(&v).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[1].to_string().starts_with("p.toml:4:31: "), "{errs:?}");
+    }
+
+    #[test]
+    fn dangerous_grants_are_warned_about() {
+        let plan = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nwrite = [\"/etc/app\", \"/\", \"/srv/x\", \"/dev/null\", \"/proc/self/attr\"]\n\
+             [process]\ncapabilities = [\"sys_admin\", \"CAP_NET_BIND_SERVICE\", \"CAP_SYS_PTRACE\"]\n",
+            "p.toml",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap();
+        let w = dangerous_grants(&plan);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w[0].contains("keeps CAP_SYS_ADMIN"), "{w:#?}");
+        assert!(w[1].contains("keeps CAP_SYS_PTRACE"), "{w:#?}");
+        assert!(
+            w[2].starts_with("filesystem.write[0] grants write on /etc/app"),
+            "{w:#?}"
+        );
+        assert!(
+            w[3].starts_with("filesystem.write[1] grants write on /"),
+            "{w:#?}"
+        );
+        let quiet = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nwrite = [\"{tmp}\", \"{workdir}\"]\n",
+            "p.toml",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap();
+        assert!(dangerous_grants(&quiet).is_empty());
     }
 
     #[test]
