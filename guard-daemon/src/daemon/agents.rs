@@ -317,11 +317,8 @@ pub fn open(
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
     let id = random_id();
     let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-        return Err((
-            api::code::BAD_REQUEST,
-            format!("invalid agent name {name:?}"),
-        ));
+    if let Some(problem) = crate::launch::preflight::agent_name_problem(&name) {
+        return Err((api::code::BAD_REQUEST, problem));
     }
 
     // {tmp}: private to the agent, owned by whoever it runs as. The plan
