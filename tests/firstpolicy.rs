@@ -485,3 +485,93 @@ print('probed')\"",
     let denied = g.logs(&["--verdict", "denied"]);
     assert!(denied.is_empty(), "{denied:#?}");
 }
+
+#[test]
+fn a_team_include_file_works_beside_the_bases() {
+    let g = Guardd::start();
+    let dir = g.dir.path().join("policies");
+    std::fs::create_dir_all(dir.join("shared")).unwrap();
+    let data = g.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("facts.txt"), "team data\n").unwrap();
+    std::fs::write(
+        dir.join("team-base.toml"),
+        format!(
+            "include = [\"./shared/tools.toml\"]\n[filesystem]\nread = [{:?}]\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("shared/tools.toml"),
+        "[filesystem]\nexec = [\"/usr/bin/cat\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("agent.toml"),
+        "[policy]\nname = \"team\"\ninclude = [\"base\", \"./team-base.toml\"]\n",
+    )
+    .unwrap();
+    // Started from another directory, with a relative policy path: the
+    // include is found beside the policy, and guardd compiles what guardctl
+    // read.
+    let out = g.run_in(
+        Path::new("policies/agent.toml"),
+        &[],
+        &["/usr/bin/cat", data.join("facts.txt").to_str().unwrap()],
+        g.dir.path(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out), "team data\n");
+    // The include's rules are the policy's own: a refusal names no base.
+    let check = g
+        .ctl_cmd()
+        .current_dir(g.dir.path())
+        .args(["policy", "check", "policies/agent.toml"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("./shared/tools.toml filesystem.exec[0]"),
+        "{}",
+        stdout(&check)
+    );
+
+    // A cycle and a missing file: precise errors, from check and run alike.
+    std::fs::write(
+        dir.join("shared/tools.toml"),
+        "include = [\"../team-base.toml\", \"./gone.toml\"]\n",
+    )
+    .unwrap();
+    let team = std::fs::canonicalize(dir.join("team-base.toml")).unwrap();
+    let tools = std::fs::canonicalize(dir.join("shared/tools.toml")).unwrap();
+    let cycle = format!(
+        "{}:1:12: include cycle: {} includes {} includes {}",
+        tools.display(),
+        team.display(),
+        tools.display(),
+        team.display()
+    );
+    let gone = format!(
+        "{}:1:33: cannot read include file \"./gone.toml\" ({}/gone.toml): No such file or directory",
+        tools.display(),
+        tools.parent().unwrap().display()
+    );
+    let run = g.run_in(
+        Path::new("policies/agent.toml"),
+        &[],
+        &["/usr/bin/cat"],
+        g.dir.path(),
+    );
+    let check = g
+        .ctl_cmd()
+        .current_dir(g.dir.path())
+        .args(["policy", "check", "policies/agent.toml"])
+        .output()
+        .unwrap();
+    for out in [&run, &check] {
+        assert_eq!(out.status.code(), Some(2), "{}", describe(out));
+        assert!(stderr(out).contains(&cycle), "{cycle}\n{}", stderr(out));
+        assert!(stderr(out).contains(&gone), "{gone}\n{}", stderr(out));
+    }
+}

@@ -142,19 +142,12 @@ fn entry(
     let start = path.span().start;
     let raw = path.into_inner();
     let pieces = parse_template(&raw).map_err(|m| doc.error_at(start, m))?;
-    let id = match origin {
-        Origin::Policy => format!("filesystem.{key}[{i}]"),
-        Origin::Base(name) => format!("base:{name} filesystem.{key}[{i}]"),
-    };
     Ok(FsEntry {
         raw,
         pieces,
         access,
-        src: Src {
-            origin,
-            loc: doc.location(start),
-        },
-        id,
+        src: doc.src(origin, start),
+        id: doc.rule_id(origin, &format!("filesystem.{key}"), i),
     })
 }
 

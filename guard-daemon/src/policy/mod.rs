@@ -93,17 +93,21 @@ pub enum Origin {
 
 /// The source position of one policy item, kept after parsing so that
 /// compile-time errors can still point at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Src {
     pub origin: Origin,
     pub loc: Location,
+    /// The include file the item was written in (its rules count as the
+    /// policy's own); `None` for the policy file itself and for bases.
+    pub file: Option<std::sync::Arc<str>>,
 }
 
 impl Src {
     pub fn error(&self, policy_file: &str, message: String) -> PolicyError {
-        let file = match self.origin {
-            Origin::Policy => policy_file.to_owned(),
-            Origin::Base(name) => format!("base:{name}"),
+        let file = match (&self.file, self.origin) {
+            (Some(f), _) => f.to_string(),
+            (None, Origin::Policy) => policy_file.to_owned(),
+            (None, Origin::Base(name)) => format!("base:{name}"),
         };
         PolicyError {
             file,
@@ -129,6 +133,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Bases included, in the order given.
     pub includes: Vec<String>,
+    /// Include files read, as (resolved path, text), in the order read.
+    pub sources: Vec<(String, String)>,
     /// The file name used in error messages.
     pub file: String,
     network: NetPlan,
@@ -165,7 +171,30 @@ impl Policy {
     /// they were found: the [policy] table, then the network, filesystem
     /// and process tables). A TOML syntax or type error stops there: what
     /// follows it cannot be read reliably.
+    ///
+    /// Include files are read from the file system, relative to the
+    /// directory of `file`.
     pub fn parse_all(text: &str, file: &str) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Policy::parse_all_with(text, file, dir, &|p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| e.to_string())
+        })
+    }
+
+    /// [`Policy::parse_all`] with include files resolved against `dir` (the
+    /// directory of the policy file) and read by `read`, which gets the
+    /// resolved path (`dir` joined with the entry, `.` and `..` removed
+    /// lexically). The texts read are kept in [`Policy::sources`], so that
+    /// guardd compiles exactly what guardctl read (it reads nothing itself).
+    pub fn parse_all_with(
+        text: &str,
+        file: &str,
+        dir: &Path,
+        read: &dyn Fn(&Path) -> Result<String, String>,
+    ) -> Result<Policy, Vec<PolicyError>> {
         let doc = Doc::new(text, file.to_owned());
         let raw = doc.parse_policy().map_err(|e| vec![e])?;
         let Some(head) = raw.policy else {
@@ -216,45 +245,32 @@ impl Policy {
             },
         };
 
-        let mut net_rules = Vec::new();
-        let mut listen_rules = Vec::new();
-        let mut fs_entries = Vec::new();
-        let mut includes: Vec<String> = Vec::new();
-        let mut fs_restricted = false;
+        let mut c = Collect {
+            read,
+            stack: vec![normal(
+                &dir.join(Path::new(file).file_name().unwrap_or_default()),
+            )],
+            net_rules: Vec::new(),
+            listen_rules: Vec::new(),
+            fs_entries: Vec::new(),
+            includes: Vec::new(),
+            sources: Vec::new(),
+            fs_restricted: false,
+            errs,
+        };
         for inc in head.include.unwrap_or_default() {
-            let wanted = inc.get_ref();
-            let Some((base_name, _)) = base::lookup(wanted) else {
-                errs.push(doc.error_at(
-                    inc.span().start,
-                    format!(
-                        "unknown include {wanted:?}: expected one of: {}",
-                        BASE_NAMES.join(", ")
-                    ),
-                ));
-                continue;
-            };
-            if includes.iter().any(|i| i == base_name) {
-                errs.push(doc.error_at(
-                    inc.span().start,
-                    format!("base {wanted:?} is included twice"),
-                ));
-                continue;
-            }
-            includes.push(base_name.to_owned());
-            let parsed = match parsed_base(base_name) {
-                Ok(p) => p,
-                Err(e) => {
-                    errs.push(e);
-                    continue;
-                }
-            };
-            net_rules.extend(parsed.net.iter().cloned());
-            listen_rules.extend(parsed.listen.iter().cloned());
-            if parsed.has_fs {
-                fs_restricted = true;
-                fs_entries.extend(parsed.fs.iter().cloned());
-            }
+            c.include(&doc, dir, &inc);
         }
+        let Collect {
+            mut net_rules,
+            mut listen_rules,
+            mut fs_entries,
+            includes,
+            sources,
+            mut fs_restricted,
+            mut errs,
+            ..
+        } = c;
 
         if let Some(n) = raw.network {
             net::validate(
@@ -294,6 +310,7 @@ impl Policy {
             name,
             mode,
             includes,
+            sources,
             file: file.to_owned(),
             network,
             rules,
@@ -395,6 +412,148 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// What the policy and its includes add up to while they are read.
+struct Collect<'r> {
+    read: &'r dyn Fn(&Path) -> Result<String, String>,
+    /// Files being included, outermost (the policy itself) first.
+    stack: Vec<PathBuf>,
+    net_rules: Vec<net::NetRule>,
+    listen_rules: Vec<net::NetRule>,
+    fs_entries: Vec<fs::FsEntry>,
+    includes: Vec<String>,
+    sources: Vec<(String, String)>,
+    fs_restricted: bool,
+    errs: Vec<PolicyError>,
+}
+
+/// An include entry names a file (rather than a base) when it holds a `/`
+/// or ends in `.toml`.
+fn is_file_include(s: &str) -> bool {
+    s.contains('/') || s.ends_with(".toml")
+}
+
+/// `.` and `..` removed without touching the file system, so that guardctl
+/// and guardd resolve an include to the same path.
+fn normal(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+impl Collect<'_> {
+    fn include(&mut self, doc: &Doc, dir: &Path, inc: &toml::Spanned<String>) {
+        let wanted = inc.get_ref();
+        let at = inc.span().start;
+        if let Some((base_name, _)) = base::lookup(wanted) {
+            if self.includes.iter().any(|i| i == base_name) {
+                self.errs
+                    .push(doc.error_at(at, format!("base {wanted:?} is included twice")));
+                return;
+            }
+            self.includes.push(base_name.to_owned());
+            match parsed_base(base_name) {
+                Ok(parsed) => {
+                    self.net_rules.extend(parsed.net.iter().cloned());
+                    self.listen_rules.extend(parsed.listen.iter().cloned());
+                    if parsed.has_fs {
+                        self.fs_restricted = true;
+                        self.fs_entries.extend(parsed.fs.iter().cloned());
+                    }
+                }
+                Err(e) => self.errs.push(e),
+            }
+            return;
+        }
+        if !is_file_include(wanted) {
+            self.errs.push(doc.error_at(
+                at,
+                format!(
+                    "unknown include {wanted:?}: expected one of: {}, or a file such as \
+                     \"./team-base.toml\" (relative to this file)",
+                    BASE_NAMES.join(", ")
+                ),
+            ));
+            return;
+        }
+        let path = normal(&dir.join(wanted));
+        let shown = path.display().to_string();
+        if let Some(k) = self.stack.iter().position(|p| *p == path) {
+            let cycle: Vec<String> = self.stack[k..]
+                .iter()
+                .chain(std::iter::once(&path))
+                .map(|p| p.display().to_string())
+                .collect();
+            self.errs
+                .push(doc.error_at(at, format!("include cycle: {}", cycle.join(" includes "))));
+            return;
+        }
+        if self.sources.iter().any(|(p, _)| *p == shown) {
+            self.errs
+                .push(doc.error_at(at, format!("include file {shown} is included twice")));
+            return;
+        }
+        let text = match (self.read)(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errs.push(doc.error_at(
+                    at,
+                    format!("cannot read include file {wanted:?} ({shown}): {e}"),
+                ));
+                return;
+            }
+        };
+        self.sources.push((shown.clone(), text.clone()));
+        let mut sub = Doc::new(&text, shown);
+        sub.include = Some(wanted.clone());
+        let raw = match sub.parse_include() {
+            Ok(r) => r,
+            Err(e) => {
+                self.errs.push(e);
+                return;
+            }
+        };
+        let sub_dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+        self.stack.push(path);
+        for i in raw.include.unwrap_or_default() {
+            self.include(&sub, &sub_dir, &i);
+        }
+        self.stack.pop();
+        if let Some(n) = raw.network {
+            net::validate(
+                &sub,
+                n,
+                Origin::Policy,
+                &mut self.net_rules,
+                &mut self.listen_rules,
+                &mut self.errs,
+            );
+        }
+        if let Some(f) = raw.filesystem {
+            self.fs_restricted = true;
+            fs::validate(
+                &sub,
+                f.read,
+                f.write,
+                f.exec,
+                Origin::Policy,
+                &mut self.fs_entries,
+                &mut self.errs,
+            );
+        }
     }
 }
 
@@ -657,7 +816,8 @@ capabilities = []
         );
         assert_eq!(
             err("[policy]\nname = \"x\"\ninclude = [\"base\", \"rust\"]\n"),
-            "p.toml:3:20: unknown include \"rust\": expected one of: base, shell, python, git"
+            "p.toml:3:20: unknown include \"rust\": expected one of: base, shell, python, git, \
+             or a file such as \"./team-base.toml\" (relative to this file)"
         );
         assert!(
             err("[policy]\nname = \"x\"\ninclude = [\"git\", \"git\"]\n")
@@ -701,6 +861,120 @@ capabilities = []
                 .len(),
             1
         );
+    }
+
+    fn with_files(files: &[(&str, &str)], policy: &str) -> Result<Policy, Vec<PolicyError>> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        Policy::parse_all_with(policy, "/p/pol.toml", Path::new("/p"), &|p: &Path| {
+            files
+                .iter()
+                .find(|(k, _)| Path::new(k) == p)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| "No such file or directory (os error 2)".to_owned())
+        })
+    }
+
+    #[test]
+    fn include_files_add_rules_beside_bases() {
+        let files = [
+            (
+                "/p/team.toml",
+                "include = [\"./sub/more.toml\", \"shell\"]\n[filesystem]\nread = [\"/data\"]\n",
+            ),
+            (
+                "/p/sub/more.toml",
+                "[network]\nallow = [{ cidr = \"10.0.0.1\" }]\n[filesystem]\nexec = [\"/opt/x\"]\n",
+            ),
+        ];
+        let p = with_files(
+            &files,
+            "[policy]\nname = \"t\"\ninclude = [\"base\", \"./team.toml\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.includes, ["base", "shell"]);
+        let read: Vec<&str> = p.sources.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(read, ["/p/team.toml", "/p/sub/more.toml"]);
+        let plan = p.compile(&vars()).unwrap();
+        let find = |path: &str| {
+            plan.filesystem
+                .rules
+                .iter()
+                .find(|r| r.path == Path::new(path))
+                .unwrap()
+        };
+        assert_eq!(find("/data").rule, "./team.toml filesystem.read[0]");
+        assert_eq!(find("/data").origin, Origin::Policy);
+        assert_eq!(find("/opt/x").rule, "./sub/more.toml filesystem.exec[0]");
+        assert!(find("/usr/bin/ls").rule.starts_with("base:shell "));
+        assert!(
+            plan.rules
+                .iter()
+                .any(|r| r.id == "./sub/more.toml network.allow[0]")
+        );
+    }
+
+    #[test]
+    fn include_cycles_missing_files_and_their_errors_are_precise() {
+        let files = [
+            ("/p/a.toml", "include = [\"./b.toml\"]\n"),
+            ("/p/b.toml", "\ninclude = [\"../p/a.toml\"]\n"),
+            ("/p/self.toml", "include = [\"./pol.toml\"]\n"),
+            ("/p/bad.toml", "[filesystem]\nread = [\"rel\"]\n[process]\n"),
+            ("/p/wx.toml", "[filesystem]\nexec = [\"/w/bin\"]\n"),
+        ];
+        let one = |inc: &str| -> Vec<String> {
+            with_files(
+                &files,
+                &format!("[policy]\nname = \"t\"\ninclude = [\"{inc}\"]\n"),
+            )
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+        };
+        assert_eq!(
+            one("./a.toml"),
+            ["/p/b.toml:2:12: include cycle: /p/a.toml includes /p/b.toml includes /p/a.toml"]
+        );
+        assert_eq!(
+            one("self.toml"),
+            [
+                "/p/self.toml:1:12: include cycle: /p/pol.toml includes /p/self.toml includes /p/pol.toml"
+            ]
+        );
+        assert_eq!(
+            one("./nope.toml"),
+            [
+                "/p/pol.toml:3:12: cannot read include file \"./nope.toml\" (/p/nope.toml): No such file or directory (os error 2)"
+            ]
+        );
+        let bad = one("./bad.toml");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].starts_with(
+                "/p/bad.toml:3:2: unknown key `process` at the top level of an include file"
+            ),
+            "{bad:?}"
+        );
+        // A conflict found at compile time points into the include file.
+        let e = with_files(
+            &files,
+            "[policy]\nname = \"t\"\ninclude = [\"./wx.toml\"]\n[filesystem]\nwrite = [\"/w\"]\n",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/p/pol.toml:5:10: \"/w/bin\" is both writable"),
+            "{e}"
+        );
+        assert!(e.contains("exec: ./wx.toml filesystem.exec[0]"), "{e}");
+        let twice = one("./a.toml\", \"./a.toml");
+        assert!(twice.iter().any(|e| e.contains("cycle")), "{twice:?}");
     }
 
     #[test]

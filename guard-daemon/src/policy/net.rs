@@ -179,14 +179,8 @@ fn listen_rule(
     i: usize,
 ) -> Result<NetRule, PolicyError> {
     let span = rule.span();
-    let id = match origin {
-        Origin::Policy => format!("network.listen[{i}]"),
-        Origin::Base(name) => format!("base:{name} network.listen[{i}]"),
-    };
-    let src = Src {
-        origin,
-        loc: doc.location(span.start),
-    };
+    let id = doc.rule_id(origin, "network.listen", i);
+    let src = doc.src(origin, span.start);
     let RawListenRule {
         cidr,
         ports,
@@ -215,14 +209,8 @@ fn allow_rule(
     i: usize,
 ) -> Result<NetRule, PolicyError> {
     let span = rule.span();
-    let id = match origin {
-        Origin::Policy => format!("network.allow[{i}]"),
-        Origin::Base(name) => format!("base:{name} network.allow[{i}]"),
-    };
-    let src = Src {
-        origin,
-        loc: doc.location(span.start),
-    };
+    let id = doc.rule_id(origin, "network.allow", i);
+    let src = doc.src(origin, span.start);
     let RawNetRule {
         cidr,
         unix,
@@ -1059,6 +1047,7 @@ mod tests {
             src: Src {
                 origin: Origin::Policy,
                 loc: super::super::Location { line: 1, col: 1 },
+                file: None,
             },
             kind: Kind::Inet(inet),
         }

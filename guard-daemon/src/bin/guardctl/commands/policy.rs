@@ -40,7 +40,13 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             eprintln!("{name}: cannot read: {e}");
             return EXIT_USAGE;
         }
-        Ok(text) => Policy::parse_all(&text, &name),
+        Ok(text) => {
+            let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+            let dir = real.parent().unwrap_or(std::path::Path::new("/"));
+            Policy::parse_all_with(&text, &name, dir, &|p: &std::path::Path| {
+                std::fs::read_to_string(p).map_err(|e| e.to_string())
+            })
+        }
     };
     let policy = match policy {
         Ok(p) => p,

@@ -97,7 +97,13 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let policy = match Policy::parse_all(&text, &path_str) {
+    // Includes are resolved from the policy's real directory, as guardd
+    // (which gets the canonical path and the texts read here) resolves them.
+    let policy_path = std::fs::canonicalize(&args.policy).unwrap_or_else(|_| args.policy.clone());
+    let policy_dir = policy_path.parent().unwrap_or(Path::new("/")).to_owned();
+    let policy = match Policy::parse_all_with(&text, &path_str, &policy_dir, &|p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    }) {
         Ok(p) => p,
         Err(errs) => {
             for e in errs {
@@ -222,11 +228,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         }
     };
     let open = Request::Open(OpenRequest {
-        policy_path: std::fs::canonicalize(&args.policy)
-            .unwrap_or_else(|_| args.policy.clone())
-            .display()
-            .to_string(),
+        policy_path: policy_path.display().to_string(),
         policy_text: text,
+        policy_includes: policy.sources.clone(),
         name: args.name.clone(),
         audit: args.audit,
         argv: args
