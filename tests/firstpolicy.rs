@@ -575,3 +575,43 @@ fn a_team_include_file_works_beside_the_bases() {
         assert!(stderr(out).contains(&gone), "{gone}\n{}", stderr(out));
     }
 }
+
+#[test]
+fn a_pyenv_shim_is_explained() {
+    // A pyenv layout of the test's own: the shim is what PATH finds first.
+    let g = Guardd::start();
+    let shims = g.dir.path().join("home/.pyenv/shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    let shim = shims.join("python3");
+    std::fs::write(
+        &shim,
+        "#!/usr/bin/env bash\nexec pyenv exec python3 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = g
+        .ctl_cmd()
+        .current_dir(g.dir.path())
+        .env("PATH", format!("{}:/usr/bin:/bin", shims.display()))
+        .args([
+            "run",
+            "--policy",
+            repo().join("policies/demo.toml").to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            "pass",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "cannot run python3: the policy does not grant exec on {}; add it to [filesystem] exec. {} is a pyenv shim: it runs pyenv, which runs the real interpreter under ~/.pyenv/versions; run that interpreter directly",
+            shim.display(),
+            shim.display()
+        )),
+        "{err}"
+    );
+}

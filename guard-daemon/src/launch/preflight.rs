@@ -165,6 +165,26 @@ pub fn exec_chain_problem(plan: &Plan, program: &Path, path_env: Option<&str>) -
     None
 }
 
+/// pyenv's shims are bash scripts that run `pyenv`, which runs the real
+/// interpreter: granting the shim is not enough, and granting pyenv's tree
+/// is more than the agent needs.
+fn pyenv_shim(program: &Path) -> Option<String> {
+    let is_shim = program.components().any(|c| c.as_os_str() == ".pyenv")
+        && program.parent().is_some_and(|d| d.ends_with("shims"));
+    is_shim.then(|| {
+        format!(
+            "{} is a pyenv shim: it runs pyenv, which runs the real interpreter under \
+             ~/.pyenv/versions; run that interpreter directly (`pyenv which {}` prints it) and \
+             grant exec on it and read on its version directory",
+            program.display(),
+            program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
+    })
+}
+
 /// Warnings before the agent starts: problems the agent will meet after
 /// its first `exec`, which the kernel reports only as "Permission denied"
 /// from inside the agent. `args` are the command's arguments after the
@@ -188,19 +208,11 @@ pub fn start_warnings(
     {
         out.push(format!("{} will not run: {p}", program.display()));
     }
-    if program.components().any(|c| c.as_os_str() == ".pyenv")
-        && program.parent().is_some_and(|d| d.ends_with("shims"))
+    // A shim the policy does not grant is explained when its exec fails.
+    if granted(plan, &real, Access::EXEC).is_some()
+        && let Some(hint) = pyenv_shim(program)
     {
-        out.push(format!(
-            "{} is a pyenv shim: it runs pyenv, which runs the real interpreter under \
-             ~/.pyenv/versions; run that interpreter directly (`pyenv which {}` prints it) and \
-             grant exec on it and read on its version directory",
-            program.display(),
-            program
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
+        out.push(hint);
     }
     // An interpreter's script: the first argument that names an existing
     // file (a script the program reads).
@@ -233,7 +245,10 @@ pub fn explain_exec_failure(
 ) -> String {
     let policy_errno = matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM));
     if policy_errno && let Some(p) = exec_chain_problem(plan, program, path_env) {
-        return format!("cannot run {cmd}: {p}");
+        return match pyenv_shim(program) {
+            Some(hint) => format!("cannot run {cmd}: {p}. {hint}"),
+            None => format!("cannot run {cmd}: {p}"),
+        };
     }
     if policy_errno
         && let Some((uid, gid)) = uid

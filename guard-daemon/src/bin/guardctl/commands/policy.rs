@@ -2,7 +2,7 @@
 //! problem (the same host checks `guardctl run` makes) and dangerous
 //! grants, and show how this host will enforce it.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::{Args, Subcommand};
 use guard_daemon::{
@@ -12,6 +12,17 @@ use guard_daemon::{
 };
 
 use crate::{Cli, EXIT_USAGE};
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! out {
+    ($o:expr) => {{
+        $o.push('\n');
+    }};
+    ($o:expr, $($t:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($t)*);
+    }};
+}
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
@@ -79,9 +90,12 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
         return EXIT_USAGE;
     }
     let warnings = dangerous_grants(&plan);
+    // Written at once, and a closed pipe (`| head`) is not an error.
+    let mut o = String::new();
     let landlock = doctor::landlock_layer();
     let seccomp = doctor::seccomp_layer();
-    println!(
+    out!(
+        o,
         "{name}: ok — policy {:?}, mode {}{}",
         plan.name,
         plan.mode.as_str(),
@@ -92,53 +106,65 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
         }
     );
     for w in &warnings {
-        println!("  warning: {w}");
+        out!(o, "  warning: {w}");
     }
-    println!();
-    println!(
-        "network (default deny, loopback included; enforced by cgroup BPF connect/sendmsg hooks, Unix sockets by the cgroup BPF hooks and Landlock scoping):"
+    out!(o);
+    out!(
+        o,
+        "network (default deny, loopback included; enforced by cgroup BPF connect/sendmsg hooks, Unix sockets by the cgroup BPF connect_unix/sendmsg_unix hooks):"
     );
     let (listen, allow): (Vec<_>, Vec<_>) = plan
         .rules
         .iter()
         .partition(|r| r.id.contains("network.listen["));
     if allow.is_empty() {
-        println!("  (no rules: every connection and datagram is refused, loopback included)");
+        out!(
+            o,
+            "  (no rules: every connection and datagram is refused, loopback included)"
+        );
     }
     for r in &allow {
-        println!("  {:<22} {}", r.id, r.text);
+        out!(o, "  {:<22} {}", r.id, r.text);
     }
-    println!(
+    out!(
+        o,
         "  raw, packet and ICMP sockets: refused (cgroup sock_create + seccomp socket families + no CAP_NET_RAW)"
     );
-    println!();
-    println!(
+    out!(o);
+    out!(
+        o,
         "inbound (default deny; enforced by cgroup BPF bind hooks, and by dropping packets for listening sockets on unlisted ports):"
     );
     if listen.is_empty() {
-        println!(
+        out!(
+            o,
             "  (no listen rules: bind and listen are refused on every address and port, loopback included; listen() by seccomp)"
         );
     }
     for r in &listen {
-        println!("  {:<22} {}", r.id, r.text);
+        out!(o, "  {:<22} {}", r.id, r.text);
     }
-    println!();
+    out!(o);
     if plan.filesystem.restricted {
-        println!(
+        out!(
+            o,
             "files and programs (default deny; {}: {}; write implies read of the same tree, exec implies read):",
             landlock.layer,
             status(landlock.status)
         );
-        print_files(&plan, *verbose);
+        print_files(&mut o, &plan, *verbose);
     } else {
-        println!("files and programs: NOT restricted (no [filesystem] table)");
+        out!(
+            o,
+            "files and programs: NOT restricted (no [filesystem] table)"
+        );
     }
-    println!("  {}", landlock.detail);
-    println!();
-    println!("processes:");
+    out!(o, "  {}", landlock.detail);
+    out!(o);
+    out!(o, "processes:");
     let p = &plan.process;
-    println!(
+    out!(
+        o,
         "  max_processes {}, memory {}, cpu {}",
         p.max_processes
             .map(|n| n.to_string())
@@ -150,7 +176,8 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             .map(|n| format!("{:.3} cores", f64::from(n) / 1000.0))
             .unwrap_or_else(|| "unlimited".into()),
     );
-    println!(
+    out!(
+        o,
         "  capabilities kept: {}",
         if p.capabilities.is_empty() {
             "none".to_owned()
@@ -158,11 +185,13 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             p.capabilities.join(", ")
         }
     );
-    println!(
+    out!(
+        o,
         "  system calls: default-deny allowlist ({}: {})",
         seccomp.layer,
         status(seccomp.status)
     );
+    let _ = std::io::stdout().write_all(o.as_bytes());
     0
 }
 
@@ -190,8 +219,8 @@ fn access_text(a: Access) -> String {
 
 /// The policy's own rules always; base rules as one line per base unless
 /// `verbose` (they run to well over a hundred paths).
-fn print_files(plan: &guard_daemon::policy::Plan, verbose: bool) {
-    let line = |r: &guard_daemon::policy::FsRule| {
+fn print_files(o: &mut String, plan: &guard_daemon::policy::Plan, verbose: bool) {
+    let line = |o: &mut String, r: &guard_daemon::policy::FsRule| {
         let missing = if r.path.exists() {
             ""
         } else if r.origin == Origin::Policy {
@@ -199,7 +228,8 @@ fn print_files(plan: &guard_daemon::policy::Plan, verbose: bool) {
         } else {
             "  (missing on this host: skipped)"
         };
-        println!(
+        out!(
+            o,
             "  {:<40} {:<16} {}{missing}",
             r.path.display(),
             access_text(r.access),
@@ -209,8 +239,8 @@ fn print_files(plan: &guard_daemon::policy::Plan, verbose: bool) {
     let mut bases: Vec<(&str, usize, usize)> = Vec::new();
     for r in &plan.filesystem.rules {
         match r.origin {
-            Origin::Policy => line(r),
-            Origin::Base(_) if verbose => line(r),
+            Origin::Policy => line(o, r),
+            Origin::Base(_) if verbose => line(o, r),
             Origin::Base(b) => {
                 let present = usize::from(r.path.exists());
                 match bases.iter_mut().find(|(n, _, _)| *n == b) {
@@ -224,7 +254,10 @@ fn print_files(plan: &guard_daemon::policy::Plan, verbose: bool) {
         }
     }
     for (b, n, present) in bases {
-        println!("  base {b:<35} {n} paths ({present} on this host); --paths lists them");
+        out!(
+            o,
+            "  base {b:<35} {n} paths ({present} on this host); --paths lists them"
+        );
     }
 }
 
