@@ -25,8 +25,16 @@ pub fn host_problems(plan: &Plan, file: &str, skip_under: Option<&Path>) -> Vec<
             if r.origin != Origin::Policy || skip_under.is_some_and(|s| r.path.starts_with(s)) {
                 continue;
             }
-            if std::fs::metadata(&r.path).is_err() {
-                out.push(format!("{file}: {}", missing_path(r)));
+            match std::fs::metadata(&r.path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    out.push(format!("{file}: {}", missing_path(r)));
+                }
+                Err(e) => out.push(format!(
+                    "{file}: {}: {}: {e}; guardctl must be able to open every path the policy names",
+                    r.rule,
+                    r.path.display()
+                )),
             }
         }
     }
@@ -50,24 +58,27 @@ pub fn missing_path(r: &FsRule) -> String {
         .skip(1)
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
-    let mut access = Vec::new();
-    if r.access.read && !r.access.write {
-        access.push("read");
-    }
+    // The same access, on the parent: `write` covers read.
+    let mut keys = Vec::new();
     if r.access.write {
-        access.push("write");
+        keys.push("write");
+    } else if r.access.read || !r.access.exec {
+        keys.push("read");
     }
     if r.access.exec {
-        access.push("exec");
+        keys.push("exec");
     }
+    let grants: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{k} = [\"{}\"]", parent.display()))
+        .collect();
     let mut msg = format!(
         "{}: {} does not exist; a rule can only name an existing path (Landlock binds it to \
          the file when the agent starts). Create it before starting the agent, or, if the agent \
-         creates it itself, grant its nearest existing parent instead: {} = [\"{}\"]",
+         creates it itself, grant its nearest existing parent instead: {}",
         r.rule,
         r.path.display(),
-        access.first().copied().unwrap_or("read"),
-        parent.display()
+        grants.join(" and ")
     );
     if r.access.exec {
         msg.push_str(
@@ -291,4 +302,86 @@ pub fn agent_name_problem(name: &str) -> Option<String> {
          digits, spaces, punctuation, any printable Unicode); control characters such as \
          newlines and tabs are refused"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, Vars};
+
+    fn plan(fs: &str) -> Plan {
+        Policy::parse(
+            &format!("[policy]\nname = \"t\"\n[filesystem]\n{fs}\n"),
+            "p.toml",
+        )
+        .unwrap()
+        .compile(&Vars {
+            workdir: "/nonexistent-guard/w".into(),
+            home: "/root".into(),
+            tmp: "/tmp/guard-x".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn missing_paths_name_the_parent_with_the_same_access() {
+        let p = plan(
+            "read = [\"{workdir}/a\", \"/nonexistent-guard/b\", \"{tmp}/c\"]\n\
+             exec = [\"/nonexistent-guard/b\", \"/usr/bin/true\"]\nwrite = [\"/nonexistent-guard/d/e\"]",
+        );
+        let probs = host_problems(&p, "p.toml", Some(Path::new("/tmp/guard-x")));
+        assert_eq!(probs.len(), 3, "{probs:#?}");
+        assert!(
+            probs[0]
+                .starts_with("p.toml: filesystem.read[0]: /nonexistent-guard/w/a does not exist")
+        );
+        assert!(
+            probs[0].ends_with("grant its nearest existing parent instead: read = [\"/\"]"),
+            "{}",
+            probs[0]
+        );
+        assert!(
+            probs[1].contains("instead: read = [\"/\"] and exec = [\"/\"] (exec on"),
+            "{}",
+            probs[1]
+        );
+        assert!(
+            probs[2].contains("instead: write = [\"/\"]"),
+            "{}",
+            probs[2]
+        );
+    }
+
+    #[test]
+    fn agent_names() {
+        assert!(agent_name_problem("my agent (2)").is_none());
+        assert!(agent_name_problem("é").is_none());
+        assert!(agent_name_problem("").is_some());
+        assert!(agent_name_problem(&"x".repeat(65)).is_some());
+        let e = agent_name_problem("a\tb").unwrap();
+        assert!(e.contains("control characters"), "{e}");
+    }
+
+    #[test]
+    fn shebangs_and_chains() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("s");
+        std::fs::write(&s, "#!/usr/bin/env  python3 -u\nx").unwrap();
+        assert_eq!(
+            shebang(&s),
+            Some((PathBuf::from("/usr/bin/env"), Some("python3 -u".into())))
+        );
+        std::fs::write(&s, "\x7fELF").unwrap();
+        assert_eq!(shebang(&s), None);
+        let p = plan("exec = [\"/usr/bin/true\"]");
+        assert_eq!(
+            exec_chain_problem(&p, Path::new("/usr/bin/true"), None),
+            None
+        );
+        let e = exec_chain_problem(&p, Path::new("/usr/bin/env"), None).unwrap();
+        assert!(
+            e.starts_with("the policy does not grant exec on /usr/bin/env"),
+            "{e}"
+        );
+    }
 }
