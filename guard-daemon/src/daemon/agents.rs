@@ -396,7 +396,7 @@ pub fn open(
         .unwrap_or_default();
     if !unix_hooks.unix_hooks {
         let why = unix_hooks.unix_error.clone().unwrap_or_default();
-        if !plan.network.unix.is_empty() && !accepts("unix") {
+        if plan.names_unix_sockets() && !accepts("unix") {
             cleanup_tmp(&tmp);
             return Err((
                 api::code::DEGRADED,

@@ -357,6 +357,21 @@ impl Policy {
     }
 }
 
+impl Plan {
+    /// Whether the policy itself (or an include file) names a Unix socket.
+    /// A base's Unix rules (nscd's socket) are conveniences: a host that
+    /// cannot enforce Unix rules refuses every Unix socket instead, which
+    /// those programs survive, so they do not make the policy need the
+    /// Unix layer.
+    pub fn names_unix_sockets(&self) -> bool {
+        self.network.unix.iter().any(|(_, rule)| {
+            self.rules
+                .get(*rule as usize)
+                .is_none_or(|r| !r.id.starts_with("base:"))
+        })
+    }
+}
+
 impl Policy {
     /// A Unix rule names a socket, but the kernel hook sees only the path
     /// string the agent passes. The two stay the same socket only if the
@@ -775,6 +790,21 @@ capabilities = []
         assert_eq!(plan.process.cpu_millicores, Some(500));
         assert_eq!(plan.process.user, Some(UserSpec::Name("nobody".into())));
         assert!(plan.process.capabilities.is_empty());
+    }
+
+    #[test]
+    fn base_unix_rules_do_not_make_a_policy_need_the_unix_layer() {
+        let base_only = Policy::parse("[policy]\nname = \"t\"\ninclude = [\"base\"]\n", "p")
+            .unwrap()
+            .compile(&vars())
+            .unwrap();
+        assert!(!base_only.network.unix.is_empty());
+        assert!(!base_only.names_unix_sockets());
+        let own = Policy::parse(EXAMPLE, "p")
+            .unwrap()
+            .compile(&vars())
+            .unwrap();
+        assert!(own.names_unix_sockets());
     }
 
     #[test]
