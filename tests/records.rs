@@ -94,8 +94,9 @@ fn landlock_exdev_and_refused_control_messages_are_journaled() {
     let b = work.path().join("b");
     std::fs::create_dir(&a).unwrap();
     std::fs::create_dir(&b).unwrap();
-    // b is write-only, a read-write: a file moved or linked from b into a
-    // would gain read access, which Landlock refuses with EXDEV.
+    // b is read-write (write implies read), a read-write-exec: a file moved
+    // or linked from b into a would gain exec, which Landlock refuses with
+    // EXDEV.
     std::fs::write(b.join("f"), "x").unwrap();
     let (_sink, port) = udp_sink("[::1]");
     let p = g.write_policy(
@@ -103,7 +104,8 @@ fn landlock_exdev_and_refused_control_messages_are_journaled() {
         &format!(
             "[policy]\nname = \"exdev\"\ninclude = [\"base\", \"python\"]\n\
              [network]\nallow = [{{ cidr = \"::1/128\", ports = [{port}], protocol = \"udp\" }}]\n\
-             [filesystem]\nread = [{agents:?}, {a:?}]\nwrite = [{a:?}, {b:?}]\n",
+             [filesystem]\nread = [{agents:?}, {a:?}]\nwrite = [{a:?}, {b:?}]\n\
+             exec = [{a:?}]\nallow_write_exec = true\n",
             agents = repo().join("tests/agents").display().to_string(),
             a = a.display().to_string(),
             b = b.display().to_string(),

@@ -100,6 +100,10 @@ pub struct OpenRequest {
     /// The policy text: guardd compiles it itself rather than trusting a
     /// compiled plan from the client.
     pub policy_text: String,
+    /// The policy's include files as guardctl read them: (resolved path,
+    /// text). guardd reads no file itself.
+    #[serde(default)]
+    pub policy_includes: Vec<(String, String)>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]

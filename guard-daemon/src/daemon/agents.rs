@@ -66,6 +66,7 @@ pub struct AgentState {
 #[derive(Clone, Debug, Default)]
 pub struct Source {
     pub policy_text: String,
+    pub policy_includes: Vec<(String, String)>,
     pub policy_path: String,
     pub workdir: PathBuf,
     pub home: PathBuf,
@@ -188,10 +189,40 @@ struct StateFile {
     rules: Vec<(String, String)>,
     /// To rebuild the agent's policy after a restart (refusal attribution).
     policy_text: String,
+    #[serde(default)]
+    policy_includes: Vec<(String, String)>,
     policy_path: String,
     workdir: PathBuf,
     home: PathBuf,
     unix_degraded: bool,
+}
+
+/// Parses a policy as guardctl sent it: include files come from the
+/// request (as guardctl read them), never from guardd's file system.
+fn parse_sent(
+    text: &str,
+    path: &str,
+    includes: &[(String, String)],
+) -> Result<Policy, crate::policy::PolicyError> {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    Policy::parse_all_with(text, path, dir, &|p: &std::path::Path| {
+        includes
+            .iter()
+            .find(|(k, _)| std::path::Path::new(k) == p)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| "not sent by guardctl".to_owned())
+    })
+    .map_err(|errs| {
+        errs.into_iter()
+            .next()
+            .unwrap_or_else(|| crate::policy::PolicyError {
+                file: path.to_owned(),
+                location: None,
+                message: "invalid policy".into(),
+            })
+    })
 }
 
 fn state_path(shared: &Shared, id: &str) -> PathBuf {
@@ -321,15 +352,12 @@ pub fn open(
             format!("the journal cannot record anything ({why}); no agent is started"),
         ));
     }
-    let policy = Policy::parse(&req.policy_text, &req.policy_path)
+    let policy = parse_sent(&req.policy_text, &req.policy_path, &req.policy_includes)
         .map_err(|e| (api::code::POLICY, e.to_string()))?;
     let id = random_id();
     let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-        return Err((
-            api::code::BAD_REQUEST,
-            format!("invalid agent name {name:?}"),
-        ));
+    if let Some(problem) = crate::launch::preflight::agent_name_problem(&name) {
+        return Err((api::code::BAD_REQUEST, problem));
     }
 
     // {tmp}: private to the agent, owned by whoever it runs as. The plan
@@ -376,7 +404,7 @@ pub fn open(
         .unwrap_or_default();
     if !unix_hooks.unix_hooks {
         let why = unix_hooks.unix_error.clone().unwrap_or_default();
-        if !plan.network.unix.is_empty() && !accepts("unix") {
+        if plan.names_unix_sockets() && !accepts("unix") {
             cleanup_tmp(&tmp);
             return Err((
                 api::code::DEGRADED,
@@ -537,6 +565,7 @@ pub fn open(
         attached: true,
         source: Source {
             policy_text: req.policy_text.clone(),
+            policy_includes: req.policy_includes.clone(),
             policy_path: req.policy_path.clone(),
             workdir: PathBuf::from(&req.workdir),
             home: PathBuf::from(&req.home),
@@ -657,6 +686,7 @@ fn persist(shared: &Shared, a: &AgentState) {
             .map(|r| (r.id.clone(), r.text.clone()))
             .collect(),
         policy_text: a.source.policy_text.clone(),
+        policy_includes: a.source.policy_includes.clone(),
         policy_path: a.source.policy_path.clone(),
         workdir: a.source.workdir.clone(),
         home: a.source.home.clone(),
@@ -977,7 +1007,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         "why": "guardd was not running; enforcement continued through the pinned programs, and events that did not fit the ring buffer are counted as lost",
     });
     let opened = shared.scopes.open(&st.scope);
-    let judge = Policy::parse(&st.policy_text, &st.policy_path)
+    let judge = parse_sent(&st.policy_text, &st.policy_path, &st.policy_includes)
         .ok()
         .and_then(|p| {
             p.compile(&Vars {
@@ -1072,6 +1102,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 attached: false,
                 source: Source {
                     policy_text: st.policy_text,
+                    policy_includes: st.policy_includes,
                     policy_path: st.policy_path,
                     workdir: st.workdir,
                     home: st.home,

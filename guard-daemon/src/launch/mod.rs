@@ -37,6 +37,7 @@
 
 pub mod caps;
 pub mod landlock;
+pub mod preflight;
 pub mod seccomp;
 pub mod views;
 

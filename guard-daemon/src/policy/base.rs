@@ -96,6 +96,17 @@ mod tests {
     }
 
     #[test]
+    fn base_grants_what_pip_and_venv_read() {
+        let plan = with("\"base\"");
+        let covers = |p: &str| plan.rules.iter().any(|r| Path::new(p).starts_with(&r.path));
+        for p in ["/etc/os-release", "/etc/debian_version", "/etc/mime.types"] {
+            assert!(covers(p), "{p}");
+        }
+        assert!(!covers("/etc/shadow"));
+        assert!(!covers("/etc"));
+    }
+
+    #[test]
     fn base_grants_trust_anchors_not_private_keys() {
         let plan = with("\"base\"");
         let covers = |p: &str| plan.rules.iter().any(|r| Path::new(p).starts_with(&r.path));

@@ -110,18 +110,25 @@ pub(crate) fn validate(
     exec: PathList,
     origin: Origin,
     out: &mut Vec<FsEntry>,
-) -> Result<(), PolicyError> {
+    errs: &mut Vec<PolicyError>,
+) {
+    // `write` implies `read` of the same tree: a write-only directory is
+    // almost never what a user means (a write-only TMPDIR makes Python's
+    // tempfile fall back to the working directory, and listing it fails),
+    // and reading what the agent may overwrite anyway reveals nothing new.
     let lists: [(PathList, Access, &str); 3] = [
         (read, Access::READ, "read"),
-        (write, Access::WRITE, "write"),
+        (write, Access::WRITE | Access::READ, "write"),
         (exec, Access::EXEC, "exec"),
     ];
     for (list, access, key) in lists {
         for (i, path) in list.unwrap_or_default().into_iter().enumerate() {
-            out.push(entry(doc, path, access, origin, key, i)?);
+            match entry(doc, path, access, origin, key, i) {
+                Ok(e) => out.push(e),
+                Err(e) => errs.push(e),
+            }
         }
     }
-    Ok(())
 }
 
 fn entry(
@@ -135,19 +142,12 @@ fn entry(
     let start = path.span().start;
     let raw = path.into_inner();
     let pieces = parse_template(&raw).map_err(|m| doc.error_at(start, m))?;
-    let id = match origin {
-        Origin::Policy => format!("filesystem.{key}[{i}]"),
-        Origin::Base(name) => format!("base:{name} filesystem.{key}[{i}]"),
-    };
     Ok(FsEntry {
         raw,
         pieces,
         access,
-        src: Src {
-            origin,
-            loc: doc.location(start),
-        },
-        id,
+        src: doc.src(origin, start),
+        id: doc.rule_id(origin, &format!("filesystem.{key}"), i),
     })
 }
 
@@ -242,11 +242,18 @@ pub(crate) fn compile(
     allow_write_exec: bool,
     vars: &Vars,
     file: &str,
-) -> Result<FsPlan, PolicyError> {
+) -> Result<FsPlan, Vec<PolicyError>> {
     let mut merged: Vec<Merged> = Vec::new();
     let mut index: HashMap<PathBuf, usize> = HashMap::new();
+    let mut errs = Vec::new();
     for (ei, e) in entries.iter().enumerate() {
-        let path = expand(e, vars).map_err(|m| e.src.error(file, m))?;
+        let path = match expand(e, vars) {
+            Ok(p) => p,
+            Err(m) => {
+                errs.push(e.src.error(file, m));
+                continue;
+            }
+        };
         let k = match index.get(&path) {
             Some(&k) => k,
             None => {
@@ -278,8 +285,11 @@ pub(crate) fn compile(
             m.exec_by = Some(ei);
         }
     }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
     if !allow_write_exec {
-        check_write_exec(entries, &merged, file)?;
+        check_write_exec(entries, &merged, file).map_err(|e| vec![e])?;
     }
     Ok(FsPlan {
         rules: merged.into_iter().map(|m| m.rule).collect(),
@@ -337,7 +347,7 @@ fn check_write_exec(entries: &[FsEntry], merged: &[Merged], file: &str) -> Resul
 /// What a path names on this host: symlinks resolved as far as the path
 /// exists, the rest appended as written (a path created later cannot be
 /// known now; Landlock would refuse a rule on it anyway).
-pub(crate) fn resolve(path: &Path) -> PathBuf {
+pub fn resolve(path: &Path) -> PathBuf {
     let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
     let mut cur = path;
     loop {
@@ -465,7 +475,8 @@ exec = ["/usr/bin/python3"]"#,
                 ),
                 ("/usr/lib/x".into(), "filesystem.read[2]", "r--".into()),
                 ("/home/u/.cfg".into(), "filesystem.read[3]", "r--".into()),
-                ("/tmp/agent".into(), "filesystem.write[1]", "-w-".into()),
+                // `write` implies `read`.
+                ("/tmp/agent".into(), "filesystem.write[1]", "rw-".into()),
                 (
                     "/usr/bin/python3".into(),
                     "filesystem.exec[0]",
@@ -626,9 +637,11 @@ exec = ["/usr/bin/python3"]"#,
             compile("write = [\"{workdir}\"]\nexec = [\"{workdir}\"]\nallow_write_exec = true")
                 .unwrap();
         assert!(plan.allow_write_exec);
-        assert_eq!(plan.rules[0].access, Access::WRITE | Access::EXEC);
+        assert_eq!(
+            plan.rules[0].access,
+            Access::READ | Access::WRITE | Access::EXEC
+        );
         assert!(plan.rules[0].access.contains(Access::EXEC));
-        assert!(!plan.rules[0].access.contains(Access::READ));
         assert!(parse("allow_write_exec = \"yes\"").is_err());
     }
 

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
-pub use fs::{Access, FsPlan, FsRule};
+pub use fs::{Access, FsPlan, FsRule, resolve};
 pub use net::{NetPlan, port_allowed};
 pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
 
@@ -93,17 +93,21 @@ pub enum Origin {
 
 /// The source position of one policy item, kept after parsing so that
 /// compile-time errors can still point at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Src {
     pub origin: Origin,
     pub loc: Location,
+    /// The include file the item was written in (its rules count as the
+    /// policy's own); `None` for the policy file itself and for bases.
+    pub file: Option<std::sync::Arc<str>>,
 }
 
 impl Src {
     pub fn error(&self, policy_file: &str, message: String) -> PolicyError {
-        let file = match self.origin {
-            Origin::Policy => policy_file.to_owned(),
-            Origin::Base(name) => format!("base:{name}"),
+        let file = match (&self.file, self.origin) {
+            (Some(f), _) => f.to_string(),
+            (None, Origin::Policy) => policy_file.to_owned(),
+            (None, Origin::Base(name)) => format!("base:{name}"),
         };
         PolicyError {
             file,
@@ -129,6 +133,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Bases included, in the order given.
     pub includes: Vec<String>,
+    /// Include files read, as (resolved path, text), in the order read.
+    pub sources: Vec<(String, String)>,
     /// The file name used in error messages.
     pub file: String,
     network: NetPlan,
@@ -155,10 +161,42 @@ pub struct Plan {
 }
 
 impl Policy {
-    /// Parse and validate; `file` is used only in error messages.
+    /// Parse and validate; `file` is used only in error messages. Returns
+    /// the first problem; [`Policy::parse_all`] returns every one.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_all(text, file).map_err(first)
+    }
+
+    /// Parse and validate, collecting every problem found (in the order
+    /// they were found: the [policy] table, then the network, filesystem
+    /// and process tables). A TOML syntax or type error stops there: what
+    /// follows it cannot be read reliably.
+    ///
+    /// Include files are read from the file system, relative to the
+    /// directory of `file`.
+    pub fn parse_all(text: &str, file: &str) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Policy::parse_all_with(text, file, dir, &|p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| e.to_string())
+        })
+    }
+
+    /// [`Policy::parse_all`] with include files resolved against `dir` (the
+    /// directory of the policy file) and read by `read`, which gets the
+    /// resolved path (`dir` joined with the entry, `.` and `..` removed
+    /// lexically). The texts read are kept in [`Policy::sources`], so that
+    /// guardd compiles exactly what guardctl read (it reads nothing itself).
+    pub fn parse_all_with(
+        text: &str,
+        file: &str,
+        dir: &Path,
+        read: &dyn Fn(&Path) -> Result<String, String>,
+    ) -> Result<Policy, Vec<PolicyError>> {
         let doc = Doc::new(text, file.to_owned());
-        let raw = doc.parse_policy()?;
+        let raw = doc.parse_policy().map_err(|e| vec![e])?;
         let Some(head) = raw.policy else {
             let message =
                 if raw.network.is_none() && raw.filesystem.is_none() && raw.process.is_none() {
@@ -166,74 +204,83 @@ impl Policy {
                 } else {
                     "missing [policy] table: expected a [policy] table with name"
                 };
-            return Err(doc.error_at(0, message));
+            return Err(vec![doc.error_at(0, message)]);
         };
         let head_span = head.span();
         let head = head.into_inner();
+        let mut errs = Vec::new();
 
-        let Some(name) = head.name else {
-            return Err(doc.error_at(
-                head_span.start,
-                "missing `name` in [policy]: expected name = \"...\"",
-            ));
+        let name = match head.name {
+            None => {
+                errs.push(doc.error_at(
+                    head_span.start,
+                    "missing `name` in [policy]: expected name = \"...\"",
+                ));
+                String::new()
+            }
+            Some(name) if !valid_name(name.get_ref()) => {
+                errs.push(doc.error_at(
+                    name.span().start,
+                    format!(
+                        "invalid policy name {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ -",
+                        name.get_ref()
+                    ),
+                ));
+                String::new()
+            }
+            Some(name) => name.into_inner(),
         };
-        if !valid_name(name.get_ref()) {
-            return Err(doc.error_at(
-                name.span().start,
-                format!(
-                    "invalid policy name {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ -",
-                    name.get_ref()
-                ),
-            ));
-        }
         let mode = match &head.mode {
             None => Mode::Enforce,
             Some(m) => match m.get_ref().as_str() {
                 "enforce" => Mode::Enforce,
                 "audit" => Mode::Audit,
                 other => {
-                    return Err(doc.error_at(
+                    errs.push(doc.error_at(
                         m.span().start,
                         format!("unknown mode {other:?}: expected \"enforce\" or \"audit\""),
                     ));
+                    Mode::Enforce
                 }
             },
         };
 
-        let mut net_rules = Vec::new();
-        let mut listen_rules = Vec::new();
-        let mut fs_entries = Vec::new();
-        let mut includes: Vec<String> = Vec::new();
-        let mut fs_restricted = false;
+        let mut c = Collect {
+            read,
+            stack: vec![normal(
+                &dir.join(Path::new(file).file_name().unwrap_or_default()),
+            )],
+            net_rules: Vec::new(),
+            listen_rules: Vec::new(),
+            fs_entries: Vec::new(),
+            includes: Vec::new(),
+            sources: Vec::new(),
+            fs_restricted: false,
+            errs,
+        };
         for inc in head.include.unwrap_or_default() {
-            let wanted = inc.get_ref();
-            let Some((base_name, _)) = base::lookup(wanted) else {
-                return Err(doc.error_at(
-                    inc.span().start,
-                    format!(
-                        "unknown include {wanted:?}: expected one of: {}",
-                        BASE_NAMES.join(", ")
-                    ),
-                ));
-            };
-            if includes.iter().any(|i| i == base_name) {
-                return Err(doc.error_at(
-                    inc.span().start,
-                    format!("base {wanted:?} is included twice"),
-                ));
-            }
-            includes.push(base_name.to_owned());
-            let parsed = parsed_base(base_name)?;
-            net_rules.extend(parsed.net.iter().cloned());
-            listen_rules.extend(parsed.listen.iter().cloned());
-            if parsed.has_fs {
-                fs_restricted = true;
-                fs_entries.extend(parsed.fs.iter().cloned());
-            }
+            c.include(&doc, dir, &inc);
         }
+        let Collect {
+            mut net_rules,
+            mut listen_rules,
+            mut fs_entries,
+            includes,
+            sources,
+            mut fs_restricted,
+            mut errs,
+            ..
+        } = c;
 
         if let Some(n) = raw.network {
-            net::validate(&doc, n, Origin::Policy, &mut net_rules, &mut listen_rules)?;
+            net::validate(
+                &doc,
+                n,
+                Origin::Policy,
+                &mut net_rules,
+                &mut listen_rules,
+                &mut errs,
+            );
         }
         let mut allow_write_exec = false;
         if let Some(f) = raw.filesystem {
@@ -246,18 +293,24 @@ impl Policy {
                 f.exec,
                 Origin::Policy,
                 &mut fs_entries,
-            )?;
+                &mut errs,
+            );
         }
         let process = match raw.process {
-            Some(p) => process::validate(&doc, p)?,
+            Some(p) => process::validate(&doc, p, &mut errs),
             None => ProcPlan::default(),
         };
-        let (network, rules) = net::compile(&net_rules, &listen_rules, file)?;
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let (network, rules) =
+            net::compile(&net_rules, &listen_rules, file).map_err(|e| vec![e])?;
 
         Ok(Policy {
-            name: name.into_inner(),
+            name,
             mode,
             includes,
+            sources,
             file: file.to_owned(),
             network,
             rules,
@@ -283,9 +336,16 @@ impl Policy {
 
     /// Expand variables and compile to a plan.
     pub fn compile(&self, vars: &Vars) -> Result<Plan, PolicyError> {
+        self.compile_all(vars).map_err(first)
+    }
+
+    /// Expand variables and compile to a plan, reporting every path that
+    /// cannot be expanded (or else the first write-and-exec conflict or
+    /// Unix-socket problem).
+    pub fn compile_all(&self, vars: &Vars) -> Result<Plan, Vec<PolicyError>> {
         let mut filesystem = fs::compile(&self.fs, self.allow_write_exec, vars, &self.file)?;
         filesystem.restricted = self.fs_restricted;
-        self.check_unix_pinned(&filesystem)?;
+        self.check_unix_pinned(&filesystem).map_err(|e| vec![e])?;
         Ok(Plan {
             name: self.name.clone(),
             mode: self.mode,
@@ -293,6 +353,21 @@ impl Policy {
             filesystem,
             process: self.process.clone(),
             rules: self.rules.clone(),
+        })
+    }
+}
+
+impl Plan {
+    /// Whether the policy itself (or an include file) names a Unix socket.
+    /// A base's Unix rules (nscd's socket) are conveniences: a host that
+    /// cannot enforce Unix rules refuses every Unix socket instead, which
+    /// those programs survive, so they do not make the policy need the
+    /// Unix layer.
+    pub fn names_unix_sockets(&self) -> bool {
+        self.network.unix.iter().any(|(_, rule)| {
+            self.rules
+                .get(*rule as usize)
+                .is_none_or(|r| !r.id.starts_with("base:"))
         })
     }
 }
@@ -355,6 +430,148 @@ impl Policy {
     }
 }
 
+/// What the policy and its includes add up to while they are read.
+struct Collect<'r> {
+    read: &'r dyn Fn(&Path) -> Result<String, String>,
+    /// Files being included, outermost (the policy itself) first.
+    stack: Vec<PathBuf>,
+    net_rules: Vec<net::NetRule>,
+    listen_rules: Vec<net::NetRule>,
+    fs_entries: Vec<fs::FsEntry>,
+    includes: Vec<String>,
+    sources: Vec<(String, String)>,
+    fs_restricted: bool,
+    errs: Vec<PolicyError>,
+}
+
+/// An include entry names a file (rather than a base) when it holds a `/`
+/// or ends in `.toml`.
+fn is_file_include(s: &str) -> bool {
+    s.contains('/') || s.ends_with(".toml")
+}
+
+/// `.` and `..` removed without touching the file system, so that guardctl
+/// and guardd resolve an include to the same path.
+fn normal(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+impl Collect<'_> {
+    fn include(&mut self, doc: &Doc, dir: &Path, inc: &toml::Spanned<String>) {
+        let wanted = inc.get_ref();
+        let at = inc.span().start;
+        if let Some((base_name, _)) = base::lookup(wanted) {
+            if self.includes.iter().any(|i| i == base_name) {
+                self.errs
+                    .push(doc.error_at(at, format!("base {wanted:?} is included twice")));
+                return;
+            }
+            self.includes.push(base_name.to_owned());
+            match parsed_base(base_name) {
+                Ok(parsed) => {
+                    self.net_rules.extend(parsed.net.iter().cloned());
+                    self.listen_rules.extend(parsed.listen.iter().cloned());
+                    if parsed.has_fs {
+                        self.fs_restricted = true;
+                        self.fs_entries.extend(parsed.fs.iter().cloned());
+                    }
+                }
+                Err(e) => self.errs.push(e),
+            }
+            return;
+        }
+        if !is_file_include(wanted) {
+            self.errs.push(doc.error_at(
+                at,
+                format!(
+                    "unknown include {wanted:?}: expected one of: {}, or a file such as \
+                     \"./team-base.toml\" (relative to this file)",
+                    BASE_NAMES.join(", ")
+                ),
+            ));
+            return;
+        }
+        let path = normal(&dir.join(wanted));
+        let shown = path.display().to_string();
+        if let Some(k) = self.stack.iter().position(|p| *p == path) {
+            let cycle: Vec<String> = self.stack[k..]
+                .iter()
+                .chain(std::iter::once(&path))
+                .map(|p| p.display().to_string())
+                .collect();
+            self.errs
+                .push(doc.error_at(at, format!("include cycle: {}", cycle.join(" includes "))));
+            return;
+        }
+        if self.sources.iter().any(|(p, _)| *p == shown) {
+            self.errs
+                .push(doc.error_at(at, format!("include file {shown} is included twice")));
+            return;
+        }
+        let text = match (self.read)(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errs.push(doc.error_at(
+                    at,
+                    format!("cannot read include file {wanted:?} ({shown}): {e}"),
+                ));
+                return;
+            }
+        };
+        self.sources.push((shown.clone(), text.clone()));
+        let mut sub = Doc::new(&text, shown);
+        sub.include = Some(wanted.clone());
+        let raw = match sub.parse_include() {
+            Ok(r) => r,
+            Err(e) => {
+                self.errs.push(e);
+                return;
+            }
+        };
+        let sub_dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+        self.stack.push(path);
+        for i in raw.include.unwrap_or_default() {
+            self.include(&sub, &sub_dir, &i);
+        }
+        self.stack.pop();
+        if let Some(n) = raw.network {
+            net::validate(
+                &sub,
+                n,
+                Origin::Policy,
+                &mut self.net_rules,
+                &mut self.listen_rules,
+                &mut self.errs,
+            );
+        }
+        if let Some(f) = raw.filesystem {
+            self.fs_restricted = true;
+            fs::validate(
+                &sub,
+                f.read,
+                f.write,
+                f.exec,
+                Origin::Policy,
+                &mut self.fs_entries,
+                &mut self.errs,
+            );
+        }
+    }
+}
+
 /// A built-in base, parsed and validated.
 struct ParsedBase {
     net: Vec<net::NetRule>,
@@ -382,13 +599,25 @@ fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
                         fs: Vec::new(),
                         has_fs: raw.filesystem.is_some(),
                     };
+                    let mut errs = Vec::new();
                     if let Some(net) = raw.network {
-                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen)?;
+                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen, &mut errs);
                     }
                     if let Some(f) = raw.filesystem {
-                        fs::validate(&doc, f.read, f.write, f.exec, origin, &mut out.fs)?;
+                        fs::validate(
+                            &doc,
+                            f.read,
+                            f.write,
+                            f.exec,
+                            origin,
+                            &mut out.fs,
+                            &mut errs,
+                        );
                     }
-                    Ok(out)
+                    match errs.into_iter().next() {
+                        Some(e) => Err(e),
+                        None => Ok(out),
+                    }
                 };
                 (n, parse())
             })
@@ -403,6 +632,80 @@ fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
             message: "unknown base".into(),
         }),
     }
+}
+
+/// Capabilities that let a process step around the other layers (or the
+/// kernel itself), with what each gives.
+const DANGEROUS_CAPS: [(&str, &str); 14] = [
+    ("CAP_SYS_ADMIN", "mounts, namespaces, BPF and much more"),
+    ("CAP_SYS_PTRACE", "tracing and reading other processes"),
+    ("CAP_SYS_MODULE", "loading kernel modules"),
+    ("CAP_SYS_RAWIO", "raw I/O ports and device memory"),
+    ("CAP_SYS_BOOT", "rebooting the host"),
+    ("CAP_DAC_OVERRIDE", "ignoring file permissions"),
+    (
+        "CAP_DAC_READ_SEARCH",
+        "reading any file by handle, around path rules",
+    ),
+    ("CAP_NET_ADMIN", "changing the host's network configuration"),
+    ("CAP_NET_RAW", "raw sockets"),
+    ("CAP_BPF", "loading BPF programs"),
+    ("CAP_PERFMON", "performance monitoring of other processes"),
+    ("CAP_SETUID", "becoming any user"),
+    ("CAP_SETFCAP", "giving files capabilities"),
+    ("CAP_MAC_ADMIN", "changing the security modules' policy"),
+];
+
+/// Directories whose writing changes the host for everyone (or the
+/// kernel's view of it).
+const SYSTEM_DIRS: [&str; 11] = [
+    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/proc", "/sys", "/var/lib",
+];
+
+/// Grants that are valid but almost certainly a mistake, one warning each:
+/// kept capabilities that step around confinement, and write grants on
+/// system directories (or anything under /etc, /usr, /boot, /sys, or
+/// system-wide /proc). Device nodes and `/proc/self` are not warned about.
+pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for cap in &plan.process.capabilities {
+        if let Some((_, what)) = DANGEROUS_CAPS.iter().find(|(c, _)| c == cap) {
+            out.push(format!(
+                "process.capabilities keeps {cap} ({what}): it lets the agent step around                  the other layers; keep it only if you must"
+            ));
+        }
+    }
+    for r in plan.filesystem.rules.iter().filter(|r| r.access.write) {
+        let real = resolve(&r.path);
+        let under_proc_self = ["/proc/self", "/proc/thread-self"]
+            .iter()
+            .any(|p| r.path.starts_with(p));
+        let system = SYSTEM_DIRS.iter().any(|d| {
+            let d = Path::new(d);
+            real == d || (d != Path::new("/") && d != Path::new("/var/lib") && real.starts_with(d))
+        });
+        if system && !under_proc_self && !real.starts_with("/dev") {
+            out.push(format!(
+                "{} grants write on {} (a system directory): the agent could change the host                  for every program",
+                r.rule,
+                if real == r.path {
+                    r.path.display().to_string()
+                } else {
+                    format!("{} (resolving to {})", r.path.display(), real.display())
+                }
+            ));
+        }
+    }
+    out
+}
+
+/// The first of a non-empty list of errors (every caller passes one).
+fn first(errs: Vec<PolicyError>) -> PolicyError {
+    errs.into_iter().next().unwrap_or_else(|| PolicyError {
+        file: String::new(),
+        location: None,
+        message: "invalid policy".into(),
+    })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -466,10 +769,12 @@ capabilities = []
         assert_eq!(policy.includes, ["base", "python"]);
         let plan = policy.compile(&vars()).unwrap();
         assert_eq!(plan.name, "coding-agent");
-        assert_eq!(plan.rules.len(), 6);
+        // Six of the policy, two of `base` (nscd's socket).
+        assert_eq!(plan.rules.len(), 8);
+        assert_eq!(plan.rules[0].id, "base:base network.allow[0]");
         assert_eq!(plan.network.v4.len(), 2);
         assert_eq!(plan.network.v6.len(), 1);
-        assert_eq!(plan.network.unix.len(), 2);
+        assert_eq!(plan.network.unix.len(), 4);
         let fs = &plan.filesystem;
         let find = |p: &str| fs.rules.iter().find(|r| r.path == Path::new(p)).unwrap();
         assert_eq!(find("/home/u/proj").access, Access::READ | Access::WRITE);
@@ -485,6 +790,21 @@ capabilities = []
         assert_eq!(plan.process.cpu_millicores, Some(500));
         assert_eq!(plan.process.user, Some(UserSpec::Name("nobody".into())));
         assert!(plan.process.capabilities.is_empty());
+    }
+
+    #[test]
+    fn base_unix_rules_do_not_make_a_policy_need_the_unix_layer() {
+        let base_only = Policy::parse("[policy]\nname = \"t\"\ninclude = [\"base\"]\n", "p")
+            .unwrap()
+            .compile(&vars())
+            .unwrap();
+        assert!(!base_only.network.unix.is_empty());
+        assert!(!base_only.names_unix_sockets());
+        let own = Policy::parse(EXAMPLE, "p")
+            .unwrap()
+            .compile(&vars())
+            .unwrap();
+        assert!(own.names_unix_sockets());
     }
 
     #[test]
@@ -526,7 +846,8 @@ capabilities = []
         );
         assert_eq!(
             err("[policy]\nname = \"x\"\ninclude = [\"base\", \"rust\"]\n"),
-            "p.toml:3:20: unknown include \"rust\": expected one of: base, shell, python, git"
+            "p.toml:3:20: unknown include \"rust\": expected one of: base, shell, python, git, \
+             or a file such as \"./team-base.toml\" (relative to this file)"
         );
         assert!(
             err("[policy]\nname = \"x\"\ninclude = [\"git\", \"git\"]\n")
@@ -537,6 +858,200 @@ capabilities = []
             "p.toml:2:8: invalid type: integer `5`, expected a string"
         );
         assert!(err("policy = 1").contains("expected a [policy] table"));
+    }
+
+    #[test]
+    fn parse_all_reports_every_error() {
+        let text = "[policy]\nname = \"a b\"\nmode = \"x\"\ninclude = [\"nope\", \"base\"]\n\
+                    [network]\nallow = [{ cidr = \"1.2.3.300\" }, { cidr = \"1.2.3.4\", ports = [0] }]\n\
+                    [filesystem]\nread = [\"rel\", \"/ok\", \"{x}\"]\n\
+                    [process]\ncpu = \"lots\"\ncapabilities = [\"CAP_FLY\"]\n";
+        let errs = Policy::parse_all(text, "p.toml").unwrap_err();
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 9, "{shown:#?}");
+        for (e, want) in errs.iter().zip([
+            "invalid policy name",
+            "unknown mode",
+            "unknown include \"nope\"",
+            "invalid",
+            "port",
+            "not absolute",
+            "unknown variable",
+            "invalid cpu",
+            "unknown capability",
+        ]) {
+            assert!(e.message.contains(want), "{want:?} in {shown:#?}");
+        }
+        // `parse` returns the first of them.
+        assert_eq!(Policy::parse(text, "p.toml").unwrap_err(), errs[0]);
+        // A syntax error stops there.
+        assert_eq!(
+            Policy::parse_all("[policy\nname = 1", "p.toml")
+                .unwrap_err()
+                .len(),
+            1
+        );
+    }
+
+    fn with_files(files: &[(&str, &str)], policy: &str) -> Result<Policy, Vec<PolicyError>> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        Policy::parse_all_with(policy, "/p/pol.toml", Path::new("/p"), &|p: &Path| {
+            files
+                .iter()
+                .find(|(k, _)| Path::new(k) == p)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| "No such file or directory (os error 2)".to_owned())
+        })
+    }
+
+    #[test]
+    fn include_files_add_rules_beside_bases() {
+        let files = [
+            (
+                "/p/team.toml",
+                "include = [\"./sub/more.toml\", \"shell\"]\n[filesystem]\nread = [\"/data\"]\n",
+            ),
+            (
+                "/p/sub/more.toml",
+                "[network]\nallow = [{ cidr = \"10.0.0.1\" }]\n[filesystem]\nexec = [\"/opt/x\"]\n",
+            ),
+        ];
+        let p = with_files(
+            &files,
+            "[policy]\nname = \"t\"\ninclude = [\"base\", \"./team.toml\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.includes, ["base", "shell"]);
+        let read: Vec<&str> = p.sources.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(read, ["/p/team.toml", "/p/sub/more.toml"]);
+        let plan = p.compile(&vars()).unwrap();
+        let find = |path: &str| {
+            plan.filesystem
+                .rules
+                .iter()
+                .find(|r| r.path == Path::new(path))
+                .unwrap()
+        };
+        assert_eq!(find("/data").rule, "./team.toml filesystem.read[0]");
+        assert_eq!(find("/data").origin, Origin::Policy);
+        assert_eq!(find("/opt/x").rule, "./sub/more.toml filesystem.exec[0]");
+        assert!(find("/usr/bin/ls").rule.starts_with("base:shell "));
+        assert!(
+            plan.rules
+                .iter()
+                .any(|r| r.id == "./sub/more.toml network.allow[0]")
+        );
+    }
+
+    #[test]
+    fn include_cycles_missing_files_and_their_errors_are_precise() {
+        let files = [
+            ("/p/a.toml", "include = [\"./b.toml\"]\n"),
+            ("/p/b.toml", "\ninclude = [\"../p/a.toml\"]\n"),
+            ("/p/self.toml", "include = [\"./pol.toml\"]\n"),
+            ("/p/bad.toml", "[filesystem]\nread = [\"rel\"]\n[process]\n"),
+            ("/p/wx.toml", "[filesystem]\nexec = [\"/w/bin\"]\n"),
+        ];
+        let one = |inc: &str| -> Vec<String> {
+            with_files(
+                &files,
+                &format!("[policy]\nname = \"t\"\ninclude = [\"{inc}\"]\n"),
+            )
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+        };
+        assert_eq!(
+            one("./a.toml"),
+            ["/p/b.toml:2:12: include cycle: /p/a.toml includes /p/b.toml includes /p/a.toml"]
+        );
+        assert_eq!(
+            one("self.toml"),
+            [
+                "/p/self.toml:1:12: include cycle: /p/pol.toml includes /p/self.toml includes /p/pol.toml"
+            ]
+        );
+        assert_eq!(
+            one("./nope.toml"),
+            [
+                "/p/pol.toml:3:12: cannot read include file \"./nope.toml\" (/p/nope.toml): No such file or directory (os error 2)"
+            ]
+        );
+        let bad = one("./bad.toml");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].starts_with(
+                "/p/bad.toml:3:2: unknown key `process` at the top level of an include file"
+            ),
+            "{bad:?}"
+        );
+        // A conflict found at compile time points into the include file.
+        let e = with_files(
+            &files,
+            "[policy]\nname = \"t\"\ninclude = [\"./wx.toml\"]\n[filesystem]\nwrite = [\"/w\"]\n",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/p/pol.toml:5:10: \"/w/bin\" is both writable"),
+            "{e}"
+        );
+        assert!(e.contains("exec: ./wx.toml filesystem.exec[0]"), "{e}");
+        let twice = one("./a.toml\", \"./a.toml");
+        assert!(twice.iter().any(|e| e.contains("cycle")), "{twice:?}");
+    }
+
+    #[test]
+    fn compile_all_reports_every_bad_path() {
+        let p = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nread = [\"{workdir}/a\", \"/ok\", \"{home}/b\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let mut v = vars();
+        v.workdir = "rel".into();
+        v.home = "also-rel".into();
+        let errs = p.compile_all(&v).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[1].to_string().starts_with("p.toml:4:31: "), "{errs:?}");
+    }
+
+    #[test]
+    fn dangerous_grants_are_warned_about() {
+        let plan = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nwrite = [\"/etc/app\", \"/\", \"/srv/x\", \"/dev/null\", \"/proc/self/attr\"]\n\
+             [process]\ncapabilities = [\"sys_admin\", \"CAP_NET_BIND_SERVICE\", \"CAP_SYS_PTRACE\"]\n",
+            "p.toml",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap();
+        let w = dangerous_grants(&plan);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w[0].contains("keeps CAP_SYS_ADMIN"), "{w:#?}");
+        assert!(w[1].contains("keeps CAP_SYS_PTRACE"), "{w:#?}");
+        assert!(
+            w[2].starts_with("filesystem.write[0] grants write on /etc/app"),
+            "{w:#?}"
+        );
+        assert!(
+            w[3].starts_with("filesystem.write[1] grants write on /"),
+            "{w:#?}"
+        );
+        let quiet = Policy::parse(
+            "[policy]\nname = \"t\"\n[filesystem]\nwrite = [\"{tmp}\", \"{workdir}\"]\n",
+            "p.toml",
+        )
+        .unwrap()
+        .compile(&vars())
+        .unwrap();
+        assert!(dangerous_grants(&quiet).is_empty());
     }
 
     #[test]

@@ -135,112 +135,126 @@ pub(crate) struct Inet {
 }
 
 /// Validates `[network]`: `allow` rules go to `out`, `listen` rules to
-/// `listen`.
+/// `listen`, and every faulty rule adds its error to `errs`.
 pub(crate) fn validate(
     doc: &Doc,
     raw: RawNetwork,
     origin: Origin,
     out: &mut Vec<NetRule>,
     listen: &mut Vec<NetRule>,
-) -> Result<(), PolicyError> {
+    errs: &mut Vec<PolicyError>,
+) {
     for (i, rule) in raw.listen.unwrap_or_default().into_iter().enumerate() {
-        let span = rule.span();
         if out.len() + listen.len() >= MAX_RULES {
-            return Err(doc.error_at(
-                span.start,
+            errs.push(doc.error_at(
+                rule.span().start,
                 format!("too many network rules: at most {MAX_RULES}"),
             ));
+            return;
         }
-        let id = match origin {
-            Origin::Policy => format!("network.listen[{i}]"),
-            Origin::Base(name) => format!("base:{name} network.listen[{i}]"),
-        };
-        let src = Src {
-            origin,
-            loc: doc.location(span.start),
-        };
-        let RawListenRule {
-            cidr,
-            ports,
-            protocol,
-        } = rule.into_inner();
-        let Some(cidr) = cidr else {
-            return Err(doc.error_at(
-                span.start,
-                "listen rule without `cidr`: expected { cidr = \"127.0.0.1/32\", ports = [8000] } \
-                 (\"0.0.0.0/0\" or \"::/0\" to listen on every address)",
-            ));
-        };
-        let (kind, text) = inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?;
-        listen.push(NetRule {
-            id,
-            text,
-            src,
-            kind,
-        });
+        match listen_rule(doc, rule, origin, i) {
+            Ok(r) => listen.push(r),
+            Err(e) => errs.push(e),
+        }
     }
     for (i, rule) in raw.allow.unwrap_or_default().into_iter().enumerate() {
-        let span = rule.span();
         if out.len() + listen.len() >= MAX_RULES {
-            return Err(doc.error_at(
-                span.start,
+            errs.push(doc.error_at(
+                rule.span().start,
                 format!("too many network rules: at most {MAX_RULES}"),
             ));
+            return;
         }
-        let id = match origin {
-            Origin::Policy => format!("network.allow[{i}]"),
-            Origin::Base(name) => format!("base:{name} network.allow[{i}]"),
-        };
-        let src = Src {
-            origin,
-            loc: doc.location(span.start),
-        };
-        let RawNetRule {
-            cidr,
-            unix,
-            ports,
-            protocol,
-        } = rule.into_inner();
-        let (kind, text) = match (cidr, unix) {
-            (Some(_), Some(u)) => {
-                return Err(doc.error_at(
-                    u.span().start,
-                    "a network rule takes either `cidr` or `unix`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(doc.error_at(
-                    span.start,
-                    "network rule without `cidr` or `unix`: expected \
-                     { cidr = \"10.0.0.0/8\", ... } or { unix = \"/path\" }",
-                ));
-            }
-            (Some(cidr), None) => inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?,
-            (None, Some(u)) => {
-                if let Some(p) = ports {
-                    return Err(doc.error_at(
-                        p.span().start,
-                        "a unix rule takes no `ports`: ports apply to `cidr` rules only",
-                    ));
-                }
-                if let Some(p) = protocol {
-                    return Err(doc.error_at(
-                        p.span().start,
-                        "a unix rule takes no `protocol`: protocols apply to `cidr` rules only",
-                    ));
-                }
-                let key = unix_key(u.get_ref()).map_err(|m| doc.error_at(u.span().start, m))?;
-                (Kind::Unix(key), format!("unix {}", u.get_ref()))
-            }
-        };
-        out.push(NetRule {
-            id,
-            text,
-            src,
-            kind,
-        });
+        match allow_rule(doc, rule, origin, i) {
+            Ok(r) => out.push(r),
+            Err(e) => errs.push(e),
+        }
     }
-    Ok(())
+}
+
+fn listen_rule(
+    doc: &Doc,
+    rule: Spanned<RawListenRule>,
+    origin: Origin,
+    i: usize,
+) -> Result<NetRule, PolicyError> {
+    let span = rule.span();
+    let id = doc.rule_id(origin, "network.listen", i);
+    let src = doc.src(origin, span.start);
+    let RawListenRule {
+        cidr,
+        ports,
+        protocol,
+    } = rule.into_inner();
+    let Some(cidr) = cidr else {
+        return Err(doc.error_at(
+            span.start,
+            "listen rule without `cidr`: expected { cidr = \"127.0.0.1/32\", ports = [8000] } \
+             (\"0.0.0.0/0\" or \"::/0\" to listen on every address)",
+        ));
+    };
+    let (kind, text) = inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?;
+    Ok(NetRule {
+        id,
+        text,
+        src,
+        kind,
+    })
+}
+
+fn allow_rule(
+    doc: &Doc,
+    rule: Spanned<RawNetRule>,
+    origin: Origin,
+    i: usize,
+) -> Result<NetRule, PolicyError> {
+    let span = rule.span();
+    let id = doc.rule_id(origin, "network.allow", i);
+    let src = doc.src(origin, span.start);
+    let RawNetRule {
+        cidr,
+        unix,
+        ports,
+        protocol,
+    } = rule.into_inner();
+    let (kind, text) = match (cidr, unix) {
+        (Some(_), Some(u)) => {
+            return Err(doc.error_at(
+                u.span().start,
+                "a network rule takes either `cidr` or `unix`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(doc.error_at(
+                span.start,
+                "network rule without `cidr` or `unix`: expected \
+                 { cidr = \"10.0.0.0/8\", ... } or { unix = \"/path\" }",
+            ));
+        }
+        (Some(cidr), None) => inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?,
+        (None, Some(u)) => {
+            if let Some(p) = ports {
+                return Err(doc.error_at(
+                    p.span().start,
+                    "a unix rule takes no `ports`: ports apply to `cidr` rules only",
+                ));
+            }
+            if let Some(p) = protocol {
+                return Err(doc.error_at(
+                    p.span().start,
+                    "a unix rule takes no `protocol`: protocols apply to `cidr` rules only",
+                ));
+            }
+            let key = unix_key(u.get_ref()).map_err(|m| doc.error_at(u.span().start, m))?;
+            (Kind::Unix(key), format!("unix {}", u.get_ref()))
+        }
+    };
+    Ok(NetRule {
+        id,
+        text,
+        src,
+        kind,
+    })
 }
 
 fn inet_rule(
@@ -1033,6 +1047,7 @@ mod tests {
             src: Src {
                 origin: Origin::Policy,
                 loc: super::super::Location { line: 1, col: 1 },
+                file: None,
             },
             kind: Kind::Inet(inet),
         }

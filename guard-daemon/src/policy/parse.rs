@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::{self, Visitor};
 use toml::Spanned;
 
-use super::{Location, PolicyError};
+use super::{Location, Origin, PolicyError, Src};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a policy document")]
@@ -23,6 +23,16 @@ pub(crate) struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a base document")]
 pub(crate) struct RawBase {
+    pub network: Option<RawNetwork>,
+    pub filesystem: Option<RawBaseFs>,
+}
+
+/// A user's include file: rules, and further includes (bases or files),
+/// like a base; no name, mode or process limits of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an include file")]
+pub(crate) struct RawInclude {
+    pub include: Option<Vec<Spanned<String>>>,
     pub network: Option<RawNetwork>,
     pub filesystem: Option<RawBaseFs>,
 }
@@ -152,6 +162,9 @@ pub(crate) struct Doc<'a> {
     text: &'a str,
     pub file: String,
     line_starts: Vec<usize>,
+    /// For an include file: the `include` entry that named it, which
+    /// prefixes the ids of its rules (`./team.toml filesystem.read[0]`).
+    pub include: Option<String>,
 }
 
 impl<'a> Doc<'a> {
@@ -167,6 +180,28 @@ impl<'a> Doc<'a> {
             text,
             file,
             line_starts,
+            include: None,
+        }
+    }
+
+    /// Where an item at `offset` was written.
+    pub fn src(&self, origin: Origin, offset: usize) -> Src {
+        Src {
+            origin,
+            loc: self.location(offset),
+            file: self
+                .include
+                .as_ref()
+                .map(|_| std::sync::Arc::from(self.file.as_str())),
+        }
+    }
+
+    /// The id of entry `i` of `list` (`filesystem.read`, `network.allow`).
+    pub fn rule_id(&self, origin: Origin, list: &str, i: usize) -> String {
+        match (origin, &self.include) {
+            (Origin::Base(name), _) => format!("base:{name} {list}[{i}]"),
+            (Origin::Policy, Some(inc)) => format!("{inc} {list}[{i}]"),
+            (Origin::Policy, None) => format!("{list}[{i}]"),
         }
     }
 
@@ -205,6 +240,10 @@ impl<'a> Doc<'a> {
         toml::from_str(self.text).map_err(|e| self.toml_error(&e))
     }
 
+    pub fn parse_include(&self) -> Result<RawInclude, PolicyError> {
+        toml::from_str(self.text).map_err(|e| self.toml_error(&e))
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> PolicyError {
         let span = e.span();
         let raw = e.message().trim();
@@ -237,6 +276,7 @@ fn rewrite_unknown_key(msg: &str) -> Option<String> {
         ["filesystem", "network", "policy", "process"] | ["filesystem", "network"] => {
             " at the top level"
         }
+        ["filesystem", "include", "network"] => " at the top level of an include file",
         ["include", "mode", "name"] => " in [policy]",
         ["allow", "listen"] => " in [network]",
         ["cidr", "ports", "protocol", "unix"] => " in a [network] allow rule",

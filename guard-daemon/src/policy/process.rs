@@ -86,29 +86,54 @@ const MAX_PROCESSES: i64 = 1_000_000;
 const MIN_MEMORY: u64 = 1 << 20;
 const MAX_CPU_CORES: f64 = 1024.0;
 
-pub(crate) fn validate(doc: &Doc, raw: RawProcess) -> Result<ProcPlan, PolicyError> {
+pub(crate) fn validate(doc: &Doc, raw: RawProcess, errs: &mut Vec<PolicyError>) -> ProcPlan {
     let at = |v: &Spanned<Scalar>, m: String| doc.error_at(v.span().start, m);
     let mut plan = ProcPlan::default();
+    let mut keep = |r: Result<(), PolicyError>| {
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    };
     if let Some(v) = &raw.max_processes {
-        plan.max_processes = Some(max_processes(v.get_ref()).map_err(|m| at(v, m))?);
+        keep(
+            max_processes(v.get_ref())
+                .map(|n| plan.max_processes = Some(n))
+                .map_err(|m| at(v, m)),
+        );
     }
     if let Some(v) = &raw.memory {
-        plan.memory_bytes = Some(memory(v.get_ref()).map_err(|m| at(v, m))?);
+        keep(
+            memory(v.get_ref())
+                .map(|n| plan.memory_bytes = Some(n))
+                .map_err(|m| at(v, m)),
+        );
     }
     if let Some(v) = &raw.cpu {
-        plan.cpu_millicores = Some(cpu(v.get_ref()).map_err(|m| at(v, m))?);
+        keep(
+            cpu(v.get_ref())
+                .map(|n| plan.cpu_millicores = Some(n))
+                .map_err(|m| at(v, m)),
+        );
     }
     if let Some(v) = &raw.user {
-        plan.user = Some(user(v.get_ref()).map_err(|m| at(v, m))?);
+        keep(
+            user(v.get_ref())
+                .map(|u| plan.user = Some(u))
+                .map_err(|m| at(v, m)),
+        );
     }
     plan.inotify = raw.inotify.unwrap_or(false);
     for c in raw.capabilities.unwrap_or_default() {
-        let name = capability(c.get_ref()).map_err(|m| doc.error_at(c.span().start, m))?;
-        if !plan.capabilities.contains(&name) {
-            plan.capabilities.push(name);
+        match capability(c.get_ref()) {
+            Ok(name) => {
+                if !plan.capabilities.contains(&name) {
+                    plan.capabilities.push(name);
+                }
+            }
+            Err(m) => keep(Err(doc.error_at(c.span().start, m))),
         }
     }
-    Ok(plan)
+    plan
 }
 
 fn max_processes(v: &Scalar) -> Result<u32, String> {

@@ -1,15 +1,28 @@
-//! `guardctl policy check FILE`: validate a policy and show, rule by rule,
-//! how this host will enforce it.
+//! `guardctl policy check [--paths] FILE`: validate a policy, report every
+//! problem (the same host checks `guardctl run` makes) and dangerous
+//! grants, and show how this host will enforce it.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::{Args, Subcommand};
 use guard_daemon::{
     doctor::{self, Status},
-    policy::{Policy, Vars},
+    launch::preflight,
+    policy::{Access, Origin, Policy, Vars, dangerous_grants},
 };
 
 use crate::{Cli, EXIT_USAGE};
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! out {
+    ($o:expr) => {{
+        $o.push('\n');
+    }};
+    ($o:expr, $($t:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($t)*);
+    }};
+}
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
@@ -19,108 +32,139 @@ pub struct PolicyArgs {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCmd {
-    /// Validate a policy and print how each rule is enforced here.
-    Check { file: PathBuf },
+    /// Validate a policy, report every problem, and summarise how this host
+    /// enforces it.
+    Check {
+        file: PathBuf,
+        /// List every file and program rule (bases included), not only a
+        /// count per source.
+        #[arg(long, visible_alias = "paths", short = 'v')]
+        verbose: bool,
+    },
 }
 
 pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
-    let PolicyCmd::Check { file } = &args.cmd;
-    let policy = match Policy::load(file) {
-        Ok(p) => p,
+    let PolicyCmd::Check { file, verbose } = &args.cmd;
+    let name = file.display().to_string();
+    let policy = match std::fs::read_to_string(file) {
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{name}: cannot read: {e}");
             return EXIT_USAGE;
         }
+        Ok(text) => {
+            let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+            let dir = real.parent().unwrap_or(std::path::Path::new("/"));
+            Policy::parse_all_with(&text, &name, dir, &|p: &std::path::Path| {
+                std::fs::read_to_string(p).map_err(|e| e.to_string())
+            })
+        }
     };
+    let policy = match policy {
+        Ok(p) => p,
+        Err(errs) => return report_errors(&name, &errs),
+    };
+    // {tmp} is created by guardd when the agent starts: a placeholder that
+    // the host checks skip.
+    let tmp = PathBuf::from("/tmp/guard-<agent>");
     let vars = Vars {
         workdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         home: std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/")),
-        tmp: PathBuf::from("/tmp/guard-<agent>"),
+        tmp: tmp.clone(),
     };
-    let plan = match policy.compile(&vars) {
+    let plan = match policy.compile_all(&vars) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_USAGE;
-        }
+        Err(errs) => return report_errors(&name, &errs),
     };
+    // The checks `guardctl run` makes before it starts anything.
+    let problems = preflight::host_problems(&plan, &name, Some(&tmp));
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{name}: {} error(s); guardctl run would refuse this policy here",
+            problems.len()
+        );
+        return EXIT_USAGE;
+    }
+    let warnings = dangerous_grants(&plan);
+    // Written at once, and a closed pipe (`| head`) is not an error.
+    let mut o = String::new();
     let landlock = doctor::landlock_layer();
     let seccomp = doctor::seccomp_layer();
-    println!(
-        "{}: ok — policy {:?}, mode {}",
-        file.display(),
+    out!(
+        o,
+        "{name}: ok — policy {:?}, mode {}{}",
         plan.name,
-        plan.mode.as_str()
+        plan.mode.as_str(),
+        if warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", warnings.len())
+        }
     );
-    println!();
-    println!(
-        "network (default deny; enforced by cgroup BPF connect/sendmsg hooks, TCP ports also by Landlock when ABI >= 4):"
+    for w in &warnings {
+        out!(o, "  warning: {w}");
+    }
+    out!(o);
+    out!(
+        o,
+        "network (default deny, loopback included; enforced by cgroup BPF connect/sendmsg hooks, Unix sockets by the cgroup BPF connect_unix/sendmsg_unix hooks):"
     );
     let (listen, allow): (Vec<_>, Vec<_>) = plan
         .rules
         .iter()
         .partition(|r| r.id.contains("network.listen["));
     if allow.is_empty() {
-        println!("  (no rules: every connection and datagram is refused, loopback included)");
+        out!(
+            o,
+            "  (no rules: every connection and datagram is refused, loopback included)"
+        );
     }
     for r in &allow {
-        println!("  {:<22} {}", r.id, r.text);
+        out!(o, "  {:<22} {}", r.id, r.text);
     }
-    println!(
+    out!(
+        o,
         "  raw, packet and ICMP sockets: refused (cgroup sock_create + seccomp socket families + no CAP_NET_RAW)"
     );
-    println!();
-    println!(
+    out!(o);
+    out!(
+        o,
         "inbound (default deny; enforced by cgroup BPF bind hooks, and by dropping packets for listening sockets on unlisted ports):"
     );
     if listen.is_empty() {
-        println!(
+        out!(
+            o,
             "  (no listen rules: bind and listen are refused on every address and port, loopback included; listen() by seccomp)"
         );
     }
     for r in &listen {
-        println!("  {:<22} {}", r.id, r.text);
+        out!(o, "  {:<22} {}", r.id, r.text);
     }
-    println!();
+    out!(o);
     if plan.filesystem.restricted {
-        println!(
-            "files and programs (default deny; {}: {}):",
+        out!(
+            o,
+            "files and programs (default deny; {}: {}; write implies read of the same tree, exec implies read):",
             landlock.layer,
             status(landlock.status)
         );
-        for r in &plan.filesystem.rules {
-            let mut a = Vec::new();
-            if r.access.read {
-                a.push("read");
-            }
-            if r.access.write {
-                a.push("write");
-            }
-            if r.access.exec {
-                a.push("exec");
-            }
-            let missing = if r.path.exists() {
-                ""
-            } else {
-                "  (missing on this host)"
-            };
-            println!(
-                "  {:<40} {:<16} {}{missing}",
-                r.path.display(),
-                a.join("+"),
-                r.rule
-            );
-        }
+        print_files(&mut o, &plan, *verbose);
     } else {
-        println!("files and programs: NOT restricted (no [filesystem] table)");
+        out!(
+            o,
+            "files and programs: NOT restricted (no [filesystem] table)"
+        );
     }
-    println!("  {}", landlock.detail);
-    println!();
-    println!("processes:");
+    out!(o, "  {}", landlock.detail);
+    out!(o);
+    out!(o, "processes:");
     let p = &plan.process;
-    println!(
+    out!(
+        o,
         "  max_processes {}, memory {}, cpu {}",
         p.max_processes
             .map(|n| n.to_string())
@@ -132,7 +176,8 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             .map(|n| format!("{:.3} cores", f64::from(n) / 1000.0))
             .unwrap_or_else(|| "unlimited".into()),
     );
-    println!(
+    out!(
+        o,
         "  capabilities kept: {}",
         if p.capabilities.is_empty() {
             "none".to_owned()
@@ -140,12 +185,80 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             p.capabilities.join(", ")
         }
     );
-    println!(
+    out!(
+        o,
         "  system calls: default-deny allowlist ({}: {})",
         seccomp.layer,
         status(seccomp.status)
     );
+    let _ = std::io::stdout().write_all(o.as_bytes());
     0
+}
+
+fn report_errors(name: &str, errs: &[guard_daemon::policy::PolicyError]) -> i32 {
+    for e in errs {
+        eprintln!("{e}");
+    }
+    eprintln!("{name}: {} error(s)", errs.len());
+    EXIT_USAGE
+}
+
+fn access_text(a: Access) -> String {
+    let mut v = Vec::new();
+    if a.read {
+        v.push("read");
+    }
+    if a.write {
+        v.push("write");
+    }
+    if a.exec {
+        v.push("exec");
+    }
+    v.join("+")
+}
+
+/// The policy's own rules always; base rules as one line per base unless
+/// `verbose` (they run to well over a hundred paths).
+fn print_files(o: &mut String, plan: &guard_daemon::policy::Plan, verbose: bool) {
+    let line = |o: &mut String, r: &guard_daemon::policy::FsRule| {
+        let missing = if r.path.exists() {
+            ""
+        } else if r.origin == Origin::Policy {
+            "  (created by guardd at start)"
+        } else {
+            "  (missing on this host: skipped)"
+        };
+        out!(
+            o,
+            "  {:<40} {:<16} {}{missing}",
+            r.path.display(),
+            access_text(r.access),
+            r.rule
+        );
+    };
+    let mut bases: Vec<(&str, usize, usize)> = Vec::new();
+    for r in &plan.filesystem.rules {
+        match r.origin {
+            Origin::Policy => line(o, r),
+            Origin::Base(_) if verbose => line(o, r),
+            Origin::Base(b) => {
+                let present = usize::from(r.path.exists());
+                match bases.iter_mut().find(|(n, _, _)| *n == b) {
+                    Some(e) => {
+                        e.1 += 1;
+                        e.2 += present;
+                    }
+                    None => bases.push((b, 1, present)),
+                }
+            }
+        }
+    }
+    for (b, n, present) in bases {
+        out!(
+            o,
+            "  base {b:<35} {n} paths ({present} on this host); --paths lists them"
+        );
+    }
 }
 
 fn status(s: Status) -> &'static str {

@@ -20,7 +20,7 @@ use guard_daemon::{
         ApiError, ExitReply, ExitStatus, ExitedRequest, LineConn, OpenReply, OpenRequest, Request,
         StartedRequest,
     },
-    launch::{self, Credentials, LaunchSpec, caps, landlock, seccomp},
+    launch::{self, Credentials, LaunchSpec, caps, landlock, preflight, seccomp},
     policy::{Plan, Policy, UserSpec, Vars},
 };
 
@@ -97,13 +97,27 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let policy = match Policy::parse(&text, &path_str) {
+    // Includes are resolved from the policy's real directory, as guardd
+    // (which gets the canonical path and the texts read here) resolves them.
+    let policy_path = std::fs::canonicalize(&args.policy).unwrap_or_else(|_| args.policy.clone());
+    let policy_dir = policy_path.parent().unwrap_or(Path::new("/")).to_owned();
+    let policy = match Policy::parse_all_with(&text, &path_str, &policy_dir, &|p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    }) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{e}");
+            }
             return EXIT_USAGE;
         }
     };
+    if let Some(name) = &args.name
+        && let Some(problem) = preflight::agent_name_problem(name)
+    {
+        fail(format!("--name: {problem}"));
+        return EXIT_USAGE;
+    }
     let workdir = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -114,17 +128,29 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     let home = home_dir();
     // Compile once now so every error is reported before anything starts;
     // {tmp} is only known once guardd has created it.
-    let fs_restricted = match policy.compile(&Vars {
+    let tmp_placeholder = std::env::temp_dir().join("guard-check");
+    let first_plan = match policy.compile_all(&Vars {
         workdir: workdir.clone(),
         home: home.clone(),
-        tmp: std::env::temp_dir().join("guard-check"),
+        tmp: tmp_placeholder.clone(),
     }) {
-        Ok(plan) => plan.filesystem.restricted,
-        Err(e) => {
-            eprintln!("{e}");
+        Ok(plan) => plan,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{e}");
+            }
             return EXIT_USAGE;
         }
     };
+    let fs_restricted = first_plan.filesystem.restricted;
+    // The same checks as `guardctl policy check`, before anything starts.
+    let problems = preflight::host_problems(&first_plan, &path_str, Some(&tmp_placeholder));
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        return EXIT_USAGE;
+    }
     let accepts = |w: &str| args.allow_degraded.iter().any(|a| a == w || a == "all");
     for a in &args.allow_degraded {
         if !matches!(a.as_str(), "landlock" | "unix" | "limits" | "exec" | "all") {
@@ -137,11 +163,24 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
 
     timing.mark("policy parsed and compiled");
     let cmd0 = args.command[0].to_string_lossy().into_owned();
-    let Some(program) = launch::resolve_program(&cmd0, std::env::var("PATH").ok().as_deref())
-    else {
-        fail(format!("{cmd0}: command not found"));
+    let path_env = std::env::var("PATH").ok();
+    let Some(program) = launch::resolve_program(&cmd0, path_env.as_deref()) else {
+        fail(format!(
+            "{cmd0}: command not found in PATH as guardctl searched it (PATH={})",
+            path_env
+                .as_deref()
+                .unwrap_or("unset; searched /usr/local/bin:/usr/bin:/bin")
+        ));
         return 127;
     };
+    let rest: Vec<String> = args.command[1..]
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for w in preflight::start_warnings(&first_plan, &program, &rest, &workdir, path_env.as_deref())
+    {
+        eprintln!("guardctl: warning: {w}");
+    }
 
     // Landlock is checked before asking for a scope, so a host that cannot
     // enforce the policy's file rules is refused without side effects.
@@ -189,11 +228,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
         }
     };
     let open = Request::Open(OpenRequest {
-        policy_path: std::fs::canonicalize(&args.policy)
-            .unwrap_or_else(|_| args.policy.clone())
-            .display()
-            .to_string(),
+        policy_path: policy_path.display().to_string(),
         policy_text: text,
+        policy_includes: policy.sources.clone(),
         name: args.name.clone(),
         audit: args.audit,
         argv: args
@@ -287,6 +324,16 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
             if spec.views.is_some() && e.is_exec_confinement() {
                 fail(format!(
                     "{e}. Refusing to start; pass --allow-degraded exec to run without the agent's namespaces and views (the routes around `exec`, metadata, IPC and cgroup isolation)"
+                ));
+            } else if let launch::LaunchError::Exec { source, .. } = &e {
+                let ids = spec.credentials.as_ref().map(|c| (c.uid, c.gid));
+                fail(preflight::explain_exec_failure(
+                    &plan,
+                    &cmd0,
+                    &program,
+                    path_env.as_deref(),
+                    ids,
+                    source,
                 ));
             } else {
                 fail(&e);
