@@ -782,6 +782,99 @@ fn readyz_says_when_the_journal_cannot_be_written() {
     d.stop();
 }
 
+/// SIGTERM stops guardd even when its journal cannot be written and a flood
+/// of refusals has filled the queue in front of the writer (the monitor
+/// then waits on that queue): the writer gives up after a few attempts,
+/// says how many records it could not commit, and guardd exits.
+#[test]
+fn sigterm_stops_guardd_whose_journal_is_full_behind_a_flood() {
+    let fs = SmallFs::mount("16m");
+    let mut d = Direct::new();
+    d.journal = fs.0.path().join("journal.db");
+    let log_path = d.dir.path().join("guardd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = d
+        .command("127.0.0.1:0")
+        .args(["--journal-max-bytes", "off", "--coalesce-interval", "0"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    d.child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        if let Some(a) = d.metrics_addr()
+            && d.ctl(&["ps"]).status.success()
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "guardd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let filler = fs.0.path().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let p = d.dir.path().join("flood.toml");
+    std::fs::write(&p, "[policy]\nname = \"flood\"\n[network]\nallow = []\n").unwrap();
+    // More distinct refusals than the writer's queue holds (64 Ki).
+    let op = format!("loop:150000:127.0.0.1:{}", closed_port());
+    let mut agent = Command::new(GUARDCTL)
+        .env("GUARD_SOCKET", d.socket())
+        .args(["run", "--policy", p.to_str().unwrap(), "--"])
+        .args([PYTHON, &agent_script("netprobe.py"), &op])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&addr, "/readyz").0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "the journal's filesystem is full, yet ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the flood fill the queue (the agent's own run may then wait on
+    // the journal to record its exit: backpressure, not loss).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c = d.child.take().unwrap();
+    // SAFETY: signalling the guardd this test started, by pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stopped = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let tail: String = text.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    assert!(
+        stopped.is_some(),
+        "SIGTERM did not stop guardd with a full journal; its log ends:\n{tail}"
+    );
+    // What could not be committed is said, not silently dropped.
+    assert!(
+        text.contains("could not be committed"),
+        "no account of the uncommitted records:\n{tail}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+}
+
 // ------------------------------------------------------ 7. bounded labels
 
 fn refusal_series(metrics: &str) -> Vec<&str> {

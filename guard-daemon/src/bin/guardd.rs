@@ -242,6 +242,9 @@ fn main() -> anyhow::Result<()> {
     notify("READY=1\nSTATUS=ready\n");
     rt.block_on(server::serve(shared, listener, signals.shutdown()));
     notify("STOPPING=1\n");
+    // Before waiting on anything that may be appending: a journal that
+    // cannot be written must not keep guardd from stopping.
+    daemon.shared.journal.begin_close();
     if let Some(t) = metrics_task {
         t.abort();
     }

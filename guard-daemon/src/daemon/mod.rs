@@ -257,6 +257,7 @@ impl Daemon {
     /// is left to protect. Live agents stay confined by the pinned programs
     /// and are re-adopted by the next guardd.
     pub fn stop(mut self) {
+        self.shared.journal.begin_close();
         let live = self.shared.registry.lock().map(|r| r.live()).unwrap_or(1);
         let rec = Record::new(
             Kind::Lifecycle,

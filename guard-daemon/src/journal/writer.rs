@@ -204,6 +204,15 @@ impl JournalHandle {
         }
     }
 
+    /// The daemon is stopping: from now on a commit that keeps failing (a
+    /// full disk) is given up after a few attempts instead of retried for
+    /// ever, which frees appenders blocked on a full queue, so that SIGTERM
+    /// is not held hostage by the disk. What cannot be committed is logged
+    /// with its JSON, never dropped silently.
+    pub fn begin_close(&self) {
+        self.shared.closing.store(true, Relaxed);
+    }
+
     /// Why the writer stopped accepting records, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared
