@@ -278,6 +278,19 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         g.journal.to_str().unwrap(),
     ]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    // Without --journal, verify and export use the store the guardd behind
+    // GUARD_SOCKET writes, not a default path that is not this one.
+    let out = g.ctl(&["logs", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(g.journal.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+    let second = dir.path().join("second.db");
+    let out = g.ctl(&["logs", "export", second.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(verify(&second, &[]).status.code(), Some(0));
 }
 
 #[test]

@@ -349,6 +349,8 @@ async fn handle(
                 "protocol": api::PROTOCOL_VERSION,
                 "version": env!("CARGO_PKG_VERSION"),
                 "instance": shared.cfg.instance,
+                // Where `guardctl logs verify|export` find the store.
+                "journal": shared.cfg.journal,
             });
             conn.send(&api::ok_line(id, v)).await
         }

@@ -67,8 +67,10 @@ enum LogsCmd {
     /// Check the journal's hash chain and checkpoints (reads the file
     /// directly and read-only; needs read access to it).
     Verify {
-        #[arg(long, default_value = DEFAULT_JOURNAL)]
-        journal: PathBuf,
+        /// The store to check; default: the running guardd's journal, or
+        /// /var/lib/guard/journal.db when guardd cannot be reached.
+        #[arg(long)]
+        journal: Option<PathBuf>,
         /// A chain head kept off this host, SEQ:HASH: the store must hold
         /// record SEQ with this hash (detects rollback). Repeatable.
         #[arg(long, value_name = "SEQ:HASH")]
@@ -84,9 +86,29 @@ enum LogsCmd {
     Export {
         /// Where to write the copy; must not exist.
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_JOURNAL)]
-        journal: PathBuf,
+        /// The store to copy; default: the running guardd's journal, or
+        /// /var/lib/guard/journal.db when guardd cannot be reached.
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
+}
+
+/// The store `verify` and `export` read: the one named, else the one the
+/// running guardd writes (it says in its hello), else the default path.
+fn journal_of(cli: &Cli, named: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = named {
+        return p.clone();
+    }
+    let from_guardd = connect(&cli.socket).ok().and_then(|mut conn| {
+        let reply = conn
+            .call(1, &Request::Hello(guard_daemon::api::Empty {}))
+            .ok()?;
+        reply
+            .get("journal")
+            .and_then(serde_json::Value::as_str)
+            .map(PathBuf::from)
+    });
+    from_guardd.unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL))
 }
 
 /// Why printing stopped early.
@@ -202,8 +224,10 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
             journal,
             head,
             mirror,
-        }) => return verify(journal, head, mirror),
-        Some(LogsCmd::Export { file, journal }) => return export(journal, file),
+        }) => return verify(&journal_of(cli, journal), head, mirror),
+        Some(LogsCmd::Export { file, journal }) => {
+            return export(&journal_of(cli, journal), file);
+        }
         None => {}
     }
     if let Some(path) = &args.journal {
