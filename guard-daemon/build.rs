@@ -13,7 +13,7 @@ use std::{
     env,
     ffi::OsString,
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -157,10 +157,7 @@ fn build_programs(out_dir: &Path) -> anyhow::Result<()> {
         bail!("building the kernel programs ({PACKAGE}) failed ({status}):\n{stderr}");
     }
     // Cargo's own warnings (not the compiler's) arrive on stderr.
-    for line in BufReader::new(stderr.as_bytes())
-        .lines()
-        .map_while(Result::ok)
-    {
+    for line in stderr.lines() {
         if line.starts_with("warning:") {
             println!("cargo:warning={line}");
         }
