@@ -179,9 +179,7 @@ impl Policy {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Policy::parse_all_with(text, file, dir, &|p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| e.to_string())
-        })
+        Policy::parse_all_with(text, file, dir, &read_include)
     }
 
     /// [`Policy::parse_all`] with include files resolved against `dir` (the
@@ -408,6 +406,13 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Reads an include file from this host's file system, for
+/// [`Policy::parse_all_with`] in guardctl (guardd reads none: it compiles
+/// the texts guardctl read).
+pub fn read_include(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 /// What the policy and its includes add up to while they are read.
