@@ -647,7 +647,8 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
     for cap in &plan.process.capabilities {
         if let Some((_, what)) = DANGEROUS_CAPS.iter().find(|(c, _)| c == cap) {
             out.push(format!(
-                "process.capabilities keeps {cap} ({what}): it lets the agent step around                  the other layers; keep it only if you must"
+                "process.capabilities keeps {cap} ({what}): it lets the agent step around \
+                 the other layers; keep it only if you must"
             ));
         }
     }
@@ -662,7 +663,8 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
         });
         if system && !under_proc_self && !real.starts_with("/dev") {
             out.push(format!(
-                "{} grants write on {} (a system directory): the agent could change the host                  for every program",
+                "{} grants write on {} (a system directory): the agent could change the host \
+                 for every program",
                 r.rule,
                 if real == r.path {
                     r.path.display().to_string()
