@@ -17,6 +17,17 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// guardctl run from the test's directory (where relative paths and
+/// `{workdir}` point), with PATH set to `path_env` if given.
+fn ctl_in_dir(g: &Guardd, path_env: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = g.ctl_cmd();
+    cmd.current_dir(g.dir.path());
+    if let Some(p) = path_env {
+        cmd.env("PATH", p);
+    }
+    cmd.args(args).output().unwrap()
+}
+
 /// The policy example under "## Writing a policy" in README.md, verbatim.
 fn readme_example() -> String {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
@@ -319,12 +330,7 @@ exec = ["{workdir}/.venv/bin"]
 user = "no-such-user-guard"
 "#,
     );
-    let check = g
-        .ctl_cmd()
-        .current_dir(g.dir.path())
-        .args(["policy", "check", policy.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let check = ctl_in_dir(&g, None, &["policy", "check", policy.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(2));
     let run = g.run(&policy, &[], &["/bin/true"]);
     assert_eq!(run.status.code(), Some(2));
@@ -444,13 +450,11 @@ fn bad_names_and_missing_commands_say_what_is_expected() {
         "{}",
         stderr(&out)
     );
-    let out = g
-        .ctl_cmd()
-        .current_dir(g.dir.path())
-        .env("PATH", "/nonexistent-guard:/also-not")
-        .args(["run", "--policy", policy.to_str().unwrap(), "--", "python3"])
-        .output()
-        .unwrap();
+    let out = ctl_in_dir(
+        &g,
+        Some("/nonexistent-guard:/also-not"),
+        &["run", "--policy", policy.to_str().unwrap(), "--", "python3"],
+    );
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     assert!(
         stderr(&out).contains(
@@ -524,12 +528,7 @@ fn a_team_include_file_works_beside_the_bases() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(stdout(&out), "team data\n");
     // The include's rules are the policy's own: a refusal names no base.
-    let check = g
-        .ctl_cmd()
-        .current_dir(g.dir.path())
-        .args(["policy", "check", "policies/agent.toml"])
-        .output()
-        .unwrap();
+    let check = ctl_in_dir(&g, None, &["policy", "check", "policies/agent.toml"]);
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
         stdout(&check).contains("./shared/tools.toml filesystem.exec[0]"),
@@ -563,12 +562,7 @@ fn a_team_include_file_works_beside_the_bases() {
         &["/usr/bin/cat"],
         g.dir.path(),
     );
-    let check = g
-        .ctl_cmd()
-        .current_dir(g.dir.path())
-        .args(["policy", "check", "policies/agent.toml"])
-        .output()
-        .unwrap();
+    let check = ctl_in_dir(&g, None, &["policy", "check", "policies/agent.toml"]);
     for out in [&run, &check] {
         assert_eq!(out.status.code(), Some(2), "{}", describe(out));
         assert!(stderr(out).contains(&cycle), "{cycle}\n{}", stderr(out));
@@ -589,11 +583,10 @@ fn a_pyenv_shim_is_explained() {
     )
     .unwrap();
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = g
-        .ctl_cmd()
-        .current_dir(g.dir.path())
-        .env("PATH", format!("{}:/usr/bin:/bin", shims.display()))
-        .args([
+    let out = ctl_in_dir(
+        &g,
+        Some(&format!("{}:/usr/bin:/bin", shims.display())),
+        &[
             "run",
             "--policy",
             repo().join("policies/demo.toml").to_str().unwrap(),
@@ -601,9 +594,8 @@ fn a_pyenv_shim_is_explained() {
             "python3",
             "-c",
             "pass",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     let err = stderr(&out);
     assert!(

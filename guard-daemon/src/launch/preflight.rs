@@ -214,16 +214,15 @@ pub fn start_warnings(
     let Ok(real) = std::fs::canonicalize(program) else {
         return out;
     };
-    if granted(plan, &real, Access::EXEC).is_some()
-        && let Some(p) = exec_chain_problem(plan, program, path_env)
-    {
-        out.push(format!("{} will not run: {p}", program.display()));
-    }
-    // A shim the policy does not grant is explained when its exec fails.
-    if granted(plan, &real, Access::EXEC).is_some()
-        && let Some(hint) = pyenv_shim(program)
-    {
-        out.push(hint);
+    // A program the policy does not grant (a shim included) is explained
+    // when its exec fails.
+    if granted(plan, &real, Access::EXEC).is_some() {
+        if let Some(p) = exec_chain_problem(plan, program, path_env) {
+            out.push(format!("{} will not run: {p}", program.display()));
+        }
+        if let Some(hint) = pyenv_shim(program) {
+            out.push(hint);
+        }
     }
     // An interpreter's script: the first argument that names an existing
     // file (a script the program reads).

@@ -179,9 +179,7 @@ impl Policy {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Policy::parse_all_with(text, file, dir, &|p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| e.to_string())
-        })
+        Policy::parse_all_with(text, file, dir, &read_include)
     }
 
     /// [`Policy::parse_all`] with include files resolved against `dir` (the
@@ -250,52 +248,32 @@ impl Policy {
             stack: vec![normal(
                 &dir.join(Path::new(file).file_name().unwrap_or_default()),
             )],
-            net_rules: Vec::new(),
-            listen_rules: Vec::new(),
-            fs_entries: Vec::new(),
+            rules: Rules::default(),
             includes: Vec::new(),
             sources: Vec::new(),
-            fs_restricted: false,
             errs,
         };
         for inc in head.include.unwrap_or_default() {
             c.include(&doc, dir, &inc);
         }
         let Collect {
-            mut net_rules,
-            mut listen_rules,
-            mut fs_entries,
+            mut rules,
             includes,
             sources,
-            mut fs_restricted,
             mut errs,
             ..
         } = c;
 
-        if let Some(n) = raw.network {
-            net::validate(
-                &doc,
-                n,
-                Origin::Policy,
-                &mut net_rules,
-                &mut listen_rules,
-                &mut errs,
-            );
-        }
         let mut allow_write_exec = false;
-        if let Some(f) = raw.filesystem {
-            fs_restricted = true;
+        let filesystem = raw.filesystem.map(|f| {
             allow_write_exec = f.allow_write_exec.unwrap_or(false);
-            fs::validate(
-                &doc,
-                f.read,
-                f.write,
-                f.exec,
-                Origin::Policy,
-                &mut fs_entries,
-                &mut errs,
-            );
-        }
+            parse::RawBaseFs {
+                read: f.read,
+                write: f.write,
+                exec: f.exec,
+            }
+        });
+        rules.add(&doc, Origin::Policy, raw.network, filesystem, &mut errs);
         let process = match raw.process {
             Some(p) => process::validate(&doc, p, &mut errs),
             None => ProcPlan::default(),
@@ -303,8 +281,8 @@ impl Policy {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let (network, rules) =
-            net::compile(&net_rules, &listen_rules, file).map_err(|e| vec![e])?;
+        let (network, net_rules) =
+            net::compile(&rules.net, &rules.listen, file).map_err(|e| vec![e])?;
 
         Ok(Policy {
             name,
@@ -313,9 +291,9 @@ impl Policy {
             sources,
             file: file.to_owned(),
             network,
-            rules,
-            fs: fs_entries,
-            fs_restricted,
+            rules: net_rules,
+            fs: rules.fs,
+            fs_restricted: rules.has_fs,
             allow_write_exec,
             process,
         })
@@ -430,18 +408,59 @@ impl Policy {
     }
 }
 
+/// Reads an include file from this host's file system, for
+/// [`Policy::parse_all_with`] in guardctl (guardd reads none: it compiles
+/// the texts guardctl read).
+pub fn read_include(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
 /// What the policy and its includes add up to while they are read.
 struct Collect<'r> {
     read: &'r dyn Fn(&Path) -> Result<String, String>,
     /// Files being included, outermost (the policy itself) first.
     stack: Vec<PathBuf>,
-    net_rules: Vec<net::NetRule>,
-    listen_rules: Vec<net::NetRule>,
-    fs_entries: Vec<fs::FsEntry>,
+    rules: Rules,
     includes: Vec<String>,
     sources: Vec<(String, String)>,
-    fs_restricted: bool,
     errs: Vec<PolicyError>,
+}
+
+/// Rules in the order read (bases and include files, then the policy's
+/// own), or one built-in base's rules, parsed once.
+#[derive(Default)]
+struct Rules {
+    net: Vec<net::NetRule>,
+    listen: Vec<net::NetRule>,
+    fs: Vec<fs::FsEntry>,
+    /// A `[filesystem]` table was read: files and programs are default-deny.
+    has_fs: bool,
+}
+
+impl Rules {
+    fn add(
+        &mut self,
+        doc: &Doc,
+        origin: Origin,
+        network: Option<parse::RawNetwork>,
+        filesystem: Option<parse::RawBaseFs>,
+        errs: &mut Vec<PolicyError>,
+    ) {
+        if let Some(n) = network {
+            net::validate(doc, n, origin, &mut self.net, &mut self.listen, errs);
+        }
+        if let Some(f) = filesystem {
+            self.has_fs = true;
+            fs::validate(doc, f.read, f.write, f.exec, origin, &mut self.fs, errs);
+        }
+    }
+
+    fn extend(&mut self, other: &Rules) {
+        self.net.extend(other.net.iter().cloned());
+        self.listen.extend(other.listen.iter().cloned());
+        self.fs.extend(other.fs.iter().cloned());
+        self.has_fs |= other.has_fs;
+    }
 }
 
 /// An include entry names a file (rather than a base) when it holds a `/`
@@ -481,14 +500,7 @@ impl Collect<'_> {
             }
             self.includes.push(base_name.to_owned());
             match parsed_base(base_name) {
-                Ok(parsed) => {
-                    self.net_rules.extend(parsed.net.iter().cloned());
-                    self.listen_rules.extend(parsed.listen.iter().cloned());
-                    if parsed.has_fs {
-                        self.fs_restricted = true;
-                        self.fs_entries.extend(parsed.fs.iter().cloned());
-                    }
-                }
+                Ok(parsed) => self.rules.extend(parsed),
                 Err(e) => self.errs.push(e),
             }
             return;
@@ -547,73 +559,37 @@ impl Collect<'_> {
             self.include(&sub, &sub_dir, &i);
         }
         self.stack.pop();
-        if let Some(n) = raw.network {
-            net::validate(
-                &sub,
-                n,
-                Origin::Policy,
-                &mut self.net_rules,
-                &mut self.listen_rules,
-                &mut self.errs,
-            );
-        }
-        if let Some(f) = raw.filesystem {
-            self.fs_restricted = true;
-            fs::validate(
-                &sub,
-                f.read,
-                f.write,
-                f.exec,
-                Origin::Policy,
-                &mut self.fs_entries,
-                &mut self.errs,
-            );
-        }
+        self.rules.add(
+            &sub,
+            Origin::Policy,
+            raw.network,
+            raw.filesystem,
+            &mut self.errs,
+        );
     }
-}
-
-/// A built-in base, parsed and validated.
-struct ParsedBase {
-    net: Vec<net::NetRule>,
-    listen: Vec<net::NetRule>,
-    fs: Vec<fs::FsEntry>,
-    has_fs: bool,
 }
 
 /// Bases are compiled into the binary, so each is parsed once per process
 /// (guardd compiles a policy for every agent it starts).
-fn parsed_base(name: &'static str) -> Result<&'static ParsedBase, PolicyError> {
+fn parsed_base(name: &'static str) -> Result<&'static Rules, PolicyError> {
     use std::{collections::HashMap, sync::OnceLock};
-    type Cache = HashMap<&'static str, Result<ParsedBase, PolicyError>>;
+    type Cache = HashMap<&'static str, Result<Rules, PolicyError>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| {
         base::all()
             .map(|(n, t)| {
-                let parse = || -> Result<ParsedBase, PolicyError> {
-                    let origin = Origin::Base(n);
+                let parse = || -> Result<Rules, PolicyError> {
                     let doc = Doc::new(t, format!("base:{n}"));
                     let raw = doc.parse_base()?;
-                    let mut out = ParsedBase {
-                        net: Vec::new(),
-                        listen: Vec::new(),
-                        fs: Vec::new(),
-                        has_fs: raw.filesystem.is_some(),
-                    };
+                    let mut out = Rules::default();
                     let mut errs = Vec::new();
-                    if let Some(net) = raw.network {
-                        net::validate(&doc, net, origin, &mut out.net, &mut out.listen, &mut errs);
-                    }
-                    if let Some(f) = raw.filesystem {
-                        fs::validate(
-                            &doc,
-                            f.read,
-                            f.write,
-                            f.exec,
-                            origin,
-                            &mut out.fs,
-                            &mut errs,
-                        );
-                    }
+                    out.add(
+                        &doc,
+                        Origin::Base(n),
+                        raw.network,
+                        raw.filesystem,
+                        &mut errs,
+                    );
                     match errs.into_iter().next() {
                         Some(e) => Err(e),
                         None => Ok(out),
@@ -671,7 +647,8 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
     for cap in &plan.process.capabilities {
         if let Some((_, what)) = DANGEROUS_CAPS.iter().find(|(c, _)| c == cap) {
             out.push(format!(
-                "process.capabilities keeps {cap} ({what}): it lets the agent step around                  the other layers; keep it only if you must"
+                "process.capabilities keeps {cap} ({what}): it lets the agent step around \
+                 the other layers; keep it only if you must"
             ));
         }
     }
@@ -686,7 +663,8 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
         });
         if system && !under_proc_self && !real.starts_with("/dev") {
             out.push(format!(
-                "{} grants write on {} (a system directory): the agent could change the host                  for every program",
+                "{} grants write on {} (a system directory): the agent could change the host \
+                 for every program",
                 r.rule,
                 if real == r.path {
                     r.path.display().to_string()

@@ -145,11 +145,7 @@ pub(crate) fn validate(
     errs: &mut Vec<PolicyError>,
 ) {
     for (i, rule) in raw.listen.unwrap_or_default().into_iter().enumerate() {
-        if out.len() + listen.len() >= MAX_RULES {
-            errs.push(doc.error_at(
-                rule.span().start,
-                format!("too many network rules: at most {MAX_RULES}"),
-            ));
+        if !room(doc, out.len() + listen.len(), rule.span().start, errs) {
             return;
         }
         match listen_rule(doc, rule, origin, i) {
@@ -158,11 +154,7 @@ pub(crate) fn validate(
         }
     }
     for (i, rule) in raw.allow.unwrap_or_default().into_iter().enumerate() {
-        if out.len() + listen.len() >= MAX_RULES {
-            errs.push(doc.error_at(
-                rule.span().start,
-                format!("too many network rules: at most {MAX_RULES}"),
-            ));
+        if !room(doc, out.len() + listen.len(), rule.span().start, errs) {
             return;
         }
         match allow_rule(doc, rule, origin, i) {
@@ -170,6 +162,16 @@ pub(crate) fn validate(
             Err(e) => errs.push(e),
         }
     }
+}
+
+/// Whether one more rule fits beside the `used` ones; if not, the error
+/// (at the rule, offset `at`) is added.
+fn room(doc: &Doc, used: usize, at: usize, errs: &mut Vec<PolicyError>) -> bool {
+    if used < MAX_RULES {
+        return true;
+    }
+    errs.push(doc.error_at(at, format!("too many network rules: at most {MAX_RULES}")));
+    false
 }
 
 fn listen_rule(

@@ -87,53 +87,36 @@ const MIN_MEMORY: u64 = 1 << 20;
 const MAX_CPU_CORES: f64 = 1024.0;
 
 pub(crate) fn validate(doc: &Doc, raw: RawProcess, errs: &mut Vec<PolicyError>) -> ProcPlan {
-    let at = |v: &Spanned<Scalar>, m: String| doc.error_at(v.span().start, m);
-    let mut plan = ProcPlan::default();
-    let mut keep = |r: Result<(), PolicyError>| {
-        if let Err(e) = r {
-            errs.push(e);
-        }
+    let mut plan = ProcPlan {
+        max_processes: checked(doc, raw.max_processes.as_ref(), max_processes, errs),
+        memory_bytes: checked(doc, raw.memory.as_ref(), memory, errs),
+        cpu_millicores: checked(doc, raw.cpu.as_ref(), cpu, errs),
+        user: checked(doc, raw.user.as_ref(), user, errs),
+        inotify: raw.inotify.unwrap_or(false),
+        capabilities: Vec::new(),
     };
-    if let Some(v) = &raw.max_processes {
-        keep(
-            max_processes(v.get_ref())
-                .map(|n| plan.max_processes = Some(n))
-                .map_err(|m| at(v, m)),
-        );
-    }
-    if let Some(v) = &raw.memory {
-        keep(
-            memory(v.get_ref())
-                .map(|n| plan.memory_bytes = Some(n))
-                .map_err(|m| at(v, m)),
-        );
-    }
-    if let Some(v) = &raw.cpu {
-        keep(
-            cpu(v.get_ref())
-                .map(|n| plan.cpu_millicores = Some(n))
-                .map_err(|m| at(v, m)),
-        );
-    }
-    if let Some(v) = &raw.user {
-        keep(
-            user(v.get_ref())
-                .map(|u| plan.user = Some(u))
-                .map_err(|m| at(v, m)),
-        );
-    }
-    plan.inotify = raw.inotify.unwrap_or(false);
     for c in raw.capabilities.unwrap_or_default() {
-        match capability(c.get_ref()) {
-            Ok(name) => {
-                if !plan.capabilities.contains(&name) {
-                    plan.capabilities.push(name);
-                }
-            }
-            Err(m) => keep(Err(doc.error_at(c.span().start, m))),
+        if let Some(name) = checked(doc, Some(&c), |s: &String| capability(s), errs)
+            && !plan.capabilities.contains(&name)
+        {
+            plan.capabilities.push(name);
         }
     }
     plan
+}
+
+/// `check` of a value given: its result, or `None` with the error (at the
+/// value) added to `errs`, so that the other values are still checked.
+fn checked<V, T>(
+    doc: &Doc,
+    v: Option<&Spanned<V>>,
+    check: impl Fn(&V) -> Result<T, String>,
+    errs: &mut Vec<PolicyError>,
+) -> Option<T> {
+    let v = v?;
+    check(v.get_ref())
+        .map_err(|m| errs.push(doc.error_at(v.span().start, m)))
+        .ok()
 }
 
 fn max_processes(v: &Scalar) -> Result<u32, String> {

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use guard_daemon::{
     doctor::{self, Status},
     launch::preflight,
-    policy::{Access, Origin, Policy, Vars, dangerous_grants},
+    policy::{Access, Origin, Policy, Vars, dangerous_grants, read_include},
 };
 
 use crate::{Cli, EXIT_USAGE};
@@ -54,9 +54,7 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
         Ok(text) => {
             let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
             let dir = real.parent().unwrap_or(std::path::Path::new("/"));
-            Policy::parse_all_with(&text, &name, dir, &|p: &std::path::Path| {
-                std::fs::read_to_string(p).map_err(|e| e.to_string())
-            })
+            Policy::parse_all_with(&text, &name, dir, &read_include)
         }
     };
     let policy = match policy {

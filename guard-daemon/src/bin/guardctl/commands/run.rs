@@ -21,7 +21,7 @@ use guard_daemon::{
         StartedRequest,
     },
     launch::{self, Credentials, LaunchSpec, caps, landlock, preflight, seccomp},
-    policy::{Plan, Policy, UserSpec, Vars},
+    policy::{Plan, Policy, UserSpec, Vars, read_include},
 };
 
 use super::{connect, describe, fail};
@@ -101,9 +101,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     // (which gets the canonical path and the texts read here) resolves them.
     let policy_path = std::fs::canonicalize(&args.policy).unwrap_or_else(|_| args.policy.clone());
     let policy_dir = policy_path.parent().unwrap_or(Path::new("/")).to_owned();
-    let policy = match Policy::parse_all_with(&text, &path_str, &policy_dir, &|p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| e.to_string())
-    }) {
+    let policy = match Policy::parse_all_with(&text, &path_str, &policy_dir, &read_include) {
         Ok(p) => p,
         Err(errs) => {
             for e in errs {
