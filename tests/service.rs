@@ -11,7 +11,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     os::{fd::FromRawFd, unix::net::UnixDatagram},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,39 +21,6 @@ use common::*;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
-
-fn v2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in info.lines() {
-        if let Some((pre, post)) = line.split_once(" - ")
-            && post.starts_with("cgroup2 ")
-        {
-            return PathBuf::from(pre.split(' ').nth(4).unwrap());
-        }
-    }
-    panic!("no cgroup2 mount");
-}
-
-/// The v1 hierarchies (hybrid hosts), where guardd makes a parent cgroup
-/// per controller it cannot use in v2.
-fn v1_roots() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            post.starts_with("cgroup ")
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .collect()
-}
-
-fn pins(instance: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(instance)
-}
-
-fn parent_cgroup(instance: &str) -> PathBuf {
-    v2_root().join(instance)
-}
 
 /// `GET path` on guardd's metrics address: status code and body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -180,18 +147,8 @@ impl Direct {
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling the guardd this test started, by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
     }
 }
@@ -199,31 +156,7 @@ impl Direct {
 impl Drop for Direct {
     fn drop(&mut self) {
         self.stop();
-        let v2 = parent_cgroup(&self.instance);
-        if v2.exists() {
-            if let Ok(entries) = std::fs::read_dir(&v2) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                        std::thread::sleep(Duration::from_millis(100));
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&v2);
-        }
-        for root in v1_roots() {
-            let d = root.join(&self.instance);
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&d);
-        }
-        let _ = std::fs::remove_dir_all(pins(&self.instance));
+        remove_instance(&self.instance);
     }
 }
 
