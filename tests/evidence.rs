@@ -15,13 +15,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn net_policy(g: &Guardd, name: &str) -> PathBuf {
-    g.write_policy(
-        name,
-        &format!("[policy]\nname = \"{name}\"\n[network]\nallow = []\n"),
-    )
-}
-
 /// Runs an agent that makes `n` refused connections (each its own record
 /// with `--coalesce-interval 0`); returns its id.
 fn refusals(g: &Guardd, name: &str, n: usize) -> String {
@@ -67,10 +60,6 @@ fn json_lines(o: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn seqs(recs: &[Value]) -> Vec<u64> {
-    recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
 /// Waits until guardd's side file names a checkpoint at or after `seq`.

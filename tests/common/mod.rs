@@ -131,6 +131,38 @@ pub fn remove_instance(instance: &str) {
     }
 }
 
+/// `guardctl logs verify --journal path`: its exit code and output.
+pub fn verify_journal(path: &Path) -> (i32, String) {
+    let out = Command::new(GUARDCTL)
+        .args(["logs", "verify", "--journal", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Runs `sql` on a journal file directly, as someone tampering with it
+/// would.
+pub fn sqlite(path: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+/// The `seq` of each record.
+pub fn seqs(recs: &[Value]) -> Vec<u64> {
+    recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+}
+
+/// A policy named `name` that allows no network.
+pub fn net_policy(g: &Guardd, name: &str) -> PathBuf {
+    g.write_policy(
+        name,
+        &format!("[policy]\nname = \"{name}\"\n[network]\nallow = []\n"),
+    )
+}
+
 pub struct Guardd {
     child: Option<Child>,
     /// Extra guardd arguments, kept for restarts.
