@@ -30,15 +30,6 @@ fn ctl(args: &[&str]) -> Output {
     Command::new(GUARDCTL).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn verify(path: &Path, extra: &[&str]) -> Output {
     ctl(&[
         &["logs", "verify", "--journal", path.to_str().unwrap()],
@@ -145,7 +136,7 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
     g.stop();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let out = verify(&g.journal, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let store = rusqlite::Connection::open(&g.journal).unwrap();
     let n: i64 = store
         .query_row(
@@ -168,7 +159,7 @@ fn verify_reads_without_writing_and_names_what_is_wrong() {
     std::fs::copy(side(&g.journal), side(&copy)).unwrap();
     let before = std::fs::read(&copy).unwrap();
     let out = verify(&copy, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
     assert!(
         std::fs::read(&copy).unwrap() == before,
@@ -185,23 +176,23 @@ fn verify_reads_without_writing_and_names_what_is_wrong() {
     std::fs::write(&corrupt, &bytes).unwrap();
     std::fs::copy(side(&g.journal), side(&corrupt)).unwrap();
     let out = verify(&corrupt, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let o = String::from_utf8_lossy(&out.stdout);
     assert!(
         o.contains("NOT intact") && o.contains("not a database"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // No side file: said so, not "intact".
     let bare = dir.path().join("bare.db");
     std::fs::copy(&g.journal, &bare).unwrap();
     let out = verify(&bare, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("side file"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
 
@@ -225,7 +216,7 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
     std::fs::copy(&g.journal, &copy).unwrap();
     std::fs::copy(side(&g.journal), side(&copy)).unwrap();
     let out = verify(&copy, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let plain = json_lines(&ctl(&[
         "logs",
         "--journal",
@@ -243,14 +234,14 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         "--journal",
         g.journal.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     for f in [export.clone(), side(&export)] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
     let out = verify(&export, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let exported = json_lines(&ctl(&[
         "logs",
         "--journal",
@@ -266,19 +257,19 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         "--journal",
         g.journal.to_str().unwrap(),
     ]);
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
     // Without --journal, verify and export use the store the guardd behind
     // GUARD_SOCKET writes, not a default path that is not this one.
     let out = g.ctl(&["logs", "verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
-        text(&out).contains(g.journal.to_str().unwrap()),
+        describe(&out).contains(g.journal.to_str().unwrap()),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let second = dir.path().join("second.db");
     let out = g.ctl(&["logs", "export", second.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(verify(&second, &[]).status.code(), Some(0));
 }
 
@@ -313,11 +304,11 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     let m = mirror.to_str().unwrap();
 
     let out = verify(&g.journal, &["--mirror", m]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("off-host head {n}")),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // Newest records, their checkpoint rows and side-file lines removed.
@@ -346,15 +337,15 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     for rolled in [&cut, &older] {
         // The files alone cannot tell...
         let out = verify(rolled, &[]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         // ...the head held elsewhere can.
         for extra in [["--mirror", m], ["--head", head.as_str()]] {
             let out = verify(rolled, &extra);
-            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
             assert!(
                 String::from_utf8_lossy(&out.stdout).contains("rolled back"),
                 "{}",
-                text(&out)
+                describe(&out)
             );
         }
     }
@@ -365,15 +356,15 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     let full = std::fs::read_to_string(side(&g.journal)).unwrap();
     std::fs::write(side(&trimmed), full.trim_end()).unwrap();
     let out = verify(&trimmed, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("truncated"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     let bad = verify(&g.journal, &["--head", "12:xyz"]);
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
 }
 
 #[test]
@@ -413,11 +404,11 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
 
     // Unknown agent: an error naming it, on both paths.
     let out = g.ctl(&["logs", "--agent", "no-such-agent"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no-such-agent"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     g.stop();
 
@@ -430,7 +421,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
         ]
         .concat();
         let out = ctl(&args);
-        assert_eq!(out.status.code(), Some(0), "{f:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{f:?}: {}", describe(&out));
         // guardd's own stop record came after the online queries.
         let got: Vec<u64> = seqs(&json_lines(&out))
             .into_iter()
@@ -445,7 +436,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
     assert!(!suffixed(&g.journal, "-wal").exists());
 
     let out = ctl(&["logs", "--journal", j, "--agent", "no-such-agent"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-agent"));
 
     // Two ids with a common prefix (in a copy; real ids are random).
@@ -465,7 +456,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
         "--agent",
         "feed",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("feed0001") && err.contains("feed0002"),
@@ -614,10 +605,10 @@ fn a_journal_that_cannot_write_refuses_agents_and_still_stops() {
     );
     // The journal itself is intact up to there; the foreign row is found.
     let out = verify(&g.journal, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("record {taken} was altered")),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
