@@ -80,7 +80,6 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
     let mut g = Guardd::start();
     let instance = format!("{}-second", g.instance);
     let socket = g.dir.path().join("second.sock");
-    let started = Instant::now();
     let mut second = Command::new(GUARDD)
         .args(["--socket", socket.to_str().unwrap()])
         .args(["--state-dir", g.dir.path().join("state2").to_str().unwrap()])
@@ -92,17 +91,7 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
         .spawn()
         .unwrap();
     // It must give up on its own; if not, it is ended here, by its pid.
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = second.kill();
-            let _ = second.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut second, Duration::from_secs(20));
     let mut err = String::new();
     second
         .stderr
@@ -482,18 +471,8 @@ fn head_1(g: &Guardd, args: &[&str], after: impl FnOnce()) -> (Option<i32>, Stri
     assert!(!line.is_empty());
     drop(out);
     after();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("guardctl {args:?} did not end after its reader left");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("guardctl {args:?} did not end after its reader left"));
     let mut err = String::new();
     child
         .stderr
@@ -564,19 +543,9 @@ fn a_journal_that_cannot_write_refuses_agents_and_still_stops() {
         }
     };
     drop(c);
-    let started = Instant::now();
     let mut first = g.spawn_run(&p, &[], &["/bin/true"]);
-    let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = first.kill();
-            let _ = first.wait();
-            panic!("guardctl run hung on a journal that cannot write");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(&mut first, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("guardctl run hung on a journal that cannot write"));
     let _ = status;
     // From now on no agent starts: its violations would go unrecorded.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -716,20 +716,7 @@ fn readyz_says_when_the_journal_cannot_be_written() {
     // Room again (far more than the agent's records need): the commit
     // retried succeeds and guardd is ready again.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ended = loop {
-        if let Some(st) = agent.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if ended.is_none() {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
+    let ended = wait_or_kill(&mut agent, Duration::from_secs(60));
     assert!(
         ended.is_some(),
         "the agent's run did not end once space was freed"
@@ -766,18 +753,7 @@ fn sigterm_stops_guardd_whose_journal_is_full_behind_a_flood() {
     let mut c = d.child.take().unwrap();
     // SAFETY: signalling the guardd this test started, by pid.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stopped = loop {
-        if let Some(st) = c.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stopped = wait_or_kill(&mut c, Duration::from_secs(60));
     let _ = agent.kill();
     let _ = agent.wait();
     let text = std::fs::read_to_string(d.log_path()).unwrap();

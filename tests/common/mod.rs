@@ -88,20 +88,29 @@ pub fn parent_cgroup(instance: &str) -> PathBuf {
     v2_root().join(instance)
 }
 
+/// Waits up to `within` for `child` to end; past that, kills and reaps it
+/// and returns `None`.
+pub fn wait_or_kill(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Stops a guardd this test started with SIGTERM and waits for it (15 s,
 /// then SIGKILL).
 pub fn terminate(mut c: Child) {
     // SAFETY: signalling the guardd this test started, by pid.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(&mut c, Duration::from_secs(15));
 }
 
 /// Removes whatever guardd `instance` did not clean up (it crashed, or the
