@@ -15,13 +15,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn net_policy(g: &Guardd, name: &str) -> PathBuf {
-    g.write_policy(
-        name,
-        &format!("[policy]\nname = \"{name}\"\n[network]\nallow = []\n"),
-    )
-}
-
 /// Runs an agent that makes `n` refused connections (each its own record
 /// with `--coalesce-interval 0`); returns its id.
 fn refusals(g: &Guardd, name: &str, n: usize) -> String {
@@ -35,15 +28,6 @@ fn refusals(g: &Guardd, name: &str, n: usize) -> String {
 
 fn ctl(args: &[&str]) -> Output {
     Command::new(GUARDCTL).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn verify(path: &Path, extra: &[&str]) -> Output {
@@ -67,10 +51,6 @@ fn json_lines(o: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn seqs(recs: &[Value]) -> Vec<u64> {
-    recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
 /// Waits until guardd's side file names a checkpoint at or after `seq`.
@@ -100,7 +80,6 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
     let mut g = Guardd::start();
     let instance = format!("{}-second", g.instance);
     let socket = g.dir.path().join("second.sock");
-    let started = Instant::now();
     let mut second = Command::new(GUARDD)
         .args(["--socket", socket.to_str().unwrap()])
         .args(["--state-dir", g.dir.path().join("state2").to_str().unwrap()])
@@ -112,17 +91,7 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
         .spawn()
         .unwrap();
     // It must give up on its own; if not, it is ended here, by its pid.
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = second.kill();
-            let _ = second.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut second, Duration::from_secs(20));
     let mut err = String::new();
     second
         .stderr
@@ -156,7 +125,7 @@ fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
     g.stop();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let out = verify(&g.journal, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let store = rusqlite::Connection::open(&g.journal).unwrap();
     let n: i64 = store
         .query_row(
@@ -179,7 +148,7 @@ fn verify_reads_without_writing_and_names_what_is_wrong() {
     std::fs::copy(side(&g.journal), side(&copy)).unwrap();
     let before = std::fs::read(&copy).unwrap();
     let out = verify(&copy, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
     assert!(
         std::fs::read(&copy).unwrap() == before,
@@ -196,23 +165,23 @@ fn verify_reads_without_writing_and_names_what_is_wrong() {
     std::fs::write(&corrupt, &bytes).unwrap();
     std::fs::copy(side(&g.journal), side(&corrupt)).unwrap();
     let out = verify(&corrupt, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let o = String::from_utf8_lossy(&out.stdout);
     assert!(
         o.contains("NOT intact") && o.contains("not a database"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // No side file: said so, not "intact".
     let bare = dir.path().join("bare.db");
     std::fs::copy(&g.journal, &bare).unwrap();
     let out = verify(&bare, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("side file"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
 
@@ -236,7 +205,7 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
     std::fs::copy(&g.journal, &copy).unwrap();
     std::fs::copy(side(&g.journal), side(&copy)).unwrap();
     let out = verify(&copy, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let plain = json_lines(&ctl(&[
         "logs",
         "--journal",
@@ -254,14 +223,14 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         "--journal",
         g.journal.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     for f in [export.clone(), side(&export)] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
     let out = verify(&export, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let exported = json_lines(&ctl(&[
         "logs",
         "--journal",
@@ -277,19 +246,19 @@ fn the_main_file_and_an_export_hold_every_checkpointed_record_while_guardd_runs(
         "--journal",
         g.journal.to_str().unwrap(),
     ]);
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
     // Without --journal, verify and export use the store the guardd behind
     // GUARD_SOCKET writes, not a default path that is not this one.
     let out = g.ctl(&["logs", "verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
-        text(&out).contains(g.journal.to_str().unwrap()),
+        describe(&out).contains(g.journal.to_str().unwrap()),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let second = dir.path().join("second.db");
     let out = g.ctl(&["logs", "export", second.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(verify(&second, &[]).status.code(), Some(0));
 }
 
@@ -324,11 +293,11 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     let m = mirror.to_str().unwrap();
 
     let out = verify(&g.journal, &["--mirror", m]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("off-host head {n}")),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // Newest records, their checkpoint rows and side-file lines removed.
@@ -357,15 +326,15 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     for rolled in [&cut, &older] {
         // The files alone cannot tell...
         let out = verify(rolled, &[]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         // ...the head held elsewhere can.
         for extra in [["--mirror", m], ["--head", head.as_str()]] {
             let out = verify(rolled, &extra);
-            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
             assert!(
                 String::from_utf8_lossy(&out.stdout).contains("rolled back"),
                 "{}",
-                text(&out)
+                describe(&out)
             );
         }
     }
@@ -376,15 +345,15 @@ fn a_rollback_is_caught_against_the_mirror_or_a_head() {
     let full = std::fs::read_to_string(side(&g.journal)).unwrap();
     std::fs::write(side(&trimmed), full.trim_end()).unwrap();
     let out = verify(&trimmed, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("truncated"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     let bad = verify(&g.journal, &["--head", "12:xyz"]);
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
 }
 
 #[test]
@@ -424,11 +393,11 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
 
     // Unknown agent: an error naming it, on both paths.
     let out = g.ctl(&["logs", "--agent", "no-such-agent"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no-such-agent"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     g.stop();
 
@@ -441,7 +410,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
         ]
         .concat();
         let out = ctl(&args);
-        assert_eq!(out.status.code(), Some(0), "{f:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{f:?}: {}", describe(&out));
         // guardd's own stop record came after the online queries.
         let got: Vec<u64> = seqs(&json_lines(&out))
             .into_iter()
@@ -456,7 +425,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
     assert!(!suffixed(&g.journal, "-wal").exists());
 
     let out = ctl(&["logs", "--journal", j, "--agent", "no-such-agent"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-agent"));
 
     // Two ids with a common prefix (in a copy; real ids are random).
@@ -476,7 +445,7 @@ fn offline_queries_match_guardd_and_agents_are_named_precisely() {
         "--agent",
         "feed",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("feed0001") && err.contains("feed0002"),
@@ -502,18 +471,8 @@ fn head_1(g: &Guardd, args: &[&str], after: impl FnOnce()) -> (Option<i32>, Stri
     assert!(!line.is_empty());
     drop(out);
     after();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("guardctl {args:?} did not end after its reader left");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("guardctl {args:?} did not end after its reader left"));
     let mut err = String::new();
     child
         .stderr
@@ -584,19 +543,9 @@ fn a_journal_that_cannot_write_refuses_agents_and_still_stops() {
         }
     };
     drop(c);
-    let started = Instant::now();
     let mut first = g.spawn_run(&p, &[], &["/bin/true"]);
-    let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = first.kill();
-            let _ = first.wait();
-            panic!("guardctl run hung on a journal that cannot write");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(&mut first, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("guardctl run hung on a journal that cannot write"));
     let _ = status;
     // From now on no agent starts: its violations would go unrecorded.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -625,10 +574,10 @@ fn a_journal_that_cannot_write_refuses_agents_and_still_stops() {
     );
     // The journal itself is intact up to there; the foreign row is found.
     let out = verify(&g.journal, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("record {taken} was altered")),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }

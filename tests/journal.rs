@@ -14,13 +14,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn net_policy(g: &Guardd, name: &str) -> std::path::PathBuf {
-    g.write_policy(
-        name,
-        &format!("[policy]\nname = \"{name}\"\n[network]\nallow = []\n"),
-    )
-}
-
 fn connects(g: &Guardd, policy: &Path, targets: &[String]) -> std::process::Output {
     let mut cmd = vec![PYTHON.to_owned(), agent_script("netprobe.py")];
     cmd.extend(targets.iter().cloned());
@@ -29,10 +22,6 @@ fn connects(g: &Guardd, policy: &Path, targets: &[String]) -> std::process::Outp
         &[],
         &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
     )
-}
-
-fn seqs(recs: &[Value]) -> Vec<u64> {
-    recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
 /// Refusals the records stand for: each is itself plus `detail.repeated`
@@ -182,22 +171,6 @@ fn follow_sees_a_new_denial_within_a_second() {
     );
 }
 
-fn sqlite(path: &Path, sql: &str) {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch(sql).unwrap();
-}
-
-fn verify(path: &Path) -> (i32, String) {
-    let out = std::process::Command::new(GUARDCTL)
-        .args(["logs", "verify", "--journal", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// A copy of the journal (and its checkpoint file) to tamper with.
 fn copy_journal(src: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
     let dst = dir.join(name);
@@ -218,7 +191,7 @@ fn verify_detects_edits_deletions_reordering_and_truncation() {
     let targets: Vec<String> = (0..20).map(|_| format!("tcp:127.0.0.1:{port}")).collect();
     connects(&g, &p, &targets);
     g.stop();
-    let (code, text) = verify(&g.journal);
+    let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact"), "{text}");
     let n: i64 = rusqlite::Connection::open(&g.journal)
@@ -235,13 +208,13 @@ fn verify_detects_edits_deletions_reordering_and_truncation() {
             "update records set json = replace(json, '127.0.0.1:{port}', '10.9.9.9:{port}'), target = replace(target, '127.0.0.1', '10.9.9.9') where seq = 10"
         ),
     );
-    let (code, text) = verify(&edited);
+    let (code, text) = verify_journal(&edited);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("record 10 was altered"), "{text}");
 
     let deleted = copy_journal(&g.journal, dir.path(), "deleted.db");
     sqlite(&deleted, "delete from records where seq = 12");
-    let (code, text) = verify(&deleted);
+    let (code, text) = verify_journal(&deleted);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("record 12 is missing"), "{text}");
 
@@ -254,7 +227,7 @@ fn verify_detects_edits_deletions_reordering_and_truncation() {
          insert into records select 5, ts_us, agent_id, agent_name, pid, kind, verdict, target, json, hash from b;
          insert into records select 6, ts_us, agent_id, agent_name, pid, kind, verdict, target, json, hash from a;",
     );
-    let (code, text) = verify(&swapped);
+    let (code, text) = verify_journal(&swapped);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("position 5"), "{text}");
 
@@ -263,7 +236,7 @@ fn verify_detects_edits_deletions_reordering_and_truncation() {
         &truncated,
         &format!("delete from records where seq > {}", n - 3),
     );
-    let (code, text) = verify(&truncated);
+    let (code, text) = verify_journal(&truncated);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("truncated"), "{text}");
 }
@@ -615,7 +588,7 @@ fn retention_summarises_what_it_removes() {
     );
     assert!(recs.len() <= 8, "{}", recs.len());
     g.stop();
-    let (code, text) = verify(&g.journal);
+    let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "retention must not break the chain: {text}");
 }
 
@@ -747,7 +720,7 @@ fn a_million_identical_refusals_stay_small_and_add_up() {
     assert!(text.contains('×'), "{text}");
 
     g.stop();
-    let (code, text) = verify(&g.journal);
+    let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact"), "{text}");
 }
@@ -815,7 +788,7 @@ fn a_disk_budget_keeps_the_store_small_and_verifiable() {
 
     g.stop();
     assert!(store_bytes(&g.journal) <= BUDGET + BUDGET / 4);
-    let (code, text) = verify(&g.journal);
+    let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "budget retention must not break the chain: {text}");
     assert!(text.contains("intact"), "{text}");
 }

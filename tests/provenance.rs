@@ -33,22 +33,6 @@ fn record_secs(r: &Value) -> f64 {
     secs(t)
 }
 
-fn sqlite(path: &Path, sql: &str) {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch(sql).unwrap();
-}
-
-fn verify(path: &Path) -> (i32, String) {
-    let out = std::process::Command::new(GUARDCTL)
-        .args(["logs", "verify", "--journal", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// Item 1: names with bytes that are not UTF-8, and with a right-to-left
 /// override, that an agent opens and is refused. The OCSF output must tell
 /// apart two names that a lossy conversion prints the same, and no output
@@ -292,7 +276,7 @@ fn records_name_their_host_and_the_chain_covers_it() {
         assert_eq!(e["device"]["uid"].as_str(), machine_id.as_deref(), "{e}");
     }
     g.stop();
-    let (code, text) = verify(&g.journal);
+    let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "{text}");
     let dir = tempfile::tempdir().unwrap();
     let edited = dir.path().join("edited.db");
@@ -307,7 +291,7 @@ fn records_name_their_host_and_the_chain_covers_it() {
             "update records set json = replace(json, '\"hostname\":\"{hostname}\"', '\"hostname\":\"elsewhere\"') where seq = 2"
         ),
     );
-    let (code, text) = verify(&edited);
+    let (code, text) = verify_journal(&edited);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("record 2 was altered"), "{text}");
 }

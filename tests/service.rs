@@ -11,7 +11,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     os::{fd::FromRawFd, unix::net::UnixDatagram},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,39 +21,6 @@ use common::*;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
-
-fn v2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in info.lines() {
-        if let Some((pre, post)) = line.split_once(" - ")
-            && post.starts_with("cgroup2 ")
-        {
-            return PathBuf::from(pre.split(' ').nth(4).unwrap());
-        }
-    }
-    panic!("no cgroup2 mount");
-}
-
-/// The v1 hierarchies (hybrid hosts), where guardd makes a parent cgroup
-/// per controller it cannot use in v2.
-fn v1_roots() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            post.starts_with("cgroup ")
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .collect()
-}
-
-fn pins(instance: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(instance)
-}
-
-fn parent_cgroup(instance: &str) -> PathBuf {
-    v2_root().join(instance)
-}
 
 /// `GET path` on guardd's metrics address: status code and body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -179,19 +146,25 @@ impl Direct {
         assert!(!self.socket().exists(), "socket left behind");
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("guardd.log")
+    }
+
+    /// Starts `cmd` (from [`Direct::command`]) as this guardd, its output
+    /// in [`Direct::log_path`].
+    fn spawn_logged(&mut self, mut cmd: Command) {
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling the guardd this test started, by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
     }
 }
@@ -199,31 +172,7 @@ impl Direct {
 impl Drop for Direct {
     fn drop(&mut self) {
         self.stop();
-        let v2 = parent_cgroup(&self.instance);
-        if v2.exists() {
-            if let Ok(entries) = std::fs::read_dir(&v2) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                        std::thread::sleep(Duration::from_millis(100));
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&v2);
-        }
-        for root in v1_roots() {
-            let d = root.join(&self.instance);
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&d);
-        }
-        let _ = std::fs::remove_dir_all(pins(&self.instance));
+        remove_instance(&self.instance);
     }
 }
 
@@ -475,15 +424,9 @@ fn readiness_is_announced_only_when_everything_serves() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let log = std::fs::File::create(d.dir.path().join("guardd.log")).unwrap();
-    let child = d
-        .command("127.0.0.1:0")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.child = Some(child);
+    let mut cmd = d.command("127.0.0.1:0");
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    d.spawn_logged(cmd);
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("no READY=1 within 30 s");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -497,7 +440,7 @@ fn readiness_is_announced_only_when_everything_serves() {
     assert_eq!((code, body.as_str()), (200, "ready\n"));
     let ps = d.ctl(&["ps"]);
     assert!(ps.status.success(), "{}", describe(&ps));
-    let logged = std::fs::read_to_string(d.dir.path().join("guardd.log")).unwrap();
+    let logged = std::fs::read_to_string(d.log_path()).unwrap();
     assert!(logged.contains("guardd ready"), "{logged}");
     assert!(pins(&d.instance).join("links").is_dir());
     // A clean stop says STOPPING and removes everything.
@@ -684,6 +627,16 @@ impl SmallFs {
         assert!(st.success(), "mount tmpfs");
         SmallFs(d)
     }
+
+    /// Fills the filesystem up; the file that did it, to free the room.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
 }
 
 impl Drop for SmallFs {
@@ -694,20 +647,16 @@ impl Drop for SmallFs {
     }
 }
 
-#[test]
-fn readyz_says_when_the_journal_cannot_be_written() {
+/// A guardd whose journal is on a 16 MiB tmpfs, every refusal its own
+/// record and no size budget; serving, with its metrics address. (The
+/// filesystem comes first so that it outlives the guardd.)
+fn on_a_small_fs() -> (SmallFs, Direct, String) {
     let fs = SmallFs::mount("16m");
     let mut d = Direct::new();
     d.journal = fs.0.path().join("journal.db");
-    let log = std::fs::File::create(d.dir.path().join("guardd.log")).unwrap();
-    let child = d
-        .command("127.0.0.1:0")
-        .args(["--journal-max-bytes", "off", "--coalesce-interval", "0"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.child = Some(child);
+    let mut cmd = d.command("127.0.0.1:0");
+    cmd.args(["--journal-max-bytes", "off", "--coalesce-interval", "0"]);
+    d.spawn_logged(cmd);
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
         if let Some(a) = d.metrics_addr()
@@ -718,26 +667,34 @@ fn readyz_says_when_the_journal_cannot_be_written() {
         assert!(Instant::now() < deadline, "guardd did not start");
         std::thread::sleep(Duration::from_millis(50));
     };
+    (fs, d, addr)
+}
+
+impl Direct {
+    /// Runs an agent that is refused `n` connections in a loop (each its
+    /// own record with `--coalesce-interval 0`).
+    fn flood(&self, n: usize) -> Child {
+        let p = self.dir.path().join("flood.toml");
+        std::fs::write(&p, "[policy]\nname = \"flood\"\n[network]\nallow = []\n").unwrap();
+        let op = format!("loop:{n}:127.0.0.1:{}", closed_port());
+        Command::new(GUARDCTL)
+            .env("GUARD_SOCKET", self.socket())
+            .args(["run", "--policy", p.to_str().unwrap(), "--"])
+            .args([PYTHON, &agent_script("netprobe.py"), &op])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[test]
+fn readyz_says_when_the_journal_cannot_be_written() {
+    let (fs, mut d, addr) = on_a_small_fs();
     assert_eq!(http_get(&addr, "/readyz").0, 200);
     // Fill the journal's filesystem, then make records.
-    let filler = fs.0.path().join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    let p = d.dir.path().join("flood.toml");
-    std::fs::write(&p, "[policy]\nname = \"flood\"\n[network]\nallow = []\n").unwrap();
-    let op = format!("loop:3000:127.0.0.1:{}", closed_port());
-    let mut agent = Command::new(GUARDCTL)
-        .env("GUARD_SOCKET", d.socket())
-        .args(["run", "--policy", p.to_str().unwrap(), "--"])
-        .args([PYTHON, &agent_script("netprobe.py"), &op])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let filler = fs.fill();
+    let mut agent = d.flood(3000);
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
         let (code, body) = http_get(&addr, "/readyz");
@@ -759,20 +716,7 @@ fn readyz_says_when_the_journal_cannot_be_written() {
     // Room again (far more than the agent's records need): the commit
     // retried succeeds and guardd is ready again.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ended = loop {
-        if let Some(st) = agent.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if ended.is_none() {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
+    let ended = wait_or_kill(&mut agent, Duration::from_secs(60));
     assert!(
         ended.is_some(),
         "the agent's run did not end once space was freed"
@@ -788,48 +732,10 @@ fn readyz_says_when_the_journal_cannot_be_written() {
 /// says how many records it could not commit, and guardd exits.
 #[test]
 fn sigterm_stops_guardd_whose_journal_is_full_behind_a_flood() {
-    let fs = SmallFs::mount("16m");
-    let mut d = Direct::new();
-    d.journal = fs.0.path().join("journal.db");
-    let log_path = d.dir.path().join("guardd.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = d
-        .command("127.0.0.1:0")
-        .args(["--journal-max-bytes", "off", "--coalesce-interval", "0"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.child = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Some(a) = d.metrics_addr()
-            && d.ctl(&["ps"]).status.success()
-        {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "guardd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let filler = fs.0.path().join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    let p = d.dir.path().join("flood.toml");
-    std::fs::write(&p, "[policy]\nname = \"flood\"\n[network]\nallow = []\n").unwrap();
+    let (fs, mut d, addr) = on_a_small_fs();
+    let filler = fs.fill();
     // More distinct refusals than the writer's queue holds (64 Ki).
-    let op = format!("loop:150000:127.0.0.1:{}", closed_port());
-    let mut agent = Command::new(GUARDCTL)
-        .env("GUARD_SOCKET", d.socket())
-        .args(["run", "--policy", p.to_str().unwrap(), "--"])
-        .args([PYTHON, &agent_script("netprobe.py"), &op])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = d.flood(150000);
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(&addr, "/readyz").0 != 503 {
         assert!(
@@ -847,21 +753,10 @@ fn sigterm_stops_guardd_whose_journal_is_full_behind_a_flood() {
     let mut c = d.child.take().unwrap();
     // SAFETY: signalling the guardd this test started, by pid.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stopped = loop {
-        if let Some(st) = c.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stopped = wait_or_kill(&mut c, Duration::from_secs(60));
     let _ = agent.kill();
     let _ = agent.wait();
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = std::fs::read_to_string(d.log_path()).unwrap();
     let tail: String = text.lines().rev().take(20).collect::<Vec<_>>().join("\n");
     assert!(
         stopped.is_some(),

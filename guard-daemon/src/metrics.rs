@@ -296,13 +296,11 @@ pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
                 return;
             }
             let head = String::from_utf8_lossy(&buf[..len]);
-            let first = head.lines().next().unwrap_or("");
+            let first = head.lines().next().unwrap_or("").to_owned();
             // Readiness reads pins and locks the kernel handle: off the
             // runtime's only thread.
-            let endpoints2 = endpoints.clone();
-            let first = first.to_owned();
             let Ok((status, ctype, body)) =
-                tokio::task::spawn_blocking(move || route(&first, &endpoints2)).await
+                tokio::task::spawn_blocking(move || route(&first, &endpoints)).await
             else {
                 return;
             };

@@ -52,7 +52,8 @@ pub fn require_root() {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn v2_root() -> PathBuf {
+/// Where the cgroup2 hierarchy is mounted.
+pub fn v2_root() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for line in info.lines() {
         if let Some((pre, post)) = line.split_once(" - ")
@@ -64,7 +65,9 @@ fn v2_root() -> PathBuf {
     panic!("no cgroup2 mount");
 }
 
-fn v1_roots() -> Vec<PathBuf> {
+/// The v1 hierarchies (hybrid hosts), where guardd makes a parent cgroup
+/// per controller it cannot use in v2.
+pub fn v1_roots() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
         .filter_map(|line| {
@@ -73,6 +76,100 @@ fn v1_roots() -> Vec<PathBuf> {
                 .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
         })
         .collect()
+}
+
+/// The bpffs directory of guardd `instance`'s pins.
+pub fn pins(instance: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(instance)
+}
+
+/// The v2 parent cgroup of guardd `instance`.
+pub fn parent_cgroup(instance: &str) -> PathBuf {
+    v2_root().join(instance)
+}
+
+/// Waits up to `within` for `child` to end; past that, kills and reaps it
+/// and returns `None`.
+pub fn wait_or_kill(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a guardd this test started with SIGTERM and waits for it (15 s,
+/// then SIGKILL).
+pub fn terminate(mut c: Child) {
+    // SAFETY: signalling the guardd this test started, by pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    wait_or_kill(&mut c, Duration::from_secs(15));
+}
+
+/// Removes whatever guardd `instance` did not clean up (it crashed, or the
+/// test did): kills processes left in its cgroups, removes cgroups and pins.
+pub fn remove_instance(instance: &str) {
+    let v2 = parent_cgroup(instance);
+    if v2.exists() {
+        if let Ok(entries) = std::fs::read_dir(&v2) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        remove_tree(&v2);
+    }
+    for root in v1_roots() {
+        let d = root.join(instance);
+        if d.exists() {
+            remove_tree(&d);
+        }
+    }
+    let pins = pins(instance);
+    if pins.exists() {
+        let _ = std::fs::remove_dir_all(&pins);
+    }
+}
+
+/// `guardctl logs verify --journal path`: its exit code and output.
+pub fn verify_journal(path: &Path) -> (i32, String) {
+    let out = Command::new(GUARDCTL)
+        .args(["logs", "verify", "--journal", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Runs `sql` on a journal file directly, as someone tampering with it
+/// would.
+pub fn sqlite(path: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+/// The `seq` of each record.
+pub fn seqs(recs: &[Value]) -> Vec<u64> {
+    recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+}
+
+/// A policy named `name` that allows no network.
+pub fn net_policy(g: &Guardd, name: &str) -> PathBuf {
+    g.write_policy(
+        name,
+        &format!("[policy]\nname = \"{name}\"\n[network]\nallow = []\n"),
+    )
 }
 
 pub struct Guardd {
@@ -177,18 +274,8 @@ impl Guardd {
 
     /// Stops guardd with SIGTERM and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling the guardd this harness started, by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
     }
 
@@ -287,30 +374,7 @@ impl Guardd {
 impl Drop for Guardd {
     fn drop(&mut self) {
         self.stop();
-        // Whatever guardd did not clean up (it crashed, or the test did):
-        // kill processes left in our cgroups, remove cgroups and pins.
-        let v2 = v2_root().join(&self.instance);
-        if v2.exists() {
-            if let Ok(entries) = std::fs::read_dir(&v2) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            remove_tree(&v2);
-        }
-        for root in v1_roots() {
-            let d = root.join(&self.instance);
-            if d.exists() {
-                remove_tree(&d);
-            }
-        }
-        let pins = Path::new("/sys/fs/bpf").join(&self.instance);
-        if pins.exists() {
-            let _ = std::fs::remove_dir_all(&pins);
-        }
+        remove_instance(&self.instance);
     }
 }
 

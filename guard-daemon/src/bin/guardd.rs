@@ -179,10 +179,13 @@ fn main() -> anyhow::Result<()> {
     // taken port must fail start-up before it creates anything.
     let metrics_listener = match metrics_addr {
         None => None,
-        Some(addr) => Some(
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("binding the metrics address {addr}"))?,
-        ),
+        Some(addr) => {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            let bound = listener.local_addr()?;
+            Some((listener, bound))
+        }
     };
     let listener = rt.block_on(async { bind(&args.socket, group) })?;
     let daemon = match Daemon::start(cfg) {
@@ -201,20 +204,7 @@ fn main() -> anyhow::Result<()> {
     let shared = daemon.shared.clone();
     let metrics_task = match metrics_listener {
         None => None,
-        Some(listener) => {
-            let served = rt.block_on(async {
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)
-            });
-            let listener = match served {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&args.socket);
-                    daemon.stop();
-                    return Err(e).context("serving the metrics address");
-                }
-            };
-            let bound = listener.local_addr()?;
+        Some((listener, bound)) => {
             let _ = std::fs::write(args.state_dir.join("metrics.addr"), bound.to_string());
             tracing::info!(metrics = %bound, "serving metrics, /healthz and /readyz");
             let (m, r) = (shared.clone(), shared.clone());
