@@ -214,15 +214,7 @@ fn parse_sent(
             .map(|(_, t)| t.clone())
             .ok_or_else(|| "not sent by guardctl".to_owned())
     })
-    .map_err(|errs| {
-        errs.into_iter()
-            .next()
-            .unwrap_or_else(|| crate::policy::PolicyError {
-                file: path.to_owned(),
-                location: None,
-                message: "invalid policy".into(),
-            })
-    })
+    .map_err(|errs| crate::policy::first_error(errs, path))
 }
 
 fn state_path(shared: &Shared, id: &str) -> PathBuf {

@@ -164,7 +164,7 @@ impl Policy {
     /// Parse and validate; `file` is used only in error messages. Returns
     /// the first problem; [`Policy::parse_all`] returns every one.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
-        Policy::parse_all(text, file).map_err(first)
+        Policy::parse_all(text, file).map_err(|errs| first_error(errs, file))
     }
 
     /// Parse and validate, collecting every problem found (in the order
@@ -314,7 +314,8 @@ impl Policy {
 
     /// Expand variables and compile to a plan.
     pub fn compile(&self, vars: &Vars) -> Result<Plan, PolicyError> {
-        self.compile_all(vars).map_err(first)
+        self.compile_all(vars)
+            .map_err(|errs| first_error(errs, &self.file))
     }
 
     /// Expand variables and compile to a plan, reporting every path that
@@ -678,9 +679,11 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
 }
 
 /// The first of a non-empty list of errors (every caller passes one).
-fn first(errs: Vec<PolicyError>) -> PolicyError {
+/// The first of the problems `parse_all` found, for callers that report
+/// one (an empty list cannot come from it; it still yields an error).
+pub fn first_error(errs: Vec<PolicyError>, file: &str) -> PolicyError {
     errs.into_iter().next().unwrap_or_else(|| PolicyError {
-        file: String::new(),
+        file: file.to_owned(),
         location: None,
         message: "invalid policy".into(),
     })
