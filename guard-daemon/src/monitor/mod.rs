@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -164,10 +164,12 @@ struct Sink {
 
 impl Sink {
     /// Journals `rec` now or folds it into a later summary; returns whether
-    /// it was folded. The lock is held across the append so that a scope's
+    /// it was folded. `wall` is the record's own time (when the kernel saw
+    /// the event), so a summary's first and last times are those of the
+    /// refusals. The lock is held across the append so that a scope's
     /// final flush (`coalesce::flush_agent`) cannot overtake a record of
     /// that scope.
-    fn put(&mut self, rec: Record) -> bool {
+    fn put(&mut self, rec: Record, wall: SystemTime) -> bool {
         let mut c = self
             .coalescer
             .lock()
@@ -180,11 +182,9 @@ impl Sink {
             return false;
         }
         let before = c.folded();
-        // The record's own time (when the kernel saw the event), so a
-        // summary's first and last times are those of the refusals.
         let stamp = coalesce::Stamp {
             mono: Instant::now(),
-            wall: rec.timestamp().unwrap_or_else(std::time::SystemTime::now),
+            wall,
         };
         c.offer(rec, stamp, &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
@@ -273,7 +273,7 @@ fn drain(
                     .read()
                     .ok()
                     .and_then(|m| m.get(&ev.header().slot).cloned());
-                let mut rec = if is_repeat_fallback(&ev, seen) {
+                let rec = if is_repeat_fallback(&ev, seen) {
                     if let Some(m) = &meta {
                         m.suppressed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -281,7 +281,7 @@ fn drain(
                 } else {
                     record_for(&ev, meta.as_deref())
                 };
-                if let Some(r) = &mut rec {
+                let rec = rec.map(|mut r| {
                     // When the kernel saw it, however long it waited in the
                     // ring buffer. A time later than the clock reading is
                     // an event newer than it: read the clocks again.
@@ -292,19 +292,20 @@ fn drain(
                             clock = BootClock::now();
                             clock.wall(ts)
                         })
-                        .unwrap_or_else(std::time::SystemTime::now);
+                        .unwrap_or_else(SystemTime::now);
                     r.time = format_time(wall);
-                }
-                if let Some(r) = &rec {
+                    (r, wall)
+                });
+                if let Some((r, _)) = &rec {
                     metrics.event(r);
-                }
-                if let (Some(m), Some(r)) = (&meta, &rec) {
-                    m.refusals.count(r.verdict);
+                    if let Some(m) = &meta {
+                        m.refusals.count(r.verdict);
+                    }
                 }
                 taken = meta;
                 rec
             }
-            None => Some(
+            None => Some((
                 Record::new(
                     Kind::Gap,
                     "undecodable",
@@ -314,11 +315,12 @@ fn drain(
                     "guardd",
                 )
                 .with_detail(json!({"why": "a kernel event did not match this guardd's ABI"})),
-            ),
+                SystemTime::now(),
+            )),
         };
         drop(item);
-        if let Some(rec) = rec
-            && sink.put(rec)
+        if let Some((rec, wall)) = rec
+            && sink.put(rec, wall)
         {
             metrics.folded();
         }
