@@ -73,9 +73,7 @@ pub struct AgentMeta {
 /// The program `pid` runs, for [`AgentMeta::launcher_exe`]; `None` when it
 /// cannot be read.
 pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
+    u32::try_from(pid).ok().and_then(read_exe)
 }
 
 /// An agent's refusals by verdict. Every refusal taken from the kernel or
@@ -439,17 +437,20 @@ fn remember_exe(tgid: u32, exe: &[u8]) {
     EXE.with(|c| c.borrow_mut().insert(tgid, exe.to_vec()));
 }
 
+/// The program a process runs now: its `/proc/<pid>/exe`.
+fn read_exe(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
 /// The program a process runs: from its last exec seen, or its
 /// `/proc/<pid>/exe` (only successes are cached).
 fn exe_of(tgid: u32) -> Option<Vec<u8>> {
     if let Some(e) = EXE.with(|c| c.borrow().get(&tgid).cloned()) {
         return Some(e);
     }
-    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .ok()?
-        .as_os_str()
-        .as_bytes()
-        .to_vec();
+    let exe = read_exe(tgid)?;
     remember_exe(tgid, &exe);
     Some(exe)
 }
