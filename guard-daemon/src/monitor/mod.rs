@@ -459,13 +459,16 @@ fn exe_of(tgid: u32) -> Option<Vec<u8>> {
 /// exec'd in the scope (a forked child whose exec was refused) runs its
 /// parent's program, so the parent's stands in for it.
 fn process_of(h: &EventHeader, parent: Option<u32>) -> ProcessRef {
-    let exe = exe_of(h.tgid)
-        .or_else(|| parent.filter(|&p| p != 0).and_then(exe_of))
-        .unwrap_or_default();
+    let exe = exe_of(h.tgid).or_else(|| parent.filter(|&p| p != 0).and_then(exe_of));
+    process_running(h, exe)
+}
+
+/// The process of an event, running `exe` (unnamed when `None`).
+fn process_running(h: &EventHeader, exe: Option<Vec<u8>>) -> ProcessRef {
     ProcessRef {
         pid: h.tgid,
         comm: Text::new(cstr(&h.comm).to_vec()),
-        exe: Text::new(exe),
+        exe: Text::new(exe.unwrap_or_default()),
     }
 }
 
@@ -490,14 +493,7 @@ fn process_by_identity(
         .or_else(|| (ppid != 0).then(|| exe_of(ppid)).flatten().filter(is_it))
         .or_else(|| meta.and_then(|m| m.launcher_exe.clone()).filter(is_it));
     let found = exe.is_some();
-    (
-        ProcessRef {
-            pid: h.tgid,
-            comm: Text::new(cstr(&h.comm).to_vec()),
-            exe: Text::new(exe.unwrap_or_default()),
-        },
-        found,
-    )
+    (process_running(h, exe), found)
 }
 
 fn verdict_of(h: &EventHeader) -> Verdict {
