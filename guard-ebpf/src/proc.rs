@@ -93,6 +93,17 @@ fn read_u32(addr: u64) -> u32 {
     v
 }
 
+/// Kernel `dev_t` and inode number of an inode: how guardd matches a file
+/// the kernel saw with a path it can stat.
+#[inline(always)]
+fn inode_identity(cfg: &Config, inode: u64) -> (u32, u64) {
+    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
+    (
+        read_u32(sb + u64::from(cfg.sb_dev_off)),
+        read_u64(inode + u64::from(cfg.inode_ino_off)),
+    )
+}
+
 /// Whether the file `bprm` executes is one of the host's dynamic loaders.
 /// Run as a program rather than as an interpreter, the loader maps any
 /// readable file (or memfd) executable, which `exec` grants would not allow.
@@ -102,10 +113,7 @@ fn runs_the_loader(cfg: &Config, bprm: u64) -> bool {
         return false;
     }
     let file = read_u64(bprm + u64::from(cfg.bprm_file_off));
-    let inode = read_u64(file + u64::from(cfg.file_inode_off));
-    let ino = read_u64(inode + u64::from(cfg.inode_ino_off));
-    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
-    let dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+    let (dev, ino) = inode_identity(cfg, read_u64(file + u64::from(cfg.file_inode_off)));
     let mut i = 0;
     while i < MAX_LOADERS {
         if (i as u32) < cfg.loader_count && cfg.loader_ino[i] == ino && cfg.loader_dev[i] == dev {
@@ -343,9 +351,7 @@ fn exe_identity(cfg: &Config, out: &mut ExecArgv) {
     if inode == 0 {
         return;
     }
-    let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
-    out.exe_ino = read_u64(inode + u64::from(cfg.inode_ino_off));
-    out.exe_dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+    (out.exe_dev, out.exe_ino) = inode_identity(cfg, inode);
     if out.exe_ino != 0 {
         out.flags |= ARGV_EXE;
     }
@@ -534,9 +540,7 @@ fn path_facts(cfg: &Config, ev: &mut SyscallEvent, arg: u32, idx: usize, task: u
         0
     };
     if inode != 0 {
-        let sb = read_u64(inode + u64::from(cfg.inode_sb_off));
-        ev.base_ino = read_u64(inode + u64::from(cfg.inode_ino_off));
-        ev.base_dev = read_u32(sb + u64::from(cfg.sb_dev_off));
+        (ev.base_dev, ev.base_ino) = inode_identity(cfg, inode);
         ev.path_flags |= PATH_BASE;
     }
 }

@@ -675,8 +675,6 @@ impl Kernel {
         self.agents.get(&cgroup_id, 0).ok()
     }
 
-    /// Removes this instance's pins. Only for a clean shutdown with no live
-    /// agents: afterwards nothing holds the programs attached.
     /// Link pins of this generation that are gone: their programs are
     /// detached (or going to be), so guardd is not ready.
     pub fn missing_links(&self) -> Vec<String> {
@@ -691,6 +689,8 @@ impl Kernel {
             .collect()
     }
 
+    /// Removes this instance's pins. Only for a clean shutdown with no live
+    /// agents: afterwards nothing holds the programs attached.
     pub fn unpin_all(&self) {
         remove_pins(&self.pin_dir);
     }

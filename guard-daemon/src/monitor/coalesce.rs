@@ -69,15 +69,6 @@ pub struct Stamp {
     pub wall: SystemTime,
 }
 
-impl Stamp {
-    pub fn now() -> Stamp {
-        Stamp {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-}
-
 #[derive(Debug, PartialEq, Eq)]
 struct Key {
     agent: String,

@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -73,9 +73,7 @@ pub struct AgentMeta {
 /// The program `pid` runs, for [`AgentMeta::launcher_exe`]; `None` when it
 /// cannot be read.
 pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
+    u32::try_from(pid).ok().and_then(read_exe)
 }
 
 /// An agent's refusals by verdict. Every refusal taken from the kernel or
@@ -164,10 +162,12 @@ struct Sink {
 
 impl Sink {
     /// Journals `rec` now or folds it into a later summary; returns whether
-    /// it was folded. The lock is held across the append so that a scope's
+    /// it was folded. `wall` is the record's own time (when the kernel saw
+    /// the event), so a summary's first and last times are those of the
+    /// refusals. The lock is held across the append so that a scope's
     /// final flush (`coalesce::flush_agent`) cannot overtake a record of
     /// that scope.
-    fn put(&mut self, rec: Record) -> bool {
+    fn put(&mut self, rec: Record, wall: SystemTime) -> bool {
         let mut c = self
             .coalescer
             .lock()
@@ -180,11 +180,9 @@ impl Sink {
             return false;
         }
         let before = c.folded();
-        // The record's own time (when the kernel saw the event), so a
-        // summary's first and last times are those of the refusals.
         let stamp = coalesce::Stamp {
             mono: Instant::now(),
-            wall: rec.timestamp().unwrap_or_else(std::time::SystemTime::now),
+            wall,
         };
         c.offer(rec, stamp, &mut self.out);
         coalesce::append_all(&self.journal, &mut self.out);
@@ -273,7 +271,7 @@ fn drain(
                     .read()
                     .ok()
                     .and_then(|m| m.get(&ev.header().slot).cloned());
-                let mut rec = if is_repeat_fallback(&ev, seen) {
+                let rec = if is_repeat_fallback(&ev, seen) {
                     if let Some(m) = &meta {
                         m.suppressed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -281,7 +279,7 @@ fn drain(
                 } else {
                     record_for(&ev, meta.as_deref())
                 };
-                if let Some(r) = &mut rec {
+                let rec = rec.map(|mut r| {
                     // When the kernel saw it, however long it waited in the
                     // ring buffer. A time later than the clock reading is
                     // an event newer than it: read the clocks again.
@@ -292,19 +290,20 @@ fn drain(
                             clock = BootClock::now();
                             clock.wall(ts)
                         })
-                        .unwrap_or_else(std::time::SystemTime::now);
+                        .unwrap_or_else(SystemTime::now);
                     r.time = format_time(wall);
-                }
-                if let Some(r) = &rec {
+                    (r, wall)
+                });
+                if let Some((r, _)) = &rec {
                     metrics.event(r);
-                }
-                if let (Some(m), Some(r)) = (&meta, &rec) {
-                    m.refusals.count(r.verdict);
+                    if let Some(m) = &meta {
+                        m.refusals.count(r.verdict);
+                    }
                 }
                 taken = meta;
                 rec
             }
-            None => Some(
+            None => Some((
                 Record::new(
                     Kind::Gap,
                     "undecodable",
@@ -314,11 +313,12 @@ fn drain(
                     "guardd",
                 )
                 .with_detail(json!({"why": "a kernel event did not match this guardd's ABI"})),
-            ),
+                SystemTime::now(),
+            )),
         };
         drop(item);
-        if let Some(rec) = rec
-            && sink.put(rec)
+        if let Some((rec, wall)) = rec
+            && sink.put(rec, wall)
         {
             metrics.folded();
         }
@@ -437,17 +437,20 @@ fn remember_exe(tgid: u32, exe: &[u8]) {
     EXE.with(|c| c.borrow_mut().insert(tgid, exe.to_vec()));
 }
 
+/// The program a process runs now: its `/proc/<pid>/exe`.
+fn read_exe(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
 /// The program a process runs: from its last exec seen, or its
 /// `/proc/<pid>/exe` (only successes are cached).
 fn exe_of(tgid: u32) -> Option<Vec<u8>> {
     if let Some(e) = EXE.with(|c| c.borrow().get(&tgid).cloned()) {
         return Some(e);
     }
-    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .ok()?
-        .as_os_str()
-        .as_bytes()
-        .to_vec();
+    let exe = read_exe(tgid)?;
     remember_exe(tgid, &exe);
     Some(exe)
 }
@@ -456,13 +459,16 @@ fn exe_of(tgid: u32) -> Option<Vec<u8>> {
 /// exec'd in the scope (a forked child whose exec was refused) runs its
 /// parent's program, so the parent's stands in for it.
 fn process_of(h: &EventHeader, parent: Option<u32>) -> ProcessRef {
-    let exe = exe_of(h.tgid)
-        .or_else(|| parent.filter(|&p| p != 0).and_then(exe_of))
-        .unwrap_or_default();
+    let exe = exe_of(h.tgid).or_else(|| parent.filter(|&p| p != 0).and_then(exe_of));
+    process_running(h, exe)
+}
+
+/// The process of an event, running `exe` (unnamed when `None`).
+fn process_running(h: &EventHeader, exe: Option<Vec<u8>>) -> ProcessRef {
     ProcessRef {
         pid: h.tgid,
         comm: Text::new(cstr(&h.comm).to_vec()),
-        exe: Text::new(exe),
+        exe: Text::new(exe.unwrap_or_default()),
     }
 }
 
@@ -487,14 +493,7 @@ fn process_by_identity(
         .or_else(|| (ppid != 0).then(|| exe_of(ppid)).flatten().filter(is_it))
         .or_else(|| meta.and_then(|m| m.launcher_exe.clone()).filter(is_it));
     let found = exe.is_some();
-    (
-        ProcessRef {
-            pid: h.tgid,
-            comm: Text::new(cstr(&h.comm).to_vec()),
-            exe: Text::new(exe.unwrap_or_default()),
-        },
-        found,
-    )
+    (process_running(h, exe), found)
 }
 
 fn verdict_of(h: &EventHeader) -> Verdict {
