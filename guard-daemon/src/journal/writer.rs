@@ -106,7 +106,7 @@ struct Stats {
     last_batch_size: AtomicU64,
     last_commit_latency_us: AtomicU64,
     commit_errors: AtomicU64,
-    commit_failing: std::sync::atomic::AtomicBool,
+    commit_failing: AtomicBool,
     mirror_errors: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_errors: AtomicU64,
@@ -223,17 +223,8 @@ impl JournalHandle {
     }
 
     fn check_failed(&self) -> Result<(), JournalError> {
-        match &*self
-            .shared
-            .failed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            Some(reason) => Err(JournalError::Failed {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.failure()
+            .map_or(Ok(()), |reason| Err(JournalError::Failed { reason }))
     }
 
     fn send(&self, msg: Msg) -> Result<(), JournalError> {
@@ -439,9 +430,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Stops accepting records and says, loudly, which ones were not
-    /// committed: the pending batch and everything still queued. Each lost
-    /// record's JSON goes to the log so nothing vanishes without a trace.
+    /// Makes appends fail at once with `reason`; the first reason stays.
     fn set_failed(&self, reason: String) {
         let mut failed = self
             .shared
@@ -453,30 +442,28 @@ impl Writer {
         }
     }
 
+    /// Stops accepting records and says, loudly, which ones were not
+    /// committed: the pending batch and everything still queued. Each lost
+    /// record's JSON goes to the log so nothing vanishes without a trace.
     fn fail(&mut self, e: &JournalError) {
         let reason = error_chain(e);
         self.set_failed(reason.clone());
+        let failed = || JournalError::Failed {
+            reason: reason.clone(),
+        };
         let mut lost = std::mem::take(&mut self.pending);
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Append(p) => lost.push(p),
                 Msg::Flush(reply) => {
-                    let _ = reply.send(Err(JournalError::Failed {
-                        reason: reason.clone(),
-                    }));
+                    let _ = reply.send(Err(failed()));
                 }
                 Msg::Retention(reply) => {
-                    let _ = reply.send(Err(JournalError::Failed {
-                        reason: reason.clone(),
-                    }));
+                    let _ = reply.send(Err(failed()));
                 }
             }
         }
-        self.reply_flush(|| {
-            Err(JournalError::Failed {
-                reason: reason.clone(),
-            })
-        });
+        self.reply_flush(|| Err(failed()));
         if lost.is_empty() {
             return;
         }
