@@ -143,9 +143,9 @@ impl JournalError {
     }
 }
 
-/// `error: cause: cause` for log lines, which otherwise show only the top
-/// level and lose the SQLite or I/O reason.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// `error: cause: cause` for log lines and guardctl's messages, which
+/// otherwise show only the top level and lose the SQLite or I/O reason.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

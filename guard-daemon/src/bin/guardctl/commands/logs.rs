@@ -158,11 +158,11 @@ fn exit_of(s: Stop) -> i32 {
     }
 }
 
-/// Prints records in the chosen format.
 fn safe_json(value: &serde_json::Value) -> String {
     journal::to_safe_json(value).unwrap_or_else(|_| value.to_string())
 }
 
+/// Prints records in the chosen format.
 struct Printer {
     out: Out,
     json: bool,
@@ -350,7 +350,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
     let store = match Store::open_for_reading(path) {
         Ok(s) => s,
         Err(e) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
+            fail(format!("{}: {}", path.display(), journal::error_chain(&e)));
             return EXIT_GUARD;
         }
     };
@@ -364,7 +364,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
                 return EXIT_USAGE;
             }
             Err(e) => {
-                fail(format!("{}: {}", path.display(), chain(&e)));
+                fail(format!("{}: {}", path.display(), journal::error_chain(&e)));
                 return EXIT_GUARD;
             }
         }
@@ -412,7 +412,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
         Ok(()) => 0,
         Err(PrintError::Out(s)) => exit_of(s),
         Err(PrintError::Journal(e)) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
+            fail(format!("{}: {}", path.display(), journal::error_chain(&e)));
             EXIT_GUARD
         }
     }
@@ -433,17 +433,6 @@ impl From<JournalError> for PrintError {
     fn from(e: JournalError) -> Self {
         PrintError::Journal(e)
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
@@ -468,7 +457,7 @@ fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
                 return EXIT_USAGE;
             }
             Err(e) => {
-                fail(format!("--mirror: {}", chain(&e)));
+                fail(format!("--mirror: {}", journal::error_chain(&e)));
                 return EXIT_GUARD;
             }
         }
@@ -506,7 +495,7 @@ fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
             }
         }
         Err(e) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
+            fail(format!("{}: {}", path.display(), journal::error_chain(&e)));
             return EXIT_GUARD;
         }
     };
@@ -530,7 +519,11 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     let store = match Store::open_read_only(journal_path) {
         Ok(s) => s,
         Err(e) => {
-            fail(format!("{}: {}", journal_path.display(), chain(&e)));
+            fail(format!(
+                "{}: {}",
+                journal_path.display(),
+                journal::error_chain(&e)
+            ));
             return EXIT_GUARD;
         }
     };
@@ -556,7 +549,11 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     if let Err(e) = exported {
         // SAFETY: as above.
         unsafe { libc::umask(old_mask) };
-        fail(format!("exporting to {}: {}", dest.display(), chain(&e)));
+        fail(format!(
+            "exporting to {}: {}",
+            dest.display(),
+            journal::error_chain(&e)
+        ));
         return EXIT_GUARD;
     }
     drop(store);
@@ -582,7 +579,11 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     let report = match journal::verify(dest) {
         Ok(r) => r,
         Err(e) => {
-            fail(format!("verifying {}: {}", dest.display(), chain(&e)));
+            fail(format!(
+                "verifying {}: {}",
+                dest.display(),
+                journal::error_chain(&e)
+            ));
             return EXIT_GUARD;
         }
     };
