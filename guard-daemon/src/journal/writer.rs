@@ -726,13 +726,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.last_cp_seq = cp.seq;
-                self.shared.stats.checkpoints.fetch_add(1, Relaxed);
                 // Copy the WAL into the main file at each checkpoint, so the
                 // main file alone (what a plain copy takes) holds every record
                 // up to it. Passive: never waits for readers.
                 if let Err(e) = self.store.checkpoint_wal() {
                     tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
                 }
+                // Counted once the copy is done: whoever sees the count (the
+                // test of this copy) may take the main file at once.
+                self.shared.stats.checkpoints.fetch_add(1, Relaxed);
             }
             Err(e) => {
                 self.shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
