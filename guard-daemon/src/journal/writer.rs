@@ -1353,22 +1353,28 @@ pub(crate) mod tests {
         assert_eq!(report.records, 2);
     }
 
-    #[test]
-    fn a_store_written_behind_the_writers_back_stops_it_without_looping() {
+    /// A running journal with one committed record, whose store another
+    /// connection then changes with `sql` behind the writer's back.
+    fn running_then_changed(sql: &str) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
         let journal = Journal::open(JournalConfig::new(&path)).unwrap();
         let h = journal.handle();
         h.append(event(0)).unwrap();
         h.flush().unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        (dir, journal)
+    }
+
+    #[test]
+    fn a_store_written_behind_the_writers_back_stops_it_without_looping() {
         // Another process takes seq 2 (bypassing the lock).
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute(
-            "INSERT INTO records(seq, json, hash) VALUES (2, '{}', 'x')",
-            [],
-        )
-        .unwrap();
-        drop(conn);
+        let (_dir, journal) =
+            running_then_changed("INSERT INTO records(seq, json, hash) VALUES (2, '{}', 'x')");
+        let h = journal.handle();
         h.append(event(1)).unwrap();
         let started = Instant::now();
         let flushed = h.flush();
@@ -1383,17 +1389,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_closing_writer_gives_up_retrying_and_frees_blocked_appenders() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.db");
-        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-        let h = journal.handle();
-        h.append(event(0)).unwrap();
-        h.flush().unwrap();
         // Every commit fails from now on, but not in a way a retry could
         // rule out (as a full disk would).
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE records").unwrap();
-        drop(conn);
+        let (_dir, journal) = running_then_changed("DROP TABLE records");
+        let h = journal.handle();
         let appender = {
             let h = h.clone();
             std::thread::spawn(move || {
