@@ -302,9 +302,7 @@ pub struct Checkpoint {
 
 /// `<store path>.checkpoint`.
 pub fn checkpoint_path(store_path: &Path) -> PathBuf {
-    let mut s = store_path.as_os_str().to_owned();
-    s.push(".checkpoint");
-    PathBuf::from(s)
+    super::suffixed(store_path, ".checkpoint")
 }
 
 /// Reads the side file; a missing file means no checkpoints. A final line

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 
-use super::JournalError;
 use super::chain::{ChainHead, Checkpoint, Sealed};
 use super::query::Filter;
 use super::record::{Record, parse_record_time, to_unix_us};
+use super::{JournalError, suffixed};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -239,9 +239,7 @@ impl Store {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, JournalError> {
         let path = path.as_ref();
         require_exists(path)?;
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let immutable = !Path::new(&wal).exists();
+        let immutable = !suffixed(path, "-wal").exists();
         let uri = sqlite_uri(path, immutable);
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -623,12 +621,11 @@ impl Store {
             )
             .map_err(JournalError::sql("measure the store"))?;
         let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
+        let wal = suffixed(&self.path, "-wal");
         Ok(Usage {
             db_used: u64::try_from((pages - free).max(0) * page).unwrap_or(0),
             db_file: len(&self.path),
-            wal_file: len(Path::new(&wal)),
+            wal_file: len(&wal),
         })
     }
 
