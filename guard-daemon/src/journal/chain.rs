@@ -302,53 +302,69 @@ pub struct Checkpoint {
 
 /// `<store path>.checkpoint`.
 pub fn checkpoint_path(store_path: &Path) -> PathBuf {
-    let mut s = store_path.as_os_str().to_owned();
-    s.push(".checkpoint");
-    PathBuf::from(s)
+    super::suffixed(store_path, ".checkpoint")
 }
 
 /// Reads the side file; a missing file means no checkpoints. A final line
-/// without a newline is still a checkpoint when it parses (removing the
-/// newline must not hide the newest checkpoint); only one that does not
-/// parse is taken as a write torn by a crash and ignored.
+/// without a newline is read as [`read_json_lines`] reads it.
 pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(JournalError::io("open checkpoint file", path)(e)),
     };
-    let mut reader = BufReader::new(file);
     let mut out = Vec::new();
+    read_json_lines(
+        file,
+        path,
+        "read checkpoint file",
+        |body| serde_json::from_slice(body),
+        |line, source| JournalError::CorruptCheckpoint {
+            path: path.to_owned(),
+            line,
+            source,
+        },
+        |cp| out.push(cp),
+    )?;
+    Ok(out)
+}
+
+/// Hands each line of a JSON-lines file that `parse` accepts to `each`,
+/// skipping blank lines. A final line without a newline is still a line
+/// when it parses (removing the newline must not hide the newest entry);
+/// only one that does not parse is taken as a write torn by a crash and
+/// ignored. Any other line that does not parse is an error, made by
+/// `corrupt` from its 1-based number.
+fn read_json_lines<T, E>(
+    file: File,
+    path: &Path,
+    op: &'static str,
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+    corrupt: impl Fn(usize, E) -> JournalError,
+    mut each: impl FnMut(T),
+) -> Result<(), JournalError> {
+    let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     let mut number = 0;
     loop {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(JournalError::io("read checkpoint file", path))?;
+            .map_err(JournalError::io(op, path))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         number += 1;
         let body = line.trim_ascii();
         if body.is_empty() {
             continue;
         }
-        if line.last() != Some(&b'\n') {
-            if let Ok(cp) = serde_json::from_slice(body) {
-                out.push(cp);
-            }
-            break;
+        match parse(body) {
+            Ok(v) => each(v),
+            Err(_) if line.last() != Some(&b'\n') => return Ok(()),
+            Err(e) => return Err(corrupt(number, e)),
         }
-        let cp =
-            serde_json::from_slice(body).map_err(|source| JournalError::CorruptCheckpoint {
-                path: path.to_owned(),
-                line: number,
-                source,
-            })?;
-        out.push(cp);
     }
-    Ok(out)
 }
 
 /// Append-only, fsync'd writer for the side file.
@@ -405,13 +421,14 @@ fn drop_torn_tail(file: &mut File) -> std::io::Result<()> {
     if buf.last() == Some(&b'\n') {
         return Ok(());
     }
-    let tail_start = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let last_newline = buf.iter().rposition(|&b| b == b'\n');
+    let tail_start = last_newline.map_or(0, |i| i + 1);
     if serde_json::from_slice::<Checkpoint>(buf[tail_start..].trim_ascii()).is_ok() {
         // A whole checkpoint that lost its newline: keep it, end the line.
         file.write_all(b"\n")?;
         return file.sync_data();
     }
-    let keep = match buf.iter().rposition(|&b| b == b'\n') {
+    let keep = match last_newline {
         Some(i) => len - window + i as u64 + 1,
         None if window == len => 0,
         None => return Ok(()),
@@ -615,48 +632,30 @@ pub fn mirror_head(path: &Path) -> Result<Option<ChainHead>, JournalError> {
         hash: String,
     }
     let file = File::open(path).map_err(JournalError::io("open mirror", path))?;
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    let mut number = 0;
     let mut newest: Option<ChainHead> = None;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(JournalError::io("read mirror", path))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        let body = line.trim_ascii();
-        if body.is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_slice::<Line>(body)
-            .map_err(|e| e.to_string())
-            .and_then(|l| {
-                decode_hash(&l.hash)
-                    .map(|_| l)
-                    .ok_or_else(|| "hash is not 64 hex digits".to_owned())
-            });
-        let l = match parsed {
-            Ok(l) => l,
-            Err(_) if line.last() != Some(&b'\n') => break,
-            Err(reason) => {
-                return Err(JournalError::CorruptMirror {
-                    path: path.to_owned(),
-                    line: number,
-                    reason,
+    read_json_lines(
+        file,
+        path,
+        "read mirror",
+        |body| {
+            let l = serde_json::from_slice::<Line>(body).map_err(|e| e.to_string())?;
+            decode_hash(&l.hash).ok_or_else(|| "hash is not 64 hex digits".to_owned())?;
+            Ok(l)
+        },
+        |line, reason| JournalError::CorruptMirror {
+            path: path.to_owned(),
+            line,
+            reason,
+        },
+        |l| {
+            if newest.as_ref().is_none_or(|h| l.seq > h.seq) {
+                newest = Some(ChainHead {
+                    seq: l.seq,
+                    hash: l.hash,
                 });
             }
-        };
-        if newest.as_ref().is_none_or(|h| l.seq > h.seq) {
-            newest = Some(ChainHead {
-                seq: l.seq,
-                hash: l.hash,
-            });
-        }
-    }
+        },
+    )?;
     Ok(newest)
 }
 

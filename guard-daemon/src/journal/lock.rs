@@ -14,9 +14,7 @@ use super::JournalError;
 
 /// `<store path>.lock`.
 pub fn lock_path(store_path: &Path) -> PathBuf {
-    let mut s = store_path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+    super::suffixed(store_path, ".lock")
 }
 
 /// The held lock; released when dropped (the kernel also releases it when

@@ -143,9 +143,17 @@ impl JournalError {
     }
 }
 
-/// `error: cause: cause` for log lines, which otherwise show only the top
-/// level and lose the SQLite or I/O reason.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// `path` with `suffix` appended to its file name: the files that live
+/// beside a store (`-wal`, `.checkpoint`, `.lock`) or a mirror (`.1`).
+pub(crate) fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `error: cause: cause` for log lines and guardctl's messages, which
+/// otherwise show only the top level and lose the SQLite or I/O reason.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

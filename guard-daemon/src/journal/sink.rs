@@ -166,9 +166,7 @@ fn open_append(path: &Path) -> Result<(BufWriter<File>, u64), JournalError> {
 }
 
 fn numbered(path: &Path, i: usize) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{i}"));
-    PathBuf::from(s)
+    super::suffixed(path, &format!(".{i}"))
 }
 
 fn rename_if_exists(from: &Path, to: &Path) -> Result<(), JournalError> {

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 
-use super::JournalError;
 use super::chain::{ChainHead, Checkpoint, Sealed};
 use super::query::Filter;
 use super::record::{Record, parse_record_time, to_unix_us};
+use super::{JournalError, suffixed};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -209,11 +209,7 @@ impl Store {
     /// where silently creating an empty journal would hide a wrong path).
     pub fn open_existing(path: impl AsRef<Path>) -> Result<Store, JournalError> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(JournalError::NotFound {
-                path: path.to_owned(),
-            });
-        }
+        require_exists(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
@@ -242,14 +238,8 @@ impl Store {
     /// main file's bytes.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, JournalError> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(JournalError::NotFound {
-                path: path.to_owned(),
-            });
-        }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let immutable = !Path::new(&wal).exists();
+        require_exists(path)?;
+        let immutable = !suffixed(path, "-wal").exists();
         let uri = sqlite_uri(path, immutable);
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -258,24 +248,15 @@ impl Store {
             Connection::open_with_flags(&uri, flags).map_err(JournalError::sql("open store"))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(JournalError::sql("set busy timeout"))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(JournalError::sql("read schema version"))?;
-        if version > SCHEMA_VERSION {
-            return Err(JournalError::SchemaVersion {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        let mut store = Store {
+        schema_version(&conn)?;
+        // The agents cache spares the writer's batches a lookup; a reader
+        // (one per query page in guardd) does not fill it, and
+        // `resolve_agent` reads the table.
+        Ok(Store {
             conn,
             path: path.to_owned(),
             agents: HashMap::new(),
-        };
-        for (id, name) in store.agent_pairs()? {
-            store.agents.entry(id).or_default().insert(name);
-        }
-        Ok(store)
+        })
     }
 
     /// What `--agent KEY` selects: `KEY` itself when it is a recorded agent
@@ -283,8 +264,11 @@ impl Store {
     /// with `KEY`, as `guardctl ps` resolves ids. Unknown or ambiguous keys
     /// are errors, so a typo is never an empty, successful answer.
     pub fn resolve_agent(&self, key: &str) -> Result<String, JournalError> {
-        if self
-            .agents
+        let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
+        for (id, name) in self.agent_pairs()? {
+            agents.entry(id).or_default().insert(name);
+        }
+        if agents
             .iter()
             .any(|(id, names)| id == key || names.contains(key))
         {
@@ -293,7 +277,7 @@ impl Store {
         let mut ids: Vec<(&String, &HashSet<String>)> = if key.is_empty() {
             Vec::new()
         } else {
-            self.agents
+            agents
                 .iter()
                 .filter(|(id, _)| id.starts_with(key))
                 .collect()
@@ -368,15 +352,7 @@ impl Store {
              PRAGMA wal_autocheckpoint=4096;",
         )
         .map_err(JournalError::sql("set pragmas"))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(JournalError::sql("read schema version"))?;
-        if version > SCHEMA_VERSION {
-            return Err(JournalError::SchemaVersion {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        let version = schema_version(&conn)?;
         conn.execute_batch(SCHEMA)
             .map_err(JournalError::sql("create schema"))?;
         if version < SCHEMA_VERSION {
@@ -645,12 +621,11 @@ impl Store {
             )
             .map_err(JournalError::sql("measure the store"))?;
         let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
+        let wal = suffixed(&self.path, "-wal");
         Ok(Usage {
             db_used: u64::try_from((pages - free).max(0) * page).unwrap_or(0),
             db_file: len(&self.path),
-            wal_file: len(Path::new(&wal)),
+            wal_file: len(&wal),
         })
     }
 
@@ -997,6 +972,32 @@ impl ScannedRow<'_> {
             && text(7, Some(rec.target.as_bytes()))
             && text(9, Some(rec.hash.as_bytes()))
     }
+}
+
+/// Opening a missing file would create an empty journal (or fail with a
+/// less telling SQLite error): a wrong path must say so.
+fn require_exists(path: &Path) -> Result<(), JournalError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(JournalError::NotFound {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The store's schema version, refused when newer than this build knows.
+fn schema_version(conn: &Connection) -> Result<i64, JournalError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(JournalError::sql("read schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::SchemaVersion {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
 }
 
 /// `file:` URI for `path`, percent-encoding everything but unreserved

@@ -145,18 +145,8 @@ fn push_escaped_char(out: &mut String, c: char) {
         '\\' => out.push_str("\\\\"),
         // C0 and DEL: one byte each.
         '\0'..='\x1f' | '\x7f' => push_hex_byte(out, c as u32 as u8),
-        // C1 (what 8-bit terminals read as CSI etc.); bidi embeddings,
-        // overrides, isolates and marks, which can make a path read
-        // differently from what it is; U+2028/2029, which may render as
-        // line breaks.
-        '\u{80}'..='\u{9f}'
-        | '\u{061c}'
-        | '\u{200e}'
-        | '\u{200f}'
-        | '\u{2028}'
-        | '\u{2029}'
-        | '\u{202a}'..='\u{202e}'
-        | '\u{2066}'..='\u{2069}' => {
+        // The rest of the display hazards (C1, bidi, line separators).
+        c if is_display_hazard(c) => {
             out.push_str("\\u{");
             let code = c as u32;
             for shift in [12, 8, 4, 0] {
@@ -169,8 +159,10 @@ fn push_escaped_char(out: &mut String, c: char) {
 }
 
 /// Whether a character that JSON would carry as it is can still reorder or
-/// break what a terminal shows: DEL, C1 controls, bidi controls and marks,
-/// line and paragraph separators.
+/// break what a terminal shows: DEL, C1 controls (what 8-bit terminals read
+/// as CSI etc.), bidi embeddings, overrides, isolates and marks (which can
+/// make a path read differently from what it is), and U+2028/2029 (which
+/// may render as line breaks).
 fn is_display_hazard(c: char) -> bool {
     matches!(c,
         '\x7f'..='\u{9f}'

@@ -106,7 +106,7 @@ struct Stats {
     last_batch_size: AtomicU64,
     last_commit_latency_us: AtomicU64,
     commit_errors: AtomicU64,
-    commit_failing: std::sync::atomic::AtomicBool,
+    commit_failing: AtomicBool,
     mirror_errors: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_errors: AtomicU64,
@@ -223,17 +223,8 @@ impl JournalHandle {
     }
 
     fn check_failed(&self) -> Result<(), JournalError> {
-        match &*self
-            .shared
-            .failed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            Some(reason) => Err(JournalError::Failed {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.failure()
+            .map_or(Ok(()), |reason| Err(JournalError::Failed { reason }))
     }
 
     fn send(&self, msg: Msg) -> Result<(), JournalError> {
@@ -439,9 +430,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Stops accepting records and says, loudly, which ones were not
-    /// committed: the pending batch and everything still queued. Each lost
-    /// record's JSON goes to the log so nothing vanishes without a trace.
+    /// Makes appends fail at once with `reason`; the first reason stays.
     fn set_failed(&self, reason: String) {
         let mut failed = self
             .shared
@@ -453,30 +442,28 @@ impl Writer {
         }
     }
 
+    /// Stops accepting records and says, loudly, which ones were not
+    /// committed: the pending batch and everything still queued. Each lost
+    /// record's JSON goes to the log so nothing vanishes without a trace.
     fn fail(&mut self, e: &JournalError) {
         let reason = error_chain(e);
         self.set_failed(reason.clone());
+        let failed = || JournalError::Failed {
+            reason: reason.clone(),
+        };
         let mut lost = std::mem::take(&mut self.pending);
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Append(p) => lost.push(p),
                 Msg::Flush(reply) => {
-                    let _ = reply.send(Err(JournalError::Failed {
-                        reason: reason.clone(),
-                    }));
+                    let _ = reply.send(Err(failed()));
                 }
                 Msg::Retention(reply) => {
-                    let _ = reply.send(Err(JournalError::Failed {
-                        reason: reason.clone(),
-                    }));
+                    let _ = reply.send(Err(failed()));
                 }
             }
         }
-        self.reply_flush(|| {
-            Err(JournalError::Failed {
-                reason: reason.clone(),
-            })
-        });
+        self.reply_flush(|| Err(failed()));
         if lost.is_empty() {
             return;
         }
@@ -739,13 +726,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.last_cp_seq = cp.seq;
-                self.shared.stats.checkpoints.fetch_add(1, Relaxed);
                 // Copy the WAL into the main file at each checkpoint, so the
                 // main file alone (what a plain copy takes) holds every record
                 // up to it. Passive: never waits for readers.
                 if let Err(e) = self.store.checkpoint_wal() {
                     tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
                 }
+                // Counted once the copy is done: whoever sees the count (the
+                // test of this copy) may take the main file at once.
+                self.shared.stats.checkpoints.fetch_add(1, Relaxed);
             }
             Err(e) => {
                 self.shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
@@ -1364,22 +1353,28 @@ pub(crate) mod tests {
         assert_eq!(report.records, 2);
     }
 
-    #[test]
-    fn a_store_written_behind_the_writers_back_stops_it_without_looping() {
+    /// A running journal with one committed record, whose store another
+    /// connection then changes with `sql` behind the writer's back.
+    fn running_then_changed(sql: &str) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
         let journal = Journal::open(JournalConfig::new(&path)).unwrap();
         let h = journal.handle();
         h.append(event(0)).unwrap();
         h.flush().unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        (dir, journal)
+    }
+
+    #[test]
+    fn a_store_written_behind_the_writers_back_stops_it_without_looping() {
         // Another process takes seq 2 (bypassing the lock).
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute(
-            "INSERT INTO records(seq, json, hash) VALUES (2, '{}', 'x')",
-            [],
-        )
-        .unwrap();
-        drop(conn);
+        let (_dir, journal) =
+            running_then_changed("INSERT INTO records(seq, json, hash) VALUES (2, '{}', 'x')");
+        let h = journal.handle();
         h.append(event(1)).unwrap();
         let started = Instant::now();
         let flushed = h.flush();
@@ -1394,17 +1389,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_closing_writer_gives_up_retrying_and_frees_blocked_appenders() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.db");
-        let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-        let h = journal.handle();
-        h.append(event(0)).unwrap();
-        h.flush().unwrap();
         // Every commit fails from now on, but not in a way a retry could
         // rule out (as a full disk would).
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE records").unwrap();
-        drop(conn);
+        let (_dir, journal) = running_then_changed("DROP TABLE records");
+        let h = journal.handle();
         let appender = {
             let h = h.clone();
             std::thread::spawn(move || {

@@ -158,11 +158,11 @@ fn exit_of(s: Stop) -> i32 {
     }
 }
 
-/// Prints records in the chosen format.
 fn safe_json(value: &serde_json::Value) -> String {
     journal::to_safe_json(value).unwrap_or_else(|_| value.to_string())
 }
 
+/// Prints records in the chosen format.
 struct Printer {
     out: Out,
     json: bool,
@@ -349,10 +349,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
     };
     let store = match Store::open_for_reading(path) {
         Ok(s) => s,
-        Err(e) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
-            return EXIT_GUARD;
-        }
+        Err(e) => return journal_failed(path.display(), &e),
     };
     if let Some(key) = &filter.agent {
         match store.resolve_agent(key) {
@@ -363,10 +360,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
                 fail(e);
                 return EXIT_USAGE;
             }
-            Err(e) => {
-                fail(format!("{}: {}", path.display(), chain(&e)));
-                return EXIT_GUARD;
-            }
+            Err(e) => return journal_failed(path.display(), &e),
         }
     }
     let mut printer = Printer::new(args);
@@ -411,10 +405,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
     match result {
         Ok(()) => 0,
         Err(PrintError::Out(s)) => exit_of(s),
-        Err(PrintError::Journal(e)) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
-            EXIT_GUARD
-        }
+        Err(PrintError::Journal(e)) => journal_failed(path.display(), &e),
     }
 }
 
@@ -433,17 +424,6 @@ impl From<JournalError> for PrintError {
     fn from(e: JournalError) -> Self {
         PrintError::Journal(e)
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
@@ -467,13 +447,9 @@ fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
                 ));
                 return EXIT_USAGE;
             }
-            Err(e) => {
-                fail(format!("--mirror: {}", chain(&e)));
-                return EXIT_GUARD;
-            }
+            Err(e) => return journal_failed("--mirror", &e),
         }
     }
-    let mut out = Out::new();
     let (code, text) = match journal::verify_against(path, &heads) {
         Ok(report) => {
             if report.ok {
@@ -495,26 +471,19 @@ fn verify(path: &Path, head: &[String], mirror: &[PathBuf]) -> i32 {
                     ),
                 )
             } else {
-                let problem = report
-                    .first_problem
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "unknown problem".into());
                 (
                     1,
-                    format!("journal {}: NOT intact — {problem}", path.display()),
+                    format!(
+                        "journal {}: NOT intact — {}",
+                        path.display(),
+                        problem_of(&report)
+                    ),
                 )
             }
         }
-        Err(e) => {
-            fail(format!("{}: {}", path.display(), chain(&e)));
-            return EXIT_GUARD;
-        }
+        Err(e) => return journal_failed(path.display(), &e),
     };
-    match out.line(text).and_then(|()| out.flush()) {
-        Ok(()) => code,
-        Err(Stop::Closed) => code,
-        Err(s) => exit_of(s),
-    }
+    print_verdict(code, text)
 }
 
 /// Copies the store (one consistent snapshot, `VACUUM INTO`) and its side
@@ -529,10 +498,7 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     }
     let store = match Store::open_read_only(journal_path) {
         Ok(s) => s,
-        Err(e) => {
-            fail(format!("{}: {}", journal_path.display(), chain(&e)));
-            return EXIT_GUARD;
-        }
+        Err(e) => return journal_failed(journal_path.display(), &e),
     };
     // Side file first, then the snapshot: guardd appends a checkpoint only
     // after committing what it names, so the copy holds every record the
@@ -556,8 +522,7 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     if let Err(e) = exported {
         // SAFETY: as above.
         unsafe { libc::umask(old_mask) };
-        fail(format!("exporting to {}: {}", dest.display(), chain(&e)));
-        return EXIT_GUARD;
+        return journal_failed(format_args!("exporting to {}", dest.display()), &e);
     }
     drop(store);
     if let Some(bytes) = side {
@@ -581,12 +546,8 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     unsafe { libc::umask(old_mask) };
     let report = match journal::verify(dest) {
         Ok(r) => r,
-        Err(e) => {
-            fail(format!("verifying {}: {}", dest.display(), chain(&e)));
-            return EXIT_GUARD;
-        }
+        Err(e) => return journal_failed(format_args!("verifying {}", dest.display()), &e),
     };
-    let mut out = Out::new();
     let text = if report.ok {
         format!(
             "exported {} to {} (and {}): intact — {} records, chain head {}",
@@ -601,15 +562,34 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
             "exported {} to {}: NOT intact — {}",
             journal_path.display(),
             dest.display(),
-            report
-                .first_problem
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "unknown problem".into())
+            problem_of(&report)
         )
     };
-    let code = if report.ok { 0 } else { 1 };
+    print_verdict(if report.ok { 0 } else { 1 }, text)
+}
+
+/// Why a journal is not intact, for the one-line verdict.
+fn problem_of(report: &journal::VerifyReport) -> String {
+    report
+        .first_problem
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown problem".into())
+}
+
+/// Prints the verdict of `verify` or `export`; the exit code is the
+/// verdict's even when the reader has gone (`| head`).
+fn print_verdict(code: i32, text: String) -> i32 {
+    let mut out = Out::new();
     match out.line(text).and_then(|()| out.flush()) {
         Ok(()) | Err(Stop::Closed) => code,
         Err(s) => exit_of(s),
     }
+}
+
+/// Says why reading or writing `what` (a journal, an export) failed, with
+/// every cause.
+fn journal_failed(what: impl std::fmt::Display, e: &JournalError) -> i32 {
+    fail(format!("{what}: {}", journal::error_chain(e)));
+    EXIT_GUARD
 }
