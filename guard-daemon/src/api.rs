@@ -179,6 +179,35 @@ pub struct LogsRequest {
     pub limit: Option<usize>,
 }
 
+impl LogsRequest {
+    /// The journal query this request asks for: one definition for guardd
+    /// (over the socket) and `guardctl logs --journal` (a file read
+    /// directly), so both answer the same filters the same way.
+    pub fn filter(
+        &self,
+        now: std::time::SystemTime,
+    ) -> Result<crate::journal::Filter, crate::journal::JournalError> {
+        use crate::journal::{Kind, Verdict, parse_time};
+        let time = |t: &Option<String>| t.as_deref().map(|s| parse_time(s, now)).transpose();
+        Ok(crate::journal::Filter {
+            agent: self.agent.clone(),
+            kind: self.kind.as_deref().map(str::parse::<Kind>).transpose()?,
+            verdict: self
+                .verdict
+                .as_deref()
+                .map(str::parse::<Verdict>)
+                .transpose()?,
+            since: time(&self.since)?,
+            until: time(&self.until)?,
+            pid: self.pid,
+            target_contains: self.target.clone(),
+            after_seq: None,
+            limit: self.limit,
+            tail: self.limit.is_some(),
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PsEntry {
     pub id: String,

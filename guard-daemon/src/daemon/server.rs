@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     api::{self, Request},
-    journal::{Filter, Kind, Record, Store, Verdict, parse_time},
+    journal::{Filter, Record, Store},
 };
 
 /// Serves until `shutdown` completes. Connections still open then are left
@@ -465,40 +465,8 @@ async fn send_with_fds(conn: &mut Conn, line: &[u8], fds: &[i32]) -> std::io::Re
 }
 
 fn filter_of(req: &api::LogsRequest) -> Result<Filter, Failure> {
-    let now = std::time::SystemTime::now();
-    let bad = |e: crate::journal::JournalError| (api::code::BAD_REQUEST, e.to_string());
-    Ok(Filter {
-        agent: req.agent.clone(),
-        kind: req
-            .kind
-            .as_deref()
-            .map(str::parse::<Kind>)
-            .transpose()
-            .map_err(bad)?,
-        verdict: req
-            .verdict
-            .as_deref()
-            .map(str::parse::<Verdict>)
-            .transpose()
-            .map_err(bad)?,
-        since: req
-            .since
-            .as_deref()
-            .map(|s| parse_time(s, now))
-            .transpose()
-            .map_err(bad)?,
-        until: req
-            .until
-            .as_deref()
-            .map(|s| parse_time(s, now))
-            .transpose()
-            .map_err(bad)?,
-        pid: req.pid,
-        target_contains: req.target.clone(),
-        after_seq: None,
-        limit: req.limit,
-        tail: req.limit.is_some(),
-    })
+    req.filter(std::time::SystemTime::now())
+        .map_err(|e| (api::code::BAD_REQUEST, e.to_string()))
 }
 
 fn record_line(id: u64, rec: &Record) -> Vec<u8> {

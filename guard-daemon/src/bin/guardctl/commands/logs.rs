@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use guard_daemon::{
     api::{LogsRequest, Request},
-    journal::{self, ChainHead, Filter, JournalError, Kind, Record, Store, Verdict},
+    journal::{self, ChainHead, JournalError, Record, Store},
 };
 
 use super::{connect, describe, fail};
@@ -240,17 +240,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
             return EXIT_GUARD;
         }
     };
-    let req = Request::Logs(LogsRequest {
-        agent: args.agent.clone(),
-        kind: args.kind.clone(),
-        verdict: args.verdict.clone(),
-        since: args.since.clone(),
-        until: args.until.clone(),
-        pid: args.pid,
-        target: args.target.clone(),
-        follow: args.follow,
-        limit: args.limit,
-    });
+    let req = Request::Logs(request_of(args));
     let line = match guard_daemon::api::encode_request(1, &req) {
         Ok(l) => l,
         Err(e) => {
@@ -308,39 +298,26 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
     }
 }
 
-/// The same filter guardd builds from a logs request.
-fn filter_of(args: &LogsArgs) -> Result<Filter, JournalError> {
-    let now = SystemTime::now();
-    Ok(Filter {
+/// The request `guardctl logs` sends guardd; read directly from a file,
+/// the same request gives the same filter.
+fn request_of(args: &LogsArgs) -> LogsRequest {
+    LogsRequest {
         agent: args.agent.clone(),
-        kind: args.kind.as_deref().map(str::parse::<Kind>).transpose()?,
-        verdict: args
-            .verdict
-            .as_deref()
-            .map(str::parse::<Verdict>)
-            .transpose()?,
-        since: args
-            .since
-            .as_deref()
-            .map(|s| journal::parse_time(s, now))
-            .transpose()?,
-        until: args
-            .until
-            .as_deref()
-            .map(|s| journal::parse_time(s, now))
-            .transpose()?,
+        kind: args.kind.clone(),
+        verdict: args.verdict.clone(),
+        since: args.since.clone(),
+        until: args.until.clone(),
         pid: args.pid,
-        target_contains: args.target.clone(),
-        after_seq: None,
+        target: args.target.clone(),
+        follow: args.follow,
         limit: args.limit,
-        tail: args.limit.is_some(),
-    })
+    }
 }
 
 /// `guardctl logs --journal FILE`: the query guardd would run, against the
 /// file itself, opened read-only.
 fn offline(path: &Path, args: &LogsArgs) -> i32 {
-    let mut filter = match filter_of(args) {
+    let mut filter = match request_of(args).filter(SystemTime::now()) {
         Ok(f) => f,
         Err(e) => {
             fail(e);
