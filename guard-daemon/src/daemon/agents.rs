@@ -907,13 +907,7 @@ fn journaled_refusals(
         })?;
         for r in &page {
             if is_agents_refusal(r) && r.agent.as_ref().is_some_and(|a| a.id == id) {
-                let repeated = r
-                    .detail
-                    .as_ref()
-                    .and_then(|d| d.get("repeated"))
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                counts.add(r.verdict, repeated.saturating_add(1));
+                counts.add(r.verdict, r.repeated().unwrap_or(0).saturating_add(1));
             }
         }
         match page.last() {

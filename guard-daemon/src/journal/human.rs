@@ -34,13 +34,7 @@ pub fn table_row(r: &Record) -> String {
         .map_or_else(|| "-".to_owned(), |p| p.pid.to_string());
     let mut target = r.target.escaped();
     // A coalesced record stands for itself and `repeated` identical ones.
-    if let Some(n) = r
-        .detail
-        .as_ref()
-        .and_then(|d| d.get("repeated"))
-        .and_then(serde_json::Value::as_u64)
-        .filter(|n| *n > 0)
-    {
+    if let Some(n) = r.repeated().filter(|n| *n > 0) {
         target.push_str(&format!(" ×{}", n.saturating_add(1)));
     }
     row([

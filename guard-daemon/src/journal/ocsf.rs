@@ -163,7 +163,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         ev["status_detail"] = json!("audit");
     }
     if let Some(d) = &r.detail
-        && let Some(repeated) = d.get("repeated").and_then(Value::as_u64)
+        && let Some(repeated) = r.repeated()
     {
         ev["count"] = json!(repeated.saturating_add(1));
         let first_ms = d

@@ -225,6 +225,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// `detail.repeated` of a coalesced record: how many identical events it
+    /// stands for beyond itself (`monitor::coalesce`). `None` for a record
+    /// that is not a coalesced one.
+    pub fn repeated(&self) -> Option<u64> {
+        self.detail
+            .as_ref()?
+            .get("repeated")
+            .and_then(serde_json::Value::as_u64)
+    }
+
     /// A record with no agent, process or detail; the journal fills in
     /// `seq`, `time`, `prev` and `hash`.
     pub fn new(
