@@ -75,43 +75,78 @@ fn wait_for_checkpoint(journal: &Path, seq: u64) {
     }
 }
 
+struct RemoveInstance(String);
+
+impl Drop for RemoveInstance {
+    fn drop(&mut self) {
+        remove_instance(&self.0);
+    }
+}
+
 #[test]
 fn a_second_guardd_on_the_same_journal_is_refused_naming_the_first() {
     let mut g = Guardd::start();
-    let instance = format!("{}-second", g.instance);
-    let socket = g.dir.path().join("second.sock");
-    let mut second = Command::new(GUARDD)
-        .args(["--socket", socket.to_str().unwrap()])
-        .args(["--state-dir", g.dir.path().join("state2").to_str().unwrap()])
-        .args(["--journal", g.journal.to_str().unwrap()])
-        .args(["--instance", &instance])
-        .args(["--metrics", "off"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // It must give up on its own; if not, it is ended here, by its pid.
-    let status = wait_or_kill(&mut second, Duration::from_secs(20));
-    let mut err = String::new();
-    second
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = status.unwrap_or_else(|| panic!("second guardd did not exit:\n{err}"));
-    assert!(!status.success(), "{err}");
-    for needle in [
-        format!("pid {}", g.pid()),
-        g.instance.clone(),
-        g.socket.display().to_string(),
-        "in use".to_owned(),
-    ] {
-        assert!(err.contains(&needle), "{needle:?} not in:\n{err}");
+    // The same journal by its own path, through a symbolic link to its
+    // directory, and through a symbolic link to the file itself.
+    let dir_link = g.dir.path().join("journal-dir-link");
+    std::os::unix::fs::symlink(g.journal.parent().unwrap(), &dir_link).unwrap();
+    let file_link = g.dir.path().join("journal-link.db");
+    std::os::unix::fs::symlink(&g.journal, &file_link).unwrap();
+    let paths = [
+        g.journal.clone(),
+        dir_link.join(g.journal.file_name().unwrap()),
+        file_link,
+    ];
+    for (n, journal) in paths.iter().enumerate() {
+        let instance = format!("{}-second{n}", g.instance);
+        // Should it start after all (the defect), what it made goes too,
+        // even when an assertion below fails.
+        let _cleanup = RemoveInstance(instance.clone());
+        let socket = g.dir.path().join(format!("second{n}.sock"));
+        let mut second = Command::new(GUARDD)
+            .args(["--socket", socket.to_str().unwrap()])
+            .args([
+                "--state-dir",
+                g.dir
+                    .path()
+                    .join(format!("state-second{n}"))
+                    .to_str()
+                    .unwrap(),
+            ])
+            .args(["--journal", journal.to_str().unwrap()])
+            .args(["--instance", &instance])
+            .args(["--metrics", "off"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It must give up on its own; if not, it is ended here, by its pid.
+        let status = wait_or_kill(&mut second, Duration::from_secs(20));
+        let mut err = String::new();
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status =
+            status.unwrap_or_else(|| panic!("second guardd on {journal:?} did not exit:\n{err}"));
+        assert!(!status.success(), "{journal:?}: {err}");
+        for needle in [
+            format!("pid {}", g.pid()),
+            g.instance.clone(),
+            g.socket.display().to_string(),
+            "in use".to_owned(),
+        ] {
+            assert!(
+                err.contains(&needle),
+                "{journal:?}: {needle:?} not in:\n{err}"
+            );
+        }
+        // Refused before it made anything of its own.
+        assert!(!socket.exists());
+        assert!(!Path::new("/sys/fs/bpf").join(&instance).exists());
     }
-    // Refused before it made anything of its own.
-    assert!(!socket.exists());
-    assert!(!Path::new("/sys/fs/bpf").join(&instance).exists());
 
     // The first is unharmed: an agent's records arrive, SIGTERM stops it.
     let id = refusals(&g, "first", 3);

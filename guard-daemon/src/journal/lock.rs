@@ -12,9 +12,24 @@ use std::path::{Path, PathBuf};
 
 use super::JournalError;
 
-/// `<store path>.lock`.
+/// `<store>.lock`, beside the store as it really is: a journal named
+/// through a symbolic link (to the file, or to a directory above it) gets
+/// the same lock as through its own path. (A hard link or a bind mount of
+/// the file itself is not seen through; the directory is what is shared.)
 pub fn lock_path(store_path: &Path) -> PathBuf {
-    super::suffixed(store_path, ".lock")
+    let real = std::fs::canonicalize(store_path).ok().or_else(|| {
+        // Not created yet: its directory, resolved, and its name.
+        let dir = store_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(
+            std::fs::canonicalize(dir)
+                .ok()?
+                .join(store_path.file_name()?),
+        )
+    });
+    super::suffixed(real.as_deref().unwrap_or(store_path), ".lock")
 }
 
 /// The held lock; released when dropped (the kernel also releases it when
