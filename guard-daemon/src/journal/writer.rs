@@ -717,21 +717,22 @@ impl Writer {
             time: format_time(SystemTime::now()),
         };
         // The store first: its commit is fsync'd, so the side file never
-        // names a record that is not durable.
-        let result = self
-            .store
-            .insert_checkpoint(&cp)
-            .and_then(|()| self.cp_file.append(&cp));
+        // names a record that is not durable. Then the WAL is copied into
+        // the main file, and only then does the side file name the
+        // checkpoint: a plain copy of the two files, taken at any moment,
+        // finds in the main file every record the side file vouches for
+        // (the copy is passive and never waits for readers, so a reader
+        // holding the WAL back can still leave it short).
+        let result = self.store.insert_checkpoint(&cp).and_then(|()| {
+            if let Err(e) = self.store.checkpoint_wal() {
+                tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
+            }
+            self.cp_file.append(&cp)
+        });
         self.last_cp_at = Instant::now();
         match result {
             Ok(()) => {
                 self.last_cp_seq = cp.seq;
-                // Copy the WAL into the main file at each checkpoint, so the
-                // main file alone (what a plain copy takes) holds every record
-                // up to it. Passive: never waits for readers.
-                if let Err(e) = self.store.checkpoint_wal() {
-                    tracing::warn!(error = %error_chain(&e), "journal WAL checkpoint failed");
-                }
                 // Counted once the copy is done: whoever sees the count (the
                 // test of this copy) may take the main file at once.
                 self.shared.stats.checkpoints.fetch_add(1, Relaxed);
