@@ -491,24 +491,36 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
     };
     // The copy holds what the journal holds (paths, arguments, who ran
     // what): readable by its owner only, like the journal, from the moment
-    // it exists.
+    // it exists. SQLite creates the file, hence the umask around it.
     // SAFETY: umask has no preconditions; guardctl has no other threads
     // creating files meanwhile.
     let old_mask = unsafe { libc::umask(0o077) };
     let exported = store.export_to(dest);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
     if let Err(e) = exported {
-        // SAFETY: as above.
-        unsafe { libc::umask(old_mask) };
         return journal_failed(format_args!("exporting to {}", dest.display()), &e);
     }
     drop(store);
     if let Some(bytes) = side {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&side_dest)
-            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()));
+            .and_then(|mut f| {
+                let w = f.write_all(&bytes).and_then(|()| f.sync_all());
+                if w.is_err() {
+                    // Ours (create_new): a torn side file goes too.
+                    let _ = std::fs::remove_file(&side_dest);
+                }
+                w
+            });
         if let Err(e) = written {
+            // Half an export (a store without the side file that vouches
+            // for it) is not left behind to be mistaken for one.
+            let _ = std::fs::remove_file(dest);
             fail(format!("writing {}: {e}", side_dest.display()));
             return EXIT_GUARD;
         }
@@ -519,8 +531,6 @@ fn export(journal_path: &Path, dest: &Path) -> i32 {
             side_src.display()
         );
     }
-    // SAFETY: as above.
-    unsafe { libc::umask(old_mask) };
     let report = match journal::verify(dest) {
         Ok(r) => r,
         Err(e) => return journal_failed(format_args!("verifying {}", dest.display()), &e),
