@@ -1,5 +1,6 @@
 //! Files, programs, system calls, privileges and limits: the rest of the
 //! agent's scope, end to end, each refusal asserted in the journal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

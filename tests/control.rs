@@ -2,6 +2,7 @@
 //! into anything, however it reaches the socket; a Unix rule names a socket,
 //! not a string the agent can redirect; controls by name never pick an
 //! arbitrary agent. Root, real kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! it, a copy is complete and verifiable, a rollback is caught against a
 //! head kept off the host, offline queries, precise agent selection, and
 //! output into a closed pipe.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! named); ordinary work (python with C extensions, git, shell pipelines)
 //! still runs. Also: the agent dies with a killed guardctl, whoever it runs
 //! as.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

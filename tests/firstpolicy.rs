@@ -2,6 +2,7 @@
 //! agent that uses tempfile, subprocess and pip; refusals at start say why
 //! and what to add; `policy check` reports every problem with the messages
 //! `run` uses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

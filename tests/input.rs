@@ -1,5 +1,6 @@
 //! Bad input never starts anything, never panics, and says precisely what is
 //! wrong: policies, the command line, requests on the socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The journal a reviewer trusts and the controls an operator needs:
 //! queries, follow, integrity, loss accounting, safe printing, kill switch,
 //! doctor, metrics, OCSF, retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

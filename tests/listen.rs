@@ -1,6 +1,7 @@
 //! Inbound, end to end: nothing binds, listens or accepts unless a `listen`
 //! rule says so. Real guardd, real kernel, real python3 servers, clients
 //! from the host.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Network egress, end to end: real guardd, real kernel, real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

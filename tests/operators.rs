@@ -3,6 +3,7 @@
 //! host processes, files at rest are not world-readable, and no client can
 //! exhaust the daemon. The group member here is `nobody` in `nogroup`.
 //! Root, real kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The journal as evidence (issue 10): what each record says about where,
 //! when and what. Root, real kernel, real guardd and agents.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

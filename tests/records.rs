@@ -2,6 +2,7 @@
 //! ones that leave no failed system call behind (a process seccomp kills),
 //! errors other than EPERM/EACCES (Landlock's EXDEV), and refusals of
 //! options and control messages of an allowed address. Root, real kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

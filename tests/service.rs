@@ -4,6 +4,7 @@
 //! SIGHUP does not kill, logs carry no colour off a terminal, the readiness
 //! endpoint, bounded metric labels, and errors without protocol tags.
 //! Root, real kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

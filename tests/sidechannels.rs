@@ -4,6 +4,7 @@
 //! agent's own cgroup (read-only cgroup file systems, cgroup namespace).
 //! Each route is tried by a real agent against real host objects, refused,
 //! the host object checked unchanged, and the refusal found in the journal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -416,12 +417,11 @@ t("mq_open", lambda: sc(240, b"{mq}", 2, 0, None))
         assert!(!denied(&recs, "mq_open").is_empty(), "{recs:#?}");
     }
     // The host queue is still empty.
+    // SAFETY: msqid_ds is plain data; all-zero is a valid value.
     let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: reading the queue's state into a struct we own.
-    assert_eq!(
-        unsafe { libc::msgctl(host.msq, libc::IPC_STAT, &mut ds) },
-        0
-    );
+    let rc = unsafe { libc::msgctl(host.msq, libc::IPC_STAT, &mut ds) };
+    assert_eq!(rc, 0);
     assert_eq!(ds.msg_qnum, 0);
 
     // Two agents with one key: the first creates and holds a segment, the

@@ -3,6 +3,7 @@
 //! resolved against that directory, never the working directory, and a
 //! path buffer another thread rewrites while the call runs never shows up
 //! as a verified target. Root, real kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //!                               the median store-level filtered query time
 //!
 //! Output is one JSON object on stdout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 fn main() {
     let args: Vec<String> = std::env::args()

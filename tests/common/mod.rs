@@ -43,9 +43,9 @@ pub fn agent_script(name: &str) -> String {
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "guard's integration tests load BPF programs and create cgroups: run them as root (cargo xtask test)"
     );
 }

@@ -608,8 +608,10 @@ fn wait_forwarding(child: &launch::Child, sigfd: &OwnedFd) -> ExitStatus {
         // SAFETY: polling descriptors we own (a negative one is skipped).
         unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if fds[1].revents & libc::POLLIN != 0 {
-            // SAFETY: reading one signalfd_siginfo into a zeroed buffer.
+            // SAFETY: signalfd_siginfo is plain data; all-zero is a valid value.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            // SAFETY: reads at most one signalfd_siginfo into the buffer above,
+            // from a signalfd we own.
             let n = unsafe {
                 libc::read(
                     sigfd.as_raw_fd(),
