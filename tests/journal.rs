@@ -4,6 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+// The journal bench's measurements, run small here so the bench target
+// cannot rot between `cargo xtask bench` runs.
+#[path = "../guard-daemon/benches/support/mod.rs"]
+mod bench_support;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -792,4 +796,40 @@ fn a_disk_budget_keeps_the_store_small_and_verifiable() {
     let (code, text) = verify_journal(&g.journal);
     assert_eq!(code, 0, "budget retention must not break the chain: {text}");
     assert!(text.contains("intact"), "{text}");
+}
+
+#[test]
+fn bench_ingest_runs() {
+    assert!(bench_support::ingest(2000, 4).unwrap() > 0.0);
+    assert!(bench_support::ingest(500, 125).unwrap() > 0.0);
+}
+
+#[test]
+fn bench_query_runs_small_and_reuses_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let (_, rows) = bench_support::query(&path, 2000).unwrap();
+    // agent-7's network records: one in every 1000.
+    assert_eq!(rows, 2);
+    let head = |p: &Path| {
+        guard_daemon::journal::Store::open_read_only(p)
+            .unwrap()
+            .head()
+            .unwrap()
+            .unwrap()
+            .seq
+    };
+    assert_eq!(head(&path), 2000);
+    // Reuses the existing data instead of appending again.
+    let (_, rows) = bench_support::query(&path, 2000).unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(head(&path), 2000);
+    // Built through the writer, so it is a journal guardd would accept.
+    let report = guard_daemon::journal::verify(&path).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records, 2000);
+    // Topped up, not rebuilt.
+    let (_, rows) = bench_support::query(&path, 3000).unwrap();
+    assert_eq!(rows, 3);
+    assert_eq!(head(&path), 3000);
 }

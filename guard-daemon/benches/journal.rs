@@ -8,6 +8,8 @@
 //! Output is one JSON object on stdout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -21,13 +23,12 @@ fn main() {
     {
         ["ingest", n] => {
             let n: u64 = n.parse().expect("N");
-            let rate = guard_daemon::journal::bench_ingest(n).expect("ingest bench");
+            let rate = support::ingest(n, 4).expect("ingest bench");
             serde_json::json!({"ingest_per_sec": rate})
         }
         ["store", path, n] => {
             let n: u64 = n.parse().expect("N");
-            let (t, rows) = guard_daemon::journal::bench_query(std::path::Path::new(path), n)
-                .expect("query bench");
+            let (t, rows) = support::query(std::path::Path::new(path), n).expect("query bench");
             serde_json::json!({"query_ms": t.as_secs_f64() * 1e3, "rows": rows})
         }
         _ => {

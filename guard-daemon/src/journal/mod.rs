@@ -9,10 +9,15 @@
 //! - [`Journal`] / [`JournalHandle`]: the batching writer thread the daemon
 //!   appends to; it assigns `seq`, `time`, `prev` and `hash`.
 //! - [`Store`]: the SQLite file, read by the CLI with [`Filter`].
-//! - [`verify`]: recomputes the chain and the checkpoints.
+//! - [`verify()`]: recomputes the chain and the checkpoints.
 //! - [`human`]: one-line table output for terminals.
 
-mod chain;
+// Dependency order, one way only: `text` → `record` → `hash` →
+// `checkpoint` → `query` → `store` → `verify` → `writer` (each uses only
+// modules to its left; `lock`, `sink`, `human` and `ocsf` hang off
+// `record`/`text`).
+mod checkpoint;
+mod hash;
 pub mod human;
 mod lock;
 pub mod ocsf;
@@ -21,17 +26,16 @@ mod record;
 mod sink;
 mod store;
 mod text;
+mod verify;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use chain::{
-    ChainHead, Checkpoint, GENESIS_HASH, Problem, VerifyReport, canonical_bytes, checkpoint_path,
-    mirror_head, parse_head, read_checkpoint_file, record_hash, verify, verify_against,
-};
+pub use checkpoint::{Checkpoint, checkpoint_path, read_checkpoint_file};
+pub use hash::{ChainHead, GENESIS_HASH, canonical_bytes, record_hash};
 pub use lock::{JournalLock, lock_path};
-pub use query::{Filter, bench_query, parse_time};
+pub use query::{Filter, parse_time};
 pub use record::{
     AgentRef, HostRef, Kind, ProcessRef, Record, Verdict, format_time, local_host,
     parse_record_time, set_local_host,
@@ -42,9 +46,8 @@ pub use text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
     to_safe_json,
 };
-pub use writer::{
-    Journal, JournalConfig, JournalHandle, JournalStats, bench_ingest, bench_ingest_agents,
-};
+pub use verify::{Problem, VerifyReport, mirror_head, parse_head, verify, verify_against};
+pub use writer::{Journal, JournalConfig, JournalHandle, JournalStats};
 
 /// Everything that can go wrong in the journal. Each variant names the
 /// operation that failed so a log line is actionable without a backtrace.
@@ -149,6 +152,15 @@ pub(crate) fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// A seq as SQLite's signed integer; seqs beyond `i64::MAX` cannot be
+/// stored.
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, JournalError> {
+    i64::try_from(seq).map_err(|_| JournalError::OutOfRange {
+        what: "seq",
+        value: seq,
+    })
 }
 
 /// `error: cause: cause` for log lines and guardctl's messages, which

@@ -1,16 +1,13 @@
-//! Filters over the journal: as SQL for the store, and as a predicate for
-//! records arriving live on `--follow`. Both must agree.
+//! Filters over the journal ([`Filter`], [`parse_time`]): as SQL for the
+//! store, and as a predicate for records arriving live on `--follow`. Both
+//! must agree. Below the store, so the store runs filters without a cycle.
 
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value;
 
-use super::JournalError;
-use super::chain::ChainHead;
-use super::record::{AgentRef, Kind, ProcessRef, Record, Verdict, format_time, to_unix_us};
-use super::store::{Store, seq_to_sql};
-use super::text::Text;
+use super::record::{Kind, Record, Verdict, to_unix_us};
+use super::{JournalError, seq_to_sql};
 
 /// Which records to return. Every set field must match; time bounds are
 /// inclusive.
@@ -210,79 +207,11 @@ fn split_offset(s: &str) -> (&str, i64) {
     (s, 0)
 }
 
-/// Number of distinct agents and kinds in [`bench_query`]'s data: each
-/// (agent, kind) pair holds n/1000 records.
-const BENCH_AGENTS: u64 = 125;
-
-/// Builds (or reuses) a store of `n` records at `path` and times a filtered
-/// query (one agent and one kind, about n/1000 rows). Returns the median of
-/// five runs and the number of rows returned.
-pub fn bench_query(path: &Path, n: u64) -> Result<(Duration, usize), JournalError> {
-    let mut store = Store::open(path)?;
-    let mut head = store.head()?.unwrap_or_else(ChainHead::genesis);
-    let now = SystemTime::now();
-    let base = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-    while head.seq < n {
-        let batch_end = (head.seq + 4096).min(n);
-        let mut batch = Vec::with_capacity(4096);
-        for i in head.seq..batch_end {
-            let mut rec = bench_record(i, BENCH_AGENTS);
-            let t = base + Duration::from_micros(i);
-            rec.time = format_time(t);
-            batch.push(head.seal_record(&mut rec, to_unix_us(t))?);
-        }
-        store.insert_batch(&batch)?;
-    }
-    let filter = Filter {
-        agent: Some("agent-7".into()),
-        kind: Some(Kind::Network),
-        ..Filter::default()
-    };
-    let mut times = Vec::new();
-    let mut rows = 0;
-    for _ in 0..5 {
-        let start = Instant::now();
-        rows = store.query(&filter)?.len();
-        times.push(start.elapsed());
-    }
-    times.sort();
-    Ok((times[times.len() / 2], rows))
-}
-
-/// A plausible record; agent cycles fastest and kind per agent round so that
-/// every (agent, kind) pair is equally common.
-pub(crate) fn bench_record(i: u64, agents: u64) -> Record {
-    let agents = agents.max(1);
-    let agent = i % agents;
-    let kind = Kind::ALL[((i / agents) % 8) as usize];
-    Record::new(
-        kind,
-        "connect",
-        format!("10.0.{}.{}:443/tcp", (i >> 8) & 0xff, i & 0xff),
-        if i.is_multiple_of(3) {
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
-        },
-        "network.default-deny",
-        "cgroup-bpf",
-    )
-    .with_agent(AgentRef {
-        id: format!("a{agent:04}"),
-        name: format!("agent-{agent}"),
-        policy: "default".into(),
-    })
-    .with_process(ProcessRef {
-        pid: 1000 + (i % 50) as u32,
-        comm: Text::from("curl"),
-        exe: Text::from("/usr/bin/curl"),
-    })
-    .with_detail(serde_json::json!({ "args": ["-s", "https://example.invalid/"], "fd": 3 }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::hash::ChainHead;
+    use crate::journal::store::Store;
     use crate::journal::store::tests::sealed_batch;
     use std::time::UNIX_EPOCH;
 
@@ -469,15 +398,5 @@ mod tests {
         );
         assert!(!plan.contains("records_kind"), "{plan}");
         assert!(!plan.contains("records_verdict"), "{plan}");
-    }
-
-    #[test]
-    fn bench_query_runs_small() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, rows) = bench_query(&dir.path().join("b.db"), 2000).unwrap();
-        assert_eq!(rows, 2);
-        // Reuses the existing data.
-        let (_, rows) = bench_query(&dir.path().join("b.db"), 2000).unwrap();
-        assert_eq!(rows, 2);
     }
 }

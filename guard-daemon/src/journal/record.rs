@@ -1,5 +1,5 @@
 //! The journal record: one JSON object per event. Field order is part of the
-//! integrity chain (see `chain.rs`), so do not reorder fields.
+//! integrity chain (see `hash.rs`), so do not reorder fields.
 
 use std::fmt;
 use std::path::Path;

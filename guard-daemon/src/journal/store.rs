@@ -1,6 +1,8 @@
-//! The SQLite store. `records.json` is the exact stored record (the chain
-//! covers it); the other columns are copies for indexing and are checked
-//! against `json` by verification.
+//! The SQLite store: schema, rows, indexes, queries and retention; it
+//! stores sealed records and checkpoints but verifies nothing.
+//! `records.json` is the exact stored record (the chain covers it); the
+//! other columns are copies for indexing and are checked against `json` by
+//! verification.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -9,10 +11,11 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 
-use super::chain::{ChainHead, Checkpoint, Sealed};
+use super::checkpoint::Checkpoint;
+use super::hash::{ChainHead, Sealed};
 use super::query::Filter;
 use super::record::{Record, parse_record_time, to_unix_us};
-use super::{JournalError, suffixed};
+use super::{JournalError, seq_to_sql, suffixed};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -1026,13 +1029,6 @@ fn parse_stored(seq: u64, json: &str) -> Result<Record, JournalError> {
     })
 }
 
-pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, JournalError> {
-    i64::try_from(seq).map_err(|_| JournalError::OutOfRange {
-        what: "seq",
-        value: seq,
-    })
-}
-
 fn seq_from_sql(seq: i64) -> Result<u64, JournalError> {
     u64::try_from(seq).map_err(|_| JournalError::Corrupt {
         seq: 0,
@@ -1043,7 +1039,6 @@ fn seq_from_sql(seq: i64) -> Result<u64, JournalError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::journal::chain::ChainHead;
     use crate::journal::record::{AgentRef, Kind, Verdict};
     use crate::journal::text::Text;
 

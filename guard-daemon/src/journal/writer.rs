@@ -3,22 +3,19 @@
 //! connection and the chain head, so sealing and committing are strictly
 //! ordered without locks on the hot path.
 
-use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::chain::{
-    ChainHead, Checkpoint, CheckpointFile, Prepared, Sealed, checkpoint_path, decode_hash, prepare,
-};
+use super::checkpoint::{Checkpoint, CheckpointFile, checkpoint_path, read_checkpoint_file};
+use super::hash::{ChainHead, Prepared, Sealed, decode_hash, prepare};
 use super::lock::JournalLock;
-use super::query::bench_record;
 use super::record::{Kind, Record, Verdict, format_time};
 use super::sink::{Mirror, MirrorSink};
 use super::store::{Retention, Store, budget_cut, wal_cap};
@@ -273,10 +270,7 @@ impl Journal {
             });
         }
         let cp_path = checkpoint_path(&cfg.path);
-        let last_side = super::chain::read_checkpoint_file(&cp_path)?
-            .iter()
-            .map(|c| c.seq)
-            .max();
+        let last_side = read_checkpoint_file(&cp_path)?.iter().map(|c| c.seq).max();
         if let Some(cp) = last_side
             && cp > head.seq
         {
@@ -876,50 +870,14 @@ fn is_permanent(e: &JournalError) -> bool {
     )
 }
 
-/// Appends `n` typical records (4 agents, all kinds, ~450-byte JSON)
-/// through a fresh journal in a temporary directory and returns the
-/// sustained rate in records per second, from the first append until all
-/// are committed.
-pub fn bench_ingest(n: u64) -> Result<f64, JournalError> {
-    bench_ingest_agents(n, 4)
-}
-
-/// [`bench_ingest`] spreading the records over `agents` agents: more agents
-/// means more insertion points in the agent index and slower commits.
-pub fn bench_ingest_agents(n: u64, agents: u64) -> Result<f64, JournalError> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "guard-journal-bench-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).map_err(JournalError::io("create bench directory", &dir))?;
-    let run = || -> Result<f64, JournalError> {
-        let journal = Journal::open(JournalConfig::new(dir.join("bench.db")))?;
-        let handle = journal.handle();
-        let start = Instant::now();
-        for i in 0..n {
-            handle.append(bench_record(i, agents))?;
-        }
-        handle.flush()?;
-        let secs = start.elapsed().as_secs_f64();
-        journal.close()?;
-        Ok(n as f64 / secs.max(1e-9))
-    };
-    let result = run();
-    // Best effort: a leftover temp directory is not worth failing over.
-    let _ = fs::remove_dir_all(&dir);
-    result
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::journal::chain::{GENESIS_HASH, read_checkpoint_file, verify};
+    use crate::journal::hash::GENESIS_HASH;
     use crate::journal::query::Filter;
     use crate::journal::record::{AgentRef, ProcessRef};
     use crate::journal::text::TARGET_CAP;
+    use crate::journal::verify::verify;
 
     pub(crate) fn event(i: u64) -> Record {
         Record::new(
@@ -1083,7 +1041,7 @@ pub(crate) mod tests {
         journal.handle().append(weird).unwrap();
         journal.handle().append(event(1)).unwrap();
         journal.close().unwrap();
-        let text = fs::read_to_string(&mirror).unwrap();
+        let text = std::fs::read_to_string(&mirror).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         let store = Store::open_existing(&path).unwrap();
@@ -1447,10 +1405,5 @@ pub(crate) mod tests {
         assert!(report.ok, "{report:?}");
         assert_eq!(report.records, 100);
         journal.close().unwrap();
-    }
-
-    #[test]
-    fn bench_ingest_runs() {
-        assert!(bench_ingest(2000).unwrap() > 0.0);
     }
 }
