@@ -525,4 +525,314 @@ mod tests {
         let pids = v1_files("pids", vec![("pids.max", "5".into())]);
         assert_eq!(pids, vec![("pids.max".into(), "5".into())]);
     }
+
+    /// Tempdir stand-ins for the cgroup file systems. A plain directory
+    /// accepts any file, so these tests see exactly which control files
+    /// scope.rs writes and with what values; what the kernel then does with
+    /// them is covered by the privileged tests (tests/confine.rs).
+    mod tempdir {
+        use super::*;
+
+        const LIMITS: Limits = Limits {
+            pids: Some(64),
+            memory_bytes: Some(1 << 20),
+            cpu_millicores: Some(250),
+        };
+
+        fn read(path: &Path) -> String {
+            fs::read_to_string(path).unwrap()
+        }
+
+        /// A root whose v2 parent and v1 instance directories exist, with
+        /// each controller placed as given.
+        fn root(dir: &Path, pids: Placement, memory: Placement, cpu: Placement) -> ScopeRoot {
+            let v2 = dir.join("v2");
+            let v2_parent = v2.join("inst");
+            fs::create_dir_all(&v2_parent).unwrap();
+            for p in [&pids, &memory, &cpu] {
+                if let Placement::V1(mount) = p {
+                    fs::create_dir_all(mount.join("inst")).unwrap();
+                }
+            }
+            ScopeRoot {
+                layout: CgroupLayout {
+                    v2,
+                    v2_root_depth: 0,
+                    v1: Vec::new(),
+                },
+                instance: "inst".into(),
+                v2_parent,
+                placements: vec![("pids", pids), ("memory", memory), ("cpu", cpu)],
+            }
+        }
+
+        #[test]
+        fn init_places_each_controller_and_creates_the_parents() {
+            let dir = tempfile::tempdir().unwrap();
+            let v2 = dir.path().join("v2");
+            let cpu_mount = dir.path().join("v1-cpu");
+            fs::create_dir_all(&v2).unwrap();
+            fs::create_dir_all(&cpu_mount).unwrap();
+            fs::write(v2.join("cgroup.controllers"), "cpuset pids memory io\n").unwrap();
+            let layout = CgroupLayout {
+                v2: v2.clone(),
+                v2_root_depth: 0,
+                v1: vec![("cpu".into(), cpu_mount.clone())],
+            };
+            let root = ScopeRoot::init(layout.clone(), "inst").unwrap();
+            assert_eq!(root.v2_parent, v2.join("inst"));
+            assert!(root.v2_parent.is_dir());
+            assert_eq!(root.placement("pids"), &Placement::V2);
+            assert_eq!(root.placement("memory"), &Placement::V2);
+            assert_eq!(root.placement("cpu"), &Placement::V1(cpu_mount.clone()));
+            assert_eq!(root.placement("rdma"), &Placement::Unavailable);
+            assert!(cpu_mount.join("inst").is_dir());
+            // Controllers are delegated at the root and at the parent.
+            assert!(v2.join("cgroup.subtree_control").is_file());
+            assert!(v2.join("inst/cgroup.subtree_control").is_file());
+            assert_eq!(root.agent_level(), 2);
+
+            // No v2 controllers and no v1 hierarchy: nothing is placed.
+            let bare = dir.path().join("bare");
+            fs::create_dir_all(&bare).unwrap();
+            let root = ScopeRoot::init(
+                CgroupLayout {
+                    v2: bare.clone(),
+                    v2_root_depth: 0,
+                    v1: Vec::new(),
+                },
+                "inst",
+            )
+            .unwrap();
+            for c in ["pids", "memory", "cpu"] {
+                assert_eq!(root.placement(c), &Placement::Unavailable, "{c}");
+            }
+            assert!(!bare.join("cgroup.subtree_control").exists());
+
+            assert!(matches!(
+                ScopeRoot::init(layout, "../escape"),
+                Err(ScopeError::BadName(_))
+            ));
+            assert!(!dir.path().join("escape").exists());
+        }
+
+        #[test]
+        fn v2_limit_files_are_written() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = root(dir.path(), Placement::V2, Placement::V2, Placement::V2);
+            let scope = root.create("a1", &LIMITS, false).unwrap();
+            assert_eq!(scope.v2, root.v2_parent.join("a1"));
+            assert_eq!(scope.cgroup_id, fs::metadata(&scope.v2).unwrap().ino());
+            assert!(scope.v1.is_empty() && scope.skipped.is_empty());
+            assert_eq!(read(&scope.v2.join("pids.max")), "64");
+            assert_eq!(read(&scope.v2.join("memory.max")), "1048576");
+            assert_eq!(read(&scope.v2.join("memory.swap.max")), "0");
+            // 250 millicores: a quarter of each 100 ms period.
+            assert_eq!(read(&scope.v2.join("cpu.max")), "25000 100000");
+            let mut names: Vec<String> = fs::read_dir(&scope.v2)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(
+                names,
+                ["cpu.max", "memory.max", "memory.swap.max", "pids.max"]
+            );
+        }
+
+        #[test]
+        fn unset_limits_write_nothing_and_tiny_cpu_is_raised() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = root(dir.path(), Placement::V2, Placement::V2, Placement::V2);
+            let none = root.create("none", &Limits::default(), false).unwrap();
+            assert_eq!(fs::read_dir(&none.v2).unwrap().count(), 0);
+            let tiny = Limits {
+                cpu_millicores: Some(1),
+                ..Limits::default()
+            };
+            let s = root.create("tiny", &tiny, false).unwrap();
+            // The kernel refuses quotas below 1 ms.
+            assert_eq!(read(&s.v2.join("cpu.max")), "1000 100000");
+            assert!(!s.v2.join("pids.max").exists());
+        }
+
+        #[test]
+        fn v1_limit_files_use_v1_names_in_the_controllers_hierarchy() {
+            let dir = tempfile::tempdir().unwrap();
+            let (mem, cpu) = (dir.path().join("v1-memory"), dir.path().join("v1-cpu"));
+            let root = root(
+                dir.path(),
+                Placement::V2,
+                Placement::V1(mem.clone()),
+                Placement::V1(cpu.clone()),
+            );
+            let scope = root.create("a1", &LIMITS, false).unwrap();
+            let (mem_dir, cpu_dir) = (mem.join("inst/a1"), cpu.join("inst/a1"));
+            assert_eq!(
+                scope.v1,
+                vec![("memory", mem_dir.clone()), ("cpu", cpu_dir.clone())]
+            );
+            assert_eq!(read(&scope.v2.join("pids.max")), "64");
+            assert!(!scope.v2.join("memory.max").exists());
+            assert!(!scope.v2.join("cpu.max").exists());
+            assert_eq!(read(&mem_dir.join("memory.limit_in_bytes")), "1048576");
+            assert_eq!(
+                read(&mem_dir.join("memory.memsw.limit_in_bytes")),
+                "1048576"
+            );
+            assert_eq!(read(&cpu_dir.join("cpu.cfs_period_us")), "100000");
+            assert_eq!(read(&cpu_dir.join("cpu.cfs_quota_us")), "25000");
+
+            // Reopening after a restart finds the same cgroups.
+            let again = root.open("a1").unwrap();
+            assert_eq!(again.v2, scope.v2);
+            assert_eq!(again.cgroup_id, scope.cgroup_id);
+            assert_eq!(again.v1, scope.v1);
+            assert!(matches!(
+                root.open("gone"),
+                Err(ScopeError::Io { op: "reading", .. })
+            ));
+        }
+
+        #[test]
+        fn a_limit_without_its_controller_fails_and_leaves_nothing_unless_accepted() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = root(
+                dir.path(),
+                Placement::Unavailable,
+                Placement::V2,
+                Placement::V2,
+            );
+            let err = root.create("a1", &LIMITS, false).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ScopeError::ControllerUnavailable {
+                        controller: "pids",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(!root.v2_parent.join("a1").exists());
+            assert!(root.existing().is_empty());
+
+            let scope = root.create("a1", &LIMITS, true).unwrap();
+            assert_eq!(scope.skipped, vec!["pids"]);
+            assert!(!scope.v2.join("pids.max").exists());
+            assert_eq!(read(&scope.v2.join("memory.max")), "1048576");
+
+            // A limit not asked for needs no controller.
+            let no_pids = Limits {
+                pids: None,
+                ..LIMITS
+            };
+            let s = root.create("a2", &no_pids, false).unwrap();
+            assert!(s.skipped.is_empty());
+        }
+
+        #[test]
+        fn a_failed_v1_limit_removes_the_half_made_scope() {
+            let dir = tempfile::tempdir().unwrap();
+            let mount = dir.path().join("v1-cpu");
+            let root = root(
+                dir.path(),
+                Placement::V2,
+                Placement::V2,
+                Placement::V1(mount.clone()),
+            );
+            // The instance directory of the v1 hierarchy vanished.
+            fs::remove_dir(mount.join("inst")).unwrap();
+            let cpu_only = Limits {
+                cpu_millicores: Some(500),
+                ..Limits::default()
+            };
+            let err = root.create("a1", &cpu_only, false).unwrap_err();
+            assert!(
+                matches!(&err, ScopeError::Io { op: "creating", path, .. } if *path == mount.join("inst/a1")),
+                "{err}"
+            );
+            assert!(!root.v2_parent.join("a1").exists());
+        }
+
+        #[test]
+        fn names_and_duplicates_are_refused_without_touching_anything() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = root(dir.path(), Placement::V2, Placement::V2, Placement::V2);
+            for bad in ["..", "a/b", ""] {
+                assert!(matches!(
+                    root.create(bad, &LIMITS, false),
+                    Err(ScopeError::BadName(_))
+                ));
+            }
+            assert!(root.existing().is_empty());
+            let first = root.create("a1", &LIMITS, false).unwrap();
+            assert!(matches!(
+                root.create("a1", &Limits::default(), false),
+                Err(ScopeError::Io { op: "creating", .. })
+            ));
+            // The existing scope keeps its limits.
+            assert_eq!(read(&first.v2.join("pids.max")), "64");
+        }
+
+        #[test]
+        fn remove_takes_nested_cgroups_deepest_first_and_tolerates_gone_ones() {
+            let dir = tempfile::tempdir().unwrap();
+            let mount = dir.path().join("v1-cpu");
+            let root = root(
+                dir.path(),
+                Placement::V2,
+                Placement::V2,
+                Placement::V1(mount.clone()),
+            );
+            let scope = root.create("a1", &Limits::default(), false).unwrap();
+            let v1 = mount.join("inst/a1");
+            fs::create_dir(&v1).unwrap();
+            let scope = Scope {
+                v1: vec![("cpu", v1.clone())],
+                ..scope
+            };
+            // Cgroups the agent made below its own.
+            fs::create_dir_all(scope.v2.join("x/y/z")).unwrap();
+            fs::create_dir_all(scope.v2.join("w")).unwrap();
+            fs::create_dir_all(v1.join("n")).unwrap();
+            assert_eq!(root.existing(), vec!["a1".to_owned()]);
+            scope.remove().unwrap();
+            assert!(!scope.v2.exists());
+            assert!(!v1.exists());
+            assert!(root.existing().is_empty());
+            // Already gone counts as removed.
+            scope.remove().unwrap();
+
+            root.remove_if_empty();
+            assert!(!root.v2_parent.exists());
+            assert!(!mount.join("inst").exists());
+        }
+
+        #[test]
+        fn remove_reports_what_it_cannot_remove_at_once() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = root(dir.path(), Placement::V2, Placement::V2, Placement::V2);
+            // Limit files are plain files here, so the directory is not
+            // empty: the stand-in for a cgroup that cannot go.
+            let scope = root.create("a1", &LIMITS, false).unwrap();
+            fs::create_dir(scope.v2.join("child")).unwrap();
+            let start = Instant::now();
+            let err = scope.remove().unwrap_err();
+            assert!(
+                matches!(&err, ScopeError::Io { op: "removing", path, source }
+                    if *path == scope.v2
+                        && source.raw_os_error() == Some(libc::ENOTEMPTY)),
+                "{err}"
+            );
+            // Only EBUSY is waited out; anything else is reported at once.
+            assert!(start.elapsed() < Duration::from_secs(1));
+            // The nested cgroup was removed before the failure.
+            assert!(!scope.v2.join("child").exists());
+            // The parent stays while a scope is in it.
+            root.remove_if_empty();
+            assert!(root.v2_parent.is_dir());
+            assert_eq!(root.existing(), vec!["a1".to_owned()]);
+        }
+    }
 }
