@@ -285,16 +285,8 @@ fn inherited_descriptors_do_not_reach_the_agent() {
     let secret = std::fs::File::open("/etc/hostname").unwrap();
     use std::os::fd::AsRawFd;
     let raw = secret.as_raw_fd();
-    let mut cmd = g.ctl_cmd();
-    cmd.current_dir(&work).args([
-        "run",
-        "--policy",
-        p.to_str().unwrap(),
-        "--",
-        PYTHON,
-        "probe.py",
-        "fds",
-    ]);
+    let mut cmd = g.run_cmd(&p, &[], &[PYTHON, "probe.py", "fds"]);
+    cmd.current_dir(&work);
     // SAFETY: dup2 in the child before exec, onto a fixed number, without
     // CLOEXEC: guardctl inherits fd 7 as any launcher-side descriptor.
     unsafe {
@@ -324,17 +316,8 @@ fn a_fork_bomb_stops_at_the_limit_and_the_host_stays_responsive() {
     let work = workspace(&g);
     let p = g.write_policy("files", FILES);
     let child = g
-        .ctl_cmd()
+        .run_cmd(&p, &[], &[PYTHON, "probe.py", "forkbomb:100000"])
         .current_dir(&work)
-        .args([
-            "run",
-            "--policy",
-            p.to_str().unwrap(),
-            "--",
-            PYTHON,
-            "probe.py",
-            "forkbomb:100000",
-        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
