@@ -496,7 +496,25 @@ fn the_agent_can_run_as_another_user() {
     .trim()
     .to_owned();
     assert_eq!(uid, want);
-    // Its private {tmp} belongs to that user.
     let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--kind", "lifecycle"]);
     assert!(recs.iter().any(|r| r["action"] == "start"));
+    // Its private {tmp} belongs to that user: the agent sees itself as the
+    // owner of $TMPDIR (mode 0700, so no other user could use it) and,
+    // granted it, can write there.
+    let p = g.write_policy(
+        "nobody-tmp",
+        "[policy]\nname = \"nobody-tmp\"\ninclude = [\"base\", \"shell\"]\n[filesystem]\nwrite = [\"{tmp}\"]\n[process]\nuser = \"nobody\"\n",
+    );
+    let script = "id -u; stat -c '%u %a' \"$TMPDIR\"; echo x > \"$TMPDIR/mine\" && echo wrote";
+    let out = g.run(&p, &[], &["/bin/sh", "-c", script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let owned = format!("{want} 700");
+    assert_eq!(
+        lines,
+        [want.as_str(), owned.as_str(), "wrote"],
+        "{}",
+        describe(&out)
+    );
 }
