@@ -285,16 +285,8 @@ fn inherited_descriptors_do_not_reach_the_agent() {
     let secret = std::fs::File::open("/etc/hostname").unwrap();
     use std::os::fd::AsRawFd;
     let raw = secret.as_raw_fd();
-    let mut cmd = g.ctl_cmd();
-    cmd.current_dir(&work).args([
-        "run",
-        "--policy",
-        p.to_str().unwrap(),
-        "--",
-        PYTHON,
-        "probe.py",
-        "fds",
-    ]);
+    let mut cmd = g.run_cmd(&p, &[], &[PYTHON, "probe.py", "fds"]);
+    cmd.current_dir(&work);
     // SAFETY: dup2 in the child before exec, onto a fixed number, without
     // CLOEXEC: guardctl inherits fd 7 as any launcher-side descriptor.
     unsafe {
@@ -324,17 +316,8 @@ fn a_fork_bomb_stops_at_the_limit_and_the_host_stays_responsive() {
     let work = workspace(&g);
     let p = g.write_policy("files", FILES);
     let child = g
-        .ctl_cmd()
+        .run_cmd(&p, &[], &[PYTHON, "probe.py", "forkbomb:100000"])
         .current_dir(&work)
-        .args([
-            "run",
-            "--policy",
-            p.to_str().unwrap(),
-            "--",
-            PYTHON,
-            "probe.py",
-            "forkbomb:100000",
-        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -513,7 +496,25 @@ fn the_agent_can_run_as_another_user() {
     .trim()
     .to_owned();
     assert_eq!(uid, want);
-    // Its private {tmp} belongs to that user.
     let recs = g.logs(&["--agent", &Guardd::agent_id(&out), "--kind", "lifecycle"]);
     assert!(recs.iter().any(|r| r["action"] == "start"));
+    // Its private {tmp} belongs to that user: the agent sees itself as the
+    // owner of $TMPDIR (mode 0700, so no other user could use it) and,
+    // granted it, can write there.
+    let p = g.write_policy(
+        "nobody-tmp",
+        "[policy]\nname = \"nobody-tmp\"\ninclude = [\"base\", \"shell\"]\n[filesystem]\nwrite = [\"{tmp}\"]\n[process]\nuser = \"nobody\"\n",
+    );
+    let script = "id -u; stat -c '%u %a' \"$TMPDIR\"; echo x > \"$TMPDIR/mine\" && echo wrote";
+    let out = g.run(&p, &[], &["/bin/sh", "-c", script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let owned = format!("{want} 700");
+    assert_eq!(
+        lines,
+        [want.as_str(), owned.as_str(), "wrote"],
+        "{}",
+        describe(&out)
+    );
 }

@@ -394,10 +394,8 @@ fn signals_and_exit_status_pass_through_the_reaper() {
             if handler { "True" } else { "False" }
         );
         let mut ctl = g
-            .ctl_cmd()
+            .run_cmd(&p, &[], &[PYTHON, "-c", script.as_str()])
             .current_dir(&work)
-            .args(["run", "--policy", p.to_str().unwrap(), "--", PYTHON, "-c"])
-            .arg(&script)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -439,9 +437,7 @@ fn without_namespaces_the_launch_fails_closed_unless_accepted() {
             .arg(GUARDCTL)
             .env("GUARD_SOCKET", &g.socket)
             .current_dir(&work)
-            .args(["run", "--policy", p.to_str().unwrap()])
-            .args(extra)
-            .args(["--", "/bin/true"]);
+            .args(run_args(&p, extra, &["/bin/true"]));
         c.output().unwrap()
     };
     let out = run(&[]);

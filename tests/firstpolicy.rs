@@ -20,7 +20,7 @@ fn stdout(out: &Output) -> String {
 
 /// guardctl run from the test's directory (where relative paths and
 /// `{workdir}` point), with PATH set to `path_env` if given.
-fn ctl_in_dir(g: &Guardd, path_env: Option<&str>, args: &[&str]) -> Output {
+fn ctl_in_dir<S: AsRef<std::ffi::OsStr>>(g: &Guardd, path_env: Option<&str>, args: &[S]) -> Output {
     let mut cmd = g.ctl_cmd();
     cmd.current_dir(g.dir.path());
     if let Some(p) = path_env {
@@ -454,7 +454,7 @@ fn bad_names_and_missing_commands_say_what_is_expected() {
     let out = ctl_in_dir(
         &g,
         Some("/nonexistent-guard:/also-not"),
-        &["run", "--policy", policy.to_str().unwrap(), "--", "python3"],
+        &run_args(&policy, &[], &["python3"]),
     );
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     assert!(
@@ -587,15 +587,11 @@ fn a_pyenv_shim_is_explained() {
     let out = ctl_in_dir(
         &g,
         Some(&format!("{}:/usr/bin:/bin", shims.display())),
-        &[
-            "run",
-            "--policy",
-            repo().join("policies/demo.toml").to_str().unwrap(),
-            "--",
-            "python3",
-            "-c",
-            "pass",
-        ],
+        &run_args(
+            &repo().join("policies/demo.toml"),
+            &[],
+            &["python3", "-c", "pass"],
+        ),
     );
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     let err = stderr(&out);

@@ -77,7 +77,7 @@ fn missing_daemon_is_explained() {
     std::fs::write(&p, "[policy]\nname = \"x\"\n").unwrap();
     let out = std::process::Command::new(GUARDCTL)
         .env("GUARD_SOCKET", dir.path().join("nope.sock"))
-        .args(["run", "--policy", p.to_str().unwrap(), "--", "/bin/true"])
+        .args(run_args(&p, &[], &["/bin/true"]))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125));

@@ -325,17 +325,8 @@ fn freeze_stops_a_busy_agent_thaw_resumes_it_kill_ends_it() {
                   f = open('tick', 'a', buffering=1)\n\
                   while True:\n    f.write('.\\n')\n";
     let mut child = g
-        .ctl_cmd()
+        .run_cmd(&p, &[], &[PYTHON, "-c", script])
         .current_dir(&work)
-        .args([
-            "run",
-            "--policy",
-            p.to_str().unwrap(),
-            "--",
-            PYTHON,
-            "-c",
-            script,
-        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -19,7 +19,7 @@ use serde_json::Value;
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
 
-fn as_nobody(g: &Guardd, args: &[&str]) -> Output {
+fn as_nobody<S: AsRef<std::ffi::OsStr>>(g: &Guardd, args: &[S]) -> Output {
     g.ctl_cmd()
         .args(args)
         .uid(NOBODY)
@@ -82,10 +82,7 @@ fn a_group_member_cannot_act_on_roots_agents() {
     let id = wait_for_agent(&g, "victim");
 
     // Starting an agent is root's.
-    let out = as_nobody(
-        &g,
-        &["run", "--policy", p.to_str().unwrap(), "--", "/bin/true"],
-    );
+    let out = as_nobody(&g, &run_args(&p, &[], &["/bin/true"]));
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("only root can start agents"),

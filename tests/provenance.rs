@@ -63,18 +63,12 @@ for p in sys.argv[1:]:
     except PermissionError:
         print("refused", flush=True)
 "#;
-    let mut cmd = g.ctl_cmd();
-    cmd.current_dir(g.dir.path())
-        .arg("run")
-        .arg("--policy")
-        .arg(&p)
-        .arg("--")
-        .args([PYTHON, "-c", script]);
+    let mut agent: Vec<std::ffi::OsString> = vec![PYTHON.into(), "-c".into(), script.into()];
     for n in &names {
         // Passed as bytes: the agent opens exactly these names.
-        cmd.arg(dir.path().join(std::ffi::OsStr::from_bytes(n)));
+        agent.push(dir.path().join(std::ffi::OsStr::from_bytes(n)).into());
     }
-    let out = cmd.output().unwrap();
+    let out = g.run_cmd(&p, &[], &agent).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout.matches("refused").count(),

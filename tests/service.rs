@@ -303,10 +303,8 @@ time.sleep(60)
         secret = secret.display().to_string()
     );
     let mut child = g
-        .ctl_cmd()
+        .run_cmd(&p, &["--name", "layers"], &[PYTHON, "-c", script.as_str()])
         .current_dir(&work)
-        .args(["run", "--policy", p.to_str().unwrap(), "--name", "layers"])
-        .args(["--", PYTHON, "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -680,8 +678,11 @@ impl Direct {
         let op = format!("loop:{n}:127.0.0.1:{}", closed_port());
         Command::new(GUARDCTL)
             .env("GUARD_SOCKET", self.socket())
-            .args(["run", "--policy", p.to_str().unwrap(), "--"])
-            .args([PYTHON, &agent_script("netprobe.py"), &op])
+            .args(run_args(
+                &p,
+                &[],
+                &[PYTHON, agent_script("netprobe.py").as_str(), op.as_str()],
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

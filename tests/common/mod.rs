@@ -10,6 +10,7 @@
 )]
 
 use std::{
+    ffi::{OsStr, OsString},
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, UdpSocket},
     os::unix::fs::PermissionsExt,
@@ -319,31 +320,28 @@ impl Guardd {
     }
 
     pub fn run_in(&self, policy: &Path, extra: &[&str], cmd: &[&str], workdir: &Path) -> Output {
-        self.ctl_cmd()
+        self.run_cmd(policy, extra, cmd)
             .current_dir(workdir)
-            .arg("run")
-            .arg("--policy")
-            .arg(policy)
-            .args(extra)
-            .arg("--")
-            .args(cmd)
             .output()
             .unwrap()
     }
 
     pub fn spawn_run(&self, policy: &Path, extra: &[&str], cmd: &[&str]) -> Child {
-        self.ctl_cmd()
-            .current_dir(self.dir.path())
-            .arg("run")
-            .arg("--policy")
-            .arg(policy)
-            .args(extra)
-            .arg("--")
-            .args(cmd)
+        self.run_cmd(policy, extra, cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// The `guardctl run --policy P [extra] -- cmd...` command for this
+    /// guardd, in the test's temporary directory, for a test to adjust
+    /// (working directory, standard streams, ...) before running it.
+    pub fn run_cmd<S: AsRef<OsStr>>(&self, policy: &Path, extra: &[&str], cmd: &[S]) -> Command {
+        let mut c = self.ctl_cmd();
+        c.current_dir(self.dir.path())
+            .args(run_args(policy, extra, cmd));
+        c
     }
 
     /// Journal records as JSON (`guardctl logs --json` with `args`).
@@ -369,6 +367,17 @@ impl Guardd {
             .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
         line.split("--agent ").nth(1).unwrap().trim().to_owned()
     }
+}
+
+/// The arguments of `guardctl run --policy P [extra] -- cmd...`, for
+/// commands the harness does not build itself (another guardctl, another
+/// user, a wrapper program).
+pub fn run_args<S: AsRef<OsStr>>(policy: &Path, extra: &[&str], cmd: &[S]) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["run".into(), "--policy".into(), policy.into()];
+    a.extend(extra.iter().map(OsString::from));
+    a.push("--".into());
+    a.extend(cmd.iter().map(|c| c.as_ref().to_owned()));
+    a
 }
 
 impl Drop for Guardd {

@@ -34,12 +34,23 @@
 //! A failure at any step is reported to the parent through a close-on-exec
 //! pipe (step number and errno) and the child exits 127 without running the
 //! program.
+//!
+//! Around it: [`preflight`] checks the policy and the host before a scope is
+//! asked for, [`session`] opens the scope with guardd and ends it,
+//! [`builder`] turns the plan and guardd's reply into the [`LaunchSpec`],
+//! and [`supervise`] forwards signals and waits for the agent. `guardctl
+//! run` only strings these together.
 
+pub mod builder;
 pub mod caps;
 pub mod landlock;
 pub mod preflight;
 pub mod seccomp;
+pub mod session;
+pub mod supervise;
 pub mod views;
+
+pub use builder::{BuildError, Launch, ScopeFds};
 
 use std::{
     ffi::CString,

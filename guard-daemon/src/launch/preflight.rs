@@ -13,7 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::{Access, FsRule, Origin, Plan, UserSpec, resolve};
+use super::{LaunchError, LaunchSpec};
+use crate::policy::{Access, FsRule, Origin, Plan, Policy, UserSpec, Vars, read_include, resolve};
 
 /// Problems of this host that stop the policy from running, one message
 /// each. Rules under `skip_under` (the placeholder for `{tmp}`, which
@@ -303,6 +304,158 @@ pub fn agent_name_problem(name: &str) -> Option<String> {
     ))
 }
 
+/// A policy file read for a launch: its text (sent to guardd), its real
+/// path (includes are resolved from its directory, as guardd resolves
+/// them) and the parsed policy.
+pub struct PolicyFile {
+    pub text: String,
+    pub path: PathBuf,
+    pub policy: Policy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: io::Error },
+    /// Every problem of the policy, one message each.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl PolicyFile {
+    /// `file` names the policy in messages.
+    pub fn read(path: &Path, file: &str) -> Result<PolicyFile, PolicyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let dir = real.parent().unwrap_or(Path::new("/")).to_owned();
+        let policy = Policy::parse_all_with(&text, file, &dir, &read_include).map_err(|errs| {
+            PolicyFileError::Invalid(errs.iter().map(|e| e.to_string()).collect())
+        })?;
+        Ok(PolicyFile {
+            text,
+            path: real,
+            policy,
+        })
+    }
+}
+
+/// Compiles the policy with `{tmp}` standing for a placeholder (guardd
+/// creates the real one only when the agent starts) and checks this host
+/// as `guardctl policy check` does, so that every error is reported before
+/// anything starts.
+pub fn check_plan(policy: &Policy, vars: &Vars, file: &str) -> Result<Plan, Vec<String>> {
+    let plan = policy
+        .compile_all(vars)
+        .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let problems = host_problems(&plan, file, Some(&vars.tmp));
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(plan)
+}
+
+/// Why `spawn` failed, for people: a failed exec is explained against the
+/// policy (`cmd` as given, resolved to `program` in `path_env`).
+pub fn explain_spawn_failure(
+    e: &LaunchError,
+    spec: &LaunchSpec,
+    plan: &Plan,
+    cmd: &str,
+    program: &Path,
+    path_env: Option<&str>,
+) -> String {
+    if spec.views.is_some() && e.is_exec_confinement() {
+        format!(
+            "{e}. Refusing to start; pass --allow-degraded exec to run without the agent's namespaces and views (the routes around `exec`, metadata, IPC and cgroup isolation)"
+        )
+    } else if let LaunchError::Exec { source, .. } = e {
+        let ids = spec.credentials.as_ref().map(|c| (c.uid, c.gid));
+        explain_exec_failure(plan, cmd, program, path_env, ids, source)
+    } else {
+        e.to_string()
+    }
+}
+
+/// Layers `--allow-degraded` accepts running without (`all`: every one).
+pub const DEGRADABLE: [&str; 5] = ["landlock", "unix", "limits", "exec", "all"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("--allow-degraded: unknown layer {0:?} (expected landlock, unix, limits, exec or all)")]
+    UnknownLayer(String),
+    #[error(
+        "layer `landlock` cannot be enforced on this host ({0}), and the policy restricts files and programs. \
+         Refusing to start; pass --allow-degraded landlock to run without file and exec rules"
+    )]
+    Landlock(io::Error),
+}
+
+/// The layers the user accepted running without.
+#[derive(Clone, Debug, Default)]
+pub struct Accepted(Vec<String>);
+
+impl Accepted {
+    pub fn parse(layers: &[String]) -> Result<Accepted, LayerError> {
+        if let Some(bad) = layers.iter().find(|a| !DEGRADABLE.contains(&a.as_str())) {
+            return Err(LayerError::UnknownLayer(bad.clone()));
+        }
+        Ok(Accepted(layers.to_vec()))
+    }
+
+    pub fn accepts(&self, layer: &str) -> bool {
+        self.0.iter().any(|a| a == layer || a == "all")
+    }
+}
+
+/// What the launcher can enforce here, found before a scope is asked for.
+pub struct HostLayers {
+    /// For guardd's start record (and, those saying a layer is not
+    /// enforced, for the user).
+    pub notes: Vec<String>,
+    /// The agent's namespaces and views can be set up (or were not
+    /// accepted to be missing, so the launch stops where they fail).
+    pub exec_views: bool,
+}
+
+/// Landlock is checked before asking for a scope, so a host that cannot
+/// enforce the policy's file rules is refused without side effects.
+///
+/// The agent's namespaces and views (private mount, pid, IPC and cgroup
+/// namespaces; read-only cgroup file systems; with a `[filesystem]` table
+/// also read-only and noexec views) hold whatever the policy: they are part
+/// of enforcing `exec`, the file grants and the scope itself. Without
+/// acceptance a failure stops the launch at the step that failed; with it,
+/// it is probed here so that the start record tells the truth.
+pub fn host_layers(fs_restricted: bool, accepted: &Accepted) -> Result<HostLayers, LayerError> {
+    let mut notes = Vec::new();
+    match super::landlock::abi_version() {
+        Ok(abi) => notes.push(format!("landlock ABI {abi}")),
+        Err(e) if fs_restricted && !accepted.accepts("landlock") => {
+            return Err(LayerError::Landlock(e));
+        }
+        Err(e) => notes.push(format!(
+            "landlock unavailable ({e}); file and exec rules NOT enforced (accepted)"
+        )),
+    }
+    if !fs_restricted {
+        notes.push("policy has no [filesystem] table: file access is not restricted".into());
+    }
+    let mut exec_views = true;
+    if accepted.accepts("exec")
+        && let Err(e) = super::views::probe()
+    {
+        exec_views = false;
+        notes.push(format!(
+            "exec confinement unavailable ({e}); the loader, dlopen and memfd routes around `exec`, \
+             metadata changes outside the write grants, host IPC, outside processes and cgroup moves are NOT closed (accepted)"
+        ));
+    }
+    Ok(HostLayers { notes, exec_views })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +534,20 @@ mod tests {
         assert!(
             e.starts_with("the policy does not grant exec on /usr/bin/env"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn degraded_layers() {
+        let a = Accepted::parse(&["exec".into(), "unix".into()]).unwrap();
+        assert!(a.accepts("exec") && a.accepts("unix") && !a.accepts("landlock"));
+        let all = Accepted::parse(&["all".into()]).unwrap();
+        assert!(all.accepts("landlock") && all.accepts("limits"));
+        assert!(!Accepted::parse(&[]).unwrap().accepts("exec"));
+        let e = Accepted::parse(&["exec".into(), "seccomp".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--allow-degraded: unknown layer \"seccomp\" (expected landlock, unix, limits, exec or all)"
         );
     }
 }
