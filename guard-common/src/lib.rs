@@ -6,6 +6,8 @@
 //! bottom fail the build when a field moves.
 #![no_std]
 
+pub mod syscalls;
+
 /// Kernel agent slots are small integers so that map keys stay compact; the
 /// user-facing agent id is a separate string chosen by guardd.
 pub const MAX_AGENTS: u32 = 4096;
@@ -519,6 +521,9 @@ pub const PATH_ARG_ENTRIES: u32 = 512;
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
+/// Allowed to agents by seccomp for `NETLINK_ROUTE` only (libc's
+/// getaddrinfo/getifaddrs).
+pub const AF_NETLINK: u32 = 16;
 pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;

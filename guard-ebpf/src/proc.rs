@@ -28,7 +28,7 @@ use guard_common::{
     EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, MAX_LOADERS, NO_PATH,
     PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER,
     SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED,
-    VERDICT_DENIED,
+    VERDICT_DENIED, syscalls as sc,
 };
 
 use crate::{
@@ -44,36 +44,31 @@ const EXDEV: i64 = 18;
 const ESRCH: i64 = 3;
 const EROFS: i64 = 30;
 const SIGSYS: u64 = 31;
-const NR_RENAME: u64 = 82;
-const NR_LINK: u64 = 86;
-const NR_RENAMEAT: u64 = 264;
-const NR_LINKAT: u64 = 265;
-const NR_RENAMEAT2: u64 = 316;
 const ENOSYS: i64 = 38;
-const NR_CLONE: u64 = 56;
-const NR_FORK: u64 = 57;
-const NR_VFORK: u64 = 58;
-const NR_CONNECT: u64 = 42;
-const NR_SENDTO: u64 = 44;
-const NR_SENDMSG: u64 = 46;
-const NR_SENDMMSG: u64 = 307;
-const NR_BIND: u64 = 49;
 const SIGKILL: u32 = 9;
-const NR_EXECVE: u64 = 59;
-const NR_EXECVEAT: u64 = 322;
 
-/// prlimit64, getpgid, getsid, get/setpriority, sched_getparam,
-/// sched_setscheduler, sched_getscheduler, sched_rr_get_interval,
-/// sched_setaffinity, sched_getaffinity, get_robust_list, pidfd_open,
-/// setpgid: the allowed calls that name a process. The others
-/// (process_vm_*, kcmp, pidfd_getfd, ioprio_*, migrate/move_pages,
-/// sched_setparam/setattr) are refused by seccomp with EPERM.
+// The system call register holds a `long`; guard_common's numbers are u32.
+const NR_RENAME: u64 = sc::NR_RENAME as u64;
+const NR_LINK: u64 = sc::NR_LINK as u64;
+const NR_RENAMEAT: u64 = sc::NR_RENAMEAT as u64;
+const NR_LINKAT: u64 = sc::NR_LINKAT as u64;
+const NR_RENAMEAT2: u64 = sc::NR_RENAMEAT2 as u64;
+const NR_CLONE: u64 = sc::NR_CLONE as u64;
+const NR_FORK: u64 = sc::NR_FORK as u64;
+const NR_VFORK: u64 = sc::NR_VFORK as u64;
+const NR_CONNECT: u64 = sc::NR_CONNECT as u64;
+const NR_SENDTO: u64 = sc::NR_SENDTO as u64;
+const NR_SENDMSG: u64 = sc::NR_SENDMSG as u64;
+const NR_SENDMMSG: u64 = sc::NR_SENDMMSG as u64;
+const NR_BIND: u64 = sc::NR_BIND as u64;
+const NR_EXECVE: u64 = sc::NR_EXECVE as u64;
+const NR_EXECVEAT: u64 = sc::NR_EXECVEAT as u64;
+
+/// `guard_common::syscalls::names_a_process` for the register's value: a
+/// number beyond u32 names no call at all.
 #[inline(always)]
 fn names_a_process(nr: u64) -> bool {
-    matches!(
-        nr,
-        302 | 121 | 124 | 140 | 141 | 143 | 144 | 145 | 148 | 203 | 204 | 274 | 434 | 109
-    )
+    nr <= u64::from(u32::MAX) && sc::names_a_process(nr as u32)
 }
 
 #[inline(always)]

@@ -1,7 +1,9 @@
 //! The agent's seccomp filter, built as data: a default-deny allowlist of
 //! the system calls ordinary agents need, with argument checks where a call
 //! is needed but some of its uses are not (socket families, namespace flags,
-//! terminal injection).
+//! terminal injection). What the filter does with each call is a column of
+//! `crate::syscalls::CALLS`; this module only compiles that table for a
+//! policy's `Options` and installs the result.
 //!
 //! The filter checks the architecture first (anything but x86_64 kills the
 //! process: 32-bit entry points are a classic bypass) and refuses x32 calls.
@@ -15,6 +17,11 @@
 //! filter is tested as data without installing it.
 
 use std::io;
+
+use crate::syscalls::{
+    CALLS, CLONE_NS_FLAGS, Check, Filter, MFD_EXEC, PERSONALITY_QUERY, SOCKET_FAMILIES, TIOCLINUX,
+    TIOCSTI,
+};
 
 /// One classic BPF instruction (`struct sock_filter`).
 #[repr(C)]
@@ -168,293 +175,10 @@ impl Action {
     }
 }
 
-pub const AF_UNIX: u32 = 1;
-pub const AF_INET: u32 = 2;
-pub const AF_INET6: u32 = 10;
-pub const AF_NETLINK: u32 = 16;
-
-/// Namespace-creating clone/unshare flags.
-pub const CLONE_NS_FLAGS: u32 = 0x0002_0000 // CLONE_NEWNS
-    | 0x0200_0000 // CLONE_NEWCGROUP
-    | 0x0400_0000 // CLONE_NEWUTS
-    | 0x0800_0000 // CLONE_NEWIPC
-    | 0x1000_0000 // CLONE_NEWUSER
-    | 0x2000_0000 // CLONE_NEWPID
-    | 0x4000_0000 // CLONE_NEWNET
-    | 0x0000_0080; // CLONE_NEWTIME
-
-const TIOCSTI: u32 = 0x5412;
-const TIOCLINUX: u32 = 0x541c;
-
-/// The system calls an ordinary agent (interpreters, git, shells, HTTP
-/// clients) needs, by x86_64 number. Anything absent is refused with EPERM:
-/// among others the mount family, ptrace and process_vm_*, bpf,
-/// perf_event_open, module and kexec loading, keyctl/add_key/request_key,
-/// userfaultfd, open_by_handle_at/name_to_handle_at, setns, chroot, swapon,
-/// reboot, acct, quotactl, *_module, iopl/ioperm.
-const ALLOWED: &[(u32, &str)] = &[
-    (0, "read"),
-    (1, "write"),
-    (2, "open"),
-    (3, "close"),
-    (4, "stat"),
-    (5, "fstat"),
-    (6, "lstat"),
-    (7, "poll"),
-    (8, "lseek"),
-    (9, "mmap"),
-    (10, "mprotect"),
-    (11, "munmap"),
-    (12, "brk"),
-    (13, "rt_sigaction"),
-    (14, "rt_sigprocmask"),
-    (15, "rt_sigreturn"),
-    (17, "pread64"),
-    (18, "pwrite64"),
-    (19, "readv"),
-    (20, "writev"),
-    (21, "access"),
-    (22, "pipe"),
-    (23, "select"),
-    (24, "sched_yield"),
-    (25, "mremap"),
-    (26, "msync"),
-    (27, "mincore"),
-    (28, "madvise"),
-    (29, "shmget"),
-    (30, "shmat"),
-    (31, "shmctl"),
-    (32, "dup"),
-    (33, "dup2"),
-    (34, "pause"),
-    (35, "nanosleep"),
-    (36, "getitimer"),
-    (37, "alarm"),
-    (38, "setitimer"),
-    (39, "getpid"),
-    (40, "sendfile"),
-    (42, "connect"),
-    (43, "accept"),
-    (44, "sendto"),
-    (45, "recvfrom"),
-    (46, "sendmsg"),
-    (47, "recvmsg"),
-    (48, "shutdown"),
-    (49, "bind"),
-    (51, "getsockname"),
-    (52, "getpeername"),
-    (53, "socketpair"),
-    (54, "setsockopt"),
-    (55, "getsockopt"),
-    (57, "fork"),
-    (58, "vfork"),
-    (59, "execve"),
-    (60, "exit"),
-    (61, "wait4"),
-    (62, "kill"),
-    (63, "uname"),
-    (64, "semget"),
-    (65, "semop"),
-    (66, "semctl"),
-    (67, "shmdt"),
-    (68, "msgget"),
-    (69, "msgsnd"),
-    (70, "msgrcv"),
-    (71, "msgctl"),
-    (72, "fcntl"),
-    (73, "flock"),
-    (74, "fsync"),
-    (75, "fdatasync"),
-    (76, "truncate"),
-    (77, "ftruncate"),
-    (78, "getdents"),
-    (79, "getcwd"),
-    (80, "chdir"),
-    (81, "fchdir"),
-    (82, "rename"),
-    (83, "mkdir"),
-    (84, "rmdir"),
-    (85, "creat"),
-    (86, "link"),
-    (87, "unlink"),
-    (88, "symlink"),
-    (89, "readlink"),
-    (90, "chmod"),
-    (91, "fchmod"),
-    (92, "chown"),
-    (93, "fchown"),
-    (94, "lchown"),
-    (95, "umask"),
-    (96, "gettimeofday"),
-    (97, "getrlimit"),
-    (98, "getrusage"),
-    (99, "sysinfo"),
-    (100, "times"),
-    (102, "getuid"),
-    (104, "getgid"),
-    (105, "setuid"),
-    (106, "setgid"),
-    (107, "geteuid"),
-    (108, "getegid"),
-    (109, "setpgid"),
-    (110, "getppid"),
-    (111, "getpgrp"),
-    (112, "setsid"),
-    (113, "setreuid"),
-    (114, "setregid"),
-    (115, "getgroups"),
-    (116, "setgroups"),
-    (117, "setresuid"),
-    (118, "getresuid"),
-    (119, "setresgid"),
-    (120, "getresgid"),
-    (121, "getpgid"),
-    (122, "setfsuid"),
-    (123, "setfsgid"),
-    (124, "getsid"),
-    (125, "capget"),
-    (127, "rt_sigpending"),
-    (128, "rt_sigtimedwait"),
-    (129, "rt_sigqueueinfo"),
-    (130, "rt_sigsuspend"),
-    (131, "sigaltstack"),
-    (132, "utime"),
-    (133, "mknod"),
-    (137, "statfs"),
-    (138, "fstatfs"),
-    (140, "getpriority"),
-    (141, "setpriority"),
-    (143, "sched_getparam"),
-    (144, "sched_setscheduler"),
-    (145, "sched_getscheduler"),
-    (146, "sched_get_priority_max"),
-    (147, "sched_get_priority_min"),
-    (148, "sched_rr_get_interval"),
-    (149, "mlock"),
-    (150, "munlock"),
-    (151, "mlockall"),
-    (152, "munlockall"),
-    (157, "prctl"),
-    (158, "arch_prctl"),
-    (160, "setrlimit"),
-    (162, "sync"),
-    (186, "gettid"),
-    (187, "readahead"),
-    (191, "getxattr"),
-    (192, "lgetxattr"),
-    (193, "fgetxattr"),
-    (194, "listxattr"),
-    (195, "llistxattr"),
-    (196, "flistxattr"),
-    (200, "tkill"),
-    (201, "time"),
-    (202, "futex"),
-    (203, "sched_setaffinity"),
-    (204, "sched_getaffinity"),
-    (213, "epoll_create"),
-    (217, "getdents64"),
-    (218, "set_tid_address"),
-    (219, "restart_syscall"),
-    (221, "fadvise64"),
-    (222, "timer_create"),
-    (223, "timer_settime"),
-    (224, "timer_gettime"),
-    (225, "timer_getoverrun"),
-    (226, "timer_delete"),
-    (228, "clock_gettime"),
-    (229, "clock_getres"),
-    (230, "clock_nanosleep"),
-    (231, "exit_group"),
-    (232, "epoll_wait"),
-    (233, "epoll_ctl"),
-    (234, "tgkill"),
-    (235, "utimes"),
-    (247, "waitid"),
-    (253, "inotify_init"),
-    (254, "inotify_add_watch"),
-    (255, "inotify_rm_watch"),
-    (257, "openat"),
-    (258, "mkdirat"),
-    (259, "mknodat"),
-    (260, "fchownat"),
-    (261, "futimesat"),
-    (262, "newfstatat"),
-    (263, "unlinkat"),
-    (264, "renameat"),
-    (265, "linkat"),
-    (266, "symlinkat"),
-    (267, "readlinkat"),
-    (268, "fchmodat"),
-    (269, "faccessat"),
-    (270, "pselect6"),
-    (271, "ppoll"),
-    (273, "set_robust_list"),
-    (274, "get_robust_list"),
-    (275, "splice"),
-    (276, "tee"),
-    (277, "sync_file_range"),
-    (278, "vmsplice"),
-    (280, "utimensat"),
-    (281, "epoll_pwait"),
-    (282, "signalfd"),
-    (283, "timerfd_create"),
-    (284, "eventfd"),
-    (285, "fallocate"),
-    (286, "timerfd_settime"),
-    (287, "timerfd_gettime"),
-    (288, "accept4"),
-    (289, "signalfd4"),
-    (290, "eventfd2"),
-    (291, "epoll_create1"),
-    (292, "dup3"),
-    (293, "pipe2"),
-    (294, "inotify_init1"),
-    (295, "preadv"),
-    (296, "pwritev"),
-    (297, "rt_tgsigqueueinfo"),
-    (299, "recvmmsg"),
-    (302, "prlimit64"),
-    (306, "syncfs"),
-    (307, "sendmmsg"),
-    (309, "getcpu"),
-    (316, "renameat2"),
-    (318, "getrandom"),
-    (322, "execveat"),
-    (324, "membarrier"),
-    (325, "mlock2"),
-    (326, "copy_file_range"),
-    (327, "preadv2"),
-    (328, "pwritev2"),
-    (332, "statx"),
-    (334, "rseq"),
-    (424, "pidfd_send_signal"),
-    (434, "pidfd_open"),
-    (436, "close_range"),
-    (439, "faccessat2"),
-    (441, "epoll_pwait2"),
-    (444, "landlock_create_ruleset"),
-    (445, "landlock_add_rule"),
-    (446, "landlock_restrict_self"),
-    (448, "process_mrelease"),
-    (449, "futex_waitv"),
-    (451, "cachestat"),
-    (452, "fchmodat2"),
-    (457, "statmount"),
-    (458, "listmount"),
-];
-
-pub const NR_SOCKET: u32 = 41;
-pub const NR_LISTEN: u32 = 50;
-pub const NR_CLONE: u32 = 56;
-pub const NR_IOCTL: u32 = 16;
-pub const NR_UNSHARE: u32 = 272;
-pub const NR_PERSONALITY: u32 = 135;
-pub const NR_CLONE3: u32 = 435;
-pub const NR_IO_URING: [u32; 3] = [425, 426, 427];
-pub const NR_MEMFD_CREATE: u32 = 319;
-pub const NR_INOTIFY_ADD_WATCH: u32 = 254;
-/// `memfd_create` flag asking for an executable memfd.
-pub const MFD_EXEC: u32 = 0x10;
+// Transitional: the families now live in guard_common (numbers) and
+// `crate::syscalls` (which an agent may open); callers outside `launch`
+// move there.
+pub use guard_common::{AF_INET, AF_INET6, AF_NETLINK, AF_UNIX};
 
 /// Options from the policy and the host.
 #[derive(Clone, Debug)]
@@ -474,108 +198,62 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            socket_families: vec![AF_UNIX, AF_INET, AF_INET6, AF_NETLINK],
+            socket_families: SOCKET_FAMILIES.to_vec(),
             listen: false,
             inotify: false,
         }
     }
 }
 
-/// The per-call table the filter is generated from.
+/// The per-call table the filter is generated from: the calls of
+/// `syscalls::CALLS` the filter does not refuse, with each `Check` compiled
+/// for these options.
 pub fn table(opts: &Options) -> Vec<(u32, Action)> {
-    let mut t: Vec<(u32, Action)> = ALLOWED.iter().map(|(nr, _)| (*nr, Action::Allow)).collect();
-    t.push((
-        NR_SOCKET,
-        Action::Socket {
+    CALLS
+        .iter()
+        .filter_map(|c| {
+            let action = match c.filter {
+                Filter::Allow => Action::Allow,
+                Filter::Deny => return None,
+                Filter::Enosys => Action::Errno(libc::ENOSYS),
+                Filter::Checked(check) => check_action(check, opts),
+            };
+            Some((c.nr, action))
+        })
+        .collect()
+}
+
+fn check_action(check: Check, opts: &Options) -> Action {
+    match check {
+        Check::SocketFamily => Action::Socket {
             families: opts.socket_families.clone(),
             otherwise: libc::EAFNOSUPPORT,
         },
-    ));
-    t.push((
-        NR_CLONE,
-        Action::ArgNoBits {
+        Check::NoNamespaces => Action::ArgNoBits {
             arg: 0,
             mask: CLONE_NS_FLAGS,
             otherwise: libc::EPERM,
         },
-    ));
-    t.push((
-        NR_UNSHARE,
-        Action::ArgNoBits {
-            arg: 0,
-            mask: CLONE_NS_FLAGS,
-            otherwise: libc::EPERM,
-        },
-    ));
-    t.push((
-        NR_IOCTL,
-        Action::ArgNotIn {
+        Check::NoTerminalInjection => Action::ArgNotIn {
             arg: 1,
             values: vec![TIOCSTI, TIOCLINUX],
             otherwise: libc::EPERM,
         },
-    ));
-    // Only the query form (0xffffffff) and the default persona.
-    t.push((
-        NR_PERSONALITY,
-        Action::ArgIn {
+        Check::DefaultPersonality => Action::ArgIn {
             arg: 0,
-            values: vec![0xffff_ffff, 0],
+            values: vec![PERSONALITY_QUERY, 0],
             otherwise: libc::EPERM,
         },
-    ));
-    t.push((
-        NR_LISTEN,
-        if opts.listen {
-            Action::Allow
-        } else {
-            Action::Errno(libc::EPERM)
-        },
-    ));
-    // An executable memfd runs a program no exec grant names (issue 7);
-    // without the flag, `vm.memfd_noexec = 2` makes memfds non-executable.
-    t.push((
-        NR_MEMFD_CREATE,
-        Action::ArgNoBits {
+        Check::Listen if opts.listen => Action::Allow,
+        Check::Listen => Action::Errno(libc::EPERM),
+        Check::NoExecMemfd => Action::ArgNoBits {
             arg: 1,
             mask: MFD_EXEC,
             otherwise: libc::EPERM,
         },
-    ));
-    if !opts.inotify {
-        // Watching, like reading, needs a grant (issue 8, section 6): the
-        // table's allow entry is replaced by a refusal.
-        t.retain(|(nr, _)| *nr != NR_INOTIFY_ADD_WATCH);
-        t.push((NR_INOTIFY_ADD_WATCH, Action::Errno(libc::EPERM)));
+        Check::Inotify if opts.inotify => Action::Allow,
+        Check::Inotify => Action::Errno(libc::EPERM),
     }
-    t.push((NR_CLONE3, Action::Errno(libc::ENOSYS)));
-    for nr in NR_IO_URING {
-        t.push((nr, Action::Errno(libc::ENOSYS)));
-    }
-    t.sort_by_key(|(nr, _)| *nr);
-    t
-}
-
-/// Name of a system call in the table, for journal records.
-pub fn name_of(nr: u32) -> Option<&'static str> {
-    ALLOWED
-        .iter()
-        .find(|(n, _)| *n == nr)
-        .map(|(_, s)| *s)
-        .or(match nr {
-            NR_SOCKET => Some("socket"),
-            NR_LISTEN => Some("listen"),
-            NR_CLONE => Some("clone"),
-            NR_UNSHARE => Some("unshare"),
-            NR_IOCTL => Some("ioctl"),
-            NR_PERSONALITY => Some("personality"),
-            NR_CLONE3 => Some("clone3"),
-            NR_MEMFD_CREATE => Some("memfd_create"),
-            425 => Some("io_uring_setup"),
-            426 => Some("io_uring_enter"),
-            427 => Some("io_uring_register"),
-            _ => None,
-        })
 }
 
 /// A compiled filter.
@@ -700,6 +378,12 @@ impl Program {
 
     /// Runs the filter on one call, as the kernel would.
     pub fn evaluate(&self, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        self.run(arch, nr, args).0
+    }
+
+    /// `evaluate`, also counting the instructions executed (what a call
+    /// costs in the kernel).
+    fn run(&self, arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
@@ -708,12 +392,18 @@ impl Program {
         }
         let mut acc: u32 = 0;
         let mut pc = 0usize;
+        let mut executed = 0;
         while let Some(insn) = self.insns.get(pc) {
             pc += 1;
+            executed += 1;
             match insn.code {
                 BPF_LD_W_ABS => {
-                    let o = insn.k as usize;
-                    acc = u32::from_ne_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]);
+                    // A load past `seccomp_data` is one the kernel would
+                    // not accept: fail closed rather than read anything.
+                    let Some(&[a, b, c, d]) = data.get(insn.k as usize..insn.k as usize + 4) else {
+                        return (RET_KILL_PROCESS, executed);
+                    };
+                    acc = u32::from_ne_bytes([a, b, c, d]);
                 }
                 BPF_JMP_JA => pc += insn.k as usize,
                 BPF_JMP_JEQ_K | BPF_JMP_JGE_K | BPF_JMP_JSET_K => {
@@ -724,11 +414,11 @@ impl Program {
                     };
                     pc += if taken { insn.jt } else { insn.jf } as usize;
                 }
-                BPF_RET_K => return insn.k,
-                _ => return RET_KILL_PROCESS,
+                BPF_RET_K => return (insn.k, executed),
+                _ => return (RET_KILL_PROCESS, executed),
             }
         }
-        RET_KILL_PROCESS
+        (RET_KILL_PROCESS, executed)
     }
 
     /// The errno the filter answers for a call, or `None` when allowed.
@@ -746,6 +436,11 @@ impl Program {
 
 #[cfg(test)]
 mod tests {
+    use guard_common::syscalls::{
+        NR_CLONE, NR_CLONE3, NR_INOTIFY_ADD_WATCH, NR_IOCTL, NR_LISTEN, NR_MEMFD_CREATE,
+        NR_PERSONALITY, NR_SOCKET, NR_UNSHARE,
+    };
+
     use super::*;
 
     fn prog() -> Program {
@@ -755,12 +450,13 @@ mod tests {
     #[test]
     fn every_allowed_call_is_allowed_and_neighbours_are_not() {
         let p = prog();
-        for (nr, name) in ALLOWED {
-            if *nr == NR_INOTIFY_ADD_WATCH {
-                // Needs the policy's opt-in (`inotify_watches_need_the_opt_in`).
-                continue;
-            }
-            assert_eq!(p.denies(*nr, [0; 6]), None, "{name}");
+        // inotify_add_watch is checked: it needs the policy's opt-in
+        // (`inotify_watches_need_the_opt_in`).
+        for c in CALLS.iter().filter(|c| c.filter == Filter::Allow) {
+            assert_eq!(p.denies(c.nr, [0; 6]), None, "{}", c.name);
+        }
+        for c in CALLS.iter().filter(|c| c.filter == Filter::Deny) {
+            assert_eq!(p.denies(c.nr, [0; 6]), Some(libc::EPERM), "{}", c.name);
         }
         // Spot checks of refused calls.
         for (nr, name) in [
@@ -805,7 +501,7 @@ mod tests {
             ..Options::default()
         });
         assert_eq!(p.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]), None);
-        assert_eq!(name_of(NR_LISTEN), Some("listen"));
+        assert_eq!(crate::syscalls::name(NR_LISTEN), "listen");
     }
 
     #[test]
@@ -944,16 +640,113 @@ mod tests {
         );
     }
 
+    /// The filters guard builds: every combination of options.
+    fn variants() -> Vec<Options> {
+        let mut out = Vec::new();
+        for socket_families in [
+            crate::syscalls::socket_families(true),
+            crate::syscalls::socket_families(false),
+        ] {
+            for listen in [false, true] {
+                for inotify in [false, true] {
+                    out.push(Options {
+                        socket_families: socket_families.clone(),
+                        listen,
+                        inotify,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn tree_is_short_and_jumps_fit() {
-        let p = prog();
-        assert!(p.insns.len() < 700, "{}", p.insns.len());
-        // A cheap call goes through few instructions: count by running with
-        // an instruction budget.
-        let depth = (ranges(&table(&Options::default())).len() as f64)
-            .log2()
-            .ceil() as usize;
-        assert!(depth <= 10, "{depth}");
+    fn jumps_land_inside_and_every_path_returns() {
+        for opts in variants() {
+            let p = build(&opts);
+            let len = p.insns.len();
+            assert!(len < 700, "{len}");
+            let mut reached = vec![false; len];
+            reached[0] = true;
+            for (i, insn) in p.insns.iter().enumerate() {
+                let next = i + 1;
+                let to: Vec<usize> = match insn.code {
+                    BPF_RET_K => vec![],
+                    BPF_LD_W_ABS => {
+                        // An aligned word inside `struct seccomp_data`.
+                        assert!(insn.k % 4 == 0 && insn.k + 4 <= 64, "{i}: {insn:?}");
+                        vec![next]
+                    }
+                    BPF_JMP_JA => vec![next + insn.k as usize],
+                    BPF_JMP_JEQ_K | BPF_JMP_JGE_K | BPF_JMP_JSET_K => {
+                        vec![next + insn.jt as usize, next + insn.jf as usize]
+                    }
+                    code => panic!("{i}: unknown code {code:#x}"),
+                };
+                // Every target is forward (offsets are unsigned) and inside
+                // the program, and only RET has none: so every path ends in
+                // a RET, and none falls off the end.
+                for t in to {
+                    assert!(t < len, "{i}: {insn:?} jumps to {t} of {len}");
+                    if reached[i] {
+                        reached[t] = true;
+                    }
+                }
+            }
+            // No dead code: every instruction is on some path.
+            let dead: Vec<usize> = (0..len).filter(|i| !reached[*i]).collect();
+            assert!(dead.is_empty(), "unreachable: {dead:?}");
+        }
+    }
+
+    #[test]
+    fn calls_execute_few_instructions() {
+        for opts in variants() {
+            let p = build(&opts);
+            let t = table(&opts);
+            let leaves = ranges(&t).len();
+            // A balanced tree over the ranges: every leaf is floor or ceil
+            // of log2(leaves) comparisons deep...
+            let deep = leaves.next_power_of_two().trailing_zeros() as usize;
+            let shallow = (usize::BITS - 1 - leaves.leading_zeros()) as usize;
+            // ... plus a `ja` at the levels whose left subtree is too long
+            // for an 8-bit jump (only the few near the root).
+            let long_jumps = p.insns.iter().filter(|i| i.code == BPF_JMP_JA).count();
+            let max = t.last().map(|(nr, _)| *nr).unwrap();
+            let mut worst = 0;
+            for nr in 0..=max + 1 {
+                let action = t
+                    .iter()
+                    .find(|(n, _)| *n == nr)
+                    .map_or(Action::Errno(libc::EPERM), |(_, a)| a.clone());
+                for args in [[0; 6], [u64::MAX; 6], [16, 3, 9, 0x5412, 0, 0]] {
+                    let (ret, executed) = p.run(AUDIT_ARCH_X86_64, nr, args);
+                    assert_eq!(ret, p.evaluate(AUDIT_ARCH_X86_64, nr, args));
+                    // 4: load and check the architecture, load the number
+                    // and refuse x32. Then the tree, then the leaf's code,
+                    // straight-line or forward.
+                    let tree = executed - 4;
+                    let leaf = action.code().len();
+                    assert!(
+                        tree <= deep + long_jumps.min(deep) + leaf,
+                        "{nr}: {executed} instructions ({leaves} leaves, leaf of {leaf})"
+                    );
+                    if leaf == 1 {
+                        // A single RET: the rest is the tree's comparisons.
+                        assert!(tree > shallow, "{nr}: {executed} instructions");
+                        worst = worst.max(executed);
+                    }
+                }
+            }
+            // Today: 299 leaves, one `ja`, 15 instructions at worst.
+            assert!(worst <= 4 + deep + long_jumps.min(deep) + 1, "{worst}");
+            // Outside the tree: a foreign architecture costs 3, x32 5.
+            assert_eq!(p.run(0x4000_0003, 0, [0; 6]), (RET_KILL_PROCESS, 3));
+            assert_eq!(
+                p.run(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 59, [0; 6]),
+                (RET_ERRNO | libc::ENOSYS as u32, 5)
+            );
+        }
     }
 
     #[test]

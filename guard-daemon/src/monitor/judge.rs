@@ -11,11 +11,18 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use guard_common::syscalls::{
+    NR_CLONE, NR_CONNECT, NR_CREAT, NR_EXECVE, NR_EXECVEAT, NR_FORK, NR_GETPRIORITY,
+    NR_INOTIFY_ADD_WATCH, NR_IOCTL, NR_KILL, NR_LINK, NR_LINKAT, NR_LISTEN, NR_MEMFD_CREATE,
+    NR_MMAP, NR_MPROTECT, NR_PIDFD_SEND_SIGNAL, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SENDMMSG,
+    NR_SENDMSG, NR_SENDTO, NR_SETPRIORITY, NR_SETSOCKOPT, NR_SOCKET, NR_TGKILL, NR_TKILL,
+    NR_TRUNCATE, NR_UNSHARE, NR_VFORK, names_a_process,
+};
 use serde_json::{Value, json};
 
 use crate::{
     journal::{Kind, Text},
-    launch::seccomp::{self, NR_CLONE, NR_SOCKET, Program},
+    launch::seccomp::Program,
     policy::FsPlan,
     syscalls::{self, Access},
 };
@@ -50,22 +57,6 @@ const EAFNOSUPPORT: i32 = 97;
 const EXDEV: i32 = 18;
 const ESRCH: i32 = 3;
 const EROFS: i32 = 30;
-const NR_RENAME: u32 = 82;
-const NR_LINK: u32 = 86;
-const NR_RENAMEAT: u32 = 264;
-const NR_LINKAT: u32 = 265;
-const NR_RENAMEAT2: u32 = 316;
-const NR_CONNECT: u32 = 42;
-const NR_SENDTO: u32 = 44;
-const NR_SENDMSG: u32 = 46;
-const NR_SENDMMSG: u32 = 307;
-const NR_SETSOCKOPT: u32 = 54;
-const NR_FORK: u32 = 57;
-const NR_VFORK: u32 = 58;
-const NR_KILL: u32 = 62;
-const NR_TKILL: u32 = 200;
-const NR_TGKILL: u32 = 234;
-const NR_PIDFD_SEND_SIGNAL: u32 = 424;
 const CAP_NET_RAW: u32 = 13;
 const SOCK_RAW: u64 = 3;
 
@@ -433,10 +424,6 @@ fn granted(fs: &FsPlan, path: &Path) -> ((bool, bool, bool), Vec<String>) {
     (g, rules)
 }
 
-const NR_MMAP: u32 = 9;
-const NR_MPROTECT: u32 = 10;
-const NR_EXECVE: u32 = 59;
-const NR_EXECVEAT: u32 = 322;
 const PROT_EXEC: u64 = 4;
 const AT_EMPTY_PATH: u64 = 0x1000;
 
@@ -491,7 +478,7 @@ fn exec_route(
                 }),
             })
         }
-        seccomp::NR_MEMFD_CREATE if errno == EACCES => Some(Verdict {
+        NR_MEMFD_CREATE if errno == EACCES => Some(Verdict {
             kind: Kind::Exec,
             action: "memfd_create".into(),
             target: Text::new("memfd_create(MFD_EXEC)"),
@@ -527,15 +514,6 @@ fn exec_route(
     }
 }
 
-/// prlimit64, getpgid, getsid, getpriority, setpriority, sched_getparam,
-/// sched_setscheduler, sched_getscheduler, sched_rr_get_interval,
-/// sched_setaffinity, sched_getaffinity, get_robust_list, pidfd_open,
-/// setpgid (the same list as guard-ebpf's `names_a_process`).
-const NAMES_A_PROCESS: [u32; 14] = [
-    302, 121, 124, 140, 141, 143, 144, 145, 148, 203, 204, 274, 434, 109,
-];
-const NR_GETPRIORITY: u32 = 140;
-const NR_SETPRIORITY: u32 = 141;
 /// Where guard's read-only cgroup views are (the usual mount point).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -676,10 +654,7 @@ impl Judge {
         let name = syscalls::name(nr);
         let base = json!({"syscall": name, "errno": errno_name(errno), "args": args});
         // 1. seccomp: replay the call against the agent's filter.
-        if nr == seccomp::NR_LISTEN
-            && errno == EPERM
-            && self.seccomp.denies(nr, *args) == Some(EPERM)
-        {
+        if nr == NR_LISTEN && errno == EPERM && self.seccomp.denies(nr, *args) == Some(EPERM) {
             return Some(Verdict {
                 kind: Kind::Network,
                 action: "listen".into(),
@@ -696,11 +671,11 @@ impl Judge {
             && e == errno
         {
             let rule = match nr {
-                seccomp::NR_MEMFD_CREATE => "syscalls.memfd-exec",
+                NR_MEMFD_CREATE => "syscalls.memfd-exec",
                 NR_SOCKET => "syscalls.socket-families",
-                NR_CLONE | seccomp::NR_UNSHARE => "syscalls.namespaces",
-                seccomp::NR_IOCTL => "syscalls.terminal-injection",
-                seccomp::NR_INOTIFY_ADD_WATCH => "syscalls.inotify",
+                NR_CLONE | NR_UNSHARE => "syscalls.namespaces",
+                NR_IOCTL => "syscalls.terminal-injection",
+                NR_INOTIFY_ADD_WATCH => "syscalls.inotify",
                 _ if errno == ENOSYS => "syscalls.enosys-fallback",
                 _ => "syscalls.default-deny",
             };
@@ -708,7 +683,7 @@ impl Judge {
             if nr == NR_SOCKET {
                 detail["family"] = json!(args[0] as u32);
             }
-            if nr == seccomp::NR_INOTIFY_ADD_WATCH {
+            if nr == NR_INOTIFY_ADD_WATCH {
                 detail["path"] = json!(path.map(|p| Text::new(p.to_vec())));
                 detail["why"] = json!(
                     "Landlock does not mediate inotify watches, which report the names of files under the watched \
@@ -718,13 +693,13 @@ impl Judge {
             // An executable memfd is a route to run a program `exec` does
             // not grant: journaled as an exec refusal.
             let kind = match nr {
-                seccomp::NR_MEMFD_CREATE => Kind::Exec,
+                NR_MEMFD_CREATE => Kind::Exec,
                 // A watch reveals names like a directory read would.
-                seccomp::NR_INOTIFY_ADD_WATCH => Kind::File,
+                NR_INOTIFY_ADD_WATCH => Kind::File,
                 _ => Kind::Syscall,
             };
             let target = match (nr, path) {
-                (seccomp::NR_INOTIFY_ADD_WATCH, Some(p)) => Text::new(p.to_vec()),
+                (NR_INOTIFY_ADD_WATCH, Some(p)) => Text::new(p.to_vec()),
                 _ => Text::new(name.clone()),
             };
             return Some(Verdict {
@@ -864,7 +839,7 @@ impl Judge {
         }
         // 4b. Calls that name a process the agent's pid namespace does not
         // hold (the kernel program passes ESRCH for these calls only).
-        if errno == ESRCH && NAMES_A_PROCESS.contains(&nr) {
+        if errno == ESRCH && names_a_process(nr) {
             let target = if matches!(nr, NR_GETPRIORITY | NR_SETPRIORITY) {
                 format!("{} {}", priority_which(args[0]), args[1] as i32)
             } else {
@@ -922,7 +897,8 @@ impl Judge {
                 // the path the kernel judged was not the one read (the
                 // buffer rewritten and restored while the call ran).
                 if layer_rule.0 == "kernel" && access != Access::Meta {
-                    let on_parent = access == Access::Write && !matches!(nr, 76 | 85);
+                    let on_parent =
+                        access == Access::Write && !matches!(nr, NR_TRUNCATE | NR_CREAT);
                     match dac_explains(tgid, &judged, r, w, x, on_parent, &self.caps) {
                         Some(true) => {}
                         Some(false) => doubts.push(
@@ -1030,7 +1006,7 @@ mod tests {
         Judge {
             fs: Some(plan.filesystem),
             workdir: "/work".into(),
-            seccomp: seccomp::build(&seccomp::Options::default()),
+            seccomp: crate::launch::seccomp::build(&crate::launch::seccomp::Options::default()),
             caps: vec![],
         }
     }
@@ -1075,7 +1051,7 @@ mod tests {
         assert_ne!(v.rule, "network.source-route");
         let v = j
             .judge(
-                seccomp::NR_INOTIFY_ADD_WATCH,
+                NR_INOTIFY_ADD_WATCH,
                 -EPERM,
                 &[3, 0, 0x100, 0, 0, 0],
                 1,
@@ -1097,7 +1073,7 @@ mod tests {
     fn listen_refused_by_seccomp_and_bind_left_to_the_hooks() {
         let j = judge(P);
         let v = j
-            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .judge(NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(
             (v.kind, v.action.as_str(), v.layer, v.rule.as_str()),
@@ -1112,21 +1088,21 @@ mod tests {
         // A bind EPERM reaches the judge only when the bind hooks did not
         // cause it (they mark the thread and the kernel program drops
         // theirs): a capability the agent lacks.
-        const NR_BIND: u32 = 49;
+        use guard_common::syscalls::NR_BIND;
         let v = j
             .judge(NR_BIND, -EPERM, &[3, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(v.layer, "capabilities");
         // With listen allowed, an EPERM from listen is not seccomp's.
         let open = Judge {
-            seccomp: seccomp::build(&seccomp::Options {
+            seccomp: crate::launch::seccomp::build(&crate::launch::seccomp::Options {
                 listen: true,
-                ..seccomp::Options::default()
+                ..crate::launch::seccomp::Options::default()
             }),
             ..judge(P)
         };
         let v = open
-            .judge(seccomp::NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
+            .judge(NR_LISTEN, -EPERM, &[3, 5, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_ne!(v.layer, "seccomp");
     }
@@ -1248,26 +1224,14 @@ mod tests {
         assert_ne!(v.map(|v| v.layer), Some("mount-noexec"));
         // memfd_create(MFD_EXEC): seccomp first, the sysctl behind it.
         let v = j
-            .judge(
-                seccomp::NR_MEMFD_CREATE,
-                -EPERM,
-                &[0, 0x11, 0, 0, 0, 0],
-                1,
-                None,
-            )
+            .judge(NR_MEMFD_CREATE, -EPERM, &[0, 0x11, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!(
             (v.kind, v.layer, v.rule.as_str()),
             (Kind::Exec, "seccomp", "syscalls.memfd-exec")
         );
         let v = j
-            .judge(
-                seccomp::NR_MEMFD_CREATE,
-                -EACCES,
-                &[0, 0, 0, 0, 0, 0],
-                1,
-                None,
-            )
+            .judge(NR_MEMFD_CREATE, -EACCES, &[0, 0, 0, 0, 0, 0], 1, None)
             .unwrap();
         assert_eq!((v.kind, v.layer), (Kind::Exec, "memfd-noexec"));
         assert_eq!(proc_fd(b"/proc/self/fd/12"), Some(12));

@@ -343,7 +343,7 @@ fn drain(
 /// process is journaled, repeats are counted.
 fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     match ev {
-        KernelEvent::Syscall(e, _) if e.nr == crate::launch::seccomp::NR_CLONE3 && e.ret == -38 => {
+        KernelEvent::Syscall(e, _) if e.nr == guard_common::syscalls::NR_CLONE3 && e.ret == -38 => {
             !seen.insert((e.hdr.slot, e.hdr.tgid))
         }
         _ => false,
