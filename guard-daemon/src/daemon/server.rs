@@ -18,11 +18,11 @@ use tokio::{
 
 use super::{
     Shared,
-    agents::{self, Failure, Peer},
+    agents::{self, Peer},
     peer,
 };
 use crate::{
-    api::{self, Request},
+    api::{self, Request, RequestError},
     journal::{Filter, Record, Store},
 };
 
@@ -194,8 +194,8 @@ impl Conn {
         self.writer.write_all(line).await
     }
 
-    async fn fail(&mut self, id: u64, (code, message): Failure) -> std::io::Result<()> {
-        self.send(&api::error_line(id, code, &message)).await
+    async fn fail(&mut self, id: u64, error: RequestError) -> std::io::Result<()> {
+        self.send(&error.line(id)).await
     }
 }
 
@@ -301,10 +301,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         let result = if too_long {
             conn.fail(
                 0,
-                (
-                    api::code::TOO_LONG,
-                    format!("request line longer than {} bytes", api::MAX_LINE),
-                ),
+                RequestError::TooLong(format!("request line longer than {} bytes", api::MAX_LINE)),
             )
             .await
         } else if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -340,7 +337,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     let (id, req) = match api::parse_request(line) {
         Ok(r) => r,
-        Err((id, code, msg)) => return conn.fail(id, (code, msg)).await,
+        Err(api::Rejected { id, error }) => return conn.fail(id, error).await,
     };
     let shared = conn.shared.clone();
     match req {
@@ -359,7 +356,7 @@ async fn handle(
             let s = shared.clone();
             let res = tokio::task::spawn_blocking(move || agents::open(&s, &req, peer))
                 .await
-                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok((reply, fds)) => {
                     conn.owned.insert(reply.agent.id.clone());
@@ -404,7 +401,7 @@ async fn handle(
             conn.pending.push(cleanup);
             let res = rx
                 .await
-                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok(reply) => {
                     conn.send(&api::ok_line(
@@ -431,7 +428,7 @@ async fn handle(
                 agents::control(&s, &req.agent, req.action, req.reason.as_deref(), peer)
             })
             .await
-            .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok(v) => conn.send(&api::ok_line(id, v)).await,
                 Err(f) => conn.fail(id, f).await,
@@ -439,9 +436,10 @@ async fn handle(
         }
         Request::Doctor(_) => {
             let s = shared.clone();
-            let v = tokio::task::spawn_blocking(move || crate::doctor::daemon_view(&s))
-                .await
-                .unwrap_or(Value::Null);
+            let v =
+                tokio::task::spawn_blocking(move || crate::doctor::daemon_view(&s.doctor_facts()))
+                    .await
+                    .unwrap_or(Value::Null);
             conn.send(&api::ok_line(id, v)).await
         }
         Request::Logs(req) => logs(conn, id, req, reader).await,
@@ -464,9 +462,9 @@ async fn send_with_fds(conn: &mut Conn, line: &[u8], fds: &[i32]) -> std::io::Re
     }
 }
 
-fn filter_of(req: &api::LogsRequest) -> Result<Filter, Failure> {
+fn filter_of(req: &api::LogsRequest) -> Result<Filter, RequestError> {
     req.filter(std::time::SystemTime::now())
-        .map_err(|e| (api::code::BAD_REQUEST, e.to_string()))
+        .map_err(|e| RequestError::BadRequest(e.to_string()))
 }
 
 fn record_line(id: u64, rec: &Record) -> Vec<u8> {
@@ -505,23 +503,23 @@ async fn logs(
             Store::open_for_reading(&path).and_then(|s| s.resolve_agent(&key))
         })
         .await
-        .map_err(|e| (api::code::INTERNAL, e.to_string()))
+        .map_err(|e| RequestError::Internal(e.to_string()))
         .and_then(|r| {
             r.map_err(|e| match e {
                 crate::journal::JournalError::UnknownAgent { .. } => {
-                    (api::code::NOT_FOUND, e.to_string())
+                    RequestError::NotFound(e.to_string())
                 }
                 crate::journal::JournalError::AmbiguousAgent { .. } => {
-                    (api::code::AMBIGUOUS, e.to_string())
+                    RequestError::Ambiguous(e.to_string())
                 }
-                other => (api::code::INTERNAL, other.to_string()),
+                other => RequestError::Internal(other.to_string()),
             })
         });
         match resolved {
             Ok(id) => filter.agent = Some(id),
             // A follower may name an agent that has not started yet: it
             // waits for exactly that id or name.
-            Err((code, _)) if req.follow && code == api::code::NOT_FOUND => {}
+            Err(RequestError::NotFound(_)) if req.follow => {}
             Err(f) => return conn.fail(id, f).await,
         }
     }
@@ -538,10 +536,9 @@ async fn logs(
             return conn
                 .fail(
                     id,
-                    (
-                        api::code::BAD_REQUEST,
-                        format!("-n is at most {MAX_TAIL}; without -n, records are streamed"),
-                    ),
+                    RequestError::BadRequest(format!(
+                        "-n is at most {MAX_TAIL}; without -n, records are streamed"
+                    )),
                 )
                 .await;
         }
@@ -559,7 +556,7 @@ async fn logs(
         .and_then(|r| r.map_err(|e| e.to_string()));
         let past = match past {
             Ok(p) => p,
-            Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
+            Err(e) => return conn.fail(id, RequestError::Internal(e)).await,
         };
         let full = !page.tail && past.len() == PAGE;
         for rec in &past {

@@ -1,0 +1,128 @@
+//! Who may do what: the owner rule for reports and controls, who reads
+//! every agent, and the refusal of peers inside a scope.
+
+use serde_json::json;
+
+use super::Peer;
+use crate::{
+    api::RequestError,
+    daemon::Shared,
+    journal::{Kind, Record, Text, Verdict},
+};
+
+/// Journals a request refused for who asked, and returns the failure.
+pub(super) fn refuse_request(
+    shared: &Shared,
+    peer: Peer,
+    op: &str,
+    target: &str,
+    rule: &str,
+    agent: Option<crate::journal::AgentRef>,
+    message: String,
+) -> RequestError {
+    let mut rec = Record::new(
+        Kind::Policy,
+        op,
+        Text::new(target.to_owned()),
+        Verdict::Denied,
+        rule,
+        "guardd",
+    )
+    .with_detail(json!({"requested_by": {"uid": peer.uid, "pid": peer.pid}, "why": message}));
+    if let Some(a) = agent {
+        rec = rec.with_agent(a);
+    }
+    shared.metrics.refusal(&rec);
+    let _ = shared.journal.append(rec);
+    RequestError::PermissionDenied(message)
+}
+
+/// Only the uid that opened an agent, or root, may report on it or control
+/// it. An unknown id passes here so the operation itself says `not_found`.
+pub fn authorize(shared: &Shared, peer: Peer, id: &str, op: &str) -> Result<(), RequestError> {
+    if peer.uid == 0 {
+        return Ok(());
+    }
+    let found = shared
+        .registry
+        .lock()
+        .ok()
+        .and_then(|r| r.agents.get(id).map(|a| (a.owner, a.meta.agent.clone())));
+    match found {
+        Some((owner, agent)) if owner != peer.uid => Err(refuse_request(
+            shared,
+            peer,
+            op,
+            id,
+            "control.not-owner",
+            Some(agent),
+            format!(
+                "agent {id} belongs to uid {owner}; uid {} may not {op} it",
+                peer.uid
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `peer` may read every agent (ps, logs): root, or a member of the
+/// configured group when guardd lets the group read everything.
+pub fn reads_all(shared: &Shared, peer: Peer, in_group: bool) -> bool {
+    peer.uid == 0 || (shared.cfg.group_reads_all && in_group)
+}
+
+/// Journals a request refused because its peer runs inside a scope (or
+/// could not be placed), and returns the message for the peer.
+pub fn refuse_confined_peer(
+    shared: &Shared,
+    peer: Peer,
+    confined: Option<(&String, &String)>,
+) -> String {
+    let meta = confined.and_then(|(id, _)| {
+        shared
+            .registry
+            .lock()
+            .ok()
+            .and_then(|r| r.agents.get(id).map(|a| a.meta.clone()))
+    });
+    let (rule, why) = match confined {
+        Some(_) => (
+            "control.confined-peer",
+            "guardd serves no process inside an agent's scope",
+        ),
+        None => (
+            "control.unplaced-peer",
+            "guardd could not tell whether the peer runs inside a scope",
+        ),
+    };
+    let mut rec = Record::new(
+        Kind::Policy,
+        "control",
+        Text::new(shared.cfg.socket.display().to_string()),
+        Verdict::Denied,
+        rule,
+        "guardd",
+    )
+    .with_detail(json!({
+        "peer": {"uid": peer.uid, "pid": peer.pid},
+        "cgroup": confined.map(|(_, c)| c),
+        "why": why,
+    }));
+    match (&meta, confined) {
+        (Some(m), _) => {
+            m.refusals.count(rec.verdict);
+            rec = rec.with_agent(m.agent.clone());
+        }
+        (None, Some((id, _))) => {
+            rec = rec.with_agent(crate::journal::AgentRef {
+                id: id.clone(),
+                name: String::new(),
+                policy: String::new(),
+            });
+        }
+        (None, None) => {}
+    }
+    shared.metrics.refusal(&rec);
+    let _ = shared.journal.append(rec);
+    why.to_owned()
+}
