@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::broadcast::error::RecvError,
+    sync::{broadcast::error::RecvError, mpsc, watch},
 };
 
 use super::{
@@ -26,8 +26,13 @@ use crate::{
     journal::{Filter, Record, Store},
 };
 
-/// Serves until `shutdown` completes. Connections still open then are left
-/// to finish their current request.
+/// Serves until `shutdown` completes, then drains: no new connection is
+/// accepted, each open connection finishes the request it is serving (a
+/// followed log ends with a `done` line) and closes, and `serve` returns once
+/// every connection has ended, or after [`DRAIN`] at most.
+///
+/// Agents owned by a connection that ends this way are not ended: they stay
+/// confined by the pinned programs and the next guardd re-adopts them.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: UnixListener,
@@ -45,16 +50,24 @@ pub async fn serve(
         })
     };
     let limits = Arc::new(Limits::default());
+    // Told to every connection when guardd stops.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are gone the receiver
+    // sees the channel close, so the drain waits on nothing else.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
                     let limits = limits.clone();
+                    let stop = stop_rx.clone();
+                    let alive = alive_tx.clone();
                     tokio::spawn(async move {
+                        let _alive = alive;
                         let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
                         match Limits::admit(&limits, uid) {
-                            Some(_slot) => connection(shared, stream).await,
+                            Some(_slot) => connection(shared, stream, stop).await,
                             None => refuse_busy(stream, uid).await,
                         }
                     });
@@ -68,6 +81,32 @@ pub async fn serve(
         }
     }
     reaper.abort();
+    // Stop accepting: later connects are refused by the kernel.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    let open = Arc::strong_count(&limits).saturating_sub(1);
+    if open > 0 {
+        tracing::info!(
+            connections = open,
+            "stopping: letting open connections finish their requests"
+        );
+    }
+    if tokio::time::timeout(DRAIN, alive_rx.recv()).await.is_err() {
+        tracing::warn!(
+            "connections still busy {}s after the stop was asked; they are cut off",
+            DRAIN.as_secs()
+        );
+    }
+}
+
+/// The longest a stopping guardd waits for its connections to finish the
+/// requests they are serving.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// Completes once guardd is stopping (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Connections served at once: all non-root peers together, each non-root
@@ -187,6 +226,8 @@ struct Conn {
     owned: HashSet<String>,
     /// Scope removals still running after their summary was sent.
     pending: Vec<tokio::task::JoinHandle<()>>,
+    /// Becomes true when guardd stops.
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -199,7 +240,7 @@ impl Conn {
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream) {
+async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiver<bool>) {
     let peer = match stream.peer_cred() {
         Ok(c) => Peer {
             uid: c.uid(),
@@ -234,6 +275,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         reads_all,
         owned: HashSet::new(),
         pending: Vec::new(),
+        stop,
     };
     if let Some(message) = refusal {
         let _ = conn
@@ -256,6 +298,8 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     }
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
+    let mut stop = conn.stop.clone();
+    let mut stopping = false;
     loop {
         line.clear();
         // Bounded read: a line longer than MAX_LINE is answered with an
@@ -263,16 +307,28 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         let mut too_long = false;
         let done = loop {
             // An idle connection that owns no agent holds a slot for nothing.
-            let buf = if conn.owned.is_empty() {
-                match tokio::time::timeout(IDLE, reader.fill_buf()).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(_)) | Err(_) => break true,
+            let idle_ends = conn.owned.is_empty();
+            let fill = async {
+                if idle_ends {
+                    tokio::time::timeout(IDLE, reader.fill_buf())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    reader.fill_buf().await.ok()
                 }
-            } else {
-                match reader.fill_buf().await {
-                    Ok(b) => b,
-                    Err(_) => break true,
+            };
+            // Between requests, a stopping guardd ends the connection.
+            let buf = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => {
+                    stopping = true;
+                    break true;
                 }
+                b = fill => match b {
+                    Some(b) => b,
+                    None => break true,
+                },
             };
             if buf.is_empty() {
                 break true;
@@ -295,7 +351,8 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 break false;
             }
         };
-        if done && line.is_empty() && !too_long {
+        // A request not yet complete when guardd stops is not served.
+        if stopping || (done && line.is_empty() && !too_long) {
             break;
         }
         let result = if too_long {
@@ -317,6 +374,17 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     // them before the task ends, so a stopping guardd leaves nothing behind.
     for p in conn.pending.drain(..) {
         let _ = p.await;
+    }
+    if stopping {
+        // guardd is stopping, not the launcher: its agents stay confined by
+        // the pinned programs and the next guardd re-adopts them.
+        if !conn.owned.is_empty() {
+            tracing::info!(
+                agents = conn.owned.len(),
+                "stopping with live agents; they are left for re-adoption"
+            );
+        }
+        return;
     }
     // The launcher went away without reporting the exit: end its agents
     // rather than leave them unsupervised.
@@ -578,8 +646,16 @@ async fn logs(
     follow.limit = None;
     follow.tail = false;
     let mut probe = [0u8; 1];
+    let mut stop = conn.stop.clone();
     loop {
         tokio::select! {
+            // A follower's request lasts until it closes: a stopping guardd
+            // ends it cleanly, as the end of the journal would.
+            _ = stopped(&mut stop) => {
+                return conn
+                    .send(&api::ok_line(id, json!({"done": true, "note": "guardd is stopping"})))
+                    .await;
+            }
             r = live.recv() => match r {
                 Ok(rec) => {
                     if rec.seq > last && follow.matches(&rec) {
