@@ -258,3 +258,62 @@ pub fn reap_orphans(shared: &Shared) {
         close(shared, &id, None, "re-adopted scope emptied", |_| {});
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: Kind, verdict: Verdict, rule: &str, layer: &str) -> Record {
+        Record::new(kind, "connect", Text::new("x"), verdict, rule, layer)
+    }
+
+    #[test]
+    fn an_agents_refusals_are_its_refused_actions_of_any_layer() {
+        for layer in ["cgroup-bpf", "landlock", "seccomp", "mount"] {
+            assert!(is_agents_refusal(&rec(
+                Kind::Network,
+                Verdict::Denied,
+                "r",
+                layer
+            )));
+            assert!(is_agents_refusal(&rec(
+                Kind::File,
+                Verdict::Audit,
+                "r",
+                layer
+            )));
+        }
+        // Allowed actions, losses and lifecycle records are not refusals.
+        assert!(!is_agents_refusal(&rec(
+            Kind::Network,
+            Verdict::Allowed,
+            "r",
+            "cgroup-bpf"
+        )));
+        assert!(!is_agents_refusal(&rec(
+            Kind::Gap,
+            Verdict::Denied,
+            "lost",
+            "kernel"
+        )));
+        assert!(!is_agents_refusal(&rec(
+            Kind::Lifecycle,
+            Verdict::Denied,
+            "scope.unknown",
+            "guardd"
+        )));
+        // guardd's refusals count only when the agent itself asked.
+        assert!(is_agents_refusal(&rec(
+            Kind::Policy,
+            Verdict::Denied,
+            "control.confined-peer",
+            "guardd"
+        )));
+        assert!(!is_agents_refusal(&rec(
+            Kind::Policy,
+            Verdict::Denied,
+            "control.not-owner",
+            "guardd"
+        )));
+    }
+}

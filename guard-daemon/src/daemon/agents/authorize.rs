@@ -49,26 +49,40 @@ pub fn authorize(shared: &Shared, peer: Peer, id: &str, op: &str) -> Result<(), 
         .ok()
         .and_then(|r| r.agents.get(id).map(|a| (a.owner, a.meta.agent.clone())));
     match found {
-        Some((owner, agent)) if owner != peer.uid => Err(refuse_request(
-            shared,
-            peer,
-            op,
-            id,
-            "control.not-owner",
-            Some(agent),
-            format!(
-                "agent {id} belongs to uid {owner}; uid {} may not {op} it",
-                peer.uid
-            ),
-        )),
-        _ => Ok(()),
+        Some((owner, agent)) => match not_owner(owner, peer, id, op) {
+            Some(why) => Err(refuse_request(
+                shared,
+                peer,
+                op,
+                id,
+                "control.not-owner",
+                Some(agent),
+                why,
+            )),
+            None => Ok(()),
+        },
+        None => Ok(()),
     }
+}
+
+/// Why `peer` may not `op` agent `id` owned by `owner`, if it may not.
+fn not_owner(owner: u32, peer: Peer, id: &str, op: &str) -> Option<String> {
+    (peer.uid != 0 && owner != peer.uid).then(|| {
+        format!(
+            "agent {id} belongs to uid {owner}; uid {} may not {op} it",
+            peer.uid
+        )
+    })
 }
 
 /// Whether `peer` may read every agent (ps, logs): root, or a member of the
 /// configured group when guardd lets the group read everything.
 pub fn reads_all(shared: &Shared, peer: Peer, in_group: bool) -> bool {
-    peer.uid == 0 || (shared.cfg.group_reads_all && in_group)
+    may_read_all(shared.cfg.group_reads_all, peer, in_group)
+}
+
+fn may_read_all(group_reads_all: bool, peer: Peer, in_group: bool) -> bool {
+    peer.uid == 0 || (group_reads_all && in_group)
 }
 
 /// Journals a request refused because its peer runs inside a scope (or
@@ -125,4 +139,38 @@ pub fn refuse_confined_peer(
     shared.metrics.refusal(&rec);
     let _ = shared.journal.append(rec);
     why.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32) -> Peer {
+        Peer {
+            uid,
+            gid: uid,
+            pid: 42,
+        }
+    }
+
+    #[test]
+    fn only_the_owner_or_root_may_act_on_an_agent() {
+        assert_eq!(not_owner(1000, peer(1000), "a1", "kill"), None);
+        assert_eq!(not_owner(1000, peer(0), "a1", "kill"), None);
+        assert_eq!(not_owner(0, peer(0), "a1", "exited"), None);
+        assert_eq!(
+            not_owner(1000, peer(1001), "a1", "freeze").as_deref(),
+            Some("agent a1 belongs to uid 1000; uid 1001 may not freeze it")
+        );
+        // Root's agents are root's alone.
+        assert!(not_owner(0, peer(1000), "a1", "started").is_some());
+    }
+
+    #[test]
+    fn root_reads_all_and_the_group_only_when_allowed() {
+        assert!(may_read_all(false, peer(0), false));
+        assert!(may_read_all(true, peer(1000), true));
+        assert!(!may_read_all(false, peer(1000), true));
+        assert!(!may_read_all(true, peer(1000), false));
+    }
 }

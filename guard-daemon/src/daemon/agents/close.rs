@@ -92,11 +92,7 @@ pub fn close(
     let rec = Record::new(
         Kind::Lifecycle,
         "exit",
-        Text::new(match status {
-            Some(ExitStatus::Code(c)) => format!("exit {c}"),
-            Some(ExitStatus::Signal(s)) => format!("signal {s}"),
-            None => "unknown".to_owned(),
-        }),
+        Text::new(exit_text(status)),
         Verdict::Allowed,
         "scope",
         "guardd",
@@ -133,4 +129,28 @@ pub fn close(
     let _ = std::fs::remove_dir_all(&agent.tmp);
     let _ = std::fs::remove_file(state_path(shared, id));
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "close: removed");
+}
+
+/// The exit record's target: how the main process ended, as the launcher
+/// reported it.
+fn exit_text(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(ExitStatus::Code(c)) => format!("exit {c}"),
+        Some(ExitStatus::Signal(s)) => format!("signal {s}"),
+        None => "unknown".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_is_named_as_reported() {
+        assert_eq!(exit_text(Some(ExitStatus::Code(0))), "exit 0");
+        assert_eq!(exit_text(Some(ExitStatus::Code(3))), "exit 3");
+        assert_eq!(exit_text(Some(ExitStatus::Signal(9))), "signal 9");
+        // A launcher that went away reported nothing.
+        assert_eq!(exit_text(None), "unknown");
+    }
 }

@@ -37,10 +37,11 @@ pub fn control(
     };
     authorize(shared, peer, &agent.id, action_name(action))?;
     let processes = scope.pids().len();
-    let (verb, result) = match action {
-        ControlAction::Kill => ("kill", scope.kill_all(Duration::from_secs(5))),
-        ControlAction::Freeze => ("freeze", scope.set_frozen(true)),
-        ControlAction::Thaw => ("thaw", scope.set_frozen(false)),
+    let verb = action_name(action);
+    let result = match action {
+        ControlAction::Kill => scope.kill_all(Duration::from_secs(5)),
+        ControlAction::Freeze => scope.set_frozen(true),
+        ControlAction::Thaw => scope.set_frozen(false),
     };
     result.map_err(|e| RequestError::Internal(e.to_string()))?;
     let rec = Record::new(
@@ -60,4 +61,16 @@ pub fn control(
     let _ = shared.journal.append(rec);
     let _ = shared.journal.flush();
     Ok(json!({"agent": agent, "action": verb, "processes": processes}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_named_as_journaled() {
+        assert_eq!(action_name(ControlAction::Kill), "kill");
+        assert_eq!(action_name(ControlAction::Freeze), "freeze");
+        assert_eq!(action_name(ControlAction::Thaw), "thaw");
+    }
 }

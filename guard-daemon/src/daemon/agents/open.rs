@@ -355,3 +355,33 @@ pub fn open(
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");
     Ok((reply, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_twelve_hex_digits_that_name_a_scope() {
+        let a = random_id();
+        let b = random_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 12, "{id}");
+            // The peer check finds an agent by its scope's cgroup name.
+            assert_eq!(
+                crate::daemon::peer::scope_of(&format!("/guard/agent-{id}")),
+                Some(id.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_agents_user_is_resolved_to_a_uid() {
+        assert_eq!(resolve_uid(&UserSpec::Uid(1234)), Some(1234));
+        assert_eq!(resolve_uid(&UserSpec::Name("root".into())), Some(0));
+        assert_eq!(
+            resolve_uid(&UserSpec::Name("no-such-user-guard-test".into())),
+            None
+        );
+    }
+}

@@ -217,3 +217,132 @@ pub fn set_main_pid(shared: &Shared, id: &str, pid: i32) {
         persist(shared, a);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StateFile {
+        let mut unix = b"\0abstract".to_vec();
+        unix.resize(8, 0);
+        StateFile {
+            id: "0a1b2c3d4e5f".into(),
+            name: "claude".into(),
+            policy: "dev".into(),
+            audit: true,
+            slot: 7,
+            scope: "agent-0a1b2c3d4e5f".into(),
+            tmp: "/tmp/guard-0a1b2c3d4e5f".into(),
+            started_unix: 1_700_000_000,
+            main_pid: Some(4242),
+            owner: 1000,
+            v4: vec![(56, 7, [10, 0, 0, 0])],
+            v6: vec![(160, 7, [0xfd; 16])],
+            unix: vec![(7, b"/run/x.sock".to_vec()), (7, unix)],
+            listen4: vec![(64, 7, [127, 0, 0, 1])],
+            listen6: vec![(160, 7, [0; 16])],
+            rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
+            policy_text: "[policy]\nname = \"dev\"\n".into(),
+            policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
+            policy_path: "/p/dev.toml".into(),
+            workdir: "/work".into(),
+            home: "/root".into(),
+            unix_degraded: false,
+        }
+    }
+
+    #[test]
+    fn a_state_file_reads_back_as_written() {
+        let st = sample();
+        let bytes = serde_json::to_vec(&st).unwrap();
+        assert_eq!(StateFile::parse(&bytes).unwrap(), st);
+    }
+
+    #[test]
+    fn malformed_state_files_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"not json",
+            b"[]",
+            b"{}",
+            br#"{"id": 5}"#,
+            // Cut short.
+            &serde_json::to_vec(&sample()).unwrap()[..40],
+        ] {
+            assert!(
+                StateFile::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A wrong type in one field spoils the file.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["slot"] = serde_json::json!("seven");
+        assert!(StateFile::parse(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn state_written_before_owners_and_listen_rules_still_reads() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let map = v.as_object_mut().unwrap();
+        for field in ["owner", "listen4", "listen6", "policy_includes"] {
+            map.remove(field);
+        }
+        let st = StateFile::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        // Root's, with no listen keys and no includes.
+        assert_eq!(st.owner, 0);
+        assert!(st.listen4.is_empty() && st.listen6.is_empty());
+        assert!(st.policy_includes.is_empty());
+        assert_eq!(st.v4, sample().v4);
+    }
+
+    #[test]
+    fn the_kernel_keys_come_back_from_the_state() {
+        let st = sample();
+        let keys = st.keys();
+        assert_eq!(keys.cgroup_id, 0);
+        assert_eq!(
+            keys.v4,
+            vec![(
+                56,
+                Net4Key {
+                    slot: 7,
+                    addr: [10, 0, 0, 0]
+                }
+            )]
+        );
+        assert_eq!(
+            keys.v6,
+            vec![(
+                160,
+                Net6Key {
+                    slot: 7,
+                    addr: [0xfd; 16]
+                }
+            )]
+        );
+        assert_eq!(keys.listen4[0].1.addr, [127, 0, 0, 1]);
+        assert_eq!(keys.listen6.len(), 1);
+        // Unix paths are NUL-padded to the key's size.
+        assert_eq!(keys.unix.len(), 2);
+        assert_eq!(keys.unix[0].slot, 7);
+        assert_eq!(&keys.unix[0].path[..11], b"/run/x.sock");
+        assert!(keys.unix[0].path[11..].iter().all(|b| *b == 0));
+        assert_eq!(keys.unix[0].path.len(), UNIX_PATH_MAX);
+        // And written back, they are the same lists.
+        let back: Vec<(u32, Vec<u8>)> = keys
+            .unix
+            .iter()
+            .map(|k| (k.slot, k.path[..11].to_vec()))
+            .collect();
+        assert_eq!(back[0], st.unix[0]);
+    }
+
+    #[test]
+    fn an_over_long_unix_path_is_cut_to_the_key() {
+        let mut st = sample();
+        st.unix = vec![(1, vec![b'a'; UNIX_PATH_MAX + 10])];
+        let keys = st.keys();
+        assert!(keys.unix[0].path.iter().all(|b| *b == b'a'));
+    }
+}

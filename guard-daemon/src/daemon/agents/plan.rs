@@ -54,3 +54,64 @@ pub(super) fn judge_for(
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::policy::Vars;
+
+    const MAIN: &str = "[policy]\nname = \"dev\"\ninclude = [\"./team.toml\"]\n";
+
+    #[test]
+    fn includes_come_from_the_request_never_from_guardds_disk() {
+        let err = parse_sent(MAIN, "/p/dev.toml", &[]).unwrap_err();
+        assert!(err.to_string().contains("not sent by guardctl"), "{err}");
+        // Sent under another path, it is not the include either.
+        let elsewhere = [(
+            "/q/team.toml".to_owned(),
+            "[network]\nallow = []\n".to_owned(),
+        )];
+        assert!(parse_sent(MAIN, "/p/dev.toml", &elsewhere).is_err());
+        let sent = [(
+            "/p/team.toml".to_owned(),
+            "[network]\nallow = []\n".to_owned(),
+        )];
+        let policy = parse_sent(MAIN, "/p/dev.toml", &sent).unwrap();
+        assert_eq!(policy.name, "dev");
+    }
+
+    fn plan(text: &str) -> crate::policy::Plan {
+        parse_sent(text, "/p/j.toml", &[])
+            .unwrap()
+            .compile(&Vars {
+                workdir: PathBuf::from("/w"),
+                home: PathBuf::from("/root"),
+                tmp: PathBuf::from("/tmp/guard-x"),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_judge_follows_the_plan_and_the_host() {
+        let p = plan("[policy]\nname = \"j\"\n[process]\ncapabilities = [\"net_bind_service\"]\n");
+        let j = judge_for(&p, Path::new("/w"), false, false);
+        assert_eq!(j.workdir, Path::new("/w"));
+        assert_eq!(j.fs.as_ref(), Some(&p.filesystem));
+        // CAP_NET_BIND_SERVICE.
+        assert_eq!(j.caps, vec![10]);
+        // Without the Unix hooks the launcher's filter refuses AF_UNIX, and
+        // the judge uses that same filter; audit mode opens listen/inotify.
+        let degraded = judge_for(&p, Path::new("/w"), true, false);
+        assert_ne!(
+            format!("{:?}", j.seccomp.insns),
+            format!("{:?}", degraded.seccomp.insns)
+        );
+        let audit = judge_for(&p, Path::new("/w"), false, true);
+        assert_ne!(
+            format!("{:?}", j.seccomp.insns),
+            format!("{:?}", audit.seccomp.insns)
+        );
+    }
+}
