@@ -4,8 +4,8 @@
 //! `Daemon::start` does everything that can fail at start-up (mounts, BPF
 //! load, journal, re-adoption of scopes left by a previous guardd) so that a
 //! failure is reported before the socket exists. `server::serve` then runs
-//! until the shutdown future completes; tests start it on a fresh socket and
-//! stop it the same way.
+//! until the shutdown future completes and its connections have drained;
+//! tests start it on a fresh socket and stop it the same way.
 
 mod agents;
 pub mod peer;

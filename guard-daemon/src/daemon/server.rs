@@ -1,5 +1,7 @@
 //! The socket server: one task per connection, peer credentials checked,
-//! every line answered, a bad line never closing the connection.
+//! every line answered, a bad line never closing the connection. At most
+//! so many connections are served at once (`Limits`: per uid, all non-root
+//! peers, root apart); on shutdown the server drains (`serve`).
 
 use std::{
     collections::HashSet,
@@ -124,9 +126,20 @@ const PAGE: usize = 1000;
 /// before sending, so they are bounded.
 const MAX_TAIL: usize = 100_000;
 
+/// The connection cap: how many connections are served at once, counted
+/// by who holds them. A connection over the cap is answered `busy` and
+/// closed; its place comes back when a served connection ends.
 #[derive(Default)]
 struct Limits {
-    counts: std::sync::Mutex<(usize, usize, std::collections::HashMap<u32, usize>)>,
+    counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    root: usize,
+    /// All non-root peers together.
+    others: usize,
+    per_uid: std::collections::HashMap<u32, usize>,
 }
 
 /// A connection's place under the limits, given back when it ends.
@@ -136,21 +149,21 @@ struct Slot {
 }
 
 impl Limits {
+    /// A place for a connection of `uid`, or `None` when it is over the cap.
     fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
         let mut c = limits.counts.lock().ok()?;
-        let (root, others, per_uid) = &mut *c;
         if uid == 0 {
-            if *root >= MAX_ROOT {
+            if c.root >= MAX_ROOT {
                 return None;
             }
-            *root += 1;
+            c.root += 1;
         } else {
-            let mine = per_uid.entry(uid).or_insert(0);
-            if *others >= MAX_CONNECTIONS || *mine >= MAX_PER_UID {
+            let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+            if c.others >= MAX_CONNECTIONS || mine >= MAX_PER_UID {
                 return None;
             }
-            *mine += 1;
-            *others += 1;
+            c.per_uid.insert(uid, mine + 1);
+            c.others += 1;
         }
         Some(Slot {
             limits: limits.clone(),
@@ -162,15 +175,14 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut c) = self.limits.counts.lock() {
-            let (root, others, per_uid) = &mut *c;
             if self.uid == 0 {
-                *root = root.saturating_sub(1);
+                c.root = c.root.saturating_sub(1);
             } else {
-                *others = others.saturating_sub(1);
-                if let Some(n) = per_uid.get_mut(&self.uid) {
+                c.others = c.others.saturating_sub(1);
+                if let Some(n) = c.per_uid.get_mut(&self.uid) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        per_uid.remove(&self.uid);
+                        c.per_uid.remove(&self.uid);
                     }
                 }
             }
@@ -710,5 +722,46 @@ async fn logs(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_uid_is_capped_and_served_again_when_a_connection_ends() {
+        let limits = Arc::new(Limits::default());
+        let mut held: Vec<Slot> = (0..MAX_PER_UID)
+            .map(|_| Limits::admit(&limits, 1000).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 1000).is_none());
+        // Another uid, and root, are not held up by it.
+        assert!(Limits::admit(&limits, 1001).is_some());
+        assert!(Limits::admit(&limits, 0).is_some());
+        held.pop();
+        let again = Limits::admit(&limits, 1000);
+        assert!(again.is_some());
+        drop(again);
+        drop(held);
+        let c = limits.counts.lock().unwrap();
+        assert_eq!((c.root, c.others, c.per_uid.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn all_non_root_peers_share_one_cap_and_root_has_its_own() {
+        let limits = Arc::new(Limits::default());
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|i| Limits::admit(&limits, 1000 + (i / MAX_PER_UID) as u32).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 5000).is_none());
+        let root: Vec<Slot> = (0..MAX_ROOT)
+            .map(|_| Limits::admit(&limits, 0).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 0).is_none());
+        drop(root);
+        assert!(Limits::admit(&limits, 0).is_some());
+        drop(held);
+        assert!(Limits::admit(&limits, 5000).is_some());
     }
 }
