@@ -191,14 +191,11 @@ impl Drop for Slot {
 }
 
 async fn refuse_busy(mut stream: UnixStream, uid: u32) {
-    let line = api::error_line(
-        0,
-        api::code::BUSY,
-        &format!(
-            "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
-             {MAX_ROOT} for root); uid {uid} must close some first"
-        ),
-    );
+    let line = RequestError::Busy(format!(
+        "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
+         {MAX_ROOT} for root); uid {uid} must close some first"
+    ))
+    .line(0);
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&line)).await;
 }
 
@@ -289,22 +286,19 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiv
         pending: Vec::new(),
         stop,
     };
-    if let Some(message) = refusal {
-        let _ = conn
-            .send(&api::error_line(0, "permission_denied", &message))
-            .await;
+    if let Some(error) = refusal {
+        let _ = conn.fail(0, error).await;
         return;
     }
     if !allowed {
         let _ = conn
-            .send(&api::error_line(
+            .fail(
                 0,
-                "permission_denied",
-                &format!(
+                RequestError::PermissionDenied(format!(
                     "uid {} may not use guardd (root or the configured group only)",
                     peer.uid
-                ),
-            ))
+                )),
+            )
             .await;
         return;
     }

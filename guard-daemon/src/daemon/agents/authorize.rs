@@ -86,12 +86,12 @@ fn may_read_all(group_reads_all: bool, peer: Peer, in_group: bool) -> bool {
 }
 
 /// Journals a request refused because its peer runs inside a scope (or
-/// could not be placed), and returns the message for the peer.
+/// could not be placed), and returns the error for the peer.
 pub fn refuse_confined_peer(
     shared: &Shared,
     peer: Peer,
     confined: Option<(&String, &String)>,
-) -> String {
+) -> RequestError {
     let meta = confined.and_then(|(id, _)| {
         shared
             .registry
@@ -138,7 +138,7 @@ pub fn refuse_confined_peer(
     }
     shared.metrics.refusal(&rec);
     let _ = shared.journal.append(rec);
-    why.to_owned()
+    RequestError::PermissionDenied(why.to_owned())
 }
 
 #[cfg(test)]
