@@ -229,3 +229,53 @@ print(json.dumps({"served": served, "refused": refused, "again": again, "attempt
     );
     assert_eq!(v["again"]["ok"], true, "not served after closing one: {v}");
 }
+
+#[test]
+fn a_long_answer_in_flight_at_sigterm_is_sent_in_full() {
+    let mut g = Guardd::start_with(&["--coalesce-interval", "0"]);
+    let port = closed_port();
+    let p = net_policy(&g, "many");
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range(5000):\n    try: s.sendto(b'x', ('127.0.0.1', {port}))\n    except OSError: pass\n"
+    );
+    let out = g.run(&p, &[], &[PYTHON, "-c", &script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // A reader asks for every record (several pages, far more than the
+    // socket buffer holds) and stalls after the first line: guardd is
+    // blocked writing its answer when the stop comes.
+    let mut reader = Client::connect(&g);
+    reader.send(r#"{"v":1,"id":3,"op":"logs"}"#);
+    let first = reader.next().unwrap();
+    assert!(first["record"].is_object(), "{first}");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the guardd this test started, by pid.
+    unsafe { libc::kill(g.pid() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(500));
+    // The whole answer still comes, ended by `done` with its count.
+    let mut records = 1u64;
+    let done = loop {
+        let v = reader
+            .next()
+            .unwrap_or_else(|| panic!("the answer was cut after {records} records"));
+        if v["done"] == true {
+            break v;
+        }
+        assert!(v["record"].is_object(), "{v}");
+        records += 1;
+    };
+    assert_eq!(done["id"], 3, "{done}");
+    assert_eq!(done["count"], records, "{done}");
+    assert!(records > 2000, "only {records} records");
+    assert!(reader.next().is_none());
+    let status = g
+        .stop_within(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("guardd did not stop:\n{}", g.log()));
+    assert!(
+        status.success(),
+        "guardd exited with {status}:\n{}",
+        g.log()
+    );
+    let (code, text) = verify_journal(&g.journal);
+    assert_eq!(code, 0, "{text}");
+}
