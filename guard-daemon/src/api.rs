@@ -251,41 +251,127 @@ fn payload<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, String> {
     })
 }
 
+/// Why a request failed, as answered on the wire: the variant names the
+/// stable code (`code`), the text is the message.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedVersion(String),
+    #[error("{0}")]
+    Policy(String),
+    #[error("{0}")]
+    Degraded(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    TooLong(String),
+}
+
+impl RequestError {
+    /// The stable code the error is answered with (one of `code::*`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::BadRequest(_) => code::BAD_REQUEST,
+            RequestError::UnsupportedVersion(_) => code::UNSUPPORTED_VERSION,
+            RequestError::Policy(_) => code::POLICY,
+            RequestError::Degraded(_) => code::DEGRADED,
+            RequestError::NotFound(_) => code::NOT_FOUND,
+            RequestError::Ambiguous(_) => code::AMBIGUOUS,
+            RequestError::PermissionDenied(_) => code::PERMISSION_DENIED,
+            RequestError::Busy(_) => code::BUSY,
+            RequestError::Internal(_) => code::INTERNAL,
+            RequestError::TooLong(_) => code::TOO_LONG,
+        }
+    }
+
+    /// The message the error is answered with.
+    pub fn message(&self) -> &str {
+        match self {
+            RequestError::BadRequest(m)
+            | RequestError::UnsupportedVersion(m)
+            | RequestError::Policy(m)
+            | RequestError::Degraded(m)
+            | RequestError::NotFound(m)
+            | RequestError::Ambiguous(m)
+            | RequestError::PermissionDenied(m)
+            | RequestError::Busy(m)
+            | RequestError::Internal(m)
+            | RequestError::TooLong(m) => m,
+        }
+    }
+
+    /// The error line answering request `id` with this error.
+    pub fn line(&self, id: u64) -> Vec<u8> {
+        error_line(id, self.code(), self.message())
+    }
+}
+
+/// A request line that could not be parsed: the id to answer (0 when it
+/// could not be read) and why.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("request {id}: {error}")]
+pub struct Rejected {
+    pub id: u64,
+    pub error: RequestError,
+}
+
 /// A parsed request line: `Err` carries the id (if readable) and the error
 /// to answer with.
-pub fn parse_request(line: &[u8]) -> Result<(u64, Request), (u64, &'static str, String)> {
+pub fn parse_request(line: &[u8]) -> Result<(u64, Request), Rejected> {
+    let reject = |id: u64, error: RequestError| Rejected { id, error };
     let value: Value = serde_json::from_slice(line)
-        .map_err(|e| (0, code::BAD_REQUEST, format!("not JSON: {e}")))?;
+        .map_err(|e| reject(0, RequestError::BadRequest(format!("not JSON: {e}"))))?;
     let Value::Object(mut map) = value else {
-        return Err((0, code::BAD_REQUEST, "a request is a JSON object".into()));
+        return Err(reject(
+            0,
+            RequestError::BadRequest("a request is a JSON object".into()),
+        ));
     };
     let id = map.remove("id").and_then(|v| v.as_u64()).unwrap_or(0);
     match map.remove("v").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Err((
+            return Err(reject(
                 id,
-                code::UNSUPPORTED_VERSION,
-                format!(
+                RequestError::UnsupportedVersion(format!(
                     "protocol version {v} is not supported (this guardd speaks {PROTOCOL_VERSION})"
-                ),
+                )),
             ));
         }
         None => {
-            return Err((
+            return Err(reject(
                 id,
-                code::BAD_REQUEST,
-                "missing protocol version \"v\"".into(),
+                RequestError::BadRequest("missing protocol version \"v\"".into()),
             ));
         }
     }
     let op = match map.remove("op") {
         Some(Value::String(op)) => op,
-        Some(_) => return Err((id, code::BAD_REQUEST, "\"op\" must be a string".into())),
-        None => return Err((id, code::BAD_REQUEST, "missing \"op\"".into())),
+        Some(_) => {
+            return Err(reject(
+                id,
+                RequestError::BadRequest("\"op\" must be a string".into()),
+            ));
+        }
+        None => {
+            return Err(reject(
+                id,
+                RequestError::BadRequest("missing \"op\"".into()),
+            ));
+        }
     };
     let body = Value::Object(map);
-    let bad = |e: String| (id, code::BAD_REQUEST, format!("{op}: {e}"));
+    let bad = |e: String| reject(id, RequestError::BadRequest(format!("{op}: {e}")));
     let req = match op.as_str() {
         "hello" => Request::Hello(payload(body).map_err(bad)?),
         "open" => Request::Open(payload(body).map_err(bad)?),
@@ -296,12 +382,11 @@ pub fn parse_request(line: &[u8]) -> Result<(u64, Request), (u64, &'static str, 
         "control" => Request::Control(payload(body).map_err(bad)?),
         "doctor" => Request::Doctor(payload(body).map_err(bad)?),
         other => {
-            return Err((
+            return Err(reject(
                 id,
-                code::BAD_REQUEST,
-                format!(
+                RequestError::BadRequest(format!(
                     "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor"
-                ),
+                )),
             ));
         }
     };
@@ -544,15 +629,45 @@ mod tests {
             ),
         ];
         for (line, want_code, want_text) in cases {
-            let (_, code, msg) = parse_request(line).unwrap_err();
-            assert_eq!(code, *want_code, "{}", String::from_utf8_lossy(line));
-            assert!(msg.contains(want_text), "{msg}");
+            let err = parse_request(line).unwrap_err().error;
+            assert_eq!(err.code(), *want_code, "{}", String::from_utf8_lossy(line));
+            assert!(err.message().contains(want_text), "{err}");
         }
         // The id is echoed when it can be read.
         assert_eq!(
-            parse_request(br#"{"v":1,"id":42,"op":"x"}"#).unwrap_err().0,
+            parse_request(br#"{"v":1,"id":42,"op":"x"}"#)
+                .unwrap_err()
+                .id,
             42
         );
+    }
+
+    #[test]
+    fn request_errors_answer_with_their_code_and_message() {
+        let all = [
+            (RequestError::BadRequest("m".into()), code::BAD_REQUEST),
+            (
+                RequestError::UnsupportedVersion("m".into()),
+                code::UNSUPPORTED_VERSION,
+            ),
+            (RequestError::Policy("m".into()), code::POLICY),
+            (RequestError::Degraded("m".into()), code::DEGRADED),
+            (RequestError::NotFound("m".into()), code::NOT_FOUND),
+            (RequestError::Ambiguous("m".into()), code::AMBIGUOUS),
+            (
+                RequestError::PermissionDenied("m".into()),
+                code::PERMISSION_DENIED,
+            ),
+            (RequestError::Busy("m".into()), code::BUSY),
+            (RequestError::Internal("m".into()), code::INTERNAL),
+            (RequestError::TooLong("m".into()), code::TOO_LONG),
+        ];
+        for (err, want) in all {
+            assert_eq!(err.code(), want);
+            assert_eq!(err.message(), "m");
+            assert_eq!(err.to_string(), "m");
+            assert_eq!(err.line(9), error_line(9, want, "m"));
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::path::PathBuf;
+
 use crate::{
-    daemon::Shared,
     kernel::{btf::Btf, sys},
     launch::landlock,
     scope::Placement,
@@ -223,19 +224,35 @@ pub fn host_layers() -> Vec<Layer> {
     ]
 }
 
+/// What only guardd knows, handed over as plain values: the daemon owns
+/// its state, the doctor only reads these.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonFacts {
+    pub instance: String,
+    /// guard's parent cgroup (v2), where the programs are attached.
+    pub parent_cgroup: PathBuf,
+    /// Whether the Unix-socket hooks are attached, and why not.
+    pub unix_hooks: bool,
+    pub unix_error: Option<String>,
+    /// Where each cgroup controller lives.
+    pub placements: Vec<(String, Placement)>,
+}
+
 /// What guardd knows plus the host probes.
-pub fn daemon_view(shared: &Shared) -> Value {
-    let k = shared
-        .kernel
-        .lock()
-        .map(|k| k.layers.clone())
-        .unwrap_or_default();
+pub fn daemon_view(facts: &DaemonFacts) -> Value {
+    let mut layers = daemon_layers(facts);
+    layers.extend(host_layers());
+    json!({"instance": facts.instance, "layers": layers})
+}
+
+/// The layers only guardd can report on (no host probe).
+pub fn daemon_layers(facts: &DaemonFacts) -> Vec<Layer> {
     let mut layers = vec![layer(
         "cgroup-bpf network",
         Status::Enforced,
         format!(
             "connect4/6, sendmsg4/6 and sock_create attached to {}",
-            shared.scopes.v2_parent.display()
+            facts.parent_cgroup.display()
         ),
     )];
     // guardd does not start without these, so when it answers they hold.
@@ -244,7 +261,7 @@ pub fn daemon_view(shared: &Shared) -> Value {
         Status::Enforced,
         "bind4/6 and cgroup_skb/ingress attached: nothing binds or accepts without a listen rule",
     ));
-    layers.push(if k.unix_hooks {
+    layers.push(if facts.unix_hooks {
         layer("cgroup-bpf unix", Status::Enforced, "connect_unix and sendmsg_unix attached")
     } else {
         layer(
@@ -252,11 +269,11 @@ pub fn daemon_view(shared: &Shared) -> Value {
             Status::Unavailable,
             format!(
                 "{}; policies naming Unix sockets need --allow-degraded unix, and then AF_UNIX sockets are refused",
-                k.unix_error.unwrap_or_default()
+                facts.unix_error.clone().unwrap_or_default()
             ),
         )
     });
-    for (c, p) in &shared.scopes.placements {
+    for (c, p) in &facts.placements {
         let name = format!("cgroup {c}");
         layers.push(match p {
             Placement::V2 => layer(&name, Status::Enforced, "cgroup v2 controller"),
@@ -274,7 +291,7 @@ pub fn daemon_view(shared: &Shared) -> Value {
     }
     // Both files exist in every non-root v2 cgroup of a kernel that has
     // them; guard's parent cgroup is one, so test there, each for itself.
-    let has = |f: &str| shared.scopes.v2_parent.join(f).exists();
+    let has = |f: &str| facts.parent_cgroup.join(f).exists();
     layers.push(if has("cgroup.kill") {
         layer(
             "cgroup kill",
@@ -297,6 +314,64 @@ pub fn daemon_view(shared: &Shared) -> Value {
             "no cgroup.freeze: `guardctl freeze` cannot work",
         )
     });
-    layers.extend(host_layers());
-    json!({"instance": shared.cfg.instance, "layers": layers})
+    layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of<'a>(layers: &'a [Layer], name: &str) -> &'a Layer {
+        layers
+            .iter()
+            .find(|l| l.layer == name)
+            .unwrap_or_else(|| panic!("no layer {name}: {layers:?}"))
+    }
+
+    #[test]
+    fn daemon_layers_follow_the_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.kill"), "").unwrap();
+        let facts = DaemonFacts {
+            instance: "guard-x".into(),
+            parent_cgroup: dir.path().to_owned(),
+            unix_hooks: false,
+            unix_error: Some("no hooks here".into()),
+            placements: vec![
+                ("pids".into(), Placement::V2),
+                ("cpu".into(), Placement::V1("/sys/fs/cgroup/cpu".into())),
+                ("memory".into(), Placement::Unavailable),
+            ],
+        };
+        let layers = daemon_layers(&facts);
+        let net = status_of(&layers, "cgroup-bpf network");
+        assert!(net.detail.contains(&dir.path().display().to_string()));
+        let unix = status_of(&layers, "cgroup-bpf unix");
+        assert_eq!(unix.status, Status::Unavailable);
+        assert!(unix.detail.starts_with("no hooks here;"), "{unix:?}");
+        assert_eq!(status_of(&layers, "cgroup pids").status, Status::Enforced);
+        assert!(
+            status_of(&layers, "cgroup cpu")
+                .detail
+                .contains("/sys/fs/cgroup/cpu")
+        );
+        assert_eq!(
+            status_of(&layers, "cgroup memory").status,
+            Status::Unavailable
+        );
+        // Each cgroup file is tested for itself.
+        assert_eq!(status_of(&layers, "cgroup kill").status, Status::Enforced);
+        assert_eq!(
+            status_of(&layers, "cgroup freezer").status,
+            Status::Unavailable
+        );
+        let hooked = DaemonFacts {
+            unix_hooks: true,
+            ..facts
+        };
+        assert_eq!(
+            status_of(&daemon_layers(&hooked), "cgroup-bpf unix").status,
+            Status::Enforced
+        );
+    }
 }

@@ -25,6 +25,13 @@ use tokio::{
 
 use crate::journal::{JournalStats, Record, Verdict};
 
+/// Why guardd cannot do its job now, for `/readyz`: each problem found.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .problems.join("; "))]
+pub struct NotReady {
+    pub problems: Vec<String>,
+}
+
 /// Most distinct `policy` label values; later policies share
 /// [`OTHER_POLICIES`].
 pub const MAX_POLICY_LABELS: usize = 64;
@@ -228,7 +235,7 @@ pub struct Endpoints {
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// `Ok` when guardd can do its job (programs attached, journal
     /// writable), or why not.
-    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub ready: Box<dyn Fn() -> Result<(), NotReady> + Send + Sync>,
 }
 
 /// The answer to one request head: status line, content type, body.
@@ -422,7 +429,7 @@ mod tests {
         assert_eq!(series(&text).len(), 2);
     }
 
-    fn endpoints(ready: Result<(), String>) -> Endpoints {
+    fn endpoints(ready: Result<(), NotReady>) -> Endpoints {
         Endpoints {
             metrics: Box::new(|| "guard_x 1\n".to_owned()),
             ready: Box::new(move || ready.clone()),
@@ -447,11 +454,17 @@ mod tests {
             "405 Method Not Allowed"
         );
         assert_eq!(route("", &ok).0, "405 Method Not Allowed");
-        let not = endpoints(Err("journal not writable".into()));
+        let not = endpoints(Err(NotReady {
+            problems: vec!["journal not writable".into()],
+        }));
         let (status, _, body) = route("GET /readyz HTTP/1.1", &not);
         assert_eq!(status, "503 Service Unavailable");
         assert_eq!(body, "not ready: journal not writable\n");
         // Liveness does not depend on readiness.
         assert_eq!(route("GET /healthz HTTP/1.1", &not).0, "200 OK");
+        let two = endpoints(Err(NotReady {
+            problems: vec!["a".into(), "b".into()],
+        }));
+        assert_eq!(route("GET /readyz HTTP/1.1", &two).2, "not ready: a; b\n");
     }
 }

@@ -280,6 +280,15 @@ impl Guardd {
         }
     }
 
+    /// Sends guardd SIGTERM and waits up to `within` for it to exit: its
+    /// exit status, or `None` if it had to be killed.
+    pub fn stop_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: signalling the guardd this test started, by pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        wait_or_kill(&mut c, within)
+    }
+
     /// Kills guardd abruptly (SIGKILL), as a crash would.
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -230,6 +230,8 @@ fn main() -> anyhow::Result<()> {
         "guardd ready"
     );
     notify("READY=1\nSTATUS=ready\n");
+    // Returns once every connection has finished the request it was serving
+    // (at most `server::DRAIN` after the signal).
     rt.block_on(server::serve(shared, listener, signals.shutdown()));
     notify("STOPPING=1\n");
     // Before waiting on anything that may be appending: a journal that

@@ -4,8 +4,8 @@
 //! `Daemon::start` does everything that can fail at start-up (mounts, BPF
 //! load, journal, re-adoption of scopes left by a previous guardd) so that a
 //! failure is reported before the socket exists. `server::serve` then runs
-//! until the shutdown future completes; tests start it on a fresh socket and
-//! stop it the same way.
+//! until the shutdown future completes and its connections have drained;
+//! tests start it on a fresh socket and stop it the same way.
 
 mod agents;
 pub mod peer;
@@ -28,7 +28,7 @@ use crate::{
         Retention, Text, Verdict,
     },
     kernel::{Kernel, KernelError, KernelOptions},
-    metrics::Metrics,
+    metrics::{Metrics, NotReady},
     monitor::{
         self, Attribution, Monitor,
         coalesce::{CoalesceConfig, Coalescer},
@@ -107,7 +107,7 @@ impl Shared {
     /// Whether guardd can do its job now: its programs attached (their
     /// link pins in place) to a parent cgroup that exists, and the journal
     /// committing. `Err` says what is wrong, for `/readyz`.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let mut problems = Vec::new();
         match self.kernel.lock() {
             Ok(k) => {
@@ -137,7 +137,28 @@ impl Shared {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(NotReady { problems })
+        }
+    }
+
+    /// What `guardctl doctor` shows from guardd, as plain values.
+    pub fn doctor_facts(&self) -> crate::doctor::DaemonFacts {
+        let layers = self
+            .kernel
+            .lock()
+            .map(|k| k.layers.clone())
+            .unwrap_or_default();
+        crate::doctor::DaemonFacts {
+            instance: self.cfg.instance.clone(),
+            parent_cgroup: self.scopes.v2_parent.clone(),
+            unix_hooks: layers.unix_hooks,
+            unix_error: layers.unix_error,
+            placements: self
+                .scopes
+                .placements
+                .iter()
+                .map(|(c, p)| ((*c).to_owned(), p.clone()))
+                .collect(),
         }
     }
 

@@ -1,5 +1,7 @@
 //! The socket server: one task per connection, peer credentials checked,
-//! every line answered, a bad line never closing the connection.
+//! every line answered, a bad line never closing the connection. At most
+//! so many connections are served at once (`Limits`: per uid, all non-root
+//! peers, root apart); on shutdown the server drains (`serve`).
 
 use std::{
     collections::HashSet,
@@ -13,21 +15,26 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::broadcast::error::RecvError,
+    sync::{broadcast::error::RecvError, mpsc, watch},
 };
 
 use super::{
     Shared,
-    agents::{self, Failure, Peer},
+    agents::{self, Peer},
     peer,
 };
 use crate::{
-    api::{self, Request},
+    api::{self, Request, RequestError},
     journal::{Filter, Record, Store},
 };
 
-/// Serves until `shutdown` completes. Connections still open then are left
-/// to finish their current request.
+/// Serves until `shutdown` completes, then drains: no new connection is
+/// accepted, each open connection finishes the request it is serving (a
+/// followed log ends with a `done` line) and closes, and `serve` returns once
+/// every connection has ended, or after [`DRAIN`] at most.
+///
+/// Agents owned by a connection that ends this way are not ended: they stay
+/// confined by the pinned programs and the next guardd re-adopts them.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: UnixListener,
@@ -45,16 +52,24 @@ pub async fn serve(
         })
     };
     let limits = Arc::new(Limits::default());
+    // Told to every connection when guardd stops.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are gone the receiver
+    // sees the channel close, so the drain waits on nothing else.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
                     let limits = limits.clone();
+                    let stop = stop_rx.clone();
+                    let alive = alive_tx.clone();
                     tokio::spawn(async move {
+                        let _alive = alive;
                         let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
                         match Limits::admit(&limits, uid) {
-                            Some(_slot) => connection(shared, stream).await,
+                            Some(_slot) => connection(shared, stream, stop).await,
                             None => refuse_busy(stream, uid).await,
                         }
                     });
@@ -68,6 +83,32 @@ pub async fn serve(
         }
     }
     reaper.abort();
+    // Stop accepting: later connects are refused by the kernel.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    let open = Arc::strong_count(&limits).saturating_sub(1);
+    if open > 0 {
+        tracing::info!(
+            connections = open,
+            "stopping: letting open connections finish their requests"
+        );
+    }
+    if tokio::time::timeout(DRAIN, alive_rx.recv()).await.is_err() {
+        tracing::warn!(
+            "connections still busy {}s after the stop was asked; they are cut off",
+            DRAIN.as_secs()
+        );
+    }
+}
+
+/// The longest a stopping guardd waits for its connections to finish the
+/// requests they are serving.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// Completes once guardd is stopping (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Connections served at once: all non-root peers together, each non-root
@@ -85,9 +126,20 @@ const PAGE: usize = 1000;
 /// before sending, so they are bounded.
 const MAX_TAIL: usize = 100_000;
 
+/// The connection cap: how many connections are served at once, counted
+/// by who holds them. A connection over the cap is answered `busy` and
+/// closed; its place comes back when a served connection ends.
 #[derive(Default)]
 struct Limits {
-    counts: std::sync::Mutex<(usize, usize, std::collections::HashMap<u32, usize>)>,
+    counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    root: usize,
+    /// All non-root peers together.
+    others: usize,
+    per_uid: std::collections::HashMap<u32, usize>,
 }
 
 /// A connection's place under the limits, given back when it ends.
@@ -97,21 +149,21 @@ struct Slot {
 }
 
 impl Limits {
+    /// A place for a connection of `uid`, or `None` when it is over the cap.
     fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
         let mut c = limits.counts.lock().ok()?;
-        let (root, others, per_uid) = &mut *c;
         if uid == 0 {
-            if *root >= MAX_ROOT {
+            if c.root >= MAX_ROOT {
                 return None;
             }
-            *root += 1;
+            c.root += 1;
         } else {
-            let mine = per_uid.entry(uid).or_insert(0);
-            if *others >= MAX_CONNECTIONS || *mine >= MAX_PER_UID {
+            let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+            if c.others >= MAX_CONNECTIONS || mine >= MAX_PER_UID {
                 return None;
             }
-            *mine += 1;
-            *others += 1;
+            c.per_uid.insert(uid, mine + 1);
+            c.others += 1;
         }
         Some(Slot {
             limits: limits.clone(),
@@ -123,15 +175,14 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut c) = self.limits.counts.lock() {
-            let (root, others, per_uid) = &mut *c;
             if self.uid == 0 {
-                *root = root.saturating_sub(1);
+                c.root = c.root.saturating_sub(1);
             } else {
-                *others = others.saturating_sub(1);
-                if let Some(n) = per_uid.get_mut(&self.uid) {
+                c.others = c.others.saturating_sub(1);
+                if let Some(n) = c.per_uid.get_mut(&self.uid) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        per_uid.remove(&self.uid);
+                        c.per_uid.remove(&self.uid);
                     }
                 }
             }
@@ -140,14 +191,11 @@ impl Drop for Slot {
 }
 
 async fn refuse_busy(mut stream: UnixStream, uid: u32) {
-    let line = api::error_line(
-        0,
-        api::code::BUSY,
-        &format!(
-            "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
-             {MAX_ROOT} for root); uid {uid} must close some first"
-        ),
-    );
+    let line = RequestError::Busy(format!(
+        "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
+         {MAX_ROOT} for root); uid {uid} must close some first"
+    ))
+    .line(0);
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&line)).await;
 }
 
@@ -187,6 +235,8 @@ struct Conn {
     owned: HashSet<String>,
     /// Scope removals still running after their summary was sent.
     pending: Vec<tokio::task::JoinHandle<()>>,
+    /// Becomes true when guardd stops.
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -194,12 +244,12 @@ impl Conn {
         self.writer.write_all(line).await
     }
 
-    async fn fail(&mut self, id: u64, (code, message): Failure) -> std::io::Result<()> {
-        self.send(&api::error_line(id, code, &message)).await
+    async fn fail(&mut self, id: u64, error: RequestError) -> std::io::Result<()> {
+        self.send(&error.line(id)).await
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream) {
+async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiver<bool>) {
     let peer = match stream.peer_cred() {
         Ok(c) => Peer {
             uid: c.uid(),
@@ -234,28 +284,28 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         reads_all,
         owned: HashSet::new(),
         pending: Vec::new(),
+        stop,
     };
-    if let Some(message) = refusal {
-        let _ = conn
-            .send(&api::error_line(0, "permission_denied", &message))
-            .await;
+    if let Some(error) = refusal {
+        let _ = conn.fail(0, error).await;
         return;
     }
     if !allowed {
         let _ = conn
-            .send(&api::error_line(
+            .fail(
                 0,
-                "permission_denied",
-                &format!(
+                RequestError::PermissionDenied(format!(
                     "uid {} may not use guardd (root or the configured group only)",
                     peer.uid
-                ),
-            ))
+                )),
+            )
             .await;
         return;
     }
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
+    let mut stop = conn.stop.clone();
+    let mut stopping = false;
     loop {
         line.clear();
         // Bounded read: a line longer than MAX_LINE is answered with an
@@ -263,16 +313,28 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         let mut too_long = false;
         let done = loop {
             // An idle connection that owns no agent holds a slot for nothing.
-            let buf = if conn.owned.is_empty() {
-                match tokio::time::timeout(IDLE, reader.fill_buf()).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(_)) | Err(_) => break true,
+            let idle_ends = conn.owned.is_empty();
+            let fill = async {
+                if idle_ends {
+                    tokio::time::timeout(IDLE, reader.fill_buf())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    reader.fill_buf().await.ok()
                 }
-            } else {
-                match reader.fill_buf().await {
-                    Ok(b) => b,
-                    Err(_) => break true,
+            };
+            // Between requests, a stopping guardd ends the connection.
+            let buf = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => {
+                    stopping = true;
+                    break true;
                 }
+                b = fill => match b {
+                    Some(b) => b,
+                    None => break true,
+                },
             };
             if buf.is_empty() {
                 break true;
@@ -295,16 +357,14 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 break false;
             }
         };
-        if done && line.is_empty() && !too_long {
+        // A request not yet complete when guardd stops is not served.
+        if stopping || (done && line.is_empty() && !too_long) {
             break;
         }
         let result = if too_long {
             conn.fail(
                 0,
-                (
-                    api::code::TOO_LONG,
-                    format!("request line longer than {} bytes", api::MAX_LINE),
-                ),
+                RequestError::TooLong(format!("request line longer than {} bytes", api::MAX_LINE)),
             )
             .await
         } else if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -320,6 +380,17 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     // them before the task ends, so a stopping guardd leaves nothing behind.
     for p in conn.pending.drain(..) {
         let _ = p.await;
+    }
+    if stopping {
+        // guardd is stopping, not the launcher: its agents stay confined by
+        // the pinned programs and the next guardd re-adopts them.
+        if !conn.owned.is_empty() {
+            tracing::info!(
+                agents = conn.owned.len(),
+                "stopping with live agents; they are left for re-adoption"
+            );
+        }
+        return;
     }
     // The launcher went away without reporting the exit: end its agents
     // rather than leave them unsupervised.
@@ -340,7 +411,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     let (id, req) = match api::parse_request(line) {
         Ok(r) => r,
-        Err((id, code, msg)) => return conn.fail(id, (code, msg)).await,
+        Err(api::Rejected { id, error }) => return conn.fail(id, error).await,
     };
     let shared = conn.shared.clone();
     match req {
@@ -359,7 +430,7 @@ async fn handle(
             let s = shared.clone();
             let res = tokio::task::spawn_blocking(move || agents::open(&s, &req, peer))
                 .await
-                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok((reply, fds)) => {
                     conn.owned.insert(reply.agent.id.clone());
@@ -404,7 +475,7 @@ async fn handle(
             conn.pending.push(cleanup);
             let res = rx
                 .await
-                .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok(reply) => {
                     conn.send(&api::ok_line(
@@ -431,7 +502,7 @@ async fn handle(
                 agents::control(&s, &req.agent, req.action, req.reason.as_deref(), peer)
             })
             .await
-            .unwrap_or_else(|e| Err((api::code::INTERNAL, e.to_string())));
+            .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
                 Ok(v) => conn.send(&api::ok_line(id, v)).await,
                 Err(f) => conn.fail(id, f).await,
@@ -439,9 +510,10 @@ async fn handle(
         }
         Request::Doctor(_) => {
             let s = shared.clone();
-            let v = tokio::task::spawn_blocking(move || crate::doctor::daemon_view(&s))
-                .await
-                .unwrap_or(Value::Null);
+            let v =
+                tokio::task::spawn_blocking(move || crate::doctor::daemon_view(&s.doctor_facts()))
+                    .await
+                    .unwrap_or(Value::Null);
             conn.send(&api::ok_line(id, v)).await
         }
         Request::Logs(req) => logs(conn, id, req, reader).await,
@@ -464,9 +536,9 @@ async fn send_with_fds(conn: &mut Conn, line: &[u8], fds: &[i32]) -> std::io::Re
     }
 }
 
-fn filter_of(req: &api::LogsRequest) -> Result<Filter, Failure> {
+fn filter_of(req: &api::LogsRequest) -> Result<Filter, RequestError> {
     req.filter(std::time::SystemTime::now())
-        .map_err(|e| (api::code::BAD_REQUEST, e.to_string()))
+        .map_err(|e| RequestError::BadRequest(e.to_string()))
 }
 
 fn record_line(id: u64, rec: &Record) -> Vec<u8> {
@@ -505,23 +577,23 @@ async fn logs(
             Store::open_for_reading(&path).and_then(|s| s.resolve_agent(&key))
         })
         .await
-        .map_err(|e| (api::code::INTERNAL, e.to_string()))
+        .map_err(|e| RequestError::Internal(e.to_string()))
         .and_then(|r| {
             r.map_err(|e| match e {
                 crate::journal::JournalError::UnknownAgent { .. } => {
-                    (api::code::NOT_FOUND, e.to_string())
+                    RequestError::NotFound(e.to_string())
                 }
                 crate::journal::JournalError::AmbiguousAgent { .. } => {
-                    (api::code::AMBIGUOUS, e.to_string())
+                    RequestError::Ambiguous(e.to_string())
                 }
-                other => (api::code::INTERNAL, other.to_string()),
+                other => RequestError::Internal(other.to_string()),
             })
         });
         match resolved {
             Ok(id) => filter.agent = Some(id),
             // A follower may name an agent that has not started yet: it
             // waits for exactly that id or name.
-            Err((code, _)) if req.follow && code == api::code::NOT_FOUND => {}
+            Err(RequestError::NotFound(_)) if req.follow => {}
             Err(f) => return conn.fail(id, f).await,
         }
     }
@@ -538,10 +610,9 @@ async fn logs(
             return conn
                 .fail(
                     id,
-                    (
-                        api::code::BAD_REQUEST,
-                        format!("-n is at most {MAX_TAIL}; without -n, records are streamed"),
-                    ),
+                    RequestError::BadRequest(format!(
+                        "-n is at most {MAX_TAIL}; without -n, records are streamed"
+                    )),
                 )
                 .await;
         }
@@ -559,7 +630,7 @@ async fn logs(
         .and_then(|r| r.map_err(|e| e.to_string()));
         let past = match past {
             Ok(p) => p,
-            Err(e) => return conn.fail(id, (api::code::INTERNAL, e)).await,
+            Err(e) => return conn.fail(id, RequestError::Internal(e)).await,
         };
         let full = !page.tail && past.len() == PAGE;
         for rec in &past {
@@ -581,8 +652,16 @@ async fn logs(
     follow.limit = None;
     follow.tail = false;
     let mut probe = [0u8; 1];
+    let mut stop = conn.stop.clone();
     loop {
         tokio::select! {
+            // A follower's request lasts until it closes: a stopping guardd
+            // ends it cleanly, as the end of the journal would.
+            _ = stopped(&mut stop) => {
+                return conn
+                    .send(&api::ok_line(id, json!({"done": true, "note": "guardd is stopping"})))
+                    .await;
+            }
             r = live.recv() => match r {
                 Ok(rec) => {
                     if rec.seq > last && follow.matches(&rec) {
@@ -637,5 +716,46 @@ async fn logs(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_uid_is_capped_and_served_again_when_a_connection_ends() {
+        let limits = Arc::new(Limits::default());
+        let mut held: Vec<Slot> = (0..MAX_PER_UID)
+            .map(|_| Limits::admit(&limits, 1000).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 1000).is_none());
+        // Another uid, and root, are not held up by it.
+        assert!(Limits::admit(&limits, 1001).is_some());
+        assert!(Limits::admit(&limits, 0).is_some());
+        held.pop();
+        let again = Limits::admit(&limits, 1000);
+        assert!(again.is_some());
+        drop(again);
+        drop(held);
+        let c = limits.counts.lock().unwrap();
+        assert_eq!((c.root, c.others, c.per_uid.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn all_non_root_peers_share_one_cap_and_root_has_its_own() {
+        let limits = Arc::new(Limits::default());
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|i| Limits::admit(&limits, 1000 + (i / MAX_PER_UID) as u32).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 5000).is_none());
+        let root: Vec<Slot> = (0..MAX_ROOT)
+            .map(|_| Limits::admit(&limits, 0).unwrap())
+            .collect();
+        assert!(Limits::admit(&limits, 0).is_none());
+        drop(root);
+        assert!(Limits::admit(&limits, 0).is_some());
+        drop(held);
+        assert!(Limits::admit(&limits, 5000).is_some());
     }
 }

@@ -1,0 +1,387 @@
+//! Opening a scope for a launcher.
+
+use std::{
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use guard_common::{AGENT_AUDIT, AGENT_RESTRICT_EXEC, AgentInfo};
+use serde_json::json;
+
+use super::{
+    AgentState, Peer, Source,
+    authorize::refuse_request,
+    persist::persist,
+    plan::{judge_for, parse_sent},
+};
+use crate::{
+    api::{AgentRef, OpenReply, OpenRequest, RequestError},
+    daemon::Shared,
+    journal::{Kind, Record, Text, Verdict},
+    kernel::NetEntries,
+    monitor::AgentMeta,
+    policy::{Mode, RuleInfo, UserSpec, Vars},
+    scope::Limits,
+};
+
+fn random_id() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    hex::encode(b)
+}
+
+fn resolve_uid(user: &UserSpec) -> Option<u32> {
+    match user {
+        UserSpec::Uid(u) => Some(*u),
+        UserSpec::Name(n) => nix::unistd::User::from_name(n)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw()),
+    }
+}
+
+/// Opens a scope for a launcher. Returns the reply and the descriptors to
+/// send with it: the cgroup directory, then the v1 `cgroup.procs` files.
+pub fn open(
+    shared: &Shared,
+    req: &OpenRequest,
+    peer: Peer,
+) -> Result<(OpenReply, Vec<OwnedFd>), RequestError> {
+    let t0 = Instant::now();
+    // The reply carries descriptors that write into root-owned cgroups
+    // (checked against the opener, root), and the launcher needs
+    // CAP_SYS_ADMIN for the agent's namespaces: only root starts agents.
+    if peer.uid != 0 {
+        return Err(refuse_request(
+            shared,
+            peer,
+            "open",
+            req.argv.first().map(String::as_str).unwrap_or(""),
+            "control.open-root-only",
+            None,
+            format!(
+                "only root can start agents (uid {} asked): the launcher places the agent in \
+                 root-owned cgroups and namespaces; run guardctl as root, e.g. with sudo",
+                peer.uid
+            ),
+        ));
+    }
+    // Fail closed: an agent whose violations cannot be recorded is not
+    // started.
+    if let Some(why) = shared.journal.failure() {
+        return Err(RequestError::Degraded(format!(
+            "the journal cannot record anything ({why}); no agent is started"
+        )));
+    }
+    let policy = parse_sent(&req.policy_text, &req.policy_path, &req.policy_includes)
+        .map_err(|e| RequestError::Policy(e.to_string()))?;
+    let id = random_id();
+    let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
+    if let Some(problem) = crate::launch::preflight::agent_name_problem(&name) {
+        return Err(RequestError::BadRequest(problem));
+    }
+
+    // {tmp}: private to the agent, owned by whoever it runs as. The plan
+    // names it, so its path is fixed before compiling and the directory is
+    // made once the policy has compiled.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: parsed");
+    let tmp = std::env::temp_dir().join(format!("guard-{id}"));
+    let vars = Vars {
+        workdir: PathBuf::from(&req.workdir),
+        home: PathBuf::from(&req.home),
+        tmp: tmp.clone(),
+    };
+    let plan = policy
+        .compile(&vars)
+        .map_err(|e| RequestError::Policy(e.to_string()))?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
+    std::fs::create_dir(&tmp)
+        .map_err(|e| RequestError::Internal(format!("creating {}: {e}", tmp.display())))?;
+    let cleanup_tmp = |tmp: &Path| {
+        let _ = std::fs::remove_dir_all(tmp);
+    };
+    let owner = plan
+        .process
+        .user
+        .as_ref()
+        .and_then(resolve_uid)
+        .unwrap_or(peer.uid);
+    let _ = std::os::unix::fs::chown(&tmp, Some(owner), None);
+    let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: tmp made");
+    let audit = req.audit || plan.mode == Mode::Audit;
+    let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
+
+    let mut degraded = Vec::new();
+    let unix_hooks = shared
+        .kernel
+        .lock()
+        .map(|k| k.layers.clone())
+        .unwrap_or_default();
+    if !unix_hooks.unix_hooks {
+        let why = unix_hooks.unix_error.clone().unwrap_or_default();
+        if plan.names_unix_sockets() && !accepts("unix") {
+            cleanup_tmp(&tmp);
+            return Err(RequestError::Degraded(format!(
+                "layer `unix` (the Unix-socket hooks) cannot be enforced on this host: {why}. The policy names Unix \
+                     sockets; pass --allow-degraded unix to run with all Unix sockets refused by seccomp instead"
+            )));
+        }
+        // Without the hooks the launcher refuses socket(AF_UNIX) entirely.
+        degraded.push(format!(
+            "unix: Unix-socket hooks unavailable ({why}); socket(AF_UNIX) refused by seccomp"
+        ));
+    }
+
+    let limits = Limits {
+        pids: plan.process.max_processes,
+        memory_bytes: plan.process.memory_bytes,
+        cpu_millicores: plan.process.cpu_millicores,
+    };
+    let scope = match shared
+        .scopes
+        .create(&format!("agent-{id}"), &limits, accepts("limits"))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup_tmp(&tmp);
+            return Err(
+                if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
+                    RequestError::Degraded(format!(
+                        "{e}; pass --allow-degraded limits to run without it"
+                    ))
+                } else {
+                    RequestError::Internal(e.to_string())
+                },
+            );
+        }
+    };
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: scope made");
+    for c in &scope.skipped {
+        degraded.push(format!(
+            "limits: the {c} controller is unavailable; its limit is not enforced"
+        ));
+    }
+
+    let agent = AgentRef {
+        id: id.clone(),
+        name: name.clone(),
+        policy: policy.name.clone(),
+    };
+    let rules: Vec<RuleInfo> = plan.rules.clone();
+    let meta = Arc::new(AgentMeta {
+        agent: agent.clone(),
+        cgroup_id: scope.cgroup_id,
+        rules,
+        judge: Some(judge_for(
+            &plan,
+            Path::new(&req.workdir),
+            !unix_hooks.unix_hooks,
+            audit,
+        )),
+        refusals: Default::default(),
+        suppressed: AtomicU64::new(0),
+        seen: AtomicU64::new(0),
+        lost_reported: AtomicU64::new(0),
+        closed_at: Mutex::new(None),
+        launcher_exe: crate::monitor::launcher_exe(peer.pid),
+    });
+    let mut registry = shared
+        .registry
+        .lock()
+        .map_err(|_| RequestError::Internal("registry poisoned".to_owned()))?;
+    let slot = registry.alloc_slot();
+    if let Ok(mut a) = shared.attribution.write() {
+        a.insert(slot, meta.clone());
+    }
+    let info = AgentInfo {
+        slot,
+        flags: if audit { AGENT_AUDIT } else { 0 }
+            | if plan.filesystem.restricted {
+                AGENT_RESTRICT_EXEC
+            } else {
+                0
+            },
+        denied: 0,
+        lost: 0,
+        events: 0,
+    };
+    let added = shared
+        .kernel
+        .lock()
+        .map_err(|_| {
+            RequestError::Internal(
+                "writing the agent's rules into the kernel maps: kernel lock poisoned".to_owned(),
+            )
+        })
+        .and_then(|mut k| {
+            k.add_agent(
+                scope.cgroup_id,
+                info,
+                &NetEntries {
+                    v4: &plan.network.v4,
+                    v6: &plan.network.v6,
+                    unix: &plan.network.unix,
+                    listen4: &plan.network.listen4,
+                    listen6: &plan.network.listen6,
+                },
+            )
+            .map_err(|e| {
+                let why = format!("writing the agent's rules into the kernel maps: {e}");
+                if matches!(e, crate::kernel::KernelError::Quota { .. }) {
+                    RequestError::Policy(why)
+                } else {
+                    RequestError::Internal(why)
+                }
+            })
+        });
+    let keys = match added {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = scope.remove();
+            cleanup_tmp(&tmp);
+            return Err(e);
+        }
+    };
+    let fds = match scope
+        .open_dir()
+        .and_then(|d| scope.v1_procs().map(|v| (d, v)))
+    {
+        Ok((dir, v1)) => {
+            let mut all = vec![dir];
+            all.extend(v1);
+            all
+        }
+        Err(e) => {
+            if let Ok(mut k) = shared.kernel.lock() {
+                k.remove_agent(&keys);
+            }
+            let _ = scope.remove();
+            cleanup_tmp(&tmp);
+            return Err(RequestError::Internal(e.to_string()));
+        }
+    };
+    let state = AgentState {
+        id: id.clone(),
+        name: name.clone(),
+        policy: policy.name.clone(),
+        mode: if audit { Mode::Audit } else { Mode::Enforce },
+        slot,
+        scope: scope.clone(),
+        keys,
+        tmp: tmp.clone(),
+        started: SystemTime::now(),
+        main_pid: None,
+        owner: peer.uid,
+        meta,
+        attached: true,
+        source: Source {
+            policy_text: req.policy_text.clone(),
+            policy_includes: req.policy_includes.clone(),
+            policy_path: req.policy_path.clone(),
+            workdir: PathBuf::from(&req.workdir),
+            home: PathBuf::from(&req.home),
+            unix_degraded: !unix_hooks.unix_hooks,
+        },
+    };
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "open: rules in the kernel"
+    );
+    persist(shared, &state);
+
+    let mut detail = json!({
+        "argv": req.argv,
+        "policy_path": req.policy_path,
+        "mode": if audit { "audit" } else { "enforce" },
+        "workdir": req.workdir,
+        "cgroup": scope.v2.display().to_string(),
+        "launcher": {"uid": peer.uid, "pid": peer.pid},
+        "network_rules": plan.rules.len(),
+    });
+    if !degraded.is_empty() || !req.launcher_notes.is_empty() {
+        detail["degraded"] = json!(degraded);
+        detail["launcher_notes"] = json!(req.launcher_notes);
+    }
+    let argv0 = req.argv.first().cloned().unwrap_or_default();
+    let rec = Record::new(
+        Kind::Lifecycle,
+        "start",
+        Text::new(argv0),
+        Verdict::Allowed,
+        "scope",
+        "guardd",
+    )
+    .with_agent(agent.clone())
+    .with_detail(detail);
+    let _ = shared.journal.append(rec);
+    if !degraded.is_empty() {
+        let rec = Record::new(
+            Kind::Policy,
+            "degraded",
+            Text::new(degraded.join("; ")),
+            Verdict::Audit,
+            "accept-degraded",
+            "guardd",
+        )
+        .with_agent(agent.clone())
+        .with_detail(
+            json!({"accepted_by": {"uid": peer.uid, "pid": peer.pid}, "layers": degraded}),
+        );
+        let _ = shared.journal.append(rec);
+    }
+
+    shared.metrics.agent_started();
+    let reply = OpenReply {
+        agent,
+        tmp: tmp.display().to_string(),
+        cgroup: scope.v2.display().to_string(),
+        v1_procs: fds.len() - 1,
+        degraded,
+        refuse_unix_sockets: !unix_hooks.unix_hooks,
+    };
+    registry.agents.insert(id, state);
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");
+    Ok((reply, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_twelve_hex_digits_that_name_a_scope() {
+        let a = random_id();
+        let b = random_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 12, "{id}");
+            // The peer check finds an agent by its scope's cgroup name.
+            assert_eq!(
+                crate::daemon::peer::scope_of(&format!("/guard/agent-{id}")),
+                Some(id.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_agents_user_is_resolved_to_a_uid() {
+        assert_eq!(resolve_uid(&UserSpec::Uid(1234)), Some(1234));
+        assert_eq!(resolve_uid(&UserSpec::Name("root".into())), Some(0));
+        assert_eq!(
+            resolve_uid(&UserSpec::Name("no-such-user-guard-test".into())),
+            None
+        );
+    }
+}

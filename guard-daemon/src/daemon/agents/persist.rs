@@ -1,0 +1,348 @@
+//! The state file kept per live agent, so a restarted guardd can re-adopt
+//! its scope.
+
+use std::{path::PathBuf, time::UNIX_EPOCH};
+
+use guard_common::{Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
+use serde::{Deserialize, Serialize};
+
+use super::AgentState;
+use crate::{daemon::Shared, kernel::AgentKeys, policy::Mode};
+
+/// What is persisted per live agent so a restarted guardd can re-adopt it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct StateFile {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) policy: String,
+    pub(super) audit: bool,
+    pub(super) slot: u32,
+    pub(super) scope: String,
+    pub(super) tmp: PathBuf,
+    pub(super) started_unix: u64,
+    pub(super) main_pid: Option<i32>,
+    /// Absent in state written before owners were kept: root's.
+    #[serde(default)]
+    pub(super) owner: u32,
+    pub(super) v4: Vec<(u32, u32, [u8; 4])>,
+    pub(super) v6: Vec<(u32, u32, [u8; 16])>,
+    pub(super) unix: Vec<(u32, Vec<u8>)>,
+    /// Keys of the `listen` tries (absent in state written before them).
+    #[serde(default)]
+    pub(super) listen4: Vec<(u32, u32, [u8; 4])>,
+    #[serde(default)]
+    pub(super) listen6: Vec<(u32, u32, [u8; 16])>,
+    pub(super) rules: Vec<(String, String)>,
+    /// To rebuild the agent's policy after a restart (refusal attribution).
+    pub(super) policy_text: String,
+    #[serde(default)]
+    pub(super) policy_includes: Vec<(String, String)>,
+    pub(super) policy_path: String,
+    pub(super) workdir: PathBuf,
+    pub(super) home: PathBuf,
+    pub(super) unix_degraded: bool,
+}
+
+impl StateFile {
+    /// What is kept of live agent `a`.
+    pub(super) fn of(a: &AgentState) -> StateFile {
+        StateFile {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            policy: a.policy.clone(),
+            audit: a.mode == Mode::Audit,
+            slot: a.slot,
+            scope: a.scope.name.clone(),
+            tmp: a.tmp.clone(),
+            started_unix: a
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            main_pid: a.main_pid,
+            owner: a.owner,
+            v4: a
+                .keys
+                .v4
+                .iter()
+                .map(|(b, k)| (*b, k.slot, k.addr))
+                .collect(),
+            v6: a
+                .keys
+                .v6
+                .iter()
+                .map(|(b, k)| (*b, k.slot, k.addr))
+                .collect(),
+            unix: a
+                .keys
+                .unix
+                .iter()
+                .map(|k| (k.slot, k.path.to_vec()))
+                .collect(),
+            listen4: a
+                .keys
+                .listen4
+                .iter()
+                .map(|(b, k)| (*b, k.slot, k.addr))
+                .collect(),
+            listen6: a
+                .keys
+                .listen6
+                .iter()
+                .map(|(b, k)| (*b, k.slot, k.addr))
+                .collect(),
+            rules: a
+                .meta
+                .rules
+                .iter()
+                .map(|r| (r.id.clone(), r.text.clone()))
+                .collect(),
+            policy_text: a.source.policy_text.clone(),
+            policy_includes: a.source.policy_includes.clone(),
+            policy_path: a.source.policy_path.clone(),
+            workdir: a.source.workdir.clone(),
+            home: a.source.home.clone(),
+            unix_degraded: a.source.unix_degraded,
+        }
+    }
+
+    /// A state file as read back; anything unreadable is an error, and the
+    /// caller removes the file (its scope then counts as unattributed).
+    pub(super) fn parse(bytes: &[u8]) -> Result<StateFile, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The keys the agent's rules were written under, to remove them
+    /// exactly; the cgroup id is the scope's, set once it is opened.
+    pub(super) fn keys(&self) -> AgentKeys {
+        AgentKeys {
+            cgroup_id: 0,
+            v4: self
+                .v4
+                .iter()
+                .map(|(b, slot, addr)| {
+                    (
+                        *b,
+                        Net4Key {
+                            slot: *slot,
+                            addr: *addr,
+                        },
+                    )
+                })
+                .collect(),
+            v6: self
+                .v6
+                .iter()
+                .map(|(b, slot, addr)| {
+                    (
+                        *b,
+                        Net6Key {
+                            slot: *slot,
+                            addr: *addr,
+                        },
+                    )
+                })
+                .collect(),
+            unix: self
+                .unix
+                .iter()
+                .map(|(slot, p)| {
+                    let mut path = [0u8; UNIX_PATH_MAX];
+                    let n = p.len().min(UNIX_PATH_MAX);
+                    path[..n].copy_from_slice(&p[..n]);
+                    UnixKey { slot: *slot, path }
+                })
+                .collect(),
+            listen4: self
+                .listen4
+                .iter()
+                .map(|(b, slot, addr)| {
+                    (
+                        *b,
+                        Net4Key {
+                            slot: *slot,
+                            addr: *addr,
+                        },
+                    )
+                })
+                .collect(),
+            listen6: self
+                .listen6
+                .iter()
+                .map(|(b, slot, addr)| {
+                    (
+                        *b,
+                        Net6Key {
+                            slot: *slot,
+                            addr: *addr,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn state_path(shared: &Shared, id: &str) -> PathBuf {
+    shared
+        .cfg
+        .state_dir
+        .join("agents")
+        .join(format!("{id}.json"))
+}
+
+pub(super) fn persist(shared: &Shared, a: &AgentState) {
+    let state = StateFile::of(a);
+    let path = state_path(shared, &a.id);
+    let tmp = path.with_extension("json.tmp");
+    match serde_json::to_vec(&state) {
+        Ok(bytes) => {
+            if std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                tracing::warn!("could not persist agent state to {}", path.display());
+            }
+        }
+        Err(e) => tracing::warn!("serialising agent state: {e}"),
+    }
+}
+
+/// Records the agent's main pid once the launcher knows it.
+pub fn set_main_pid(shared: &Shared, id: &str, pid: i32) {
+    if let Ok(mut r) = shared.registry.lock()
+        && let Some(a) = r.agents.get_mut(id)
+    {
+        a.main_pid = Some(pid);
+        persist(shared, a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StateFile {
+        let mut unix = b"\0abstract".to_vec();
+        unix.resize(8, 0);
+        StateFile {
+            id: "0a1b2c3d4e5f".into(),
+            name: "claude".into(),
+            policy: "dev".into(),
+            audit: true,
+            slot: 7,
+            scope: "agent-0a1b2c3d4e5f".into(),
+            tmp: "/tmp/guard-0a1b2c3d4e5f".into(),
+            started_unix: 1_700_000_000,
+            main_pid: Some(4242),
+            owner: 1000,
+            v4: vec![(56, 7, [10, 0, 0, 0])],
+            v6: vec![(160, 7, [0xfd; 16])],
+            unix: vec![(7, b"/run/x.sock".to_vec()), (7, unix)],
+            listen4: vec![(64, 7, [127, 0, 0, 1])],
+            listen6: vec![(160, 7, [0; 16])],
+            rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
+            policy_text: "[policy]\nname = \"dev\"\n".into(),
+            policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
+            policy_path: "/p/dev.toml".into(),
+            workdir: "/work".into(),
+            home: "/root".into(),
+            unix_degraded: false,
+        }
+    }
+
+    #[test]
+    fn a_state_file_reads_back_as_written() {
+        let st = sample();
+        let bytes = serde_json::to_vec(&st).unwrap();
+        assert_eq!(StateFile::parse(&bytes).unwrap(), st);
+    }
+
+    #[test]
+    fn malformed_state_files_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"not json",
+            b"[]",
+            b"{}",
+            br#"{"id": 5}"#,
+            // Cut short.
+            &serde_json::to_vec(&sample()).unwrap()[..40],
+        ] {
+            assert!(
+                StateFile::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A wrong type in one field spoils the file.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["slot"] = serde_json::json!("seven");
+        assert!(StateFile::parse(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn state_written_before_owners_and_listen_rules_still_reads() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let map = v.as_object_mut().unwrap();
+        for field in ["owner", "listen4", "listen6", "policy_includes"] {
+            map.remove(field);
+        }
+        let st = StateFile::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        // Root's, with no listen keys and no includes.
+        assert_eq!(st.owner, 0);
+        assert!(st.listen4.is_empty() && st.listen6.is_empty());
+        assert!(st.policy_includes.is_empty());
+        assert_eq!(st.v4, sample().v4);
+    }
+
+    #[test]
+    fn the_kernel_keys_come_back_from_the_state() {
+        let st = sample();
+        let keys = st.keys();
+        assert_eq!(keys.cgroup_id, 0);
+        assert_eq!(
+            keys.v4,
+            vec![(
+                56,
+                Net4Key {
+                    slot: 7,
+                    addr: [10, 0, 0, 0]
+                }
+            )]
+        );
+        assert_eq!(
+            keys.v6,
+            vec![(
+                160,
+                Net6Key {
+                    slot: 7,
+                    addr: [0xfd; 16]
+                }
+            )]
+        );
+        assert_eq!(keys.listen4[0].1.addr, [127, 0, 0, 1]);
+        assert_eq!(keys.listen6.len(), 1);
+        // Unix paths are NUL-padded to the key's size.
+        assert_eq!(keys.unix.len(), 2);
+        assert_eq!(keys.unix[0].slot, 7);
+        assert_eq!(&keys.unix[0].path[..11], b"/run/x.sock");
+        assert!(keys.unix[0].path[11..].iter().all(|b| *b == 0));
+        assert_eq!(keys.unix[0].path.len(), UNIX_PATH_MAX);
+        // And written back, they are the same lists.
+        let back: Vec<(u32, Vec<u8>)> = keys
+            .unix
+            .iter()
+            .map(|k| (k.slot, k.path[..11].to_vec()))
+            .collect();
+        assert_eq!(back[0], st.unix[0]);
+    }
+
+    #[test]
+    fn an_over_long_unix_path_is_cut_to_the_key() {
+        let mut st = sample();
+        st.unix = vec![(1, vec![b'a'; UNIX_PATH_MAX + 10])];
+        let keys = st.keys();
+        assert!(keys.unix[0].path.iter().all(|b| *b == b'a'));
+    }
+}
