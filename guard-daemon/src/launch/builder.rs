@@ -147,10 +147,10 @@ impl<'p> Launch<'p> {
             }
             Err(e) => return Err(BuildError::Landlock(e)),
         };
-        let seccomp = seccomp::build(&seccomp_options(
+        let seccomp = seccomp::build(&seccomp::Options::for_plan(
             plan,
-            self.audit,
-            reply.refuse_unix_sockets,
+            self.audit || plan.mode == Mode::Audit,
+            !reply.refuse_unix_sockets,
         ));
         let keep_caps = plan
             .process
@@ -236,27 +236,6 @@ fn granted(plan: &Plan, f: fn(&Access) -> bool) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The seccomp filter's options: the socket families the network layer
-/// governs (Unix ones only while guardd's Unix-socket hooks hold), and
-/// `listen`/inotify when the policy (or audit mode) allows them.
-fn seccomp_options(plan: &Plan, audit: bool, refuse_unix: bool) -> seccomp::Options {
-    // The address-family numbers are the kernel's ABI (as in libc).
-    let mut families = vec![
-        libc::AF_INET as u32,
-        libc::AF_INET6 as u32,
-        libc::AF_NETLINK as u32,
-    ];
-    if !refuse_unix {
-        families.push(libc::AF_UNIX as u32);
-    }
-    let audit = audit || plan.mode == Mode::Audit;
-    seccomp::Options {
-        socket_families: families,
-        listen: plan.network.has_listen_rules() || audit,
-        inotify: plan.process.inotify || audit,
-    }
-}
-
 /// Who the policy's `user` is on this host. A numeric uid without a passwd
 /// entry runs with gid = uid and no other group.
 pub fn resolve_user(u: &UserSpec) -> Result<Credentials, BuildError> {
@@ -311,6 +290,11 @@ pub fn home_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use guard_common::{
+        AF_INET6, AF_UNIX,
+        syscalls::{NR_LISTEN, NR_SOCKET},
+    };
+
     use super::*;
     use crate::policy::{Policy, Vars};
 
@@ -415,14 +399,26 @@ mod tests {
     #[test]
     fn unix_sockets_are_filtered_only_when_guardd_says_so() {
         let p = plan("[policy]\nname = \"t\"\n");
-        let with = seccomp_options(&p, false, false);
-        assert!(with.socket_families.contains(&(libc::AF_UNIX as u32)));
-        let without = seccomp_options(&p, false, true);
-        assert!(!without.socket_families.contains(&(libc::AF_UNIX as u32)));
-        assert!(without.socket_families.contains(&(libc::AF_INET6 as u32)));
-        assert!(!without.listen && !without.inotify);
-        let audit = seccomp_options(&p, true, false);
-        assert!(audit.listen && audit.inotify);
+        let filter = |refuse_unix: bool, audit: bool| {
+            Launch::new("/bin/true", ["true"], &p)
+                .audit(audit)
+                .build(&reply(refuse_unix), fds())
+                .unwrap()
+                .seccomp
+                .unwrap()
+        };
+        let socket = |family: u32| [u64::from(family), libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        let (with, without) = (filter(false, false), filter(true, false));
+        assert_eq!(with.denies(NR_SOCKET, socket(AF_UNIX)), None);
+        assert_eq!(
+            without.denies(NR_SOCKET, socket(AF_UNIX)),
+            Some(libc::EAFNOSUPPORT)
+        );
+        assert_eq!(without.denies(NR_SOCKET, socket(AF_INET6)), None);
+        // listen stays refused unless the policy or audit mode allows it.
+        assert!(with.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]).is_some());
+        let audit = filter(false, true);
+        assert_eq!(audit.denies(NR_LISTEN, [3, 5, 0, 0, 0, 0]), None);
     }
 
     #[test]

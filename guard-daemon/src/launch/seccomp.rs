@@ -18,6 +18,8 @@
 
 use std::io;
 
+use guard_common::AF_NETLINK;
+
 use crate::syscalls::{
     CALLS, CLONE_NS_FLAGS, Check, Filter, MFD_EXEC, PERSONALITY_QUERY, SOCKET_FAMILIES, TIOCLINUX,
     TIOCSTI,
@@ -175,11 +177,6 @@ impl Action {
     }
 }
 
-// Transitional: the families now live in guard_common (numbers) and
-// `crate::syscalls` (which an agent may open); callers outside `launch`
-// move there.
-pub use guard_common::{AF_INET, AF_INET6, AF_NETLINK, AF_UNIX};
-
 /// Options from the policy and the host.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -193,6 +190,21 @@ pub struct Options {
     /// true`. Landlock does not mediate watches, so without the opt-in a
     /// watch would report names under directories no grant covers.
     pub inotify: bool,
+}
+
+impl Options {
+    /// The options for an agent under `plan`. The launcher installs the
+    /// filter built from them and guardd's monitor rebuilds the same filter
+    /// to name the rule behind a refused call, so both take them from here.
+    /// `audit` is the agent's effective mode (requested or the policy's);
+    /// `unix_hooks`: guardd's Unix-socket hooks hold on this host.
+    pub fn for_plan(plan: &crate::policy::Plan, audit: bool, unix_hooks: bool) -> Options {
+        Options {
+            socket_families: crate::syscalls::socket_families(unix_hooks),
+            listen: plan.network.has_listen_rules() || audit,
+            inotify: plan.process.inotify || audit,
+        }
+    }
 }
 
 impl Default for Options {
@@ -440,6 +452,7 @@ mod tests {
         NR_CLONE, NR_CLONE3, NR_INOTIFY_ADD_WATCH, NR_IOCTL, NR_LISTEN, NR_MEMFD_CREATE,
         NR_PERSONALITY, NR_SOCKET, NR_UNSHARE,
     };
+    use guard_common::{AF_INET, AF_INET6, AF_UNIX};
 
     use super::*;
 

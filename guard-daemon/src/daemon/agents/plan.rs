@@ -34,18 +34,10 @@ pub(super) fn judge_for(
     unix_degraded: bool,
     audit: bool,
 ) -> Judge {
-    let mut families = vec![seccomp::AF_INET, seccomp::AF_INET6, seccomp::AF_NETLINK];
-    if !unix_degraded {
-        families.push(seccomp::AF_UNIX);
-    }
     Judge {
         fs: Some(plan.filesystem.clone()),
         workdir: workdir.to_owned(),
-        seccomp: seccomp::build(&seccomp::Options {
-            socket_families: families,
-            listen: plan.network.has_listen_rules() || audit,
-            inotify: plan.process.inotify || audit,
-        }),
+        seccomp: seccomp::build(&seccomp::Options::for_plan(plan, audit, !unix_degraded)),
         caps: plan
             .process
             .capabilities
