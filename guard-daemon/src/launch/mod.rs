@@ -481,7 +481,7 @@ fn child(
         if let Err(f) = v.apply() {
             fail(pipe, views_step(f));
         }
-        let set = reaper_signals();
+        let set = waited_signals();
         // SAFETY: SIGCHLD to its default (children must become zombies to
         // be waited for, whatever guardctl inherited; done before fork, as
         // setting it discards a pending SIGCHLD), blocking signals (before
@@ -593,8 +593,9 @@ fn child(
     fail(pipe, STEP_EXEC)
 }
 
-/// SIGCHLD and the forwarded signals: what the reaper waits for.
-fn reaper_signals() -> libc::sigset_t {
+/// SIGCHLD and the forwarded signals: what the launcher (and, in a pid
+/// namespace, the reaper) waits for.
+pub(crate) fn waited_signals() -> libc::sigset_t {
     // SAFETY: building a signal set we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -667,14 +668,9 @@ fn reaper(agent: libc::pid_t, status: RawFd, set: &libc::sigset_t) -> ! {
 /// Blocks the forwarded signals (and SIGCHLD) in the calling thread so a
 /// signalfd can receive them; returns the previous mask.
 pub fn block_forwarded() -> Result<libc::sigset_t, LaunchError> {
-    // SAFETY: signal-mask calls on sets we own.
+    let set = waited_signals();
+    // SAFETY: a signal-mask call on sets we own.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::sigaddset(&mut set, libc::SIGCHLD);
         let mut old: libc::sigset_t = std::mem::zeroed();
         if libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
             return Err(LaunchError::Setup(format!(

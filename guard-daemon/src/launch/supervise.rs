@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use thiserror::Error;
 
-use super::{Child, FORWARDED, LaunchError, block_forwarded};
+use super::{Child, LaunchError, block_forwarded, waited_signals};
 use crate::api::ExitStatus;
 
 #[derive(Debug, Error)]
@@ -115,14 +115,9 @@ impl Signals {
 }
 
 fn signalfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: building a signal set we own and creating a new descriptor.
+    let set = waited_signals();
+    // SAFETY: creating a new descriptor for a signal set we own.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::sigaddset(&mut set, libc::SIGCHLD);
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
