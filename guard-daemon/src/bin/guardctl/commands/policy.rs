@@ -7,8 +7,8 @@ use std::{io::Write as _, path::PathBuf};
 use clap::{Args, Subcommand};
 use guard_daemon::{
     doctor::{self, Status},
-    launch::preflight,
-    policy::{Access, Origin, Policy, Vars, dangerous_grants, read_include},
+    launch::preflight::{self, PolicyFile, PolicyFileError},
+    policy::{Access, Origin, Vars, dangerous_grants},
 };
 
 use crate::{Cli, EXIT_USAGE};
@@ -46,20 +46,14 @@ enum PolicyCmd {
 pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
     let PolicyCmd::Check { file, verbose } = &args.cmd;
     let name = file.display().to_string();
-    let policy = match std::fs::read_to_string(file) {
+    // Read as `guardctl run` reads it (includes beside the real file).
+    let policy = match PolicyFile::read(file, &name) {
+        Ok(f) => f.policy,
+        Err(PolicyFileError::Invalid(errs)) => return report_errors(&name, &errs),
         Err(e) => {
-            eprintln!("{name}: cannot read: {e}");
+            eprintln!("{e}");
             return EXIT_USAGE;
         }
-        Ok(text) => {
-            let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
-            let dir = real.parent().unwrap_or(std::path::Path::new("/"));
-            Policy::parse_all_with(&text, &name, dir, &read_include)
-        }
-    };
-    let policy = match policy {
-        Ok(p) => p,
-        Err(errs) => return report_errors(&name, &errs),
     };
     // {tmp} is created by guardd when the agent starts: a placeholder that
     // the host checks skip.
@@ -193,7 +187,7 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
     0
 }
 
-fn report_errors(name: &str, errs: &[guard_daemon::policy::PolicyError]) -> i32 {
+fn report_errors(name: &str, errs: &[impl std::fmt::Display]) -> i32 {
     for e in errs {
         eprintln!("{e}");
     }
