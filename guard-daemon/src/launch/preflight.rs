@@ -342,6 +342,11 @@ impl PolicyFile {
     }
 }
 
+/// What `{tmp}` stands for before the agent starts (guardd creates the
+/// agent's directory only then): rules under it are not checked on the
+/// host, and `policy check` shows it as is.
+pub const TMP_PLACEHOLDER: &str = "/tmp/guard-<agent>";
+
 /// Compiles the policy with `{tmp}` standing for a placeholder (guardd
 /// creates the real one only when the agent starts) and checks this host
 /// as `guardctl policy check` does, so that every error is reported before

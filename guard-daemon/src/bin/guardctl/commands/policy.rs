@@ -7,7 +7,10 @@ use std::{io::Write as _, path::PathBuf};
 use clap::{Args, Subcommand};
 use guard_daemon::{
     doctor::{self, Status},
-    launch::preflight::{self, PolicyFile, PolicyFileError},
+    launch::{
+        builder::home_dir,
+        preflight::{self, PolicyFile, PolicyFileError},
+    },
     policy::{Access, Origin, Vars, dangerous_grants},
 };
 
@@ -55,14 +58,11 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    // {tmp} is created by guardd when the agent starts: a placeholder that
-    // the host checks skip.
-    let tmp = PathBuf::from("/tmp/guard-<agent>");
+    // {home} and {tmp} as `guardctl run` expands them before it starts.
+    let tmp = PathBuf::from(preflight::TMP_PLACEHOLDER);
     let vars = Vars {
         workdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-        home: std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/")),
+        home: home_dir(),
         tmp: tmp.clone(),
     };
     let plan = match policy.compile_all(&vars) {

@@ -124,7 +124,7 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
         home: home.clone(),
         tmp,
     };
-    let tmp_placeholder = std::env::temp_dir().join("guard-check");
+    let tmp_placeholder = PathBuf::from(preflight::TMP_PLACEHOLDER);
     let first_plan =
         preflight::check_plan(&policy, &vars(tmp_placeholder), &path_str).map_err(print_all)?;
     let accepted = Accepted::parse(&args.allow_degraded).or_exit(EXIT_USAGE)?;
