@@ -18,15 +18,14 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// guardctl run from the test's directory (where relative paths and
-/// `{workdir}` point), with PATH set to `path_env` if given.
-fn ctl_in_dir<S: AsRef<std::ffi::OsStr>>(g: &Guardd, path_env: Option<&str>, args: &[S]) -> Output {
-    let mut cmd = g.ctl_cmd();
-    cmd.current_dir(g.dir.path());
-    if let Some(p) = path_env {
-        cmd.env("PATH", p);
-    }
-    cmd.args(args).output().unwrap()
+/// `guardctl policy check FILE` from the test's directory, where `guardctl
+/// run` starts (relative paths and `{workdir}` point there).
+fn check_in_dir(g: &Guardd, file: &str) -> Output {
+    g.ctl_cmd()
+        .current_dir(g.dir.path())
+        .args(["policy", "check", file])
+        .output()
+        .unwrap()
 }
 
 /// The policy example under "## Writing a policy" in README.md, verbatim.
@@ -331,7 +330,7 @@ exec = ["{workdir}/.venv/bin"]
 user = "no-such-user-guard"
 "#,
     );
-    let check = ctl_in_dir(&g, None, &["policy", "check", policy.to_str().unwrap()]);
+    let check = check_in_dir(&g, policy.to_str().unwrap());
     assert_eq!(check.status.code(), Some(2));
     let run = g.run(&policy, &[], &["/bin/true"]);
     assert_eq!(run.status.code(), Some(2));
@@ -451,11 +450,11 @@ fn bad_names_and_missing_commands_say_what_is_expected() {
         "{}",
         stderr(&out)
     );
-    let out = ctl_in_dir(
-        &g,
-        Some("/nonexistent-guard:/also-not"),
-        &run_args(&policy, &[], &["python3"]),
-    );
+    let out = g
+        .run_cmd(&policy, &[], &["python3"])
+        .env("PATH", "/nonexistent-guard:/also-not")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     assert!(
         stderr(&out).contains(
@@ -529,7 +528,7 @@ fn a_team_include_file_works_beside_the_bases() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(stdout(&out), "team data\n");
     // The include's rules are the policy's own: a refusal names no base.
-    let check = ctl_in_dir(&g, None, &["policy", "check", "policies/agent.toml"]);
+    let check = check_in_dir(&g, "policies/agent.toml");
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
         stdout(&check).contains("./shared/tools.toml filesystem.exec[0]"),
@@ -563,7 +562,7 @@ fn a_team_include_file_works_beside_the_bases() {
         &["/usr/bin/cat"],
         g.dir.path(),
     );
-    let check = ctl_in_dir(&g, None, &["policy", "check", "policies/agent.toml"]);
+    let check = check_in_dir(&g, "policies/agent.toml");
     for out in [&run, &check] {
         assert_eq!(out.status.code(), Some(2), "{}", describe(out));
         assert!(stderr(out).contains(&cycle), "{cycle}\n{}", stderr(out));
@@ -584,15 +583,15 @@ fn a_pyenv_shim_is_explained() {
     )
     .unwrap();
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = ctl_in_dir(
-        &g,
-        Some(&format!("{}:/usr/bin:/bin", shims.display())),
-        &run_args(
+    let out = g
+        .run_cmd(
             &repo().join("policies/demo.toml"),
             &[],
             &["python3", "-c", "pass"],
-        ),
-    );
+        )
+        .env("PATH", format!("{}:/usr/bin:/bin", shims.display()))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
