@@ -109,9 +109,15 @@ pub fn wait_or_kill(child: &mut Child, within: Duration) -> Option<std::process:
 /// Stops a guardd this test started with SIGTERM and waits for it (15 s,
 /// then SIGKILL).
 pub fn terminate(mut c: Child) {
+    terminate_within(&mut c, Duration::from_secs(15));
+}
+
+/// Sends `c` SIGTERM and waits up to `within` for it to exit: its exit
+/// status, or `None` if it had to be killed.
+fn terminate_within(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     // SAFETY: signalling the guardd this test started, by pid.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    wait_or_kill(&mut c, Duration::from_secs(15));
+    wait_or_kill(c, within)
 }
 
 /// Removes whatever guardd `instance` did not clean up (it crashed, or the
@@ -283,10 +289,7 @@ impl Guardd {
     /// Sends guardd SIGTERM and waits up to `within` for it to exit: its
     /// exit status, or `None` if it had to be killed.
     pub fn stop_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: signalling the guardd this test started, by pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        wait_or_kill(&mut c, within)
+        terminate_within(&mut self.child.take()?, within)
     }
 
     /// Kills guardd abruptly (SIGKILL), as a crash would.
