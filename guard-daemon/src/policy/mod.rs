@@ -678,7 +678,6 @@ pub fn dangerous_grants(plan: &Plan) -> Vec<String> {
     out
 }
 
-/// The first of a non-empty list of errors (every caller passes one).
 /// The first of the problems `parse_all` found, for callers that report
 /// one (an empty list cannot come from it; it still yields an error).
 pub fn first_error(errs: Vec<PolicyError>, file: &str) -> PolicyError {
