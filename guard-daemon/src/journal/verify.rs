@@ -251,10 +251,7 @@ fn verify_snapshot(
     let checkpoint_seq = checkpoints.keys().copied().max();
 
     // id -> names, so the walk can check membership without allocating.
-    let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
-    for (id, name) in store.agent_pairs()? {
-        agents.entry(id).or_default().insert(name);
-    }
+    let agents = store.agent_names()?;
 
     let anchor = store.retention_anchor()?;
     let start = anchor.clone().unwrap_or_else(ChainHead::genesis);
