@@ -10,9 +10,7 @@
 //! reports all of it.
 
 use std::{
-    env,
-    ffi::OsString,
-    fs,
+    env, fs,
     io::{BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -62,20 +60,13 @@ fn build_programs(out_dir: &Path) -> anyhow::Result<()> {
     } else {
         arch
     };
-    let mut rustflags = OsString::new();
-    for (i, flag) in [
+    // CARGO_ENCODED_RUSTFLAGS separates flags with 0x1f.
+    let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
     ]
-    .iter()
-    .enumerate()
-    {
-        if i > 0 {
-            rustflags.push("\x1f");
-        }
-        rustflags.push(flag);
-    }
+    .join("\x1f");
     // A separate target directory: cargo would otherwise wait on the lock
     // the outer build holds.
     let target_dir = out_dir.join("ebpf-target");

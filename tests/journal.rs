@@ -180,9 +180,9 @@ fn follow_sees_a_new_denial_within_a_second() {
 fn copy_journal(src: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
     let dst = dir.join(name);
     std::fs::copy(src, &dst).unwrap();
-    let cp = format!("{}.checkpoint", src.display());
-    if Path::new(&cp).exists() {
-        std::fs::copy(&cp, format!("{}.checkpoint", dst.display())).unwrap();
+    let cp = guard_daemon::journal::checkpoint_path(src);
+    if cp.exists() {
+        std::fs::copy(&cp, guard_daemon::journal::checkpoint_path(&dst)).unwrap();
     }
     dst
 }

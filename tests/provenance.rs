@@ -6,11 +6,11 @@ mod common;
 
 use std::{
     os::unix::ffi::OsStrExt,
-    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use common::*;
+use guard_daemon::journal::checkpoint_path;
 use serde_json::Value;
 
 /// A policy that lets python read only the test agents' directory and run
@@ -22,6 +22,14 @@ fn policy(g: &Guardd, name: &str) -> std::path::PathBuf {
             "[policy]\nname = \"{name}\"\ninclude = [\"base\", \"python\"]\n[filesystem]\nread = [{:?}]\n",
             repo().join("tests/agents").display().to_string()
         ),
+    )
+}
+
+/// A policy of the base and python presets alone.
+fn python_policy(g: &Guardd, name: &str) -> std::path::PathBuf {
+    g.write_policy(
+        name,
+        &format!("[policy]\nname = \"{name}\"\ninclude = [\"base\", \"python\"]\n"),
     )
 }
 
@@ -155,10 +163,7 @@ for p in sys.argv[1:]:
 #[test]
 fn events_that_waited_for_a_restart_keep_the_kernels_time() {
     let mut g = Guardd::start_with(&["--coalesce-interval", "0"]);
-    let p = g.write_policy(
-        "late",
-        "[policy]\nname = \"late\"\ninclude = [\"base\", \"python\"]\n",
-    );
+    let p = python_policy(&g, "late");
     // One refused connect every 100 ms to a different port (so no two
     // records coalesce), printing when each was attempted.
     let script = r#"
@@ -230,10 +235,7 @@ for i in range(60):
 #[test]
 fn records_name_their_host_and_the_chain_covers_it() {
     let mut g = Guardd::start_with(&["--coalesce-interval", "0"]);
-    let p = g.write_policy(
-        "hosted",
-        "[policy]\nname = \"hosted\"\ninclude = [\"base\", \"python\"]\n",
-    );
+    let p = python_policy(&g, "hosted");
     let out = g.run(
         &p,
         &[],
@@ -276,9 +278,9 @@ fn records_name_their_host_and_the_chain_covers_it() {
     let dir = tempfile::tempdir().unwrap();
     let edited = dir.path().join("edited.db");
     std::fs::copy(&g.journal, &edited).unwrap();
-    let cp = format!("{}.checkpoint", g.journal.display());
-    if Path::new(&cp).exists() {
-        std::fs::copy(&cp, format!("{}.checkpoint", edited.display())).unwrap();
+    let cp = checkpoint_path(&g.journal);
+    if cp.exists() {
+        std::fs::copy(&cp, checkpoint_path(&edited)).unwrap();
     }
     sqlite(
         &edited,

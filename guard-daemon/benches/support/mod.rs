@@ -4,7 +4,7 @@
 //! includes this file to keep it working.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use guard_daemon::journal::{
     AgentRef, Filter, Journal, JournalConfig, JournalError, Kind, ProcessRef, Record, Store, Text,
@@ -21,34 +21,25 @@ const QUERY_AGENTS: u64 = 125;
 /// are committed. More agents means more insertion points in the agent
 /// index and slower commits.
 pub fn ingest(n: u64, agents: u64) -> Result<f64, JournalError> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "guard-journal-bench-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
-        op: "create bench directory",
-        path: dir.clone(),
-        source,
-    })?;
-    let run = || -> Result<f64, JournalError> {
-        let journal = Journal::open(JournalConfig::new(dir.join("bench.db")))?;
-        let handle = journal.handle();
-        let start = Instant::now();
-        for i in 0..n {
-            handle.append(record(i, agents))?;
-        }
-        handle.flush()?;
-        let secs = start.elapsed().as_secs_f64();
-        journal.close()?;
-        Ok(n as f64 / secs.max(1e-9))
-    };
-    let result = run();
-    // Best effort: a leftover temp directory is not worth failing over.
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    // Removed when dropped, on every return path.
+    let dir = tempfile::Builder::new()
+        .prefix("guard-journal-bench-")
+        .tempdir()
+        .map_err(|source| JournalError::Io {
+            op: "create bench directory",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let journal = Journal::open(JournalConfig::new(dir.path().join("bench.db")))?;
+    let handle = journal.handle();
+    let start = Instant::now();
+    for i in 0..n {
+        handle.append(record(i, agents))?;
+    }
+    handle.flush()?;
+    let secs = start.elapsed().as_secs_f64();
+    journal.close()?;
+    Ok(n as f64 / secs.max(1e-9))
 }
 
 /// Builds (or tops up) a journal of `n` records at `path` through the

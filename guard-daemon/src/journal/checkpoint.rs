@@ -27,9 +27,15 @@ pub fn checkpoint_path(store_path: &Path) -> PathBuf {
 /// Reads the side file; a missing file means no checkpoints. A final line
 /// without a newline is read as [`read_json_lines`] reads it.
 pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError> {
+    Ok(read_side_file(path)?.unwrap_or_default())
+}
+
+/// [`read_checkpoint_file`], telling a missing file (`None`) from an empty
+/// one.
+pub(crate) fn read_side_file(path: &Path) -> Result<Option<Vec<Checkpoint>>, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(JournalError::io("open checkpoint file", path)(e)),
     };
     let mut out = Vec::new();
@@ -45,7 +51,7 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, JournalError
         },
         |cp| out.push(cp),
     )?;
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Hands each line of a JSON-lines file that `parse` accepts to `each`,

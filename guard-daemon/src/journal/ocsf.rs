@@ -26,6 +26,7 @@
 //! journal's own lossless form. `device` names the host the record comes
 //! from (`hostname`, and `uid` = its machine id).
 
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use super::text::{escape_bytes, escape_str};
@@ -40,7 +41,7 @@ fn base_name(escaped: &str) -> &str {
 /// holds a space or a quote, so the joined line still tells its arguments
 /// apart.
 fn cmd_arg(v: &Value) -> String {
-    let arg = match serde_json::from_value::<Text>(v.clone()) {
+    let arg = match Text::deserialize(v) {
         Ok(t) => t.escaped(),
         // Not text at all: shown as JSON rather than dropped.
         Err(_) => escape_str(&v.to_string()),

@@ -40,12 +40,7 @@ impl HostRef {
 
     fn read(hostname: &Path, machine_id: &Path) -> HostRef {
         let hostname = std::fs::read(hostname)
-            .map(|mut b| {
-                while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
-                    b.pop();
-                }
-                b
-            })
+            .map(|b| b.trim_ascii_end().to_vec())
             .unwrap_or_default();
         let machine_id = std::fs::read_to_string(machine_id)
             .ok()

@@ -267,10 +267,7 @@ impl Store {
     /// with `KEY`, as `guardctl ps` resolves ids. Unknown or ambiguous keys
     /// are errors, so a typo is never an empty, successful answer.
     pub fn resolve_agent(&self, key: &str) -> Result<String, JournalError> {
-        let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
-        for (id, name) in self.agent_pairs()? {
-            agents.entry(id).or_default().insert(name);
-        }
+        let agents = self.agent_names()?;
         if agents
             .iter()
             .any(|(id, names)| id == key || names.contains(key))
@@ -367,14 +364,12 @@ impl Store {
             path: path.to_owned(),
             agents: HashMap::new(),
         };
-        for (id, name) in store.agent_pairs()? {
-            store.agents.entry(id).or_default().insert(name);
-        }
+        store.agents = store.agent_names()?;
         Ok(store)
     }
 
-    /// Every (agent id, agent name) pair recorded in the agents table.
-    pub(crate) fn agent_pairs(&self) -> Result<HashSet<(String, String)>, JournalError> {
+    /// The agents table as agent id -> the names recorded for it.
+    pub(crate) fn agent_names(&self) -> Result<HashMap<String, HashSet<String>>, JournalError> {
         let mut stmt = self
             .conn
             .prepare("SELECT agent_id, agent_name FROM agents")
@@ -382,8 +377,12 @@ impl Store {
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(JournalError::sql("read agents"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(JournalError::sql("read agents"))
+        let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
+        for row in rows {
+            let (id, name) = row.map_err(JournalError::sql("read agents"))?;
+            agents.entry(id).or_default().insert(name);
+        }
+        Ok(agents)
     }
 
     pub fn path(&self) -> &Path {

@@ -341,12 +341,12 @@ impl<'de> Visitor<'de> for TextVisitor {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// The inverse of [`escape_bytes`]; the tests use it to show that the
     /// escaping loses nothing.
-    pub(crate) fn unescape(s: &str) -> Option<Vec<u8>> {
+    fn unescape(s: &str) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         let mut chars = s.chars();
         while let Some(c) = chars.next() {

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
-use super::checkpoint::{Checkpoint, checkpoint_path, read_checkpoint_file, read_json_lines};
+use super::checkpoint::{Checkpoint, checkpoint_path, read_json_lines, read_side_file};
 use super::hash::{ChainHead, decode_hash, stored_hash};
 use super::record::{Kind, Record};
 use super::store::{ScannedRow, Store};
@@ -141,10 +141,10 @@ pub fn verify_against(
     // The side file is read before the store's snapshot is taken: the
     // writer appends a checkpoint only after committing what it names, so
     // the snapshot then contains every record the file vouches for.
-    let side_exists = cp_path.exists();
-    let side_file = read_checkpoint_file(&cp_path)?;
+    let side_file = read_side_file(&cp_path)?;
+    let side_exists = side_file.is_some();
     let report = store.begin_snapshot().and_then(|()| {
-        let r = verify_snapshot(&store, side_file, heads);
+        let r = verify_snapshot(&store, side_file.unwrap_or_default(), heads);
         store.end_snapshot()?;
         r
     });
@@ -251,10 +251,7 @@ fn verify_snapshot(
     let checkpoint_seq = checkpoints.keys().copied().max();
 
     // id -> names, so the walk can check membership without allocating.
-    let mut agents: HashMap<String, HashSet<String>> = HashMap::new();
-    for (id, name) in store.agent_pairs()? {
-        agents.entry(id).or_default().insert(name);
-    }
+    let agents = store.agent_names()?;
 
     let anchor = store.retention_anchor()?;
     let start = anchor.clone().unwrap_or_else(ChainHead::genesis);
@@ -429,7 +426,7 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::checkpoint::CheckpointFile;
+    use crate::journal::checkpoint::{CheckpointFile, read_checkpoint_file};
     use crate::journal::hash::GENESIS_HASH;
     use crate::journal::text::Text;
     use sha2::{Digest, Sha256};

@@ -1060,6 +1060,14 @@ pub(crate) mod tests {
         assert_eq!(first.target.as_bytes(), b"a\nb\x1b[31mc\xff");
     }
 
+    /// Waits (up to 10 s) until the writer has taken a checkpoint.
+    fn wait_for_first_checkpoint(h: &JournalHandle) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.stats().checkpoints == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn checkpoints_by_count_on_close_and_by_interval() {
         let dir = tempfile::tempdir().unwrap();
@@ -1096,10 +1104,7 @@ pub(crate) mod tests {
         let h = journal.handle();
         h.append(event(8)).unwrap();
         h.flush().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while h.stats().checkpoints == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_first_checkpoint(&h);
         assert_eq!(h.stats().checkpoints, 1);
         // Nothing changed since, so no more checkpoints, not even on close.
         std::thread::sleep(Duration::from_millis(60));
@@ -1392,10 +1397,7 @@ pub(crate) mod tests {
             h.append(event(i)).unwrap();
         }
         h.flush().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while h.stats().checkpoints == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_first_checkpoint(&h);
         // Only the main file and the side file, as a plain `cp` would take
         // them while guardd runs.
         let copy = dir.path().join("copy.db");
