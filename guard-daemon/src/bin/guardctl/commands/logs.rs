@@ -347,6 +347,10 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
         page.limit = Some(PAGE);
     }
     let result = (|| -> Result<(), PrintError> {
+        // Read before the query: every record up to it is committed, so the
+        // query has seen all of them and a follower need not scan them again
+        // when none matched.
+        let head = newest(&store)?;
         loop {
             let recs = store.query(&page)?;
             for rec in &recs {
@@ -358,6 +362,7 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
             }
             page.after_seq = Some(last);
         }
+        last = last.max(head);
         printer.out.flush()?;
         if !args.follow {
             return Ok(());
@@ -371,10 +376,15 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
             // Reopened each time: a store without a WAL is read as an
             // immutable file, which would not show guardd starting on it.
             let store = Store::open_for_reading(path)?;
+            let head = newest(&store)?;
             follow.after_seq = Some(last);
-            for rec in store.query(&follow)? {
+            let recs = store.query(&follow)?;
+            for rec in &recs {
                 last = rec.seq;
-                printer.record(&rec)?;
+                printer.record(rec)?;
+            }
+            if recs.len() < PAGE {
+                last = last.max(head);
             }
             printer.out.flush()?;
         }
@@ -384,6 +394,11 @@ fn offline(path: &Path, args: &LogsArgs) -> i32 {
         Err(PrintError::Out(s)) => exit_of(s),
         Err(PrintError::Journal(e)) => journal_failed(path.display(), &e),
     }
+}
+
+/// The newest record's seq, 0 for an empty store.
+fn newest(store: &Store) -> Result<u64, JournalError> {
+    Ok(store.head()?.map_or(0, |h| h.seq))
 }
 
 enum PrintError {
