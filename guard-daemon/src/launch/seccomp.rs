@@ -438,8 +438,9 @@ impl Program {
 #[cfg(test)]
 mod tests {
     use guard_common::syscalls::{
-        NR_CLONE, NR_CLONE3, NR_INOTIFY_ADD_WATCH, NR_IOCTL, NR_LISTEN, NR_MEMFD_CREATE,
-        NR_PERSONALITY, NR_SOCKET, NR_UNSHARE,
+        NR_CLONE, NR_CLONE3, NR_INOTIFY_ADD_WATCH, NR_IO_URING_ENTER, NR_IO_URING_REGISTER,
+        NR_IO_URING_SETUP, NR_IOCTL, NR_LISTEN, NR_MEMFD_CREATE, NR_PERSONALITY, NR_SOCKET,
+        NR_UNSHARE,
     };
     use guard_common::{AF_INET, AF_INET6, AF_UNIX};
 
@@ -539,7 +540,12 @@ mod tests {
     #[test]
     fn fallbacks_answer_enosys() {
         let p = prog();
-        for nr in [NR_CLONE3, 425, 426, 427] {
+        for nr in [
+            NR_CLONE3,
+            NR_IO_URING_SETUP,
+            NR_IO_URING_ENTER,
+            NR_IO_URING_REGISTER,
+        ] {
             assert_eq!(p.denies(nr, [0; 6]), Some(libc::ENOSYS), "{nr}");
         }
     }

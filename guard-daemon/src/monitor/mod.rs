@@ -343,7 +343,9 @@ fn drain(
 /// process is journaled, repeats are counted.
 fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     match ev {
-        KernelEvent::Syscall(e, _) if e.nr == guard_common::syscalls::NR_CLONE3 && e.ret == -38 => {
+        KernelEvent::Syscall(e, _)
+            if e.nr == guard_common::syscalls::NR_CLONE3 && e.ret == -libc::ENOSYS =>
+        {
             !seen.insert((e.hdr.slot, e.hdr.tgid))
         }
         _ => false,
@@ -1046,7 +1048,7 @@ mod tests {
         let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
         s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
         s.hdr.verdict = VERDICT_DENIED;
-        s.nr = 59;
+        s.nr = guard_common::syscalls::NR_EXECVE;
         s.ret = -13;
         s.args = [0x1000, 0x2000, 0x3000, 0, 0, 0];
         // SAFETY: as above.
@@ -1102,7 +1104,7 @@ mod tests {
         s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
         // A process (and parent) long gone: no /proc entry to read.
         s.hdr.tgid = 0x3fff_fff0;
-        s.nr = 59;
+        s.nr = guard_common::syscalls::NR_EXECVE;
         s.ret = -13;
         // SAFETY: as above.
         let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
