@@ -254,7 +254,15 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
         // SAFETY: as in `on_exec`; `fill_syscall` and `read_argv` write
         // every field of the event.
         unsafe {
-            fill_syscall(cfg, &mut (*ev).sys, &agent, nr, ret, regs);
+            fill_syscall(
+                cfg,
+                &mut (*ev).sys,
+                &agent,
+                EVENT_EXEC_REFUSED,
+                nr,
+                ret,
+                regs,
+            );
             let argv = if nr == NR_EXECVE {
                 (*ev).sys.args[1]
             } else {
@@ -262,7 +270,6 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
             };
             read_argv(&mut (*ev).argv, argv);
             exe_identity(cfg, &mut (*ev).argv);
-            (*ev).sys.hdr.kind = EVENT_EXEC_REFUSED;
         }
         slot.submit(0);
         agent.count_event();
@@ -274,16 +281,25 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
-    unsafe { fill_syscall(cfg, &mut *ev, &agent, nr, ret, regs) };
+    unsafe { fill_syscall(cfg, &mut *ev, &agent, EVENT_SYSCALL, nr, ret, regs) };
     slot.submit(0);
     agent.count_event();
     0
 }
 
-/// Writes every field of a refused call's event.
+/// Writes every field of a refused call's event; `kind` is the event's
+/// (`EVENT_SYSCALL`, or `EVENT_EXEC_REFUSED` when it heads a larger one).
 #[inline(always)]
-fn fill_syscall(cfg: &Config, ev: &mut SyscallEvent, agent: &Agent, nr: u64, ret: i64, regs: u64) {
-    ev.hdr = agent.header(EVENT_SYSCALL, VERDICT_DENIED, 0);
+fn fill_syscall(
+    cfg: &Config,
+    ev: &mut SyscallEvent,
+    agent: &Agent,
+    kind: u16,
+    nr: u64,
+    ret: i64,
+    regs: u64,
+) {
+    ev.hdr = agent.header(kind, VERDICT_DENIED, 0);
     ev.nr = nr as u32;
     ev.ret = ret as i32;
     let mut i = 0;

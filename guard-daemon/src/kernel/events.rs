@@ -118,6 +118,8 @@ impl BootClock {
 
 #[cfg(test)]
 mod tests {
+    use guard_common::syscalls::NR_EXECVE;
+
     use super::*;
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -157,14 +159,14 @@ mod tests {
         // SAFETY: all-zero is a valid value of this plain integer struct.
         let mut e: ExecRefusedEvent = unsafe { std::mem::zeroed() };
         e.sys.hdr.kind = EVENT_EXEC_REFUSED;
-        e.sys.nr = 59;
+        e.sys.nr = NR_EXECVE;
         e.argv.count = 1;
         e.argv.lens[0] = 3;
         e.argv.args[0][..3].copy_from_slice(b"ls\0");
         let b = bytes_of(&e);
         match decode(&b) {
             Some(KernelEvent::Syscall(s, Some(a))) => {
-                assert_eq!((s.nr, a.count, &a.args[0][..2]), (59, 1, &b"ls"[..]));
+                assert_eq!((s.nr, a.count, &a.args[0][..2]), (NR_EXECVE, 1, &b"ls"[..]));
             }
             other => panic!("{other:?}"),
         }

@@ -991,6 +991,8 @@ impl Judge {
 
 #[cfg(test)]
 mod tests {
+    use guard_common::syscalls::NR_IO_URING_SETUP;
+
     use super::*;
     use crate::policy::{Policy, Vars};
 
@@ -1022,7 +1024,9 @@ mod tests {
             ("seccomp", "syscalls.default-deny", Kind::Syscall)
         );
         assert_eq!(v.target.as_str(), Some("bpf"));
-        let v = j.judge(425, -ENOSYS, &[0; 6], 1, None).unwrap();
+        let v = j
+            .judge(NR_IO_URING_SETUP, -ENOSYS, &[0; 6], 1, None)
+            .unwrap();
         assert_eq!(v.rule, "syscalls.enosys-fallback");
         let v = j
             .judge(NR_SOCKET, -EAFNOSUPPORT, &[17, 3, 0, 0, 0, 0], 1, None)
@@ -1199,7 +1203,7 @@ mod tests {
         assert_eq!(v.detail["target_verified"], false);
         // exec outside the exec list.
         let v = j
-            .judge(59, -EACCES, &[0; 6], 1, Some(b"/usr/bin/curl"))
+            .judge(NR_EXECVE, -EACCES, &[0; 6], 1, Some(b"/usr/bin/curl"))
             .unwrap();
         assert_eq!(
             (v.kind, v.action.as_str(), v.layer),

@@ -343,7 +343,9 @@ fn drain(
 /// process is journaled, repeats are counted.
 fn is_repeat_fallback(ev: &KernelEvent, seen: &mut Seen) -> bool {
     match ev {
-        KernelEvent::Syscall(e, _) if e.nr == guard_common::syscalls::NR_CLONE3 && e.ret == -38 => {
+        KernelEvent::Syscall(e, _)
+            if e.nr == guard_common::syscalls::NR_CLONE3 && e.ret == -libc::ENOSYS =>
+        {
             !seen.insert((e.hdr.slot, e.hdr.tgid))
         }
         _ => false,
@@ -1040,17 +1042,26 @@ mod tests {
         assert_eq!(r.detail.unwrap()["argv_truncated"], true);
     }
 
+    /// An `execve` refused with EACCES, with no arguments read yet.
+    fn refused_exec() -> (guard_common::SyscallEvent, guard_common::ExecArgv) {
+        // SAFETY: all-zero is a valid value of these plain integer structs.
+        let (mut s, a): (guard_common::SyscallEvent, guard_common::ExecArgv) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        s.nr = guard_common::syscalls::NR_EXECVE;
+        s.ret = -13;
+        (s, a)
+    }
+
+    fn exec_event(s: &guard_common::SyscallEvent, a: &guard_common::ExecArgv) -> KernelEvent {
+        KernelEvent::Syscall(Box::new(*s), Some(Box::new(*a)))
+    }
+
     #[test]
     fn a_refused_exec_names_its_arguments() {
-        // SAFETY: all-zero is a valid value of these plain integer structs.
-        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
-        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        let (mut s, mut a) = refused_exec();
         s.hdr.verdict = VERDICT_DENIED;
-        s.nr = 59;
-        s.ret = -13;
         s.args = [0x1000, 0x2000, 0x3000, 0, 0, 0];
-        // SAFETY: as above.
-        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
         for (i, arg) in [&b"id\0"[..], b"-u\0", &[0xff, b'\n', 0]]
             .iter()
             .enumerate()
@@ -1059,7 +1070,7 @@ mod tests {
             a.lens[i] = arg.len() as u32;
         }
         a.count = 3;
-        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let ev = exec_event(&s, &a);
         let r = record_for(&ev, None).unwrap();
         let d = r.detail.unwrap();
         assert_eq!(
@@ -1074,7 +1085,7 @@ mod tests {
         assert!(d.get("args_unreadable").is_none());
         a.cut = 1 << 1;
         a.flags = guard_common::ARGV_FAULT;
-        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let ev = exec_event(&s, &a);
         let d = record_for(&ev, None).unwrap().detail.unwrap();
         assert_eq!(
             (
@@ -1085,7 +1096,7 @@ mod tests {
         );
         // A count the kernel cannot have written is bounded, not trusted.
         a.count = 1000;
-        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let ev = exec_event(&s, &a);
         let d = record_for(&ev, None).unwrap().detail.unwrap();
         assert_eq!(
             d["args"].as_array().unwrap().len(),
@@ -1097,27 +1108,21 @@ mod tests {
     fn a_refused_exec_names_only_a_program_the_kernel_identified() {
         let me = std::env::current_exe().unwrap();
         let (dev, ino) = judge::identity(&me).unwrap();
-        // SAFETY: all-zero is a valid value of these plain integer structs.
-        let mut s: guard_common::SyscallEvent = unsafe { std::mem::zeroed() };
-        s.hdr.kind = guard_common::EVENT_EXEC_REFUSED;
+        let (mut s, mut a) = refused_exec();
         // A process (and parent) long gone: no /proc entry to read.
         s.hdr.tgid = 0x3fff_fff0;
-        s.nr = 59;
-        s.ret = -13;
-        // SAFETY: as above.
-        let mut a: guard_common::ExecArgv = unsafe { std::mem::zeroed() };
         a.flags = guard_common::ARGV_EXE;
         a.exe_dev = dev;
         a.exe_ino = ino;
         let mut m = meta();
         m.launcher_exe = Some(me.as_os_str().as_bytes().to_vec());
-        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let ev = exec_event(&s, &a);
         let r = record_for(&ev, Some(&m)).unwrap();
         assert_eq!(r.process.unwrap().exe.as_bytes(), me.as_os_str().as_bytes());
         assert!(r.detail.unwrap().get("exe_identity").is_none());
         // Another file: the launcher's program is not named.
         a.exe_ino = ino.wrapping_add(1);
-        let ev = KernelEvent::Syscall(Box::new(s), Some(Box::new(a)));
+        let ev = exec_event(&s, &a);
         let r = record_for(&ev, Some(&m)).unwrap();
         assert!(r.process.unwrap().exe.is_empty());
         assert_eq!(
