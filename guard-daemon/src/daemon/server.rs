@@ -87,7 +87,7 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     drop(alive_tx);
-    let open = Arc::strong_count(&limits).saturating_sub(1);
+    let open = limits.served();
     if open > 0 {
         tracing::info!(
             connections = open,
@@ -149,6 +149,11 @@ struct Slot {
 }
 
 impl Limits {
+    /// Connections being served now (holding a place).
+    fn served(&self) -> usize {
+        self.counts.lock().map(|c| c.root + c.others).unwrap_or(0)
+    }
+
     /// A place for a connection of `uid`, or `None` when it is over the cap.
     fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
         let mut c = limits.counts.lock().ok()?;
@@ -730,6 +735,8 @@ mod tests {
             .map(|_| Limits::admit(&limits, 1000).unwrap())
             .collect();
         assert!(Limits::admit(&limits, 1000).is_none());
+        // A refused connection holds no place.
+        assert_eq!(limits.served(), MAX_PER_UID);
         // Another uid, and root, are not held up by it.
         assert!(Limits::admit(&limits, 1001).is_some());
         assert!(Limits::admit(&limits, 0).is_some());
