@@ -201,9 +201,6 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         r.agents.insert(
             st.id.clone(),
             AgentState {
-                id: st.id,
-                name: st.name,
-                policy: st.policy,
                 mode: if st.audit { Mode::Audit } else { Mode::Enforce },
                 slot: st.slot,
                 scope,
@@ -250,7 +247,7 @@ pub fn reap_orphans(shared: &Shared) {
             .agents
             .values()
             .filter(|a| !a.attached && !a.scope.populated())
-            .map(|a| a.id.clone())
+            .map(|a| a.meta.agent.id.clone())
             .collect(),
         Err(_) => return,
     };

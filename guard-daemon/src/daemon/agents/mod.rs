@@ -33,10 +33,8 @@ pub struct Peer {
     pub pid: i32,
 }
 
+/// A live agent. Its id, name and policy are `meta.agent`'s.
 pub struct AgentState {
-    pub id: String,
-    pub name: String,
-    pub policy: String,
     pub mode: Mode,
     pub slot: u32,
     pub scope: Scope,
@@ -82,7 +80,7 @@ impl Registry {
         let id = resolve(
             self.agents
                 .values()
-                .map(|a| (a.id.as_str(), a.name.as_str())),
+                .map(|a| (a.meta.agent.id.as_str(), a.meta.agent.name.as_str())),
             key,
         )?;
         self.agents

@@ -273,9 +273,6 @@ pub fn open(
         }
     };
     let state = AgentState {
-        id: id.clone(),
-        name: name.clone(),
-        policy: policy.name.clone(),
         mode: if audit { Mode::Audit } else { Mode::Enforce },
         slot,
         scope: scope.clone(),

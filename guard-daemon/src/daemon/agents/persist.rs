@@ -47,9 +47,9 @@ impl StateFile {
     /// What is kept of live agent `a`.
     pub(super) fn of(a: &AgentState) -> StateFile {
         StateFile {
-            id: a.id.clone(),
-            name: a.name.clone(),
-            policy: a.policy.clone(),
+            id: a.meta.agent.id.clone(),
+            name: a.meta.agent.name.clone(),
+            policy: a.meta.agent.policy.clone(),
             audit: a.mode == Mode::Audit,
             slot: a.slot,
             scope: a.scope.name.clone(),
@@ -193,7 +193,7 @@ pub(super) fn state_path(shared: &Shared, id: &str) -> PathBuf {
 
 pub(super) fn persist(shared: &Shared, a: &AgentState) {
     let state = StateFile::of(a);
-    let path = state_path(shared, &a.id);
+    let path = state_path(shared, &a.meta.agent.id);
     let tmp = path.with_extension("json.tmp");
     match serde_json::to_vec(&state) {
         Ok(bytes) => {
