@@ -54,9 +54,11 @@ pub struct AgentState {
 }
 
 /// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub policy_text: String,
+    /// Absent in state written before includes were sent.
+    #[serde(default)]
     pub policy_includes: Vec<(String, String)>,
     pub policy_path: String,
     pub workdir: PathBuf,

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::UNIX_EPOCH};
 use guard_common::{Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
 use serde::{Deserialize, Serialize};
 
-use super::AgentState;
+use super::{AgentState, Source};
 use crate::{daemon::Shared, kernel::AgentKeys, policy::Mode};
 
 /// What is persisted per live agent so a restarted guardd can re-adopt it.
@@ -33,14 +33,10 @@ pub(super) struct StateFile {
     #[serde(default)]
     pub(super) listen6: Vec<(u32, u32, [u8; 16])>,
     pub(super) rules: Vec<(String, String)>,
-    /// To rebuild the agent's policy after a restart (refusal attribution).
-    pub(super) policy_text: String,
-    #[serde(default)]
-    pub(super) policy_includes: Vec<(String, String)>,
-    pub(super) policy_path: String,
-    pub(super) workdir: PathBuf,
-    pub(super) home: PathBuf,
-    pub(super) unix_degraded: bool,
+    /// To rebuild the agent's policy after a restart (refusal attribution);
+    /// its fields sit beside the others in the file.
+    #[serde(flatten)]
+    pub(super) source: Source,
 }
 
 impl StateFile {
@@ -97,12 +93,7 @@ impl StateFile {
                 .iter()
                 .map(|r| (r.id.clone(), r.text.clone()))
                 .collect(),
-            policy_text: a.source.policy_text.clone(),
-            policy_includes: a.source.policy_includes.clone(),
-            policy_path: a.source.policy_path.clone(),
-            workdir: a.source.workdir.clone(),
-            home: a.source.home.clone(),
-            unix_degraded: a.source.unix_degraded,
+            source: a.source.clone(),
         }
     }
 
@@ -242,12 +233,14 @@ mod tests {
             listen4: vec![(64, 7, [127, 0, 0, 1])],
             listen6: vec![(160, 7, [0; 16])],
             rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
-            policy_text: "[policy]\nname = \"dev\"\n".into(),
-            policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
-            policy_path: "/p/dev.toml".into(),
-            workdir: "/work".into(),
-            home: "/root".into(),
-            unix_degraded: false,
+            source: Source {
+                policy_text: "[policy]\nname = \"dev\"\n".into(),
+                policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
+                policy_path: "/p/dev.toml".into(),
+                workdir: "/work".into(),
+                home: "/root".into(),
+                unix_degraded: false,
+            },
         }
     }
 
@@ -292,7 +285,7 @@ mod tests {
         // Root's, with no listen keys and no includes.
         assert_eq!(st.owner, 0);
         assert!(st.listen4.is_empty() && st.listen6.is_empty());
-        assert!(st.policy_includes.is_empty());
+        assert!(st.source.policy_includes.is_empty());
         assert_eq!(st.v4, sample().v4);
     }
 
