@@ -57,36 +57,16 @@ impl StateFile {
                 .unwrap_or(0),
             main_pid: a.main_pid,
             owner: a.owner,
-            v4: a
-                .keys
-                .v4
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
-            v6: a
-                .keys
-                .v6
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
+            v4: to_rows(&a.keys.v4, |k| (k.slot, k.addr)),
+            v6: to_rows(&a.keys.v6, |k| (k.slot, k.addr)),
             unix: a
                 .keys
                 .unix
                 .iter()
                 .map(|k| (k.slot, k.path.to_vec()))
                 .collect(),
-            listen4: a
-                .keys
-                .listen4
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
-            listen6: a
-                .keys
-                .listen6
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
+            listen4: to_rows(&a.keys.listen4, |k| (k.slot, k.addr)),
+            listen6: to_rows(&a.keys.listen6, |k| (k.slot, k.addr)),
             rules: a
                 .meta
                 .rules
@@ -108,32 +88,8 @@ impl StateFile {
     pub(super) fn keys(&self) -> AgentKeys {
         AgentKeys {
             cgroup_id: 0,
-            v4: self
-                .v4
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net4Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
-            v6: self
-                .v6
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net6Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
+            v4: from_rows(&self.v4, |slot, addr| Net4Key { slot, addr }),
+            v6: from_rows(&self.v6, |slot, addr| Net6Key { slot, addr }),
             unix: self
                 .unix
                 .iter()
@@ -144,34 +100,33 @@ impl StateFile {
                     UnixKey { slot: *slot, path }
                 })
                 .collect(),
-            listen4: self
-                .listen4
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net4Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
-            listen6: self
-                .listen6
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net6Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
+            listen4: from_rows(&self.listen4, |slot, addr| Net4Key { slot, addr }),
+            listen6: from_rows(&self.listen6, |slot, addr| Net6Key { slot, addr }),
         }
     }
+}
+
+/// Trie keys as the file keeps them: (prefix length, slot, address).
+fn to_rows<K, const N: usize>(
+    keys: &[(u32, K)],
+    part: impl Fn(&K) -> (u32, [u8; N]),
+) -> Vec<(u32, u32, [u8; N])> {
+    keys.iter()
+        .map(|(b, k)| {
+            let (slot, addr) = part(k);
+            (*b, slot, addr)
+        })
+        .collect()
+}
+
+/// The trie keys of rows kept by [`to_rows`].
+fn from_rows<K, const N: usize>(
+    rows: &[(u32, u32, [u8; N])],
+    key: impl Fn(u32, [u8; N]) -> K,
+) -> Vec<(u32, K)> {
+    rows.iter()
+        .map(|&(b, slot, addr)| (b, key(slot, addr)))
+        .collect()
 }
 
 pub(super) fn state_path(shared: &Shared, id: &str) -> PathBuf {
