@@ -209,6 +209,16 @@ fn journal_counts(recs: &[Value]) -> (u64, u64) {
     (sum("denied"), sum("audit"))
 }
 
+/// The `ps --json` entry of the agent named `name`, or what ps said.
+fn ps_entry(g: &Guardd, name: &str) -> Result<Value, String> {
+    let out = g.ctl(&["ps", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["name"] == name)
+        .ok_or_else(|| describe(&out))
+}
+
 // ----------------------------------------------------------- 1. counting
 
 #[test]
@@ -325,12 +335,7 @@ time.sleep(60)
     // agree, and check the layers are all there.
     let deadline = Instant::now() + Duration::from_secs(15);
     let (entry, recs) = loop {
-        let out = g.ctl(&["ps", "--json"]);
-        let entry: Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["name"] == "layers")
-            .unwrap_or_else(|| panic!("{}", describe(&out)));
+        let entry = ps_entry(&g, "layers").unwrap_or_else(|e| panic!("{e}"));
         let recs = g.logs(&["--agent", "layers"]);
         let (denied, _) = journal_counts(&recs);
         let layers: std::collections::BTreeSet<&str> = recs
@@ -365,12 +370,7 @@ time.sleep(60)
     assert!(table.lines().next().unwrap().contains("DENIED"));
     // The count carries over a restart of guardd (the agent is re-adopted).
     g.restart();
-    let out = g.ctl(&["ps", "--json"]);
-    let entry: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["name"] == "layers")
-        .unwrap_or_else(|| panic!("not re-adopted: {}", describe(&out)));
+    let entry = ps_entry(&g, "layers").unwrap_or_else(|e| panic!("not re-adopted: {e}"));
     assert_eq!(entry["denied"], denied, "after a restart: {entry}");
     assert!(g.ctl(&["kill", "layers"]).status.success());
     let _ = child.wait();

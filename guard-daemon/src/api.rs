@@ -423,7 +423,9 @@ pub fn ok_line(id: u64, fields: Value) -> Vec<u8> {
     line
 }
 
-pub fn error_line(id: u64, code: &str, message: &str) -> Vec<u8> {
+/// An error response line. Private: guardd answers errors only as a
+/// [`RequestError`] (`RequestError::line`), so every code is one of `code::*`.
+fn error_line(id: u64, code: &str, message: &str) -> Vec<u8> {
     let v = serde_json::json!({
         "v": PROTOCOL_VERSION,
         "id": id,

@@ -341,18 +341,13 @@ fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
 }
 
 fn journal_start(shared: &Shared) {
-    let layers = shared
-        .kernel
-        .lock()
-        .map(|k| k.layers.clone())
-        .unwrap_or_default();
-    let placements: serde_json::Map<String, serde_json::Value> = shared
-        .scopes
+    let facts = shared.doctor_facts();
+    let placements: serde_json::Map<String, serde_json::Value> = facts
         .placements
         .iter()
         .map(|(c, p)| {
             (
-                (*c).to_owned(),
+                c.clone(),
                 json!(match p {
                     Placement::V2 => "cgroup-v2".to_owned(),
                     Placement::V1(m) => format!("cgroup-v1 {}", m.display()),
@@ -370,10 +365,10 @@ fn journal_start(shared: &Shared) {
         "guardd",
     )
     .with_detail(json!({
-        "instance": shared.cfg.instance,
-        "cgroup": shared.scopes.v2_parent.display().to_string(),
-        "unix_hooks": layers.unix_hooks,
-        "unix_hooks_error": layers.unix_error,
+        "instance": facts.instance,
+        "cgroup": facts.parent_cgroup.display().to_string(),
+        "unix_hooks": facts.unix_hooks,
+        "unix_hooks_error": facts.unix_error,
         "controllers": placements,
         "journal_max_bytes": shared.cfg.retention.max_bytes,
         "coalesce_interval_ms": u64::try_from(shared.cfg.coalesce.interval.as_millis()).unwrap_or(u64::MAX),

@@ -87,7 +87,7 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     drop(alive_tx);
-    let open = Arc::strong_count(&limits).saturating_sub(1);
+    let open = limits.served();
     if open > 0 {
         tracing::info!(
             connections = open,
@@ -149,6 +149,11 @@ struct Slot {
 }
 
 impl Limits {
+    /// Connections being served now (holding a place).
+    fn served(&self) -> usize {
+        self.counts.lock().map(|c| c.root + c.others).unwrap_or(0)
+    }
+
     /// A place for a connection of `uid`, or `None` when it is over the cap.
     fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
         let mut c = limits.counts.lock().ok()?;
@@ -541,6 +546,18 @@ fn filter_of(req: &api::LogsRequest) -> Result<Filter, RequestError> {
         .map_err(|e| RequestError::BadRequest(e.to_string()))
 }
 
+/// The journal's records matching `filter`, read off the runtime from a
+/// reader opened for this query alone.
+async fn query(shared: &Shared, filter: Filter) -> Result<Vec<Record>, String> {
+    let path = shared.cfg.journal.clone();
+    tokio::task::spawn_blocking(move || {
+        Store::open_for_reading(&path).and_then(|s| s.query(&filter))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 fn record_line(id: u64, rec: &Record) -> Vec<u8> {
     api::ok_line(id, json!({"record": rec}))
 }
@@ -620,15 +637,7 @@ async fn logs(
         page.limit = Some(PAGE);
     }
     loop {
-        let path = conn.shared.cfg.journal.clone();
-        let f2 = page.clone();
-        let past = tokio::task::spawn_blocking(move || {
-            Store::open_for_reading(&path).and_then(|s| s.query(&f2))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-        let past = match past {
+        let past = match query(&conn.shared, page.clone()).await {
             Ok(p) => p,
             Err(e) => return conn.fail(id, RequestError::Internal(e)).await,
         };
@@ -680,13 +689,7 @@ async fn logs(
                         }
                         let mut f = follow.clone();
                         f.after_seq = Some(last);
-                        let path = conn.shared.cfg.journal.clone();
-                        missed = tokio::task::spawn_blocking(move || {
-                            Store::open_for_reading(&path).and_then(|s| s.query(&f))
-                        })
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
+                        missed = query(&conn.shared, f).await;
                         if missed.is_ok() {
                             break;
                         }
@@ -730,6 +733,8 @@ mod tests {
             .map(|_| Limits::admit(&limits, 1000).unwrap())
             .collect();
         assert!(Limits::admit(&limits, 1000).is_none());
+        // A refused connection holds no place.
+        assert_eq!(limits.served(), MAX_PER_UID);
         // Another uid, and root, are not held up by it.
         assert!(Limits::admit(&limits, 1001).is_some());
         assert!(Limits::admit(&limits, 0).is_some());

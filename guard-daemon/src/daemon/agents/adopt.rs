@@ -10,7 +10,7 @@ use std::{
 use serde_json::json;
 
 use super::{
-    AgentState, Source, close,
+    AgentState, close,
     persist::{StateFile, state_path},
     plan::{judge_for, parse_sent},
 };
@@ -121,17 +121,18 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         "why": "guardd was not running; enforcement continued through the pinned programs, and events that did not fit the ring buffer are counted as lost",
     });
     let opened = shared.scopes.open(&st.scope);
-    let judge = parse_sent(&st.policy_text, &st.policy_path, &st.policy_includes)
+    let src = &st.source;
+    let judge = parse_sent(&src.policy_text, &src.policy_path, &src.policy_includes)
         .ok()
         .and_then(|p| {
             p.compile(&Vars {
-                workdir: st.workdir.clone(),
-                home: st.home.clone(),
+                workdir: src.workdir.clone(),
+                home: src.home.clone(),
                 tmp: st.tmp.clone(),
             })
             .ok()
         })
-        .map(|plan| judge_for(&plan, &st.workdir, st.unix_degraded, st.audit));
+        .map(|plan| judge_for(&plan, &src.workdir, src.unix_degraded, st.audit));
     // The agent's refusals so far carry over the restart.
     let refusals = crate::monitor::RefusalCount::default();
     if let Err(e) = journaled_refusals(&shared.cfg.journal, &st.id, &refusals) {
@@ -201,9 +202,6 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         r.agents.insert(
             st.id.clone(),
             AgentState {
-                id: st.id,
-                name: st.name,
-                policy: st.policy,
                 mode: if st.audit { Mode::Audit } else { Mode::Enforce },
                 slot: st.slot,
                 scope,
@@ -214,14 +212,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 owner: st.owner,
                 meta,
                 attached: false,
-                source: Source {
-                    policy_text: st.policy_text,
-                    policy_includes: st.policy_includes,
-                    policy_path: st.policy_path,
-                    workdir: st.workdir,
-                    home: st.home,
-                    unix_degraded: st.unix_degraded,
-                },
+                source: st.source,
             },
         );
     }
@@ -250,7 +241,7 @@ pub fn reap_orphans(shared: &Shared) {
             .agents
             .values()
             .filter(|a| !a.attached && !a.scope.populated())
-            .map(|a| a.id.clone())
+            .map(|a| a.meta.agent.id.clone())
             .collect(),
         Err(_) => return,
     };

@@ -33,10 +33,8 @@ pub struct Peer {
     pub pid: i32,
 }
 
+/// A live agent. Its id, name and policy are `meta.agent`'s.
 pub struct AgentState {
-    pub id: String,
-    pub name: String,
-    pub policy: String,
     pub mode: Mode,
     pub slot: u32,
     pub scope: Scope,
@@ -56,9 +54,11 @@ pub struct AgentState {
 }
 
 /// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub policy_text: String,
+    /// Absent in state written before includes were sent.
+    #[serde(default)]
     pub policy_includes: Vec<(String, String)>,
     pub policy_path: String,
     pub workdir: PathBuf,
@@ -82,7 +82,7 @@ impl Registry {
         let id = resolve(
             self.agents
                 .values()
-                .map(|a| (a.id.as_str(), a.name.as_str())),
+                .map(|a| (a.meta.agent.id.as_str(), a.meta.agent.name.as_str())),
             key,
         )?;
         self.agents

@@ -105,6 +105,28 @@ pub fn open(
         .compile(&vars)
         .map_err(|e| RequestError::Policy(e.to_string()))?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
+    let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
+
+    let mut degraded = Vec::new();
+    let layers = shared
+        .kernel
+        .lock()
+        .map(|k| k.layers.clone())
+        .unwrap_or_default();
+    if !layers.unix_hooks {
+        let why = layers.unix_error.clone().unwrap_or_default();
+        if plan.names_unix_sockets() && !accepts("unix") {
+            return Err(RequestError::Degraded(format!(
+                "layer `unix` (the Unix-socket hooks) cannot be enforced on this host: {why}. The policy names Unix \
+                     sockets; pass --allow-degraded unix to run with all Unix sockets refused by seccomp instead"
+            )));
+        }
+        // Without the hooks the launcher refuses socket(AF_UNIX) entirely.
+        degraded.push(format!(
+            "unix: Unix-socket hooks unavailable ({why}); socket(AF_UNIX) refused by seccomp"
+        ));
+    }
+
     std::fs::create_dir(&tmp)
         .map_err(|e| RequestError::Internal(format!("creating {}: {e}", tmp.display())))?;
     let cleanup_tmp = |tmp: &Path| {
@@ -121,28 +143,6 @@ pub fn open(
 
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: tmp made");
     let audit = req.audit || plan.mode == Mode::Audit;
-    let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
-
-    let mut degraded = Vec::new();
-    let unix_hooks = shared
-        .kernel
-        .lock()
-        .map(|k| k.layers.clone())
-        .unwrap_or_default();
-    if !unix_hooks.unix_hooks {
-        let why = unix_hooks.unix_error.clone().unwrap_or_default();
-        if plan.names_unix_sockets() && !accepts("unix") {
-            cleanup_tmp(&tmp);
-            return Err(RequestError::Degraded(format!(
-                "layer `unix` (the Unix-socket hooks) cannot be enforced on this host: {why}. The policy names Unix \
-                     sockets; pass --allow-degraded unix to run with all Unix sockets refused by seccomp instead"
-            )));
-        }
-        // Without the hooks the launcher refuses socket(AF_UNIX) entirely.
-        degraded.push(format!(
-            "unix: Unix-socket hooks unavailable ({why}); socket(AF_UNIX) refused by seccomp"
-        ));
-    }
 
     let limits = Limits {
         pids: plan.process.max_processes,
@@ -187,7 +187,7 @@ pub fn open(
         judge: Some(judge_for(
             &plan,
             Path::new(&req.workdir),
-            !unix_hooks.unix_hooks,
+            !layers.unix_hooks,
             audit,
         )),
         refusals: Default::default(),
@@ -273,9 +273,6 @@ pub fn open(
         }
     };
     let state = AgentState {
-        id: id.clone(),
-        name: name.clone(),
-        policy: policy.name.clone(),
         mode: if audit { Mode::Audit } else { Mode::Enforce },
         slot,
         scope: scope.clone(),
@@ -292,7 +289,7 @@ pub fn open(
             policy_path: req.policy_path.clone(),
             workdir: PathBuf::from(&req.workdir),
             home: PathBuf::from(&req.home),
-            unix_degraded: !unix_hooks.unix_hooks,
+            unix_degraded: !layers.unix_hooks,
         },
     };
     tracing::debug!(
@@ -349,7 +346,7 @@ pub fn open(
         cgroup: scope.v2.display().to_string(),
         v1_procs: fds.len() - 1,
         degraded,
-        refuse_unix_sockets: !unix_hooks.unix_hooks,
+        refuse_unix_sockets: !layers.unix_hooks,
     };
     registry.agents.insert(id, state);
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");

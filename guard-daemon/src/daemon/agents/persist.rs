@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::UNIX_EPOCH};
 use guard_common::{Net4Key, Net6Key, UNIX_PATH_MAX, UnixKey};
 use serde::{Deserialize, Serialize};
 
-use super::AgentState;
+use super::{AgentState, Source};
 use crate::{daemon::Shared, kernel::AgentKeys, policy::Mode};
 
 /// What is persisted per live agent so a restarted guardd can re-adopt it.
@@ -33,23 +33,19 @@ pub(super) struct StateFile {
     #[serde(default)]
     pub(super) listen6: Vec<(u32, u32, [u8; 16])>,
     pub(super) rules: Vec<(String, String)>,
-    /// To rebuild the agent's policy after a restart (refusal attribution).
-    pub(super) policy_text: String,
-    #[serde(default)]
-    pub(super) policy_includes: Vec<(String, String)>,
-    pub(super) policy_path: String,
-    pub(super) workdir: PathBuf,
-    pub(super) home: PathBuf,
-    pub(super) unix_degraded: bool,
+    /// To rebuild the agent's policy after a restart (refusal attribution);
+    /// its fields sit beside the others in the file.
+    #[serde(flatten)]
+    pub(super) source: Source,
 }
 
 impl StateFile {
     /// What is kept of live agent `a`.
     pub(super) fn of(a: &AgentState) -> StateFile {
         StateFile {
-            id: a.id.clone(),
-            name: a.name.clone(),
-            policy: a.policy.clone(),
+            id: a.meta.agent.id.clone(),
+            name: a.meta.agent.name.clone(),
+            policy: a.meta.agent.policy.clone(),
             audit: a.mode == Mode::Audit,
             slot: a.slot,
             scope: a.scope.name.clone(),
@@ -61,48 +57,23 @@ impl StateFile {
                 .unwrap_or(0),
             main_pid: a.main_pid,
             owner: a.owner,
-            v4: a
-                .keys
-                .v4
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
-            v6: a
-                .keys
-                .v6
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
+            v4: to_rows(&a.keys.v4, |k| (k.slot, k.addr)),
+            v6: to_rows(&a.keys.v6, |k| (k.slot, k.addr)),
             unix: a
                 .keys
                 .unix
                 .iter()
                 .map(|k| (k.slot, k.path.to_vec()))
                 .collect(),
-            listen4: a
-                .keys
-                .listen4
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
-            listen6: a
-                .keys
-                .listen6
-                .iter()
-                .map(|(b, k)| (*b, k.slot, k.addr))
-                .collect(),
+            listen4: to_rows(&a.keys.listen4, |k| (k.slot, k.addr)),
+            listen6: to_rows(&a.keys.listen6, |k| (k.slot, k.addr)),
             rules: a
                 .meta
                 .rules
                 .iter()
                 .map(|r| (r.id.clone(), r.text.clone()))
                 .collect(),
-            policy_text: a.source.policy_text.clone(),
-            policy_includes: a.source.policy_includes.clone(),
-            policy_path: a.source.policy_path.clone(),
-            workdir: a.source.workdir.clone(),
-            home: a.source.home.clone(),
-            unix_degraded: a.source.unix_degraded,
+            source: a.source.clone(),
         }
     }
 
@@ -117,32 +88,8 @@ impl StateFile {
     pub(super) fn keys(&self) -> AgentKeys {
         AgentKeys {
             cgroup_id: 0,
-            v4: self
-                .v4
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net4Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
-            v6: self
-                .v6
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net6Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
+            v4: from_rows(&self.v4, |slot, addr| Net4Key { slot, addr }),
+            v6: from_rows(&self.v6, |slot, addr| Net6Key { slot, addr }),
             unix: self
                 .unix
                 .iter()
@@ -153,34 +100,33 @@ impl StateFile {
                     UnixKey { slot: *slot, path }
                 })
                 .collect(),
-            listen4: self
-                .listen4
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net4Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
-            listen6: self
-                .listen6
-                .iter()
-                .map(|(b, slot, addr)| {
-                    (
-                        *b,
-                        Net6Key {
-                            slot: *slot,
-                            addr: *addr,
-                        },
-                    )
-                })
-                .collect(),
+            listen4: from_rows(&self.listen4, |slot, addr| Net4Key { slot, addr }),
+            listen6: from_rows(&self.listen6, |slot, addr| Net6Key { slot, addr }),
         }
     }
+}
+
+/// Trie keys as the file keeps them: (prefix length, slot, address).
+fn to_rows<K, const N: usize>(
+    keys: &[(u32, K)],
+    part: impl Fn(&K) -> (u32, [u8; N]),
+) -> Vec<(u32, u32, [u8; N])> {
+    keys.iter()
+        .map(|(b, k)| {
+            let (slot, addr) = part(k);
+            (*b, slot, addr)
+        })
+        .collect()
+}
+
+/// The trie keys of rows kept by [`to_rows`].
+fn from_rows<K, const N: usize>(
+    rows: &[(u32, u32, [u8; N])],
+    key: impl Fn(u32, [u8; N]) -> K,
+) -> Vec<(u32, K)> {
+    rows.iter()
+        .map(|&(b, slot, addr)| (b, key(slot, addr)))
+        .collect()
 }
 
 pub(super) fn state_path(shared: &Shared, id: &str) -> PathBuf {
@@ -193,7 +139,7 @@ pub(super) fn state_path(shared: &Shared, id: &str) -> PathBuf {
 
 pub(super) fn persist(shared: &Shared, a: &AgentState) {
     let state = StateFile::of(a);
-    let path = state_path(shared, &a.id);
+    let path = state_path(shared, &a.meta.agent.id);
     let tmp = path.with_extension("json.tmp");
     match serde_json::to_vec(&state) {
         Ok(bytes) => {
@@ -242,12 +188,14 @@ mod tests {
             listen4: vec![(64, 7, [127, 0, 0, 1])],
             listen6: vec![(160, 7, [0; 16])],
             rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
-            policy_text: "[policy]\nname = \"dev\"\n".into(),
-            policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
-            policy_path: "/p/dev.toml".into(),
-            workdir: "/work".into(),
-            home: "/root".into(),
-            unix_degraded: false,
+            source: Source {
+                policy_text: "[policy]\nname = \"dev\"\n".into(),
+                policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
+                policy_path: "/p/dev.toml".into(),
+                workdir: "/work".into(),
+                home: "/root".into(),
+                unix_degraded: false,
+            },
         }
     }
 
@@ -292,7 +240,7 @@ mod tests {
         // Root's, with no listen keys and no includes.
         assert_eq!(st.owner, 0);
         assert!(st.listen4.is_empty() && st.listen6.is_empty());
-        assert!(st.policy_includes.is_empty());
+        assert!(st.source.policy_includes.is_empty());
         assert_eq!(st.v4, sample().v4);
     }
 

@@ -17,9 +17,9 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
             // own counter sees only what the BPF programs refused, not
             // Landlock, mount views, seccomp or guardd itself.
             PsEntry {
-                id: a.id.clone(),
-                name: a.name.clone(),
-                policy: a.policy.clone(),
+                id: a.meta.agent.id.clone(),
+                name: a.meta.agent.name.clone(),
+                policy: a.meta.agent.policy.clone(),
                 mode: a.mode.as_str().to_owned(),
                 main_pid: a.main_pid,
                 processes: a.scope.pids().len(),
