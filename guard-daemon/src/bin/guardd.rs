@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, default_value = "/run/guard")]
     state_dir: PathBuf,
     /// The journal (SQLite). A JSON-lines copy can be added with --mirror.
-    #[arg(long, default_value = "/var/lib/guard/journal.db")]
+    #[arg(long, default_value = guard_daemon::journal::DEFAULT_PATH)]
     journal: PathBuf,
     /// Instance name: the parent cgroup and bpffs directory are named after
     /// it, so several guardd (e.g. test runs) can coexist.

@@ -32,6 +32,10 @@ mod writer;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Where guardd keeps its journal unless told otherwise, and where
+/// `guardctl logs` looks for it when no guardd answers.
+pub const DEFAULT_PATH: &str = "/var/lib/guard/journal.db";
+
 pub use checkpoint::{Checkpoint, checkpoint_path, read_checkpoint_file};
 pub use hash::{ChainHead, GENESIS_HASH, canonical_bytes, record_hash};
 pub use lock::{JournalLock, lock_path};

@@ -50,7 +50,7 @@ impl Session {
             serde_json::from_value(serde_json::Value::Object(m)).map_err(ApiError::from)
         }) {
             Ok(reply) => Ok(Session { conn, reply }),
-            Err(ApiError::Remote { code, message }) if code == "policy" => {
+            Err(ApiError::Remote { code, message }) if code == crate::api::code::POLICY => {
                 Err(OpenError::Policy(message))
             }
             Err(e) => Err(OpenError::Api(e)),

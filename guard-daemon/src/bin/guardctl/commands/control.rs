@@ -37,7 +37,7 @@ pub fn run(cli: &Cli, args: &ControlArgs, action: ControlAction) -> i32 {
         }
         Err(e) => {
             fail(describe(&e));
-            if matches!(e, guard_daemon::api::ApiError::Remote { ref code, .. } if code == "not_found")
+            if matches!(e, guard_daemon::api::ApiError::Remote { ref code, .. } if code == guard_daemon::api::code::NOT_FOUND)
             {
                 1
             } else {

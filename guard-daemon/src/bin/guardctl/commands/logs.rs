@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use guard_daemon::{
-    api::{LogsRequest, Request},
+    api::{self, LogsRequest, Request},
     journal::{self, ChainHead, JournalError, Record, Store},
 };
 
 use super::{connect, describe, fail};
 use crate::{Cli, EXIT_GUARD, EXIT_USAGE};
 
-const DEFAULT_JOURNAL: &str = "/var/lib/guard/journal.db";
 /// Records read per query when reading a store directly, so memory stays
 /// bounded however large the journal is.
 const PAGE: usize = 1000;
@@ -108,7 +107,7 @@ fn journal_of(cli: &Cli, named: &Option<PathBuf>) -> PathBuf {
             .and_then(serde_json::Value::as_str)
             .map(PathBuf::from)
     });
-    from_guardd.unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL))
+    from_guardd.unwrap_or_else(|| PathBuf::from(guard_daemon::journal::DEFAULT_PATH))
 }
 
 /// Why printing stopped early.
@@ -266,7 +265,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> i32 {
             Ok(m) => m,
             Err(e) => {
                 fail(describe(&e));
-                return if matches!(e, guard_daemon::api::ApiError::Remote { ref code, .. } if matches!(code.as_str(), "bad_request" | "not_found" | "ambiguous"))
+                return if matches!(e, api::ApiError::Remote { ref code, .. } if [api::code::BAD_REQUEST, api::code::NOT_FOUND, api::code::AMBIGUOUS].contains(&code.as_str()))
                 {
                     EXIT_USAGE
                 } else {
