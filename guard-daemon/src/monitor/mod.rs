@@ -70,6 +70,33 @@ pub struct AgentMeta {
     pub launcher_exe: Option<Vec<u8>>,
 }
 
+impl AgentMeta {
+    /// A scope's metadata with nothing counted yet: the same start whether
+    /// guardd opens the scope or re-adopts it (then with the refusals
+    /// already journaled).
+    pub fn new(
+        agent: AgentRef,
+        cgroup_id: u64,
+        rules: Vec<RuleInfo>,
+        judge: Option<judge::Judge>,
+        refusals: RefusalCount,
+        launcher_exe: Option<Vec<u8>>,
+    ) -> AgentMeta {
+        AgentMeta {
+            agent,
+            cgroup_id,
+            rules,
+            judge,
+            refusals,
+            suppressed: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            lost_reported: AtomicU64::new(0),
+            closed_at: Mutex::new(None),
+            launcher_exe,
+        }
+    }
+}
+
 /// The program `pid` runs, for [`AgentMeta::launcher_exe`]; `None` when it
 /// cannot be read.
 pub fn launcher_exe(pid: i32) -> Option<Vec<u8>> {
@@ -966,25 +993,21 @@ mod tests {
     use guard_common::{AF_INET, EVENT_NET, EVENT_UNIX, REASON_NO_RULE};
 
     fn meta() -> AgentMeta {
-        AgentMeta {
-            agent: AgentRef {
+        AgentMeta::new(
+            AgentRef {
                 id: "a1".into(),
                 name: "demo".into(),
                 policy: "p".into(),
             },
-            cgroup_id: 9,
-            rules: vec![RuleInfo {
+            9,
+            vec![RuleInfo {
                 id: "network.allow[0]".into(),
                 text: "10.0.0.0/8 tcp 443".into(),
             }],
-            judge: None,
-            refusals: RefusalCount::default(),
-            suppressed: AtomicU64::new(0),
-            seen: AtomicU64::new(0),
-            lost_reported: AtomicU64::new(0),
-            closed_at: Mutex::new(None),
-            launcher_exe: None,
-        }
+            None,
+            RefusalCount::default(),
+            None,
+        )
     }
 
     #[test]

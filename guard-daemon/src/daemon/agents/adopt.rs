@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -138,26 +138,23 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     if let Err(e) = journaled_refusals(&shared.cfg.journal, &st.id, &refusals) {
         tracing::warn!(agent = %st.id, "counting the re-adopted agent's refusals: {e}");
     }
-    let meta = Arc::new(AgentMeta {
-        agent: agent.clone(),
-        cgroup_id: opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
+    let rules = st
+        .rules
+        .iter()
+        .map(|(id, text)| RuleInfo {
+            id: id.clone(),
+            text: text.clone(),
+        })
+        .collect();
+    let meta = Arc::new(AgentMeta::new(
+        agent.clone(),
+        opened.as_ref().map(|s| s.cgroup_id).unwrap_or(0),
+        rules,
         judge,
-        // The launcher of an agent guardd re-adopts is gone or unknown.
-        launcher_exe: None,
         refusals,
-        suppressed: AtomicU64::new(0),
-        rules: st
-            .rules
-            .iter()
-            .map(|(id, text)| RuleInfo {
-                id: id.clone(),
-                text: text.clone(),
-            })
-            .collect(),
-        seen: AtomicU64::new(0),
-        lost_reported: AtomicU64::new(0),
-        closed_at: Mutex::new(None),
-    });
+        // The launcher of an agent guardd re-adopts is gone or unknown.
+        None,
+    ));
     // Events the agent caused while guardd was down wait in the pinned ring
     // buffer: keep its slot attributed, even if the scope has ended.
     if let Ok(mut a) = shared.attribution.write() {

@@ -3,7 +3,7 @@
 use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -180,23 +180,19 @@ pub fn open(
         policy: policy.name.clone(),
     };
     let rules: Vec<RuleInfo> = plan.rules.clone();
-    let meta = Arc::new(AgentMeta {
-        agent: agent.clone(),
-        cgroup_id: scope.cgroup_id,
+    let meta = Arc::new(AgentMeta::new(
+        agent.clone(),
+        scope.cgroup_id,
         rules,
-        judge: Some(judge_for(
+        Some(judge_for(
             &plan,
             Path::new(&req.workdir),
             !layers.unix_hooks,
             audit,
         )),
-        refusals: Default::default(),
-        suppressed: AtomicU64::new(0),
-        seen: AtomicU64::new(0),
-        lost_reported: AtomicU64::new(0),
-        closed_at: Mutex::new(None),
-        launcher_exe: crate::monitor::launcher_exe(peer.pid),
-    });
+        Default::default(),
+        crate::monitor::launcher_exe(peer.pid),
+    ));
     let mut registry = shared
         .registry
         .lock()
