@@ -51,6 +51,11 @@ pub const AGENT_CLOSING: u32 = 1 << 1;
 /// `AgentInfo::flags`: the policy restricts programs (a `[filesystem]`
 /// table): running the dynamic loader as a program is killed.
 pub const AGENT_RESTRICT_EXEC: u32 = 1 << 2;
+/// `AgentInfo::flags`: the agent's DNS goes to guardd's resolver for it.
+/// Every connect/sendmsg to port 53 (TCP or UDP, any address) is redirected
+/// to `DNS_PROXY_V4`/`DNS_PROXY_V6` port `AgentInfo::dns_port`, and the
+/// replies' source is shown as the address the agent asked (recvmsg hooks).
+pub const AGENT_DNS: u32 = 1 << 3;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
 /// scope (the ancestor at `Config::agent_level` of the current task).
@@ -67,6 +72,10 @@ pub struct AgentInfo {
     /// Events written to the ring buffer: when the monitor has read this
     /// many for the agent, its journal is complete.
     pub events: u64,
+    /// Port of guardd's resolver for this agent on `DNS_PROXY_V4` and
+    /// `DNS_PROXY_V6` (host byte order); used when `flags` has `AGENT_DNS`.
+    pub dns_port: u32,
+    pub _pad: u32,
 }
 
 /// Value of the single-entry `CONFIG` array.
@@ -151,9 +160,65 @@ pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
     pub protos: u8,
-    pub _pad: u8,
+    /// `RANGE_*` bits.
+    pub flags: u8,
     /// Index of the policy rule (`network.allow[i]`) this range comes from.
     pub rule: u16,
+}
+
+/// `PortRange::flags`: the range comes from a host-name rule, written for
+/// an address a DNS answer gave (it expires with the answer). The first
+/// connection it allows per (agent, address, port, protocol) is reported
+/// with verdict allowed, so the journal names the host rule.
+pub const RANGE_NAME: u8 = 1 << 0;
+
+/// `NetValue::cidr_rule` of the entries guardd writes for well-known
+/// DNS-over-HTTPS resolvers when an agent's DNS goes through guardd: only a
+/// rule naming exactly that address reaches it, not a broader CIDR rule.
+pub const RULE_DOH: u32 = u32::MAX - 1;
+
+// ---- DNS --------------------------------------------------------------------
+
+/// The port every DNS query is redirected from.
+pub const DNS_PORT: u16 = 53;
+/// Where guardd's per-agent resolvers listen (each agent on its own port).
+pub const DNS_PROXY_V4: [u8; 4] = [127, 0, 0, 1];
+pub const DNS_PROXY_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// Entries of `DNS_PORTS` (resolver port -> slot): one per agent.
+pub const DNS_PORTS_ENTRIES: u32 = MAX_AGENTS;
+/// Sockets whose DNS was redirected, by cookie (`DNS_ORIG`).
+pub const DNS_ORIG_ENTRIES: u32 = 65_536;
+/// (agent, address, port, protocol) already reported as allowed by a host
+/// rule (`NAME_SEEN`).
+pub const NAME_SEEN_ENTRIES: u32 = 65_536;
+
+/// Value of `DNS_ORIG`, keyed by socket cookie: the destination the agent
+/// gave before the hook redirected it to its resolver, which the recvmsg
+/// hooks show as the source of the replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrig {
+    /// `AF_INET` or `AF_INET6` (of the socket's hook: a v4-mapped address
+    /// given to an IPv6 socket is kept as given, in `addr`).
+    pub family: u32,
+    /// As in `bpf_sock_addr::user_port` (network byte order in the low 16
+    /// bits).
+    pub port: u32,
+    /// IPv4 in the first 4 bytes, or the 16 bytes of the IPv6 address.
+    pub addr: [u8; 16],
+}
+
+/// Key of `NAME_SEEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameSeenKey {
+    pub slot: u32,
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `AF_INET` or `AF_INET6` as a byte.
+    pub family: u8,
+    pub addr: [u8; 16],
 }
 
 /// Value of the LPM tries. User space stores, for every prefix it inserts,
@@ -280,6 +345,9 @@ pub const REASON_ROUTING_HEADER: u8 = 6;
 /// An IPv4 packet with IP options (source routing among them), dropped by
 /// `cgroup_skb/egress`.
 pub const REASON_IP_OPTIONS: u8 = 7;
+/// A connect or datagram straight to the port of another agent's resolver
+/// (`DNS_PORTS`): refused whatever the policy allows, in audit mode too.
+pub const REASON_DNS_PROXY: u8 = 8;
 
 /// Common head of every event in the ring buffer.
 #[repr(C)]
@@ -574,7 +642,9 @@ pub const fn is_route_option(level: i32, optname: i32) -> bool {
 // ---- layout checks ------------------------------------------------------------
 
 const _: () = {
-    assert!(core::mem::size_of::<AgentInfo>() == 32);
+    assert!(core::mem::size_of::<AgentInfo>() == 40);
+    assert!(core::mem::size_of::<DnsOrig>() == 24);
+    assert!(core::mem::size_of::<NameSeenKey>() == 24);
     assert!(
         core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32
     );

@@ -10,6 +10,7 @@
 
 mod base;
 mod fs;
+pub mod host;
 mod net;
 mod parse;
 mod process;

@@ -574,7 +574,7 @@ fn fold(
                 lo,
                 hi,
                 protos: inet.protos,
-                _pad: 0,
+                flags: 0,
                 rule,
             }));
             normalize(&mut ranges);

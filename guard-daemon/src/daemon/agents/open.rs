@@ -209,9 +209,7 @@ pub fn open(
             } else {
                 0
             },
-        denied: 0,
-        lost: 0,
-        events: 0,
+        ..AgentInfo::default()
     };
     let added = shared
         .kernel

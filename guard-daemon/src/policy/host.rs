@@ -1,0 +1,357 @@
+//! Host-name rules: `{ host = "api.example.com", ports = [443] }`.
+//!
+//! A host rule allows the addresses that guardd's resolver for the agent
+//! hands out for a name the pattern matches, on the rule's ports and
+//! protocols, for as long as the answer lives. The patterns:
+//!
+//! - `api.example.com`: that name only;
+//! - `*.example.com`: exactly one label in front (`a.example.com`, not
+//!   `a.b.example.com`, not `example.com`);
+//! - `**.example.com`: one label or more in front (not `example.com`).
+//!
+//! Names are compared as ASCII case-insensitive, without a trailing dot.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+/// Longest name DNS carries in text form (without the trailing dot).
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest label.
+pub const MAX_LABEL_LEN: usize = 63;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// The name itself (lower case, no trailing dot).
+    Exact(String),
+    /// `*.suffix`: exactly one label before `suffix`.
+    OneLabel(String),
+    /// `**.suffix`: one label or more before `suffix`.
+    AnyDepth(String),
+}
+
+impl HostPattern {
+    /// Parses a pattern as a policy writes it. The error says what is wrong
+    /// in words a policy author can act on.
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let lower = text.to_ascii_lowercase();
+        let t = lower.strip_suffix('.').unwrap_or(&lower);
+        if t.parse::<IpAddr>().is_ok() {
+            return Err(format!(
+                "{text:?} is an address, not a host name: write {{ cidr = \"{t}/{}\" }} instead",
+                if t.contains(':') { 128 } else { 32 }
+            ));
+        }
+        let (pattern, suffix) = if let Some(s) = t.strip_prefix("**.") {
+            (HostPattern::AnyDepth(s.to_owned()), s)
+        } else if let Some(s) = t.strip_prefix("*.") {
+            (HostPattern::OneLabel(s.to_owned()), s)
+        } else {
+            (HostPattern::Exact(t.to_owned()), t)
+        };
+        check_name(suffix).map_err(|why| format!("host {text:?}: {why}"))?;
+        if !matches!(pattern, HostPattern::Exact(_)) && !suffix.contains('.') {
+            return Err(format!(
+                "host {text:?}: a wildcard needs at least two labels after it \
+                 (\"*.example.com\"), not a whole top-level domain"
+            ));
+        }
+        Ok(pattern)
+    }
+
+    /// Whether `name` (as [`normalize_name`] leaves it) is matched.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            HostPattern::Exact(n) => name == n,
+            HostPattern::OneLabel(s) => name
+                .strip_suffix(s.as_str())
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            HostPattern::AnyDepth(s) => name
+                .strip_suffix(s.as_str())
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|labels| !labels.is_empty() && !labels.starts_with('.')),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(n) => f.write_str(n),
+            HostPattern::OneLabel(s) => write!(f, "*.{s}"),
+            HostPattern::AnyDepth(s) => write!(f, "**.{s}"),
+        }
+    }
+}
+
+/// A name as a query carries it, made comparable: ASCII lower case, no
+/// trailing dot. `None` for a name no pattern can match (empty labels,
+/// bytes outside letters, digits, `-` and `_`, over-long labels or name).
+pub fn normalize_name(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    let t = lower.strip_suffix('.').unwrap_or(&lower);
+    check_name(t).ok()?;
+    Some(t.to_owned())
+}
+
+/// Letters, digits, `-` and `_` (service labels such as `_dns`), labels of
+/// 1 to 63 bytes, at most 253 bytes in all.
+fn check_name(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("empty name".to_owned());
+    }
+    if t.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name is {} bytes long, at most {MAX_NAME_LEN}",
+            t.len()
+        ));
+    }
+    for label in t.split('.') {
+        if label.is_empty() {
+            return Err("empty label (two dots in a row, or a leading dot)".to_owned());
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(format!(
+                "label {label:?} is {} bytes long, at most {MAX_LABEL_LEN}",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(if c == '*' {
+                "a wildcard is allowed only as the whole first label (\"*.\" or \"**.\")".to_owned()
+            } else {
+                format!("{c:?} is not allowed in a host name (letters, digits, '-' and '_')")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One host rule, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    /// Index of the rule in the plan's rule list (what `PortRange::rule`
+    /// and the journal use).
+    pub rule: u16,
+    pub pattern: HostPattern,
+    /// Inclusive port ranges.
+    pub ports: Vec<(u16, u16)>,
+    /// `PROTO_TCP` and/or `PROTO_UDP`.
+    pub protos: u8,
+}
+
+/// A range of addresses a DNS answer may point an allowed name at although
+/// it is loopback, link-local or private (`[network.dns] answers_allowed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRange {
+    pub v6: bool,
+    /// Network address, right-aligned (IPv4 in the low 32 bits).
+    pub addr: u128,
+    pub len: u32,
+}
+
+impl AddrRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (v6, x, bits) = match ip {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => (false, u128::from(u32::from(v4)), 32),
+                None => (true, u128::from(a), 128),
+            },
+        };
+        if v6 != self.v6 {
+            return false;
+        }
+        let shift = bits - self.len.min(bits);
+        if shift >= 128 {
+            return true;
+        }
+        (x >> shift) == (self.addr >> shift)
+    }
+}
+
+/// What the agent's resolver is told by the policy. Present when the
+/// policy has host rules or a `[network.dns]` table: then every DNS query
+/// of the agent goes to guardd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPlan {
+    pub hosts: Vec<HostRule>,
+    /// An answer's addresses stay allowed for at least this long, however
+    /// short its TTL.
+    pub ttl_floor: Duration,
+    /// ... and at most this long; the TTL the agent sees is cut to it, so
+    /// a caching client never uses an address after guard has dropped it.
+    pub ttl_ceiling: Duration,
+    /// Addresses kept per name (the rest of an answer is dropped).
+    pub max_addresses: usize,
+    /// Ranges an allowed name may resolve into although they are
+    /// loopback, link-local or private.
+    pub answers_allowed: Vec<AddrRange>,
+}
+
+pub const DEFAULT_TTL_FLOOR: Duration = Duration::from_secs(30);
+pub const DEFAULT_TTL_CEILING: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_ADDRESSES: usize = 64;
+/// Highest `max_addresses` a policy may ask for.
+pub const MAX_ADDRESSES_LIMIT: usize = 1024;
+
+impl DnsPlan {
+    /// The host rules matching `name` (normalized), in policy order.
+    pub fn rules_for<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HostRule> + 'a {
+        self.hosts.iter().filter(move |h| h.pattern.matches(name))
+    }
+
+    /// Whether an answer may point an allowed name at `ip`.
+    pub fn answer_allowed(&self, ip: IpAddr) -> bool {
+        !is_internal(ip) || self.answers_allowed.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// Loopback, link-local (the cloud metadata address among them), private
+/// (RFC 1918, RFC 6598 shared, IPv6 unique local), unspecified, multicast
+/// and broadcast addresses: where a rebinding answer would point an allowed
+/// name inside the host or its network.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfec0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> HostPattern {
+        HostPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn exact_names_match_themselves_only() {
+        let h = p("API.Example.com.");
+        assert_eq!(h, HostPattern::Exact("api.example.com".into()));
+        assert!(h.matches("api.example.com"));
+        assert!(!h.matches("x.api.example.com"));
+        assert!(!h.matches("example.com"));
+    }
+
+    #[test]
+    fn one_star_is_one_label_and_two_are_any_depth() {
+        let one = p("*.example.com");
+        assert!(one.matches("a.example.com"));
+        assert!(!one.matches("a.b.example.com"));
+        assert!(!one.matches("example.com"));
+        assert!(!one.matches("aexample.com"));
+        let any = p("**.example.com");
+        assert!(any.matches("a.example.com"));
+        assert!(any.matches("a.b.c.example.com"));
+        assert!(!any.matches("example.com"));
+        assert!(!any.matches("badexample.com"));
+        assert!(!any.matches(".example.com"));
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        for (bad, why) in [
+            ("10.0.0.1", "cidr"),
+            ("::1", "cidr"),
+            ("a..b", "empty label"),
+            ("a.*.b", "wildcard"),
+            ("*", "wildcard"),
+            ("*.com", "top-level"),
+            ("a b.com", "not allowed"),
+            ("", "empty name"),
+        ] {
+            let e = HostPattern::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("{}.com", "a".repeat(64));
+        assert!(
+            HostPattern::parse(&long)
+                .unwrap_err()
+                .contains("at most 63")
+        );
+    }
+
+    #[test]
+    fn names_normalize_or_are_refused() {
+        assert_eq!(
+            normalize_name("WWW.Example.COM.").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            normalize_name("_dns.resolver.arpa").as_deref(),
+            Some("_dns.resolver.arpa")
+        );
+        assert_eq!(normalize_name("a\0b.com"), None);
+        assert_eq!(normalize_name("a..com"), None);
+        assert_eq!(normalize_name(""), None);
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in ["93.184.216.34", "2606:4700::1", "100.128.0.1"] {
+            assert!(!is_internal(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn answers_allowed_opens_only_its_range() {
+        let plan = DnsPlan {
+            hosts: vec![],
+            ttl_floor: DEFAULT_TTL_FLOOR,
+            ttl_ceiling: DEFAULT_TTL_CEILING,
+            max_addresses: DEFAULT_MAX_ADDRESSES,
+            answers_allowed: vec![AddrRange {
+                v6: false,
+                addr: u128::from(u32::from_be_bytes([127, 0, 0, 0])),
+                len: 8,
+            }],
+        };
+        assert!(plan.answer_allowed("127.0.0.21".parse().unwrap()));
+        assert!(plan.answer_allowed("::ffff:127.0.0.21".parse().unwrap()));
+        assert!(!plan.answer_allowed("169.254.169.254".parse().unwrap()));
+        assert!(!plan.answer_allowed("::1".parse().unwrap()));
+        assert!(plan.answer_allowed("93.184.216.34".parse().unwrap()));
+    }
+}
