@@ -194,12 +194,17 @@ pub const NAME_SEEN_ENTRIES: u32 = 65_536;
 
 /// Value of `DNS_ORIG`, keyed by socket cookie: the destination the agent
 /// gave before the hook redirected it to its resolver, which the recvmsg
-/// hooks show as the source of the replies.
+/// hooks show as the source of the replies. An unspecified address is kept
+/// as the loopback address the kernel would have sent to (and received the
+/// reply from).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsOrig {
-    /// `AF_INET` or `AF_INET6` (of the socket's hook: a v4-mapped address
-    /// given to an IPv6 socket is kept as given, in `addr`).
+    /// `AF_INET` or `AF_INET6`: the family of the hook that redirected. A
+    /// v4-mapped address given to an IPv6 socket's connect is kept as given,
+    /// in `addr`; a datagram an IPv6 socket sends to one passes the IPv4
+    /// sendmsg hook (the kernel hands it to UDP over IPv4), so it is kept
+    /// as `AF_INET`, and `recvmsg6` maps it again.
     pub family: u32,
     /// As in `bpf_sock_addr::user_port` (network byte order in the low 16
     /// bits).
@@ -696,4 +701,8 @@ mod pod {
     unsafe impl aya::Pod for super::EntryPath {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExecRefusedEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NameSeenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsOrig {}
 }

@@ -114,6 +114,18 @@ impl Agent {
         }
     }
 
+    /// Port of the agent's resolver (meaningful with `AGENT_DNS`).
+    #[inline(always)]
+    #[allow(dead_code, reason = "the Unix-hook object shares this file")]
+    pub fn dns_port(&self) -> u32 {
+        if self.info.is_null() {
+            0
+        } else {
+            // SAFETY: as in `slot`.
+            unsafe { (*self.info).dns_port }
+        }
+    }
+
     /// Counts a decision that was not an allow (denial or audit verdict).
     #[inline(always)]
     pub fn count_denied(&self) {

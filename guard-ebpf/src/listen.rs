@@ -39,6 +39,7 @@ const NO_MATCH: Decision = Decision {
     allowed: false,
     rule: NO_RULE,
     reason: REASON_NO_RULE,
+    flags: 0,
 };
 
 #[inline(always)]
@@ -80,6 +81,7 @@ fn judge_local(
             allowed: false,
             rule: NO_RULE,
             reason: REASON_PROTOCOL,
+            flags: 0,
         };
     }
     if !v6 {
@@ -192,6 +194,7 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
             allowed: false,
             rule: NO_RULE,
             reason: REASON_UNKNOWN_SCOPE,
+            flags: 0,
         }
     } else {
         judge_local(agent.slot(), v6, &addr, port, proto_bit(protocol), &mut ev)
@@ -275,6 +278,7 @@ pub fn judge_ingress(ctx: &SkBuffContext) -> i32 {
             allowed: false,
             rule: NO_RULE,
             reason: REASON_UNKNOWN_SCOPE,
+            flags: 0,
         }
     } else {
         judge_local(

@@ -11,6 +11,7 @@
 )]
 
 mod common;
+mod dns;
 mod listen;
 mod maps;
 mod net;
@@ -43,6 +44,17 @@ pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
     net::judge_addr(&ctx, HOOK_SENDMSG6, true)
+}
+
+/// Replies from an agent's resolver show the server it asked (`dns`).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn guard_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::on_recvmsg(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn guard_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::on_recvmsg(&ctx, true)
 }
 
 #[cgroup_sock_addr(bind4)]

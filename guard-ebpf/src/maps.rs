@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    AgentInfo, Config, ENTRY_PATHS_ENTRIES, EVENTS_RING_BYTES, EntryPath, HOOK_DENIED_ENTRIES,
-    LISTEN_SEEN_ENTRIES, LISTEN4_MAX_ENTRIES, LISTEN6_MAX_ENTRIES, MAX_AGENTS, NET4_MAX_ENTRIES,
-    NET6_MAX_ENTRIES, Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, ROUTE_SEEN_ENTRIES,
+    AgentInfo, Config, DNS_ORIG_ENTRIES, DNS_PORTS_ENTRIES, DnsOrig, ENTRY_PATHS_ENTRIES,
+    EVENTS_RING_BYTES, EntryPath, HOOK_DENIED_ENTRIES, LISTEN_SEEN_ENTRIES, LISTEN4_MAX_ENTRIES,
+    LISTEN6_MAX_ENTRIES, MAX_AGENTS, NAME_SEEN_ENTRIES, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES,
+    NameSeenKey, Net4Key, Net6Key, NetValue, PATH_ARG_ENTRIES, ROUTE_SEEN_ENTRIES,
     UNIX_MAX_ENTRIES, UnixKey,
 };
 
@@ -40,6 +41,22 @@ pub static LISTEN_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(LISTE
 /// Cookies of sockets whose source-routed packets were reported.
 #[map]
 pub static ROUTE_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(ROUTE_SEEN_ENTRIES, 0);
+
+/// Resolver port (host byte order) -> slot of the agent it serves, filled
+/// by guardd: no agent reaches another agent's resolver.
+#[map]
+pub static DNS_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(DNS_PORTS_ENTRIES, 0);
+
+/// Socket cookie -> where the agent sent its last redirected DNS query, so
+/// that the recvmsg hooks show the replies as coming from there.
+#[map]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(DNS_ORIG_ENTRIES, 0);
+
+/// (agent, address, port, protocol) whose first connection through a
+/// host-name rule was reported.
+#[map]
+pub static NAME_SEEN: LruHashMap<NameSeenKey, u8> =
+    LruHashMap::with_max_entries(NAME_SEEN_ENTRIES, 0);
 
 /// Unix socket addresses an agent may connect or send to; the value is the
 /// index of the rule that allows it.

@@ -1,6 +1,7 @@
 //! Network egress: the inet `connect`/`sendmsg` hooks judge the address the
-//! kernel will really use against the agent's LPM tries, and `sock_create`
-//! refuses sockets that would bypass those hooks.
+//! kernel will really use against the agent's LPM tries (after the DNS
+//! redirection of `dns`), and `sock_create` refuses sockets that would
+//! bypass those hooks.
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -8,15 +9,17 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use guard_common::{
-    AF_INET, AF_INET6, AGENT_AUDIT, EVENT_NET, EVENT_SOCK, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_PORT_RANGES, NO_RULE, Net4Key, Net6Key, NetEvent, NetValue, PROTO_TCP, PROTO_UDP,
-    REASON_NO_RULE, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE,
-    SLOT_PREFIX_BITS, SOCK_DGRAM, SOCK_STREAM, SockEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    AF_INET, AF_INET6, AGENT_AUDIT, AGENT_DNS, DNS_PORT, EVENT_NET, EVENT_SOCK, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_PORT_RANGES, NO_RULE, NameSeenKey, Net4Key, Net6Key, NetEvent, NetValue,
+    PROTO_TCP, PROTO_UDP, RANGE_NAME, REASON_DNS_PROXY, REASON_NO_RULE, REASON_PORT,
+    REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SLOT_PREFIX_BITS, SOCK_DGRAM,
+    SOCK_STREAM, SockEvent, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 
 use crate::{
     common::{Agent, clear_hook_denied, current_agent, mark_hook_denied},
-    maps::{EVENTS, NET4, NET6},
+    dns,
+    maps::{EVENTS, NAME_SEEN, NET4, NET6},
 };
 
 pub(crate) const ALLOW: i32 = 1;
@@ -26,7 +29,12 @@ pub(crate) struct Decision {
     pub allowed: bool,
     pub rule: u32,
     pub reason: u8,
+    /// `RANGE_*` bits of the range that allowed.
+    pub flags: u8,
 }
+
+/// `BPF_NOEXIST`: insert only if the key is new.
+const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 pub(crate) fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decision {
@@ -41,6 +49,7 @@ pub(crate) fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decisio
                 allowed: true,
                 rule: r.rule as u32,
                 reason: REASON_NO_RULE,
+                flags: r.flags,
             };
         }
         i += 1;
@@ -49,6 +58,7 @@ pub(crate) fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decisio
         allowed: false,
         rule: value.cidr_rule,
         reason: REASON_PORT,
+        flags: 0,
     }
 }
 
@@ -61,6 +71,7 @@ fn judge4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
             allowed: false,
             rule: NO_RULE,
             reason: REASON_NO_RULE,
+            flags: 0,
         },
     }
 }
@@ -74,6 +85,7 @@ fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
             allowed: false,
             rule: NO_RULE,
             reason: REASON_NO_RULE,
+            flags: 0,
         },
     }
 }
@@ -141,14 +153,8 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         ..NetEvent::default()
     };
 
-    let bit = proto_bit(protocol);
-    let decision = if agent.info.is_null() {
-        Decision {
-            allowed: false,
-            rule: NO_RULE,
-            reason: REASON_UNKNOWN_SCOPE,
-        }
-    } else if v6 {
+    // The address the kernel will really use, into `ev.family`/`ev.addr`.
+    if v6 {
         // SAFETY: as above; `user_ip6` is readable in the IPv6 hooks.
         let words = unsafe { (*sa).user_ip6 };
         let mut addr = [0u8; 16];
@@ -168,15 +174,6 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
             ev.family = AF_INET as u8;
             ev.rewritten = 1;
             ev.addr[..4].copy_from_slice(&judged);
-            if bit == 0 {
-                Decision {
-                    allowed: false,
-                    rule: NO_RULE,
-                    reason: REASON_PROTOCOL,
-                }
-            } else {
-                judge4(agent.slot(), judged, port, bit)
-            }
         } else {
             let judged = if is_unspecified6(&addr) {
                 ev.rewritten = 1;
@@ -188,15 +185,6 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
             };
             ev.family = AF_INET6 as u8;
             ev.addr = judged;
-            if bit == 0 {
-                Decision {
-                    allowed: false,
-                    rule: NO_RULE,
-                    reason: REASON_PROTOCOL,
-                }
-            } else {
-                judge6(agent.slot(), judged, port, bit)
-            }
         }
     } else {
         // SAFETY: as above; `user_ip4` is readable in the IPv4 hooks.
@@ -207,18 +195,60 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         ev.family = AF_INET as u8;
         ev.rewritten = (judged != addr) as u8;
         ev.addr[..4].copy_from_slice(&judged);
-        if bit == 0 {
-            Decision {
-                allowed: false,
-                rule: NO_RULE,
-                reason: REASON_PROTOCOL,
-            }
+    }
+    let is4 = ev.family == AF_INET as u8;
+
+    let bit = proto_bit(protocol);
+    let decision = if agent.info.is_null() {
+        Decision {
+            allowed: false,
+            rule: NO_RULE,
+            reason: REASON_UNKNOWN_SCOPE,
+            flags: 0,
+        }
+    } else if bit == 0 {
+        Decision {
+            allowed: false,
+            rule: NO_RULE,
+            reason: REASON_PROTOCOL,
+            flags: 0,
+        }
+    } else {
+        // DNS first, before the policy: port 53 goes to the agent's own
+        // resolver whatever the CIDR rules say, and another agent's
+        // resolver is off limits whatever they say. For an agent without
+        // DNS redirection and a destination other than loopback this is
+        // two comparisons.
+        let flags = agent.flags();
+        if port == DNS_PORT && flags & AGENT_DNS != 0 {
+            dns::redirect(ctx, &agent, v6, is4, &ev);
+            clear_hook_denied();
+            return ALLOW;
+        }
+        if dns::is_resolver_addr(is4, &ev.addr) && dns::foreign_resolver(&agent, port) {
+            // Refused in audit mode too: the resolver of another agent
+            // answers with that agent's view, and writes its rules.
+            ev.hdr = agent.header(EVENT_NET, VERDICT_DENIED, REASON_DNS_PROXY);
+            report(&agent, &ev);
+            mark_hook_denied();
+            return DENY;
+        }
+        if is4 {
+            judge4(
+                agent.slot(),
+                [ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]],
+                port,
+                bit,
+            )
         } else {
-            judge4(agent.slot(), judged, port, bit)
+            judge6(agent.slot(), ev.addr, port, bit)
         }
     };
 
     if decision.allowed {
+        if decision.flags & RANGE_NAME != 0 {
+            first_by_name(&agent, &mut ev, decision.rule, bit);
+        }
         clear_hook_denied();
         return ALLOW;
     }
@@ -239,9 +269,38 @@ pub fn judge_addr(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     }
 }
 
+/// A connection allowed by a host-name rule (an address a DNS answer gave):
+/// the first per (agent, address, port, protocol) is reported with verdict
+/// allowed, so the journal names the host rule that let it through; the
+/// rest are not, or a busy client would flood the journal.
+#[inline(always)]
+fn first_by_name(agent: &Agent, ev: &mut NetEvent, rule: u32, bit: u8) {
+    let key = NameSeenKey {
+        slot: agent.slot(),
+        port: ev.port,
+        proto: bit,
+        family: ev.family,
+        addr: ev.addr,
+    };
+    if NAME_SEEN.insert(&key, &1u8, BPF_NOEXIST).is_err() {
+        return;
+    }
+    ev.rule = rule;
+    ev.hdr = agent.header(EVENT_NET, VERDICT_ALLOWED, REASON_NO_RULE);
+    emit(agent, ev);
+}
+
+/// Reports a refusal (or audit verdict): counted as such, then written.
 #[inline(always)]
 pub(crate) fn report<T: 'static>(agent: &Agent, ev: &T) {
     agent.count_denied();
+    emit(agent, ev);
+}
+
+/// Writes an event to the ring buffer, counting it or its loss; no
+/// refusal is counted (allowed events go through here alone).
+#[inline(always)]
+pub(crate) fn emit<T: 'static>(agent: &Agent, ev: &T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut slot) => {
             // SAFETY: `ev` is a plain `repr(C)` value copied into the reserved,
