@@ -12,12 +12,13 @@
 //! goes on unchanged, and a restarted guardd reuses the same maps.
 
 pub mod btf;
+pub mod dynamic;
 pub mod events;
 pub mod sys;
 pub mod unix;
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     fs,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -33,7 +34,8 @@ use aya::{
     },
 };
 use guard_common::{
-    AgentInfo, Config, Net4Key, Net6Key, NetValue, SLOT_PREFIX_BITS, UNIX_PATH_MAX, UnixKey,
+    AgentInfo, Config, NameSeenKey, Net4Key, Net6Key, NetValue, SLOT_PREFIX_BITS, UNIX_PATH_MAX,
+    UnixKey,
 };
 use thiserror::Error;
 
@@ -43,7 +45,7 @@ pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static UNIX_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf-unix"));
 
-const MAP_NAMES: [&str; 12] = [
+const MAP_NAMES: [&str; 15] = [
     "CONFIG",
     "AGENTS",
     "NET4",
@@ -56,10 +58,13 @@ const MAP_NAMES: [&str; 12] = [
     "LISTEN6",
     "LISTEN_SEEN",
     "ROUTE_SEEN",
+    "DNS_PORTS",
+    "DNS_ORIG",
+    "NAME_SEEN",
 ];
 
 /// Programs of the main object and how they attach.
-const PROGRAMS: [&str; 14] = [
+const PROGRAMS: [&str; 16] = [
     "guard_connect4",
     "guard_connect6",
     "guard_sendmsg4",
@@ -74,6 +79,8 @@ const PROGRAMS: [&str; 14] = [
     "guard_signal",
     "guard_egress",
     "guard_setsockopt",
+    "guard_recvmsg4",
+    "guard_recvmsg6",
 ];
 
 /// `BPF_CGROUP_SETSOCKOPT` (uapi `enum bpf_attach_type`).
@@ -242,6 +249,10 @@ pub struct Kernel {
     unix: HashMap<MapData, UnixKey, u32>,
     listen4: LpmTrie<MapData, Net4Key, NetValue>,
     listen6: LpmTrie<MapData, Net6Key, NetValue>,
+    /// Resolver port -> slot (`DNS_PORTS`).
+    dns_ports: HashMap<MapData, u32, u32>,
+    /// First connections reported per host-rule destination (`NAME_SEEN`).
+    name_seen: HashMap<MapData, NameSeenKey, u8>,
     pin_dir: PathBuf,
     /// The link pins of this generation: while they exist, the programs
     /// stay attached (readiness checks them).
@@ -535,6 +546,16 @@ impl Kernel {
                 .ok_or(KernelError::Missing("map LISTEN6"))?,
         )
         .map_err(map_err("LISTEN6"))?;
+        let dns_ports = HashMap::try_from(
+            ebpf.take_map("DNS_PORTS")
+                .ok_or(KernelError::Missing("map DNS_PORTS"))?,
+        )
+        .map_err(map_err("DNS_PORTS"))?;
+        let name_seen = HashMap::try_from(
+            ebpf.take_map("NAME_SEEN")
+                .ok_or(KernelError::Missing("map NAME_SEEN"))?,
+        )
+        .map_err(map_err("NAME_SEEN"))?;
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(KernelError::Missing("map EVENTS"))?,
@@ -551,6 +572,8 @@ impl Kernel {
                 unix: unix_map,
                 listen4,
                 listen6,
+                dns_ports,
+                name_seen,
                 pin_dir: opts.pin_dir.clone(),
                 links: pinned,
                 layers,
@@ -650,8 +673,13 @@ impl Kernel {
     }
 
     /// Removes everything `add_agent` wrote. Missing keys are not errors: a
-    /// half-written agent is removed the same way.
+    /// half-written agent is removed the same way. The agent's host-rule
+    /// reports (`NAME_SEEN`) go too: the next agent in its slot must get
+    /// its own first reports.
     pub fn remove_agent(&mut self, keys: &AgentKeys) {
+        if let Ok(info) = self.agents.get(&keys.cgroup_id, 0) {
+            self.forget_names(|slot| slot == info.slot);
+        }
         let _ = self.agents.remove(&keys.cgroup_id);
         for (bits, data) in &keys.v4 {
             let _ = self.net4.remove(&Key::new(*bits, *data));
@@ -667,6 +695,80 @@ impl Kernel {
         }
         for (bits, data) in &keys.listen6 {
             let _ = self.listen6.remove(&Key::new(*bits, *data));
+        }
+    }
+
+    /// Names `port` (a resolver of guardd's on `DNS_PROXY_V4`/`DNS_PROXY_V6`)
+    /// as the resolver of the agent in `slot`: every other agent's connect or
+    /// datagram to it is refused, whatever its policy or mode.
+    pub fn set_dns_port(&mut self, port: u16, slot: u32) -> Result<(), KernelError> {
+        self.dns_ports
+            .insert(u32::from(port), slot, 0)
+            .map_err(map_err("DNS_PORTS"))
+    }
+
+    /// Forgets a resolver port (its resolver closed); a port that was never
+    /// set is no error.
+    pub fn clear_dns_port(&mut self, port: u16) {
+        let _ = self.dns_ports.remove(&u32::from(port));
+    }
+
+    /// A handle on the `NET4`/`NET6` tries for another thread (the
+    /// resolver), on duplicates of this kernel's descriptors: it needs no
+    /// lock on the `Kernel` and no pins. See also [`dynamic::DynamicNet::open`].
+    pub fn dynamic_net(&self) -> Result<dynamic::DynamicNet, KernelError> {
+        dynamic::DynamicNet::from_tries(&self.net4, &self.net6)
+    }
+
+    /// Removes every `NET4`/`NET6` entry that is not a static rule of a live
+    /// agent: entries of slots not in `live`, and entries of live slots that
+    /// are not among their `AgentKeys::v4`/`v6` (what a resolver wrote for
+    /// DNS answers, which a restarted guardd cannot know). Also drops the
+    /// `NAME_SEEN` and `DNS_PORTS` entries of slots not in `live`. Returns how
+    /// many trie entries were removed.
+    pub fn purge_stale(&mut self, live: &StdHashMap<u32, AgentKeys>) -> usize {
+        let keep4: HashSet<(u32, u32, [u8; 4])> =
+            static_keys(live, |k| &k.v4, |d: &Net4Key| (d.slot, d.addr));
+        let keep6: HashSet<(u32, u32, [u8; 16])> =
+            static_keys(live, |k| &k.v6, |d: &Net6Key| (d.slot, d.addr));
+        // Keys are read in full before any is removed: a trie walk from a key
+        // that was just deleted starts over.
+        let found4: Vec<Key<Net4Key>> = self.net4.keys().map_while(Result::ok).collect();
+        let found6: Vec<Key<Net6Key>> = self.net6.keys().map_while(Result::ok).collect();
+        let mut removed = 0;
+        for key in found4 {
+            let d = key.data();
+            if !keep4.contains(&(d.slot, key.prefix_len(), d.addr))
+                && self.net4.remove(&key).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        for key in found6 {
+            let d = key.data();
+            if !keep6.contains(&(d.slot, key.prefix_len(), d.addr))
+                && self.net6.remove(&key).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        self.forget_names(|slot| !live.contains_key(&slot));
+        let ports: Vec<(u32, u32)> = self.dns_ports.iter().map_while(Result::ok).collect();
+        for (port, slot) in ports {
+            if !live.contains_key(&slot) {
+                let _ = self.dns_ports.remove(&port);
+            }
+        }
+        removed
+    }
+
+    /// Removes the `NAME_SEEN` entries of the slots `gone` names.
+    fn forget_names(&mut self, gone: impl Fn(u32) -> bool) {
+        let keys: Vec<NameSeenKey> = self.name_seen.keys().map_while(Result::ok).collect();
+        for k in keys {
+            if gone(k.slot) {
+                let _ = self.name_seen.remove(&k);
+            }
         }
     }
 
@@ -694,6 +796,25 @@ impl Kernel {
     pub fn unpin_all(&self) {
         remove_pins(&self.pin_dir);
     }
+}
+
+/// The static trie keys of the live agents as (slot, prefix length, address),
+/// each under the slot it is filed under in `live` only.
+fn static_keys<K, const N: usize>(
+    live: &StdHashMap<u32, AgentKeys>,
+    keys: impl Fn(&AgentKeys) -> &Vec<(u32, K)>,
+    part: impl Fn(&K) -> (u32, [u8; N]),
+) -> HashSet<(u32, u32, [u8; N])> {
+    let mut out = HashSet::new();
+    for (slot, agent) in live {
+        for (bits, data) in keys(agent) {
+            let (key_slot, addr) = part(data);
+            if key_slot == *slot {
+                out.insert((key_slot, *bits, addr));
+            }
+        }
+    }
+    out
 }
 
 /// Removes guard's pins under `pin_dir` (links, maps, the directories):
@@ -756,4 +877,53 @@ fn map_raw_fd(map: &aya::maps::Map) -> Option<i32> {
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k4(slot: u32, addr: [u8; 4]) -> Net4Key {
+        Net4Key { slot, addr }
+    }
+
+    #[test]
+    fn only_the_static_keys_of_live_slots_are_kept() {
+        let mut live = StdHashMap::new();
+        live.insert(
+            1,
+            AgentKeys {
+                v4: vec![(40, k4(1, [10, 0, 0, 0])), (64, k4(1, [127, 0, 0, 1]))],
+                v6: vec![(
+                    160,
+                    Net6Key {
+                        slot: 1,
+                        addr: [0xfd; 16],
+                    },
+                )],
+                ..AgentKeys::default()
+            },
+        );
+        // A key filed under another slot than its own is no keeper.
+        live.insert(
+            2,
+            AgentKeys {
+                v4: vec![(64, k4(9, [1, 1, 1, 1]))],
+                ..AgentKeys::default()
+            },
+        );
+        let keep4 = static_keys(&live, |k| &k.v4, |d: &Net4Key| (d.slot, d.addr));
+        let keep6 = static_keys(&live, |k| &k.v6, |d: &Net6Key| (d.slot, d.addr));
+        assert_eq!(keep4.len(), 2);
+        assert!(keep4.contains(&(1, 40, [10, 0, 0, 0])));
+        assert!(keep4.contains(&(1, 64, [127, 0, 0, 1])));
+        // The same address as a resolver's /32 of the same slot, a rule's
+        // address under another prefix, or any key of a dead slot: stale.
+        assert!(!keep4.contains(&(1, 64, [10, 0, 0, 0])));
+        assert!(!keep4.contains(&(1, 40, [127, 0, 0, 1])));
+        assert!(!keep4.contains(&(3, 40, [10, 0, 0, 0])));
+        assert!(!keep4.contains(&(9, 64, [1, 1, 1, 1])));
+        assert_eq!(keep6.len(), 1);
+        assert!(keep6.contains(&(1, 160, [0xfd; 16])));
+    }
 }
