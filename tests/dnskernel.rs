@@ -336,6 +336,16 @@ fn errno(r: &Value) -> Option<&str> {
 #[test]
 fn every_port_53_query_reaches_the_agents_resolver_and_replies_show_the_server_asked() {
     let mut f = Fixture::load();
+    // The recvmsg programs are attached and pinned like the others, and
+    // count in readiness.
+    let links: Vec<String> = std::fs::read_dir(f.pin_dir.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in ["guard_recvmsg4-", "guard_recvmsg6-"] {
+        assert!(links.iter().any(|l| l.starts_with(name)), "{links:?}");
+    }
+    assert_eq!(f.kernel().missing_links(), Vec::<String>::new());
     let resolver = Resolver::start();
     let p = resolver.port;
     f.kernel().set_dns_port(p, 1).unwrap();
