@@ -71,12 +71,41 @@ struct Args {
     /// chosen address is written to STATE_DIR/metrics.addr.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics: String,
+    /// Upstream DNS server the agents' resolvers forward allowed names to,
+    /// ADDR or ADDR:PORT ([V6]:PORT); repeatable, tried in order. Default:
+    /// the nameservers of /etc/resolv.conf as guardd sees it. A policy
+    /// cannot name its own (it could make an allowed name resolve anywhere).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    dns_upstream: Vec<String>,
 }
 
 /// Whether log lines may carry colour: only on a terminal, and not when
 /// `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
 fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The agents' upstream resolvers: `--dns-upstream` (a bad one is an
+/// error), else resolv.conf (none there: agents with host rules are
+/// refused, the others run as before).
+fn dns_upstreams(
+    given: &[String],
+) -> anyhow::Result<(Result<Vec<std::net::SocketAddr>, String>, String)> {
+    use guard_daemon::dns;
+    if !given.is_empty() {
+        let ups = given
+            .iter()
+            .map(|s| dns::parse_upstream(s))
+            .collect::<Result<Vec<_>, _>>()
+            .context("--dns-upstream")?;
+        return Ok((Ok(ups), "--dns-upstream".to_owned()));
+    }
+    let path = Path::new("/etc/resolv.conf");
+    let origin = path.display().to_string();
+    Ok(match dns::upstreams_from_resolv_conf(path) {
+        Ok(ups) => (Ok(ups), origin),
+        Err(e) => (Err(e.to_string()), origin),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         ),
         None => Some(guard_daemon::journal::default_budget(&args.journal)),
     };
+    let (dns_upstreams, dns_origin) = dns_upstreams(&args.dns_upstream)?;
     let cfg = DaemonConfig {
         socket: args.socket.clone(),
         state_dir: args.state_dir.clone(),
@@ -150,6 +180,8 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         cleanup_on_exit: !args.keep_pins,
+        dns_upstreams,
+        dns_origin,
     };
     let metrics_addr: Option<std::net::SocketAddr> =
         match args.metrics.as_str() {

@@ -8,6 +8,7 @@
 //! tests start it on a fresh socket and stop it the same way.
 
 mod agents;
+pub mod dns;
 pub mod peer;
 pub mod server;
 
@@ -80,6 +81,12 @@ pub struct DaemonConfig {
     /// Remove pins and the parent cgroup on a clean stop when no agent is
     /// live (the default); off keeps them for inspection.
     pub cleanup_on_exit: bool,
+    /// Where the agents' resolvers forward allowed names (`--dns-upstream`,
+    /// or the host's resolv.conf); `Err` says why there is none, and then
+    /// a policy with host rules is refused.
+    pub dns_upstreams: Result<Vec<std::net::SocketAddr>, String>,
+    /// Where `dns_upstreams` came from, for the start record.
+    pub dns_origin: String,
 }
 
 impl DaemonConfig {
@@ -101,6 +108,9 @@ pub struct Shared {
     /// Held counts of repeated refusals; the monitor feeds it, closing a
     /// scope flushes that agent's counts before its exit record.
     pub coalescer: Arc<Mutex<Coalescer>>,
+    /// The agents' resolvers (issue 12); `Err` says why guardd cannot run
+    /// them (no upstream), and a policy with host rules is then refused.
+    pub dns: Result<dns::DnsService, String>,
 }
 
 impl Shared {
@@ -169,6 +179,24 @@ impl Shared {
     }
 }
 
+/// The agents' resolvers, writing through a handle on the kernel's tries
+/// of their own (no lock on the `Kernel`).
+fn dns_service(cfg: &DaemonConfig, kernel: &Kernel) -> Result<dns::DnsService, String> {
+    let upstreams = cfg.dns_upstreams.clone()?;
+    if upstreams.is_empty() {
+        return Err(format!("no upstream DNS server ({})", cfg.dns_origin));
+    }
+    let net = kernel
+        .dynamic_net()
+        .map_err(|e| format!("opening the allow-maps for the resolvers: {e}"))?;
+    dns::DnsService::new(
+        crate::dns::ResolverConfig::new(upstreams),
+        net,
+        cfg.dns_origin.clone(),
+    )
+    .map_err(|e| format!("starting the resolvers' runtime: {e}"))
+}
+
 pub struct Daemon {
     pub shared: Arc<Shared>,
     journal: Option<Journal>,
@@ -235,6 +263,7 @@ impl Daemon {
         jcfg.retention = cfg.retention;
         let journal = Journal::open_locked(jcfg, journal_lock)?;
         let handle = journal.handle();
+        let dns = dns_service(cfg, &kernel);
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
         let cfg_coalesce = cfg.coalesce;
@@ -248,11 +277,26 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
             started: SystemTime::now(),
             coalescer: Arc::new(Mutex::new(Coalescer::new(cfg_coalesce))),
+            dns,
         });
         journal_start(&shared);
         // Re-adopt before reading the ring buffer: events an agent caused
         // while guardd was down wait there and must find their agent.
         agents::readopt(&shared);
+        // What the resolvers of a guardd that died had opened is unknown to
+        // this one: only the static rules of live agents stay.
+        let live = shared
+            .registry
+            .lock()
+            .map(|r| r.static_keys())
+            .unwrap_or_default();
+        if let Ok(mut k) = shared.kernel.lock() {
+            let n = k.purge_stale(&live);
+            if n > 0 {
+                tracing::info!("removed {n} stale map entries (DNS answers of an earlier guardd)");
+            }
+        }
+        agents::resume_resolvers(&shared);
         let monitor = monitor::start(
             ring,
             shared.attribution.clone(),

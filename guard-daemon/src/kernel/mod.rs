@@ -707,6 +707,30 @@ impl Kernel {
             .map_err(map_err("DNS_PORTS"))
     }
 
+    /// Points a live agent's DNS redirection at `port` (its resolver was
+    /// started again after a guardd restart, perhaps on another port), or
+    /// turns it off (`None`: its queries to port 53 are then judged by its
+    /// rules again).
+    pub fn set_agent_dns(&mut self, cgroup_id: u64, port: Option<u16>) -> Result<(), KernelError> {
+        let mut info = self
+            .agents
+            .get(&cgroup_id, 0)
+            .map_err(map_err("AGENTS"))?;
+        match port {
+            Some(p) => {
+                info.flags |= guard_common::AGENT_DNS;
+                info.dns_port = u32::from(p);
+            }
+            None => {
+                info.flags &= !guard_common::AGENT_DNS;
+                info.dns_port = 0;
+            }
+        }
+        self.agents
+            .insert(cgroup_id, info, 0)
+            .map_err(map_err("AGENTS"))
+    }
+
     /// Forgets a resolver port (its resolver closed); a port that was never
     /// set is no error.
     pub fn clear_dns_port(&mut self, port: u16) {

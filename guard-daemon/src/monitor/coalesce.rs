@@ -401,6 +401,38 @@ pub fn append_all(journal: &JournalHandle, out: &mut Vec<Record>) {
     }
 }
 
+/// Journals `rec` now or folds it into a later summary; returns whether it
+/// was folded. `wall` is the record's own time, so a summary's first and
+/// last times are those of the refusals. The lock is held across the
+/// append so that a scope's final flush ([`flush_agent`]) cannot overtake
+/// a record of that scope. `out` is a reusable buffer.
+pub fn put(
+    coalescer: &Mutex<Coalescer>,
+    journal: &JournalHandle,
+    rec: Record,
+    wall: SystemTime,
+    out: &mut Vec<Record>,
+) -> bool {
+    let mut c = coalescer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !c.enabled() {
+        drop(c);
+        if let Err(e) = journal.append(rec) {
+            tracing::error!("journal append failed: {e}");
+        }
+        return false;
+    }
+    let before = c.folded();
+    let stamp = Stamp {
+        mono: Instant::now(),
+        wall,
+    };
+    c.offer(rec, stamp, out);
+    append_all(journal, out);
+    c.folded() != before
+}
+
 /// Journals the held counts of one agent; called when its scope closes,
 /// after the monitor has taken every event the kernel wrote for it and
 /// before its exit record.

@@ -11,7 +11,7 @@ pub mod judge;
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex, RwLock,
@@ -27,8 +27,9 @@ use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6,
     IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, PATH_BASE, PATH_ENTRY,
-    REASON_DIRECT_LOADER, REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL, REASON_SOCKET_TYPE,
-    REASON_UNKNOWN_SCOPE, SockEvent, UnixEvent, VERDICT_AUDIT, VERDICT_DENIED,
+    REASON_DIRECT_LOADER, REASON_DNS_PROXY, REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL,
+    REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, RULE_DOH, SockEvent, UnixEvent, VERDICT_ALLOWED,
+    VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -68,6 +69,10 @@ pub struct AgentMeta {
     /// a process of the scope runs until something in it execs. Used only
     /// when the kernel's identity of a caller's program matches it.
     pub launcher_exe: Option<Vec<u8>>,
+    /// The names the agent's resolver gave addresses (issue 12), set once
+    /// its resolver runs: a record of a connection names the host it was
+    /// looked up as.
+    pub names: std::sync::OnceLock<Arc<crate::dns::NameBook>>,
 }
 
 impl AgentMeta {
@@ -93,6 +98,7 @@ impl AgentMeta {
             lost_reported: AtomicU64::new(0),
             closed_at: Mutex::new(None),
             launcher_exe,
+            names: std::sync::OnceLock::new(),
         }
     }
 }
@@ -189,31 +195,9 @@ struct Sink {
 
 impl Sink {
     /// Journals `rec` now or folds it into a later summary; returns whether
-    /// it was folded. `wall` is the record's own time (when the kernel saw
-    /// the event), so a summary's first and last times are those of the
-    /// refusals. The lock is held across the append so that a scope's
-    /// final flush (`coalesce::flush_agent`) cannot overtake a record of
-    /// that scope.
+    /// it was folded (see [`coalesce::put`]).
     fn put(&mut self, rec: Record, wall: SystemTime) -> bool {
-        let mut c = self
-            .coalescer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !c.enabled() {
-            drop(c);
-            if let Err(e) = self.journal.append(rec) {
-                tracing::error!("journal append failed: {e}");
-            }
-            return false;
-        }
-        let before = c.folded();
-        let stamp = coalesce::Stamp {
-            mono: Instant::now(),
-            wall,
-        };
-        c.offer(rec, stamp, &mut self.out);
-        coalesce::append_all(&self.journal, &mut self.out);
-        c.folded() != before
+        coalesce::put(&self.coalescer, &self.journal, rec, wall, &mut self.out)
     }
 
     /// Journals the summaries of intervals that have ended.
@@ -818,7 +802,19 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
     {
         return listen_fields(e, action, target, nearest);
     }
+    let looked_up = judged_ip(e).and_then(|ip| meta?.names.get()?.name_of(ip));
+    if e.hdr.verdict == VERDICT_ALLOWED {
+        return host_allowed_fields(e, action, target, nearest, looked_up);
+    }
     let (rule, why) = match e.hdr.reason {
+        REASON_DNS_PROXY => (
+            "network.dns-resolver".to_owned(),
+            "this port is the DNS resolver guardd runs for another agent; an agent reaches only its own (its queries to port 53 go there)".to_owned(),
+        ),
+        REASON_PORT if e.rule == RULE_DOH => (
+            "network.dns-over-https".to_owned(),
+            "a well-known DNS-over-HTTPS resolver: while the agent's DNS goes through guardd, only a rule naming exactly this address reaches it".to_owned(),
+        ),
         REASON_PORT => (
             "network.default-deny".to_owned(),
             format!(
@@ -851,7 +847,64 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
     if let Some(r) = nearest {
         detail["nearest_rule"] = json!(r.id);
     }
+    if let Some(n) = looked_up {
+        detail["name"] = json!(n.name);
+        if n.expired && e.hdr.reason != REASON_UNKNOWN_SCOPE {
+            let until = crate::journal::format_time(n.expires);
+            detail["expired_name"] = json!({"name": n.name, "expired_at": until});
+            let why = detail["why"].as_str().unwrap_or_default().to_owned();
+            detail["why"] = json!(format!(
+                "{why}; the address was allowed as {} until {until}, when that answer expired: \
+                 look the name up again",
+                n.name
+            ));
+        }
+    }
     (action.to_owned(), Text::new(target), rule, detail)
+}
+
+/// The address a net event judged.
+fn judged_ip(e: &NetEvent) -> Option<IpAddr> {
+    match u32::from(e.family) {
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(e.addr))),
+        f if f == u32::from(guard_common::AF_INET) => Some(IpAddr::V4(Ipv4Addr::new(
+            e.addr[0], e.addr[1], e.addr[2], e.addr[3],
+        ))),
+        _ => None,
+    }
+}
+
+/// The first connection a host rule allowed to an address and port: the
+/// rule is the host pattern (`network.host:api.example.com`), the detail
+/// the name the agent looked up and the rule's place in the policy.
+fn host_allowed_fields(
+    e: &NetEvent,
+    action: &str,
+    target: String,
+    rule: Option<&RuleInfo>,
+    looked_up: Option<crate::dns::NameInfo>,
+) -> (String, Text, String, serde_json::Value) {
+    let pattern = rule
+        .and_then(|r| r.text.strip_prefix("host "))
+        .and_then(|t| t.split_whitespace().next())
+        .map(str::to_owned);
+    let name = looked_up.as_ref().map(|n| n.name.clone());
+    let shown = pattern
+        .clone()
+        .or_else(|| name.clone())
+        .unwrap_or_else(|| "?".to_owned());
+    let detail = json!({
+        "hook": hook_name(e.hook),
+        "name": name,
+        "host_rule": rule.map(|r| r.id.clone()),
+        "why": "the first connection to this address and port allowed by a host rule, after guardd's resolver answered the name",
+    });
+    (
+        action.to_owned(),
+        Text::new(target),
+        format!("network.host:{shown}"),
+        detail,
+    )
 }
 
 /// A packet dropped because its wire destination could differ from the

@@ -210,6 +210,8 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 meta,
                 attached: false,
                 source: st.source,
+                dns: None,
+                dns_port_before: st.dns_port,
             },
         );
     }

@@ -30,7 +30,7 @@ pub fn close(
         .lock()
         .ok()
         .and_then(|mut r| r.agents.remove(id));
-    let Some(agent) = agent else {
+    let Some(mut agent) = agent else {
         on_summary(Err(RequestError::NotFound(format!(
             "no live agent with id {id:?}"
         ))));
@@ -48,6 +48,10 @@ pub fn close(
     if let Err(e) = agent.scope.kill_all(Duration::from_secs(5)) {
         tracing::error!("ending agent {id}: {e}");
     }
+    // Nothing of the scope asks any more: its resolver stops (taking its
+    // answers' addresses out of the map), and its last records are in
+    // before the held counts are flushed below.
+    super::dns::stop_resolver(shared, agent.dns.take());
     let info = shared
         .kernel
         .lock()

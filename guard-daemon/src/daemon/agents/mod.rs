@@ -8,6 +8,7 @@ mod adopt;
 mod authorize;
 mod close;
 mod control;
+mod dns;
 mod open;
 mod persist;
 mod plan;
@@ -19,6 +20,7 @@ pub use adopt::{readopt, reap_orphans};
 pub use authorize::{authorize, reads_all, refuse_confined_peer};
 pub use close::close;
 pub use control::control;
+pub use dns::resume_resolvers;
 pub use open::open;
 pub use persist::set_main_pid;
 pub use ps::ps;
@@ -51,6 +53,12 @@ pub struct AgentState {
     pub attached: bool,
     /// What the agent's policy was compiled from.
     pub source: Source,
+    /// The agent's DNS resolver, when its policy has host rules (or it
+    /// runs in audit mode); its kernel entry redirects port 53 there.
+    pub dns: Option<crate::dns::AgentResolver>,
+    /// The port a re-adopted agent's redirection named before guardd
+    /// restarted (its resolver starts again on it if it can).
+    pub dns_port_before: Option<u16>,
 }
 
 /// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.
@@ -75,6 +83,15 @@ pub struct Registry {
 impl Registry {
     pub fn live(&self) -> usize {
         self.agents.len()
+    }
+
+    /// Slot → the keys of each live agent's static rules (what must stay in
+    /// the tries when stale entries are purged).
+    pub fn static_keys(&self) -> HashMap<u32, crate::kernel::AgentKeys> {
+        self.agents
+            .values()
+            .map(|a| (a.slot, a.keys.clone()))
+            .collect()
     }
 
     /// The agent named by `key` (see `resolve`).

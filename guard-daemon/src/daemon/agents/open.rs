@@ -7,12 +7,13 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use guard_common::{AGENT_AUDIT, AGENT_RESTRICT_EXEC, AgentInfo};
+use guard_common::{AGENT_AUDIT, AGENT_DNS, AGENT_RESTRICT_EXEC, AgentInfo};
 use serde_json::json;
 
 use super::{
     AgentState, Peer, Source,
     authorize::refuse_request,
+    dns::{start_resolver, stop_resolver},
     persist::persist,
     plan::{judge_for, parse_sent},
 };
@@ -201,7 +202,7 @@ pub fn open(
     if let Ok(mut a) = shared.attribution.write() {
         a.insert(slot, meta.clone());
     }
-    let info = AgentInfo {
+    let mut info = AgentInfo {
         slot,
         flags: if audit { AGENT_AUDIT } else { 0 }
             | if plan.filesystem.restricted {
@@ -211,6 +212,20 @@ pub fn open(
             },
         ..AgentInfo::default()
     };
+    // The resolver listens before the kernel entry names its port, so the
+    // agent's first lookup finds it.
+    let resolver = match start_resolver(shared, slot, &plan, audit, &meta, None) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = scope.remove();
+            cleanup_tmp(&tmp);
+            return Err(e);
+        }
+    };
+    if let Some(r) = &resolver {
+        info.flags |= AGENT_DNS;
+        info.dns_port = u32::from(r.port());
+    }
     let added = shared
         .kernel
         .lock()
@@ -231,6 +246,16 @@ pub fn open(
                     listen6: &plan.network.listen6,
                 },
             )
+            .and_then(|keys| match &resolver {
+                Some(r) => match k.set_dns_port(r.port(), slot) {
+                    Ok(()) => Ok(keys),
+                    Err(e) => {
+                        k.remove_agent(&keys);
+                        Err(e)
+                    }
+                },
+                None => Ok(keys),
+            })
             .map_err(|e| {
                 let why = format!("writing the agent's rules into the kernel maps: {e}");
                 if matches!(e, crate::kernel::KernelError::Quota { .. }) {
@@ -243,6 +268,7 @@ pub fn open(
     let keys = match added {
         Ok(k) => k,
         Err(e) => {
+            stop_resolver(shared, resolver);
             let _ = scope.remove();
             cleanup_tmp(&tmp);
             return Err(e);
@@ -258,6 +284,7 @@ pub fn open(
             all
         }
         Err(e) => {
+            stop_resolver(shared, resolver);
             if let Ok(mut k) = shared.kernel.lock() {
                 k.remove_agent(&keys);
             }
@@ -285,6 +312,8 @@ pub fn open(
             home: PathBuf::from(&req.home),
             unix_degraded: !layers.unix_hooks,
         },
+        dns_port_before: None,
+        dns: resolver,
     };
     tracing::debug!(
         us = t0.elapsed().as_micros() as u64,
@@ -301,6 +330,13 @@ pub fn open(
         "launcher": {"uid": peer.uid, "pid": peer.pid},
         "network_rules": plan.rules.len(),
     });
+    if let Some(r) = &state.dns {
+        detail["dns"] = json!({
+            "resolver": format!("127.0.0.1:{}", r.port()),
+            "ipv6": r.ipv6(),
+            "host_rules": plan.network.dns.as_ref().map_or(0, |d| d.hosts.len()),
+        });
+    }
     if !degraded.is_empty() || !req.launcher_notes.is_empty() {
         detail["degraded"] = json!(degraded);
         detail["launcher_notes"] = json!(req.launcher_notes);

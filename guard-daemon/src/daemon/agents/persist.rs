@@ -33,6 +33,10 @@ pub(super) struct StateFile {
     #[serde(default)]
     pub(super) listen6: Vec<(u32, u32, [u8; 16])>,
     pub(super) rules: Vec<(String, String)>,
+    /// The port of the agent's resolver, which its kernel entry redirects
+    /// DNS to (absent: none, or state written before resolvers).
+    #[serde(default)]
+    pub(super) dns_port: Option<u16>,
     /// To rebuild the agent's policy after a restart (refusal attribution);
     /// its fields sit beside the others in the file.
     #[serde(flatten)]
@@ -73,6 +77,7 @@ impl StateFile {
                 .iter()
                 .map(|r| (r.id.clone(), r.text.clone()))
                 .collect(),
+            dns_port: a.dns.as_ref().map(|r| r.port()).or(a.dns_port_before),
             source: a.source.clone(),
         }
     }
