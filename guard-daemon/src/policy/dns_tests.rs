@@ -730,3 +730,23 @@ fn without_host_rules_nothing_changes() {
     assert_eq!(empty.network, NetPlan::default());
     assert_eq!(NetValue::default().cidr_rule, NO_RULE);
 }
+
+#[test]
+fn the_docs_example_compiles() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md")).unwrap();
+    let section = doc.split("## Host names").nth(1).unwrap();
+    let block = section.split("```toml\n").nth(1).unwrap();
+    let block = block.split("```").next().unwrap();
+    let p = Policy::parse(&format!("[policy]\nname = \"doc\"\n{block}"), "doc.toml").unwrap();
+    let d = p.network.dns.as_ref().unwrap();
+    assert_eq!(d.hosts.len(), 3);
+    assert_eq!(d.ttl_ceiling, Duration::from_secs(300));
+    assert!(d.answer_allowed(ip("10.20.3.4")));
+    assert!(!d.answer_allowed(ip("10.21.3.4")));
+    let v = p.network.name_value(ip("10.20.3.4"), &[0]).unwrap();
+    assert_eq!(
+        ranges(&v),
+        [(443, 443, PROTO_TCP, N, 0), (5432, 5432, PROTO_TCP, 0, 3)]
+    );
+}
