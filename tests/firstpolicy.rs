@@ -315,6 +315,79 @@ memory = "lots"
 }
 
 #[test]
+fn policy_check_shows_host_rules_and_what_enforces_them() {
+    let g = Guardd::start();
+    let policy = g.write_policy(
+        "names",
+        r#"[policy]
+name = "names"
+
+[network]
+allow = [
+  { cidr = "0.0.0.0/0", ports = [443], protocol = "tcp" },
+  { host = "api.example.com", ports = [443], protocol = "tcp" },
+  { host = "**.pythonhosted.org" },
+]
+
+[network.dns]
+ttl_floor = 10
+max_addresses = 8
+answers_allowed = ["127.0.0.0/8"]
+"#,
+    );
+    let out = g.ctl(&["policy", "check", policy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "network.allow[0]       0.0.0.0/0 tcp 443",
+        "network.allow[1]       host api.example.com tcp 443",
+        "network.allow[2]       host **.pythonhosted.org tcp+udp any",
+        "by name: guardd's resolver for the agent answers only these names and opens each \
+         answer's addresses for its TTL (floor 10 s, ceiling 3600 s, at most 8 addresses per \
+         name); other names are refused and no query leaves the host; every DNS query of the \
+         agent goes to that resolver",
+        "except into [network.dns] answers_allowed: 127.0.0.0/8",
+        "port 853 only where a rule lists 853 by itself",
+        "closed although a broader rule covers them: 8.8.8.8, 8.8.4.4, 1.1.1.1",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    // A host rule in a listen rule, a bad pattern and a misplaced table:
+    // every error at its place.
+    std::fs::write(
+        g.dir.path().join("inc.toml"),
+        "[network]\nallow = []\n[network.dns]\nttl_floor = 1\n",
+    )
+    .unwrap();
+    let bad = g.write_policy(
+        "badnames",
+        r#"[policy]
+name = "badnames"
+include = ["./inc.toml"]
+[network]
+allow = [{ host = "a..example.com" }]
+listen = [{ host = "localhost" }]
+"#,
+    );
+    let out = g.ctl(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let p = bad.display();
+    let inc = g.dir.path().join("inc.toml");
+    for want in [
+        format!(
+            "{}:3:1: a [network.dns] table belongs in the policy file itself",
+            inc.display()
+        ),
+        format!("{p}:5:19: host \"a..example.com\": empty label"),
+        format!("{p}:6:20: a listen rule takes no `host`"),
+        format!("{p}: 3 error(s)"),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
+}
+
+#[test]
 fn policy_check_and_run_share_the_host_checks() {
     let g = Guardd::start();
     let policy = g.write_policy(

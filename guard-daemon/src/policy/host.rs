@@ -10,14 +10,26 @@
 //! - `**.example.com`: one label or more in front (not `example.com`).
 //!
 //! Names are compared as ASCII case-insensitive, without a trailing dot.
+//!
+//! Once a policy's DNS goes through guardd, two routes around the resolver
+//! are closed in the static entries as well: DNS over TLS (port 853, see
+//! [`DOT_PORT`]) and well-known DNS-over-HTTPS resolvers
+//! ([`DOH_RESOLVERS`]).
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use guard_common::{PortRange, RANGE_NAME};
 
 /// Longest name DNS carries in text form (without the trailing dot).
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest label.
 pub const MAX_LABEL_LEN: usize = 63;
 
+/// The name pattern of a host rule, as [`HostPattern::parse`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     /// The name itself (lower case, no trailing dot).
@@ -135,6 +147,7 @@ pub struct HostRule {
     /// Index of the rule in the plan's rule list (what `PortRange::rule`
     /// and the journal use).
     pub rule: u16,
+    /// The names the rule allows.
     pub pattern: HostPattern,
     /// Inclusive port ranges.
     pub ports: Vec<(u16, u16)>,
@@ -142,17 +155,120 @@ pub struct HostRule {
     pub protos: u8,
 }
 
+impl HostRule {
+    /// The ranges an address from an answer for this rule gets: its ports
+    /// and protocols without [`DOT_PORT`] (unless listed alone), marked
+    /// [`RANGE_NAME`] and numbered with the rule.
+    pub fn ranges(&self) -> Vec<PortRange> {
+        let mut out: Vec<PortRange> = cut_dot(&self.ports)
+            .into_iter()
+            .map(|(lo, hi)| PortRange {
+                lo,
+                hi,
+                protos: self.protos,
+                flags: RANGE_NAME,
+                rule: self.rule,
+            })
+            .collect();
+        super::net::normalize(&mut out);
+        out
+    }
+}
+
+/// DNS over TLS (RFC 7858), and DNS over QUIC (RFC 9250) on UDP. While the
+/// agent's DNS goes through guardd, only a rule that lists this port by
+/// itself (`ports = [853]`) reaches it: a rule for every port, or a range
+/// spanning it, would otherwise let the agent resolve names past guardd.
+pub const DOT_PORT: u16 = 853;
+
+/// The port ranges a rule's `ports` give once DNS goes through guardd:
+/// [`DOT_PORT`] is cut out of every range that spans it; a single-port item
+/// `853` stays.
+pub(crate) fn cut_dot(ports: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::with_capacity(ports.len() + 1);
+    for &(lo, hi) in ports {
+        if lo == hi || !(lo..=hi).contains(&DOT_PORT) {
+            out.push((lo, hi));
+            continue;
+        }
+        if lo < DOT_PORT {
+            out.push((lo, DOT_PORT - 1));
+        }
+        if hi > DOT_PORT {
+            out.push((DOT_PORT + 1, hi));
+        }
+    }
+    out
+}
+
+/// Well-known public DNS-over-HTTPS resolvers, with their operators. While
+/// the agent's DNS goes through guardd, an address of this list that some
+/// allow rule covers gets a static entry of its own that only rules naming
+/// exactly that address (`/32`, `/128`) open: `0.0.0.0/0` with port 443
+/// does not reach `1.1.1.1:443`. A known list, not a complete one: DNS over
+/// HTTPS to any other server looks like any other HTTPS.
+pub const DOH_RESOLVERS: [(&str, IpAddr); 18] = [
+    ("Google", v4(8, 8, 8, 8)),
+    ("Google", v4(8, 8, 4, 4)),
+    ("Google", v6([0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888])),
+    ("Google", v6([0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8844])),
+    ("Cloudflare", v4(1, 1, 1, 1)),
+    ("Cloudflare", v4(1, 0, 0, 1)),
+    (
+        "Cloudflare",
+        v6([0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111]),
+    ),
+    (
+        "Cloudflare",
+        v6([0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1001]),
+    ),
+    ("Quad9", v4(9, 9, 9, 9)),
+    ("Quad9", v4(149, 112, 112, 112)),
+    ("Quad9", v6([0x2620, 0xfe, 0, 0, 0, 0, 0, 0xfe])),
+    ("Quad9", v6([0x2620, 0xfe, 0, 0, 0, 0, 0, 0x9])),
+    ("OpenDNS", v4(208, 67, 222, 222)),
+    ("OpenDNS", v4(208, 67, 220, 220)),
+    ("OpenDNS", v6([0x2620, 0x119, 0x35, 0, 0, 0, 0, 0x35])),
+    ("OpenDNS", v6([0x2620, 0x119, 0x53, 0, 0, 0, 0, 0x53])),
+    ("AdGuard", v4(94, 140, 14, 14)),
+    ("AdGuard", v4(94, 140, 15, 15)),
+];
+
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+const fn v6(s: [u16; 8]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+    ))
+}
+
 /// A range of addresses a DNS answer may point an allowed name at although
 /// it is loopback, link-local or private (`[network.dns] answers_allowed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrRange {
+    /// An IPv6 range (else IPv4).
     pub v6: bool,
     /// Network address, right-aligned (IPv4 in the low 32 bits).
     pub addr: u128,
+    /// Prefix length.
     pub len: u32,
 }
 
+impl fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.v6 {
+            write!(f, "{}/{}", Ipv6Addr::from(self.addr), self.len)
+        } else {
+            let a = u32::try_from(self.addr & u128::from(u32::MAX)).unwrap_or(0);
+            write!(f, "{}/{}", Ipv4Addr::from(a), self.len)
+        }
+    }
+}
+
 impl AddrRange {
+    /// Whether `ip` is in the range (an IPv4-mapped address as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let (v6, x, bits) = match ip {
             IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
@@ -177,6 +293,7 @@ impl AddrRange {
 /// of the agent goes to guardd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsPlan {
+    /// Every host rule, in policy order.
     pub hosts: Vec<HostRule>,
     /// An answer's addresses stay allowed for at least this long, however
     /// short its TTL.
@@ -191,11 +308,27 @@ pub struct DnsPlan {
     pub answers_allowed: Vec<AddrRange>,
 }
 
+impl Default for DnsPlan {
+    /// No host rules, and the defaults of every `[network.dns]` key.
+    fn default() -> Self {
+        DnsPlan {
+            hosts: Vec::new(),
+            ttl_floor: DEFAULT_TTL_FLOOR,
+            ttl_ceiling: DEFAULT_TTL_CEILING,
+            max_addresses: DEFAULT_MAX_ADDRESSES,
+            answers_allowed: Vec::new(),
+        }
+    }
+}
+
 pub const DEFAULT_TTL_FLOOR: Duration = Duration::from_secs(30);
 pub const DEFAULT_TTL_CEILING: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_ADDRESSES: usize = 64;
 /// Highest `max_addresses` a policy may ask for.
 pub const MAX_ADDRESSES_LIMIT: usize = 1024;
+/// Highest `ttl_floor`/`ttl_ceiling`: the largest TTL DNS defines
+/// (RFC 2181, 8), so that every setting is a TTL an answer can carry.
+pub const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 
 impl DnsPlan {
     /// The host rules matching `name` (normalized), in policy order.

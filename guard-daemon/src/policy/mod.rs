@@ -9,6 +9,8 @@
 //! Everything here is pure computation: no privileges and no kernel calls.
 
 mod base;
+#[cfg(test)]
+mod dns_tests;
 mod fs;
 pub mod host;
 mod net;
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
 pub use fs::{Access, FsPlan, FsRule, resolve};
-pub use net::{NetPlan, port_allowed};
+pub use net::{NameValueError, NetPlan, port_allowed};
 pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
 
 use parse::Doc;
@@ -283,7 +285,8 @@ impl Policy {
             return Err(errs);
         }
         let (network, net_rules) =
-            net::compile(&rules.net, &rules.listen, file).map_err(|e| vec![e])?;
+            net::compile(&rules.net, &rules.listen, rules.dns.as_ref(), file)
+                .map_err(|e| vec![e])?;
 
         Ok(Policy {
             name,
@@ -437,6 +440,8 @@ struct Rules {
     fs: Vec<fs::FsEntry>,
     /// A `[filesystem]` table was read: files and programs are default-deny.
     has_fs: bool,
+    /// The policy file's `[network.dns]` table (no other file may hold one).
+    dns: Option<host::DnsPlan>,
 }
 
 impl Rules {
@@ -449,7 +454,15 @@ impl Rules {
         errs: &mut Vec<PolicyError>,
     ) {
         if let Some(n) = network {
-            net::validate(doc, n, origin, &mut self.net, &mut self.listen, errs);
+            net::validate(
+                doc,
+                n,
+                origin,
+                &mut self.net,
+                &mut self.listen,
+                &mut self.dns,
+                errs,
+            );
         }
         if let Some(f) = filesystem {
             self.has_fs = true;

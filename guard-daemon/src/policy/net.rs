@@ -11,14 +11,24 @@
 //! ports of a shorter rule covering the same address, the value stored at
 //! each prefix is the union of the port ranges of every rule whose CIDR
 //! contains that prefix.
+//!
+//! `host` rules (names, [`super::host`]) have no entries of their own: they
+//! make the plan's [`DnsPlan`], from which guardd's resolver for the agent
+//! writes each answer's addresses ([`NetPlan::name_value`]). A policy with
+//! a DNS plan also gets the DNS-over-TLS cut and the DNS-over-HTTPS entries
+//! in its static entries ([`host::DOT_PORT`], [`host::DOH_RESOLVERS`]).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
-use guard_common::{MAX_PORT_RANGES, NetValue, PROTO_TCP, PROTO_UDP, PortRange, UNIX_PATH_MAX};
+use guard_common::{
+    MAX_PORT_RANGES, NetValue, PROTO_TCP, PROTO_UDP, PortRange, RULE_DOH, UNIX_PATH_MAX,
+};
 use toml::Spanned;
 
-use super::parse::{Doc, RawListenRule, RawNetRule, RawNetwork, Scalar};
+use super::host::{self, AddrRange, DnsPlan, HostPattern, HostRule};
+use super::parse::{Doc, RawDns, RawListenRule, RawNetRule, RawNetwork, Scalar};
 use super::{Origin, PolicyError, RuleInfo, Src};
 
 /// Rule indices are stored as `u16` in `PortRange::rule`.
@@ -40,6 +50,25 @@ pub struct NetPlan {
     /// there. Same layout as `v4`/`v6`.
     pub listen4: Vec<(u32, [u8; 4], NetValue)>,
     pub listen6: Vec<(u32, [u8; 16], NetValue)>,
+    /// What guardd's resolver for the agent is told: `Some` exactly when
+    /// the policy (with its includes and bases) has a host rule or a
+    /// `[network.dns]` table, and then every DNS query of the agent goes
+    /// to guardd.
+    pub dns: Option<DnsPlan>,
+}
+
+/// Why [`NetPlan::name_value`] cannot give a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameValueError {
+    #[error("no host rule given for {0}")]
+    NoRules(IpAddr),
+    #[error("rule {0} is not a host rule of this policy")]
+    NotHostRule(u16),
+    #[error(
+        "{count} port ranges would apply to {ip} (at most {MAX_PORT_RANGES}): \
+         the host rules allowing it add too many to its address rules"
+    )]
+    TooManyRanges { ip: IpAddr, count: usize },
 }
 
 impl NetPlan {
@@ -62,6 +91,62 @@ impl NetPlan {
         !self.listen4.is_empty() || !self.listen6.is_empty()
     }
 
+    /// The static entry at exactly `ip`/32 (or /128), if the policy has
+    /// one: what an address's entry goes back to once no host rule allows
+    /// it any more. IPv4-mapped IPv6 addresses are IPv4.
+    pub fn exact(&self, ip: IpAddr) -> Option<&NetValue> {
+        match unmap(ip) {
+            IpAddr::V4(a) => self
+                .v4
+                .iter()
+                .find(|(len, net, _)| *len == 32 && *net == a.octets())
+                .map(|(_, _, v)| v),
+            IpAddr::V6(a) => self
+                .v6
+                .iter()
+                .find(|(len, net, _)| *len == 128 && *net == a.octets())
+                .map(|(_, _, v)| v),
+        }
+    }
+
+    /// The value guardd writes at `ip`/32 (or /128) while the host rules
+    /// `rules` (their [`HostRule::rule`] indices) allow `ip`: what the
+    /// static entries give `ip` by longest-prefix lookup (which already
+    /// holds every enclosing address rule) and each host rule's
+    /// [`HostRule::ranges`], merged. `cidr_rule` is the static entry's, or
+    /// else the first host rule's.
+    pub fn name_value(&self, ip: IpAddr, rules: &[u16]) -> Result<NetValue, NameValueError> {
+        let Some(&first) = rules.first() else {
+            return Err(NameValueError::NoRules(ip));
+        };
+        let hosts = self.dns.as_ref().map_or(&[][..], |d| &d.hosts[..]);
+        let stat = self.lookup(ip);
+        let mut ranges: Vec<PortRange> = stat
+            .map(|v| {
+                let n = usize::try_from(v.count).unwrap_or(MAX_PORT_RANGES);
+                v.ranges.iter().take(n).copied().collect()
+            })
+            .unwrap_or_default();
+        for &r in rules {
+            let h = hosts
+                .iter()
+                .find(|h| h.rule == r)
+                .ok_or(NameValueError::NotHostRule(r))?;
+            ranges.extend(h.ranges());
+        }
+        normalize(&mut ranges);
+        if ranges.len() > MAX_PORT_RANGES {
+            return Err(NameValueError::TooManyRanges {
+                ip,
+                count: ranges.len(),
+            });
+        }
+        Ok(value_of(
+            &ranges,
+            stat.map_or(u32::from(first), |v| v.cidr_rule),
+        ))
+    }
+
     /// The rule index of the Unix socket key for `addr` (`/path` or `@name`).
     pub fn unix_rule(&self, addr: &str) -> Option<u32> {
         let key = unix_key(addr).ok()?;
@@ -72,12 +157,16 @@ impl NetPlan {
 type Entries4 = [(u32, [u8; 4], NetValue)];
 type Entries6 = [(u32, [u8; 16], NetValue)];
 
-fn lookup_in<'a>(v4: &'a Entries4, v6: &'a Entries6, ip: IpAddr) -> Option<&'a NetValue> {
-    let ip = match ip {
+/// An IPv4-mapped IPv6 address as the IPv4 address the kernel judges.
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
         v4 => v4,
-    };
-    match ip {
+    }
+}
+
+fn lookup_in<'a>(v4: &'a Entries4, v6: &'a Entries6, ip: IpAddr) -> Option<&'a NetValue> {
+    match unmap(ip) {
         IpAddr::V4(a) => {
             let x = u128::from(u32::from(a));
             v4.iter()
@@ -122,6 +211,15 @@ pub(crate) struct NetRule {
 pub(crate) enum Kind {
     Inet(Inet),
     Unix([u8; UNIX_PATH_MAX]),
+    Host(Host),
+}
+
+/// A host rule before it gets its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Host {
+    pub pattern: HostPattern,
+    pub ports: Vec<(u16, u16)>,
+    pub protos: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,16 +233,42 @@ pub(crate) struct Inet {
 }
 
 /// Validates `[network]`: `allow` rules go to `out`, `listen` rules to
-/// `listen`, and every faulty rule adds its error to `errs`.
+/// `listen`, a `[network.dns]` table to `dns`, and every faulty rule adds
+/// its error to `errs`.
 pub(crate) fn validate(
     doc: &Doc,
     raw: RawNetwork,
     origin: Origin,
     out: &mut Vec<NetRule>,
     listen: &mut Vec<NetRule>,
+    dns: &mut Option<DnsPlan>,
     errs: &mut Vec<PolicyError>,
 ) {
-    for (i, rule) in raw.listen.unwrap_or_default().into_iter().enumerate() {
+    let RawNetwork {
+        allow,
+        listen: listen_raw,
+        dns: dns_raw,
+    } = raw;
+    rules(doc, allow, listen_raw, origin, out, listen, errs);
+    if let Some(table) = dns_raw {
+        match dns_table(doc, table, origin) {
+            Ok(d) => *dns = Some(d),
+            Err(e) => errs.extend(e),
+        }
+    }
+}
+
+/// The rules of [`validate`], which stop at the first one over the limit.
+fn rules(
+    doc: &Doc,
+    allow: Option<Vec<Spanned<RawNetRule>>>,
+    listen_raw: Option<Vec<Spanned<RawListenRule>>>,
+    origin: Origin,
+    out: &mut Vec<NetRule>,
+    listen: &mut Vec<NetRule>,
+    errs: &mut Vec<PolicyError>,
+) {
+    for (i, rule) in listen_raw.unwrap_or_default().into_iter().enumerate() {
         if !room(doc, out.len() + listen.len(), rule.span().start, errs) {
             return;
         }
@@ -153,7 +277,7 @@ pub(crate) fn validate(
             Err(e) => errs.push(e),
         }
     }
-    for (i, rule) in raw.allow.unwrap_or_default().into_iter().enumerate() {
+    for (i, rule) in allow.unwrap_or_default().into_iter().enumerate() {
         if !room(doc, out.len() + listen.len(), rule.span().start, errs) {
             return;
         }
@@ -185,9 +309,17 @@ fn listen_rule(
     let src = doc.src(origin, span.start);
     let RawListenRule {
         cidr,
+        host,
         ports,
         protocol,
     } = rule.into_inner();
+    if let Some(h) = host {
+        return Err(doc.error_at(
+            h.span().start,
+            "a listen rule takes no `host`: listen rules name local addresses; \
+             write { cidr = \"127.0.0.1/32\", ports = [8000] }",
+        ));
+    }
     let Some(cidr) = cidr else {
         return Err(doc.error_at(
             span.start,
@@ -215,10 +347,24 @@ fn allow_rule(
     let src = doc.src(origin, span.start);
     let RawNetRule {
         cidr,
+        host,
         unix,
         ports,
         protocol,
     } = rule.into_inner();
+    if let Some(h) = &host {
+        let other = match (&cidr, &unix) {
+            (Some(_), _) => Some("cidr"),
+            (None, Some(_)) => Some("unix"),
+            (None, None) => None,
+        };
+        if let Some(other) = other {
+            return Err(doc.error_at(
+                h.span().start,
+                format!("a network rule takes either `host` or `{other}`, not both"),
+            ));
+        }
+    }
     let (kind, text) = match (cidr, unix) {
         (Some(_), Some(u)) => {
             return Err(doc.error_at(
@@ -227,11 +373,30 @@ fn allow_rule(
             ));
         }
         (None, None) => {
-            return Err(doc.error_at(
-                span.start,
-                "network rule without `cidr` or `unix`: expected \
-                 { cidr = \"10.0.0.0/8\", ... } or { unix = \"/path\" }",
-            ));
+            let Some(h) = host else {
+                return Err(doc.error_at(
+                    span.start,
+                    "network rule without `cidr`, `host` or `unix`: expected \
+                     { cidr = \"10.0.0.0/8\", ... }, { host = \"api.example.com\", ... } \
+                     or { unix = \"/path\" }",
+                ));
+            };
+            let pattern =
+                HostPattern::parse(h.get_ref()).map_err(|m| doc.error_at(h.span().start, m))?;
+            let (ports, protos) = ports_and_protocol(doc, ports.as_ref(), protocol.as_ref())?;
+            let text = format!(
+                "host {pattern} {} {}",
+                proto_text(protos),
+                ports_text(&ports)
+            );
+            (
+                Kind::Host(Host {
+                    pattern,
+                    ports,
+                    protos,
+                }),
+                text,
+            )
         }
         (Some(cidr), None) => inet_rule(doc, &cidr, ports.as_ref(), protocol.as_ref())?,
         (None, Some(u)) => {
@@ -267,6 +432,24 @@ fn inet_rule(
 ) -> Result<(Kind, String), PolicyError> {
     let (v6, addr, len) =
         parse_cidr(cidr.get_ref()).map_err(|m| doc.error_at(cidr.span().start, m))?;
+    let (ports, protos) = ports_and_protocol(doc, ports, protocol)?;
+    let inet = Inet {
+        v6,
+        addr,
+        len,
+        ports,
+        protos,
+    };
+    let text = rule_text(&inet);
+    Ok((Kind::Inet(inet), text))
+}
+
+/// A rule's `ports` (omitted: every port) and `protocol` (omitted: both).
+fn ports_and_protocol(
+    doc: &Doc,
+    ports: Option<&Spanned<Vec<Spanned<Scalar>>>>,
+    protocol: Option<&Spanned<String>>,
+) -> Result<(Vec<(u16, u16)>, u8), PolicyError> {
     let ports = match ports {
         None => vec![(0, u16::MAX)],
         Some(list) => {
@@ -297,27 +480,123 @@ fn inet_rule(
             }
         }
     };
-    let inet = Inet {
-        v6,
-        addr,
-        len,
-        ports,
-        protos,
-    };
-    let text = rule_text(&inet);
-    Ok((Kind::Inet(inet), text))
+    Ok((ports, protos))
 }
 
-fn rule_text(r: &Inet) -> String {
-    let proto = match r.protos {
+/// Validates `[network.dns]`, which only the policy file itself may hold.
+fn dns_table(
+    doc: &Doc,
+    table: Spanned<RawDns>,
+    origin: Origin,
+) -> Result<DnsPlan, Vec<PolicyError>> {
+    let at = table.span().start;
+    if let Origin::Base(name) = origin {
+        return Err(vec![doc.error_at(
+            at,
+            format!("base {name:?} holds a [network.dns] table: only the policy file may"),
+        )]);
+    }
+    if doc.include.is_some() {
+        return Err(vec![doc.error_at(
+            at,
+            "a [network.dns] table belongs in the policy file itself, not in an include \
+             file: it sets the resolver of the whole agent",
+        )]);
+    }
+    let raw = table.into_inner();
+    let mut plan = DnsPlan::default();
+    let mut errs = Vec::new();
+    let ttl = |key: &str, v: &Spanned<Scalar>, errs: &mut Vec<PolicyError>| {
+        let max = host::MAX_TTL.as_secs();
+        match v.get_ref() {
+            Scalar::Int(n) if u64::try_from(*n).is_ok_and(|n| n <= max) => {
+                Some(Duration::from_secs(n.unsigned_abs()))
+            }
+            other => {
+                errs.push(doc.error_at(
+                    v.span().start,
+                    format!("invalid {key} {other}: expected whole seconds, 0-{max}"),
+                ));
+                None
+            }
+        }
+    };
+    let floor = raw
+        .ttl_floor
+        .as_ref()
+        .map(|v| (v, ttl("ttl_floor", v, &mut errs)));
+    let ceiling = raw
+        .ttl_ceiling
+        .as_ref()
+        .map(|v| (v, ttl("ttl_ceiling", v, &mut errs)));
+    // Compared only when both are valid, so that one mistake is one error.
+    let mut ttls_ok = true;
+    match floor {
+        Some((_, Some(f))) => plan.ttl_floor = f,
+        Some((_, None)) => ttls_ok = false,
+        None => {}
+    }
+    match ceiling {
+        Some((v, Some(c))) if c.is_zero() => {
+            errs.push(doc.error_at(
+                v.span().start,
+                "invalid ttl_ceiling 0: expected at least 1 second",
+            ));
+            ttls_ok = false;
+        }
+        Some((_, Some(c))) => plan.ttl_ceiling = c,
+        Some((_, None)) => ttls_ok = false,
+        None => {}
+    }
+    if ttls_ok && plan.ttl_floor > plan.ttl_ceiling {
+        let default = |x: &Option<_>| if x.is_none() { " (the default)" } else { "" };
+        let at = floor.or(ceiling).map_or(at, |(v, _)| v.span().start);
+        errs.push(doc.error_at(
+            at,
+            format!(
+                "ttl_floor {} s{} is above ttl_ceiling {} s{}: the floor must not exceed \
+                 the ceiling",
+                plan.ttl_floor.as_secs(),
+                default(&floor),
+                plan.ttl_ceiling.as_secs(),
+                default(&ceiling),
+            ),
+        ));
+    }
+    if let Some(v) = &raw.max_addresses {
+        let limit = host::MAX_ADDRESSES_LIMIT;
+        match v.get_ref() {
+            Scalar::Int(n) if usize::try_from(*n).is_ok_and(|n| (1..=limit).contains(&n)) => {
+                plan.max_addresses = usize::try_from(*n).unwrap_or(limit);
+            }
+            other => errs.push(doc.error_at(
+                v.span().start,
+                format!("invalid max_addresses {other}: expected a number 1-{limit}"),
+            )),
+        }
+    }
+    for item in raw.answers_allowed.unwrap_or_default() {
+        match parse_cidr(item.get_ref()) {
+            Ok((v6, addr, len)) => plan.answers_allowed.push(AddrRange { v6, addr, len }),
+            Err(m) => errs.push(doc.error_at(item.span().start, m)),
+        }
+    }
+    if errs.is_empty() { Ok(plan) } else { Err(errs) }
+}
+
+fn proto_text(protos: u8) -> &'static str {
+    match protos {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         _ => "tcp+udp",
-    };
-    let ports = if r.ports == [(0, u16::MAX)] {
+    }
+}
+
+fn ports_text(ports: &[(u16, u16)]) -> String {
+    if ports == [(0, u16::MAX)] {
         String::from("any")
     } else {
-        r.ports
+        ports
             .iter()
             .map(|&(lo, hi)| {
                 if lo == hi {
@@ -328,8 +607,16 @@ fn rule_text(r: &Inet) -> String {
             })
             .collect::<Vec<_>>()
             .join(",")
-    };
-    format!("{} {proto} {ports}", prefix_text(r.v6, r.addr, r.len))
+    }
+}
+
+fn rule_text(r: &Inet) -> String {
+    format!(
+        "{} {} {}",
+        prefix_text(r.v6, r.addr, r.len),
+        proto_text(r.protos),
+        ports_text(&r.ports)
+    )
 }
 
 fn prefix_text(v6: bool, addr: u128, len: u32) -> String {
@@ -472,10 +759,12 @@ fn unix_key(s: &str) -> Result<[u8; UNIX_PATH_MAX], String> {
 }
 
 /// Folds the rules into map entries and describes every rule: the `allow`
-/// rules first, then the `listen` rules, numbered on from them.
+/// rules first, then the `listen` rules, numbered on from them. `dns` is
+/// the policy's `[network.dns]` table, if it has one.
 pub(crate) fn compile(
     rules: &[NetRule],
     listen: &[NetRule],
+    dns: Option<&DnsPlan>,
     file: &str,
 ) -> Result<(NetPlan, Vec<RuleInfo>), PolicyError> {
     let infos = rules
@@ -495,19 +784,45 @@ pub(crate) fn compile(
             plan.unix.push((*key, rule_u32(i)));
         }
     }
-    plan.v4 = fold(rules, 0, false, file)?
+    let mut hosts = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        if let Kind::Host(h) = &r.kind {
+            hosts.push(HostRule {
+                rule: rule_u16(i, &r.src, file)?,
+                pattern: h.pattern.clone(),
+                ports: h.ports.clone(),
+                protos: h.protos,
+            });
+        }
+    }
+    if !hosts.is_empty() || dns.is_some() {
+        plan.dns = Some(DnsPlan {
+            hosts,
+            ..dns.cloned().unwrap_or_default()
+        });
+    }
+    // The agent's DNS goes through guardd: the static entries must not
+    // open the ways around it.
+    let closed = plan.dns.is_some();
+    let mut v4 = fold(rules, 0, false, closed, file)?;
+    let mut v6 = fold(rules, 0, true, closed, file)?;
+    if closed {
+        doh_entries(rules, false, &mut v4, file)?;
+        doh_entries(rules, true, &mut v6, file)?;
+    }
+    plan.v4 = v4
         .into_iter()
         .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
         .collect();
-    plan.v6 = fold(rules, 0, true, file)?
+    plan.v6 = v6
         .into_iter()
         .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
         .collect();
-    plan.listen4 = fold(listen, rules.len(), false, file)?
+    plan.listen4 = fold(listen, rules.len(), false, false, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
         .collect();
-    plan.listen6 = fold(listen, rules.len(), true, file)?
+    plan.listen6 = fold(listen, rules.len(), true, false, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
         .collect();
@@ -516,6 +831,106 @@ pub(crate) fn compile(
 
 fn rule_u32(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+fn rule_u16(i: usize, src: &Src, file: &str) -> Result<u16, PolicyError> {
+    u16::try_from(i)
+        .map_err(|_| src.error(file, format!("too many network rules: at most {MAX_RULES}")))
+}
+
+/// The port ranges of an address rule: with the DNS-over-TLS port cut out
+/// when the agent's DNS goes through guardd.
+fn inet_ranges(inet: &Inet, rule: u16, dot_cut: bool) -> Vec<PortRange> {
+    let ports = if dot_cut {
+        host::cut_dot(&inet.ports)
+    } else {
+        inet.ports.clone()
+    };
+    ports
+        .into_iter()
+        .map(|(lo, hi)| PortRange {
+            lo,
+            hi,
+            protos: inet.protos,
+            flags: 0,
+            rule,
+        })
+        .collect()
+}
+
+/// A map value holding `ranges` (at most `MAX_PORT_RANGES`, as checked by
+/// the caller).
+fn value_of(ranges: &[PortRange], cidr_rule: u32) -> NetValue {
+    let mut value = NetValue {
+        count: rule_u32(ranges.len().min(MAX_PORT_RANGES)),
+        cidr_rule,
+        ..NetValue::default()
+    };
+    for (dst, src) in value.ranges.iter_mut().zip(ranges) {
+        *dst = *src;
+    }
+    value
+}
+
+/// Gives each well-known DNS-over-HTTPS resolver of the family that some
+/// rule covers an entry of its own, holding only the ranges of rules whose
+/// CIDR is exactly that address: a broader rule (`0.0.0.0/0` port 443)
+/// would otherwise reach it, and the agent could resolve past guardd.
+/// Without such a rule the entry allows nothing and names `RULE_DOH`.
+fn doh_entries(
+    rules: &[NetRule],
+    v6: bool,
+    entries: &mut Vec<(u128, u32, NetValue)>,
+    file: &str,
+) -> Result<(), PolicyError> {
+    let bits = if v6 { 128 } else { 32 };
+    for (_, ip) in host::DOH_RESOLVERS {
+        let addr = match ip {
+            IpAddr::V4(a) if !v6 => u128::from(u32::from(a)),
+            IpAddr::V6(a) if v6 => u128::from(a),
+            _ => continue,
+        };
+        let inets = rules.iter().enumerate().filter_map(|(i, r)| match &r.kind {
+            Kind::Inet(n) if n.v6 == v6 => Some((i, r, n)),
+            _ => None,
+        });
+        if !inets
+            .clone()
+            .any(|(_, _, n)| contains(n.addr, n.len, addr, bits, bits))
+        {
+            continue;
+        }
+        let mut ranges = Vec::new();
+        let mut cidr_rule = RULE_DOH;
+        for (i, r, n) in inets.filter(|(_, _, n)| n.len == bits && n.addr == addr) {
+            let rule = rule_u16(i, &r.src, file)?;
+            if cidr_rule == RULE_DOH {
+                cidr_rule = u32::from(rule);
+            }
+            ranges.extend(inet_ranges(n, rule, true));
+            normalize(&mut ranges);
+            if ranges.len() > MAX_PORT_RANGES {
+                return Err(r.src.error(
+                    file,
+                    format!(
+                        "too many port ranges apply to {} (at most {MAX_PORT_RANGES}): \
+                         merge rules or ports",
+                        prefix_text(v6, addr, bits)
+                    ),
+                ));
+            }
+        }
+        let value = value_of(&ranges, cidr_rule);
+        match entries
+            .iter_mut()
+            .find(|(a, len, _)| *a == addr && *len == bits)
+        {
+            Some(e) => e.2 = value,
+            None => entries.push((addr, bits, value)),
+        }
+    }
+    entries.sort_unstable_by_key(|(addr, len, _)| (*addr, *len));
+    Ok(())
 }
 
 /// One value per distinct prefix of the family, holding the ranges of every
@@ -527,11 +942,13 @@ fn rule_u32(i: usize) -> u32 {
 /// each prefix costs one merge with its parent: O(n log n) overall.
 ///
 /// `offset` is added to rule indices (the `listen` rules are numbered after
-/// the `allow` rules).
+/// the `allow` rules); `dot_cut` cuts the DNS-over-TLS port out of ranges
+/// that span it ([`host::cut_dot`]).
 fn fold(
     rules: &[NetRule],
     offset: usize,
     v6: bool,
+    dot_cut: bool,
     file: &str,
 ) -> Result<Vec<(u128, u32, NetValue)>, PolicyError> {
     let bits = if v6 { 128 } else { 32 };
@@ -567,16 +984,8 @@ fn fold(
             else {
                 continue;
             };
-            let rule = u16::try_from(ri + offset).map_err(|_| {
-                src.error(file, format!("too many network rules: at most {MAX_RULES}"))
-            })?;
-            ranges.extend(inet.ports.iter().map(|&(lo, hi)| PortRange {
-                lo,
-                hi,
-                protos: inet.protos,
-                flags: 0,
-                rule,
-            }));
+            let rule = rule_u16(ri + offset, src, file)?;
+            ranges.extend(inet_ranges(inet, rule, dot_cut));
             normalize(&mut ranges);
             if ranges.len() > MAX_PORT_RANGES {
                 return Err(src.error(
@@ -589,28 +998,23 @@ fn fold(
                 ));
             }
         }
-        let mut value = NetValue {
-            count: rule_u32(ranges.len()),
-            cidr_rule: rule_u32(first + offset),
-            ..NetValue::default()
-        };
-        for (dst, src) in value.ranges.iter_mut().zip(&ranges) {
-            *dst = *src;
-        }
-        out.push((addr, len, value));
+        out.push((addr, len, value_of(&ranges, rule_u32(first + offset))));
         stack.push((addr, len, ranges));
     }
     Ok(out)
 }
 
-/// Merges ranges of the same protocols that overlap or touch, keeping the
-/// lowest rule index, and sorts the result by (lo, hi).
-fn normalize(ranges: &mut Vec<PortRange>) {
-    ranges.sort_unstable_by_key(|r| (r.protos, r.lo, r.hi, r.rule));
+/// Merges ranges of the same protocols and flags that overlap or touch,
+/// keeping the lowest rule index, and sorts the result by (lo, hi). Flags
+/// keep ranges apart so that a host rule's range stays marked
+/// `RANGE_NAME` beside an address rule's range for the same ports.
+pub(crate) fn normalize(ranges: &mut Vec<PortRange>) {
+    ranges.sort_unstable_by_key(|r| (r.protos, r.flags, r.lo, r.hi, r.rule));
     let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
     for r in ranges.drain(..) {
         if let Some(last) = merged.last_mut()
             && last.protos == r.protos
+            && last.flags == r.flags
             && u32::from(r.lo) <= u32::from(last.hi) + 1
         {
             last.hi = last.hi.max(r.hi);
@@ -619,7 +1023,7 @@ fn normalize(ranges: &mut Vec<PortRange>) {
         }
         merged.push(r);
     }
-    merged.sort_unstable_by_key(|r| (r.lo, r.hi, r.protos, r.rule));
+    merged.sort_unstable_by_key(|r| (r.lo, r.hi, r.protos, r.flags, r.rule));
     *ranges = merged;
 }
 
@@ -909,7 +1313,9 @@ mod tests {
             err(r#"{ cidr = "1.2.3.4", unix = "/x" }"#)
                 .starts_with("p.toml:5:28: a network rule takes either")
         );
-        assert!(err(r#"{ }"#).starts_with("p.toml:5:1: network rule without `cidr` or `unix`"));
+        assert!(
+            err(r#"{ }"#).starts_with("p.toml:5:1: network rule without `cidr`, `host` or `unix`")
+        );
         assert!(
             err(r#"{ unix = "/x", ports = [1] }"#)
                 .starts_with("p.toml:5:24: a unix rule takes no `ports`")
@@ -1073,7 +1479,7 @@ mod tests {
             ));
         }
         let start = Instant::now();
-        let (n, infos) = compile(&rules, &[], "p.toml").unwrap();
+        let (n, infos) = compile(&rules, &[], None, "p.toml").unwrap();
         let elapsed = start.elapsed();
         assert!(elapsed.as_millis() < 1000, "took {elapsed:?}");
         assert_eq!(infos.len(), 10_005);
@@ -1162,7 +1568,7 @@ mod tests {
                     rule(v6, addr, len, random_ports(&mut rng), protos)
                 })
                 .collect();
-            let (n, _) = match compile(&rules, &[], "p.toml") {
+            let (n, _) = match compile(&rules, &[], None, "p.toml") {
                 Ok(x) => x,
                 Err(e) => {
                     assert!(e.message.contains("too many port ranges"), "{e}");
@@ -1194,7 +1600,7 @@ mod tests {
                         i.protos & proto != 0
                             && i.ports.iter().any(|&(lo, hi)| lo <= port && port <= hi)
                     }
-                    Kind::Unix(_) => false,
+                    Kind::Unix(_) | Kind::Host(_) => false,
                 });
                 let value = n.lookup(ip);
                 assert_eq!(value.is_some(), !covering.is_empty());

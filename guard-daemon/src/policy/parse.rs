@@ -50,6 +50,19 @@ pub(crate) struct RawPolicy {
 pub(crate) struct RawNetwork {
     pub allow: Option<Vec<Spanned<RawNetRule>>>,
     pub listen: Option<Vec<Spanned<RawListenRule>>>,
+    /// Read everywhere so that a base or include file holding it gets a
+    /// precise error rather than "unknown key".
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+/// `[network.dns]`: how guardd's resolver for the agent treats answers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [network.dns] table")]
+pub(crate) struct RawDns {
+    pub ttl_floor: Option<Spanned<Scalar>>,
+    pub ttl_ceiling: Option<Spanned<Scalar>>,
+    pub max_addresses: Option<Spanned<Scalar>>,
+    pub answers_allowed: Option<Vec<Spanned<String>>>,
 }
 
 /// A local address and ports the agent may bind and listen on.
@@ -60,6 +73,8 @@ pub(crate) struct RawNetwork {
 )]
 pub(crate) struct RawListenRule {
     pub cidr: Option<Spanned<String>>,
+    /// Never valid here; read so that the error can say why.
+    pub host: Option<Spanned<String>>,
     pub ports: Option<Spanned<Vec<Spanned<Scalar>>>>,
     pub protocol: Option<Spanned<String>>,
 }
@@ -71,6 +86,7 @@ pub(crate) struct RawListenRule {
 )]
 pub(crate) struct RawNetRule {
     pub cidr: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
     pub unix: Option<Spanned<String>>,
     pub ports: Option<Spanned<Vec<Spanned<Scalar>>>>,
     pub protocol: Option<Spanned<String>>,
@@ -272,15 +288,27 @@ fn rewrite_unknown_key(msg: &str) -> Option<String> {
     };
     let mut sorted = expected.clone();
     sorted.sort_unstable();
+    // A listen rule reads `host` only to refuse it: not a key to suggest.
+    let expected: Vec<&str> = if sorted == ["cidr", "host", "ports", "protocol"] {
+        expected.into_iter().filter(|k| *k != "host").collect()
+    } else {
+        expected
+    };
     let place = match sorted.as_slice() {
         ["filesystem", "network", "policy", "process"] | ["filesystem", "network"] => {
             " at the top level"
         }
         ["filesystem", "include", "network"] => " at the top level of an include file",
         ["include", "mode", "name"] => " in [policy]",
-        ["allow", "listen"] => " in [network]",
-        ["cidr", "ports", "protocol", "unix"] => " in a [network] allow rule",
-        ["cidr", "ports", "protocol"] => " in a [network] listen rule",
+        ["allow", "dns", "listen"] => " in [network]",
+        ["cidr", "host", "ports", "protocol", "unix"] => " in a [network] allow rule",
+        ["cidr", "host", "ports", "protocol"] => " in a [network] listen rule",
+        [
+            "answers_allowed",
+            "max_addresses",
+            "ttl_ceiling",
+            "ttl_floor",
+        ] => " in [network.dns]",
         ["allow_write_exec", "exec", "read", "write"] | ["exec", "read", "write"] => {
             " in [filesystem]"
         }
@@ -331,7 +359,7 @@ mod tests {
     fn unknown_keys_name_their_table() {
         assert_eq!(
             err("[network]\nfoo = 1\n"),
-            "p.toml:2:1: unknown key `foo` in [network]; expected one of: allow, listen"
+            "p.toml:2:1: unknown key `foo` in [network]; expected one of: allow, listen, dns"
         );
         assert_eq!(
             err("[network]\nlisten = [{ cidr = \"127.0.0.1\", unix = \"/x\" }]\n"),
@@ -345,7 +373,7 @@ mod tests {
         assert_eq!(
             err("[network]\nallow = [{ cidr = \"1.2.3.4\", port = 1 }]\n"),
             "p.toml:2:30: unknown key `port` in a [network] allow rule; \
-             expected one of: cidr, unix, ports, protocol"
+             expected one of: cidr, host, unix, ports, protocol"
         );
         assert!(err("zzz = 1").starts_with("p.toml:1:1: unknown key `zzz` at the top level"));
         assert!(err("[process]\nnice = 1").contains("in [process]"));

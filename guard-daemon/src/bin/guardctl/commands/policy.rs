@@ -11,7 +11,10 @@ use guard_daemon::{
         builder::home_dir,
         preflight::{self, PolicyFile, PolicyFileError},
     },
-    policy::{Access, Origin, Vars, dangerous_grants},
+    policy::{
+        Access, Origin, Plan, Vars, dangerous_grants,
+        host::{DOH_RESOLVERS, DOT_PORT},
+    },
 };
 
 use crate::{Cli, EXIT_USAGE};
@@ -105,14 +108,29 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
         o,
         "network (default deny, loopback included; enforced by cgroup BPF connect/sendmsg hooks, Unix sockets by the cgroup BPF connect_unix/sendmsg_unix hooks):"
     );
+    let hosts: Vec<usize> = plan
+        .network
+        .dns
+        .iter()
+        .flat_map(|d| &d.hosts)
+        .map(|h| usize::from(h.rule))
+        .collect();
     let (listen, allow): (Vec<_>, Vec<_>) = plan
         .rules
         .iter()
+        .enumerate()
+        .filter(|(i, _)| !hosts.contains(i))
+        .map(|(_, r)| r)
         .partition(|r| r.id.contains("network.listen["));
-    if allow.is_empty() {
+    if allow.is_empty() && hosts.is_empty() {
         out!(
             o,
             "  (no rules: every connection and datagram is refused, loopback included)"
+        );
+    } else if allow.is_empty() {
+        out!(
+            o,
+            "  (no address rules: only the host names below are reachable)"
         );
     }
     for r in &allow {
@@ -122,6 +140,7 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
         o,
         "  raw, packet and ICMP sockets: refused (cgroup sock_create + seccomp socket families + no CAP_NET_RAW)"
     );
+    print_names(&mut o, &plan);
     out!(o);
     out!(
         o,
@@ -185,6 +204,90 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
     );
     let _ = std::io::stdout().write_all(o.as_bytes());
     0
+}
+
+/// Host rules, what enforces them, the `[network.dns]` settings, and what
+/// routing DNS through guardd closes (DNS over TLS, DNS over HTTPS).
+fn print_names(o: &mut String, plan: &Plan) {
+    let Some(dns) = &plan.network.dns else {
+        return;
+    };
+    out!(o);
+    out!(
+        o,
+        "host names (every DNS query of the agent, port 53 to any address, goes to guardd):"
+    );
+    if dns.hosts.is_empty() {
+        out!(
+            o,
+            "  (no host rules: every name is refused; [network.dns] alone sends the agent's DNS to guardd)"
+        );
+    }
+    for h in &dns.hosts {
+        match plan.rules.get(usize::from(h.rule)) {
+            Some(r) => out!(o, "  {:<22} {}", r.id, r.text),
+            None => out!(o, "  rule {:<17} host {}", h.rule, h.pattern),
+        }
+    }
+    out!(
+        o,
+        "  by name: guardd's resolver for the agent answers only these names and opens each \
+         answer's addresses for its TTL (floor {} s, ceiling {} s, at most {} addresses per name); \
+         other names are refused and no query leaves the host; every DNS query of the agent goes \
+         to that resolver",
+        dns.ttl_floor.as_secs(),
+        dns.ttl_ceiling.as_secs(),
+        dns.max_addresses
+    );
+    let except = if dns.answers_allowed.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = dns
+            .answers_allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!(
+            ", except into [network.dns] answers_allowed: {}",
+            list.join(", ")
+        )
+    };
+    out!(
+        o,
+        "  answers pointing into loopback, link-local or private ranges are dropped (DNS rebinding; 169.254.169.254 among them){except}"
+    );
+    out!(
+        o,
+        "  DNS over TLS/QUIC: port {DOT_PORT} only where a rule lists {DOT_PORT} by itself; other rules have it cut out"
+    );
+    let (mut closed, mut named) = (Vec::new(), Vec::new());
+    for (_, ip) in DOH_RESOLVERS {
+        match plan.network.exact(ip) {
+            Some(v) if v.cidr_rule == guard_common::RULE_DOH => closed.push(ip.to_string()),
+            Some(v) => {
+                let id = plan
+                    .rules
+                    .get(usize::try_from(v.cidr_rule).unwrap_or(usize::MAX))
+                    .map_or("?", |r| r.id.as_str());
+                named.push(format!("{ip} ({id})"));
+            }
+            None => {}
+        }
+    }
+    out!(
+        o,
+        "  DNS-over-HTTPS resolvers (Google, Cloudflare, Quad9, OpenDNS, AdGuard): only rules naming the exact address reach them"
+    );
+    if !closed.is_empty() {
+        out!(
+            o,
+            "    closed although a broader rule covers them: {}",
+            closed.join(", ")
+        );
+    }
+    if !named.is_empty() {
+        out!(o, "    opened by an exact rule: {}", named.join(", "));
+    }
 }
 
 fn report_errors(name: &str, errs: &[impl std::fmt::Display]) -> i32 {
