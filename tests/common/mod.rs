@@ -221,8 +221,8 @@ impl Guardd {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("guardd.log")).unwrap();
-        let child = Command::new(GUARDD)
-            .args(["--socket", self.socket.to_str().unwrap()])
+        let mut cmd = Command::new(GUARDD);
+        cmd.args(["--socket", self.socket.to_str().unwrap()])
             .args([
                 "--state-dir",
                 self.dir.path().join("state").to_str().unwrap(),
@@ -230,7 +230,13 @@ impl Guardd {
             .args(["--journal", self.journal.to_str().unwrap()])
             .args(["--instance", &self.instance])
             .args(["--metrics", "127.0.0.1:0"])
-            .args(&self.extra)
+            .args(&self.extra);
+        // Policies with host rules need an upstream; the host's resolv.conf
+        // may have none. Tests that resolve names give their own server.
+        if !self.extra.iter().any(|a| a == "--dns-upstream") {
+            cmd.args(["--dns-upstream", "127.0.77.254:53"]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod dnsserver;
 mod setup;
 
 use std::process::Command;

@@ -15,10 +15,7 @@ use crate::{
     dns::AgentResolver,
     journal::{Kind, Record, Text, Verdict},
     monitor::AgentMeta,
-    policy::{
-        Plan, Vars,
-        host::{DEFAULT_MAX_ADDRESSES, DEFAULT_TTL_CEILING, DEFAULT_TTL_FLOOR, DnsPlan},
-    },
+    policy::{Plan, Vars, host::DnsPlan},
 };
 
 /// What the agent's resolver answers: the policy's host rules; in audit
@@ -28,13 +25,7 @@ use crate::{
 fn dns_plan(plan: &Plan, audit: bool, service_ready: bool) -> Option<DnsPlan> {
     match &plan.network.dns {
         Some(d) => Some(d.clone()),
-        None if audit && service_ready => Some(DnsPlan {
-            hosts: Vec::new(),
-            ttl_floor: DEFAULT_TTL_FLOOR,
-            ttl_ceiling: DEFAULT_TTL_CEILING,
-            max_addresses: DEFAULT_MAX_ADDRESSES,
-            answers_allowed: Vec::new(),
-        }),
+        None if audit && service_ready => Some(DnsPlan::default()),
         None => None,
     }
 }
