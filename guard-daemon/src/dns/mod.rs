@@ -35,6 +35,8 @@ mod answer;
 mod config;
 mod grants;
 mod query;
+mod server;
+mod upstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -47,6 +49,7 @@ pub use config::{
     upstreams_from_resolv_conf,
 };
 pub use grants::{NameBook, NameInfo};
+pub use server::AgentResolver;
 
 /// Queries of one agent handled at the same time; a query arriving beyond
 /// this is dropped (the client retries) and counted in
