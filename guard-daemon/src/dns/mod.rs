@@ -36,6 +36,8 @@ mod config;
 mod grants;
 mod query;
 mod server;
+#[cfg(test)]
+mod tests;
 mod upstream;
 
 use std::{
