@@ -230,8 +230,10 @@ struct Fixture {
 fn start_with(upstreams: Vec<SocketAddr>, plan: DnsPlan, audit: bool) -> Fixture {
     let sink = Arc::new(Sink::default());
     let events = Arc::new(Events::default());
-    let mut cfg = ResolverConfig::new(upstreams);
-    cfg.timeout = Duration::from_millis(300);
+    // The default timeout: a loaded test machine must not turn a slow
+    // fake upstream into a silent one. Only the silent-upstream test
+    // waits it out.
+    let cfg = ResolverConfig::new(upstreams);
     let resolver = AgentResolver::start(
         &Handle::current(),
         Arc::new(cfg),
@@ -649,6 +651,14 @@ async fn a_taken_preferred_port_gives_another() {
     .err()
     .unwrap();
     assert!(matches!(e, DnsError::NoUpstreams { .. }));
+}
+
+#[test]
+fn the_resolver_can_be_held_by_guardd() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<AgentResolver>();
+    shared::<NameBook>();
+    shared::<DnsEvent>();
 }
 
 // Property tests: whatever arrives, the handling returns; it never panics.
