@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod dns;
 pub mod doctor;
 pub mod host;
 pub mod journal;
