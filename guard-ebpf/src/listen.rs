@@ -196,6 +196,18 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
             reason: REASON_UNKNOWN_SCOPE,
             flags: 0,
         }
+    } else if port == 0 {
+        // An ephemeral port: what the kernel gives every client socket on
+        // connect or sendto anyway (dig and libuv clients bind it first).
+        // Listening on it is not decided here: seccomp refuses listen()
+        // without listen rules, and the ingress program drops packets for
+        // a listener on a port no rule allows.
+        Decision {
+            allowed: true,
+            rule: NO_RULE,
+            reason: REASON_NO_RULE,
+            flags: 0,
+        }
     } else {
         judge_local(agent.slot(), v6, &addr, port, proto_bit(protocol), &mut ev)
     };

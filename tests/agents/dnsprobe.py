@@ -65,7 +65,7 @@ def run(op):
         s, addr = connect(host, int(port))
         out["addr"] = addr
         time.sleep(float(secs))
-        out["next"] = run(nxt.replace(";", ":"))
+        out["next"] = attempt(nxt.replace(";", ":"))
         try:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             out["sent"] = True
@@ -110,18 +110,22 @@ def run(op):
     return out
 
 
+def attempt(op):
+    rec = {"op": op, "ok": True, "errno": None}
+    try:
+        rec.update(run(op))
+    except socket.gaierror as e:
+        rec["ok"] = False
+        rec["errno"] = f"gai:{e.args[1] if len(e.args) > 1 else e}"
+    except OSError as e:
+        rec["ok"] = False
+        rec["errno"] = errno.errorcode.get(e.errno, str(e))
+    return rec
+
+
 def main():
     for op in sys.argv[1:]:
-        rec = {"op": op, "ok": True, "errno": None}
-        try:
-            rec.update(run(op))
-        except socket.gaierror as e:
-            rec["ok"] = False
-            rec["errno"] = f"gai:{e.args[1] if len(e.args) > 1 else e}"
-        except OSError as e:
-            rec["ok"] = False
-            rec["errno"] = errno.errorcode.get(e.errno, str(e))
-        print(json.dumps(rec), flush=True)
+        print(json.dumps(attempt(op)), flush=True)
     sys.stdout.flush()
     os._exit(0)
 

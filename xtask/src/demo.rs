@@ -137,18 +137,21 @@ pub fn run() -> anyhow::Result<()> {
     // The DNS server the node's resolvers would forward to: it knows the
     // orders API's name (and, like any real resolver, would answer any
     // other name too; guardd asks it only for names the policy allows).
-    let dns = crate::dnsserver::Unbound::start(
-        "demo.test",
-        "orders IN A 127.0.0.1",
-        "orders.demo.test",
-    )?;
+    let dns =
+        crate::dnsserver::Unbound::start("demo.test", "orders IN A 127.0.0.1", "orders.demo.test")?;
 
     let socket = dir.path().join("guard.sock");
     let journal = dir.path().join("journal.db");
     procs.0.push((
         "guardd".into(),
         Command::new(bin.join("guardd"))
-            .args(["--instance", "guard-demo", "--metrics", "off", "--dns-upstream"])
+            .args([
+                "--instance",
+                "guard-demo",
+                "--metrics",
+                "off",
+                "--dns-upstream",
+            ])
             .arg(dns.addr())
             .arg("--socket")
             .arg(&socket)

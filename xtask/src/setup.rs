@@ -30,7 +30,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3-prometheus-client",
         "tests (the reference parser for the metrics page)",
     ),
-    ("unbound", "tests, demo and bench (a real DNS server on loopback)"),
+    (
+        "unbound",
+        "tests, demo and bench (a real DNS server on loopback)",
+    ),
     ("dnsutils", "tests (dig, over UDP and TCP)"),
 ];
 

@@ -32,7 +32,11 @@ pub struct DnsService {
 }
 
 impl DnsService {
-    pub fn new(cfg: ResolverConfig, net: DynamicNet, origin: String) -> std::io::Result<DnsService> {
+    pub fn new(
+        cfg: ResolverConfig,
+        net: DynamicNet,
+        origin: String,
+    ) -> std::io::Result<DnsService> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("guard-dns")
@@ -86,10 +90,7 @@ struct MapSink {
 
 impl AddressSink for MapSink {
     fn write(&self, ip: IpAddr, rules: &[u16]) -> Result<(), String> {
-        let value = self
-            .plan
-            .name_value(ip, rules)
-            .map_err(|e| e.to_string())?;
+        let value = self.plan.name_value(ip, rules).map_err(|e| e.to_string())?;
         self.net
             .put(self.slot, ip, &value)
             .map_err(|e| e.to_string())
@@ -122,7 +123,13 @@ impl DnsEvents for AgentEvents {
         self.metrics.event(&rec);
         self.meta.refusals.count(rec.verdict);
         let mut out = Vec::new();
-        if coalesce::put(&self.coalescer, &self.journal, rec, SystemTime::now(), &mut out) {
+        if coalesce::put(
+            &self.coalescer,
+            &self.journal,
+            rec,
+            SystemTime::now(),
+            &mut out,
+        ) {
             self.metrics.folded();
         }
     }

@@ -712,10 +712,7 @@ impl Kernel {
     /// turns it off (`None`: its queries to port 53 are then judged by its
     /// rules again).
     pub fn set_agent_dns(&mut self, cgroup_id: u64, port: Option<u16>) -> Result<(), KernelError> {
-        let mut info = self
-            .agents
-            .get(&cgroup_id, 0)
-            .map_err(map_err("AGENTS"))?;
+        let mut info = self.agents.get(&cgroup_id, 0).map_err(map_err("AGENTS"))?;
         match port {
             Some(p) => {
                 info.flags |= guard_common::AGENT_DNS;

@@ -867,7 +867,7 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
 fn judged_ip(e: &NetEvent) -> Option<IpAddr> {
     match u32::from(e.family) {
         AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(e.addr))),
-        f if f == u32::from(guard_common::AF_INET) => Some(IpAddr::V4(Ipv4Addr::new(
+        guard_common::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
             e.addr[0], e.addr[1], e.addr[2], e.addr[3],
         ))),
         _ => None,
@@ -959,10 +959,6 @@ fn listen_fields(
         why.push_str(
             "; packets for a socket listening there are dropped (listen() without bind() \
              takes an ephemeral port that no bind hook sees)",
-        );
-    } else if e.port == 0 {
-        why.push_str(
-            "; port 0 lets the kernel choose a port, which only a rule without `ports` allows",
         );
     }
     let mut detail = json!({

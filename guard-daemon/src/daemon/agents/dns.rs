@@ -8,10 +8,7 @@ use serde_json::json;
 use super::plan::parse_sent;
 use crate::{
     api::RequestError,
-    daemon::{
-        Shared,
-        dns::AgentEvents,
-    },
+    daemon::{Shared, dns::AgentEvents},
     dns::AgentResolver,
     journal::{Kind, Record, Text, Verdict},
     monitor::AgentMeta,
@@ -128,11 +125,15 @@ pub fn resume_resolvers(shared: &Shared) {
             Ok(None) => {}
             Ok(Some(r)) => {
                 let port = r.port();
-                let pointed = shared.kernel.lock().map_err(|_| "kernel lock poisoned".to_owned()).and_then(|mut k| {
-                    k.set_dns_port(port, slot)
-                        .and_then(|()| k.set_agent_dns(cgroup_id, Some(port)))
-                        .map_err(|e| e.to_string())
-                });
+                let pointed = shared
+                    .kernel
+                    .lock()
+                    .map_err(|_| "kernel lock poisoned".to_owned())
+                    .and_then(|mut k| {
+                        k.set_dns_port(port, slot)
+                            .and_then(|()| k.set_agent_dns(cgroup_id, Some(port)))
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(e) = pointed {
                     resume_failed(shared, &meta, &e);
                     r.stop();
@@ -181,7 +182,10 @@ mod tests {
             home: Path::new("/h").into(),
             tmp: Path::new("/t").into(),
         };
-        Policy::parse(text, "p.toml").unwrap().compile(&vars).unwrap()
+        Policy::parse(text, "p.toml")
+            .unwrap()
+            .compile(&vars)
+            .unwrap()
     }
 
     #[test]
@@ -191,7 +195,10 @@ mod tests {
         );
         let cidr = plan("[policy]\nname = \"c\"\n[network]\nallow = [{ cidr = \"10.0.0.0/8\" }]\n");
         assert_eq!(names.mode, Mode::Enforce);
-        assert_eq!(dns_plan(&names, false, true).map(|d| d.hosts.len()), Some(1));
+        assert_eq!(
+            dns_plan(&names, false, true).map(|d| d.hosts.len()),
+            Some(1)
+        );
         assert_eq!(dns_plan(&cidr, false, true), None);
         assert_eq!(dns_plan(&cidr, true, true).map(|d| d.hosts.len()), Some(0));
         // Audit mode without upstreams keeps the agent's own DNS.

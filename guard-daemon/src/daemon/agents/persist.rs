@@ -193,6 +193,7 @@ mod tests {
             listen4: vec![(64, 7, [127, 0, 0, 1])],
             listen6: vec![(160, 7, [0; 16])],
             rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
+            dns_port: Some(40053),
             source: Source {
                 policy_text: "[policy]\nname = \"dev\"\n".into(),
                 policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
