@@ -166,7 +166,12 @@ fn nothing_listens_by_default_on_any_route() {
     // An ephemeral port (port 0) is what any client socket gets: binding
     // it is allowed; listening on it is what is refused (seccomp, here).
     let ephemeral = "udp:0.0.0.0:0".to_owned();
-    let out = run_probe(&g, &p, &[], &[&ops[..], &[ephemeral.clone()]].concat());
+    let out = run_probe(
+        &g,
+        &p,
+        &[],
+        &[&ops[..], std::slice::from_ref(&ephemeral)].concat(),
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let res = probe_results(&out);
     assert_eq!(errno_of(&res, &ephemeral), None, "{res:?}");
@@ -206,7 +211,11 @@ fn nothing_listens_by_default_on_any_route() {
         assert_eq!(rec["kind"], "network", "{rec}");
         assert_eq!(rec["process"]["comm"], "python3", "{rec}");
     }
-    for rec in &recs[..12] {
+    for (rec, _) in recs
+        .iter()
+        .zip(&expect)
+        .filter(|(_, (target, _, _))| !target.is_empty())
+    {
         let want = rec["target"].as_str().unwrap().rsplit_once(':').unwrap().1;
         let want: u64 = want.split('/').next().unwrap().parse().unwrap();
         assert_eq!(rec["detail"]["port"], want, "{rec}");

@@ -20,12 +20,12 @@ use anyhow::{Context as _, bail};
 
 use crate::workspace_root;
 
-struct Row {
-    what: String,
-    value: String,
-    baseline: String,
-    ratio: String,
-    target: String,
+pub(crate) struct Row {
+    pub what: String,
+    pub value: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -44,9 +44,9 @@ fn time_cmd(cmd: &mut Command) -> anyhow::Result<f64> {
 }
 
 /// A private guardd for the benchmark, stopped on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    socket: PathBuf,
+    pub socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -70,6 +70,15 @@ impl Daemon {
     }
 
     fn start_with_journal(bin: &Path, journal: Option<&Path>) -> anyhow::Result<Daemon> {
+        Self::start_with(bin, journal, &[])
+    }
+
+    /// With more guardd arguments (`extra`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        journal: Option<&Path>,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("guard-bench").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.path().join("guard.sock");
@@ -86,6 +95,7 @@ impl Daemon {
             cmd.args(["--journal-max-bytes", "off"]);
         }
         let child = cmd
+            .args(extra)
             .args(["--instance", "guard-bench", "--metrics", "off", "--socket"])
             .arg(&socket)
             .arg("--journal")
@@ -151,6 +161,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     drop(daemon);
     eprintln!("bench: journal query over a large store");
     query(&bin, work.path(), quick, &mut rows)?;
+    eprintln!("bench: DNS through the agents' resolvers");
+    crate::dnsbench::run(&bin, work.path(), quick, &mut rows)?;
 
     println!();
     println!(

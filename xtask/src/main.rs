@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod dnsbench;
 mod dnsserver;
 mod setup;
 
@@ -51,6 +52,23 @@ enum Cmd {
     /// (used by `bench`) N TCP connects to 127.0.0.1:PORT; prints ns each.
     #[command(hide = true)]
     ConnectLoop { port: u16, n: usize },
+    /// (used by `bench`) N sequential A lookups of NAME at SERVER; prints
+    /// the median and p99 in ns.
+    #[command(hide = true)]
+    DnsLatency {
+        server: String,
+        name: String,
+        n: usize,
+    },
+    /// (used by `bench`) THREADS clients looking NAME up at SERVER for SECS
+    /// seconds; prints the lookups answered.
+    #[command(hide = true)]
+    DnsRate {
+        server: String,
+        name: String,
+        secs: f64,
+        threads: usize,
+    },
     /// (used by `bench`) N open()+close() of PATH; prints ns each.
     #[command(hide = true)]
     OpenLoop { path: String, n: usize },
@@ -92,6 +110,13 @@ fn main() -> anyhow::Result<()> {
             bench::run(quick)
         }
         Cmd::ConnectLoop { port, n } => bench::connect_loop_main(port, n),
+        Cmd::DnsLatency { server, name, n } => dnsbench::latency_main(&server, &name, n),
+        Cmd::DnsRate {
+            server,
+            name,
+            secs,
+            threads,
+        } => dnsbench::rate_main(&server, &name, secs, threads),
         Cmd::OpenLoop { path, n } => bench::open_loop_main(&path, n),
         Cmd::SyscallLoop { n } => bench::syscall_loop_main(n),
         Cmd::ExecLoop { path, n } => bench::exec_loop_main(&path, n),

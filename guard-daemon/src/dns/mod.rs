@@ -129,7 +129,9 @@ pub trait DnsEvents: Send + Sync + 'static {
     fn event(&self, ev: DnsEvent);
 }
 
-/// What an agent's resolver did. Names are as [`normalize_name`] leaves
+/// What an agent's resolver did. A refused name (`Refused`,
+/// `TypeRefused`) is as the agent wrote it (case kept: what it hid in the
+/// name is evidence); other names are as [`normalize_name`] leaves
 /// them when they could be normalized, else in hickory's escaped ASCII
 /// form; `qtype` is the type's mnemonic (`A`, `HTTPS`, or `TYPE65400` for
 /// one hickory does not name).

@@ -33,6 +33,10 @@ pub(crate) struct AgentQuery {
     pub question: Query,
     /// The asked name, normalized.
     pub name: String,
+    /// The asked name as the agent wrote it (case kept, no trailing dot):
+    /// what the journal shows of a refused name (data an agent hides in a
+    /// name may be case-sensitive).
+    pub asked: String,
     /// Present when the query carried an OPT record.
     pub edns: Option<ClientEdns>,
 }
@@ -137,6 +141,7 @@ pub(crate) fn parse_query(bytes: &[u8]) -> Result<AgentQuery, Malformed> {
         id: meta.id,
         recursion_desired: meta.recursion_desired,
         checking_disabled: meta.checking_disabled,
+        asked: ascii.strip_suffix('.').unwrap_or(&ascii).to_owned(),
         question,
         name,
         edns,

@@ -256,7 +256,7 @@ impl Shared {
             Decision::TypeRefused => {
                 let over_budget = self.over_budget(&q.name);
                 self.emit(DnsEvent::TypeRefused {
-                    name: q.name.clone(),
+                    name: q.asked.clone(),
                     qtype: q.qtype_name(),
                     tcp,
                     over_budget,
@@ -271,7 +271,7 @@ impl Shared {
             Decision::NotAllowed if !self.audit => {
                 let over_budget = self.over_budget(&q.name);
                 self.emit(DnsEvent::Refused {
-                    name: q.name.clone(),
+                    name: q.asked.clone(),
                     qtype: q.qtype_name(),
                     tcp,
                     over_budget,
