@@ -216,7 +216,7 @@ fn records(g: &Guardd, out: &Output) -> Vec<Value> {
     g.logs(&["--agent", &Guardd::agent_id(out)])
 }
 
-fn find<'a>(recs: &'a [Value], f: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+fn find(recs: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {
     recs.iter().filter(|r| f(r)).collect()
 }
 
