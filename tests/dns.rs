@@ -513,6 +513,8 @@ fn dns_over_tcp_to_any_address_and_malformed_queries() {
         "udpq:127.0.0.53:53:api.guard.test".to_owned(),
         "udpq:[::1]:53:api.guard.test".to_owned(),
         "udpq:127.0.0.53:53:other.guard.test".to_owned(),
+        // TCP Fast Open: data in the SYN, no connect() call.
+        "tfoq:127.0.0.53:53:api.guard.test".to_owned(),
         // Garbage, a compression loop, a response instead of a query.
         "raw:127.0.0.53:53:00".to_owned(),
         "raw:127.0.0.53:53:12340100000100000000000003616263c00c00010001".to_owned(),
@@ -528,10 +530,14 @@ fn dns_over_tcp_to_any_address_and_malformed_queries() {
     assert_eq!(res[1]["rcode"], 0, "{res:?}");
     assert_eq!(res[1]["source"], "::1", "{res:?}");
     assert_eq!(res[2]["rcode"], 5, "REFUSED: {res:?}");
-    for r in &res[3..6] {
+    assert_eq!(
+        res[3]["rcode"], 0,
+        "fast open reaches the resolver: {res:?}"
+    );
+    for r in &res[4..7] {
         assert_eq!(r["reply"], Value::Null, "malformed: dropped: {r}");
     }
-    assert_eq!(res[6]["ok"], true, "{res:?}");
+    assert_eq!(res[7]["ok"], true, "{res:?}");
     let recs = records(&g, &out);
     let malformed = find(&recs, |r| r["rule"] == "dns.malformed");
     assert_eq!(malformed.len(), 3, "{recs:#?}");

@@ -17,6 +17,8 @@ operation found. Operations:
                           reply; "reply" is its hex or null
   udpq:ADDR:PORT:NAME     a well-formed A query for NAME over UDP; "rcode"
                           and "source" (the reply's source address) or null
+  tfoq:ADDR:PORT:NAME     the same over TCP Fast Open (sendto with
+                          MSG_FASTOPEN, no connect); "rcode"
 """
 import errno
 import json
@@ -105,6 +107,22 @@ def run(op):
         out["rcode"] = data[3] & 0xF
         out["source"] = src[0]
         out["source_port"] = src[1]
+    elif kind == "tfoq":
+        addr, port, name = rest.rsplit(":", 2)
+        addr = addr.strip("[]")
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+        q = query(name)
+        # Blocking: a non-blocking fast open without a cookie says
+        # EINPROGRESS instead of waiting for the handshake.
+        s.sendto(struct.pack(">H", len(q)) + q, socket.MSG_FASTOPEN, (addr, int(port)))
+        s.settimeout(3)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + struct.unpack(">H", data[:2])[0]:
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+        out["rcode"] = data[5] & 0xF
     else:
         raise SystemExit(f"unknown operation {op!r}")
     return out
