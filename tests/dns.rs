@@ -733,3 +733,64 @@ fn audit_mode_records_the_names_looked_up_and_connected_to() {
     assert_eq!(conn.len(), 1, "{recs:#?}");
     assert_eq!(conn[0]["detail"]["name"], "other.guard.test", "{}", conn[0]);
 }
+
+#[test]
+fn a_restarted_guardd_forgets_the_old_answers_and_serves_the_agent_again() {
+    let dns = Unbound::start();
+    let mut g = guardd_for(&dns, &[]);
+    let named = Listener::tcp("127.0.0.21");
+    let fixed = Listener::tcp("127.0.0.21");
+    // A static rule at exactly the address the name resolves to: the
+    // answer's grant shares its map entry.
+    let p = dns_policy(
+        &g,
+        "restart",
+        &format!(
+            "  {{ host = \"api.guard.test\", ports = [{}], protocol = \"tcp\" }},\n  {{ cidr = \"127.0.0.21/32\", ports = [{}], protocol = \"tcp\" }},",
+            named.port, fixed.port
+        ),
+        "",
+    );
+    let go = g.dir.path().join("go");
+    let ops = [
+        "resolve4:api.guard.test".to_owned(),
+        format!("tcp:127.0.0.21:{}", named.port),
+        format!("wait:{}", go.display()),
+        // The answer of the guardd that died is gone; the static rule
+        // stays; a new lookup opens the name again.
+        format!("tcp:127.0.0.21:{}", named.port),
+        format!("tcp:127.0.0.21:{}", fixed.port),
+        "resolve4:api.guard.test".to_owned(),
+        format!("tcp:127.0.0.21:{}", named.port),
+    ];
+    let mut cmd = vec![PYTHON.to_owned(), agent_script("dnsprobe.py")];
+    cmd.extend(ops.iter().cloned());
+    let mut child = agent_cmd(&g, &p, &[], &cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the agent has connected once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while named.accepted.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the agent never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.crash();
+    g.restart_after_crash();
+    std::fs::write(&go, "").unwrap();
+    let _ = wait_or_kill(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    let res = probe_results(&out);
+    assert_eq!(res.len(), ops.len(), "{}", describe(&out));
+    assert_eq!(res[1]["ok"], true, "{res:?}");
+    assert_eq!(res[2]["found"], true, "{res:?}");
+    assert_eq!(res[3]["errno"], "EPERM", "the old answer is gone: {res:?}");
+    assert_eq!(res[4]["ok"], true, "the static rule stays: {res:?}");
+    assert_eq!(
+        res[5]["addrs"],
+        serde_json::json!(["127.0.0.21"]),
+        "{res:?}"
+    );
+    assert_eq!(res[6]["ok"], true, "{res:?}");
+}

@@ -435,7 +435,11 @@ fn another_agents_resolver_is_refused_whatever_the_policy_and_mode() {
     );
 
     // Without the entry, the port is judged like any other.
-    f.kernel().clear_dns_port(q);
+    f.kernel().clear_dns_port(q, 1);
+    // Another slot's clear leaves the entry alone.
+    let res = probe(&enforced, &[format!("udp4|127.0.0.1|{q}")]);
+    assert_eq!(errno(&res[0]), Some("EPERM"), "{}", res[0]);
+    f.kernel().clear_dns_port(q, 2);
     let res = probe(&enforced, &[format!("udp4|127.0.0.1|{q}")]);
     assert_eq!(
         res[0]["data"],

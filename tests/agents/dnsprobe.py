@@ -17,6 +17,7 @@ operation found. Operations:
                           reply; "reply" is its hex or null
   udpq:ADDR:PORT:NAME     a well-formed A query for NAME over UDP; "rcode"
                           and "source" (the reply's source address) or null
+  wait:PATH               wait (up to 30 s) until PATH exists
   tfoq:ADDR:PORT:NAME     the same over TCP Fast Open (sendto with
                           MSG_FASTOPEN, no connect); "rcode"
 """
@@ -107,6 +108,11 @@ def run(op):
         out["rcode"] = data[3] & 0xF
         out["source"] = src[0]
         out["source_port"] = src[1]
+    elif kind == "wait":
+        deadline = time.time() + 30
+        while not os.path.exists(rest) and time.time() < deadline:
+            time.sleep(0.05)
+        out["found"] = os.path.exists(rest)
     elif kind == "tfoq":
         addr, port, name = rest.rsplit(":", 2)
         addr = addr.strip("[]")

@@ -108,6 +108,26 @@ fn dns_upstreams(
     })
 }
 
+/// Each agent with host rules holds its resolver's sockets in guardd (four
+/// listeners, up to 32 TCP connections, upstream queries in flight): the
+/// usual soft limit of 1024 descriptors would run out with a few dozen
+/// agents. Agents are started by guardctl and do not inherit this.
+fn raise_open_files() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!("could not raise the open-files limit to {}", r.rlim_max);
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
@@ -122,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    raise_open_files();
     // Two malloc arenas are plenty for guardd's few threads, and keep freed
     // memory from spreading over per-thread arenas (resident memory budget).
     // SAFETY: mallopt only adjusts allocator parameters, before any thread.

@@ -270,10 +270,15 @@ pub(crate) fn screen(
     }
 }
 
+/// Shortest lifetime of a grant.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
 /// The lifetime of an answer's grants: its shortest TTL, held within the
 /// plan's floor and ceiling.
 pub(crate) fn lifetime(plan: &DnsPlan, min_ttl: u32) -> Duration {
-    let floor = plan.ttl_floor;
+    // At least a second: a grant that expires as it is written would fail
+    // the lookup it was written for (`ttl_floor = 0` and a TTL of 0).
+    let floor = plan.ttl_floor.max(MIN_LIFETIME);
     let ceiling = plan.ttl_ceiling.max(floor);
     Duration::from_secs(u64::from(min_ttl)).clamp(floor, ceiling)
 }
@@ -281,7 +286,9 @@ pub(crate) fn lifetime(plan: &DnsPlan, min_ttl: u32) -> Duration {
 fn address_of(r: &Record) -> Option<IpAddr> {
     match &r.data {
         RData::A(a) => Some(IpAddr::V4(a.0)),
-        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        // A v4-mapped AAAA is the IPv4 address to the kernel (one NET4
+        // key): keep one grant for both forms.
+        RData::AAAA(a) => Some(IpAddr::V6(a.0).to_canonical()),
         _ => None,
     }
 }

@@ -728,10 +728,34 @@ impl Kernel {
             .map_err(map_err("AGENTS"))
     }
 
-    /// Forgets a resolver port (its resolver closed); a port that was never
-    /// set is no error.
-    pub fn clear_dns_port(&mut self, port: u16) {
-        let _ = self.dns_ports.remove(&u32::from(port));
+    /// Forgets a resolver port of `slot` (its resolver closed); a port that
+    /// was never set is no error.
+    pub fn clear_dns_port(&mut self, port: u16, slot: u32) {
+        // Only the slot's own entry: the port may already serve another
+        // agent's resolver, whose entry must stay.
+        if self.dns_ports.get(&u32::from(port), 0).ok() == Some(slot) {
+            let _ = self.dns_ports.remove(&u32::from(port));
+        }
+    }
+
+    /// Writes an agent's static rules again, over whatever the entries at
+    /// those keys hold: after a restart, an entry at a static rule's exact
+    /// address may still carry a resolver grant of the guardd that died.
+    pub fn rewrite_static(
+        &mut self,
+        slot: u32,
+        v4: &[(u32, [u8; 4], NetValue)],
+        v6: &[(u32, [u8; 16], NetValue)],
+    ) -> Result<(), KernelError> {
+        for (bits, addr, value) in v4 {
+            let key = Key::new(SLOT_PREFIX_BITS + bits, Net4Key { slot, addr: *addr });
+            self.net4.insert(&key, value, 0).map_err(map_err("NET4"))?;
+        }
+        for (bits, addr, value) in v6 {
+            let key = Key::new(SLOT_PREFIX_BITS + bits, Net6Key { slot, addr: *addr });
+            self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
+        }
+        Ok(())
     }
 
     /// A handle on the `NET4`/`NET6` tries for another thread (the

@@ -27,9 +27,9 @@ use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6,
     IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, PATH_BASE, PATH_ENTRY,
-    REASON_DIRECT_LOADER, REASON_DNS_PROXY, REASON_IP_OPTIONS, REASON_PORT, REASON_PROTOCOL,
-    REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, RULE_DOH, SockEvent, UnixEvent, VERDICT_ALLOWED,
-    VERDICT_AUDIT, VERDICT_DENIED,
+    REASON_DIRECT_LOADER, REASON_DNS_PROXY, REASON_IP_OPTIONS, REASON_NO_RULE, REASON_PORT,
+    REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, RULE_DOH, SockEvent, UnixEvent,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
 
@@ -849,7 +849,10 @@ fn net_fields(e: &NetEvent, meta: Option<&AgentMeta>) -> (String, Text, String, 
     }
     if let Some(n) = looked_up {
         detail["name"] = json!(n.name);
-        if n.expired && e.hdr.reason != REASON_UNKNOWN_SCOPE {
+        // Only when the refusal is "no rule" and the name had been granted:
+        // a port its rule never allowed, or an audit-mode name that was
+        // never granted, did not expire.
+        if n.expired && e.hdr.reason == REASON_NO_RULE && !n.rules.is_empty() {
             let until = crate::journal::format_time(n.expires);
             detail["expired_name"] = json!({"name": n.name, "expired_at": until});
             let why = detail["why"].as_str().unwrap_or_default().to_owned();

@@ -343,8 +343,9 @@ impl DnsPlan {
 }
 
 /// Loopback, link-local (the cloud metadata address among them), private
-/// (RFC 1918, RFC 6598 shared, IPv6 unique local), unspecified, multicast
-/// and broadcast addresses: where a rebinding answer would point an allowed
+/// (RFC 1918, RFC 6598 shared, IPv6 unique local), unspecified, multicast,
+/// broadcast, reserved and benchmarking addresses, and IPv6 addresses that
+/// embed one of them (NAT64, 6to4; Teredo always): where a rebinding answer would point an allowed
 /// name inside the host or its network.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
@@ -358,12 +359,35 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || a.is_broadcast()
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240
         }
         IpAddr::V6(a) => {
             if let Some(v4) = a.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = a.segments();
+            let o = a.octets();
+            // Addresses that carry an IPv4 address a translator or relay
+            // delivers to: NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and 6to4
+            // (2002::/16) are judged as that IPv4 address; Teredo
+            // (2001::/32) as internal outright (its client address is
+            // obfuscated and its relay is anyone's).
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_internal(IpAddr::V4(std::net::Ipv4Addr::new(
+                    o[12], o[13], o[14], o[15],
+                )));
+            }
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                return true;
+            }
+            if s[0] == 0x2002 {
+                return is_internal(IpAddr::V4(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5])));
+            }
+            if s[0] == 0x2001 && s[1] == 0 {
+                return true;
+            }
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
@@ -463,7 +487,24 @@ mod tests {
         ] {
             assert!(is_internal(a.parse().unwrap()), "{a}");
         }
-        for a in ["93.184.216.34", "2606:4700::1", "100.128.0.1"] {
+        for a in [
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378::1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "93.184.216.34",
+            "2606:4700::1",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!is_internal(a.parse().unwrap()), "{a}");
         }
     }

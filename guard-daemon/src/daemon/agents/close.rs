@@ -51,7 +51,11 @@ pub fn close(
     // Nothing of the scope asks any more: its resolver stops (taking its
     // answers' addresses out of the map), and its last records are in
     // before the held counts are flushed below.
-    super::dns::stop_resolver(shared, agent.dns.take());
+    super::dns::stop_resolver(shared, agent.slot, agent.dns.take());
+    if let (Some(old), Ok(mut k)) = (agent.dns_port_before, shared.kernel.lock()) {
+        // A re-adopted agent whose resolver did not start again.
+        k.clear_dns_port(old, agent.slot);
+    }
     let info = shared
         .kernel
         .lock()

@@ -69,13 +69,14 @@ pub(super) fn start_resolver(
 
 /// Stops an agent's resolver: its answers' addresses leave the map, and
 /// its port is no longer off limits to others.
-pub(super) fn stop_resolver(shared: &Shared, resolver: Option<AgentResolver>) {
+pub(super) fn stop_resolver(shared: &Shared, slot: u32, resolver: Option<AgentResolver>) {
     if let Some(r) = resolver {
-        let port = r.port();
-        r.stop();
+        // The port leaves DNS_PORTS before the socket closes: once closed,
+        // another agent's resolver may bind it and enter it for itself.
         if let Ok(mut k) = shared.kernel.lock() {
-            k.clear_dns_port(port);
+            k.clear_dns_port(r.port(), slot);
         }
+        r.stop();
     }
 }
 
@@ -118,11 +119,38 @@ pub fn resume_resolvers(shared: &Shared) {
                 })
                 .map_err(|e| e.to_string())
             });
+        // An entry at a static rule's exact address may still hold a grant
+        // of the resolver that died with the old guardd: write the static
+        // rules again before any new grant.
+        if let Ok(plan) = &plan
+            && let Ok(mut k) = shared.kernel.lock()
+            && let Err(e) = k.rewrite_static(slot, &plan.network.v4, &plan.network.v6)
+        {
+            tracing::error!(agent = %meta.agent.id, "rewriting the agent's static rules: {e}");
+        }
         let started = plan
             .map_err(RequestError::Policy)
             .and_then(|plan| start_resolver(shared, slot, &plan, audit, &meta, before));
+        // The old port stays off limits only while it is this agent's.
+        if let (Some(old), Ok(mut k)) = (before, shared.kernel.lock()) {
+            k.clear_dns_port(old, slot);
+        }
         match started {
-            Ok(None) => {}
+            Ok(None) => {
+                // Its redirection would point at a port nobody serves (and
+                // that any process could take): turn it off; its rules then
+                // judge its queries to port 53 again.
+                if before.is_some() {
+                    if let Ok(mut k) = shared.kernel.lock() {
+                        let _ = k.set_agent_dns(cgroup_id, None);
+                    }
+                    resume_failed(
+                        shared,
+                        &meta,
+                        "guardd has no upstream resolver now; the agent's DNS redirection is off",
+                    );
+                }
+            }
             Ok(Some(r)) => {
                 let port = r.port();
                 let pointed = shared
@@ -136,7 +164,7 @@ pub fn resume_resolvers(shared: &Shared) {
                     });
                 if let Err(e) = pointed {
                     resume_failed(shared, &meta, &e);
-                    r.stop();
+                    stop_resolver(shared, slot, Some(r));
                     continue;
                 }
                 if let Ok(mut reg) = shared.registry.lock()
@@ -145,7 +173,7 @@ pub fn resume_resolvers(shared: &Shared) {
                     a.dns = Some(r);
                     super::persist::persist(shared, a);
                 } else {
-                    r.stop();
+                    stop_resolver(shared, slot, Some(r));
                 }
             }
             Err(e) => resume_failed(shared, &meta, &e.to_string()),

@@ -268,7 +268,7 @@ pub fn open(
     let keys = match added {
         Ok(k) => k,
         Err(e) => {
-            stop_resolver(shared, resolver);
+            stop_resolver(shared, slot, resolver);
             let _ = scope.remove();
             cleanup_tmp(&tmp);
             return Err(e);
@@ -284,7 +284,7 @@ pub fn open(
             all
         }
         Err(e) => {
-            stop_resolver(shared, resolver);
+            stop_resolver(shared, slot, resolver);
             if let Ok(mut k) = shared.kernel.lock() {
                 k.remove_agent(&keys);
             }
