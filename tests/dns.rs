@@ -587,8 +587,6 @@ fn two_agents_open_nothing_for_each_other() {
         "",
     );
     // B resolves its name and holds the answer open while A tries.
-    let rc = resolv_conf(&g);
-    let _ = rc;
     let hold_b = format!("hold:b.guard.test:{}:3:resolve4;api.guard.test", b.port);
     let mut child_b = {
         let mut cmd = vec![PYTHON.to_owned(), agent_script("dnsprobe.py"), hold_b];
@@ -676,8 +674,7 @@ fn a_second_upstream_and_fail_closed_without_any() {
 fn dns_over_tls_needs_an_explicit_rule() {
     let dns = Unbound::start();
     let g = guardd_for(&dns, &[]);
-    let dot = std::net::TcpListener::bind("127.0.0.61:853").unwrap();
-    let _ = dot;
+    let _dot = std::net::TcpListener::bind("127.0.0.61:853").unwrap();
     let broad = dns_policy(
         &g,
         "broad",

@@ -152,27 +152,30 @@ pub(crate) fn redirect(ctx: &SockAddrContext, agent: &Agent, v6: bool, is4: bool
 /// Every other datagram is left as it is; the answer is always "go on".
 #[inline(always)]
 pub fn on_recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
-    let agent = current_agent();
-    if agent.flags() & AGENT_DNS == 0 {
-        return RECV_OK;
-    }
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the program's context; `user_port` and `protocol`
     // are readable in the recvmsg hooks.
     let (port_raw, protocol) = unsafe { ((*sa).user_port, (*sa).protocol) };
-    if protocol != IPPROTO_UDP || u32::from(u16::from_be(port_raw as u16)) != agent.dns_port() {
+    // The datagram's source first: every recvmsg of every process under
+    // guard's parent cgroup runs this, and only a reply from loopback can
+    // be a resolver's; the agent is looked up only for those.
+    let from_proxy = protocol == IPPROTO_UDP
+        && if v6 {
+            // SAFETY: as above; `user_ip6` is readable in the IPv6 hook.
+            let w = unsafe { (*sa).user_ip6 };
+            let (p6, p4) = (words(&DNS_PROXY_V6), words(&PROXY_V4_MAPPED));
+            w == p6 || w == p4
+        } else {
+            // SAFETY: as above; `user_ip4` is readable in the IPv4 hook.
+            unsafe { (*sa).user_ip4 }.to_ne_bytes() == DNS_PROXY_V4
+        };
+    if !from_proxy {
         return RECV_OK;
     }
-    let from_resolver = if v6 {
-        // SAFETY: as above; `user_ip6` is readable in the IPv6 hook.
-        let w = unsafe { (*sa).user_ip6 };
-        let (p6, p4) = (words(&DNS_PROXY_V6), words(&PROXY_V4_MAPPED));
-        w == p6 || w == p4
-    } else {
-        // SAFETY: as above; `user_ip4` is readable in the IPv4 hook.
-        unsafe { (*sa).user_ip4 }.to_ne_bytes() == DNS_PROXY_V4
-    };
-    if !from_resolver {
+    let agent = current_agent();
+    if agent.flags() & AGENT_DNS == 0
+        || u32::from(u16::from_be(port_raw as u16)) != agent.dns_port()
+    {
         return RECV_OK;
     }
     // SAFETY: a helper call on the program's own context.

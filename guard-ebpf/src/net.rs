@@ -282,7 +282,13 @@ fn first_by_name(agent: &Agent, ev: &mut NetEvent, rule: u32, bit: u8) {
         family: ev.family,
         addr: ev.addr,
     };
-    if NAME_SEEN.insert(&key, &1u8, BPF_NOEXIST).is_err() {
+    // A lookup first: on an LRU map even a failed insert takes a node off
+    // the free list (and may evict another agent's entry), and after the
+    // first connection every one is a hit.
+    // SAFETY: only whether a value exists is read.
+    if unsafe { NAME_SEEN.get(&key) }.is_some()
+        || NAME_SEEN.insert(&key, &1u8, BPF_NOEXIST).is_err()
+    {
         return;
     }
     ev.rule = rule;

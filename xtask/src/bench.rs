@@ -4,7 +4,6 @@
 //! Nothing here asserts timings: the figures are for reading and comparing.
 
 use std::{
-    io::Read,
     net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -130,14 +129,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: signalling the guardd this benchmark started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::child::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -293,21 +285,7 @@ impl Drop for Sink {
 /// Runs the connect loop (this binary's hidden `connect-loop`) and returns
 /// the median nanoseconds per connect.
 fn connect_loop(cmd: &mut Command) -> anyhow::Result<f64> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .context("no stdout")?
-        .read_to_string(&mut out)?;
-    let st = child.wait()?;
-    if !st.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        bail!("connect loop failed ({st}): {err}");
-    }
+    let out = crate::child::output_of(cmd).context("connect loop failed")?;
     out.trim()
         .parse::<f64>()
         .with_context(|| format!("bad connect-loop output {out:?}"))

@@ -22,16 +22,8 @@ impl Drop for Procs {
     fn drop(&mut self) {
         for (name, child) in self.0.iter_mut().rev() {
             // SIGTERM first (guardd cleans up its pins and cgroups on it).
-            // SAFETY: signalling a child this demo started, by its pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("demo: {name} did not stop; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
+            if !crate::child::terminate(child, Duration::from_secs(10)) {
+                eprintln!("demo: {name} did not stop; it was killed");
             }
         }
     }

@@ -3,10 +3,9 @@
 //! second, for one agent and across ten at once.
 
 use std::{
-    io::Read as _,
     net::UdpSocket,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -14,20 +13,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     bench::{Daemon, Row},
-    dnsserver::Unbound,
+    child::{finish, output_of},
+    dnsserver::{Unbound, query},
 };
-
-/// A hand-built A query for `name` with id `id`.
-fn query(name: &str, id: u16) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
 
 /// One lookup on `s` (connected): waits for the answer with our id.
 fn lookup(s: &UdpSocket, name: &str, id: u16) -> anyhow::Result<()> {
@@ -108,28 +96,6 @@ pub fn rate_main(server: &str, name: &str, secs: f64, threads: usize) -> anyhow:
     Ok(())
 }
 
-fn output_of(mut child: Child) -> anyhow::Result<String> {
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .context("no stdout")?
-        .read_to_string(&mut out)?;
-    let st = child.wait()?;
-    if !st.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        bail!("DNS loop failed ({st}): {err}");
-    }
-    Ok(out)
-}
-
-fn spawn(c: &mut Command) -> anyhow::Result<Child> {
-    Ok(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
-}
-
 pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let dns = Unbound::start("bench.test", "api IN A 127.0.0.21", "api.bench.test")?;
     let d = Daemon::start_with(bin, None, &["--dns-upstream", &dns.addr()])?;
@@ -143,7 +109,7 @@ pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow:
          [network.dns]\nanswers_allowed = [\"127.0.0.0/8\"]\n",
     )?;
     let name = "api.bench.test";
-    let inside = |args: &[String]| -> anyhow::Result<Child> {
+    let inside = |args: &[String]| -> Command {
         let mut c = Command::new(bin.join("guardctl"));
         c.env("GUARD_SOCKET", &d.socket)
             .current_dir(work)
@@ -153,7 +119,7 @@ pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow:
             .arg("--")
             .arg(&probe)
             .args(args);
-        spawn(&mut c)
+        c
     };
     let n = if quick { 2000 } else { 10_000 };
     // The agent asks the address its resolv.conf would name; the kernel
@@ -173,10 +139,8 @@ pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow:
             _ => bail!("bad latency output {s:?}"),
         }
     };
-    let direct = parse2(output_of(spawn(
-        Command::new(&probe).args(lat(&dns.addr())),
-    )?)?)?;
-    let through = parse2(output_of(inside(&lat("127.0.0.53:53"))?)?)?;
+    let direct = parse2(output_of(Command::new(&probe).args(lat(&dns.addr())))?)?;
+    let through = parse2(output_of(&mut inside(&lat("127.0.0.53:53")))?)?;
     rows.push(Row {
         what: "DNS lookup through guard, median".into(),
         value: format!("{:.0} us", through.0 / 1e3),
@@ -206,11 +170,8 @@ pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow:
             .parse::<f64>()
             .with_context(|| format!("bad rate output {s:?}"))
     };
-    let direct_rate = count(output_of(spawn(
-        Command::new(&probe).args(rate(&dns.addr())),
-    )?)?)?
-        / secs;
-    let one = count(output_of(inside(&rate("127.0.0.53:53"))?)?)? / secs;
+    let direct_rate = count(output_of(Command::new(&probe).args(rate(&dns.addr())))?)? / secs;
+    let one = count(output_of(&mut inside(&rate("127.0.0.53:53")))?)? / secs;
     rows.push(Row {
         what: "DNS lookups/s, one agent (8 clients)".into(),
         value: format!("{one:.0}/s"),
@@ -218,12 +179,18 @@ pub fn run(bin: &Path, work: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow:
         ratio: format!("{:.2}x", one / direct_rate),
         target: "".into(),
     });
+    // All ten at once: started first, then waited for.
     let children = (0..10)
-        .map(|_| inside(&rate("127.0.0.53:53")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|_| {
+            inside(&rate("127.0.0.53:53"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut ten = 0.0;
     for c in children {
-        ten += count(output_of(c)?)?;
+        ten += count(finish(c)?)?;
     }
     let ten = ten / secs;
     rows.push(Row {

@@ -85,13 +85,7 @@ impl Unbound {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.') {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
-        if s.send_to(&q, self.addr()).is_err() {
+        if s.send_to(&query(name, 0x1234), self.addr()).is_err() {
             return false;
         }
         let mut buf = [0u8; 512];
@@ -101,13 +95,18 @@ impl Unbound {
 
 impl Drop for Unbound {
     fn drop(&mut self) {
-        // SAFETY: signalling the child this task started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::child::terminate(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// A hand-built A query for `name` with id `id`.
+pub fn query(name: &str, id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
 }

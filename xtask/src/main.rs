@@ -7,6 +7,7 @@
 //! commands work on a fresh machine with nothing done by hand.
 
 mod bench;
+mod child;
 mod demo;
 mod dnsbench;
 mod dnsserver;

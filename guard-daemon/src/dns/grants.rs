@@ -10,7 +10,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use super::{EVENT_BUDGET, NAME_BOOK_CAPACITY, REFUSAL_BUDGET, REFUSAL_WINDOW};
+use super::{EVENT_BUDGET, REFUSAL_BUDGET, REFUSAL_WINDOW};
 
 /// The live grants of one agent: per address, per rule, until when.
 #[derive(Debug)]
@@ -101,9 +101,6 @@ pub struct NameInfo {
     /// The name owning the address in the answer (the end of the CNAME
     /// chain; the asked name is `chain[0]` of the event that granted it).
     pub name: String,
-    /// The first host rule the address was granted to; `None` for a name
-    /// no rule allows (audit mode) or an address that was not granted.
-    pub rule: Option<u16>,
     /// Every host rule it was granted to, sorted.
     pub rules: Vec<u16>,
     /// Until when the grant (or, without one, the answer) lasts.
@@ -112,9 +109,17 @@ pub struct NameInfo {
     pub expired: bool,
 }
 
+impl NameInfo {
+    /// The first host rule the address was granted to; `None` for a name
+    /// no rule allows (audit mode) or an address that was not granted.
+    pub fn rule(&self) -> Option<u16> {
+        self.rules.first().copied()
+    }
+}
+
 /// The names behind the addresses an agent's resolver handed out, for the
 /// monitor ("93.184.216.34, allowed as example.com by rule 3 until T").
-/// Bounded: beyond [`NAME_BOOK_CAPACITY`] addresses, the one learned
+/// Bounded: beyond [`NAME_BOOK_CAPACITY`](super::NAME_BOOK_CAPACITY) addresses, the one learned
 /// longest ago is forgotten. Expired entries stay until then.
 #[derive(Debug)]
 pub struct NameBook {
@@ -186,7 +191,6 @@ impl NameBook {
                     }
                 }
                 old.rules.sort_unstable();
-                old.rule = old.rules.first().copied();
                 old
             }
             _ => {
@@ -195,7 +199,6 @@ impl NameBook {
                 rules.dedup();
                 NameInfo {
                     name: name.to_owned(),
-                    rule: rules.first().copied(),
                     rules,
                     expires,
                     expired: false,
@@ -309,12 +312,6 @@ impl EventBudget {
     }
 }
 
-impl Default for NameBook {
-    fn default() -> Self {
-        NameBook::new(NAME_BOOK_CAPACITY)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -392,14 +389,14 @@ mod tests {
         book.learn(ip("192.0.2.1"), "a.example.com", &[4, 2], now + 30 * S);
         let info = book.name_at(ip("192.0.2.1"), now).unwrap();
         assert_eq!(info.name, "a.example.com");
-        assert_eq!(info.rule, Some(2));
+        assert_eq!(info.rule(), Some(2));
         assert_eq!(info.rules, vec![2, 4]);
         assert!(!info.expired);
         assert!(book.name_at(ip("192.0.2.1"), now + 30 * S).unwrap().expired);
         book.mark_expired(ip("192.0.2.1"));
         assert!(book.name_at(ip("192.0.2.1"), now).unwrap().expired);
         book.learn(ip("192.0.2.2"), "b.example.com", &[], now + 30 * S);
-        assert_eq!(book.name_at(ip("192.0.2.2"), now).unwrap().rule, None);
+        assert_eq!(book.name_at(ip("192.0.2.2"), now).unwrap().rule(), None);
         book.learn(ip("192.0.2.3"), "c.example.com", &[1], now + 30 * S);
         // Learning 1 again makes 2 the oldest.
         book.learn(ip("192.0.2.1"), "a.example.com", &[2], now + 60 * S);

@@ -130,7 +130,7 @@ pub(crate) fn parse_query(bytes: &[u8]) -> Result<AgentQuery, Malformed> {
     let Some(name) = normalize_name(&ascii) else {
         return Err(malformed(format!(
             "name {:?} is no host name",
-            truncate(&ascii, 80)
+            &ascii[..crate::journal::floor_char_boundary(&ascii, 80)]
         )));
     };
     let edns = msg.edns.as_ref().map(|e| ClientEdns {
@@ -146,15 +146,6 @@ pub(crate) fn parse_query(bytes: &[u8]) -> Result<AgentQuery, Malformed> {
         name,
         edns,
     })
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// What the policy says about a query.
@@ -237,6 +228,33 @@ pub(crate) fn encode_reply(q: &AgentQuery, m: &Message, tcp: bool) -> Result<Vec
 /// A reply carrying only `rcode` (REFUSED, SERVFAIL).
 pub(crate) fn error_reply(q: &AgentQuery, rcode: ResponseCode, tcp: bool) -> Option<Vec<u8>> {
     encode_reply(q, &reply_to(q, rcode), tcp).ok()
+}
+
+/// Writes one DNS message on a TCP stream: its 2-byte length, then itself
+/// (RFC 1035, 4.2.2). A message over 65,535 bytes is an error.
+pub(crate) async fn write_framed<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too long"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    w.write_all(&out).await
+}
+
+/// Reads one length-prefixed DNS message from a TCP stream.
+pub(crate) async fn read_framed<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).await?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! query from parse to reply.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
@@ -14,7 +14,6 @@ use std::{
 
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
     runtime::Handle,
     sync::Semaphore,
@@ -29,7 +28,7 @@ use super::{
     grants::{EventBudget, GrantTable, NameBook, RefusalBudget, TableFull},
     query::{
         AgentQuery, Decision, MAX_MESSAGE, Malformed, decide, encode_reply, error_reply,
-        parse_query, reply_to,
+        parse_query, read_framed, reply_to, write_framed,
     },
     upstream::forward,
 };
@@ -383,13 +382,10 @@ impl Shared {
             st.stale.remove(ip);
         }
         drop(st);
+        let granted: HashMap<&IpAddr, &[u16]> =
+            s.grants.iter().map(|(g, r)| (g, r.as_slice())).collect();
         for (ip, owner) in &s.sent {
-            let rules = s
-                .grants
-                .iter()
-                .find(|(g, _)| g == ip)
-                .map(|(_, r)| r.as_slice())
-                .unwrap_or_default();
+            let rules = granted.get(ip).copied().unwrap_or_default();
             self.names.learn(*ip, owner, rules, expires);
         }
         Commit::Done
@@ -443,20 +439,9 @@ impl Shared {
 
     async fn serve_tcp(&self, mut s: TcpStream) {
         loop {
-            let mut len = [0u8; 2];
-            if !matches!(
-                timeout(TCP_IDLE_TIMEOUT, s.read_exact(&mut len)).await,
-                Ok(Ok(_))
-            ) {
+            let Ok(Ok(buf)) = timeout(TCP_IDLE_TIMEOUT, read_framed(&mut s)).await else {
                 return;
-            }
-            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            if !matches!(
-                timeout(TCP_IDLE_TIMEOUT, s.read_exact(&mut buf)).await,
-                Ok(Ok(_))
-            ) {
-                return;
-            }
+            };
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                 self.tcp_dropped.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -466,14 +451,8 @@ impl Shared {
             // No reply (a malformed query): the stream cannot be trusted
             // to be in step any more.
             let Some(reply) = reply else { return };
-            let Ok(n) = u16::try_from(reply.len()) else {
-                return;
-            };
-            let mut out = Vec::with_capacity(reply.len() + 2);
-            out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(&reply);
             if !matches!(
-                timeout(TCP_IDLE_TIMEOUT, s.write_all(&out)).await,
+                timeout(TCP_IDLE_TIMEOUT, write_framed(&mut s, &reply)).await,
                 Ok(Ok(()))
             ) {
                 return;
@@ -497,13 +476,8 @@ pub(crate) fn answer_message(
 }
 
 fn dedup(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = Vec::new();
-    for ip in ips {
-        if !v.contains(&ip) {
-            v.push(ip);
-        }
-    }
-    v
+    let mut seen = HashSet::new();
+    ips.filter(|ip| seen.insert(*ip)).collect()
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {

@@ -283,16 +283,11 @@ async fn ask_udp(to: SocketAddr, q: &[u8]) -> Message {
 
 async fn ask_tcp(to: SocketAddr, q: &[u8]) -> Message {
     let mut s = TcpStream::connect(to).await.unwrap();
-    let mut out = (q.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(q);
-    s.write_all(&out).await.unwrap();
-    let mut len = [0u8; 2];
-    timeout(PATIENCE, s.read_exact(&mut len))
+    super::query::write_framed(&mut s, q).await.unwrap();
+    let buf = timeout(PATIENCE, super::query::read_framed(&mut s))
         .await
         .unwrap()
         .unwrap();
-    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut buf).await.unwrap();
     Message::from_vec(&buf).unwrap()
 }
 
@@ -338,7 +333,7 @@ async fn an_allowed_name_is_granted_before_it_is_answered() {
     );
     let info = f.resolver.names().name_of(ip("93.184.216.34")).unwrap();
     assert_eq!(
-        (info.name.as_str(), info.rule, info.expired),
+        (info.name.as_str(), info.rule(), info.expired),
         ("a.example.com", Some(1), false)
     );
     assert_eq!(up.udp_asked.load(Ordering::SeqCst), 1);
@@ -410,7 +405,7 @@ async fn audit_mode_forwards_and_writes_nothing() {
         .await;
     assert!(matches!(ev, DnsEvent::Audited { ref addrs, .. } if addrs == &[ip("93.184.216.34")]));
     let info = f.resolver.names().name_of(ip("93.184.216.34")).unwrap();
-    assert_eq!(info.rule, None);
+    assert_eq!(info.rule(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

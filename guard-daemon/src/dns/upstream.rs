@@ -12,14 +12,13 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     time::{Instant, timeout_at},
 };
 
 use super::{
     ResolverConfig,
-    query::{AgentQuery, HEADER_LEN, MAX_MESSAGE, OUR_PAYLOAD},
+    query::{AgentQuery, HEADER_LEN, MAX_MESSAGE, OUR_PAYLOAD, read_framed, write_framed},
 };
 
 /// The query sent upstream for `q`: our id, the agent's question, RD set,
@@ -109,21 +108,14 @@ pub(crate) async fn forward(cfg: &ResolverConfig, q: &AgentQuery) -> Result<Mess
             Err(e) => tries.push(format!("{server}: {e}")),
         }
     }
-    if tries.is_empty() {
-        tries.push("no upstream configured".to_owned());
-    }
+    // Never empty: a resolver does not start without upstreams.
     Err(tries)
 }
 
 async fn ask(server: SocketAddr, timeout: Duration, q: &AgentQuery) -> Result<Message, String> {
-    let id = new_id()?;
-    let bytes = upstream_query(q, id)?;
-    let m = udp_try(server, timeout, &bytes, id, &q.question).await?;
+    let m = udp_try(server, timeout, q).await?;
     let m = if m.metadata.truncation {
-        // The TCP retry is a try of its own, with its own id.
-        let id = new_id()?;
-        let bytes = upstream_query(q, id)?;
-        tcp_try(server, timeout, &bytes, id, &q.question)
+        tcp_try(server, timeout, q)
             .await
             .map_err(|e| format!("truncated over UDP, then over TCP: {e}"))?
     } else {
@@ -133,13 +125,10 @@ async fn ask(server: SocketAddr, timeout: Duration, q: &AgentQuery) -> Result<Me
     Ok(m)
 }
 
-async fn udp_try(
-    server: SocketAddr,
-    timeout: Duration,
-    query: &[u8],
-    id: u16,
-    question: &Query,
-) -> Result<Message, String> {
+/// One try over UDP, with a query id of its own.
+async fn udp_try(server: SocketAddr, timeout: Duration, q: &AgentQuery) -> Result<Message, String> {
+    let id = new_id()?;
+    let query = upstream_query(q, id)?;
     let deadline = Instant::now() + timeout;
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -155,7 +144,7 @@ async fn udp_try(
     sock.connect(server)
         .await
         .map_err(|e| format!("udp connect: {e}"))?;
-    sock.send(query)
+    sock.send(&query)
         .await
         .map_err(|e| format!("udp send: {e}"))?;
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -168,7 +157,7 @@ async fn udp_try(
         if from.ip() != server.ip() || from.port() != server.port() {
             continue;
         }
-        match check_reply(&buf[..n], id, question) {
+        match check_reply(&buf[..n], id, &q.question) {
             Ok(m) => return Ok(m),
             Err(NotTheReply::Other(_)) => continue,
             Err(NotTheReply::Bad(e)) => return Err(e),
@@ -176,40 +165,28 @@ async fn udp_try(
     }
 }
 
-async fn tcp_try(
-    server: SocketAddr,
-    timeout: Duration,
-    query: &[u8],
-    id: u16,
-    question: &Query,
-) -> Result<Message, String> {
-    let deadline = Instant::now() + timeout;
+/// One try over TCP (after a truncated UDP answer), with a query id of
+/// its own.
+async fn tcp_try(server: SocketAddr, timeout: Duration, q: &AgentQuery) -> Result<Message, String> {
+    let id = new_id()?;
+    let query = upstream_query(q, id)?;
     let run = async {
         let mut s = TcpStream::connect(server)
             .await
             .map_err(|e| format!("tcp connect: {e}"))?;
-        let len = u16::try_from(query.len()).map_err(|_| "query too long".to_owned())?;
-        let mut out = Vec::with_capacity(query.len() + 2);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(query);
-        s.write_all(&out)
+        write_framed(&mut s, &query)
             .await
             .map_err(|e| format!("tcp send: {e}"))?;
         // Replies for other queries cannot come on this connection, but a
         // reply that is not ours ends the try rather than the wait.
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len)
+        let buf = read_framed(&mut s)
             .await
             .map_err(|e| format!("tcp receive: {e}"))?;
-        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        s.read_exact(&mut buf)
-            .await
-            .map_err(|e| format!("tcp receive: {e}"))?;
-        check_reply(&buf, id, question).map_err(|e| match e {
+        check_reply(&buf, id, &q.question).map_err(|e| match e {
             NotTheReply::Other(w) | NotTheReply::Bad(w) => w,
         })
     };
-    timeout_at(deadline, run)
+    tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| format!("no answer over TCP in {timeout:?}"))?
 }

@@ -46,6 +46,7 @@ pub use record::{
 };
 pub use sink::MirrorSink;
 pub use store::{Retention, Store, Usage, default_budget, parse_size};
+pub(crate) use text::floor_char_boundary;
 pub use text::{
     COMM_CAP, DETAIL_STRING_CAP, EXE_CAP, LABEL_CAP, TARGET_CAP, Text, escape_bytes, escape_str,
     to_safe_json,

@@ -13,8 +13,8 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use aya::maps::{IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
-use guard_common::{Net4Key, Net6Key, NetValue, SLOT_PREFIX_BITS};
+use aya::maps::{IterableMap, LpmTrie, Map, MapData, MapError};
+use guard_common::{Net4Key, Net6Key, NetValue};
 
 use super::KernelError;
 
@@ -40,21 +40,15 @@ impl HostKey {
     /// v4-mapped IPv6 address (the kernel programs judge those as IPv4), a
     /// /128 in `NET6` for the rest.
     pub(crate) fn of(slot: u32, ip: IpAddr) -> HostKey {
-        match ip {
+        match ip.to_canonical() {
             IpAddr::V4(a) => HostKey::V4(Net4Key {
                 slot,
                 addr: a.octets(),
             }),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(m) => HostKey::V4(Net4Key {
-                    slot,
-                    addr: m.octets(),
-                }),
-                None => HostKey::V6(Net6Key {
-                    slot,
-                    addr: a.octets(),
-                }),
-            },
+            IpAddr::V6(a) => HostKey::V6(Net6Key {
+                slot,
+                addr: a.octets(),
+            }),
         }
     }
 }
@@ -130,10 +124,10 @@ impl DynamicNet {
     pub fn put(&self, slot: u32, ip: IpAddr, value: &NetValue) -> Result<(), KernelError> {
         match HostKey::of(slot, ip) {
             HostKey::V4(k) => lock(&self.net4)
-                .insert(&Key::new(SLOT_PREFIX_BITS + 32, k), value, 0)
+                .insert(&super::key4(k.slot, 32, k.addr), value, 0)
                 .map_err(err("NET4")),
             HostKey::V6(k) => lock(&self.net6)
-                .insert(&Key::new(SLOT_PREFIX_BITS + 128, k), value, 0)
+                .insert(&super::key6(k.slot, 128, k.addr), value, 0)
                 .map_err(err("NET6")),
         }
     }
@@ -142,11 +136,11 @@ impl DynamicNet {
     pub fn remove(&self, slot: u32, ip: IpAddr) -> Result<(), KernelError> {
         match HostKey::of(slot, ip) {
             HostKey::V4(k) => absent_ok(
-                lock(&self.net4).remove(&Key::new(SLOT_PREFIX_BITS + 32, k)),
+                lock(&self.net4).remove(&super::key4(k.slot, 32, k.addr)),
                 "NET4",
             ),
             HostKey::V6(k) => absent_ok(
-                lock(&self.net6).remove(&Key::new(SLOT_PREFIX_BITS + 128, k)),
+                lock(&self.net6).remove(&super::key6(k.slot, 128, k.addr)),
                 "NET6",
             ),
         }

@@ -155,6 +155,17 @@ pub enum KernelError {
     },
 }
 
+/// The trie key of an agent's IPv4 prefix (`bits` of the address; the
+/// slot always matched in full).
+pub(crate) fn key4(slot: u32, bits: u32, addr: [u8; 4]) -> Key<Net4Key> {
+    Key::new(SLOT_PREFIX_BITS + bits, Net4Key { slot, addr })
+}
+
+/// As [`key4`], for IPv6.
+pub(crate) fn key6(slot: u32, bits: u32, addr: [u8; 16]) -> Key<Net6Key> {
+    Key::new(SLOT_PREFIX_BITS + bits, Net6Key { slot, addr })
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
@@ -611,48 +622,24 @@ impl Kernel {
         keys: &mut AgentKeys,
     ) -> Result<(), KernelError> {
         for (bits, addr, value) in net.v4 {
-            let key = Key::new(
-                SLOT_PREFIX_BITS + bits,
-                Net4Key {
-                    slot: info.slot,
-                    addr: *addr,
-                },
-            );
+            let key = key4(info.slot, *bits, *addr);
             self.net4.insert(&key, value, 0).map_err(map_err("NET4"))?;
             keys.v4.push((key.prefix_len(), key.data()));
         }
         for (bits, addr, value) in net.v6 {
-            let key = Key::new(
-                SLOT_PREFIX_BITS + bits,
-                Net6Key {
-                    slot: info.slot,
-                    addr: *addr,
-                },
-            );
+            let key = key6(info.slot, *bits, *addr);
             self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
             keys.v6.push((key.prefix_len(), key.data()));
         }
         for (bits, addr, value) in net.listen4 {
-            let key = Key::new(
-                SLOT_PREFIX_BITS + bits,
-                Net4Key {
-                    slot: info.slot,
-                    addr: *addr,
-                },
-            );
+            let key = key4(info.slot, *bits, *addr);
             self.listen4
                 .insert(&key, value, 0)
                 .map_err(map_err("LISTEN4"))?;
             keys.listen4.push((key.prefix_len(), key.data()));
         }
         for (bits, addr, value) in net.listen6 {
-            let key = Key::new(
-                SLOT_PREFIX_BITS + bits,
-                Net6Key {
-                    slot: info.slot,
-                    addr: *addr,
-                },
-            );
+            let key = key6(info.slot, *bits, *addr);
             self.listen6
                 .insert(&key, value, 0)
                 .map_err(map_err("LISTEN6"))?;
@@ -748,11 +735,11 @@ impl Kernel {
         v6: &[(u32, [u8; 16], NetValue)],
     ) -> Result<(), KernelError> {
         for (bits, addr, value) in v4 {
-            let key = Key::new(SLOT_PREFIX_BITS + bits, Net4Key { slot, addr: *addr });
+            let key = key4(slot, *bits, *addr);
             self.net4.insert(&key, value, 0).map_err(map_err("NET4"))?;
         }
         for (bits, addr, value) in v6 {
-            let key = Key::new(SLOT_PREFIX_BITS + bits, Net6Key { slot, addr: *addr });
+            let key = key6(slot, *bits, *addr);
             self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
         }
         Ok(())

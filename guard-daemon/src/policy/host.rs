@@ -160,16 +160,8 @@ impl HostRule {
     /// and protocols without [`DOT_PORT`] (unless listed alone), marked
     /// [`RANGE_NAME`] and numbered with the rule.
     pub fn ranges(&self) -> Vec<PortRange> {
-        let mut out: Vec<PortRange> = cut_dot(&self.ports)
-            .into_iter()
-            .map(|(lo, hi)| PortRange {
-                lo,
-                hi,
-                protos: self.protos,
-                flags: RANGE_NAME,
-                rule: self.rule,
-            })
-            .collect();
+        let mut out =
+            super::net::port_ranges(&cut_dot(&self.ports), self.protos, RANGE_NAME, self.rule);
         super::net::normalize(&mut out);
         out
     }
@@ -258,33 +250,18 @@ pub struct AddrRange {
 
 impl fmt::Display for AddrRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.v6 {
-            write!(f, "{}/{}", Ipv6Addr::from(self.addr), self.len)
-        } else {
-            let a = u32::try_from(self.addr & u128::from(u32::MAX)).unwrap_or(0);
-            write!(f, "{}/{}", Ipv4Addr::from(a), self.len)
-        }
+        f.write_str(&super::net::prefix_text(self.v6, self.addr, self.len))
     }
 }
 
 impl AddrRange {
     /// Whether `ip` is in the range (an IPv4-mapped address as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let (v6, x, bits) = match ip {
+        let (v6, x, bits) = match ip.to_canonical() {
             IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => (false, u128::from(u32::from(v4)), 32),
-                None => (true, u128::from(a), 128),
-            },
+            IpAddr::V6(a) => (true, u128::from(a), 128),
         };
-        if v6 != self.v6 {
-            return false;
-        }
-        let shift = bits - self.len.min(bits);
-        if shift >= 128 {
-            return true;
-        }
-        (x >> shift) == (self.addr >> shift)
+        v6 == self.v6 && super::net::contains(self.addr, self.len, x, bits, bits)
     }
 }
 

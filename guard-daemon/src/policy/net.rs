@@ -95,7 +95,7 @@ impl NetPlan {
     /// one: what an address's entry goes back to once no host rule allows
     /// it any more. IPv4-mapped IPv6 addresses are IPv4.
     pub fn exact(&self, ip: IpAddr) -> Option<&NetValue> {
-        match unmap(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(a) => self
                 .v4
                 .iter()
@@ -157,16 +157,8 @@ impl NetPlan {
 type Entries4 = [(u32, [u8; 4], NetValue)];
 type Entries6 = [(u32, [u8; 16], NetValue)];
 
-/// An IPv4-mapped IPv6 address as the IPv4 address the kernel judges.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 fn lookup_in<'a>(v4: &'a Entries4, v6: &'a Entries6, ip: IpAddr) -> Option<&'a NetValue> {
-    match unmap(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(a) => {
             let x = u128::from(u32::from(a));
             v4.iter()
@@ -619,7 +611,7 @@ fn rule_text(r: &Inet) -> String {
     )
 }
 
-fn prefix_text(v6: bool, addr: u128, len: u32) -> String {
+pub(super) fn prefix_text(v6: bool, addr: u128, len: u32) -> String {
     if v6 {
         format!("{}/{len}", Ipv6Addr::from(addr))
     } else {
@@ -638,7 +630,7 @@ fn mask(len: u32, bits: u32) -> u128 {
 }
 
 /// Whether prefix `outer/olen` contains `inner/ilen`.
-fn contains(outer: u128, olen: u32, inner: u128, ilen: u32, bits: u32) -> bool {
+pub(super) fn contains(outer: u128, olen: u32, inner: u128, ilen: u32, bits: u32) -> bool {
     olen <= ilen && inner & mask(olen, bits) == outer
 }
 
@@ -841,21 +833,55 @@ fn rule_u16(i: usize, src: &Src, file: &str) -> Result<u16, PolicyError> {
 /// The port ranges of an address rule: with the DNS-over-TLS port cut out
 /// when the agent's DNS goes through guardd.
 fn inet_ranges(inet: &Inet, rule: u16, dot_cut: bool) -> Vec<PortRange> {
-    let ports = if dot_cut {
-        host::cut_dot(&inet.ports)
+    if dot_cut {
+        port_ranges(&host::cut_dot(&inet.ports), inet.protos, 0, rule)
     } else {
-        inet.ports.clone()
-    };
+        port_ranges(&inet.ports, inet.protos, 0, rule)
+    }
+}
+
+/// `PortRange`s of inclusive port ranges, all with the same protocols,
+/// flags and rule.
+pub(super) fn port_ranges(
+    ports: &[(u16, u16)],
+    protos: u8,
+    flags: u8,
+    rule: u16,
+) -> Vec<PortRange> {
     ports
-        .into_iter()
-        .map(|(lo, hi)| PortRange {
+        .iter()
+        .map(|&(lo, hi)| PortRange {
             lo,
             hi,
-            protos: inet.protos,
-            flags: 0,
+            protos,
+            flags,
             rule,
         })
         .collect()
+}
+
+/// Adds a rule's ranges to those of a prefix, merged; more than a map
+/// value holds is the rule's error, naming the prefix (`prefix`).
+fn add_ranges(
+    ranges: &mut Vec<PortRange>,
+    more: Vec<PortRange>,
+    src: &Src,
+    file: &str,
+    prefix: impl FnOnce() -> String,
+) -> Result<(), PolicyError> {
+    ranges.extend(more);
+    normalize(ranges);
+    if ranges.len() > MAX_PORT_RANGES {
+        return Err(src.error(
+            file,
+            format!(
+                "too many port ranges apply to {} (at most {MAX_PORT_RANGES}): \
+                 merge rules or ports",
+                prefix()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A map value holding `ranges` (at most `MAX_PORT_RANGES`, as checked by
@@ -907,18 +933,13 @@ fn doh_entries(
             if cidr_rule == RULE_DOH {
                 cidr_rule = u32::from(rule);
             }
-            ranges.extend(inet_ranges(n, rule, true));
-            normalize(&mut ranges);
-            if ranges.len() > MAX_PORT_RANGES {
-                return Err(r.src.error(
-                    file,
-                    format!(
-                        "too many port ranges apply to {} (at most {MAX_PORT_RANGES}): \
-                         merge rules or ports",
-                        prefix_text(v6, addr, bits)
-                    ),
-                ));
-            }
+            add_ranges(
+                &mut ranges,
+                inet_ranges(n, rule, true),
+                &r.src,
+                file,
+                || prefix_text(v6, addr, bits),
+            )?;
         }
         let value = value_of(&ranges, cidr_rule);
         match entries
@@ -985,18 +1006,13 @@ fn fold(
                 continue;
             };
             let rule = rule_u16(ri + offset, src, file)?;
-            ranges.extend(inet_ranges(inet, rule, dot_cut));
-            normalize(&mut ranges);
-            if ranges.len() > MAX_PORT_RANGES {
-                return Err(src.error(
-                    file,
-                    format!(
-                        "too many port ranges apply to {} (at most {MAX_PORT_RANGES}): \
-                         merge rules or ports",
-                        prefix_text(v6, addr, len)
-                    ),
-                ));
-            }
+            add_ranges(
+                &mut ranges,
+                inet_ranges(inet, rule, dot_cut),
+                src,
+                file,
+                || prefix_text(v6, addr, len),
+            )?;
         }
         out.push((addr, len, value_of(&ranges, rule_u32(first + offset))));
         stack.push((addr, len, ranges));
