@@ -583,7 +583,14 @@ pub const SECCOMP_MODE_DEAD: i32 = 3;
 /// `sys_exit` program leaves those EPERMs to the hook's own record.
 pub const HOOK_DENIED_ENTRIES: u32 = 8192;
 /// How long a hook's mark stays valid for the system call that follows it.
-pub const HOOK_DENIED_WINDOW_NS: u64 = 5_000_000;
+/// The mark is taken at the call's exit; the window only retires a mark a
+/// call left behind without ending in EPERM (a `sendmmsg` that sent some
+/// messages). It must outlast any preemption between the hook and the exit:
+/// the hook's own event wakes guardd, which may take the CPU at once, and
+/// 5 ms proved too short on a loaded two-CPU host (a refusal journaled
+/// twice). A stale mark can hide, for this long, one EPERM of that thread
+/// that no hook caused; the call is still refused.
+pub const HOOK_DENIED_WINDOW_NS: u64 = 1_000_000_000;
 
 /// `PATH_ARG` value for calls without a path argument.
 pub const NO_PATH: u32 = 0xff;
