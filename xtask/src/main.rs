@@ -146,7 +146,9 @@ fn main() -> anyhow::Result<()> {
             manifests::run()
         }
         Cmd::Rootfs { dir } => {
-            setup::run(false)?;
+            // Building needs only the toolchain pieces, not the packages the
+            // tests use (the Containerfile's build stage runs this).
+            setup::toolchain(false)?;
             build_release()?;
             image::assemble_rootfs(&image::release_dir()?, &dir)
         }
