@@ -93,7 +93,9 @@ pub fn build_image() -> anyhow::Result<String> {
     for change in CONFIG {
         import.arg("--change").arg(change);
     }
-    import.arg("--change").arg(format!("LABEL {KEY_LABEL}={key}"));
+    import
+        .arg("--change")
+        .arg(format!("LABEL {KEY_LABEL}={key}"));
     for name in BINARIES {
         let sum = sha256_files(&[bin_dir.join(name)])?;
         let sum = sum.first().map(|(h, _)| h.clone()).unwrap_or_default();
@@ -157,10 +159,24 @@ pub fn assemble_rootfs(bin_dir: &Path, root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&etc)?;
     write_file(&etc.join("passwd"), PASSWD, 0o644)?;
     write_file(&etc.join("group"), GROUP, 0o644)?;
+    // Directories as a base image has them, whatever this process's umask.
+    set_dir_modes(root)?;
     // guardd makes each agent's {tmp} directory under TMPDIR (default /tmp).
     let tmp = root.join("tmp");
     std::fs::create_dir(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+    Ok(())
+}
+
+fn set_dir_modes(dir: &Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            set_dir_modes(&e.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -304,13 +320,9 @@ fn image_id(reference: &str) -> anyhow::Result<Option<String>> {
     if !exists.success() {
         return Ok(None);
     }
-    let id = output_of(Command::new("podman").args([
-        "image",
-        "inspect",
-        "--format",
-        "{{.Id}}",
-        reference,
-    ]))?;
+    let id = output_of(
+        Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", reference]),
+    )?;
     Ok(Some(id.trim().to_owned()).filter(|s| !s.is_empty()))
 }
 
@@ -325,7 +337,11 @@ fn image_with_key(key: &str) -> anyhow::Result<Option<String>> {
         "{{.ID}}",
     ]))
     .context("podman images (cargo xtask setup installs podman)")?;
-    Ok(out.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned))
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned))
 }
 
 /// Packs the tree with fixed owners (root), order and times, so the same
@@ -358,11 +374,11 @@ fn pack(root: &Path, tarball: &Path) -> anyhow::Result<()> {
 /// since podman's defaults can exceed a host's hard limits.
 pub fn smoke_test(image: &str) -> anyhow::Result<()> {
     for name in BINARIES {
-        let out = output_of(
-            Command::new("podman")
-                .args(podman_run_args())
-                .args([image, name, "--version"]),
-        )
+        let out = output_of(Command::new("podman").args(podman_run_args()).args([
+            image,
+            name,
+            "--version",
+        ]))
         .with_context(|| format!("running {name} --version in {image}"))?;
         if !out.starts_with(name) {
             bail!("{name} --version in {image} printed {out:?}");
@@ -401,8 +417,8 @@ pub fn podman_run_args() -> Vec<String> {
 
 /// Soft and hard limits for a container: at most 1024, never above the
 /// host's (`RLIM_INFINITY` is above everything).
-fn container_limits(hard: libc::rlim_t) -> (u64, u64) {
-    let v = (hard as u64).min(1024);
+fn container_limits(hard: libc::rlim_t) -> (libc::rlim_t, libc::rlim_t) {
+    let v = hard.min(1024);
     (v, v)
 }
 
@@ -452,8 +468,7 @@ mod tests {
         std::fs::write(root.join("a/f"), "two").unwrap();
         let k2 = tree_key(&root).unwrap();
         assert_ne!(k1, k2);
-        std::fs::set_permissions(root.join("a/f"), std::fs::Permissions::from_mode(0o700))
-            .unwrap();
+        std::fs::set_permissions(root.join("a/f"), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert_ne!(k2, tree_key(&root).unwrap());
     }
 }

@@ -45,7 +45,9 @@ pub fn run() -> anyhow::Result<()> {
                 report.trim_end()
             );
         }
-        eprintln!("manifests: {name}: {documents} documents valid (Kubernetes {KUBERNETES}, strict)");
+        eprintln!(
+            "manifests: {name}: {documents} documents valid (Kubernetes {KUBERNETES}, strict)"
+        );
     }
     check_policies(&kube)
 }
@@ -74,10 +76,7 @@ fn kustomizations(kube: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// line, so each document has exactly one `kind:` there (nested ones and
 /// block scalars are indented).
 fn count_documents(rendered: &str) -> usize {
-    rendered
-        .lines()
-        .filter(|l| l.starts_with("kind:"))
-        .count()
+    rendered.lines().filter(|l| l.starts_with("kind:")).count()
 }
 
 fn validate_documents(bin: &Path, rendered: &str) -> anyhow::Result<String> {
@@ -134,7 +133,14 @@ fn check_policies(kube: &Path) -> anyhow::Result<()> {
     if files.is_empty() {
         return Ok(());
     }
-    crate::cargo(&["build", "--release", "-p", "guard-daemon", "--bin", "guardctl"])?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "guard-daemon",
+        "--bin",
+        "guardctl",
+    ])?;
     let guardctl = crate::image::release_dir()?.join("guardctl");
     for f in &files {
         let child = Command::new(&guardctl)

@@ -39,7 +39,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests, demo and bench (a real DNS server on loopback)",
     ),
     ("dnsutils", "tests (dig, over UDP and TCP)"),
-    ("podman", "cargo xtask image (builds and runs the runtime image)"),
+    (
+        "podman",
+        "cargo xtask image (builds and runs the runtime image)",
+    ),
     (
         "runc",
         "cargo xtask image (runs containers: crun refuses hybrid cgroup hosts)",
@@ -122,7 +125,9 @@ fn kubernetes_validate(verbose: bool) -> anyhow::Result<()> {
     let current = Command::new(&bin)
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE)
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE
+        })
         .unwrap_or(false);
     if current {
         say(
