@@ -23,6 +23,7 @@ use crate::child::{finish, output_of};
 pub const KUBERNETES: &str = "1.37.0";
 
 pub fn run() -> anyhow::Result<()> {
+    crate::setup::kubectl(false)?;
     let kube = crate::workspace_root().join("deploy/kubernetes");
     let validate = crate::setup::kubernetes_validate_bin();
     for dir in kustomizations(&kube)? {

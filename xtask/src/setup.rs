@@ -66,7 +66,12 @@ fn say(verbose: bool, msg: &str) {
 pub fn run(verbose: bool) -> anyhow::Result<()> {
     packages(verbose)?;
     toolchain(verbose)?;
-    kubectl(verbose)?;
+    // Only the manifest check needs kubectl, and it cannot be installed
+    // from here: its absence is said now and fails `cargo xtask
+    // manifests` (and so `test`), not the other tasks.
+    if let Err(e) = kubectl(verbose) {
+        eprintln!("setup: warning: {e:#}");
+    }
     kubernetes_validate(verbose)?;
     say(verbose, "everything is in place");
     Ok(())
@@ -83,7 +88,7 @@ pub fn toolchain(verbose: bool) -> anyhow::Result<()> {
 /// kustomize comes with kubectl. Debian's own kubectl (kubernetes-client,
 /// 1.20) bundles a kustomize too old for the manifests, so it is not
 /// installed in its place: the machine image provides a current kubectl.
-fn kubectl(verbose: bool) -> anyhow::Result<()> {
+pub fn kubectl(verbose: bool) -> anyhow::Result<()> {
     let version = Command::new("kubectl")
         .args(["version", "--client"])
         .output()
