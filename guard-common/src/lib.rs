@@ -56,6 +56,13 @@ pub const AGENT_RESTRICT_EXEC: u32 = 1 << 2;
 /// to `DNS_PROXY_V4`/`DNS_PROXY_V6` port `AgentInfo::dns_port`, and the
 /// replies' source is shown as the address the agent asked (recvmsg hooks).
 pub const AGENT_DNS: u32 = 1 << 3;
+/// `AgentInfo::flags`: every program started in the scope must run with the
+/// layers the launcher applies (a seccomp filter, `no_new_privs`, no
+/// effective capability beyond `AgentInfo::caps`). An exec without them is
+/// killed before its first instruction (`REASON_UNCONFINED`). guardd sets it
+/// for every agent it opens: a launcher it does not control (the `guardctl`
+/// in a workload's image) cannot skip them silently.
+pub const AGENT_LAYERS_REQUIRED: u32 = 1 << 4;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
 /// scope (the ancestor at `Config::agent_level` of the current task).
@@ -76,6 +83,10 @@ pub struct AgentInfo {
     /// `DNS_PROXY_V6` (host byte order); used when `flags` has `AGENT_DNS`.
     pub dns_port: u32,
     pub _pad: u32,
+    /// Capabilities the policy grants (bit n: capability n), the only ones
+    /// a program of the scope may hold effective when it starts; checked
+    /// with `AGENT_LAYERS_REQUIRED`.
+    pub caps: u64,
 }
 
 /// Value of the single-entry `CONFIG` array.
@@ -117,8 +128,9 @@ pub struct Config {
     /// file executable: such an exec in a scope is killed (issue 7).
     pub loader_dev: [u32; MAX_LOADERS],
     pub loader_ino: [u64; MAX_LOADERS],
-    /// `struct task_struct.seccomp` (its `mode` is the first member): tells
-    /// a seccomp kill from a SIGSYS the agent sends itself.
+    /// `struct task_struct.seccomp.mode`: tells a seccomp kill from a SIGSYS
+    /// the agent sends itself, and whether an exec'd program runs under a
+    /// seccomp filter.
     pub task_seccomp_off: u32,
     /// `struct task_struct.real_parent` and `.tgid`: the parent of a refused
     /// call's process, whose program a forked child still runs.
@@ -142,6 +154,15 @@ pub struct Config {
     pub fs_pwd_off: u32,
     pub path_dentry_off: u32,
     pub dentry_inode_off: u32,
+    /// `task_struct.atomic_flags` (bit `PFA_NO_NEW_PRIVS`), `task_struct.cred`
+    /// and `cred.cap_effective`: what an exec'd program of an agent with
+    /// `AGENT_LAYERS_REQUIRED` runs with. `cap_effective` is read as one
+    /// little-endian u64 (guardd checks that the kernel's `kernel_cap_t` is
+    /// 8 bytes: a `u64 val` since 6.3, `u32 cap[2]` before, the same bits).
+    pub task_atomic_flags_off: u32,
+    pub task_cred_off: u32,
+    pub cred_cap_effective_off: u32,
+    pub _pad: u32,
 }
 
 /// Dynamic loader identities `Config` holds.
@@ -353,6 +374,10 @@ pub const REASON_IP_OPTIONS: u8 = 7;
 /// A connect or datagram straight to the port of another agent's resolver
 /// (`DNS_PORTS`): refused whatever the policy allows, in audit mode too.
 pub const REASON_DNS_PROXY: u8 = 8;
+/// A program started in a scope with `AGENT_LAYERS_REQUIRED` without the
+/// launcher's layers (`ExecEvent`, verdict denied; `ExecEvent::missing`
+/// says which): the process was killed before its first instruction.
+pub const REASON_UNCONFINED: u8 = 9;
 
 /// Common head of every event in the ring buffer.
 #[repr(C)]
@@ -451,7 +476,30 @@ pub struct ExecEvent {
     pub args_len: u32,
     pub filename: [u8; EXEC_FILENAME_MAX],
     pub args: [u8; EXEC_ARGS_MAX],
+    /// With reason `REASON_UNCONFINED`: the `LAYER_*` bits of what the
+    /// program started without; 0 otherwise.
+    pub missing: u32,
+    pub _pad: u32,
+    /// With `LAYER_CAPABILITIES`: the effective capabilities beyond
+    /// `AgentInfo::caps` (bit n: capability n).
+    pub excess_caps: u64,
 }
+
+/// `ExecEvent::missing`: the task had no seccomp filter (mode not
+/// `SECCOMP_MODE_FILTER`).
+pub const LAYER_SECCOMP: u32 = 1 << 0;
+/// `ExecEvent::missing`: `no_new_privs` was not set.
+pub const LAYER_NO_NEW_PRIVS: u32 = 1 << 1;
+/// `ExecEvent::missing`: effective capabilities beyond the policy's
+/// (`ExecEvent::excess_caps`).
+pub const LAYER_CAPABILITIES: u32 = 1 << 2;
+/// `ExecEvent::missing`: the task's seccomp mode, flags or credentials
+/// could not be read, so the layers could not be checked (killed anyway).
+pub const LAYER_UNREADABLE: u32 = 1 << 3;
+/// `SECCOMP_MODE_FILTER`: the task runs under a seccomp filter.
+pub const SECCOMP_MODE_FILTER: i32 = 2;
+/// `PFA_NO_NEW_PRIVS`: bit of `task_struct.atomic_flags`.
+pub const PFA_NO_NEW_PRIVS: u32 = 0;
 
 /// A system call that failed with a refusal errno in a scope (`sys_exit`).
 #[repr(C)]
@@ -654,14 +702,15 @@ pub const fn is_route_option(level: i32, optname: i32) -> bool {
 // ---- layout checks ------------------------------------------------------------
 
 const _: () = {
-    assert!(core::mem::size_of::<AgentInfo>() == 40);
+    assert!(core::mem::size_of::<AgentInfo>() == 48);
     assert!(core::mem::size_of::<DnsOrig>() == 24);
     assert!(core::mem::size_of::<NameSeenKey>() == 24);
     assert!(
-        core::mem::size_of::<Config>() == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32
+        core::mem::size_of::<Config>()
+            == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16
     );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
-    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512);
+    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 16);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
     assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
     assert!(

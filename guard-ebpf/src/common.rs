@@ -114,6 +114,18 @@ impl Agent {
         }
     }
 
+    /// Capabilities the agent's policy grants (`AgentInfo::caps`).
+    #[inline(always)]
+    #[allow(dead_code, reason = "the Unix-hook object shares this file")]
+    pub fn caps(&self) -> u64 {
+        if self.info.is_null() {
+            0
+        } else {
+            // SAFETY: as in `slot`.
+            unsafe { (*self.info).caps }
+        }
+    }
+
     /// Port of the agent's resolver (meaningful with `AGENT_DNS`).
     #[inline(always)]
     #[allow(dead_code, reason = "the Unix-hook object shares this file")]

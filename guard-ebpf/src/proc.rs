@@ -23,12 +23,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config, EVENT_EXEC,
-    EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX, EXEC_ARGV_MAX,
-    EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, MAX_LOADERS, NO_PATH,
-    PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER,
-    SECCOMP_MODE_DEAD, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED,
-    VERDICT_DENIED, syscalls as sc,
+    AGENT_LAYERS_REQUIRED, AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config,
+    EVENT_EXEC, EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX,
+    EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent,
+    LAYER_CAPABILITIES, LAYER_NO_NEW_PRIVS, LAYER_SECCOMP, LAYER_UNREADABLE, MAX_LOADERS, NO_PATH,
+    PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, PFA_NO_NEW_PRIVS,
+    REASON_DIRECT_LOADER, REASON_UNCONFINED, SECCOMP_MODE_DEAD, SECCOMP_MODE_FILTER, SYS_SECCOMP,
+    SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED, syscalls as sc,
 };
 
 use crate::{
@@ -88,6 +89,54 @@ fn read_u32(addr: u64) -> u32 {
     v
 }
 
+/// Reads 8 bytes of kernel memory; `None` when the address cannot be read.
+#[inline(always)]
+fn try_read_u64(addr: u64) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: as in `read_u64`; the helper's result says whether it read.
+    let rc = unsafe { bpf_probe_read_kernel(&raw mut v as *mut c_void, 8, addr as *const c_void) };
+    (rc == 0).then_some(v)
+}
+
+/// What the current task, which has just exec'd, runs without among the
+/// layers the launcher applies before exec (`LAYER_*` bits), and its
+/// effective capabilities beyond `allowed`. A field that cannot be read
+/// counts as missing (`LAYER_UNREADABLE`): fail closed.
+#[inline(always)]
+fn missing_layers(cfg: &Config, allowed: u64) -> (u32, u64) {
+    // SAFETY: a plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let mut missing = 0;
+    match try_read_u64(task + u64::from(cfg.task_seccomp_off)) {
+        // `mode` is an int: the low half of the little-endian word.
+        Some(w) if w as u32 as i32 == SECCOMP_MODE_FILTER => {}
+        Some(_) => missing |= LAYER_SECCOMP,
+        None => missing |= LAYER_UNREADABLE,
+    }
+    match try_read_u64(task + u64::from(cfg.task_atomic_flags_off)) {
+        Some(f) if f & (1 << PFA_NO_NEW_PRIVS) != 0 => {}
+        Some(_) => missing |= LAYER_NO_NEW_PRIVS,
+        None => missing |= LAYER_UNREADABLE,
+    }
+    // exec has committed the new program's credentials before the
+    // tracepoint: these are the capabilities it starts with.
+    let effective = match try_read_u64(task + u64::from(cfg.task_cred_off)) {
+        Some(cred) if cred != 0 => try_read_u64(cred + u64::from(cfg.cred_cap_effective_off)),
+        _ => None,
+    };
+    let excess = match effective {
+        Some(e) => e & !allowed,
+        None => {
+            missing |= LAYER_UNREADABLE;
+            0
+        }
+    };
+    if excess != 0 {
+        missing |= LAYER_CAPABILITIES;
+    }
+    (missing, excess)
+}
+
 /// Kernel `dev_t` and inode number of an inode: how guardd matches a file
 /// the kernel saw with a path it can stat.
 #[inline(always)]
@@ -128,11 +177,19 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     }
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     let bprm: u64 = ctx.arg(2);
+    let flags = agent.flags();
     // The exec has succeeded but no instruction of the new program has run:
     // a SIGKILL now ends it on its way back to user space. Decided before
     // the event is reserved, so a full ring buffer does not let it through.
-    let loader = agent.flags() & AGENT_RESTRICT_EXEC != 0 && runs_the_loader(cfg, bprm);
-    if loader {
+    // A program without the launcher's layers is refused whatever it is
+    // (audit mode too: the launcher applies them there as well).
+    let (missing, excess) = if flags & AGENT_LAYERS_REQUIRED != 0 {
+        missing_layers(cfg, agent.caps())
+    } else {
+        (0, 0)
+    };
+    let loader = missing == 0 && flags & AGENT_RESTRICT_EXEC != 0 && runs_the_loader(cfg, bprm);
+    if missing != 0 || loader {
         // SAFETY: signals the current task, which is the one exec'ing.
         unsafe { bpf_send_signal(SIGKILL) };
     }
@@ -144,11 +201,16 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     // SAFETY: `ev` is a reserved slot of the right size; every field is
     // written (or its length set to what is valid) before submit.
     unsafe {
-        (*ev).hdr = if loader {
+        (*ev).hdr = if missing != 0 {
+            agent.header(EVENT_EXEC, VERDICT_DENIED, REASON_UNCONFINED)
+        } else if loader {
             agent.header(EVENT_EXEC, VERDICT_DENIED, REASON_DIRECT_LOADER)
         } else {
             agent.header(EVENT_EXEC, VERDICT_ALLOWED, 0)
         };
+        (*ev).missing = missing;
+        (*ev)._pad = 0;
+        (*ev).excess_caps = excess;
         let name = read_u64(bprm + u64::from(cfg.bprm_filename_off));
         let n = bpf_probe_read_kernel_str(
             (*ev).filename.as_mut_ptr() as *mut c_void,

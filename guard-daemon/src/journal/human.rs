@@ -37,6 +37,21 @@ pub fn table_row(r: &Record) -> String {
     if let Some(n) = r.repeated().filter(|n| *n > 0) {
         target.push_str(&format!(" ×{}", n.saturating_add(1)));
     }
+    // A program killed for starting without its launcher's layers: the row
+    // says which, or it would read as any refused exec.
+    if let Some(missing) = r
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("missing"))
+        .and_then(|m| m.as_array())
+    {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
+            .map(|m| escape_str(&m))
+            .collect();
+        target.push_str(&format!(" (missing: {})", names.join(" ")));
+    }
     row([
         &time,
         &agent,
@@ -117,6 +132,23 @@ mod tests {
         assert!(table_row(&r).contains(" 10.0.0.1:53/udp ×1000 "));
         r.detail = Some(serde_json::json!({"repeated": 0}));
         assert!(!table_row(&r).contains('×'));
+    }
+
+    #[test]
+    fn rows_of_programs_started_without_their_layers_say_which() {
+        let mut r = rec();
+        r.target = Text::from("/bin/cat");
+        r.detail = Some(serde_json::json!({
+            "missing": ["seccomp", "no_new_privs", "capabilities:CAP_SYS_ADMIN", "a\nb"],
+        }));
+        let line = table_row(&r);
+        assert!(
+            line.contains(
+                " /bin/cat (missing: seccomp no_new_privs capabilities:CAP_SYS_ADMIN a\\nb) "
+            ),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
     }
 
     #[test]

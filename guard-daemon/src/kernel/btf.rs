@@ -20,11 +20,25 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel struct `{strukt}` has no member `{member}`")]
     NoMember { strukt: String, member: String },
+    #[error(
+        "kernel struct `{strukt}` member `{member}` is {found} bytes; guard reads it as {expected} \
+         bytes and cannot run on this kernel"
+    )]
+    MemberSize {
+        strukt: String,
+        member: String,
+        found: u32,
+        expected: u32,
+    },
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_ENUM64: u32 = 19;
 
 /// Byte offsets of the members of every named struct, indexed on demand.
 pub struct Btf {
@@ -168,9 +182,14 @@ impl Btf {
         Err(BtfError::Malformed("type chain too long"))
     }
 
-    /// Byte offset of `member` inside the composite at `at`, looking into
-    /// anonymous struct and union members too.
-    fn find_member(&self, at: usize, member: &str, depth: u32) -> Result<Option<u32>, BtfError> {
+    /// Byte offset and type id of `member` inside the composite at `at`,
+    /// looking into anonymous struct and union members too.
+    fn find_member(
+        &self,
+        at: usize,
+        member: &str,
+        depth: u32,
+    ) -> Result<Option<(u32, u32)>, BtfError> {
         if depth > 8 {
             return Ok(None);
         }
@@ -182,17 +201,52 @@ impl Btf {
             let raw = u32_at(&self.data, m + 8)?;
             let bits = if kflag { raw & 0x00ff_ffff } else { raw };
             let name = self.string(u32_at(&self.data, m)?)?;
+            let ty = u32_at(&self.data, m + 4)?;
             if name == member {
-                return Ok(Some(bits / 8));
+                return Ok(Some((bits / 8, ty)));
             }
             if name.is_empty()
-                && let Some(inner) = self.composite(u32_at(&self.data, m + 4)?)?
-                && let Some(off) = self.find_member(inner, member, depth + 1)?
+                && let Some(inner) = self.composite(ty)?
+                && let Some((off, ty)) = self.find_member(inner, member, depth + 1)?
             {
-                return Ok(Some(bits / 8 + off));
+                return Ok(Some((bits / 8 + off, ty)));
             }
         }
         Ok(None)
+    }
+
+    /// Size in bytes of a type, through typedefs and qualifiers; `None` for
+    /// kinds whose size is not a plain number here (arrays, functions).
+    fn type_size(&self, mut id: u32) -> Result<Option<u32>, BtfError> {
+        for _ in 0..32 {
+            let at = *self
+                .types
+                .get(id as usize)
+                .ok_or(BtfError::Malformed("type id out of range"))?;
+            let info = u32_at(&self.data, at + 4)?;
+            match (info >> 24) & 0x1f {
+                KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
+                    return Ok(Some(u32_at(&self.data, at + 8)?));
+                }
+                KIND_PTR => return Ok(Some(8)),
+                // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
+                8 | 9 | 10 | 11 | 18 => id = u32_at(&self.data, at + 8)?,
+                _ => return Ok(None),
+            }
+        }
+        Err(BtfError::Malformed("type chain too long"))
+    }
+
+    fn member(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
+        let at = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        self.find_member(at, member, 0)?
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_owned(),
+                member: member.to_owned(),
+            })
     }
 
     /// BTF type id of the function `name` (for attach_btf_id).
@@ -215,15 +269,28 @@ impl Btf {
     /// Byte offset of `member` in `struct strukt`, including members of
     /// anonymous structs and unions inside it.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let at = *self
-            .structs
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        self.find_member(at, member, 0)?
-            .ok_or_else(|| BtfError::NoMember {
+        self.member(strukt, member).map(|(off, _)| off)
+    }
+
+    /// As [`Btf::member_offset`], for a member the programs read as exactly
+    /// `size` bytes: a member of another size is an error, not a wrong
+    /// reading.
+    pub fn member_offset_sized(
+        &self,
+        strukt: &str,
+        member: &str,
+        size: u32,
+    ) -> Result<u32, BtfError> {
+        let (off, ty) = self.member(strukt, member)?;
+        match self.type_size(ty)? {
+            Some(found) if found == size => Ok(off),
+            found => Err(BtfError::MemberSize {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
-            })
+                found: found.unwrap_or(0),
+                expected: size,
+            }),
+        }
     }
 }
 
@@ -246,6 +313,27 @@ mod tests {
             btf.member_offset("no_such_struct_x", "a"),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    #[test]
+    fn sizes_the_members_the_exec_check_reads() {
+        let btf = Btf::from_sys_fs().unwrap();
+        // kernel_cap_t (a typedef of a struct) and an unsigned long.
+        let cap = btf.member_offset_sized("cred", "cap_effective", 8).unwrap();
+        assert_eq!(cap, btf.member_offset("cred", "cap_effective").unwrap());
+        btf.member_offset_sized("task_struct", "atomic_flags", 8)
+            .unwrap();
+        btf.member_offset_sized("seccomp", "mode", 4).unwrap();
+        assert_eq!(btf.member_offset("seccomp", "mode").unwrap(), 0);
+        match btf.member_offset_sized("seccomp", "mode", 8) {
+            Err(e @ BtfError::MemberSize { found: 4, .. }) => {
+                assert!(
+                    e.to_string().contains("`seccomp` member `mode` is 4 bytes"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

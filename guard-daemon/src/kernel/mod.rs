@@ -368,7 +368,8 @@ impl Kernel {
                     loader_count: loaders.len() as u32,
                     loader_dev,
                     loader_ino,
-                    task_seccomp_off: btf.member_offset("task_struct", "seccomp")?,
+                    task_seccomp_off: btf.member_offset("task_struct", "seccomp")?
+                        + btf.member_offset_sized("seccomp", "mode", 4)?,
                     task_real_parent_off: btf.member_offset("task_struct", "real_parent")?,
                     task_tgid_off: btf.member_offset("task_struct", "tgid")?,
                     mm_exe_file_off: btf.member_offset("mm_struct", "exe_file")?,
@@ -380,6 +381,17 @@ impl Kernel {
                     fs_pwd_off: btf.member_offset("fs_struct", "pwd")?,
                     path_dentry_off: btf.member_offset("path", "dentry")?,
                     dentry_inode_off: btf.member_offset("dentry", "d_inode")?,
+                    // Read whole by the exec check: a kernel where these are
+                    // not 8 bytes would have its layers misread, so guardd
+                    // does not start there.
+                    task_atomic_flags_off: btf.member_offset_sized(
+                        "task_struct",
+                        "atomic_flags",
+                        8,
+                    )?,
+                    task_cred_off: btf.member_offset_sized("task_struct", "cred", 8)?,
+                    cred_cap_effective_off: btf.member_offset_sized("cred", "cap_effective", 8)?,
+                    _pad: 0,
                 },
                 0,
             )

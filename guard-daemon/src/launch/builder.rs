@@ -152,12 +152,7 @@ impl<'p> Launch<'p> {
             self.audit || plan.mode == Mode::Audit,
             !reply.refuse_unix_sockets,
         ));
-        let keep_caps = plan
-            .process
-            .capabilities
-            .iter()
-            .filter_map(|c| caps::number(c))
-            .collect();
+        let keep_caps = caps::kept(&plan.process.capabilities);
         let credentials = match &plan.process.user {
             None => None,
             Some(u) => Some(resolve_user(u)?),

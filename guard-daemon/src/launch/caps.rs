@@ -98,6 +98,24 @@ pub fn number(name: &str) -> Option<u32> {
     crate::policy::capability_number(name).map(u32::from)
 }
 
+/// The capabilities a policy's `[process] capabilities` keep, as numbers:
+/// what the launcher leaves the agent (`LaunchSpec::keep_caps`), and, as a
+/// [`mask`], what guardd lets an agent's program hold when it starts. One
+/// definition, so the two agree.
+pub fn kept(names: &[String]) -> Vec<u32> {
+    names.iter().filter_map(|c| number(c)).collect()
+}
+
+/// `keep` as a bit set (bit n: capability n), the form of
+/// `cred.cap_effective` and `AgentInfo::caps`. After exec the agent's
+/// effective set is exactly this: as root, the bounding and inheritable
+/// sets are `keep`; as another user, the ambient set is.
+pub fn mask(keep: &[u32]) -> u64 {
+    keep.iter()
+        .filter(|&&c| c <= CAP_MAX)
+        .fold(0, |m, &c| m | 1 << c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +125,18 @@ mod tests {
         assert_eq!(number("CAP_NET_RAW"), Some(13));
         assert_eq!(number("CAP_CHECKPOINT_RESTORE"), Some(40));
         assert_eq!(number("CAP_NOPE"), None);
+    }
+
+    #[test]
+    fn kept_capabilities_as_numbers_and_as_a_mask() {
+        let keep = kept(&[
+            "CAP_NET_BIND_SERVICE".into(),
+            "CAP_CHECKPOINT_RESTORE".into(),
+        ]);
+        assert_eq!(keep, vec![10, 40]);
+        assert_eq!(mask(&keep), 1 << 10 | 1 << 40);
+        assert_eq!(mask(&[]), 0);
+        // Numbers past the last capability a u64 can hold are not kept.
+        assert_eq!(mask(&[64, 0]), 1);
     }
 }

@@ -26,9 +26,10 @@ use std::os::unix::ffi::OsStrExt;
 use guard_common::{
     AF_INET6, EventHeader, ExecEvent, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT_UNIX, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG_UNIX, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    IPPROTO_TCP, IPPROTO_UDP, KillEvent, NO_RULE, NetEvent, PATH_BASE, PATH_ENTRY,
-    REASON_DIRECT_LOADER, REASON_DNS_PROXY, REASON_IP_OPTIONS, REASON_NO_RULE, REASON_PORT,
-    REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, RULE_DOH, SockEvent, UnixEvent,
+    IPPROTO_TCP, IPPROTO_UDP, KillEvent, LAYER_CAPABILITIES, LAYER_NO_NEW_PRIVS, LAYER_SECCOMP,
+    LAYER_UNREADABLE, NO_RULE, NetEvent, PATH_BASE, PATH_ENTRY, REASON_DIRECT_LOADER,
+    REASON_DNS_PROXY, REASON_IP_OPTIONS, REASON_NO_RULE, REASON_PORT, REASON_PROTOCOL,
+    REASON_SOCKET_TYPE, REASON_UNCONFINED, REASON_UNKNOWN_SCOPE, RULE_DOH, SockEvent, UnixEvent,
     VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde_json::json;
@@ -573,6 +574,26 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             let (a, t, r, d) = unix_fields(e);
             (Kind::Network, a, t, verdict_of(h), r, "cgroup-bpf", d)
         }
+        KernelEvent::Exec(e) if h.reason == REASON_UNCONFINED => {
+            let (t, _, _, mut d) = exec_fields(e, meta);
+            d["args"] = d["argv"].clone();
+            d["args_truncated"] = d["argv_truncated"].clone();
+            d["missing"] = json!(missing_layers(e.missing, e.excess_caps));
+            d["why"] = json!(
+                "the program started without layers its launcher must apply before exec (a seccomp filter, \
+                 no_new_privs, only the policy's capabilities): a modified or broken launcher; the process \
+                 was killed before its first instruction"
+            );
+            (
+                Kind::Exec,
+                "exec".to_owned(),
+                t,
+                Verdict::Denied,
+                "launch.layers-missing".to_owned(),
+                "exec-tracepoint",
+                d,
+            )
+        }
         KernelEvent::Exec(e) if h.reason == REASON_DIRECT_LOADER => {
             let (t, _, _, mut d) = exec_fields(e, meta);
             // The same field as every other exec refusal.
@@ -709,6 +730,36 @@ fn add_exec_args(detail: &mut serde_json::Value, a: &guard_common::ExecArgv) {
     if a.flags & guard_common::ARGV_FAULT != 0 {
         detail["args_unreadable"] = json!(true);
     }
+}
+
+/// The layers an exec'd program ran without (`ExecEvent::missing`), as
+/// `detail.missing` names them: `seccomp`, `no_new_privs`,
+/// `capabilities:CAP_X,...` (the effective ones the policy does not grant),
+/// `unreadable` (the kernel could not read the task's state; killed all
+/// the same).
+fn missing_layers(missing: u32, excess_caps: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    if missing & LAYER_SECCOMP != 0 {
+        out.push("seccomp".to_owned());
+    }
+    if missing & LAYER_NO_NEW_PRIVS != 0 {
+        out.push("no_new_privs".to_owned());
+    }
+    if missing & LAYER_CAPABILITIES != 0 {
+        let names: Vec<String> = (0..64u32)
+            .filter(|c| excess_caps & (1 << c) != 0)
+            .map(|c| {
+                crate::policy::CAPABILITIES
+                    .get(c as usize)
+                    .map_or_else(|| format!("CAP_{c}"), |n| (*n).to_owned())
+            })
+            .collect();
+        out.push(format!("capabilities:{}", names.join(",")));
+    }
+    if missing & LAYER_UNREADABLE != 0 {
+        out.push("unreadable".to_owned());
+    }
+    out
 }
 
 /// Arguments of an exec: NUL-separated in the event.
@@ -1099,6 +1150,9 @@ mod tests {
             args_len: 0,
             filename: [0; guard_common::EXEC_FILENAME_MAX],
             args: [0; guard_common::EXEC_ARGS_MAX],
+            missing: 0,
+            _pad: 0,
+            excess_caps: 0,
         };
         e.hdr.kind = guard_common::EVENT_EXEC;
         e.filename[..9].copy_from_slice(b"/bin/ls\0\0");
@@ -1115,6 +1169,54 @@ mod tests {
         e.args_len = 5000;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
         assert_eq!(r.detail.unwrap()["argv_truncated"], true);
+    }
+
+    #[test]
+    fn an_exec_without_the_launchers_layers_names_what_was_missing() {
+        // SAFETY: all-zero is a valid value of this plain integer struct.
+        let mut e: ExecEvent = unsafe { std::mem::zeroed() };
+        e.hdr.kind = guard_common::EVENT_EXEC;
+        e.hdr.verdict = VERDICT_DENIED;
+        e.hdr.reason = REASON_UNCONFINED;
+        e.filename[..9].copy_from_slice(b"/bin/cat\0");
+        e.filename_len = 9;
+        e.args[..7].copy_from_slice(b"cat\0-n\0");
+        e.args_len = 7;
+        e.missing = LAYER_SECCOMP | LAYER_NO_NEW_PRIVS | LAYER_CAPABILITIES;
+        e.excess_caps = 1 << 12 | 1 << 21 | 1 << 63;
+        let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        assert_eq!(
+            (r.kind, r.action.as_str(), r.verdict),
+            (Kind::Exec, "exec", Verdict::Denied)
+        );
+        assert_eq!(r.target.as_str(), Some("/bin/cat"));
+        assert_eq!(r.rule, "launch.layers-missing");
+        assert_eq!(r.layer, "exec-tracepoint");
+        assert_eq!(r.agent.unwrap().name, "demo");
+        let d = r.detail.unwrap();
+        assert_eq!(
+            d["missing"],
+            serde_json::json!([
+                "seccomp",
+                "no_new_privs",
+                "capabilities:CAP_NET_ADMIN,CAP_SYS_ADMIN,CAP_63"
+            ])
+        );
+        assert_eq!(d["args"], serde_json::json!(["cat", "-n"]));
+        // Only what is missing is named.
+        e.missing = LAYER_CAPABILITIES;
+        e.excess_caps = 1;
+        let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        assert_eq!(
+            r.detail.unwrap()["missing"],
+            serde_json::json!(["capabilities:CAP_CHOWN"])
+        );
+        e.missing = LAYER_UNREADABLE;
+        let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        assert_eq!(
+            r.detail.unwrap()["missing"],
+            serde_json::json!(["unreadable"])
+        );
     }
 
     /// An `execve` refused with EACCES, with no arguments read yet.

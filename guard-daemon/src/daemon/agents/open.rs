@@ -7,7 +7,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use guard_common::{AGENT_AUDIT, AGENT_DNS, AGENT_RESTRICT_EXEC, AgentInfo};
+use guard_common::{AGENT_AUDIT, AGENT_DNS, AGENT_LAYERS_REQUIRED, AGENT_RESTRICT_EXEC, AgentInfo};
 use serde_json::json;
 
 use super::{
@@ -209,7 +209,12 @@ pub fn open(
                 AGENT_RESTRICT_EXEC
             } else {
                 0
-            },
+            }
+            // No accepted degradation drops seccomp, no_new_privs or the
+            // capability drop: the launcher applies them in every mode, so
+            // every program of every agent must start with them.
+            | AGENT_LAYERS_REQUIRED,
+        caps: crate::launch::caps::mask(&crate::launch::caps::kept(&plan.process.capabilities)),
         ..AgentInfo::default()
     };
     // The resolver listens before the kernel entry names its port, so the
