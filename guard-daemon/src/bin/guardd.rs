@@ -77,6 +77,22 @@ struct Args {
     /// cannot name its own (it could make an allowed name resolve anywhere).
     #[arg(long, value_name = "ADDR[:PORT]")]
     dns_upstream: Vec<String>,
+    /// Directory of named policies (NAME.toml; `_NAME.toml` are include
+    /// files) that `guardctl run --policy-name NAME` runs agents under.
+    /// Read as one set: a change applies only when every file in it is
+    /// valid (otherwise the previous set stays); each reload is journaled.
+    /// A Kubernetes ConfigMap mounted as a volume fits.
+    #[arg(long, value_name = "DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Refuse policies sent by clients (`guardctl run --policy FILE`):
+    /// every agent runs under a named policy of --policy-dir (cluster mode).
+    #[arg(long, requires = "policy_dir")]
+    require_named_policy: bool,
+    /// A named policy of --policy-dir that every client-sent policy must
+    /// stay within: a policy granting anything the floor does not is
+    /// refused, naming what is wider.
+    #[arg(long, value_name = "NAME", requires = "policy_dir")]
+    floor_policy: Option<String>,
 }
 
 /// Whether log lines may carry colour: only on a terminal, and not when
@@ -203,6 +219,9 @@ fn main() -> anyhow::Result<()> {
         cleanup_on_exit: !args.keep_pins,
         dns_upstreams,
         dns_origin,
+        policy_dir: args.policy_dir.clone(),
+        require_named_policy: args.require_named_policy,
+        floor_policy: args.floor_policy.clone(),
     };
     let metrics_addr: Option<std::net::SocketAddr> =
         match args.metrics.as_str() {

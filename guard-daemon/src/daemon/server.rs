@@ -522,6 +522,16 @@ async fn handle(
             conn.send(&api::ok_line(id, v)).await
         }
         Request::Logs(req) => logs(conn, id, req, reader).await,
+        Request::Policy(req) => match agents::named_policy(&shared, &req.name) {
+            Ok(p) => {
+                conn.send(&api::ok_line(
+                    id,
+                    serde_json::to_value(&p).unwrap_or(Value::Null),
+                ))
+                .await
+            }
+            Err(f) => conn.fail(id, f).await,
+        },
     }
 }
 

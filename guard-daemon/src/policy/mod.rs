@@ -185,6 +185,24 @@ impl Policy {
         Policy::parse_all_with(text, file, dir, &read_include)
     }
 
+    /// Parses a policy whose include files come with it, as (resolved path,
+    /// text) pairs, never from this host's file system: what guardctl sent
+    /// guardd, or a named policy guardd sent guardctl.
+    pub fn parse_sent_all(
+        text: &str,
+        path: &str,
+        includes: &[(String, String)],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        Policy::parse_all_with(text, path, dir, &|p: &Path| {
+            includes
+                .iter()
+                .find(|(k, _)| Path::new(k) == p)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| "not sent by guardctl".to_owned())
+        })
+    }
+
     /// [`Policy::parse_all`] with include files resolved against `dir` (the
     /// directory of the policy file) and read by `read`, which gets the
     /// resolved path (`dir` joined with the entry, `.` and `..` removed
@@ -702,7 +720,9 @@ pub fn first_error(errs: Vec<PolicyError>, file: &str) -> PolicyError {
     })
 }
 
-fn valid_name(name: &str) -> bool {
+/// A policy name: 1-64 characters of A-Z a-z 0-9 . _ - (also the file
+/// name, without `.toml`, of a policy in guardd's policy directory).
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

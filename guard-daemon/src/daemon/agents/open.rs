@@ -13,9 +13,10 @@ use serde_json::json;
 use super::{
     AgentState, Peer, Source,
     authorize::refuse_request,
+    choose::{check_floor, choose},
     dns::{start_resolver, stop_resolver},
     persist::persist,
-    plan::{judge_for, parse_sent},
+    plan::judge_for,
 };
 use crate::{
     api::{AgentRef, OpenReply, OpenRequest, RequestError},
@@ -84,8 +85,8 @@ pub fn open(
             "the journal cannot record anything ({why}); no agent is started"
         )));
     }
-    let policy = parse_sent(&req.policy_text, &req.policy_path, &req.policy_includes)
-        .map_err(|e| RequestError::Policy(e.to_string()))?;
+    let chosen = choose(shared, req, peer)?;
+    let policy = &chosen.policy;
     let id = random_id();
     let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
     if let Some(problem) = crate::launch::preflight::agent_name_problem(&name) {
@@ -105,6 +106,14 @@ pub fn open(
     let plan = policy
         .compile(&vars)
         .map_err(|e| RequestError::Policy(e.to_string()))?;
+    check_floor(
+        shared,
+        &chosen,
+        &plan,
+        &vars,
+        peer,
+        req.argv.first().map(String::as_str).unwrap_or(""),
+    )?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
     let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
 
@@ -305,9 +314,9 @@ pub fn open(
         meta,
         attached: true,
         source: Source {
-            policy_text: req.policy_text.clone(),
-            policy_includes: req.policy_includes.clone(),
-            policy_path: req.policy_path.clone(),
+            policy_text: chosen.text.clone(),
+            policy_includes: chosen.includes.clone(),
+            policy_path: chosen.path.clone(),
             workdir: PathBuf::from(&req.workdir),
             home: PathBuf::from(&req.home),
             unix_degraded: !layers.unix_hooks,
@@ -323,7 +332,8 @@ pub fn open(
 
     let mut detail = json!({
         "argv": req.argv,
-        "policy_path": req.policy_path,
+        "policy_path": chosen.path,
+        "policy_source": chosen.source_detail(),
         "mode": if audit { "audit" } else { "enforce" },
         "workdir": req.workdir,
         "cgroup": scope.v2.display().to_string(),
