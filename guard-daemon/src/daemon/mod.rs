@@ -98,6 +98,9 @@ pub struct DaemonConfig {
     /// A named policy that every client-sent policy must stay within
     /// (`--floor-policy`).
     pub floor_policy: Option<String>,
+    /// Make each agent's scope under its launcher's own cgroups
+    /// (`--scopes-under caller`) instead of under guard's parent cgroup.
+    pub scopes_under_caller: bool,
 }
 
 impl DaemonConfig {

@@ -75,6 +75,10 @@ pub struct Source {
     pub workdir: PathBuf,
     pub home: PathBuf,
     pub unix_degraded: bool,
+    /// The launcher ran in another network namespace than guardd (a pod):
+    /// no resolver serves the agent (see `dns::start_resolver`).
+    #[serde(default)]
+    pub other_netns: bool,
 }
 
 #[derive(Default)]

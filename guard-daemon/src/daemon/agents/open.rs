@@ -20,7 +20,10 @@ use super::{
 };
 use crate::{
     api::{AgentRef, OpenReply, OpenRequest, RequestError},
-    daemon::Shared,
+    daemon::{
+        Shared,
+        peer::{Origin, own_netns},
+    },
     journal::{Kind, Record, Text, Verdict},
     kernel::NetEntries,
     monitor::AgentMeta,
@@ -58,6 +61,7 @@ pub fn open(
     shared: &Shared,
     req: &OpenRequest,
     peer: Peer,
+    origin: &Origin,
 ) -> Result<(OpenReply, Vec<OwnedFd>), RequestError> {
     let t0 = Instant::now();
     // The reply carries descriptors that write into root-owned cgroups
@@ -159,24 +163,41 @@ pub fn open(
         memory_bytes: plan.process.memory_bytes,
         cpu_millicores: plan.process.cpu_millicores,
     };
-    let scope = match shared
-        .scopes
-        .create(&format!("agent-{id}"), &limits, accepts("limits"))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            cleanup_tmp(&tmp);
-            return Err(
-                if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
-                    RequestError::Degraded(format!(
-                        "{e}; pass --allow-degraded limits to run without it"
-                    ))
-                } else {
-                    RequestError::Internal(e.to_string())
-                },
-            );
+    // Under the caller's own cgroups (`--scopes-under caller`): a pod's
+    // accounting and limits then hold for its agent too.
+    let base = if shared.cfg.scopes_under_caller {
+        match shared.scopes.caller_base(&origin.cgroups) {
+            Ok(b) => b,
+            Err(e) => {
+                cleanup_tmp(&tmp);
+                return Err(RequestError::Degraded(format!(
+                    "the agent's scope cannot be placed under the launcher's cgroup: {e}"
+                )));
+            }
         }
+    } else {
+        shared.scopes.parent_base()
     };
+    let other_netns = origin.netns.is_some() && origin.netns != own_netns();
+    let scope =
+        match shared
+            .scopes
+            .create_in(&base, &format!("agent-{id}"), &limits, accepts("limits"))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_tmp(&tmp);
+                return Err(
+                    if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
+                        RequestError::Degraded(format!(
+                            "{e}; pass --allow-degraded limits to run without it"
+                        ))
+                    } else {
+                        RequestError::Internal(e.to_string())
+                    },
+                );
+            }
+        };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: scope made");
     for c in &scope.skipped {
         degraded.push(format!(
@@ -188,6 +209,7 @@ pub fn open(
         id: id.clone(),
         name: name.clone(),
         policy: policy.name.clone(),
+        container: origin.container(),
     };
     let rules: Vec<RuleInfo> = plan.rules.clone();
     let meta = Arc::new(AgentMeta::new(
@@ -223,7 +245,7 @@ pub fn open(
     };
     // The resolver listens before the kernel entry names its port, so the
     // agent's first lookup finds it.
-    let resolver = match start_resolver(shared, slot, &plan, audit, &meta, None) {
+    let resolver = match start_resolver(shared, slot, &plan, audit, &meta, None, other_netns) {
         Ok(r) => r,
         Err(e) => {
             let _ = scope.remove();
@@ -265,6 +287,21 @@ pub fn open(
                 },
                 None => Ok(keys),
             })
+            // A scope under a caller inherits none of the parent's
+            // programs: they are attached to it before any process can
+            // enter (the launcher gets its descriptor only after this).
+            .and_then(|keys| {
+                if !scope.base.caller {
+                    return Ok(keys);
+                }
+                match k.attach_scope(&scope.v2, &id) {
+                    Ok(()) => Ok(keys),
+                    Err(e) => {
+                        k.remove_agent(&keys);
+                        Err(e)
+                    }
+                }
+            })
             .map_err(|e| {
                 let why = format!("writing the agent's rules into the kernel maps: {e}");
                 if matches!(e, crate::kernel::KernelError::Quota { .. }) {
@@ -296,6 +333,9 @@ pub fn open(
             stop_resolver(shared, slot, resolver);
             if let Ok(mut k) = shared.kernel.lock() {
                 k.remove_agent(&keys);
+                if scope.base.caller {
+                    k.detach_scope(&id);
+                }
             }
             let _ = scope.remove();
             cleanup_tmp(&tmp);
@@ -320,6 +360,7 @@ pub fn open(
             workdir: PathBuf::from(&req.workdir),
             home: PathBuf::from(&req.home),
             unix_degraded: !layers.unix_hooks,
+            other_netns,
         },
         dns_port_before: None,
         dns: resolver,
@@ -337,7 +378,7 @@ pub fn open(
         "mode": if audit { "audit" } else { "enforce" },
         "workdir": req.workdir,
         "cgroup": scope.v2.display().to_string(),
-        "launcher": {"uid": peer.uid, "pid": peer.pid},
+        "launcher": {"uid": peer.uid, "pid": peer.pid, "cgroup": origin.v2()},
         "network_rules": plan.rules.len(),
     });
     if let Some(r) = &state.dns {

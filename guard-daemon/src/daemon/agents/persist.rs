@@ -15,9 +15,16 @@ pub(super) struct StateFile {
     pub(super) id: String,
     pub(super) name: String,
     pub(super) policy: String,
+    /// The container the agent was launched from (absent: the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) container: Option<crate::journal::ContainerRef>,
     pub(super) audit: bool,
     pub(super) slot: u32,
     pub(super) scope: String,
+    /// Where the scope was made when not under guard's parent (a caller's
+    /// cgroup); absent: under the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) base: Option<crate::scope::ScopeBase>,
     pub(super) tmp: PathBuf,
     pub(super) started_unix: u64,
     pub(super) main_pid: Option<i32>,
@@ -50,9 +57,11 @@ impl StateFile {
             id: a.meta.agent.id.clone(),
             name: a.meta.agent.name.clone(),
             policy: a.meta.agent.policy.clone(),
+            container: a.meta.agent.container.clone(),
             audit: a.mode == Mode::Audit,
             slot: a.slot,
             scope: a.scope.name.clone(),
+            base: a.scope.base.caller.then(|| a.scope.base.clone()),
             tmp: a.tmp.clone(),
             started_unix: a
                 .started
@@ -180,9 +189,11 @@ mod tests {
             id: "0a1b2c3d4e5f".into(),
             name: "claude".into(),
             policy: "dev".into(),
+            container: None,
             audit: true,
             slot: 7,
             scope: "agent-0a1b2c3d4e5f".into(),
+            base: None,
             tmp: "/tmp/guard-0a1b2c3d4e5f".into(),
             started_unix: 1_700_000_000,
             main_pid: Some(4242),
