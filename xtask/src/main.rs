@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|test|demo|bench|check`.
+//! Project tasks: `cargo xtask setup|build|test|demo|bench|check|image|manifests`.
 //!
 //! `setup` installs, idempotently, what a fresh machine lacks to build the
 //! kernel programs (rust-src for the nightly toolchain, bpf-linker built
@@ -11,6 +11,8 @@ mod child;
 mod demo;
 mod dnsbench;
 mod dnsserver;
+mod image;
+mod manifests;
 mod setup;
 
 use std::process::Command;
@@ -50,6 +52,16 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy -D warnings on the host crates.
     Check,
+    /// Build the runtime image localhost/guard:dev (podman) from the
+    /// release binaries; reused when its files have not changed.
+    Image,
+    /// Render deploy/kubernetes (base and every overlay) with kustomize
+    /// and validate each document against the Kubernetes schemas; check
+    /// the policies they ship with guardctl.
+    Manifests,
+    /// Lay out the runtime image's root filesystem in DIR from the release
+    /// binaries (deploy/Containerfile's build stage runs this).
+    Rootfs { dir: std::path::PathBuf },
     /// (used by `bench`) N TCP connects to 127.0.0.1:PORT; prints ns each.
     #[command(hide = true)]
     ConnectLoop { port: u16, n: usize },
@@ -122,6 +134,24 @@ fn main() -> anyhow::Result<()> {
         Cmd::SyscallLoop { n } => bench::syscall_loop_main(n),
         Cmd::ExecLoop { path, n } => bench::exec_loop_main(&path, n),
         Cmd::DenyLoop { port, n } => bench::deny_loop_main(port, n),
+        Cmd::Image => {
+            require_root("podman stores images as root here")?;
+            setup::run(false)?;
+            let image = image::build_image()?;
+            println!("{image}");
+            Ok(())
+        }
+        Cmd::Manifests => {
+            setup::run(false)?;
+            manifests::run()
+        }
+        Cmd::Rootfs { dir } => {
+            // Building needs only the toolchain pieces, not the packages the
+            // tests use (the Containerfile's build stage runs this).
+            setup::toolchain(false)?;
+            build_release()?;
+            image::assemble_rootfs(&image::release_dir()?, &dir)
+        }
         Cmd::Check => {
             setup::run(false)?;
             cargo(&["fmt", "--all", "--", "--check"])?;
@@ -160,7 +190,7 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_release() -> anyhow::Result<()> {
+pub(crate) fn build_release() -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "guard-daemon", "--bins"])
 }
 
@@ -187,6 +217,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     eprintln!("== unit tests (no privileges needed)");
     cargo(&unit)?;
+    eprintln!("== deployment manifests (kustomize, Kubernetes schemas, policies)");
+    manifests::run()?;
     eprintln!("== integration tests (root, real kernel)");
     cargo(&all)?;
     eprintln!("== leftovers check");

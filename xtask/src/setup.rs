@@ -1,7 +1,11 @@
 //! `cargo xtask setup`: idempotent installation of what a fresh machine of
 //! the project's kind lacks.
 //!
-//! - Debian packages the tests, demo and bench run (curl, bubblewrap, ...);
+//! - Debian packages the tests, demo and bench run (curl, bubblewrap, ...),
+//!   and podman, runc and python3-venv for the image and manifest tasks;
+//! - `kubernetes-validate` (PyPI, pinned) in a virtual environment in
+//!   ~/.local/share/guard, which `cargo xtask manifests` validates with;
+//!   `kubectl` (its built-in kustomize) must be on the machine already;
 //! - the nightly toolchain's `rust-src` (for `-Z build-std=core`);
 //! - `bpf-linker` built against the LLVM shared library that the nightly
 //!   toolchain itself ships, so that the linker and rustc agree on LLVM. A
@@ -35,7 +39,23 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests, demo and bench (a real DNS server on loopback)",
     ),
     ("dnsutils", "tests (dig, over UDP and TCP)"),
+    (
+        "podman",
+        "cargo xtask image (builds and runs the runtime image)",
+    ),
+    (
+        "runc",
+        "cargo xtask image (runs containers: crun refuses hybrid cgroup hosts)",
+    ),
+    (
+        "python3-venv",
+        "cargo xtask manifests (kubernetes-validate's environment)",
+    ),
 ];
+
+/// Validates the rendered manifests offline (it bundles the Kubernetes
+/// JSON schemas); pinned so that a new release cannot change a verdict.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 fn say(verbose: bool, msg: &str) {
     if verbose {
@@ -45,10 +65,107 @@ fn say(verbose: bool, msg: &str) {
 
 pub fn run(verbose: bool) -> anyhow::Result<()> {
     packages(verbose)?;
+    toolchain(verbose)?;
+    // Only the manifest check needs kubectl, and it cannot be installed
+    // from here: its absence is said now and fails `cargo xtask
+    // manifests` (and so `test`), not the other tasks.
+    if let Err(e) = kubectl(verbose) {
+        eprintln!("setup: warning: {e:#}");
+    }
+    kubernetes_validate(verbose)?;
+    say(verbose, "everything is in place");
+    Ok(())
+}
+
+/// Only what building the binaries needs (the Containerfile's build stage
+/// runs this, through `cargo xtask rootfs`, without the test packages).
+pub fn toolchain(verbose: bool) -> anyhow::Result<()> {
     nightly(verbose)?;
     rust_src(verbose)?;
-    bpf_linker(verbose)?;
-    say(verbose, "everything is in place");
+    bpf_linker(verbose)
+}
+
+/// kustomize comes with kubectl. Debian's own kubectl (kubernetes-client,
+/// 1.20) bundles a kustomize too old for the manifests, so it is not
+/// installed in its place: the machine image provides a current kubectl.
+pub fn kubectl(verbose: bool) -> anyhow::Result<()> {
+    let version = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let Some(version) = version else {
+        bail!(
+            "kubectl is not installed: cargo xtask manifests needs kubectl 1.27 or later \
+             (kustomize v5 built in); install it from the Kubernetes project's packages"
+        );
+    };
+    let kustomize = version
+        .lines()
+        .find_map(|l| l.strip_prefix("Kustomize Version: v"))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    match kustomize {
+        Some(major) if major >= 5 => {
+            say(verbose, &format!("kubectl: present (kustomize v{major})"));
+            Ok(())
+        }
+        _ => bail!(
+            "kubectl's kustomize is older than v5 ({}): the manifests need kustomize v5",
+            version.trim().replace('\n', ", ")
+        ),
+    }
+}
+
+/// The virtual environment `kubernetes-validate` lives in.
+pub fn kubernetes_validate_bin() -> PathBuf {
+    home()
+        .join(".local/share/guard/kubernetes-validate")
+        .join("bin/kubernetes-validate")
+}
+
+fn kubernetes_validate(verbose: bool) -> anyhow::Result<()> {
+    let bin = kubernetes_validate_bin();
+    let current = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE
+        })
+        .unwrap_or(false);
+    if current {
+        say(
+            verbose,
+            &format!("kubernetes-validate: present ({KUBERNETES_VALIDATE})"),
+        );
+        return Ok(());
+    }
+    let venv = bin
+        .parent()
+        .and_then(Path::parent)
+        .context("kubernetes-validate's directory")?;
+    eprintln!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    // Debian's python3 (python3-venv is Debian's), whatever else PATH holds.
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(venv)
+        .status()
+        .context("running /usr/bin/python3 -m venv")?;
+    if !status.success() {
+        bail!("creating the virtual environment {} failed", venv.display());
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}"))
+        .status()
+        .context("running pip install kubernetes-validate")?;
+    if !status.success() {
+        bail!("pip install kubernetes-validate=={KUBERNETES_VALIDATE} failed");
+    }
     Ok(())
 }
 
