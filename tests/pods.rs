@@ -347,6 +347,10 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
     let id = agent_id_of(&out);
     let recs = node.logs(&["--agent", &id]);
     let start = recs.iter().find(|r| r["action"] == "start").unwrap();
+    // The launcher's pid (in its container's pid namespace) names the
+    // agent's main process: nothing of it counts as left over.
+    let exit = recs.iter().find(|r| r["action"] == "exit").unwrap();
+    assert_eq!(exit["detail"]["leftover_killed"], 0, "{exit}");
     // The scope was made under the workload container's own cgroup, and
     // every record names that container.
     let container = &start["agent"]["container"];

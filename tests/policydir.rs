@@ -111,6 +111,20 @@ fn nth_reload(g: &Guardd, n: usize) -> Value {
     }
 }
 
+/// The journal once it holds `n` records matching `pred` (records are
+/// committed by guardd's writer shortly after a refusal is answered).
+fn logs_with(g: &Guardd, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = g.logs(&[]);
+        if recs.iter().filter(|r| pred(r)).count() >= n {
+            return recs;
+        }
+        assert!(Instant::now() < deadline, "{recs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn start_record(g: &Guardd, id: &str) -> Value {
     g.logs(&["--agent", id])
         .into_iter()
@@ -188,7 +202,7 @@ fn cluster_mode_refuses_a_policy_the_client_brings() {
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--policy-name"), "{err}");
-    let recs = g.logs(&[]);
+    let recs = logs_with(&g, 1, |r| r["rule"] == "control.named-policy-required");
     let r = recs
         .iter()
         .find(|r| r["rule"] == "control.named-policy-required")
@@ -350,4 +364,29 @@ fn a_client_policy_wider_than_the_floor_is_refused() {
     );
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(errno_of(&probe_results(&out), &target), None);
+}
+
+#[test]
+fn the_node_can_forbid_what_a_launcher_would_run_without() {
+    let pd = ConfigMapDir::new(&[("agent.toml", &tcp_policy("agent", 1))]);
+    let g = start(pd.path(), &["--forbid-degraded", "landlock,exec"]);
+    let out = run_named(&g, "agent", &["--allow-degraded", "exec"], &[]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--forbid-degraded") && err.contains("exec"),
+        "{err}"
+    );
+    let out = run_named(&g, "agent", &["--allow-degraded", "all"], &[]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let recs = logs_with(&g, 2, |r| r["rule"] == "control.degraded-forbidden");
+    let refusals: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["rule"] == "control.degraded-forbidden")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{recs:#?}");
+    assert!(!recs.iter().any(|r| r["action"] == "start"), "{recs:#?}");
+    // What the node allows to degrade still runs.
+    let out = run_named(&g, "agent", &["--allow-degraded", "limits"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
 }

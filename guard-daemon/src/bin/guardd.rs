@@ -101,6 +101,12 @@ struct Args {
     /// the host's pid namespace for that) to see callers' cgroups whole.
     #[arg(long, value_enum, default_value = "instance")]
     scopes_under: ScopesUnder,
+    /// Layers no agent may run without, whatever its launcher accepts
+    /// with `guardctl run --allow-degraded` (comma list of `landlock`,
+    /// `unix`, `limits`, `exec`, or `all`): on a fleet the node decides.
+    /// Such a start is refused and journaled.
+    #[arg(long, value_delimiter = ',', value_parser = ["landlock", "unix", "limits", "exec", "all"])]
+    forbid_degraded: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +275,7 @@ fn main() -> anyhow::Result<()> {
         require_named_policy: args.require_named_policy,
         floor_policy: args.floor_policy.clone(),
         scopes_under_caller: args.scopes_under == ScopesUnder::Caller,
+        forbid_degraded: args.forbid_degraded.clone(),
     };
     let metrics_addr: Option<std::net::SocketAddr> =
         match args.metrics.as_str() {

@@ -101,6 +101,9 @@ pub struct DaemonConfig {
     /// Make each agent's scope under its launcher's own cgroups
     /// (`--scopes-under caller`) instead of under guard's parent cgroup.
     pub scopes_under_caller: bool,
+    /// Layers a launcher may not accept to run without, whatever it asks
+    /// (`--forbid-degraded`: `landlock`, `unix`, `limits`, `exec`, `all`).
+    pub forbid_degraded: Vec<String>,
 }
 
 impl DaemonConfig {

@@ -461,9 +461,11 @@ async fn handle(
                 return conn.fail(id, f).await;
             }
             let s = shared.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || agents::set_main_pid(&s, &req.agent, req.pid))
-                    .await;
+            let launcher = conn.peer.pid;
+            let _ = tokio::task::spawn_blocking(move || {
+                agents::set_main_pid(&s, &req.agent, req.pid, launcher)
+            })
+            .await;
             conn.send(&api::ok_line(id, Value::Null)).await
         }
         Request::Exited(req) => {

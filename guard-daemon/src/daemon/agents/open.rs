@@ -120,6 +120,30 @@ pub fn open(
     )?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
     let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
+    // The node may forbid what a workload would accept to run without.
+    let forbidden: Vec<&String> = shared
+        .cfg
+        .forbid_degraded
+        .iter()
+        .filter(|f| accepts(f.as_str()) || (f.as_str() == "all" && !req.accept_degraded.is_empty()))
+        .collect();
+    if !forbidden.is_empty() {
+        let list: Vec<&str> = forbidden.iter().map(|s| s.as_str()).collect();
+        return Err(refuse_request(
+            shared,
+            peer,
+            "open",
+            req.argv.first().map(String::as_str).unwrap_or(""),
+            "control.degraded-forbidden",
+            None,
+            format!(
+                "this guardd does not let an agent run without layer(s) {} (--forbid-degraded); \
+                 the launcher asked to (--allow-degraded {})",
+                list.join(", "),
+                req.accept_degraded.join(",")
+            ),
+        ));
+    }
 
     let mut degraded = Vec::new();
     let layers = shared
