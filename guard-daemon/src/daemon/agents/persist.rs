@@ -270,6 +270,7 @@ mod tests {
                 workdir: "/work".into(),
                 home: "/root".into(),
                 unix_degraded: false,
+                other_netns: true,
             },
         }
     }
