@@ -12,6 +12,8 @@ mod base;
 #[cfg(test)]
 mod dns_tests;
 mod floor;
+#[cfg(test)]
+mod floor_tests;
 mod fs;
 pub mod host;
 mod net;
