@@ -11,6 +11,9 @@
 mod base;
 #[cfg(test)]
 mod dns_tests;
+mod floor;
+#[cfg(test)]
+mod floor_tests;
 mod fs;
 pub mod host;
 mod net;
@@ -22,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
+pub use floor::{FloorError, check_within};
 pub use fs::{Access, FsPlan, FsRule, resolve};
 pub use net::{NameValueError, NetPlan, port_allowed};
 pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
