@@ -118,6 +118,11 @@ impl Node {
     /// the DaemonSet's capabilities, host pid namespace, the node's bpffs,
     /// cgroup tree and BTF, a read-only root.
     fn start_guardd(&self) {
+        self.start_guardd_with(&["--require-named-policy"]);
+    }
+
+    /// [`Node::start_guardd`] with `mode` instead of `--require-named-policy`.
+    fn start_guardd_with(&self, mode: &[&str]) {
         let _ = podman(&["rm", "-f", &self.guardd]);
         let mut args: Vec<String> = [
             "run",
@@ -171,7 +176,6 @@ impl Node {
             "--state-dir=/run/guard-state",
             "--journal=/var/lib/guard/journal.db",
             "--policy-dir=/etc/guard/policies",
-            "--require-named-policy",
             "--scopes-under=caller",
             "--keep-pins",
             "--metrics=off",
@@ -180,6 +184,7 @@ impl Node {
             args.push(a.into());
         }
         args.push(format!("--instance={}", self.instance));
+        args.extend(mode.iter().map(|s| s.to_string()));
         let out = Command::new("podman").args(&args).output().unwrap();
         assert!(
             out.status.success(),
@@ -261,7 +266,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         let pid = std::process::id();
         let _ = podman(&["rm", "-f", "-t", "5", &self.guardd]);
-        for n in ["a", "b", "c", "d"] {
+        for n in ["a", "b", "c", "d", "e", "f"] {
             let _ = podman(&[
                 "rm",
                 "-f",
@@ -548,4 +553,59 @@ fn wait_output(child: &mut std::process::Child, within: Duration) -> Output {
         stdout,
         stderr,
     }
+}
+
+#[test]
+fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
+    let pid = std::process::id();
+    let mut node = Node::new();
+    node.policies(&[("floor.toml", &policy("floor"))]);
+    node.start_guardd_with(&["--floor-policy=floor"]);
+    let own = |name: &str, extra: &str| {
+        format!(
+            "printf '%s' '{}' > /tmp/{name}.toml; guardctl run --policy /tmp/{name}.toml --allow-degraded exec -- /bin/cat /etc/passwd",
+            policy(name).replace(
+                "\"/var/tmp/guard\"]",
+                &format!("\"/var/tmp/guard\"{extra}]")
+            )
+        )
+    };
+    // Wider than the floor: /etc/secret.txt is not the floor's to grant.
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-e"),
+            &["/bin/sh", "-c", &own("wide", ", \"/etc/secret.txt\"")],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("floor") && err.contains("/etc/secret.txt"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.logs(&[]).iter().any(|r| r["rule"] == "policy.floor") {
+        assert!(Instant::now() < deadline, "no policy.floor record");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Within it: runs.
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-f"),
+            &["/bin/sh", "-c", &own("narrow", "")],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        node.guardd_log()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root:"),
+        "{}",
+        describe(&out)
+    );
 }

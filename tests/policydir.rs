@@ -346,7 +346,7 @@ fn a_client_policy_wider_than_the_floor_is_refused() {
         err.contains("floor") && err.contains("127.0.0.0/8"),
         "{err}"
     );
-    let recs = g.logs(&[]);
+    let recs = logs_with(&g, 1, |r| r["rule"] == "policy.floor");
     let r = recs
         .iter()
         .find(|r| r["rule"] == "policy.floor")

@@ -163,5 +163,5 @@ pub fn check_floor(
         .map_err(|errs| crate::policy::first_error(errs, &floor.path).to_string())
         .and_then(|p| p.compile(vars).map_err(|e| e.to_string()))
         .map_err(|e| refuse(format!("the floor policy does not compile here: {e}")))?;
-    crate::policy::floor::check_within(&floor_plan, plan).map_err(|e| refuse(e.to_string()))
+    crate::policy::check_within(&floor_plan, plan).map_err(|e| refuse(e.to_string()))
 }
