@@ -294,6 +294,18 @@ fn leftovers() -> anyhow::Result<()> {
             }
         }
     }
+    // Containers of the pod-equivalent test (tests/pods.rs).
+    if let Ok(out) = Command::new("podman")
+        .args(["ps", "-a", "--filter", "name=guard-test", "--format", "{{.Names}}"])
+        .output()
+    {
+        left.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("container {l}")),
+        );
+    }
     if !left.is_empty() {
         bail!("the tests left these behind: {}", left.join(", "));
     }
