@@ -357,8 +357,9 @@ impl Daemon {
 }
 
 /// Removes what a failed start-up created (pins, parent cgroups), unless a
-/// scope of a live agent is there: its confinement hangs on the pinned
-/// programs, and the next guardd re-adopts it. `--keep-pins` keeps them.
+/// scope of a live agent is there, or a scope outside the parent has pinned
+/// programs: its confinement hangs on the pinned programs, and the next
+/// guardd re-adopts it. `--keep-pins` keeps them.
 fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
     if !cfg.cleanup_on_exit {
         return;
@@ -369,7 +370,8 @@ fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
             d.flatten()
                 .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         })
-        .unwrap_or(false);
+        .unwrap_or(false)
+        || !crate::kernel::scopes::pinned_scopes(&cfg.pin_dir()).is_empty();
     if scopes {
         tracing::warn!(
             cgroup = %parent.display(),
