@@ -334,6 +334,11 @@ impl Daemon {
             .map(|r| r.static_keys())
             .unwrap_or_default();
         if let Ok(mut k) = shared.kernel.lock() {
+            // Levels of scopes under callers that were not re-adopted leave
+            // the programs' search (they only cost a lookup meanwhile).
+            if let Err(e) = k.settle_scope_levels() {
+                tracing::warn!("updating the scopes' levels: {e}");
+            }
             let n = k.purge_stale(&live);
             if n > 0 {
                 tracing::info!("removed {n} stale map entries (DNS answers of an earlier guardd)");
@@ -420,8 +425,9 @@ impl Daemon {
 }
 
 /// Removes what a failed start-up created (pins, parent cgroups), unless a
-/// scope of a live agent is there: its confinement hangs on the pinned
-/// programs, and the next guardd re-adopts it. `--keep-pins` keeps them.
+/// scope of a live agent is there, or a scope outside the parent has pinned
+/// programs: its confinement hangs on the pinned programs, and the next
+/// guardd re-adopts it. `--keep-pins` keeps them.
 fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
     if !cfg.cleanup_on_exit {
         return;
@@ -432,7 +438,8 @@ fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
             d.flatten()
                 .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         })
-        .unwrap_or(false);
+        .unwrap_or(false)
+        || !crate::kernel::scopes::pinned_scopes(&cfg.pin_dir()).is_empty();
     if scopes {
         tracing::warn!(
             cgroup = %parent.display(),
