@@ -296,7 +296,14 @@ fn leftovers() -> anyhow::Result<()> {
     }
     // Containers of the pod-equivalent test (tests/pods.rs).
     if let Ok(out) = Command::new("podman")
-        .args(["ps", "-a", "--filter", "name=guard-test", "--format", "{{.Names}}"])
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "name=guard-test",
+            "--format",
+            "{{.Names}}",
+        ])
         .output()
     {
         left.extend(
