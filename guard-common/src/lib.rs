@@ -65,7 +65,8 @@ pub const AGENT_DNS: u32 = 1 << 3;
 pub const AGENT_LAYERS_REQUIRED: u32 = 1 << 4;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
-/// scope (the ancestor at `Config::agent_level` of the current task).
+/// scope (the current task's ancestor at `Config::agent_level`, or at
+/// another level of `Config::scope_levels`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentInfo {
@@ -98,9 +99,10 @@ pub struct AgentInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// cgroup level of agent scopes (root = 0): the programs attribute a task
-    /// to its agent through `bpf_get_current_ancestor_cgroup_id(level)`, so
-    /// nested cgroups an agent might create stay attributed to it.
+    /// cgroup level of the agent scopes under guard's parent (root = 0): the
+    /// programs attribute a task to its agent through
+    /// `bpf_get_current_ancestor_cgroup_id(level)`, so nested cgroups an
+    /// agent might create stay attributed to it.
     pub agent_level: u32,
     /// `struct bpf_sock_addr_kern`: where the Unix hooks find the address.
     pub sa_kern_uaddr_off: u32,
@@ -163,7 +165,18 @@ pub struct Config {
     pub task_cred_off: u32,
     pub cred_cap_effective_off: u32,
     pub _pad: u32,
+    /// cgroup levels where some agent scope lives: bit L set = a scope at
+    /// level L. The `agent_level` bit is always set (scopes under guard's
+    /// parent); other bits are scopes created under a caller's own cgroup
+    /// (issue 13), whose level differs. The programs look at `agent_level`
+    /// first and at the other levels only when that finds no agent. Only
+    /// levels below `MAX_SCOPE_LEVELS` are searched.
+    pub scope_levels: u64,
 }
+
+/// Scope levels the programs search (`Config::scope_levels`): the loop that
+/// tries them is bounded by this, and guardd refuses a scope deeper down.
+pub const MAX_SCOPE_LEVELS: u32 = 32;
 
 /// Dynamic loader identities `Config` holds.
 pub const MAX_LOADERS: usize = 4;
@@ -707,7 +720,7 @@ const _: () = {
     assert!(core::mem::size_of::<NameSeenKey>() == 24);
     assert!(
         core::mem::size_of::<Config>()
-            == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16
+            == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16 + 8
     );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 16);

@@ -55,6 +55,25 @@ pub enum Request {
     Ps(Empty),
     Control(ControlRequest),
     Doctor(Empty),
+    /// One of guardd's named policies (`--policy-dir`), as guardd holds it
+    /// now: the launcher compiles the same text guardd does.
+    Policy(PolicyRequest),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    pub name: String,
+}
+
+/// A named policy: its text and include files, where guardd read them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyReply {
+    pub name: String,
+    pub path: String,
+    pub text: String,
+    pub includes: Vec<(String, String)>,
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,6 +116,12 @@ pub enum ControlAction {
 pub struct OpenRequest {
     /// Path of the policy file, for messages and the journal.
     pub policy_path: String,
+    /// Run under guardd's named policy of this name (`--policy-name`):
+    /// guardd compiles its own copy, and `policy_text` must be the text it
+    /// sent for that name (a policy that changed in between is refused, so
+    /// the launcher never applies another text than guardd).
+    #[serde(default)]
+    pub policy_name: Option<String>,
     /// The policy text: guardd compiles it itself rather than trusting a
     /// compiled plan from the client.
     pub policy_text: String,
@@ -381,11 +406,12 @@ pub fn parse_request(line: &[u8]) -> Result<(u64, Request), Rejected> {
         "ps" => Request::Ps(payload(body).map_err(bad)?),
         "control" => Request::Control(payload(body).map_err(bad)?),
         "doctor" => Request::Doctor(payload(body).map_err(bad)?),
+        "policy" => Request::Policy(payload(body).map_err(bad)?),
         other => {
             return Err(reject(
                 id,
                 RequestError::BadRequest(format!(
-                    "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor"
+                    "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor, policy"
                 )),
             ));
         }

@@ -341,6 +341,7 @@ mod tests {
             id: "1".into(),
             name: "run-name".into(),
             policy: "we\"ird\\name\n".into(),
+            container: None,
         });
         m.event(&rec);
         m.event(&rec);
@@ -370,6 +371,7 @@ mod tests {
             id: name.into(),
             name: name.into(),
             policy: policy.into(),
+            container: None,
         })
     }
 

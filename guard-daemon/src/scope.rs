@@ -41,6 +41,9 @@ pub enum ScopeError {
     StillPopulated { path: PathBuf, waited: Duration },
     #[error("invalid scope name {0:?}")]
     BadName(String),
+    /// The caller's cgroup cannot hold a scope (see the message).
+    #[error("{0}")]
+    Caller(String),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ScopeError + 'a {
@@ -80,6 +83,22 @@ type LimitFiles = Vec<(&'static str, String)>;
 
 /// CFS period used for CPU limits, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// Where a scope's cgroups are made: under guard's parent cgroups (the
+/// default), or under a caller's own cgroups (`--scopes-under caller`), so
+/// a container's accounting and limits hold for the agent it launches and
+/// its runtime can still remove it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScopeBase {
+    /// The v2 directory the scope is made in.
+    pub v2: PathBuf,
+    /// Per v1 controller placement: the directory its scope cgroup is made
+    /// in (absent: the caller is in no cgroup of that hierarchy).
+    pub v1: Vec<(String, PathBuf)>,
+    /// Made under a caller: the scope is not below guard's parent, so the
+    /// programs must be attached to it on its own.
+    pub caller: bool,
+}
 
 /// guard's parent cgroups for one guardd instance.
 #[derive(Clone, Debug)]
@@ -139,6 +158,78 @@ impl ScopeRoot {
             .unwrap_or(&Placement::Unavailable)
     }
 
+    /// Scopes under guard's parent cgroups.
+    pub fn parent_base(&self) -> ScopeBase {
+        ScopeBase {
+            v2: self.v2_parent.clone(),
+            v1: self
+                .placements
+                .iter()
+                .filter_map(|(c, p)| match p {
+                    Placement::V1(mount) => Some(((*c).to_owned(), mount.join(&self.instance))),
+                    _ => None,
+                })
+                .collect(),
+            caller: false,
+        }
+    }
+
+    /// Scopes under the cgroups of a caller whose `/proc/<pid>/cgroup` reads
+    /// `cgroups` (as guardd's cgroup namespace shows them).
+    pub fn caller_base(&self, cgroups: &str) -> Result<ScopeBase, ScopeError> {
+        if self.layout.v2_root_depth != 0 {
+            return Err(ScopeError::Caller(
+                "guardd's cgroup v2 mount shows only a sub-tree of the hierarchy, so a caller's                  cgroup cannot be found in it: give guardd the host's cgroup mount and namespace"
+                    .to_owned(),
+            ));
+        }
+        let under = |mount: &Path, path: &str| -> Result<PathBuf, ScopeError> {
+            // A path outside guardd's cgroup namespace reads `/..`: guardd
+            // cannot place anything there (it would run in the host's
+            // namespace in a DaemonSet).
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(ScopeError::Caller(format!(
+                    "the caller's cgroup {path:?} is outside guardd's cgroup namespace: run guardd                      in the host's cgroup namespace"
+                )));
+            }
+            let dir = mount.join(path.trim_start_matches('/'));
+            if !dir.is_dir() {
+                return Err(ScopeError::Caller(format!(
+                    "the caller's cgroup {} is not a directory guardd can see",
+                    dir.display()
+                )));
+            }
+            Ok(dir)
+        };
+        let v2_path = cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| ScopeError::Caller("the caller is in no cgroup v2".to_owned()))?;
+        if v2_path.split('/').any(|c| c.starts_with("agent-")) {
+            return Err(ScopeError::Caller(format!(
+                "the caller's cgroup {v2_path} is an agent's scope"
+            )));
+        }
+        let v2 = under(&self.layout.v2, v2_path)?;
+        let mut v1 = Vec::new();
+        for (c, p) in &self.placements {
+            let Placement::V1(mount) = p else { continue };
+            let path = cgroups.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+                list.split(',').any(|x| x == *c).then_some(path)
+            });
+            if let Some(path) = path {
+                v1.push(((*c).to_owned(), under(mount, path)?));
+            }
+        }
+        Ok(ScopeBase {
+            v2,
+            v1,
+            caller: true,
+        })
+    }
+
     /// Creates the scope `name` with `limits`. With `allow_missing`, a limit
     /// whose controller is unavailable is skipped and reported in
     /// `Scope::skipped`; otherwise it is an error and nothing is left behind.
@@ -148,8 +239,19 @@ impl ScopeRoot {
         limits: &Limits,
         allow_missing: bool,
     ) -> Result<Scope, ScopeError> {
+        self.create_in(&self.parent_base(), name, limits, allow_missing)
+    }
+
+    /// [`ScopeRoot::create`] in `base`.
+    pub fn create_in(
+        &self,
+        base: &ScopeBase,
+        name: &str,
+        limits: &Limits,
+        allow_missing: bool,
+    ) -> Result<Scope, ScopeError> {
         check_name(name)?;
-        let v2 = self.v2_parent.join(name);
+        let v2 = base.v2.join(name);
         fs::create_dir(&v2).map_err(io("creating", &v2))?;
         let cgroup_id = fs::metadata(&v2).map_err(io("reading", &v2))?.ino();
         let mut scope = Scope {
@@ -158,6 +260,7 @@ impl ScopeRoot {
             cgroup_id,
             v1: Vec::new(),
             skipped: Vec::new(),
+            base: base.clone(),
         };
         if let Err(e) = self.apply_limits(&mut scope, limits, allow_missing) {
             let _ = scope.remove();
@@ -199,14 +302,33 @@ impl ScopeRoot {
         ];
         for (controller, what, files) in wanted {
             let Some(files) = files else { continue };
-            match self.placement(controller) {
+            // Under a caller, a v2 controller is usable only if the caller's
+            // cgroup passes it down (a container's cgroup holds processes,
+            // so on pure cgroup v2 it usually cannot), and a v1 one only if
+            // the caller is in that hierarchy.
+            let v2_delegated = !scope.base.caller
+                || fs::read_to_string(scope.base.v2.join("cgroup.subtree_control"))
+                    .is_ok_and(|s| s.split_whitespace().any(|c| c == controller));
+            let v1_dir = scope
+                .base
+                .v1
+                .iter()
+                .find(|(c, _)| c == controller)
+                .map(|(_, d)| d.clone());
+            let placement = match self.placement(controller) {
+                Placement::V2 if !v2_delegated => &Placement::Unavailable,
+                Placement::V1(_) if v1_dir.is_none() => &Placement::Unavailable,
+                p => p,
+            };
+            match placement {
                 Placement::V2 => {
                     for (file, value) in files {
                         write_optional(&scope.v2.join(file), &value, file == "memory.swap.max")?;
                     }
                 }
-                Placement::V1(mount) => {
-                    let dir = mount.join(&self.instance).join(&scope.name);
+                Placement::V1(_) => {
+                    let Some(base) = &v1_dir else { continue };
+                    let dir = base.join(&scope.name);
                     fs::create_dir(&dir).map_err(io("creating", &dir))?;
                     scope.v1.push((controller, dir.clone()));
                     for (file, value) in v1_files(controller, files) {
@@ -251,18 +373,21 @@ impl ScopeRoot {
 
     /// Reopens an existing scope (after a daemon restart).
     pub fn open(&self, name: &str) -> Result<Scope, ScopeError> {
+        self.open_in(&self.parent_base(), name)
+    }
+
+    /// [`ScopeRoot::open`] in `base`.
+    pub fn open_in(&self, base: &ScopeBase, name: &str) -> Result<Scope, ScopeError> {
         check_name(name)?;
-        let v2 = self.v2_parent.join(name);
+        let v2 = base.v2.join(name);
         let cgroup_id = fs::metadata(&v2).map_err(io("reading", &v2))?.ino();
         let v1 = self
             .placements
             .iter()
-            .filter_map(|(c, p)| match p {
-                Placement::V1(mount) => {
-                    let dir = mount.join(&self.instance).join(name);
-                    dir.is_dir().then_some((*c, dir))
-                }
-                _ => None,
+            .filter_map(|(c, _)| {
+                let (_, dir) = base.v1.iter().find(|(n, _)| n == c)?;
+                let dir = dir.join(name);
+                dir.is_dir().then_some((*c, dir))
             })
             .collect();
         Ok(Scope {
@@ -271,6 +396,7 @@ impl ScopeRoot {
             cgroup_id,
             v1,
             skipped: Vec::new(),
+            base: base.clone(),
         })
     }
 }
@@ -342,6 +468,8 @@ pub struct Scope {
     pub v1: Vec<(&'static str, PathBuf)>,
     /// Controllers whose limits were skipped (accepted degradation).
     pub skipped: Vec<&'static str>,
+    /// Where it was made.
+    pub base: ScopeBase,
 }
 
 impl Scope {

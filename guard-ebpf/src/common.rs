@@ -3,11 +3,16 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    generated::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns},
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id,
+        },
+    },
 };
-use guard_common::{AgentInfo, EventHeader, HOOK_DENIED_WINDOW_NS};
+use guard_common::{AgentInfo, EventHeader, HOOK_DENIED_WINDOW_NS, MAX_SCOPE_LEVELS};
 
 use crate::maps::{AGENTS, CONFIG, HOOK_DENIED};
 
@@ -52,40 +57,94 @@ pub fn take_hook_denied() -> bool {
     now.wrapping_sub(marked) < HOOK_DENIED_WINDOW_NS
 }
 
-/// The agent a task belongs to, found through its ancestor cgroup at the
-/// agents' level. `info` is null when the ancestor is not a known scope: the
-/// programs only run under guard's parent cgroup, so that is an anomaly
-/// (a scope being removed, or a cgroup guard does not manage) and is denied.
+/// The agent a task belongs to, found through its ancestor cgroup at a
+/// scopes' level. `info` is null when no ancestor is a known scope: the
+/// programs only run under guard's parent cgroup and in scopes guardd
+/// attached them to, so that is an anomaly (a scope being removed, or a
+/// cgroup guard does not manage) and is denied.
 pub struct Agent {
     pub cgroup_id: u64,
+    /// The cgroup level the agent was found at (`agent_level` when none).
+    #[allow(dead_code, reason = "the Unix-hook object shares this file")]
+    pub level: u32,
     pub info: *mut AgentInfo,
 }
 
 #[inline(always)]
 pub fn current_agent() -> Agent {
-    // SAFETY: a plain BPF helper call without pointer arguments.
-    let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(agent_level() as i32) };
-    agent_of(cgroup_id)
+    find_agent(core::ptr::null_mut())
 }
 
-/// cgroup level of agent scopes, for hooks that find the cgroup another way
-/// than through the current task (packets: through their socket).
+/// The agent owning a packet's socket, for hooks that find the cgroup
+/// through the packet rather than the current task (which, in softirq
+/// context, is whoever the CPU was running).
 #[inline(always)]
-pub fn agent_level() -> u32 {
-    match CONFIG.get(0) {
-        Some(cfg) => cfg.agent_level,
-        None => 0,
+#[allow(dead_code, reason = "the Unix-hook object shares this file")]
+pub fn skb_agent(skb: *mut __sk_buff) -> Agent {
+    find_agent(skb)
+}
+
+/// The cgroup id of the ancestor at `level` of the current task (`skb`
+/// null) or of the packet's socket; 0 when the cgroup is not that deep.
+#[inline(always)]
+fn ancestor_id(skb: *mut __sk_buff, level: u32) -> u64 {
+    if skb.is_null() {
+        // SAFETY: a plain BPF helper call without pointer arguments.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    } else {
+        // SAFETY: `skb` is the calling program's own context.
+        unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) }
     }
 }
 
-/// The agent whose scope has this cgroup id (`info` null when none).
+/// Tries `agent_level` first: every scope under guard's parent lives there,
+/// and for them (and for tasks outside any scope while no scope lives
+/// elsewhere) this is the only lookup. Only when it finds no agent are the
+/// other levels of `Config::scope_levels` tried (scopes under a caller's
+/// cgroup, issue 13), shallowest first. When none is found the result names
+/// the ancestor at `agent_level`, as before.
 #[inline(always)]
-pub fn agent_of(cgroup_id: u64) -> Agent {
+fn find_agent(skb: *mut __sk_buff) -> Agent {
+    let (level, others) = match CONFIG.get(0) {
+        Some(cfg) => (
+            cfg.agent_level,
+            cfg.scope_levels & !(1u64 << (cfg.agent_level & 63)),
+        ),
+        None => (0, 0),
+    };
+    let first = agent_of(ancestor_id(skb, level), level);
+    if !first.info.is_null() || others == 0 {
+        return first;
+    }
+    let mut l: u32 = 0;
+    while l < MAX_SCOPE_LEVELS {
+        if (others >> l) & 1 != 0 {
+            let id = ancestor_id(skb, l);
+            if id != 0 {
+                let found = agent_of(id, l);
+                if !found.info.is_null() {
+                    return found;
+                }
+            }
+        }
+        l += 1;
+    }
+    first
+}
+
+/// The agent whose scope has this cgroup id, at `level` (`info` null when
+/// none).
+#[inline(always)]
+fn agent_of(cgroup_id: u64, level: u32) -> Agent {
     let info = match AGENTS.get_ptr_mut(&cgroup_id) {
         Some(p) => p,
         None => core::ptr::null_mut(),
     };
-    Agent { cgroup_id, info }
+    Agent {
+        cgroup_id,
+        level,
+        info,
+    }
 }
 
 impl Agent {

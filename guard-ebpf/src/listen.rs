@@ -12,9 +12,7 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock},
     maps::lpm_trie::Key,
     programs::{SkBuffContext, SockAddrContext},
 };
@@ -25,7 +23,7 @@ use guard_common::{
 };
 
 use crate::{
-    common::{Agent, agent_level, agent_of, clear_hook_denied, current_agent, mark_hook_denied},
+    common::{Agent, clear_hook_denied, current_agent, mark_hook_denied, skb_agent},
     maps::{LISTEN_SEEN, LISTEN4, LISTEN6},
     net::{ALLOW, DENY, Decision, is_unspecified6, match_ports, proto_bit, report, v4_mapped},
 };
@@ -263,9 +261,7 @@ pub fn judge_ingress(ctx: &SkBuffContext) -> i32 {
     if state != BPF_TCP_LISTEN || protocol != IPPROTO_TCP {
         return ALLOW;
     }
-    // SAFETY: a helper call on the program's own context.
-    let cgroup_id = unsafe { bpf_skb_ancestor_cgroup_id(skb, agent_level() as i32) };
-    let agent = agent_of(cgroup_id);
+    let agent = skb_agent(skb);
     let v6 = family == AF_INET6;
     let addr = if v6 {
         words_to_bytes(&ip6)

@@ -14,9 +14,7 @@
 
 use aya_ebpf::{
     bindings::bpf_sockopt,
-    helpers::generated::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
-    },
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     programs::{SkBuffContext, SockoptContext},
 };
 use guard_common::{
@@ -25,7 +23,7 @@ use guard_common::{
 };
 
 use crate::{
-    common::{agent_level, agent_of, mark_hook_denied},
+    common::{mark_hook_denied, skb_agent},
     listen::header_without_task,
     maps::ROUTE_SEEN,
     net::{ALLOW, DENY, report},
@@ -190,17 +188,17 @@ pub fn judge_egress(ctx: &SkBuffContext) -> i32 {
         return ALLOW;
     };
     let skb = ctx.skb.skb;
-    let level = agent_level() as i32;
-    // SAFETY: a helper call on the program's own context.
-    let cgroup_id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level) };
-    let agent = agent_of(cgroup_id);
+    let agent = skb_agent(skb);
+    let cgroup_id = agent.cgroup_id;
     let audit = agent.flags() & AGENT_AUDIT != 0;
     // A datagram is sent in the caller's system call, which then fails with
     // EPERM: when the current task is the agent's, tell `sys_exit` that
     // this refusal has its record (here), so a flood of sends is not a
     // flood of records.
+    // The agent was found at `agent.level`, where the task's ancestor is
+    // the same cgroup when the task is the agent's.
     // SAFETY: a plain BPF helper call.
-    let in_task = unsafe { bpf_get_current_ancestor_cgroup_id(level) } == cgroup_id;
+    let in_task = unsafe { bpf_get_current_ancestor_cgroup_id(agent.level as i32) } == cgroup_id;
     if in_task && !audit {
         mark_hook_denied();
     }

@@ -69,6 +69,29 @@ pub fn release_dir() -> anyhow::Result<PathBuf> {
 /// image unless one with the same files exists. Returns the image's
 /// reference (`localhost/guard:dev`).
 pub fn build_image() -> anyhow::Result<String> {
+    build_tagged(IMAGE, &[])
+}
+
+/// The image the pod-equivalent test (`tests/pods.rs`) runs its workload
+/// container from: guard's image plus a shell and the few programs the
+/// test's agent uses. A test fixture, never shipped.
+pub const AGENT_TEST_IMAGE: &str = "localhost/guard-agent-test:dev";
+const AGENT_TEST_PROGRAMS: [&str; 5] = [
+    "/bin/sh",
+    "/bin/bash",
+    "/bin/cat",
+    "/usr/bin/id",
+    "/bin/sleep",
+];
+
+/// Builds (or reuses) [`AGENT_TEST_IMAGE`].
+pub fn build_agent_test_image() -> anyhow::Result<String> {
+    build_tagged(AGENT_TEST_IMAGE, &AGENT_TEST_PROGRAMS)
+}
+
+/// [`build_image`] under `reference`, with host programs `extras` (and
+/// their libraries) added at their own paths.
+fn build_tagged(reference: &str, extras: &[&str]) -> anyhow::Result<String> {
     crate::build_release()?;
     let bin_dir = release_dir()?;
     let work = tempfile::Builder::new()
@@ -77,15 +100,28 @@ pub fn build_image() -> anyhow::Result<String> {
         .context("creating a temporary directory")?;
     let root = work.path().join("rootfs");
     assemble_rootfs(&bin_dir, &root)?;
+    for program in extras {
+        let src = Path::new(program);
+        let rel = src.strip_prefix("/").unwrap_or(src);
+        copy_file(src, &root.join(rel), 0o755)?;
+        for lib in shared_libraries(src)? {
+            let rel = lib.strip_prefix("/").unwrap_or(&lib).to_owned();
+            copy_file(&lib, &root.join(rel), 0o755)?;
+        }
+    }
+    if !extras.is_empty() {
+        set_dir_modes(&root)?;
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    }
     let key = tree_key(&root)?;
     if let Some(id) = image_with_key(&key)? {
         // The same files are already an image: make sure the tag names it.
-        output_of(Command::new("podman").args(["tag", &id, IMAGE]))
-            .with_context(|| format!("tagging image {id} as {IMAGE}"))?;
-        eprintln!("image: {IMAGE} is current ({})", short(&id));
-        return Ok(IMAGE.to_owned());
+        output_of(Command::new("podman").args(["tag", &id, reference]))
+            .with_context(|| format!("tagging image {id} as {reference}"))?;
+        eprintln!("image: {reference} is current ({})", short(&id));
+        return Ok(reference.to_owned());
     }
-    let previous = image_id(IMAGE)?;
+    let previous = image_id(reference)?;
     let tarball = work.path().join("rootfs.tar");
     pack(&root, &tarball)?;
     let mut import = Command::new("podman");
@@ -103,10 +139,10 @@ pub fn build_image() -> anyhow::Result<String> {
             .arg("--change")
             .arg(format!("LABEL dev.guard.{name}.sha256={sum}"));
     }
-    import.arg(&tarball).arg(IMAGE);
+    import.arg(&tarball).arg(reference);
     let id = output_of(&mut import).context("podman import")?;
     let id = id.trim().to_owned();
-    if let Err(e) = smoke_test(IMAGE) {
+    if let Err(e) = smoke_test(reference) {
         // Not left behind under the tag, or the next call would reuse it.
         let _ = output_of(Command::new("podman").args(["rmi", &id]));
         return Err(e);
@@ -116,8 +152,8 @@ pub fn build_image() -> anyhow::Result<String> {
     if let Some(old) = previous.filter(|old| !id.starts_with(old.as_str())) {
         let _ = output_of(Command::new("podman").args(["rmi", &old]));
     }
-    eprintln!("image: built {IMAGE} ({})", short(&id));
-    Ok(IMAGE.to_owned())
+    eprintln!("image: built {reference} ({})", short(&id));
+    Ok(reference.to_owned())
 }
 
 fn short(id: &str) -> &str {

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|test|demo|bench|check|image|manifests`.
+//! Project tasks: `cargo xtask setup|build|test|demo|bench|check|image|manifests|pods`.
 //!
 //! `setup` installs, idempotently, what a fresh machine lacks to build the
 //! kernel programs (rust-src for the nightly toolchain, bpf-linker built
@@ -59,6 +59,15 @@ enum Cmd {
     /// and validate each document against the Kubernetes schemas; check
     /// the policies they ship with guardctl.
     Manifests,
+    /// The pod-equivalent test: build the runtime image (and the test's
+    /// workload image), then run guardd from it in a container with the
+    /// DaemonSet's privileges and mounts, and agents from another
+    /// container through `guardctl run --policy-name` (tests/pods.rs).
+    Pods {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Lay out the runtime image's root filesystem in DIR from the release
     /// binaries (deploy/Containerfile's build stage runs this).
     Rootfs { dir: std::path::PathBuf },
@@ -145,6 +154,18 @@ fn main() -> anyhow::Result<()> {
             setup::run(false)?;
             manifests::run()
         }
+        Cmd::Pods { args } => {
+            require_root("the test starts guardd and containers")?;
+            setup::run(false)?;
+            pod_images()?;
+            let mut a = vec!["test", "--release", "-p", "guard-daemon", "--test", "pods"];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cargo(&a)?;
+            leftovers()
+        }
         Cmd::Rootfs { dir } => {
             // Building needs only the toolchain pieces, not the packages the
             // tests use (the Containerfile's build stage runs this).
@@ -194,6 +215,20 @@ pub(crate) fn build_release() -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "guard-daemon", "--bins"])
 }
 
+/// Builds (or reuses) the images tests/pods.rs runs, and names them to it
+/// through the environment of the test processes this task starts.
+fn pod_images() -> anyhow::Result<()> {
+    let guard = image::build_image()?;
+    let agent = image::build_agent_test_image()?;
+    // SAFETY: set before any thread of this process starts a child; xtask
+    // is single-threaded here.
+    unsafe {
+        std::env::set_var("GUARD_TEST_IMAGE", guard);
+        std::env::set_var("GUARD_TEST_AGENT_IMAGE", agent);
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     // Release: the same build serves both runs, and the privileged tests
     // exercise the daemon as it ships (floods, follow latency).
@@ -219,6 +254,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     cargo(&unit)?;
     eprintln!("== deployment manifests (kustomize, Kubernetes schemas, policies)");
     manifests::run()?;
+    eprintln!("== images for the pod-equivalent test (podman)");
+    pod_images()?;
     eprintln!("== integration tests (root, real kernel)");
     cargo(&all)?;
     eprintln!("== leftovers check");
@@ -256,6 +293,25 @@ fn leftovers() -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    // Containers of the pod-equivalent test (tests/pods.rs).
+    if let Ok(out) = Command::new("podman")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "name=guard-test",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+    {
+        left.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("container {l}")),
+        );
     }
     if !left.is_empty() {
         bail!("the tests left these behind: {}", left.join(", "));

@@ -104,6 +104,7 @@ pub fn record(i: u64, agents: u64) -> Record {
         id: format!("a{agent:04}"),
         name: format!("agent-{agent}"),
         policy: "default".into(),
+        container: None,
     })
     .with_process(ProcessRef {
         pid: 1000 + (i % 50) as u32,

@@ -77,6 +77,71 @@ struct Args {
     /// cannot name its own (it could make an allowed name resolve anywhere).
     #[arg(long, value_name = "ADDR[:PORT]")]
     dns_upstream: Vec<String>,
+    /// Directory of named policies (NAME.toml; `_NAME.toml` are include
+    /// files) that `guardctl run --policy-name NAME` runs agents under.
+    /// Read as one set: a change applies only when every file in it is
+    /// valid (otherwise the previous set stays); each reload is journaled.
+    /// A Kubernetes ConfigMap mounted as a volume fits.
+    #[arg(long, value_name = "DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Refuse policies sent by clients (`guardctl run --policy FILE`):
+    /// every agent runs under a named policy of --policy-dir (cluster mode).
+    #[arg(long, requires = "policy_dir")]
+    require_named_policy: bool,
+    /// A named policy of --policy-dir that every client-sent policy must
+    /// stay within: a policy granting anything the floor does not is
+    /// refused, naming what is wider.
+    #[arg(long, value_name = "NAME", requires = "policy_dir")]
+    floor_policy: Option<String>,
+    /// Where agents' scopes (cgroups) are made: `instance`, under guard's
+    /// parent cgroup; or `caller`, under the cgroup of the process that
+    /// launches the agent (a pod's container), so the container's
+    /// accounting and limits hold for its agent and its runtime can remove
+    /// it. With `caller` guardd joins the host's cgroup namespace (it needs
+    /// the host's pid namespace for that) to see callers' cgroups whole.
+    #[arg(long, value_enum, default_value = "instance")]
+    scopes_under: ScopesUnder,
+    /// Layers no agent may run without, whatever its launcher accepts
+    /// with `guardctl run --allow-degraded` (comma list of `landlock`,
+    /// `unix`, `limits`, `exec`, or `all`): on a fleet the node decides.
+    /// Such a start is refused and journaled.
+    #[arg(long, value_delimiter = ',', value_parser = ["landlock", "unix", "limits", "exec", "all"])]
+    forbid_degraded: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ScopesUnder {
+    Instance,
+    Caller,
+}
+
+/// Joins pid 1's cgroup namespace when guardd runs in another (a
+/// container's): callers' cgroup paths are then read, and scopes made,
+/// in the host's terms. Must run before any thread starts (namespaces are
+/// per thread; threads started later inherit the one joined here).
+fn join_host_cgroup_namespace() -> anyhow::Result<()> {
+    // The kernel's initial cgroup namespace has a fixed inode
+    // (PROC_CGROUP_INIT_INO); in it, there is nothing to join (and pid 1's
+    // namespace links may not be readable: reading them needs every
+    // capability pid 1 has).
+    const INIT_CGROUP_NS: &str = "cgroup:[4026531835]";
+    let own = std::fs::read_link("/proc/self/ns/cgroup").context("reading /proc/self/ns/cgroup")?;
+    if own.as_os_str() == INIT_CGROUP_NS {
+        return Ok(());
+    }
+    let f = std::fs::File::open("/proc/1/ns/cgroup")
+        .context("opening /proc/1/ns/cgroup (guardd needs the host's pid namespace)")?;
+    // SAFETY: setns with a descriptor we own and a namespace type that
+    // matches it.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWCGROUP) };
+    if rc != 0 {
+        bail!(
+            "joining the host's cgroup namespace (--scopes-under caller): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    tracing::info!("joined the host's cgroup namespace");
+    Ok(())
 }
 
 /// Whether log lines may carry colour: only on a terminal, and not when
@@ -142,6 +207,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.scopes_under == ScopesUnder::Caller {
+        join_host_cgroup_namespace()?;
+    }
     raise_open_files();
     // Two malloc arenas are plenty for guardd's few threads, and keep freed
     // memory from spreading over per-thread arenas (resident memory budget).
@@ -203,6 +271,11 @@ fn main() -> anyhow::Result<()> {
         cleanup_on_exit: !args.keep_pins,
         dns_upstreams,
         dns_origin,
+        policy_dir: args.policy_dir.clone(),
+        require_named_policy: args.require_named_policy,
+        floor_policy: args.floor_policy.clone(),
+        scopes_under_caller: args.scopes_under == ScopesUnder::Caller,
+        forbid_degraded: args.forbid_degraded.clone(),
     };
     let metrics_addr: Option<std::net::SocketAddr> =
         match args.metrics.as_str() {

@@ -10,6 +10,7 @@
 mod agents;
 pub mod dns;
 pub mod peer;
+pub mod policies;
 pub mod server;
 
 use std::{
@@ -57,6 +58,8 @@ pub enum DaemonError {
     },
     #[error("guardd must run as root (it loads BPF programs and manages cgroups)")]
     NotRoot,
+    #[error("{0}")]
+    Config(String),
 }
 
 /// guardd's settings.
@@ -87,6 +90,20 @@ pub struct DaemonConfig {
     pub dns_upstreams: Result<Vec<std::net::SocketAddr>, String>,
     /// Where `dns_upstreams` came from, for the start record.
     pub dns_origin: String,
+    /// guardd's named policies (`--policy-dir`), reloaded when they change.
+    pub policy_dir: Option<PathBuf>,
+    /// Refuse policies a client sends: every agent runs under a named
+    /// policy (`--require-named-policy`, cluster mode).
+    pub require_named_policy: bool,
+    /// A named policy that every client-sent policy must stay within
+    /// (`--floor-policy`).
+    pub floor_policy: Option<String>,
+    /// Make each agent's scope under its launcher's own cgroups
+    /// (`--scopes-under caller`) instead of under guard's parent cgroup.
+    pub scopes_under_caller: bool,
+    /// Layers a launcher may not accept to run without, whatever it asks
+    /// (`--forbid-degraded`: `landlock`, `unix`, `limits`, `exec`, `all`).
+    pub forbid_degraded: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -111,6 +128,8 @@ pub struct Shared {
     /// The agents' resolvers (issue 12); `Err` says why guardd cannot run
     /// them (no upstream), and a policy with host rules is then refused.
     pub dns: Result<dns::DnsService, String>,
+    /// The named policies, when guardd has a policy directory.
+    pub policies: Option<Arc<policies::PolicyDir>>,
 }
 
 impl Shared {
@@ -136,6 +155,9 @@ impl Shared {
                 "parent cgroup {} is gone",
                 self.scopes.v2_parent.display()
             ));
+        }
+        if let Some(why) = self.policies.as_ref().and_then(|p| p.not_ready()) {
+            problems.push(why);
         }
         let stats = self.journal.stats();
         if stats.commit_failing {
@@ -201,6 +223,11 @@ pub struct Daemon {
     pub shared: Arc<Shared>,
     journal: Option<Journal>,
     monitor: Option<Monitor>,
+    /// The policy directory's watcher and its stop flag.
+    policy_watch: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl Daemon {
@@ -264,6 +291,17 @@ impl Daemon {
         let journal = Journal::open_locked(jcfg, journal_lock)?;
         let handle = journal.handle();
         let dns = dns_service(cfg, &kernel);
+        if let Some(floor) = &cfg.floor_policy
+            && cfg.policy_dir.is_none()
+        {
+            return Err(DaemonError::Config(format!(
+                "--floor-policy {floor} names a policy of --policy-dir, which is not set"
+            )));
+        }
+        let policies = cfg
+            .policy_dir
+            .clone()
+            .map(|d| Arc::new(policies::PolicyDir::new(d)));
         let kernel = Arc::new(Mutex::new(kernel));
         let attribution: Attribution = Arc::new(RwLock::new(HashMap::new()));
         let cfg_coalesce = cfg.coalesce;
@@ -278,8 +316,13 @@ impl Daemon {
             started: SystemTime::now(),
             coalescer: Arc::new(Mutex::new(Coalescer::new(cfg_coalesce))),
             dns,
+            policies,
         });
         journal_start(&shared);
+        let policy_sig = shared
+            .policies
+            .as_ref()
+            .and_then(|p| p.reload(&shared.journal));
         // Re-adopt before reading the ring buffer: events an agent caused
         // while guardd was down wait there and must find their agent.
         agents::readopt(&shared);
@@ -291,6 +334,11 @@ impl Daemon {
             .map(|r| r.static_keys())
             .unwrap_or_default();
         if let Ok(mut k) = shared.kernel.lock() {
+            // Levels of scopes under callers that were not re-adopted leave
+            // the programs' search (they only cost a lookup meanwhile).
+            if let Err(e) = k.settle_scope_levels() {
+                tracing::warn!("updating the scopes' levels: {e}");
+            }
             let n = k.purge_stale(&live);
             if n > 0 {
                 tracing::info!("removed {n} stale map entries (DNS answers of an earlier guardd)");
@@ -310,10 +358,26 @@ impl Daemon {
             path: PathBuf::new(),
             source,
         })?;
+        let policy_watch = match &shared.policies {
+            Some(p) => {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let thread = p
+                    .clone()
+                    .watch(shared.journal.clone(), policy_sig, stop.clone())
+                    .map_err(|source| DaemonError::Io {
+                        op: "starting the policy directory's watcher",
+                        path: p.dir.clone(),
+                        source,
+                    })?;
+                Some((stop, thread))
+            }
+            None => None,
+        };
         Ok(Daemon {
             shared,
             journal: Some(journal),
             monitor: Some(monitor),
+            policy_watch,
         })
     }
 
@@ -322,6 +386,10 @@ impl Daemon {
     /// is left to protect. Live agents stay confined by the pinned programs
     /// and are re-adopted by the next guardd.
     pub fn stop(mut self) {
+        if let Some((stop, thread)) = self.policy_watch.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
         self.shared.journal.begin_close();
         let live = self.shared.registry.lock().map(|r| r.live()).unwrap_or(1);
         let rec = Record::new(
@@ -357,8 +425,9 @@ impl Daemon {
 }
 
 /// Removes what a failed start-up created (pins, parent cgroups), unless a
-/// scope of a live agent is there: its confinement hangs on the pinned
-/// programs, and the next guardd re-adopts it. `--keep-pins` keeps them.
+/// scope of a live agent is there, or a scope outside the parent has pinned
+/// programs: its confinement hangs on the pinned programs, and the next
+/// guardd re-adopts it. `--keep-pins` keeps them.
 fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
     if !cfg.cleanup_on_exit {
         return;
@@ -369,7 +438,8 @@ fn undo_failed_start(layout: &CgroupLayout, cfg: &DaemonConfig) {
             d.flatten()
                 .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         })
-        .unwrap_or(false);
+        .unwrap_or(false)
+        || !crate::kernel::scopes::pinned_scopes(&cfg.pin_dir()).is_empty();
     if scopes {
         tracing::warn!(
             cgroup = %parent.display(),
@@ -416,6 +486,9 @@ fn journal_start(shared: &Shared) {
         "controllers": placements,
         "journal_max_bytes": shared.cfg.retention.max_bytes,
         "coalesce_interval_ms": u64::try_from(shared.cfg.coalesce.interval.as_millis()).unwrap_or(u64::MAX),
+        "policy_dir": shared.cfg.policy_dir,
+        "require_named_policy": shared.cfg.require_named_policy,
+        "floor_policy": shared.cfg.floor_policy,
     }));
     let _ = shared.journal.append(rec);
 }

@@ -30,11 +30,87 @@ pub enum PeerError {
 /// Where the peer runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Outside every scope.
-    Outside,
+    /// Outside every scope: where, read at the same moment as the check.
+    Outside(Origin),
     /// Inside the scope of this agent id (the `agent-<id>` component of its
     /// cgroup path), and the full cgroup path.
     Confined { agent: String, cgroup: String },
+}
+
+/// What guardd read of a peer outside every scope: its cgroups (the text
+/// of `/proc/<pid>/cgroup`, as guardd's cgroup namespace shows it) and its
+/// network namespace. A launcher's agent gets its scope under these
+/// cgroups when guardd places scopes under callers (`--scopes-under
+/// caller`), and the journal names the container from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub cgroups: String,
+    /// Inode of the peer's network namespace (`None`: unreadable).
+    pub netns: Option<u64>,
+}
+
+impl Origin {
+    /// The v2 cgroup path.
+    pub fn v2(&self) -> Option<&str> {
+        v2_path(&self.cgroups)
+    }
+
+    /// The container this origin names, if its cgroup is not guardd's
+    /// host's own (a path under the root with no container or pod in it is
+    /// a host session: `None`).
+    pub fn container(&self) -> Option<crate::journal::ContainerRef> {
+        let path = self.v2()?;
+        let id = container_id(path);
+        let pod_uid = pod_uid(path);
+        (id.is_some() || pod_uid.is_some()).then(|| crate::journal::ContainerRef {
+            cgroup: path.to_owned(),
+            id,
+            pod_uid,
+        })
+    }
+}
+
+/// The container id in the last component of a cgroup path, as container
+/// runtimes name them.
+pub fn container_id(path: &str) -> Option<String> {
+    let last = path.rsplit('/').next()?;
+    let last = last.strip_suffix(".scope").unwrap_or(last);
+    let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "cri-o-"]
+        .iter()
+        .find_map(|p| last.strip_prefix(p))
+        .unwrap_or(last);
+    (id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// The pod UID in a kubelet cgroup path: `pod<uid>` (cgroupfs driver) or
+/// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver).
+pub fn pod_uid(path: &str) -> Option<String> {
+    path.split('/').find_map(|c| {
+        let c = c.strip_suffix(".slice").unwrap_or(c);
+        let at = c.rfind("pod")?;
+        let uid = c[at + 3..].replace('_', "-");
+        let shape = uid.len() == 36
+            && uid.bytes().enumerate().all(|(i, b)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    b == b'-'
+                } else {
+                    b.is_ascii_hexdigit()
+                }
+            });
+        shape.then_some(uid)
+    })
+}
+
+/// The inode of a process's network namespace.
+fn netns_of(pid: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let s = link.to_str()?;
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// guardd's own network namespace.
+pub fn own_netns() -> Option<u64> {
+    netns_of(std::process::id() as i32)
 }
 
 /// The agent id of the first scope component of a cgroup path, if any.
@@ -118,6 +194,7 @@ pub fn placement(sock: RawFd) -> Result<Placement, PeerError> {
                 PeerError::Identify(format!("reading /proc/{pid}/cgroup: {e}"))
             }
         })?;
+    let netns = netns_of(pid);
     // The text read belongs to the peer only if the pid still names it.
     if exited(&pidfd) {
         return Err(PeerError::Gone);
@@ -129,7 +206,10 @@ pub fn placement(sock: RawFd) -> Result<Placement, PeerError> {
             agent: id.to_owned(),
             cgroup: path.to_owned(),
         },
-        None => Placement::Outside,
+        None => Placement::Outside(Origin {
+            cgroups: text.clone(),
+            netns,
+        }),
     })
 }
 
@@ -162,6 +242,41 @@ mod tests {
     #[test]
     fn this_process_is_outside() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(placement(a.as_raw_fd()), Ok(Placement::Outside));
+        let Ok(Placement::Outside(origin)) = placement(a.as_raw_fd()) else {
+            panic!("this test runs outside every scope");
+        };
+        assert!(origin.v2().is_some());
+        assert_eq!(origin.netns, own_netns());
+    }
+
+    #[test]
+    fn containers_and_pods_are_read_from_their_cgroup_paths() {
+        let systemd = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e3d4c_5b6a_7980_a1b2_c3d4e5f60718.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+        assert_eq!(
+            pod_uid(systemd).as_deref(),
+            Some("1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718")
+        );
+        assert_eq!(
+            container_id(systemd).as_deref(),
+            Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        let cgroupfs =
+            "/kubepods/besteffort/pod1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718/abcdefabcdef0123";
+        assert_eq!(
+            pod_uid(cgroupfs).as_deref(),
+            Some("1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718")
+        );
+        assert_eq!(container_id(cgroupfs).as_deref(), Some("abcdefabcdef0123"));
+        let podman = "/libpod_parent/libpod-89abcdef01234567";
+        assert_eq!(container_id(podman).as_deref(), Some("89abcdef01234567"));
+        assert_eq!(pod_uid(podman), None);
+        // A host session names no container.
+        let host = Origin {
+            cgroups: "0::/user.slice/user-0.slice/session-1.scope\n".to_owned(),
+            netns: None,
+        };
+        assert_eq!(host.container(), None);
+        assert_eq!(container_id("/"), None);
+        assert_eq!(pod_uid("/kubepods/podnotauid"), None);
     }
 }

@@ -233,6 +233,9 @@ struct Conn {
     shared: Arc<Shared>,
     writer: OwnedWriteHalf,
     peer: Peer,
+    /// The peer's cgroups and network namespace, read with the check that
+    /// it runs in no scope.
+    origin: peer::Origin,
     /// The peer may list and read every agent.
     reads_all: bool,
     /// Agents opened on this connection and not yet reported as exited:
@@ -267,7 +270,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiv
     // as uid 0 without capabilities) and whatever the socket's permissions.
     let placement = peer::placement(stream.as_fd().as_raw_fd());
     let refusal = match &placement {
-        Ok(peer::Placement::Outside) => None,
+        Ok(peer::Placement::Outside(_)) => None,
         Ok(peer::Placement::Confined { agent, cgroup }) => Some(agents::refuse_confined_peer(
             &shared,
             peer,
@@ -282,10 +285,15 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiv
     let allowed = refusal.is_none() && (peer.uid == 0 || member);
     let (reader, writer) = stream.into_split();
     let reads_all = agents::reads_all(&shared, peer, member);
+    let origin = match placement {
+        Ok(peer::Placement::Outside(o)) => o,
+        _ => peer::Origin::default(),
+    };
     let mut conn = Conn {
         shared,
         writer,
         peer,
+        origin,
         reads_all,
         owned: HashSet::new(),
         pending: Vec::new(),
@@ -432,8 +440,9 @@ async fn handle(
         }
         Request::Open(req) => {
             let peer = conn.peer;
+            let origin = conn.origin.clone();
             let s = shared.clone();
-            let res = tokio::task::spawn_blocking(move || agents::open(&s, &req, peer))
+            let res = tokio::task::spawn_blocking(move || agents::open(&s, &req, peer, &origin))
                 .await
                 .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
             match res {
@@ -452,9 +461,11 @@ async fn handle(
                 return conn.fail(id, f).await;
             }
             let s = shared.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || agents::set_main_pid(&s, &req.agent, req.pid))
-                    .await;
+            let launcher = conn.peer.pid;
+            let _ = tokio::task::spawn_blocking(move || {
+                agents::set_main_pid(&s, &req.agent, req.pid, launcher)
+            })
+            .await;
             conn.send(&api::ok_line(id, Value::Null)).await
         }
         Request::Exited(req) => {
@@ -522,6 +533,16 @@ async fn handle(
             conn.send(&api::ok_line(id, v)).await
         }
         Request::Logs(req) => logs(conn, id, req, reader).await,
+        Request::Policy(req) => match agents::named_policy(&shared, &req.name) {
+            Ok(p) => {
+                conn.send(&api::ok_line(
+                    id,
+                    serde_json::to_value(&p).unwrap_or(Value::Null),
+                ))
+                .await
+            }
+            Err(f) => conn.fail(id, f).await,
+        },
     }
 }
 

@@ -336,6 +336,7 @@ mod tests {
             id: "i\"d".into(),
             name: "n\u{202e}".into(),
             policy: String::new(),
+            container: None,
         });
         r.process = Some(crate::journal::record::ProcessRef {
             pid: u32::MAX,

@@ -104,6 +104,7 @@ mod tests {
             id: "a1".into(),
             name: "evil\r\u{202e}name".into(),
             policy: "p".into(),
+            container: None,
         })
         .with_process(ProcessRef {
             pid: 4242,

@@ -238,6 +238,7 @@ mod tests {
             id: "a1".into(),
             name: "demo".into(),
             policy: "p".into(),
+            container: None,
         })
         .with_process(ProcessRef {
             pid: 7,

@@ -74,6 +74,27 @@ pub struct AgentRef {
     pub id: String,
     pub name: String,
     pub policy: String,
+    /// The container the agent was launched from (issue 13), as guardd saw
+    /// the launcher's cgroup; absent for agents started on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+}
+
+/// Where a launcher ran, read by guardd from the socket peer's cgroup
+/// (never from what the client says).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// The launcher's v2 cgroup path.
+    pub cgroup: String,
+    /// The container's id, when the path's last component names one
+    /// (`cri-containerd-<id>.scope`, `crio-<id>`, `docker-<id>`,
+    /// `libpod-<id>`, or a bare 64-digit id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The pod's UID, when the path shows one (`pod<uid>` of the kubelet's
+    /// cgroup layout, systemd or cgroupfs driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// The process inside the agent that acted.
@@ -440,6 +461,7 @@ mod tests {
             id: "a1".into(),
             name: "claude".into(),
             policy: "default".into(),
+            container: None,
         })
         .with_process(ProcessRef {
             pid: 42,

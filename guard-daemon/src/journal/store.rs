@@ -1061,6 +1061,7 @@ pub(crate) mod tests {
                     id: format!("id{}", i % 3),
                     name: format!("agent{}", i % 3),
                     policy: "p".into(),
+                    container: None,
                 });
                 let ts_us = start_us + i as i64;
                 rec.time = crate::journal::record::format_time(

@@ -896,6 +896,7 @@ pub(crate) mod tests {
             id: format!("id{}", i % 3),
             name: format!("agent{}", i % 3),
             policy: "default".into(),
+            container: None,
         })
         .with_process(ProcessRef {
             pid: 100 + i as u32,

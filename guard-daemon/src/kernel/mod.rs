@@ -1,12 +1,14 @@
 //! Loading guard's kernel programs, keeping them attached and pinned, and
 //! writing agents' rules into their maps.
 //!
-//! All programs attach once, to guard's parent cgroup, and every agent scope
-//! is a child of it: a new scope inherits the programs the moment its cgroup
-//! is created, so opening a scope costs a `mkdir` and a few map updates rather
-//! than loads and attaches, and there is no window in which a scope exists
-//! without its programs. The programs tell agents apart by the ancestor
-//! cgroup id at the scopes' level (see `guard_common::Config`).
+//! The programs attach once, to guard's parent cgroup, and every agent scope
+//! under it inherits them the moment its cgroup is created, so opening such a
+//! scope costs a `mkdir` and a few map updates rather than loads and
+//! attaches, and there is no window in which a scope exists without its
+//! programs. A scope outside the parent (under a caller's own cgroup, issue
+//! 13) gets the cgroup programs attached to it as well (`scopes`). The
+//! programs tell agents apart by the ancestor cgroup id at the scopes'
+//! levels (see `guard_common::Config`).
 //!
 //! Maps and links are pinned under bpffs: if guardd exits or dies, enforcement
 //! goes on unchanged, and a restarted guardd reuses the same maps.
@@ -14,13 +16,14 @@
 pub mod btf;
 pub mod dynamic;
 pub mod events;
+pub mod scopes;
 pub mod sys;
 pub mod unix;
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     fs,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -38,6 +41,8 @@ use guard_common::{
     UnixKey,
 };
 use thiserror::Error;
+
+use crate::host::CgroupLayout;
 
 /// The main object: inet hooks and socket creation, loaded through aya.
 pub static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -145,6 +150,34 @@ pub enum KernelError {
     },
     #[error("kernel BTF: {0}")]
     Btf(#[from] btf::BtfError),
+    #[error("cgroup layout: {0}")]
+    Host(#[from] crate::host::HostError),
+    #[error(
+        "scope key `{0}` is not a plain name (1 to 64 letters, digits, `-`, `_` or `.`; not `.` \
+         or `..`)"
+    )]
+    ScopeKey(String),
+    #[error("scope cgroup {path}: {reason}")]
+    ScopeCgroup { path: PathBuf, reason: String },
+    #[error("scope key `{key}` is attached to another cgroup, {cgroup}")]
+    ScopeInUse { key: String, cgroup: PathBuf },
+    #[error("attaching BPF program `{name}` to the scope cgroup {cgroup}: {source}{hint}")]
+    ScopeAttach {
+        name: &'static str,
+        cgroup: PathBuf,
+        hint: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "attaching BPF program `{name}` to the scope cgroup {cgroup} would stop the program(s) \
+         with id {ids:?}, which an ancestor cgroup attached with BPF_F_ALLOW_OVERRIDE, from \
+         running there: refused rather than switch them off"
+    )]
+    ScopeOverride {
+        name: &'static str,
+        cgroup: PathBuf,
+        ids: Vec<u32>,
+    },
     #[error(
         "pinned maps under {dir} are not compatible with this guardd ({source}); stop every agent, \
          remove {dir} and start guardd again"
@@ -251,8 +284,8 @@ impl NetEntries<'_> {
 }
 
 pub struct Kernel {
-    _ebpf: Ebpf,
-    _config: Array<MapData, Config>,
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
     _path_arg: Array<MapData, u32>,
     agents: HashMap<MapData, u64, AgentInfo>,
     net4: LpmTrie<MapData, Net4Key, NetValue>,
@@ -268,6 +301,16 @@ pub struct Kernel {
     /// The link pins of this generation: while they exist, the programs
     /// stay attached (readiness checks them).
     links: Vec<PathBuf>,
+    /// Suffix of this generation's link pins.
+    generation: u128,
+    parent_cgroup: PathBuf,
+    agent_level: u32,
+    /// Where scope levels are counted from (`scopes`).
+    layout: CgroupLayout,
+    /// The Unix hooks (name, attach type, program), when they loaded.
+    unix_progs: Vec<(&'static str, u32, OwnedFd)>,
+    /// Scopes outside the parent with programs of their own.
+    scopes: scopes::ScopeTable,
     pub layers: KernelLayers,
 }
 
@@ -287,10 +330,15 @@ impl Kernel {
         let links_dir = opts.pin_dir.join("links");
         fs::create_dir_all(&maps_dir).map_err(pin_err(&maps_dir))?;
         fs::create_dir_all(&links_dir).map_err(pin_err(&links_dir))?;
+        // The parent's links only: `scopes/` holds the scopes' own, which
+        // `attach_scope` replaces when the scopes are re-adopted.
         let old_links: Vec<PathBuf> = fs::read_dir(&links_dir)
             .map_err(pin_err(&links_dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
             .collect();
+        let layout = CgroupLayout::detect()?;
 
         let map_paths: Vec<(&'static str, PathBuf)> =
             MAP_NAMES.iter().map(|n| (*n, maps_dir.join(n))).collect();
@@ -347,11 +395,20 @@ impl Kernel {
                 .ok_or(KernelError::Missing("map CONFIG"))?,
         )
         .map_err(map_err("CONFIG"))?;
+        // Scopes outside the parent that a previous guardd attached keep
+        // their programs, which must keep finding their agents until the
+        // scopes are re-adopted: their levels stay in the mask until then.
+        let inherited = config
+            .get(&0, 0)
+            .map(|c| c.scope_levels & !scopes::level_bit(opts.agent_level))
+            .unwrap_or(0);
+        let scope_table = scopes::ScopeTable::new(inherited);
         config
             .set(
                 0,
                 Config {
                     agent_level: opts.agent_level,
+                    scope_levels: scopes::level_bit(opts.agent_level) | inherited,
                     sa_kern_uaddr_off: uaddr,
                     sa_kern_uaddrlen_off: uaddrlen,
                     bprm_filename_off: btf.member_offset("linux_binprm", "filename")?,
@@ -511,6 +568,7 @@ impl Kernel {
         }
 
         let mut layers = KernelLayers::default();
+        let mut unix_progs = Vec::new();
         if uaddr % 8 != 0 || uaddr >= 48 || uaddrlen % 4 != 0 || uaddrlen >= 48 {
             layers.unix_error = Some(format!(
                 "struct bpf_sock_addr_kern has an unexpected layout (uaddr at {uaddr}, uaddrlen at {uaddrlen})"
@@ -523,6 +581,7 @@ impl Kernel {
                         sys::obj_pin(link.as_fd(), &path).map_err(pin_err(&path))?;
                         pinned.push(path);
                     }
+                    unix_progs = hooks.progs;
                     layers.unix_hooks = true;
                 }
                 Err(e) => layers.unix_error = Some(e.to_string()),
@@ -586,8 +645,8 @@ impl Kernel {
         .map_err(map_err("EVENTS"))?;
         Ok((
             Kernel {
-                _ebpf: ebpf,
-                _config: config,
+                ebpf,
+                config,
                 _path_arg: path_arg,
                 agents,
                 net4,
@@ -599,6 +658,12 @@ impl Kernel {
                 name_seen,
                 pin_dir: opts.pin_dir.clone(),
                 links: pinned,
+                generation,
+                parent_cgroup: opts.parent_cgroup.clone(),
+                agent_level: opts.agent_level,
+                layout,
+                unix_progs,
+                scopes: scope_table,
                 layers,
             },
             ring,
@@ -821,8 +886,10 @@ impl Kernel {
         self.agents.get(&cgroup_id, 0).ok()
     }
 
-    /// Link pins of this generation that are gone: their programs are
-    /// detached (or going to be), so guardd is not ready.
+    /// Link pins of this generation that are gone, the parent's and those of
+    /// the scopes attached with [`Kernel::attach_scope`] (as
+    /// `scopes/<key>/<pin>`): their programs are detached (or going to be),
+    /// so guardd is not ready.
     pub fn missing_links(&self) -> Vec<String> {
         self.links
             .iter()
@@ -832,6 +899,7 @@ impl Kernel {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default()
             })
+            .chain(self.missing_scope_links())
             .collect()
     }
 
@@ -861,23 +929,27 @@ fn static_keys<K, const N: usize>(
     out
 }
 
-/// Removes guard's pins under `pin_dir` (links, maps, the directories):
-/// detaches the programs. Also for a start-up that failed before a
-/// [`Kernel`] existed.
+/// Removes guard's pins under `pin_dir` (links, the scopes' links, maps,
+/// the directories): detaches the programs. Also for a start-up that failed
+/// before a [`Kernel`] existed.
 pub fn remove_pins(pin_dir: &Path) {
-    let links_dir = pin_dir.join("links");
-    let maps_dir = pin_dir.join("maps");
     // The directory is this instance's own: everything in it is guard's.
-    for dir in [&links_dir, &maps_dir] {
-        if let Ok(entries) = fs::read_dir(dir) {
-            for e in entries.flatten() {
+    remove_tree(pin_dir, 3);
+}
+
+/// Removes `dir` with its files and, `depth` levels down, its directories.
+/// Symbolic links are removed, not followed.
+fn remove_tree(dir: &Path, depth: u32) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), depth - 1);
+            } else {
                 let _ = fs::remove_file(e.path());
             }
         }
     }
-    let _ = fs::remove_dir(&links_dir);
-    let _ = fs::remove_dir(&maps_dir);
-    let _ = fs::remove_dir(pin_dir);
+    let _ = fs::remove_dir(dir);
 }
 
 /// Where distributions install the dynamic loader (x86_64 glibc and musl,

@@ -136,6 +136,46 @@ pub fn link_create(
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned)
 }
 
+/// `BPF_PROG_QUERY` on a cgroup: the ids of the programs of `attach_type`
+/// attached to it directly, or (`effective`) of those that run for it,
+/// including what it inherits from its ancestors.
+pub fn prog_query(
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+    effective: bool,
+) -> std::io::Result<Vec<u32>> {
+    use aya_obj::generated::BPF_F_QUERY_EFFECTIVE;
+    // A cgroup runs at most 64 programs of one type (`BPF_CGROUP_MAX_PROGS`)
+    // per level; the kernel says how many there are when the buffer is short.
+    let mut ids = vec![0u32; 64];
+    // Programs attached between two queries can make the second short too;
+    // a few tries are plenty, and the last error is returned after them.
+    for _ in 0..4 {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the `BPF_PROG_QUERY` member of the union we own.
+        let q = unsafe { &mut attr.query };
+        q.__bindgen_anon_1.target_fd = cgroup.as_raw_fd() as u32;
+        q.attach_type = attach_type;
+        q.query_flags = if effective { BPF_F_QUERY_EFFECTIVE } else { 0 };
+        q.prog_ids = ids.as_mut_ptr() as u64;
+        q.__bindgen_anon_2.prog_cnt = ids.len() as u32;
+        let result = bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr);
+        // SAFETY: the kernel wrote the count back into the member we set.
+        let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+        match result {
+            Ok(_) => {
+                ids.truncate(count.min(ids.len()));
+                return Ok(ids);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && count > ids.len() => {
+                ids = vec![0u32; count];
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+}
+
 fn path_cstring(path: &Path) -> std::io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes())

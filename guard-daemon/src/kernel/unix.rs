@@ -170,10 +170,11 @@ pub fn link_program(
 }
 
 /// The two Unix hooks, loaded and attached; dropping the links detaches them
-/// unless they were pinned.
+/// unless they were pinned. The programs (name, attach type, descriptor) are
+/// kept to attach them to scopes outside the parent cgroup as well.
 pub struct UnixHooks {
     pub links: Vec<(&'static str, OwnedFd)>,
-    _progs: Vec<OwnedFd>,
+    pub progs: Vec<(&'static str, u32, OwnedFd)>,
 }
 
 pub fn load_and_attach(
@@ -214,12 +215,9 @@ pub fn load_and_attach(
             source,
         })?;
         links.push((name, link));
-        progs.push(prog);
+        progs.push((name, attach, prog));
     }
-    Ok(UnixHooks {
-        links,
-        _progs: progs,
-    })
+    Ok(UnixHooks { links, progs })
 }
 
 #[cfg(test)]

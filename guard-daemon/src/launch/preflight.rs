@@ -342,6 +342,22 @@ impl PolicyFile {
     }
 }
 
+impl PolicyFile {
+    /// A named policy as guardd sent it (`guardctl run --policy-name`):
+    /// parsed from its text and includes, nothing read from this host.
+    pub fn from_named(reply: &crate::api::PolicyReply) -> Result<PolicyFile, PolicyFileError> {
+        let policy =
+            Policy::parse_sent_all(&reply.text, &reply.path, &reply.includes).map_err(|errs| {
+                PolicyFileError::Invalid(errs.iter().map(|e| e.to_string()).collect())
+            })?;
+        Ok(PolicyFile {
+            text: reply.text.clone(),
+            path: PathBuf::from(&reply.path),
+            policy,
+        })
+    }
+}
+
 /// What `{tmp}` stands for before the agent starts (guardd creates the
 /// agent's directory only then): rules under it are not checked on the
 /// host, and `policy check` shows it as is.

@@ -465,6 +465,7 @@ mod tests {
             id: agent.into(),
             name: agent.into(),
             policy: "p".into(),
+            container: None,
         })
         .with_process(ProcessRef {
             pid,

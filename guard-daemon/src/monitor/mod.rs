@@ -698,6 +698,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
                 id: format!("cgroup:{}", h.cgroup_id),
                 name: String::new(),
                 policy: String::new(),
+                container: None,
             })
         }
     }
@@ -1101,6 +1102,7 @@ mod tests {
                 id: "a1".into(),
                 name: "demo".into(),
                 policy: "p".into(),
+                container: None,
             },
             9,
             vec![RuleInfo {

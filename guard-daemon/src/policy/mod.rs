@@ -11,6 +11,9 @@
 mod base;
 #[cfg(test)]
 mod dns_tests;
+mod floor;
+#[cfg(test)]
+mod floor_tests;
 mod fs;
 pub mod host;
 mod net;
@@ -22,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use base::BASE_NAMES;
+pub use floor::{FloorError, check_within};
 pub use fs::{Access, FsPlan, FsRule, resolve};
 pub use net::{NameValueError, NetPlan, port_allowed};
 pub use process::{CAPABILITIES, ProcPlan, UserSpec, capability_number};
@@ -183,6 +187,24 @@ impl Policy {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         Policy::parse_all_with(text, file, dir, &read_include)
+    }
+
+    /// Parses a policy whose include files come with it, as (resolved path,
+    /// text) pairs, never from this host's file system: what guardctl sent
+    /// guardd, or a named policy guardd sent guardctl.
+    pub fn parse_sent_all(
+        text: &str,
+        path: &str,
+        includes: &[(String, String)],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        Policy::parse_all_with(text, path, dir, &|p: &Path| {
+            includes
+                .iter()
+                .find(|(k, _)| Path::new(k) == p)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| "not sent by guardctl".to_owned())
+        })
     }
 
     /// [`Policy::parse_all`] with include files resolved against `dir` (the
@@ -702,7 +724,9 @@ pub fn first_error(errs: Vec<PolicyError>, file: &str) -> PolicyError {
     })
 }
 
-fn valid_name(name: &str) -> bool {
+/// A policy name: 1-64 characters of A-Z a-z 0-9 . _ - (also the file
+/// name, without `.toml`, of a policy in guardd's policy directory).
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

@@ -115,12 +115,16 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         id: st.id.clone(),
         name: st.name.clone(),
         policy: st.policy.clone(),
+        container: st.container.clone(),
     };
     let gap = json!({
         "daemon_down_since": since.map(journal::format_time),
         "why": "guardd was not running; enforcement continued through the pinned programs, and events that did not fit the ring buffer are counted as lost",
     });
-    let opened = shared.scopes.open(&st.scope);
+    let opened = match &st.base {
+        Some(base) => shared.scopes.open_in(base, &st.scope),
+        None => shared.scopes.open(&st.scope),
+    };
     let src = &st.source;
     let judge = parse_sent(&src.policy_text, &src.policy_path, &src.policy_includes)
         .ok()
@@ -182,6 +186,9 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             }
             if let Ok(mut k) = shared.kernel.lock() {
                 k.remove_agent(&keys);
+                if st.base.is_some() {
+                    k.detach_scope(&st.id);
+                }
             }
             let _ = std::fs::remove_dir_all(&st.tmp);
             let _ = std::fs::remove_file(state_path(shared, &st.id));
@@ -194,6 +201,14 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     };
     let mut keys = keys;
     keys.cgroup_id = scope.cgroup_id;
+    // A scope under a caller holds its own links to the programs: this
+    // guardd's generation replaces them (attached before the old ones go).
+    if scope.base.caller
+        && let Ok(mut k) = shared.kernel.lock()
+        && let Err(e) = k.attach_scope(&scope.v2, &st.id)
+    {
+        tracing::error!(agent = %st.id, "attaching this guardd's programs to the re-adopted scope (the previous ones stay): {e}");
+    }
     restart_gap(shared, agent, "scope re-adopted", gap);
     if let Ok(mut r) = shared.registry.lock() {
         r.agents.insert(

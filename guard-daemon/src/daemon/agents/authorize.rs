@@ -132,6 +132,7 @@ pub fn refuse_confined_peer(
                 id: id.clone(),
                 name: String::new(),
                 policy: String::new(),
+                container: None,
             });
         }
         (None, None) => {}

@@ -134,6 +134,13 @@ pub fn close(
     if let Err(e) = agent.scope.remove() {
         tracing::error!("removing scope of {id}: {e}");
     }
+    // Its own program links (a scope under a caller): the scope is empty
+    // or gone, so nothing runs unconfined when they go.
+    if agent.scope.base.caller
+        && let Ok(mut k) = shared.kernel.lock()
+    {
+        k.detach_scope(id);
+    }
     let _ = std::fs::remove_dir_all(&agent.tmp);
     let _ = std::fs::remove_file(state_path(shared, id));
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "close: removed");

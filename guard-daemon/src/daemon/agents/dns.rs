@@ -37,10 +37,30 @@ pub(super) fn start_resolver(
     audit: bool,
     meta: &Arc<AgentMeta>,
     preferred: Option<u16>,
+    other_netns: bool,
 ) -> Result<Option<AgentResolver>, RequestError> {
     let Some(dns) = dns_plan(plan, audit, shared.dns.is_ok()) else {
         return Ok(None);
     };
+    // The resolver listens on loopback in guardd's network namespace; an
+    // agent launched from another (a pod's) could not reach it, and its
+    // redirected lookups would all fail.
+    if other_netns {
+        if plan
+            .network
+            .dns
+            .as_ref()
+            .is_some_and(|d| !d.hosts.is_empty())
+        {
+            return Err(RequestError::Policy(
+                "host-name rules need guardd's resolver for the agent, which listens on loopback                  in guardd's network namespace, and this launcher runs in another one (a pod's):                  allow the addresses by `cidr` instead, or run the agent in the node's network                  namespace (hostNetwork)"
+                    .to_owned(),
+            ));
+        }
+        // Audit mode without host rules only records names: the agent's
+        // DNS goes where it was sent.
+        return Ok(None);
+    }
     let service = shared.dns.as_ref().map_err(|why| {
         RequestError::Degraded(format!(
             "layer `dns` (guardd's resolver for the agent) cannot be enforced: {why}. The policy's \
@@ -128,9 +148,9 @@ pub fn resume_resolvers(shared: &Shared) {
         {
             tracing::error!(agent = %meta.agent.id, "rewriting the agent's static rules: {e}");
         }
-        let started = plan
-            .map_err(RequestError::Policy)
-            .and_then(|plan| start_resolver(shared, slot, &plan, audit, &meta, before));
+        let started = plan.map_err(RequestError::Policy).and_then(|plan| {
+            start_resolver(shared, slot, &plan, audit, &meta, before, src.other_netns)
+        });
         // The old port stays off limits only while it is this agent's.
         if let (Some(old), Ok(mut k)) = (before, shared.kernel.lock()) {
             k.clear_dns_port(old, slot);

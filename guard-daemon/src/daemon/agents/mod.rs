@@ -1,11 +1,13 @@
 //! Agent lifecycle, one file per operation: opening a scope for a
 //! launcher (`open`), ending it (`close`), the state kept on disk
 //! (`persist`) so a restarted guardd re-adopts its scopes (`adopt`), who may
-//! do what (`authorize`), listing (`ps`) and the operator's controls
-//! (`control`). This file holds the registry of live agents they share.
+//! do what (`authorize`), which policy an agent runs under (`choose`: a
+//! named one, or the client's within the node's floor), listing (`ps`) and
+//! the operator's controls (`control`). This file holds the registry of live agents they share.
 
 mod adopt;
 mod authorize;
+mod choose;
 mod close;
 mod control;
 mod dns;
@@ -18,6 +20,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::SystemTime};
 
 pub use adopt::{readopt, reap_orphans};
 pub use authorize::{authorize, reads_all, refuse_confined_peer};
+pub use choose::named_policy;
 pub use close::close;
 pub use control::control;
 pub use dns::resume_resolvers;
@@ -72,6 +75,10 @@ pub struct Source {
     pub workdir: PathBuf,
     pub home: PathBuf,
     pub unix_degraded: bool,
+    /// The launcher ran in another network namespace than guardd (a pod):
+    /// no resolver serves the agent (see `dns::start_resolver`).
+    #[serde(default)]
+    pub other_netns: bool,
 }
 
 #[derive(Default)]

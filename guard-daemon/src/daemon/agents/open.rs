@@ -13,13 +13,17 @@ use serde_json::json;
 use super::{
     AgentState, Peer, Source,
     authorize::refuse_request,
+    choose::{check_floor, choose},
     dns::{start_resolver, stop_resolver},
     persist::persist,
-    plan::{judge_for, parse_sent},
+    plan::judge_for,
 };
 use crate::{
     api::{AgentRef, OpenReply, OpenRequest, RequestError},
-    daemon::Shared,
+    daemon::{
+        Shared,
+        peer::{Origin, own_netns},
+    },
     journal::{Kind, Record, Text, Verdict},
     kernel::NetEntries,
     monitor::AgentMeta,
@@ -57,6 +61,7 @@ pub fn open(
     shared: &Shared,
     req: &OpenRequest,
     peer: Peer,
+    origin: &Origin,
 ) -> Result<(OpenReply, Vec<OwnedFd>), RequestError> {
     let t0 = Instant::now();
     // The reply carries descriptors that write into root-owned cgroups
@@ -84,8 +89,8 @@ pub fn open(
             "the journal cannot record anything ({why}); no agent is started"
         )));
     }
-    let policy = parse_sent(&req.policy_text, &req.policy_path, &req.policy_includes)
-        .map_err(|e| RequestError::Policy(e.to_string()))?;
+    let chosen = choose(shared, req, peer)?;
+    let policy = &chosen.policy;
     let id = random_id();
     let name = req.name.clone().unwrap_or_else(|| policy.name.clone());
     if let Some(problem) = crate::launch::preflight::agent_name_problem(&name) {
@@ -105,8 +110,40 @@ pub fn open(
     let plan = policy
         .compile(&vars)
         .map_err(|e| RequestError::Policy(e.to_string()))?;
+    check_floor(
+        shared,
+        &chosen,
+        &plan,
+        &vars,
+        peer,
+        req.argv.first().map(String::as_str).unwrap_or(""),
+    )?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: compiled");
     let accepts = |what: &str| req.accept_degraded.iter().any(|a| a == what || a == "all");
+    // The node may forbid what a workload would accept to run without.
+    let forbidden: Vec<&String> = shared
+        .cfg
+        .forbid_degraded
+        .iter()
+        .filter(|f| accepts(f.as_str()) || (f.as_str() == "all" && !req.accept_degraded.is_empty()))
+        .collect();
+    if !forbidden.is_empty() {
+        let list: Vec<&str> = forbidden.iter().map(|s| s.as_str()).collect();
+        return Err(refuse_request(
+            shared,
+            peer,
+            "open",
+            req.argv.first().map(String::as_str).unwrap_or(""),
+            "control.degraded-forbidden",
+            None,
+            format!(
+                "this guardd does not let an agent run without layer(s) {} (--forbid-degraded); \
+                 the launcher asked to (--allow-degraded {})",
+                list.join(", "),
+                req.accept_degraded.join(",")
+            ),
+        ));
+    }
 
     let mut degraded = Vec::new();
     let layers = shared
@@ -150,24 +187,41 @@ pub fn open(
         memory_bytes: plan.process.memory_bytes,
         cpu_millicores: plan.process.cpu_millicores,
     };
-    let scope = match shared
-        .scopes
-        .create(&format!("agent-{id}"), &limits, accepts("limits"))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            cleanup_tmp(&tmp);
-            return Err(
-                if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
-                    RequestError::Degraded(format!(
-                        "{e}; pass --allow-degraded limits to run without it"
-                    ))
-                } else {
-                    RequestError::Internal(e.to_string())
-                },
-            );
+    // Under the caller's own cgroups (`--scopes-under caller`): a pod's
+    // accounting and limits then hold for its agent too.
+    let base = if shared.cfg.scopes_under_caller {
+        match shared.scopes.caller_base(&origin.cgroups) {
+            Ok(b) => b,
+            Err(e) => {
+                cleanup_tmp(&tmp);
+                return Err(RequestError::Degraded(format!(
+                    "the agent's scope cannot be placed under the launcher's cgroup: {e}"
+                )));
+            }
         }
+    } else {
+        shared.scopes.parent_base()
     };
+    let other_netns = origin.netns.is_some() && origin.netns != own_netns();
+    let scope =
+        match shared
+            .scopes
+            .create_in(&base, &format!("agent-{id}"), &limits, accepts("limits"))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_tmp(&tmp);
+                return Err(
+                    if matches!(e, crate::scope::ScopeError::ControllerUnavailable { .. }) {
+                        RequestError::Degraded(format!(
+                            "{e}; pass --allow-degraded limits to run without it"
+                        ))
+                    } else {
+                        RequestError::Internal(e.to_string())
+                    },
+                );
+            }
+        };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: scope made");
     for c in &scope.skipped {
         degraded.push(format!(
@@ -179,6 +233,7 @@ pub fn open(
         id: id.clone(),
         name: name.clone(),
         policy: policy.name.clone(),
+        container: origin.container(),
     };
     let rules: Vec<RuleInfo> = plan.rules.clone();
     let meta = Arc::new(AgentMeta::new(
@@ -219,7 +274,7 @@ pub fn open(
     };
     // The resolver listens before the kernel entry names its port, so the
     // agent's first lookup finds it.
-    let resolver = match start_resolver(shared, slot, &plan, audit, &meta, None) {
+    let resolver = match start_resolver(shared, slot, &plan, audit, &meta, None, other_netns) {
         Ok(r) => r,
         Err(e) => {
             let _ = scope.remove();
@@ -261,6 +316,21 @@ pub fn open(
                 },
                 None => Ok(keys),
             })
+            // A scope under a caller inherits none of the parent's
+            // programs: they are attached to it before any process can
+            // enter (the launcher gets its descriptor only after this).
+            .and_then(|keys| {
+                if !scope.base.caller {
+                    return Ok(keys);
+                }
+                match k.attach_scope(&scope.v2, &id) {
+                    Ok(()) => Ok(keys),
+                    Err(e) => {
+                        k.remove_agent(&keys);
+                        Err(e)
+                    }
+                }
+            })
             .map_err(|e| {
                 let why = format!("writing the agent's rules into the kernel maps: {e}");
                 if matches!(e, crate::kernel::KernelError::Quota { .. }) {
@@ -292,6 +362,9 @@ pub fn open(
             stop_resolver(shared, slot, resolver);
             if let Ok(mut k) = shared.kernel.lock() {
                 k.remove_agent(&keys);
+                if scope.base.caller {
+                    k.detach_scope(&id);
+                }
             }
             let _ = scope.remove();
             cleanup_tmp(&tmp);
@@ -310,12 +383,13 @@ pub fn open(
         meta,
         attached: true,
         source: Source {
-            policy_text: req.policy_text.clone(),
-            policy_includes: req.policy_includes.clone(),
-            policy_path: req.policy_path.clone(),
+            policy_text: chosen.text.clone(),
+            policy_includes: chosen.includes.clone(),
+            policy_path: chosen.path.clone(),
             workdir: PathBuf::from(&req.workdir),
             home: PathBuf::from(&req.home),
             unix_degraded: !layers.unix_hooks,
+            other_netns,
         },
         dns_port_before: None,
         dns: resolver,
@@ -328,11 +402,12 @@ pub fn open(
 
     let mut detail = json!({
         "argv": req.argv,
-        "policy_path": req.policy_path,
+        "policy_path": chosen.path,
+        "policy_source": chosen.source_detail(),
         "mode": if audit { "audit" } else { "enforce" },
         "workdir": req.workdir,
         "cgroup": scope.v2.display().to_string(),
-        "launcher": {"uid": peer.uid, "pid": peer.pid},
+        "launcher": {"uid": peer.uid, "pid": peer.pid, "cgroup": origin.v2()},
         "network_rules": plan.rules.len(),
     });
     if let Some(r) = &state.dns {

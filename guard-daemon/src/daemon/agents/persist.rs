@@ -15,9 +15,16 @@ pub(super) struct StateFile {
     pub(super) id: String,
     pub(super) name: String,
     pub(super) policy: String,
+    /// The container the agent was launched from (absent: the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) container: Option<crate::journal::ContainerRef>,
     pub(super) audit: bool,
     pub(super) slot: u32,
     pub(super) scope: String,
+    /// Where the scope was made when not under guard's parent (a caller's
+    /// cgroup); absent: under the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) base: Option<crate::scope::ScopeBase>,
     pub(super) tmp: PathBuf,
     pub(super) started_unix: u64,
     pub(super) main_pid: Option<i32>,
@@ -50,9 +57,11 @@ impl StateFile {
             id: a.meta.agent.id.clone(),
             name: a.meta.agent.name.clone(),
             policy: a.meta.agent.policy.clone(),
+            container: a.meta.agent.container.clone(),
             audit: a.mode == Mode::Audit,
             slot: a.slot,
             scope: a.scope.name.clone(),
+            base: a.scope.base.caller.then(|| a.scope.base.clone()),
             tmp: a.tmp.clone(),
             started_unix: a
                 .started
@@ -160,18 +169,76 @@ pub(super) fn persist(shared: &Shared, a: &AgentState) {
 }
 
 /// Records the agent's main pid once the launcher knows it.
-pub fn set_main_pid(shared: &Shared, id: &str, pid: i32) {
+/// Records the agent's main process, which its launcher reported as `pid`
+/// in the launcher's own pid namespace. A launcher in a container has
+/// another one: the pid is translated to guardd's, through the scope's
+/// processes' `NSpid`.
+pub fn set_main_pid(shared: &Shared, id: &str, pid: i32, launcher: i32) {
+    let launcher_ns = nspid(launcher).unwrap_or_else(|| vec![launcher]);
     if let Ok(mut r) = shared.registry.lock()
         && let Some(a) = r.agents.get_mut(id)
     {
-        a.main_pid = Some(pid);
+        let scope_pids = a.scope.pids();
+        let host = translate_pid(
+            &launcher_ns,
+            pid,
+            scope_pids.iter().filter_map(|p| nspid(*p)),
+        );
+        if host.is_none() {
+            tracing::warn!(
+                agent = id,
+                pid,
+                "the launcher's pid {pid} names no process of the scope"
+            );
+        }
+        a.main_pid = host;
         persist(shared, a);
     }
+}
+
+/// A process's pid in each pid namespace it is in, guardd's first
+/// (`NSpid` of its status).
+fn nspid(pid: i32) -> Option<Vec<i32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().map(|p| p.parse().ok()).collect()
+}
+
+/// The guardd-side pid of the process a launcher whose own `NSpid` is
+/// `launcher` calls `reported`: the candidate whose pid at the launcher's
+/// namespace level is `reported`.
+fn translate_pid(
+    launcher: &[i32],
+    reported: i32,
+    mut candidates: impl Iterator<Item = Vec<i32>>,
+) -> Option<i32> {
+    let level = launcher.len().checked_sub(1)?;
+    if level == 0 {
+        return Some(reported);
+    }
+    candidates
+        .find(|ns| ns.get(level) == Some(&reported))
+        .and_then(|ns| ns.first().copied())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_from_a_launcher_in_a_container_is_translated() {
+        // guardd's own namespace: the pid as reported.
+        assert_eq!(translate_pid(&[500], 42, std::iter::empty()), Some(42));
+        // The launcher is 7 in its container; its child 8 there is 4321
+        // here and 1 in the agent's own pid namespace.
+        let procs = vec![vec![4320, 7], vec![4321, 8, 1], vec![4400, 9, 2]];
+        assert_eq!(
+            translate_pid(&[4320, 7], 8, procs.clone().into_iter()),
+            Some(4321)
+        );
+        assert_eq!(translate_pid(&[4320, 7], 99, procs.into_iter()), None);
+        assert_eq!(translate_pid(&[], 8, std::iter::empty()), None);
+    }
 
     fn sample() -> StateFile {
         let mut unix = b"\0abstract".to_vec();
@@ -180,9 +247,11 @@ mod tests {
             id: "0a1b2c3d4e5f".into(),
             name: "claude".into(),
             policy: "dev".into(),
+            container: None,
             audit: true,
             slot: 7,
             scope: "agent-0a1b2c3d4e5f".into(),
+            base: None,
             tmp: "/tmp/guard-0a1b2c3d4e5f".into(),
             started_unix: 1_700_000_000,
             main_pid: Some(4242),
@@ -201,6 +270,7 @@ mod tests {
                 workdir: "/work".into(),
                 home: "/root".into(),
                 unix_degraded: false,
+                other_netns: true,
             },
         }
     }

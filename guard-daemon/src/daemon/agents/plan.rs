@@ -12,17 +12,8 @@ pub(super) fn parse_sent(
     path: &str,
     includes: &[(String, String)],
 ) -> Result<Policy, crate::policy::PolicyError> {
-    let dir = std::path::Path::new(path)
-        .parent()
-        .unwrap_or(std::path::Path::new("/"));
-    Policy::parse_all_with(text, path, dir, &|p: &std::path::Path| {
-        includes
-            .iter()
-            .find(|(k, _)| std::path::Path::new(k) == p)
-            .map(|(_, t)| t.clone())
-            .ok_or_else(|| "not sent by guardctl".to_owned())
-    })
-    .map_err(|errs| crate::policy::first_error(errs, path))
+    Policy::parse_sent_all(text, path, includes)
+        .map_err(|errs| crate::policy::first_error(errs, path))
 }
 
 /// The policy pieces the monitor needs to attribute refused calls: the

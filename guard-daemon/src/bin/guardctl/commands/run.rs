@@ -1,5 +1,8 @@
-//! `guardctl run --policy FILE [--name N] [--audit] -- CMD ARGS...`
+//! `guardctl run --policy FILE | --policy-name NAME [--name N] [--audit] -- CMD ARGS...`
 //!
+//! With `--policy-name` the policy is one of guardd's own (its policy
+//! directory): guardctl asks guardd for its text and builds the same plan
+//! guardd compiles.
 //! Validates the policy (exit 2 on error, before anything starts), asks
 //! guardd for a scope, starts CMD inside it through the launcher, forwards
 //! signals, reports the exit to guardd and exits with CMD's status. One
@@ -9,7 +12,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::Args;
 use guard_daemon::{
-    api::{ExitStatus, OpenRequest},
+    api::{self, ApiError, ExitStatus, OpenRequest, PolicyReply, PolicyRequest, Request},
     launch::{
         self, Launch,
         builder::home_dir,
@@ -26,8 +29,16 @@ use crate::{Cli, EXIT_GUARD, EXIT_USAGE};
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The policy file (TOML).
-    #[arg(long)]
-    policy: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "policy_name",
+        conflicts_with = "policy_name"
+    )]
+    policy: Option<PathBuf>,
+    /// One of guardd's named policies (its `--policy-dir`), chosen on the
+    /// node rather than shipped with the workload.
+    #[arg(long, value_name = "NAME")]
+    policy_name: Option<String>,
     /// Agent name in the journal (default: the policy's name).
     #[arg(long)]
     name: Option<String>,
@@ -68,6 +79,26 @@ impl Timing {
     }
 }
 
+/// A named policy, as guardd holds it now.
+fn fetch_named(cli: &Cli, name: &str) -> Result<PolicyReply, i32> {
+    let mut conn = connect(&cli.socket).or_exit(EXIT_GUARD)?;
+    let reply = match conn.call(
+        1,
+        &Request::Policy(PolicyRequest {
+            name: name.to_owned(),
+        }),
+    ) {
+        Ok(m) => m,
+        Err(ApiError::Remote { code, message }) if code == api::code::POLICY => {
+            return Err(print_all([format!("--policy-name {name}: {message}")]));
+        }
+        Err(e) => return Err(describe(&e)).or_exit(EXIT_GUARD),
+    };
+    serde_json::from_value(serde_json::Value::Object(reply))
+        .map_err(|e| format!("guardd's answer for policy {name:?} does not parse: {e}"))
+        .or_exit(EXIT_GUARD)
+}
+
 pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     launch(cli, args).unwrap_or_else(|code| code)
 }
@@ -105,11 +136,19 @@ fn print_all(msgs: impl IntoIterator<Item = impl std::fmt::Display>) -> i32 {
 
 fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     let timing = Timing::new();
-    let path_str = args.policy.display().to_string();
-    let PolicyFile { text, path, policy } = match PolicyFile::read(&args.policy, &path_str) {
+    let read = match (&args.policy, &args.policy_name) {
+        (Some(file), _) => PolicyFile::read(file, &file.display().to_string()),
+        (None, Some(name)) => {
+            let reply = fetch_named(cli, name)?;
+            PolicyFile::from_named(&reply)
+        }
+        (None, None) => return Err("give --policy FILE or --policy-name NAME").or_exit(EXIT_USAGE),
+    };
+    let PolicyFile { text, path, policy } = match read {
         Err(PolicyFileError::Invalid(errs)) => return Err(print_all(errs)),
         other => other.or_exit(EXIT_USAGE)?,
     };
+    let path_str = path.display().to_string();
     if let Some(name) = &args.name
         && let Some(problem) = preflight::agent_name_problem(name)
     {
@@ -151,6 +190,7 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     timing.mark("landlock checked");
 
     let request = OpenRequest {
+        policy_name: args.policy_name.clone(),
         policy_path: path.display().to_string(),
         policy_text: text,
         policy_includes: policy.sources.clone(),

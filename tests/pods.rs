@@ -1,0 +1,611 @@
+//! The pod-equivalent test (issue 13): guardd from its image, in a
+//! container with the DaemonSet's privileges and mounts; an agent in
+//! another container, in a cgroup of its own, with only guardd's socket
+//! directory mounted, started by `guardctl run --policy-name`. Real
+//! containers (podman with runc), the real kernel.
+//!
+//! Run through `cargo xtask pods` (or `cargo xtask test`), which builds the
+//! images and names them in `GUARD_TEST_IMAGE` and `GUARD_TEST_AGENT_IMAGE`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn image(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run this test through `cargo xtask pods` or `cargo xtask test`, which build the images")
+    })
+}
+
+/// Resource limits within this host's hard limits (podman's defaults
+/// exceed them, see PLATFORM.md).
+fn ulimits() -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, res) in [
+        ("nofile", libc::RLIMIT_NOFILE),
+        ("nproc", libc::RLIMIT_NPROC),
+    ] {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we own.
+        if unsafe { libc::getrlimit(res, &mut r) } == 0 {
+            let v = r.rlim_max.min(4096);
+            out.push("--ulimit".to_owned());
+            out.push(format!("{name}={v}:{v}"));
+        }
+    }
+    out
+}
+
+fn podman(args: &[&str]) -> Output {
+    Command::new("podman").args(args).output().unwrap()
+}
+
+/// The node: directories guardd's DaemonSet mounts from the host, and the
+/// guardd container. Everything is removed on drop (containers by name,
+/// guardd's instance by name).
+struct Node {
+    dir: tempfile::TempDir,
+    instance: String,
+    guardd: String,
+    policies: PathBuf,
+    version: u32,
+}
+
+impl Node {
+    fn new() -> Node {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("guard-test-pods")
+            .tempdir()
+            .unwrap();
+        for d in ["run", "state", "journal", "tmp", "policies"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("secret.txt"), "the customer's data\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        let pid = std::process::id();
+        let policies = dir.path().join("policies");
+        Node {
+            instance: format!("guard-test-pods-{pid}"),
+            guardd: format!("guard-test-guardd-{pid}"),
+            policies,
+            version: 0,
+            dir,
+        }
+    }
+
+    fn path(&self, d: &str) -> String {
+        self.dir.path().join(d).display().to_string()
+    }
+
+    /// Writes a new version of the policy directory, as kubelet updates a
+    /// mounted ConfigMap (one rename of `..data`).
+    fn policies(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let v = format!("..v{}", self.version);
+        let vdir = self.policies.join(&v);
+        std::fs::create_dir(&vdir).unwrap();
+        for (name, text) in files {
+            std::fs::write(vdir.join(name), text).unwrap();
+        }
+        let tmp = self.policies.join("..data_tmp");
+        std::os::unix::fs::symlink(&v, &tmp).unwrap();
+        std::fs::rename(&tmp, self.policies.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.policies.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+    }
+
+    /// Starts guardd's container as the DaemonSet runs it: not privileged,
+    /// the DaemonSet's capabilities, host pid namespace, the node's bpffs,
+    /// cgroup tree and BTF, a read-only root.
+    fn start_guardd(&self) {
+        self.start_guardd_with(&["--require-named-policy"]);
+    }
+
+    /// [`Node::start_guardd`] with `mode` instead of `--require-named-policy`.
+    fn start_guardd_with(&self, mode: &[&str]) {
+        let _ = podman(&["rm", "-f", &self.guardd]);
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--runtime",
+            "runc",
+            "--name",
+            &self.guardd,
+            "--pid",
+            "host",
+            "--cgroupns",
+            "host",
+            "--network",
+            "none",
+            "--read-only",
+            "--security-opt",
+            "no-new-privileges",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--cap-drop",
+            "all",
+            "--cap-add",
+            "BPF,PERFMON,NET_ADMIN,SYS_PTRACE,CHOWN,DAC_OVERRIDE",
+            "-v",
+            "/sys/fs/bpf:/sys/fs/bpf",
+            "-v",
+            "/sys/fs/cgroup:/sys/fs/cgroup",
+            "-v",
+            "/sys/kernel/btf:/sys/kernel/btf:ro",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (host, inside) in [
+            ("run", "/run/guard"),
+            ("state", "/run/guard-state"),
+            ("journal", "/var/lib/guard"),
+            ("tmp", "/var/tmp/guard"),
+        ] {
+            args.push("-v".into());
+            args.push(format!("{}:{inside}", self.path(host)));
+        }
+        args.push("-v".into());
+        args.push(format!("{}:/etc/guard/policies:ro", self.path("policies")));
+        args.extend(["-e".into(), "TMPDIR=/var/tmp/guard".into()]);
+        args.extend(ulimits());
+        args.push(image("GUARD_TEST_IMAGE"));
+        for a in [
+            "guardd",
+            "--socket=/run/guard/guard.sock",
+            "--state-dir=/run/guard-state",
+            "--journal=/var/lib/guard/journal.db",
+            "--policy-dir=/etc/guard/policies",
+            "--scopes-under=caller",
+            "--keep-pins",
+            "--metrics=off",
+            "--dns-upstream=127.0.77.254:53",
+        ] {
+            args.push(a.into());
+        }
+        args.push(format!("--instance={}", self.instance));
+        args.extend(mode.iter().map(|s| s.to_string()));
+        let out = Command::new("podman").args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman run guardd: {}",
+            describe(&out)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ctl(&["ps"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guardd's container did not serve:\n{}",
+                self.guardd_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn guardd_log(&self) -> String {
+        let out = podman(&["logs", &self.guardd]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// guardctl on the host, as an operator would query the node.
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(GUARDCTL)
+            .env("GUARD_SOCKET", self.dir.path().join("run/guard.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn logs(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.ctl(&[&["logs", "--json"], args].concat());
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A workload container: its own cgroup and namespaces, guardd's
+    /// socket directory (and the agents' tmp directory) mounted, running
+    /// `cmd`. `name` names it (removed on the node's drop too).
+    fn workload(&self, name: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.args([
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--name",
+            name,
+            "--network",
+            "none",
+        ])
+        .args(["--workdir", "/tmp"])
+        .args(["-v", &format!("{}:/run/guard", self.path("run"))])
+        .args(["-v", &format!("{}:/var/tmp/guard", self.path("tmp"))])
+        .args([
+            "-v",
+            &format!("{}:/etc/secret.txt:ro", self.path("secret.txt")),
+        ])
+        .args(["-e", "GUARD_SOCKET=/run/guard/guard.sock"])
+        .args(ulimits())
+        .arg(image("GUARD_TEST_AGENT_IMAGE"))
+        .args(cmd);
+        c
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let pid = std::process::id();
+        let _ = podman(&["rm", "-f", "-t", "5", &self.guardd]);
+        for n in ["a", "b", "c", "d", "e", "f"] {
+            let _ = podman(&[
+                "rm",
+                "-f",
+                "-t",
+                "1",
+                &format!("guard-test-agent-{pid}-{n}"),
+            ]);
+        }
+        remove_instance(&self.instance);
+    }
+}
+
+/// Each attempt prints one line: what it tried, then `done` or the error
+/// the kernel gave.
+const AGENT_SCRIPT: &str = r#"
+try() { what=$1; shift; if err=$("$@" 2>&1 >/dev/null); then echo "$what: done"; else echo "$what: ${err##*: }"; fi; }
+try connect /bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/9'
+try read /bin/cat /etc/secret.txt
+try exec /usr/bin/id
+try allowed-read /bin/cat /etc/passwd
+"#;
+
+fn policy(name: &str) -> String {
+    format!(
+        "[policy]\nname = \"{name}\"\ninclude = [\"base\"]\n[network]\nallow = []\n[filesystem]\nread = [\"{{workdir}}\", \"/var/tmp/guard\"]\nexec = [\"/bin/bash\", \"/bin/cat\"]\n"
+    )
+}
+
+/// `guardctl run --policy-name NAME` in a workload container.
+fn run_agent(node: &Node, container: &str, policy: &str, script: &str) -> Output {
+    node.workload(
+        container,
+        &[
+            "guardctl",
+            "run",
+            "--policy-name",
+            policy,
+            "--allow-degraded",
+            "exec",
+            "--",
+            "/bin/bash",
+            "-c",
+            script,
+        ],
+    )
+    .output()
+    .unwrap()
+}
+
+fn agent_id_of(out: &Output) -> String {
+    Guardd::agent_id(out)
+}
+
+#[test]
+fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
+    let pid = std::process::id();
+    let mut node = Node::new();
+    node.policies(&[("agent.toml", &policy("agent"))]);
+    node.start_guardd();
+
+    // A forbidden connect, read and exec: refused by the node's guardd.
+    let out = run_agent(
+        &node,
+        &format!("guard-test-agent-{pid}-a"),
+        "agent",
+        AGENT_SCRIPT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        node.guardd_log()
+    );
+    for line in [
+        "connect: Operation not permitted",
+        "read: Permission denied",
+        "exec: Permission denied",
+        "allowed-read: done",
+    ] {
+        assert!(stdout.contains(line), "{line}:\n{}", describe(&out));
+    }
+    let id = agent_id_of(&out);
+    let recs = node.logs(&["--agent", &id]);
+    let start = recs.iter().find(|r| r["action"] == "start").unwrap();
+    // The launcher's pid (in its container's pid namespace) names the
+    // agent's main process: nothing of it counts as left over.
+    let exit = recs.iter().find(|r| r["action"] == "exit").unwrap();
+    assert_eq!(exit["detail"]["leftover_killed"], 0, "{exit}");
+    // The scope was made under the workload container's own cgroup, and
+    // every record names that container.
+    let container = &start["agent"]["container"];
+    let cgroup = container["cgroup"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{start}"));
+    assert!(cgroup.contains("libpod"), "{start}");
+    assert!(
+        start["detail"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{cgroup}/agent-{id}")),
+        "{start}"
+    );
+    assert_eq!(
+        start["detail"]["policy_source"]["named"], "agent",
+        "{start}"
+    );
+    for (kind, what) in [
+        ("network", "127.0.0.1:9/tcp"),
+        ("file", "/etc/secret.txt"),
+        ("exec", "/usr/bin/id"),
+    ] {
+        let r = recs
+            .iter()
+            .find(|r| {
+                r["kind"] == kind
+                    && r["verdict"] == "denied"
+                    && r["target"].as_str().unwrap_or("").contains(what)
+            })
+            .unwrap_or_else(|| panic!("no {kind} refusal of {what} in {recs:#?}"));
+        assert_eq!(r["agent"]["container"], *container, "{r}");
+    }
+
+    // A workload cannot bring its own policy (cluster mode).
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-b"),
+            &[
+                "/bin/sh",
+                "-c",
+                "printf '[policy]\\nname = \"mine\"\\n' > /tmp/p.toml; guardctl run --policy /tmp/p.toml -- /bin/cat /etc/passwd",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--policy-name"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_agent_stays_confined_while_guardds_container_is_replaced_and_policies_reload() {
+    let pid = std::process::id();
+    let mut node = Node::new();
+    node.policies(&[("agent.toml", &policy("agent"))]);
+    node.start_guardd();
+    // A long agent: refused connects before, during and after the restart.
+    let script = r#"
+for step in before during after; do
+  read -r go < /var/tmp/guard/go-$step.fifo
+  if err=$( (exec 3<>/dev/tcp/127.0.0.1/9) 2>&1); then echo "$step: connected"; else echo "$step: ${err##*: }"; fi
+done
+"#;
+    for step in ["before", "during", "after"] {
+        let f = node.dir.path().join(format!("tmp/go-{step}.fifo"));
+        nix_mkfifo(&f);
+    }
+    let mut child = run_agent_spawn(&node, &format!("guard-test-agent-{pid}-c"), script);
+    let go = |step: &str| {
+        std::fs::write(node.dir.path().join(format!("tmp/go-{step}.fifo")), "go\n").unwrap();
+    };
+    go("before");
+    // guardd's container is replaced (an update of the DaemonSet).
+    let _ = podman(&["rm", "-f", "-t", "5", &node.guardd]);
+    go("during");
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_guardd();
+    // The new guardd re-adopted the live scope.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = node.ctl(&["ps", "--json"]);
+        if String::from_utf8_lossy(&ps.stdout).contains("agent") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not re-adopted:\n{}",
+            node.guardd_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    go("after");
+    let out = wait_output(&mut child, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "before: Operation not permitted",
+        "during: Operation not permitted",
+        "after: Operation not permitted",
+    ] {
+        assert!(stdout.contains(line), "{line}:\n{}", describe(&out));
+    }
+    let recs = node.logs(&[]);
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "daemon-restart" && r["target"] == "scope re-adopted"),
+        "{recs:#?}"
+    );
+
+    // A policy change reaches the node's guardd and is journaled.
+    node.policies(&[
+        ("agent.toml", &policy("agent")),
+        ("other.toml", &policy("other")),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reloads: Vec<Value> = node
+            .logs(&[])
+            .into_iter()
+            .filter(|r| r["action"] == "policy-reload" && r["verdict"] == "allowed")
+            .collect();
+        if reloads
+            .iter()
+            .any(|r| r["detail"]["added"] == serde_json::json!(["other"]))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reloads:#?}\n{}",
+            node.guardd_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run_agent(
+        &node,
+        &format!("guard-test-agent-{pid}-d"),
+        "other",
+        "echo ran",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ran"));
+}
+
+fn nix_mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+}
+
+fn run_agent_spawn(node: &Node, container: &str, script: &str) -> std::process::Child {
+    node.workload(
+        container,
+        &[
+            "guardctl",
+            "run",
+            "--policy-name",
+            "agent",
+            "--allow-degraded",
+            "exec",
+            "--",
+            "/bin/bash",
+            "-c",
+            script,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+fn wait_output(child: &mut std::process::Child, within: Duration) -> Output {
+    let status = wait_or_kill(child, within).expect("the agent's container did not end");
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
+    let pid = std::process::id();
+    let mut node = Node::new();
+    node.policies(&[("floor.toml", &policy("floor"))]);
+    node.start_guardd_with(&["--floor-policy=floor"]);
+    let own = |name: &str, extra: &str| {
+        format!(
+            "printf '%s' '{}' > /tmp/{name}.toml; guardctl run --policy /tmp/{name}.toml --allow-degraded exec -- /bin/cat /etc/passwd",
+            policy(name).replace(
+                "\"/var/tmp/guard\"]",
+                &format!("\"/var/tmp/guard\"{extra}]")
+            )
+        )
+    };
+    // Wider than the floor: /etc/secret.txt is not the floor's to grant.
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-e"),
+            &["/bin/sh", "-c", &own("wide", ", \"/etc/secret.txt\"")],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("floor") && err.contains("/etc/secret.txt"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.logs(&[]).iter().any(|r| r["rule"] == "policy.floor") {
+        assert!(Instant::now() < deadline, "no policy.floor record");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Within it: runs.
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-f"),
+            &["/bin/sh", "-c", &own("narrow", "")],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        node.guardd_log()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root:"),
+        "{}",
+        describe(&out)
+    );
+}
