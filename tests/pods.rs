@@ -11,7 +11,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::{Duration, Instant},
 };
@@ -58,8 +58,7 @@ struct Node {
     dir: tempfile::TempDir,
     instance: String,
     guardd: String,
-    policies: PathBuf,
-    version: u32,
+    policies: ConfigMapDir,
 }
 
 impl Node {
@@ -69,7 +68,7 @@ impl Node {
             .prefix("guard-test-pods")
             .tempdir()
             .unwrap();
-        for d in ["run", "state", "journal", "tmp", "policies"] {
+        for d in ["run", "state", "journal", "tmp"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("secret.txt"), "the customer's data\n").unwrap();
@@ -79,12 +78,11 @@ impl Node {
         )
         .unwrap();
         let pid = std::process::id();
-        let policies = dir.path().join("policies");
+        let policies = ConfigMapDir::empty();
         Node {
             instance: format!("guard-test-pods-{pid}"),
             guardd: format!("guard-test-guardd-{pid}"),
             policies,
-            version: 0,
             dir,
         }
     }
@@ -94,24 +92,9 @@ impl Node {
     }
 
     /// Writes a new version of the policy directory, as kubelet updates a
-    /// mounted ConfigMap (one rename of `..data`).
+    /// mounted ConfigMap.
     fn policies(&mut self, files: &[(&str, &str)]) {
-        self.version += 1;
-        let v = format!("..v{}", self.version);
-        let vdir = self.policies.join(&v);
-        std::fs::create_dir(&vdir).unwrap();
-        for (name, text) in files {
-            std::fs::write(vdir.join(name), text).unwrap();
-        }
-        let tmp = self.policies.join("..data_tmp");
-        std::os::unix::fs::symlink(&v, &tmp).unwrap();
-        std::fs::rename(&tmp, self.policies.join("..data")).unwrap();
-        for (name, _) in files {
-            let link = self.policies.join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-            }
-        }
+        self.policies.update(files);
     }
 
     /// Starts guardd's container as the DaemonSet runs it: not privileged,
@@ -166,7 +149,10 @@ impl Node {
             args.push(format!("{}:{inside}", self.path(host)));
         }
         args.push("-v".into());
-        args.push(format!("{}:/etc/guard/policies:ro", self.path("policies")));
+        args.push(format!(
+            "{}:/etc/guard/policies:ro",
+            self.policies.path().display()
+        ));
         args.extend(["-e".into(), "TMPDIR=/var/tmp/guard".into()]);
         args.extend(ulimits());
         args.push(image("GUARD_TEST_IMAGE"));

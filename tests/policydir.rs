@@ -24,49 +24,6 @@ fn tcp_policy(name: &str, port: u16) -> String {
     )
 }
 
-/// A policy directory laid out as kubelet mounts a ConfigMap: the files
-/// live in a versioned directory, `..data` links to it and each key links
-/// through `..data`; an update is one rename of `..data`.
-struct ConfigMapDir {
-    dir: tempfile::TempDir,
-    version: u32,
-}
-
-impl ConfigMapDir {
-    fn new(files: &[(&str, &str)]) -> ConfigMapDir {
-        let dir = tempfile::Builder::new()
-            .prefix("guard-test-policies")
-            .tempdir()
-            .unwrap();
-        let mut c = ConfigMapDir { dir, version: 0 };
-        c.update(files);
-        c
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn update(&mut self, files: &[(&str, &str)]) {
-        self.version += 1;
-        let v = format!("..v{}", self.version);
-        let vdir = self.path().join(&v);
-        std::fs::create_dir(&vdir).unwrap();
-        for (name, text) in files {
-            std::fs::write(vdir.join(name), text).unwrap();
-        }
-        let tmp = self.path().join("..data_tmp");
-        std::os::unix::fs::symlink(&v, &tmp).unwrap();
-        std::fs::rename(&tmp, self.path().join("..data")).unwrap();
-        for (name, _) in files {
-            let link = self.path().join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-            }
-        }
-    }
-}
-
 fn start(dir: &Path, extra: &[&str]) -> Guardd {
     let d = dir.display().to_string();
     let mut args = vec!["--policy-dir", d.as_str()];

@@ -555,3 +555,53 @@ impl Drop for PingSockets {
         }
     }
 }
+
+/// A policy directory laid out as kubelet mounts a ConfigMap: the files
+/// live in a versioned directory, `..data` links to it and each key links
+/// through `..data`; an update is one rename of `..data`.
+pub struct ConfigMapDir {
+    pub dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    pub fn new(files: &[(&str, &str)]) -> ConfigMapDir {
+        let mut c = ConfigMapDir::empty();
+        c.update(files);
+        c
+    }
+
+    /// No version yet (an empty directory).
+    pub fn empty() -> ConfigMapDir {
+        let dir = tempfile::Builder::new()
+            .prefix("guard-test-policies")
+            .tempdir()
+            .unwrap();
+        // Readable by guardd in a container whatever the umask.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        ConfigMapDir { dir, version: 0 }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let v = format!("..v{}", self.version);
+        let vdir = self.path().join(&v);
+        std::fs::create_dir(&vdir).unwrap();
+        for (name, text) in files {
+            std::fs::write(vdir.join(name), text).unwrap();
+        }
+        let tmp = self.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&v, &tmp).unwrap();
+        std::fs::rename(&tmp, self.path().join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.path().join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+    }
+}

@@ -47,6 +47,7 @@ use std::rc::Rc;
 use guard_common::{MAX_PORT_RANGES, NetValue, PROTO_TCP, PROTO_UDP, PortRange, RULE_DOH};
 
 use super::host::{self, AddrRange, DnsPlan, HostPattern, HostRule};
+use super::net::ports_text;
 use super::{
     Access, FsPlan, FsRule, Mode, NetPlan, Plan, ProcPlan, RuleInfo, UserSpec, net, resolve,
 };
@@ -489,23 +490,6 @@ fn intersect(a: &[(u16, u16)], b: &[(u16, u16)]) -> Ports {
 
 fn has_port(ports: &[(u16, u16)], port: u16) -> bool {
     ports.iter().any(|&(lo, hi)| lo <= port && port <= hi)
-}
-
-fn ports_text(ports: &[(u16, u16)]) -> String {
-    if ports == [(0, u16::MAX)] {
-        return "any".to_owned();
-    }
-    ports
-        .iter()
-        .map(|&(lo, hi)| {
-            if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Per protocol: `[tcp, udp]`.

@@ -584,7 +584,8 @@ fn proto_text(protos: u8) -> &'static str {
     }
 }
 
-fn ports_text(ports: &[(u16, u16)]) -> String {
+/// Port ranges for people: `any`, or `80,443,8000-8999`.
+pub(super) fn ports_text(ports: &[(u16, u16)]) -> String {
     if ports == [(0, u16::MAX)] {
         String::from("any")
     } else {
