@@ -55,6 +55,9 @@ fn podman(args: &[&str]) -> Output {
 /// guardd container. Everything is removed on drop (containers by name,
 /// guardd's instance by name).
 struct Node {
+    /// Tells this node's containers and instance from other tests' (they
+    /// run in parallel).
+    tag: String,
     dir: tempfile::TempDir,
     instance: String,
     guardd: String,
@@ -77,14 +80,22 @@ impl Node {
             std::os::unix::fs::PermissionsExt::from_mode(0o1777),
         )
         .unwrap();
-        let pid = std::process::id();
         let policies = ConfigMapDir::empty();
+        static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
         Node {
-            instance: format!("guard-test-pods-{pid}"),
-            guardd: format!("guard-test-guardd-{pid}"),
+            instance: format!("guard-test-pods-{tag}"),
+            guardd: format!("guard-test-guardd-{tag}"),
+            tag,
             policies,
             dir,
         }
+    }
+
+    /// The name of this node's workload container `x`.
+    fn name(&self, x: &str) -> String {
+        format!("guard-test-agent-{}-{x}", self.tag)
     }
 
     fn path(&self, d: &str) -> String {
@@ -250,16 +261,17 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let pid = std::process::id();
         let _ = podman(&["rm", "-f", "-t", "5", &self.guardd]);
-        for n in ["a", "b", "c", "d", "e", "f"] {
-            let _ = podman(&[
-                "rm",
-                "-f",
-                "-t",
-                "1",
-                &format!("guard-test-agent-{pid}-{n}"),
-            ]);
+        let out = podman(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name=guard-test-agent-{}-", self.tag),
+            "--format",
+            "{{.Names}}",
+        ]);
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = podman(&["rm", "-f", "-t", "1", name.trim()]);
         }
         remove_instance(&self.instance);
     }
@@ -308,18 +320,12 @@ fn agent_id_of(out: &Output) -> String {
 
 #[test]
 fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
-    let pid = std::process::id();
     let mut node = Node::new();
     node.policies(&[("agent.toml", &policy("agent"))]);
     node.start_guardd();
 
     // A forbidden connect, read and exec: refused by the node's guardd.
-    let out = run_agent(
-        &node,
-        &format!("guard-test-agent-{pid}-a"),
-        "agent",
-        AGENT_SCRIPT,
-    );
+    let out = run_agent(&node, &node.name("a"), "agent", AGENT_SCRIPT);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -379,7 +385,7 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
     // A workload cannot bring its own policy (cluster mode).
     let out = node
         .workload(
-            &format!("guard-test-agent-{pid}-b"),
+            &node.name("b"),
             &[
                 "/bin/sh",
                 "-c",
@@ -398,7 +404,6 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
 
 #[test]
 fn the_agent_stays_confined_while_guardds_container_is_replaced_and_policies_reload() {
-    let pid = std::process::id();
     let mut node = Node::new();
     node.policies(&[("agent.toml", &policy("agent"))]);
     node.start_guardd();
@@ -413,11 +418,42 @@ done
         let f = node.dir.path().join(format!("tmp/go-{step}.fifo"));
         nix_mkfifo(&f);
     }
-    let mut child = run_agent_spawn(&node, &format!("guard-test-agent-{pid}-c"), script);
+    let mut child = run_agent_spawn(&node, &node.name("c"), script);
     let go = |step: &str| {
         std::fs::write(node.dir.path().join(format!("tmp/go-{step}.fifo")), "go\n").unwrap();
     };
     go("before");
+    // Another workload on the node sees nothing of this agent and cannot
+    // touch it, though it runs as root too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let ps = node.ctl(&["ps", "--json"]);
+        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .and_then(|a| a["id"].as_str().map(str::to_owned))
+        {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no agent listed: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let other = |n: &str, cmd: &[&str]| node.workload(&node.name(n), cmd).output().unwrap();
+    let ps = other("g", &["guardctl", "ps", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&id),
+        "another container lists the agent: {}",
+        describe(&ps)
+    );
+    let kill = other("h", &["guardctl", "kill", &id]);
+    assert!(!kill.status.success(), "{}", describe(&kill));
+    let logs = other("i", &["guardctl", "logs", "--json", "--agent", &id]);
+    assert!(
+        !String::from_utf8_lossy(&logs.stdout).contains(&id),
+        "another container reads the agent's records: {}",
+        describe(&logs)
+    );
     // guardd's container is replaced (an update of the DaemonSet).
     let _ = podman(&["rm", "-f", "-t", "5", &node.guardd]);
     go("during");
@@ -479,12 +515,7 @@ done
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = run_agent(
-        &node,
-        &format!("guard-test-agent-{pid}-d"),
-        "other",
-        "echo ran",
-    );
+    let out = run_agent(&node, &node.name("d"), "other", "echo ran");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran"));
 }
@@ -543,7 +574,6 @@ fn wait_output(child: &mut std::process::Child, within: Duration) -> Output {
 
 #[test]
 fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
-    let pid = std::process::id();
     let mut node = Node::new();
     node.policies(&[("floor.toml", &policy("floor"))]);
     node.start_guardd_with(&["--floor-policy=floor"]);
@@ -559,7 +589,7 @@ fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
     // Wider than the floor: /etc/secret.txt is not the floor's to grant.
     let out = node
         .workload(
-            &format!("guard-test-agent-{pid}-e"),
+            &node.name("e"),
             &["/bin/sh", "-c", &own("wide", ", \"/etc/secret.txt\"")],
         )
         .output()
@@ -577,10 +607,7 @@ fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
     }
     // Within it: runs.
     let out = node
-        .workload(
-            &format!("guard-test-agent-{pid}-f"),
-            &["/bin/sh", "-c", &own("narrow", "")],
-        )
+        .workload(&node.name("f"), &["/bin/sh", "-c", &own("narrow", "")])
         .output()
         .unwrap();
     assert!(

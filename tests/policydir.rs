@@ -347,3 +347,30 @@ fn the_node_can_forbid_what_a_launcher_would_run_without() {
     let out = run_named(&g, "agent", &["--allow-degraded", "limits"], &[]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[test]
+fn audit_mode_is_the_nodes_to_choose() {
+    // A named policy that enforces cannot be run in audit mode.
+    let pd = ConfigMapDir::new(&[
+        ("agent.toml", &tcp_policy("agent", 1)),
+        ("floor.toml", &tcp_policy("floor", 1)),
+    ]);
+    let g = start(pd.path(), &["--floor-policy", "floor"]);
+    let out = run_named(&g, "agent", &["--audit"], &[]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit"),
+        "{}",
+        describe(&out)
+    );
+    logs_with(&g, 1, |r| r["rule"] == "control.audit-not-allowed");
+    // A client's own policy within an enforcing floor, run with --audit,
+    // is wider than the floor.
+    let own = g.write_policy("own", &tcp_policy("own", 1));
+    let out = g.run(&own, &["--audit"], &["/bin/true"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    logs_with(&g, 1, |r| r["rule"] == "policy.floor");
+    // Without --audit it runs.
+    let out = g.run(&own, &[], &["/bin/true"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}

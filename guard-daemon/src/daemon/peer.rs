@@ -47,9 +47,26 @@ pub struct Origin {
     pub cgroups: String,
     /// Inode of the peer's network namespace (`None`: unreadable).
     pub netns: Option<u64>,
+    /// Inode of the peer's pid namespace (`None`: unreadable).
+    pub pidns: Option<u64>,
 }
 
 impl Origin {
+    /// Which tenant the peer is: 0 for a peer in guardd's own pid
+    /// namespace (the host's operators and services), otherwise a key of
+    /// its cgroup. A workload pod runs as uid 0 in a pid namespace of its
+    /// own: it is a tenant, and sees and controls only the agents it
+    /// started itself, however root it is.
+    pub fn tenant(&self) -> u64 {
+        if self.pidns.is_some() && self.pidns == own_pidns() {
+            return 0;
+        }
+        let d = <sha2::Sha256 as sha2::Digest>::digest(self.cgroups.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(b) | 1
+    }
+
     /// The v2 cgroup path.
     pub fn v2(&self) -> Option<&str> {
         v2_path(&self.cgroups)
@@ -101,16 +118,29 @@ pub fn pod_uid(path: &str) -> Option<String> {
     })
 }
 
-/// The inode of a process's network namespace.
-fn netns_of(pid: i32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+/// The inode of a process's namespace of kind `ns` (`net`, `pid`).
+fn ns_of(pid: i32, ns: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()?;
     let s = link.to_str()?;
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+    s.strip_prefix(ns)?
+        .strip_prefix(":[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+fn netns_of(pid: i32) -> Option<u64> {
+    ns_of(pid, "net")
 }
 
 /// guardd's own network namespace.
 pub fn own_netns() -> Option<u64> {
     netns_of(std::process::id() as i32)
+}
+
+/// guardd's own pid namespace.
+pub fn own_pidns() -> Option<u64> {
+    ns_of(std::process::id() as i32, "pid")
 }
 
 /// The agent id of the first scope component of a cgroup path, if any.
@@ -195,6 +225,7 @@ pub fn placement(sock: RawFd) -> Result<Placement, PeerError> {
             }
         })?;
     let netns = netns_of(pid);
+    let pidns = ns_of(pid, "pid");
     // The text read belongs to the peer only if the pid still names it.
     if exited(&pidfd) {
         return Err(PeerError::Gone);
@@ -209,6 +240,7 @@ pub fn placement(sock: RawFd) -> Result<Placement, PeerError> {
         None => Placement::Outside(Origin {
             cgroups: text.clone(),
             netns,
+            pidns,
         }),
     })
 }
@@ -247,6 +279,18 @@ mod tests {
         };
         assert!(origin.v2().is_some());
         assert_eq!(origin.netns, own_netns());
+        // In guardd's own pid namespace: no tenant.
+        assert_eq!(origin.tenant(), 0);
+        let other = Origin {
+            pidns: Some(1),
+            ..origin.clone()
+        };
+        assert_ne!(other.tenant(), 0);
+        let unreadable = Origin {
+            pidns: None,
+            ..origin
+        };
+        assert_ne!(unreadable.tenant(), 0);
     }
 
     #[test]
@@ -274,6 +318,7 @@ mod tests {
         let host = Origin {
             cgroups: "0::/user.slice/user-0.slice/session-1.scope\n".to_owned(),
             netns: None,
+            pidns: None,
         };
         assert_eq!(host.container(), None);
         assert_eq!(container_id("/"), None);

@@ -68,9 +68,20 @@ pub async fn serve(
                     tokio::spawn(async move {
                         let _alive = alive;
                         let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-                        match Limits::admit(&limits, uid) {
-                            Some(_slot) => connection(shared, stream, stop).await,
-                            None => refuse_busy(stream, uid).await,
+                        // Nothing inside a scope is served, whatever its uid
+                        // (agents usually run as uid 0 without capabilities)
+                        // and whatever the socket's permissions: read where
+                        // the peer runs first, which also says whose share
+                        // of the connections it takes.
+                        let placement = peer::placement(stream.as_fd().as_raw_fd());
+                        let tenant = match &placement {
+                            Ok(peer::Placement::Outside(o)) => o.tenant(),
+                            _ => 0,
+                        };
+                        let who = Who::of(uid, tenant);
+                        match Limits::admit(&limits, who) {
+                            Some(_slot) => connection(shared, stream, stop, placement, tenant).await,
+                            None => refuse_busy(stream, who).await,
                         }
                     });
                 }
@@ -137,15 +148,37 @@ struct Limits {
 #[derive(Default)]
 struct Counts {
     root: usize,
-    /// All non-root peers together.
+    /// All other peers together.
     others: usize,
-    per_uid: std::collections::HashMap<u32, usize>,
+    per_peer: std::collections::HashMap<Who, usize>,
+}
+
+/// Whose share of the connections a peer takes: the host's root, a
+/// non-root uid, or a tenant (a workload pod, uid 0 or not, counted apart
+/// so it cannot take root's allowance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Who {
+    Root,
+    Uid(u32),
+    Tenant(u64),
+}
+
+impl Who {
+    fn of(uid: u32, tenant: u64) -> Who {
+        if tenant != 0 {
+            Who::Tenant(tenant)
+        } else if uid == 0 {
+            Who::Root
+        } else {
+            Who::Uid(uid)
+        }
+    }
 }
 
 /// A connection's place under the limits, given back when it ends.
 struct Slot {
     limits: Arc<Limits>,
-    uid: u32,
+    who: Who,
 }
 
 impl Limits {
@@ -154,25 +187,25 @@ impl Limits {
         self.counts.lock().map(|c| c.root + c.others).unwrap_or(0)
     }
 
-    /// A place for a connection of `uid`, or `None` when it is over the cap.
-    fn admit(limits: &Arc<Limits>, uid: u32) -> Option<Slot> {
+    /// A place for a connection of `who`, or `None` when it is over the cap.
+    fn admit(limits: &Arc<Limits>, who: Who) -> Option<Slot> {
         let mut c = limits.counts.lock().ok()?;
-        if uid == 0 {
+        if who == Who::Root {
             if c.root >= MAX_ROOT {
                 return None;
             }
             c.root += 1;
         } else {
-            let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+            let mine = c.per_peer.get(&who).copied().unwrap_or(0);
             if c.others >= MAX_CONNECTIONS || mine >= MAX_PER_UID {
                 return None;
             }
-            c.per_uid.insert(uid, mine + 1);
+            c.per_peer.insert(who, mine + 1);
             c.others += 1;
         }
         Some(Slot {
             limits: limits.clone(),
-            uid,
+            who,
         })
     }
 }
@@ -180,14 +213,14 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut c) = self.limits.counts.lock() {
-            if self.uid == 0 {
+            if self.who == Who::Root {
                 c.root = c.root.saturating_sub(1);
             } else {
                 c.others = c.others.saturating_sub(1);
-                if let Some(n) = c.per_uid.get_mut(&self.uid) {
+                if let Some(n) = c.per_peer.get_mut(&self.who) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        c.per_uid.remove(&self.uid);
+                        c.per_peer.remove(&self.who);
                     }
                 }
             }
@@ -195,10 +228,15 @@ impl Drop for Slot {
     }
 }
 
-async fn refuse_busy(mut stream: UnixStream, uid: u32) {
+async fn refuse_busy(mut stream: UnixStream, who: Who) {
+    let whose = match who {
+        Who::Root => "root".to_owned(),
+        Who::Uid(uid) => format!("uid {uid}"),
+        Who::Tenant(_) => "this container".to_owned(),
+    };
     let line = RequestError::Busy(format!(
-        "too many connections (at most {MAX_CONNECTIONS} for all non-root peers, {MAX_PER_UID} per uid, \
-         {MAX_ROOT} for root); uid {uid} must close some first"
+        "too many connections (at most {MAX_CONNECTIONS} for all peers but the host's root, \
+         {MAX_PER_UID} per uid or container, {MAX_ROOT} for root); {whose} must close some first"
     ))
     .line(0);
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&line)).await;
@@ -257,18 +295,22 @@ impl Conn {
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream, stop: watch::Receiver<bool>) {
+async fn connection(
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    stop: watch::Receiver<bool>,
+    placement: Result<peer::Placement, peer::PeerError>,
+    tenant: u64,
+) {
     let peer = match stream.peer_cred() {
         Ok(c) => Peer {
             uid: c.uid(),
             gid: c.gid(),
             pid: c.pid().unwrap_or(0),
+            tenant,
         },
         Err(_) => return,
     };
-    // Nothing inside a scope is served, whatever its uid (agents usually run
-    // as uid 0 without capabilities) and whatever the socket's permissions.
-    let placement = peer::placement(stream.as_fd().as_raw_fd());
     let refusal = match &placement {
         Ok(peer::Placement::Outside(_)) => None,
         Ok(peer::Placement::Confined { agent, cgroup }) => Some(agents::refuse_confined_peer(
@@ -751,37 +793,37 @@ mod tests {
     fn each_uid_is_capped_and_served_again_when_a_connection_ends() {
         let limits = Arc::new(Limits::default());
         let mut held: Vec<Slot> = (0..MAX_PER_UID)
-            .map(|_| Limits::admit(&limits, 1000).unwrap())
+            .map(|_| Limits::admit(&limits, Who::Uid(1000)).unwrap())
             .collect();
-        assert!(Limits::admit(&limits, 1000).is_none());
+        assert!(Limits::admit(&limits, Who::Uid(1000)).is_none());
         // A refused connection holds no place.
         assert_eq!(limits.served(), MAX_PER_UID);
         // Another uid, and root, are not held up by it.
-        assert!(Limits::admit(&limits, 1001).is_some());
-        assert!(Limits::admit(&limits, 0).is_some());
+        assert!(Limits::admit(&limits, Who::Uid(1001)).is_some());
+        assert!(Limits::admit(&limits, Who::Root).is_some());
         held.pop();
-        let again = Limits::admit(&limits, 1000);
+        let again = Limits::admit(&limits, Who::Uid(1000));
         assert!(again.is_some());
         drop(again);
         drop(held);
         let c = limits.counts.lock().unwrap();
-        assert_eq!((c.root, c.others, c.per_uid.len()), (0, 0, 0));
+        assert_eq!((c.root, c.others, c.per_peer.len()), (0, 0, 0));
     }
 
     #[test]
     fn all_non_root_peers_share_one_cap_and_root_has_its_own() {
         let limits = Arc::new(Limits::default());
         let held: Vec<Slot> = (0..MAX_CONNECTIONS)
-            .map(|i| Limits::admit(&limits, 1000 + (i / MAX_PER_UID) as u32).unwrap())
+            .map(|i| Limits::admit(&limits, Who::Uid(1000 + (i / MAX_PER_UID) as u32)).unwrap())
             .collect();
-        assert!(Limits::admit(&limits, 5000).is_none());
+        assert!(Limits::admit(&limits, Who::Uid(5000)).is_none());
         let root: Vec<Slot> = (0..MAX_ROOT)
-            .map(|_| Limits::admit(&limits, 0).unwrap())
+            .map(|_| Limits::admit(&limits, Who::Root).unwrap())
             .collect();
-        assert!(Limits::admit(&limits, 0).is_none());
+        assert!(Limits::admit(&limits, Who::Root).is_none());
         drop(root);
-        assert!(Limits::admit(&limits, 0).is_some());
+        assert!(Limits::admit(&limits, Who::Root).is_some());
         drop(held);
-        assert!(Limits::admit(&limits, 5000).is_some());
+        assert!(Limits::admit(&limits, Who::Uid(5000)).is_some());
     }
 }

@@ -222,6 +222,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 started: UNIX_EPOCH + Duration::from_secs(st.started_unix),
                 main_pid: st.main_pid,
                 owner: st.owner,
+                tenant: st.tenant,
                 meta,
                 attached: false,
                 source: st.source,

@@ -40,16 +40,16 @@ pub(super) fn refuse_request(
 /// Only the uid that opened an agent, or root, may report on it or control
 /// it. An unknown id passes here so the operation itself says `not_found`.
 pub fn authorize(shared: &Shared, peer: Peer, id: &str, op: &str) -> Result<(), RequestError> {
-    if peer.uid == 0 {
+    if peer.uid == 0 && peer.tenant == 0 {
         return Ok(());
     }
-    let found = shared
-        .registry
-        .lock()
-        .ok()
-        .and_then(|r| r.agents.get(id).map(|a| (a.owner, a.meta.agent.clone())));
+    let found = shared.registry.lock().ok().and_then(|r| {
+        r.agents
+            .get(id)
+            .map(|a| (a.owner, a.tenant, a.meta.agent.clone()))
+    });
     match found {
-        Some((owner, agent)) => match not_owner(owner, peer, id, op) {
+        Some((owner, tenant, agent)) => match not_owner(owner, tenant, peer, id, op) {
             Some(why) => Err(refuse_request(
                 shared,
                 peer,
@@ -65,8 +65,15 @@ pub fn authorize(shared: &Shared, peer: Peer, id: &str, op: &str) -> Result<(), 
     }
 }
 
-/// Why `peer` may not `op` agent `id` owned by `owner`, if it may not.
-fn not_owner(owner: u32, peer: Peer, id: &str, op: &str) -> Option<String> {
+/// Why `peer` may not `op` agent `id` owned by `owner` and opened by
+/// `tenant`, if it may not. A workload (tenant) acts only on the agents it
+/// opened itself, whatever its uid: pods run as uid 0.
+fn not_owner(owner: u32, tenant: u64, peer: Peer, id: &str, op: &str) -> Option<String> {
+    if peer.tenant != 0 {
+        return (tenant != peer.tenant).then(|| {
+            format!("agent {id} was not started from this container; it may not {op} it")
+        });
+    }
     (peer.uid != 0 && owner != peer.uid).then(|| {
         format!(
             "agent {id} belongs to uid {owner}; uid {} may not {op} it",
@@ -82,7 +89,8 @@ pub fn reads_all(shared: &Shared, peer: Peer, in_group: bool) -> bool {
 }
 
 fn may_read_all(group_reads_all: bool, peer: Peer, in_group: bool) -> bool {
-    peer.uid == 0 || (group_reads_all && in_group)
+    // A workload reads nothing of other workloads' agents, whatever its uid.
+    peer.tenant == 0 && (peer.uid == 0 || (group_reads_all && in_group))
 }
 
 /// Journals a request refused because its peer runs inside a scope (or
@@ -151,20 +159,36 @@ mod tests {
             uid,
             gid: uid,
             pid: 42,
+            tenant: 0,
         }
+    }
+
+    fn pod(tenant: u64) -> Peer {
+        Peer { tenant, ..peer(0) }
     }
 
     #[test]
     fn only_the_owner_or_root_may_act_on_an_agent() {
-        assert_eq!(not_owner(1000, peer(1000), "a1", "kill"), None);
-        assert_eq!(not_owner(1000, peer(0), "a1", "kill"), None);
-        assert_eq!(not_owner(0, peer(0), "a1", "exited"), None);
+        assert_eq!(not_owner(1000, 0, peer(1000), "a1", "kill"), None);
+        assert_eq!(not_owner(1000, 0, peer(0), "a1", "kill"), None);
+        assert_eq!(not_owner(0, 0, peer(0), "a1", "exited"), None);
         assert_eq!(
-            not_owner(1000, peer(1001), "a1", "freeze").as_deref(),
+            not_owner(1000, 0, peer(1001), "a1", "freeze").as_deref(),
             Some("agent a1 belongs to uid 1000; uid 1001 may not freeze it")
         );
         // Root's agents are root's alone.
-        assert!(not_owner(0, peer(1000), "a1", "started").is_some());
+        assert!(not_owner(0, 0, peer(1000), "a1", "started").is_some());
+    }
+
+    #[test]
+    fn a_workload_acts_only_on_its_own_agents_though_it_is_root() {
+        assert_eq!(not_owner(0, 7, pod(7), "a1", "exited"), None);
+        assert!(not_owner(0, 7, pod(8), "a1", "kill").is_some());
+        // Nor on the host's.
+        assert!(not_owner(0, 0, pod(8), "a1", "started").is_some());
+        // The host's root acts on any.
+        assert_eq!(not_owner(0, 7, peer(0), "a1", "kill"), None);
+        assert!(!may_read_all(true, pod(7), true));
     }
 
     #[test]

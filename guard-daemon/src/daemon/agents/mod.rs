@@ -36,6 +36,10 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+    /// 0 for a peer in guardd's pid namespace; otherwise the workload it
+    /// runs in (`peer::Origin::tenant`), which sees and controls only the
+    /// agents it started, whatever its uid.
+    pub tenant: u64,
 }
 
 /// A live agent. Its id, name and policy are `meta.agent`'s.
@@ -50,6 +54,8 @@ pub struct AgentState {
     /// The uid that opened the scope (seen from the socket peer): only it
     /// and root may report on or control the agent.
     pub owner: u32,
+    /// The tenant that opened it (`Peer::tenant`; 0: the host).
+    pub tenant: u64,
     pub meta: Arc<AgentMeta>,
     /// A launcher connection owns the agent; re-adopted agents have none
     /// until their launcher reports the exit.

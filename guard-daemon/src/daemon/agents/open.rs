@@ -31,6 +31,9 @@ use crate::{
     scope::Limits,
 };
 
+/// Live agents one workload (tenant) may run at once on a node.
+const MAX_AGENTS_PER_TENANT: usize = 64;
+
 fn random_id() -> String {
     let mut b = [0u8; 6];
     // SAFETY: getrandom fills the buffer we own.
@@ -89,6 +92,25 @@ pub fn open(
             "the journal cannot record anything ({why}); no agent is started"
         )));
     }
+    // A workload cannot take every slot of the node: its live agents are
+    // capped.
+    if peer.tenant != 0 {
+        let live = shared
+            .registry
+            .lock()
+            .map(|r| {
+                r.agents
+                    .values()
+                    .filter(|a| a.tenant == peer.tenant)
+                    .count()
+            })
+            .unwrap_or(0);
+        if live >= MAX_AGENTS_PER_TENANT {
+            return Err(RequestError::Busy(format!(
+                "this container already runs {live} agents (at most {MAX_AGENTS_PER_TENANT})"
+            )));
+        }
+    }
     let chosen = choose(shared, req, peer)?;
     let policy = &chosen.policy;
     let id = random_id();
@@ -107,9 +129,30 @@ pub fn open(
         home: PathBuf::from(&req.home),
         tmp: tmp.clone(),
     };
-    let plan = policy
+    let mut plan = policy
         .compile(&vars)
         .map_err(|e| RequestError::Policy(e.to_string()))?;
+    if req.audit {
+        // Audit mode relaxes the network rules: the node's named policy
+        // decides whether an agent may run so, not the workload.
+        if chosen.named.is_some() && plan.mode != Mode::Audit {
+            return Err(refuse_request(
+                shared,
+                peer,
+                "open",
+                req.argv.first().map(String::as_str).unwrap_or(""),
+                "control.audit-not-allowed",
+                None,
+                format!(
+                    "policy {} of guardd's policy directory enforces; a launcher cannot run it in \
+                     audit mode (--audit): set `mode = \"audit\"` in the policy on the node instead",
+                    plan.name
+                ),
+            ));
+        }
+        // A client's policy is compared with the floor as it will run.
+        plan.mode = Mode::Audit;
+    }
     check_floor(
         shared,
         &chosen,
@@ -380,6 +423,7 @@ pub fn open(
         started: SystemTime::now(),
         main_pid: None,
         owner: peer.uid,
+        tenant: peer.tenant,
         meta,
         attached: true,
         source: Source {

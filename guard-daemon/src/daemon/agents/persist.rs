@@ -31,6 +31,9 @@ pub(super) struct StateFile {
     /// Absent in state written before owners were kept: root's.
     #[serde(default)]
     pub(super) owner: u32,
+    /// The tenant that opened it (absent: the host).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) tenant: u64,
     pub(super) v4: Vec<(u32, u32, [u8; 4])>,
     pub(super) v6: Vec<(u32, u32, [u8; 16])>,
     pub(super) unix: Vec<(u32, Vec<u8>)>,
@@ -70,6 +73,7 @@ impl StateFile {
                 .unwrap_or(0),
             main_pid: a.main_pid,
             owner: a.owner,
+            tenant: a.tenant,
             v4: to_rows(&a.keys.v4, |k| (k.slot, k.addr)),
             v6: to_rows(&a.keys.v6, |k| (k.slot, k.addr)),
             unix: a
@@ -118,6 +122,10 @@ impl StateFile {
             listen6: from_rows(&self.listen6, |slot, addr| Net6Key { slot, addr }),
         }
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Trie keys as the file keeps them: (prefix length, slot, address).
@@ -256,6 +264,7 @@ mod tests {
             started_unix: 1_700_000_000,
             main_pid: Some(4242),
             owner: 1000,
+            tenant: 77,
             v4: vec![(56, 7, [10, 0, 0, 0])],
             v6: vec![(160, 7, [0xfd; 16])],
             unix: vec![(7, b"/run/x.sock".to_vec()), (7, unix)],

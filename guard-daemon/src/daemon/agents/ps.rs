@@ -11,7 +11,7 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
     let mut out: Vec<PsEntry> = r
         .agents
         .values()
-        .filter(|a| visible(a.owner, peer, all))
+        .filter(|a| visible(a.owner, a.tenant, peer, all))
         .map(|a| {
             // The journal's count, whichever layer refused: the kernel's
             // own counter sees only what the BPF programs refused, not
@@ -34,8 +34,12 @@ pub fn ps(shared: &Shared, peer: Peer, all: bool) -> Vec<PsEntry> {
     out
 }
 
-/// Whether an agent owned by `owner` is listed for `peer`.
-fn visible(owner: u32, peer: Peer, all: bool) -> bool {
+/// Whether an agent owned by `owner`, opened by `tenant`, is listed for
+/// `peer`: a workload sees only what it started.
+fn visible(owner: u32, tenant: u64, peer: Peer, all: bool) -> bool {
+    if peer.tenant != 0 {
+        return tenant == peer.tenant;
+    }
     all || owner == peer.uid
 }
 
@@ -54,11 +58,21 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pid: 1,
+            tenant: 0,
         };
-        assert!(visible(1000, me, false));
-        assert!(!visible(0, me, false));
-        assert!(!visible(1001, me, false));
-        assert!(visible(1001, me, true));
+        assert!(visible(1000, 0, me, false));
+        assert!(!visible(0, 0, me, false));
+        assert!(!visible(1001, 0, me, false));
+        assert!(visible(1001, 0, me, true));
+        // A workload, root or not, sees only its own.
+        let pod = Peer {
+            uid: 0,
+            tenant: 9,
+            ..me
+        };
+        assert!(visible(0, 9, pod, true));
+        assert!(!visible(0, 8, pod, true));
+        assert!(!visible(0, 0, pod, true));
     }
 
     #[test]
