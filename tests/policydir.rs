@@ -373,4 +373,12 @@ fn audit_mode_is_the_nodes_to_choose() {
     // Without --audit it runs.
     let out = g.run(&own, &[], &["/bin/true"]);
     assert!(out.status.success(), "{}", describe(&out));
+    // The floor bounds client policies; it is not a policy to run.
+    let out = run_named(&g, "floor", &[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("floor"),
+        "{}",
+        describe(&out)
+    );
 }

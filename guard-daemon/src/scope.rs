@@ -474,12 +474,22 @@ pub struct Scope {
 
 impl Scope {
     /// A descriptor of the v2 cgroup for `clone3(CLONE_INTO_CGROUP)`.
+    /// It must still be the cgroup the scope was made as (same inode, the
+    /// id the programs know): a directory removed and made again under
+    /// the same name (by whoever may write the caller's cgroup) is not it.
     pub fn open_dir(&self) -> Result<OwnedFd, ScopeError> {
         let f = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&self.v2)
             .map_err(io("opening", &self.v2))?;
+        let ino = f.metadata().map_err(io("reading", &self.v2))?.ino();
+        if ino != self.cgroup_id {
+            return Err(ScopeError::Caller(format!(
+                "{} is no longer the scope's cgroup (it was replaced after it was made)",
+                self.v2.display()
+            )));
+        }
         Ok(f.into())
     }
 

@@ -243,6 +243,18 @@ impl Daemon {
                 source,
             })?;
         }
+        // The state files hold every agent's policy and arguments: root's
+        // alone, whatever directory holds them.
+        let agents_dir = cfg.state_dir.join("agents");
+        std::fs::set_permissions(
+            &agents_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|source| DaemonError::Io {
+            op: "restricting",
+            path: agents_dir.clone(),
+            source,
+        })?;
         if let Some(parent) = cfg.journal.parent() {
             std::fs::create_dir_all(parent).map_err(|source| DaemonError::Io {
                 op: "creating",
@@ -489,6 +501,8 @@ fn journal_start(shared: &Shared) {
         "policy_dir": shared.cfg.policy_dir,
         "require_named_policy": shared.cfg.require_named_policy,
         "floor_policy": shared.cfg.floor_policy,
+        "scopes_under": if shared.cfg.scopes_under_caller { "caller" } else { "instance" },
+        "forbid_degraded": shared.cfg.forbid_degraded,
     }));
     let _ = shared.journal.append(rec);
 }

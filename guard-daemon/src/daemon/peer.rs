@@ -90,13 +90,16 @@ impl Origin {
 /// The container id in the last component of a cgroup path, as container
 /// runtimes name them.
 pub fn container_id(path: &str) -> Option<String> {
-    let last = path.rsplit('/').next()?;
-    let last = last.strip_suffix(".scope").unwrap_or(last);
-    let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "cri-o-"]
-        .iter()
-        .find_map(|p| last.strip_prefix(p))
-        .unwrap_or(last);
-    (id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    // From the leaf up: a runtime may nest its own cgroup below the
+    // container's (crun's `container`, systemd in a container).
+    path.rsplit('/').find_map(|c| {
+        let c = c.strip_suffix(".scope").unwrap_or(c);
+        let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "cri-o-"]
+            .iter()
+            .find_map(|p| c.strip_prefix(p))
+            .unwrap_or(c);
+        (id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
 }
 
 /// The pod UID in a kubelet cgroup path: `pod<uid>` (cgroupfs driver) or
@@ -311,6 +314,11 @@ mod tests {
             Some("1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718")
         );
         assert_eq!(container_id(cgroupfs).as_deref(), Some("abcdefabcdef0123"));
+        // A cgroup a runtime nests below the container's.
+        assert_eq!(
+            container_id("/libpod_parent/libpod-89abcdef01234567/container").as_deref(),
+            Some("89abcdef01234567")
+        );
         let podman = "/libpod_parent/libpod-89abcdef01234567";
         assert_eq!(container_id(podman).as_deref(), Some("89abcdef01234567"));
         assert_eq!(pod_uid(podman), None);

@@ -203,11 +203,19 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     keys.cgroup_id = scope.cgroup_id;
     // A scope under a caller holds its own links to the programs: this
     // guardd's generation replaces them (attached before the old ones go).
-    if scope.base.caller
-        && let Ok(mut k) = shared.kernel.lock()
-        && let Err(e) = k.attach_scope(&scope.v2, &st.id)
-    {
-        tracing::error!(agent = %st.id, "attaching this guardd's programs to the re-adopted scope (the previous ones stay): {e}");
+    if scope.base.caller {
+        let attached = shared
+            .kernel
+            .lock()
+            .map_err(|_| "kernel lock poisoned".to_owned())
+            .and_then(|mut k| k.attach_scope(&scope.v2, &st.id).map_err(|e| e.to_string()));
+        if let Err(e) = attached {
+            // Fail closed: without this generation's links its level may
+            // leave the programs' search, and the exec check would no
+            // longer find the agent. End it.
+            tracing::error!(agent = %st.id, "re-attaching the programs to the re-adopted scope failed ({e}); ending the agent");
+            let _ = scope.kill_all(Duration::from_secs(5));
+        }
     }
     restart_gap(shared, agent, "scope re-adopted", gap);
     if let Ok(mut r) = shared.registry.lock() {

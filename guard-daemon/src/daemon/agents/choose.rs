@@ -74,6 +74,14 @@ pub fn named_policy(shared: &Shared, name: &str) -> Result<PolicyReply, RequestE
 pub fn choose(shared: &Shared, req: &OpenRequest, peer: Peer) -> Result<Chosen, RequestError> {
     let argv0 = req.argv.first().map(String::as_str).unwrap_or("");
     if let Some(name) = &req.policy_name {
+        // The floor is the most any client policy may grant: running it
+        // as such would hand that to any workload.
+        if shared.cfg.floor_policy.as_deref() == Some(name.as_str()) {
+            return Err(RequestError::Policy(format!(
+                "{name:?} is this guardd's floor (--floor-policy), the bound of client policies, \
+                 not a policy to run agents under"
+            )));
+        }
         let p = named_policy(shared, name)?;
         // The launcher applies the text it was sent; guardd must compile
         // that same text, so a reload in between refuses the start.

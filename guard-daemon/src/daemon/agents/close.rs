@@ -131,12 +131,15 @@ pub fn close(
     if let Ok(mut k) = shared.kernel.lock() {
         k.remove_agent(&agent.keys);
     }
-    if let Err(e) = agent.scope.remove() {
+    let removed = agent.scope.remove();
+    if let Err(e) = &removed {
         tracing::error!("removing scope of {id}: {e}");
     }
-    // Its own program links (a scope under a caller): the scope is empty
-    // or gone, so nothing runs unconfined when they go.
+    // Its own program links (a scope under a caller) go only with the
+    // scope: a process that survived in it stays under the programs (and
+    // denied, its agent being gone) rather than run with none.
     if agent.scope.base.caller
+        && (removed.is_ok() || !agent.scope.v2.exists())
         && let Ok(mut k) = shared.kernel.lock()
     {
         k.detach_scope(id);
