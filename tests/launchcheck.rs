@@ -47,7 +47,14 @@ struct Rogue {
 
 fn rogue(g: &Guardd, variant: &str, marker: &Path) -> Rogue {
     let policy = g.write_policy("launchcheck", POLICY);
-    let script = format!("echo RAN; echo ran > {}", marker.display());
+    // Should the program run, its output shows the capability sets it
+    // started with (read with shell builtins: any exec would be checked
+    // on its own).
+    let script = format!(
+        "echo RAN; while read -r k v; do case $k in CapPrm:|CapEff:) echo $k $v;; esac; \
+         done < /proc/self/status; echo ran > {}",
+        marker.display()
+    );
     let mut child = Command::new(PYTHON)
         .arg(agent_script("rogue_launcher.py"))
         .arg(&g.socket)
@@ -201,6 +208,21 @@ fn no_new_privs_alone_is_not_enough() {
 #[test]
 fn one_capability_beyond_the_policy_is_refused() {
     refused("extracap", |capbnd| {
+        assert_eq!(
+            capbnd,
+            1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
+            "the child cut its bounding set"
+        );
+        vec!["capabilities:CAP_NET_RAW".to_owned()]
+    });
+}
+
+/// The hole review found in a check of the effective set alone: the
+/// program starts with no effective capability but CAP_NET_RAW permitted,
+/// which capset() would make effective after its first instruction.
+#[test]
+fn a_capability_left_permitted_but_not_effective_is_refused() {
+    refused("permcap", |capbnd| {
         assert_eq!(
             capbnd,
             1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
