@@ -3,7 +3,8 @@
 //! launcher (tests/agents/rogue_launcher.py) opens a real scope over
 //! guardd's socket, moves a child into it with the descriptors guardd
 //! passed, and execs a program without a seccomp filter, without
-//! `no_new_privs`, or with a capability the policy does not grant: the
+//! `no_new_privs`, or with a capability the policy does not grant
+//! (effective, or only permitted, ready to be raised): the
 //! program never runs (the exec tracepoint kills it before its first
 //! instruction), and the journal names exactly what was missing. The real
 //! `guardctl run` of the same policy runs normally, with and without a user
@@ -47,7 +48,14 @@ struct Rogue {
 
 fn rogue(g: &Guardd, variant: &str, marker: &Path) -> Rogue {
     let policy = g.write_policy("launchcheck", POLICY);
-    let script = format!("echo RAN; echo ran > {}", marker.display());
+    // Should the program run, its output shows the capability sets it
+    // started with (read with shell builtins: any exec would be checked
+    // on its own).
+    let script = format!(
+        "echo RAN; while read -r k v; do case $k in CapPrm:|CapEff:) echo $k $v;; esac; \
+         done < /proc/self/status; echo ran > {}",
+        marker.display()
+    );
     let mut child = Command::new(PYTHON)
         .arg(agent_script("rogue_launcher.py"))
         .arg(&g.socket)
@@ -133,8 +141,8 @@ fn caps_entry(set: u64) -> String {
 /// Runs the rogue launcher's `variant` and checks that its program never
 /// ran, that it died by SIGKILL, and that the one record of it names
 /// exactly `missing` (computed from the child's bounding set by
-/// `expected`).
-fn refused(variant: &str, expected: impl Fn(u64) -> Vec<String>) {
+/// `expected`); returns that record.
+fn refused(variant: &str, expected: impl Fn(u64) -> Vec<String>) -> Value {
     let g = Guardd::start();
     let marker = g.dir.path().join(format!("ran-{variant}"));
     let r = rogue(&g, variant, &marker);
@@ -172,6 +180,7 @@ fn refused(variant: &str, expected: impl Fn(u64) -> Vec<String>) {
         "{row}"
     );
     assert!(row.contains("exec-tracepoint"), "{row}");
+    rec.clone()
 }
 
 /// Every capability of `set` the policy does not grant.
@@ -200,7 +209,7 @@ fn no_new_privs_alone_is_not_enough() {
 
 #[test]
 fn one_capability_beyond_the_policy_is_refused() {
-    refused("extracap", |capbnd| {
+    let rec = refused("extracap", |capbnd| {
         assert_eq!(
             capbnd,
             1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
@@ -208,6 +217,32 @@ fn one_capability_beyond_the_policy_is_refused() {
         );
         vec!["capabilities:CAP_NET_RAW".to_owned()]
     });
+    // As root the program starts with it in both sets.
+    assert_eq!(
+        rec["detail"]["excess_capabilities"],
+        serde_json::json!({"effective": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]}),
+        "{rec:#}"
+    );
+}
+
+/// The hole review found in a check of the effective set alone: the
+/// program starts with no effective capability but CAP_NET_RAW permitted,
+/// which capset() would make effective after its first instruction.
+#[test]
+fn a_capability_left_permitted_but_not_effective_is_refused() {
+    let rec = refused("permcap", |capbnd| {
+        assert_eq!(
+            capbnd,
+            1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
+            "the child cut its bounding set"
+        );
+        vec!["capabilities:CAP_NET_RAW".to_owned()]
+    });
+    assert_eq!(
+        rec["detail"]["excess_capabilities"],
+        serde_json::json!({"effective": [], "permitted": ["CAP_NET_RAW"]}),
+        "{rec:#}"
+    );
 }
 
 #[test]
@@ -241,7 +276,7 @@ fn the_real_launcher_runs_the_same_policy() {
             &[
                 "/bin/sh",
                 "-c",
-                "echo RAN; grep CapEff /proc/self/status; /bin/true && echo CHILD",
+                "echo RAN; grep -E '^Cap(Prm|Eff)' /proc/self/status; /bin/true && echo CHILD",
             ],
         );
         assert!(out.status.success(), "{case}: {}", describe(&out));
@@ -251,11 +286,14 @@ fn the_real_launcher_runs_the_same_policy() {
             "{case}: {}",
             describe(&out)
         );
-        // What the check compared with the policy: exactly its capability.
-        assert!(
-            stdout.contains(&format!("CapEff:\t{:016x}", 1u64 << CAP_NET_BIND_SERVICE)),
-            "{case}: {stdout}"
-        );
+        // What the check compared with the policy: exactly its capability,
+        // in both sets.
+        for set in ["CapPrm", "CapEff"] {
+            assert!(
+                stdout.contains(&format!("{set}:\t{:016x}", 1u64 << CAP_NET_BIND_SERVICE)),
+                "{case}: {stdout}"
+            );
+        }
         let agent = Guardd::agent_id(&out);
         let recs = records_after_exit(&g, &agent);
         assert!(unconfined(&recs).is_empty(), "{case}: {recs:#?}");

@@ -58,10 +58,11 @@ pub const AGENT_RESTRICT_EXEC: u32 = 1 << 2;
 pub const AGENT_DNS: u32 = 1 << 3;
 /// `AgentInfo::flags`: every program started in the scope must run with the
 /// layers the launcher applies (a seccomp filter, `no_new_privs`, no
-/// effective capability beyond `AgentInfo::caps`). An exec without them is
-/// killed before its first instruction (`REASON_UNCONFINED`). guardd sets it
-/// for every agent it opens: a launcher it does not control (the `guardctl`
-/// in a workload's image) cannot skip them silently.
+/// effective or permitted capability beyond `AgentInfo::caps`). An exec
+/// without them is killed before its first instruction
+/// (`REASON_UNCONFINED`). guardd sets it for every agent it opens: a
+/// launcher it does not control (the `guardctl` in a workload's image)
+/// cannot skip them silently.
 pub const AGENT_LAYERS_REQUIRED: u32 = 1 << 4;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
@@ -85,8 +86,8 @@ pub struct AgentInfo {
     pub dns_port: u32,
     pub _pad: u32,
     /// Capabilities the policy grants (bit n: capability n), the only ones
-    /// a program of the scope may hold effective when it starts; checked
-    /// with `AGENT_LAYERS_REQUIRED`.
+    /// a program of the scope may hold, effective or permitted, when it
+    /// starts; checked with `AGENT_LAYERS_REQUIRED`.
     pub caps: u64,
 }
 
@@ -156,15 +157,16 @@ pub struct Config {
     pub fs_pwd_off: u32,
     pub path_dentry_off: u32,
     pub dentry_inode_off: u32,
-    /// `task_struct.atomic_flags` (bit `PFA_NO_NEW_PRIVS`), `task_struct.cred`
-    /// and `cred.cap_effective`: what an exec'd program of an agent with
-    /// `AGENT_LAYERS_REQUIRED` runs with. `cap_effective` is read as one
-    /// little-endian u64 (guardd checks that the kernel's `kernel_cap_t` is
-    /// 8 bytes: a `u64 val` since 6.3, `u32 cap[2]` before, the same bits).
+    /// `task_struct.atomic_flags` (bit `PFA_NO_NEW_PRIVS`), `task_struct.cred`,
+    /// `cred.cap_effective` and `cred.cap_permitted`: what an exec'd program
+    /// of an agent with `AGENT_LAYERS_REQUIRED` runs with. Each capability
+    /// set is read as one little-endian u64 (guardd checks that the
+    /// kernel's `kernel_cap_t` is 8 bytes: a `u64 val` since 6.3, `u32
+    /// cap[2]` before, the same bits).
     pub task_atomic_flags_off: u32,
     pub task_cred_off: u32,
     pub cred_cap_effective_off: u32,
-    pub _pad: u32,
+    pub cred_cap_permitted_off: u32,
     /// cgroup levels where some agent scope lives: bit L set = a scope at
     /// level L. The `agent_level` bit is always set (scopes under guard's
     /// parent); other bits are scopes created under a caller's own cgroup
@@ -493,9 +495,15 @@ pub struct ExecEvent {
     /// program started without; 0 otherwise.
     pub missing: u32,
     pub _pad: u32,
-    /// With `LAYER_CAPABILITIES`: the effective capabilities beyond
-    /// `AgentInfo::caps` (bit n: capability n).
+    /// With `LAYER_CAPABILITIES`: the capabilities beyond `AgentInfo::caps`
+    /// (bit n: capability n) held effective or permitted, the union of
+    /// `excess_effective` and `excess_permitted`.
     pub excess_caps: u64,
+    /// The effective capabilities beyond `AgentInfo::caps`.
+    pub excess_effective: u64,
+    /// The permitted capabilities beyond `AgentInfo::caps`: ones the
+    /// program can make effective itself (capset()).
+    pub excess_permitted: u64,
 }
 
 /// `ExecEvent::missing`: the task had no seccomp filter (mode not
@@ -503,8 +511,8 @@ pub struct ExecEvent {
 pub const LAYER_SECCOMP: u32 = 1 << 0;
 /// `ExecEvent::missing`: `no_new_privs` was not set.
 pub const LAYER_NO_NEW_PRIVS: u32 = 1 << 1;
-/// `ExecEvent::missing`: effective capabilities beyond the policy's
-/// (`ExecEvent::excess_caps`).
+/// `ExecEvent::missing`: effective or permitted capabilities beyond the
+/// policy's (`ExecEvent::excess_caps`).
 pub const LAYER_CAPABILITIES: u32 = 1 << 2;
 /// `ExecEvent::missing`: the task's seccomp mode, flags or credentials
 /// could not be read, so the layers could not be checked (killed anyway).
@@ -723,7 +731,7 @@ const _: () = {
             == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16 + 8
     );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
-    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 16);
+    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 32);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
     assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
     assert!(

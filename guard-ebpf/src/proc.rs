@@ -98,12 +98,20 @@ fn try_read_u64(addr: u64) -> Option<u64> {
     (rc == 0).then_some(v)
 }
 
+/// Capabilities beyond the policy's that an exec'd program holds
+/// (`ExecEvent::excess_*`).
+#[derive(Clone, Copy, Default)]
+struct Excess {
+    effective: u64,
+    permitted: u64,
+}
+
 /// What the current task, which has just exec'd, runs without among the
 /// layers the launcher applies before exec (`LAYER_*` bits), and its
-/// effective capabilities beyond `allowed`. A field that cannot be read
-/// counts as missing (`LAYER_UNREADABLE`): fail closed.
+/// capabilities beyond `allowed`. A field that cannot be read counts as
+/// missing (`LAYER_UNREADABLE`): fail closed.
 #[inline(always)]
-fn missing_layers(cfg: &Config, allowed: u64) -> (u32, u64) {
+fn missing_layers(cfg: &Config, allowed: u64) -> (u32, Excess) {
     // SAFETY: a plain BPF helper call.
     let task = unsafe { bpf_get_current_task() };
     let mut missing = 0;
@@ -119,19 +127,35 @@ fn missing_layers(cfg: &Config, allowed: u64) -> (u32, u64) {
         None => missing |= LAYER_UNREADABLE,
     }
     // exec has committed the new program's credentials before the
-    // tracepoint: these are the capabilities it starts with.
-    let effective = match try_read_u64(task + u64::from(cfg.task_cred_off)) {
-        Some(cred) if cred != 0 => try_read_u64(cred + u64::from(cfg.cred_cap_effective_off)),
+    // tracepoint: these are the capabilities it starts with. A permitted
+    // capability counts as much as an effective one: capset() (or, for a
+    // real-only root, setuid(0)) makes it effective once the program runs.
+    // Under no_new_privs (required above) no later exec grows the
+    // permitted set beyond the current one, so checking it at every exec
+    // bounds what any program of the scope can hold. The ambient set is
+    // part of the permitted one (the kernel drops an ambient capability
+    // that leaves it). The bounding and inheritable sets are not read:
+    // they only bound what an exec adds to the permitted set, and
+    // no_new_privs caps that at the permitted set checked here.
+    let mut excess = Excess::default();
+    let sets = match try_read_u64(task + u64::from(cfg.task_cred_off)) {
+        Some(cred) if cred != 0 => match (
+            try_read_u64(cred + u64::from(cfg.cred_cap_effective_off)),
+            try_read_u64(cred + u64::from(cfg.cred_cap_permitted_off)),
+        ) {
+            (Some(e), Some(p)) => Some((e, p)),
+            _ => None,
+        },
         _ => None,
     };
-    let excess = match effective {
-        Some(e) => e & !allowed,
-        None => {
-            missing |= LAYER_UNREADABLE;
-            0
+    match sets {
+        Some((e, p)) => {
+            excess.effective = e & !allowed;
+            excess.permitted = p & !allowed;
         }
-    };
-    if excess != 0 {
+        None => missing |= LAYER_UNREADABLE,
+    }
+    if excess.effective | excess.permitted != 0 {
         missing |= LAYER_CAPABILITIES;
     }
     (missing, excess)
@@ -186,7 +210,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     let (missing, excess) = if flags & AGENT_LAYERS_REQUIRED != 0 {
         missing_layers(cfg, agent.caps())
     } else {
-        (0, 0)
+        (0, Excess::default())
     };
     let loader = missing == 0 && flags & AGENT_RESTRICT_EXEC != 0 && runs_the_loader(cfg, bprm);
     if missing != 0 || loader {
@@ -210,7 +234,9 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
         };
         (*ev).missing = missing;
         (*ev)._pad = 0;
-        (*ev).excess_caps = excess;
+        (*ev).excess_caps = excess.effective | excess.permitted;
+        (*ev).excess_effective = excess.effective;
+        (*ev).excess_permitted = excess.permitted;
         let name = read_u64(bprm + u64::from(cfg.bprm_filename_off));
         let n = bpf_probe_read_kernel_str(
             (*ev).filename.as_mut_ptr() as *mut c_void,

@@ -11,9 +11,19 @@ VARIANT says what the child applies before exec:
             KEEP_CAPS (comma-separated numbers) plus CAP_NET_RAW
   nonnp     a seccomp filter and the bounding set cut to KEEP_CAPS, but no
             no_new_privs
+  permcap   as extracap, then the effective user switched to nobody while
+            the real and saved ones stay root: the program starts with an
+            empty effective set and KEEP_CAPS plus CAP_NET_RAW permitted,
+            free to make them effective with capset() or setuid(0)
 The seccomp filter allows every call: it is the mode guardd checks, not
 what a filter allows. As root, the program's effective capabilities after
-exec are the bounding set, which the child prints before exec.
+exec are the bounding set, which the child prints before exec. permcap
+uses the kernel's rule for a real-only root (`handle_privileged_root`):
+the permitted set after exec is still the bounding set (no_new_privs
+keeps it, the old permitted set covers it), but with a non-root effective
+user nothing is made effective. /bin/sh (dash) would raise them itself:
+it resets its effective uid to the real one, 0, which makes the permitted
+set effective.
 
 The parent keeps the connection (the scope's lifetime, as guardctl does),
 waits for the child and prints how it ended; its exit closes the scope.
@@ -30,6 +40,7 @@ import sys
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+NOBODY = 65534
 SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_ALLOW = 0x7FFF0000
 BPF_RET_K = 0x06
@@ -126,6 +137,13 @@ def child(variant, keep, cgroup_fd, v1_fds, argv):
         cut_bounding_set(keep | {CAP_NET_RAW})
         no_new_privs()
         seccomp_allow_all()
+    elif variant == "permcap":
+        cut_bounding_set(keep | {CAP_NET_RAW})
+        no_new_privs()
+        seccomp_allow_all()
+        # Leaving effective uid 0 clears the effective set; the permitted
+        # set stays while the real and saved uids are 0.
+        os.setresuid(-1, NOBODY, -1)
     elif variant == "nonnp":
         # Without no_new_privs a filter needs CAP_SYS_ADMIN: installed
         # before the bounding set is cut.

@@ -319,8 +319,14 @@ mod tests {
     fn sizes_the_members_the_exec_check_reads() {
         let btf = Btf::from_sys_fs().unwrap();
         // kernel_cap_t (a typedef of a struct) and an unsigned long.
-        let cap = btf.member_offset_sized("cred", "cap_effective", 8).unwrap();
-        assert_eq!(cap, btf.member_offset("cred", "cap_effective").unwrap());
+        for set in ["cap_effective", "cap_permitted"] {
+            let cap = btf.member_offset_sized("cred", set, 8).unwrap();
+            assert_eq!(cap, btf.member_offset("cred", set).unwrap());
+        }
+        assert_ne!(
+            btf.member_offset("cred", "cap_effective").unwrap(),
+            btf.member_offset("cred", "cap_permitted").unwrap()
+        );
         btf.member_offset_sized("task_struct", "atomic_flags", 8)
             .unwrap();
         btf.member_offset_sized("seccomp", "mode", 4).unwrap();

@@ -448,7 +448,7 @@ impl Kernel {
                     )?,
                     task_cred_off: btf.member_offset_sized("task_struct", "cred", 8)?,
                     cred_cap_effective_off: btf.member_offset_sized("cred", "cap_effective", 8)?,
-                    _pad: 0,
+                    cred_cap_permitted_off: btf.member_offset_sized("cred", "cap_permitted", 8)?,
                 },
                 0,
             )

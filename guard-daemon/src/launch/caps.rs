@@ -107,9 +107,10 @@ pub fn kept(names: &[String]) -> Vec<u32> {
 }
 
 /// `keep` as a bit set (bit n: capability n), the form of
-/// `cred.cap_effective` and `AgentInfo::caps`. After exec the agent's
-/// effective set is exactly this: as root, the bounding and inheritable
-/// sets are `keep`; as another user, the ambient set is.
+/// `cred.cap_effective`, `cred.cap_permitted` and `AgentInfo::caps`. After
+/// exec the agent's effective and permitted sets are exactly this: as
+/// root, the bounding and inheritable sets are `keep`; as another user,
+/// the ambient set is.
 pub fn mask(keep: &[u32]) -> u64 {
     keep.iter()
         .filter(|&&c| c <= CAP_MAX)

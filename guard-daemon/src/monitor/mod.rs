@@ -579,6 +579,14 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             d["args"] = d["argv"].clone();
             d["args_truncated"] = d["argv_truncated"].clone();
             d["missing"] = json!(missing_layers(e.missing, e.excess_caps));
+            if e.missing & LAYER_CAPABILITIES != 0 {
+                // Which set held them: a permitted capability not yet
+                // effective is one the program would raise itself.
+                d["excess_capabilities"] = json!({
+                    "effective": capability_names(e.excess_effective),
+                    "permitted": capability_names(e.excess_permitted),
+                });
+            }
             d["why"] = json!(
                 "the program started without layers its launcher must apply before exec (a seccomp filter, \
                  no_new_privs, only the policy's capabilities): a modified or broken launcher; the process \
@@ -735,9 +743,9 @@ fn add_exec_args(detail: &mut serde_json::Value, a: &guard_common::ExecArgv) {
 
 /// The layers an exec'd program ran without (`ExecEvent::missing`), as
 /// `detail.missing` names them: `seccomp`, `no_new_privs`,
-/// `capabilities:CAP_X,...` (the effective ones the policy does not grant),
-/// `unreadable` (the kernel could not read the task's state; killed all
-/// the same).
+/// `capabilities:CAP_X,...` (the effective or permitted ones the policy
+/// does not grant), `unreadable` (the kernel could not read the task's
+/// state; killed all the same).
 fn missing_layers(missing: u32, excess_caps: u64) -> Vec<String> {
     let mut out = Vec::new();
     if missing & LAYER_SECCOMP != 0 {
@@ -747,20 +755,28 @@ fn missing_layers(missing: u32, excess_caps: u64) -> Vec<String> {
         out.push("no_new_privs".to_owned());
     }
     if missing & LAYER_CAPABILITIES != 0 {
-        let names: Vec<String> = (0..64u32)
-            .filter(|c| excess_caps & (1 << c) != 0)
-            .map(|c| {
-                crate::policy::CAPABILITIES
-                    .get(c as usize)
-                    .map_or_else(|| format!("CAP_{c}"), |n| (*n).to_owned())
-            })
-            .collect();
-        out.push(format!("capabilities:{}", names.join(",")));
+        out.push(format!(
+            "capabilities:{}",
+            capability_names(excess_caps).join(",")
+        ));
     }
     if missing & LAYER_UNREADABLE != 0 {
         out.push("unreadable".to_owned());
     }
     out
+}
+
+/// Names of the capabilities in `set` (bit n: capability n), `CAP_<n>`
+/// for a number the table does not know.
+fn capability_names(set: u64) -> Vec<String> {
+    (0..64u32)
+        .filter(|c| set & (1 << c) != 0)
+        .map(|c| {
+            crate::policy::CAPABILITIES
+                .get(c as usize)
+                .map_or_else(|| format!("CAP_{c}"), |n| (*n).to_owned())
+        })
+        .collect()
 }
 
 /// Arguments of an exec: NUL-separated in the event.
@@ -1155,6 +1171,8 @@ mod tests {
             missing: 0,
             _pad: 0,
             excess_caps: 0,
+            excess_effective: 0,
+            excess_permitted: 0,
         };
         e.hdr.kind = guard_common::EVENT_EXEC;
         e.filename[..9].copy_from_slice(b"/bin/ls\0\0");
@@ -1186,6 +1204,8 @@ mod tests {
         e.args_len = 7;
         e.missing = LAYER_SECCOMP | LAYER_NO_NEW_PRIVS | LAYER_CAPABILITIES;
         e.excess_caps = 1 << 12 | 1 << 21 | 1 << 63;
+        e.excess_effective = 1 << 21;
+        e.excess_permitted = 1 << 12 | 1 << 21 | 1 << 63;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
         assert_eq!(
             (r.kind, r.action.as_str(), r.verdict),
@@ -1204,21 +1224,32 @@ mod tests {
                 "capabilities:CAP_NET_ADMIN,CAP_SYS_ADMIN,CAP_63"
             ])
         );
+        assert_eq!(
+            d["excess_capabilities"],
+            serde_json::json!({
+                "effective": ["CAP_SYS_ADMIN"],
+                "permitted": ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_63"],
+            })
+        );
         assert_eq!(d["args"], serde_json::json!(["cat", "-n"]));
-        // Only what is missing is named.
+        // Only what is missing is named; a capability held only as
+        // permitted is named like an effective one.
         e.missing = LAYER_CAPABILITIES;
         e.excess_caps = 1;
+        e.excess_effective = 0;
+        e.excess_permitted = 1;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
+        let d = r.detail.unwrap();
+        assert_eq!(d["missing"], serde_json::json!(["capabilities:CAP_CHOWN"]));
         assert_eq!(
-            r.detail.unwrap()["missing"],
-            serde_json::json!(["capabilities:CAP_CHOWN"])
+            d["excess_capabilities"],
+            serde_json::json!({"effective": [], "permitted": ["CAP_CHOWN"]})
         );
         e.missing = LAYER_UNREADABLE;
         let r = record_for(&KernelEvent::Exec(Box::new(e)), Some(&meta())).unwrap();
-        assert_eq!(
-            r.detail.unwrap()["missing"],
-            serde_json::json!(["unreadable"])
-        );
+        let d = r.detail.unwrap();
+        assert_eq!(d["missing"], serde_json::json!(["unreadable"]));
+        assert!(d.get("excess_capabilities").is_none(), "{d}");
     }
 
     /// An `execve` refused with EACCES, with no arguments read yet.
