@@ -9,9 +9,10 @@
 mod common;
 
 use std::{
+    io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
     path::Path,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,6 +25,18 @@ use common::*;
 /// removal had time to run) after guardctl. The namespace, its tmpfs and
 /// everything in it go when the shell exits.
 fn in_own_mount_namespace(g: &Guardd, prepare: &str, policy: &Path, agent: &str) -> Output {
+    launcher_in_own_mount_namespace(g, prepare, policy, agent)
+        .output()
+        .unwrap()
+}
+
+/// The command [`in_own_mount_namespace`] runs.
+fn launcher_in_own_mount_namespace(
+    g: &Guardd,
+    prepare: &str,
+    policy: &Path,
+    agent: &str,
+) -> Command {
     let script = format!(
         r#"set -e
 # A tmpfs for /tmp that still holds this test's directory (guardd's
@@ -39,7 +52,7 @@ echo "launcher-tmp-dev=$(stat -c %d /tmp)"
 set +e
 "$GUARDCTL" run --policy "$POLICY" -- /bin/sh -c '{agent}'
 rc=$?
-for i in $(seq 50); do
+for i in $(seq 100); do
   set -- /tmp/guard-????????????
   [ -e "$1" ] || break
   sleep 0.1
@@ -48,15 +61,14 @@ echo "left=$(cd /tmp && ls -A | grep -vx "$(basename "$DIR")")"
 exit $rc
 "#
     );
-    Command::new("unshare")
-        .args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
         .env("GUARD_SOCKET", &g.socket)
         .env("GUARDCTL", GUARDCTL)
         .env("POLICY", policy)
         .env("DIR", g.dir.path())
-        .current_dir(g.dir.path())
-        .output()
-        .unwrap()
+        .current_dir(g.dir.path());
+    c
 }
 
 /// Remounts every cgroup file system read-only in the shell's namespace,
@@ -147,4 +159,54 @@ fn a_launcher_that_sees_a_writable_cgroupfs_is_refused_and_journaled() {
     let out = in_own_mount_namespace(&g, CGROUPFS_READ_ONLY, &p, "echo ran");
     assert!(out.status.success(), "{}\n{}", describe(&out), g.log());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran"));
+}
+
+#[test]
+fn a_restarted_guardd_removes_the_readopted_agents_tmp_in_the_launchers_tmp() {
+    let mut g = Guardd::start();
+    let p = g.write_policy("mnt", "[policy]\nname = \"mnt\"\n");
+    let fifo = g.dir.path().join("go.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let agent = format!(
+        r#"echo x > "$TMPDIR/f" && echo ready && read -r go < {} && echo "tmp=$TMPDIR""#,
+        fifo.display()
+    );
+    let mut child = launcher_in_own_mount_namespace(&g, CGROUPFS_READ_ONLY, &p, &agent)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push_str(&l);
+        seen.push('\n');
+        if l == "ready" {
+            break;
+        }
+    }
+    assert!(seen.ends_with("ready\n"), "{seen}\n{}", g.log());
+    // guardd dies and comes back: it re-adopts the agent and reaches its
+    // {tmp} again through the launcher.
+    g.crash();
+    g.restart_after_crash();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&g.ctl(&["ps", "--json"]).stdout).contains("mnt") {
+        assert!(Instant::now() < deadline, "not re-adopted:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&fifo, "go\n").unwrap();
+    assert!(
+        wait_or_kill(&mut child, Duration::from_secs(30)).is_some(),
+        "the launcher did not end"
+    );
+    for l in lines {
+        seen.push_str(&l.unwrap());
+        seen.push('\n');
+    }
+    assert!(seen.contains("tmp=/tmp/guard-"), "{seen}\n{}", g.log());
+    assert_eq!(value_of(&seen, "left"), "", "{seen}\n{}", g.log());
 }
