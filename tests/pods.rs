@@ -487,7 +487,10 @@ done
     );
 
     // A policy change reaches the node's guardd and is journaled.
-    node.policies(&[("agent.toml", &agent_policy), ("other.toml", &policy("other"))]);
+    node.policies(&[
+        ("agent.toml", &agent_policy),
+        ("other.toml", &policy("other")),
+    ]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reloads: Vec<Value> = node

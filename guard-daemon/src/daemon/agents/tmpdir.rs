@@ -30,7 +30,7 @@ use nix::{
     errno::Errno,
     fcntl::{OFlag, OpenHow, ResolveFlag},
     sys::stat::Mode,
-    unistd::{UnlinkatFlags, Uid},
+    unistd::{Uid, UnlinkatFlags},
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -199,12 +199,10 @@ fn make_in(
 ) -> Result<(), TmpError> {
     // An existing entry (ids are random) is an error, never reused: it may
     // be someone else's.
-    nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::S_IRWXU).map_err(|source| {
-        TmpError::Make {
-            path: shown.to_owned(),
-            source,
-            hint,
-        }
+    nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::S_IRWXU).map_err(|source| TmpError::Make {
+        path: shown.to_owned(),
+        source,
+        hint,
     })?;
     let made = open_made(dir, name).and_then(|fd| {
         nix::sys::stat::fchmod(fd.as_fd(), Mode::S_IRWXU)
@@ -396,8 +394,14 @@ mod tests {
         // container's /real-tmp, not guardd's.
         std::os::unix::fs::symlink("/real-tmp", root.join("tmp")).unwrap();
         let tmp = open_in_root(&root_of(&root), CONTAINER_TMP).unwrap();
-        make_in(&tmp, "guard-c", nix::unistd::geteuid().as_raw(), Path::new("/tmp/guard-c"), "")
-            .unwrap();
+        make_in(
+            &tmp,
+            "guard-c",
+            nix::unistd::geteuid().as_raw(),
+            Path::new("/tmp/guard-c"),
+            "",
+        )
+        .unwrap();
         assert!(root.join("real-tmp/guard-c").is_dir());
         // A link out of the root by `..` stays inside too.
         std::fs::remove_file(root.join("tmp")).unwrap();
@@ -417,8 +421,14 @@ mod tests {
         let ctmp = t.path().join("ctmp");
         std::fs::create_dir(&ctmp).unwrap();
         let dir = root_of(&ctmp);
-        make_in(&dir, "guard-d", nix::unistd::geteuid().as_raw(), Path::new("/tmp/guard-d"), "")
-            .unwrap();
+        make_in(
+            &dir,
+            "guard-d",
+            nix::unistd::geteuid().as_raw(),
+            Path::new("/tmp/guard-d"),
+            "",
+        )
+        .unwrap();
         std::fs::create_dir(ctmp.join("guard-d/sub")).unwrap();
         std::fs::write(ctmp.join("guard-d/sub/f"), "y").unwrap();
         std::os::unix::fs::symlink(&outside, ctmp.join("guard-d/link")).unwrap();
