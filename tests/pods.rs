@@ -1,8 +1,9 @@
 //! The pod-equivalent test (issue 13): guardd from its image, in a
 //! container with the DaemonSet's privileges and mounts; an agent in
 //! another container, in a cgroup of its own, with only guardd's socket
-//! directory mounted, started by `guardctl run --policy-name`. Real
-//! containers (podman with runc), the real kernel.
+//! directory mounted, started by `guardctl run --policy-name`, its `{tmp}`
+//! in its own container's `/tmp`. Real containers (podman with runc), the
+//! real kernel.
 //!
 //! Run through `cargo xtask pods` (or `cargo xtask test`), which builds the
 //! images and names them in `GUARD_TEST_IMAGE` and `GUARD_TEST_AGENT_IMAGE`.
@@ -55,14 +56,18 @@ fn podman(args: &[&str]) -> Output {
 /// guardd container. Everything is removed on drop (containers by name,
 /// guardd's instance by name).
 struct Node {
-    /// Tells this node's containers and instance from other tests' (they
-    /// run in parallel).
-    tag: String,
     dir: tempfile::TempDir,
     instance: String,
     guardd: String,
     policies: ConfigMapDir,
+    /// The workload containers started, removed on drop: each test's own,
+    /// as tests run in parallel.
+    workloads: std::cell::RefCell<Vec<String>>,
 }
+
+/// Numbers the nodes of this test process: their guardd containers and
+/// instances must not collide when tests run in parallel.
+static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Node {
     fn new() -> Node {
@@ -71,31 +76,20 @@ impl Node {
             .prefix("guard-test-pods")
             .tempdir()
             .unwrap();
-        for d in ["run", "state", "journal", "tmp"] {
+        for d in ["run", "state", "journal", "fifos"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("secret.txt"), "the customer's data\n").unwrap();
-        std::fs::set_permissions(
-            dir.path().join("tmp"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-        )
-        .unwrap();
-        let policies = ConfigMapDir::empty();
-        static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let pid = std::process::id();
         let n = NODES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let tag = format!("{}-{n}", std::process::id());
+        let policies = ConfigMapDir::empty();
         Node {
-            instance: format!("guard-test-pods-{tag}"),
-            guardd: format!("guard-test-guardd-{tag}"),
-            tag,
+            instance: format!("guard-test-pods-{pid}-{n}"),
+            guardd: format!("guard-test-guardd-{pid}-{n}"),
             policies,
             dir,
+            workloads: Default::default(),
         }
-    }
-
-    /// The name of this node's workload container `x`.
-    fn name(&self, x: &str) -> String {
-        format!("guard-test-agent-{}-{x}", self.tag)
     }
 
     fn path(&self, d: &str) -> String {
@@ -154,7 +148,6 @@ impl Node {
             ("run", "/run/guard"),
             ("state", "/run/guard-state"),
             ("journal", "/var/lib/guard"),
-            ("tmp", "/var/tmp/guard"),
         ] {
             args.push("-v".into());
             args.push(format!("{}:{inside}", self.path(host)));
@@ -164,7 +157,6 @@ impl Node {
             "{}:/etc/guard/policies:ro",
             self.policies.path().display()
         ));
-        args.extend(["-e".into(), "TMPDIR=/var/tmp/guard".into()]);
         args.extend(ulimits());
         args.push(image("GUARD_TEST_IMAGE"));
         for a in [
@@ -230,9 +222,11 @@ impl Node {
     }
 
     /// A workload container: its own cgroup and namespaces, guardd's
-    /// socket directory (and the agents' tmp directory) mounted, running
+    /// socket directory mounted (and nothing else of the node's but the
+    /// file the agent must not read), podman options `extra`, running
     /// `cmd`. `name` names it (removed on the node's drop too).
-    fn workload(&self, name: &str, cmd: &[&str]) -> Command {
+    fn workload(&self, name: &str, extra: &[&str], cmd: &[&str]) -> Command {
+        self.workloads.borrow_mut().push(name.to_owned());
         let mut c = Command::new("podman");
         c.args([
             "run",
@@ -246,13 +240,13 @@ impl Node {
         ])
         .args(["--workdir", "/tmp"])
         .args(["-v", &format!("{}:/run/guard", self.path("run"))])
-        .args(["-v", &format!("{}:/var/tmp/guard", self.path("tmp"))])
         .args([
             "-v",
             &format!("{}:/etc/secret.txt:ro", self.path("secret.txt")),
         ])
         .args(["-e", "GUARD_SOCKET=/run/guard/guard.sock"])
         .args(ulimits())
+        .args(extra)
         .arg(image("GUARD_TEST_AGENT_IMAGE"))
         .args(cmd);
         c
@@ -262,16 +256,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = podman(&["rm", "-f", "-t", "5", &self.guardd]);
-        let out = podman(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("name=guard-test-agent-{}-", self.tag),
-            "--format",
-            "{{.Names}}",
-        ]);
-        for name in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = podman(&["rm", "-f", "-t", "1", name.trim()]);
+        for name in self.workloads.borrow().iter() {
+            let _ = podman(&["rm", "-f", "-t", "1", name]);
         }
         remove_instance(&self.instance);
     }
@@ -285,33 +271,45 @@ try connect /bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/9'
 try read /bin/cat /etc/secret.txt
 try exec /usr/bin/id
 try allowed-read /bin/cat /etc/passwd
+try tmp-write /bin/bash -c 'echo x > "$TMPDIR/f"'
+echo "tmpdir=$TMPDIR"
 "#;
 
+/// Where the long agent of the restart test reads its FIFOs: a directory
+/// of the node mounted into that one workload container only.
+const FIFOS: &str = "/run/guard-test-fifos";
+
 fn policy(name: &str) -> String {
+    policy_reading(name, "")
+}
+
+/// [`policy`] that also reads `extra` (TOML list items, each after a
+/// comma).
+fn policy_reading(name: &str, extra: &str) -> String {
     format!(
-        "[policy]\nname = \"{name}\"\ninclude = [\"base\"]\n[network]\nallow = []\n[filesystem]\nread = [\"{{workdir}}\", \"/var/tmp/guard\"]\nexec = [\"/bin/bash\", \"/bin/cat\"]\n"
+        "[policy]\nname = \"{name}\"\ninclude = [\"base\"]\n[network]\nallow = []\n[filesystem]\nread = [\"{{workdir}}\"{extra}]\nwrite = [\"{{tmp}}\"]\nexec = [\"/bin/bash\", \"/bin/cat\"]\n"
     )
 }
 
-/// `guardctl run --policy-name NAME` in a workload container.
+/// After guardctl, the workload prints `left=` and what is left of agents'
+/// `{tmp}` directories in its own `/tmp` once guardd had time to remove
+/// them (the removal follows the exit summary), and exits with guardctl's
+/// status.
+const THEN_LIST_TMP: &str = r#"rc=$?
+shopt -s nullglob
+for i in {1..100}; do g=(/tmp/guard-*); [ ${#g[@]} -eq 0 ] && break; sleep 0.1; done
+echo "left=${g[*]}"
+exit $rc"#;
+
+/// `guardctl run --policy-name NAME` in a workload container, then
+/// [`THEN_LIST_TMP`].
 fn run_agent(node: &Node, container: &str, policy: &str, script: &str) -> Output {
-    node.workload(
-        container,
-        &[
-            "guardctl",
-            "run",
-            "--policy-name",
-            policy,
-            "--allow-degraded",
-            "exec",
-            "--",
-            "/bin/bash",
-            "-c",
-            script,
-        ],
-    )
-    .output()
-    .unwrap()
+    let wrapper = format!(
+        "guardctl run --policy-name {policy} --allow-degraded exec -- /bin/bash -c \"$0\"\n{THEN_LIST_TMP}"
+    );
+    node.workload(container, &[], &["/bin/bash", "-c", &wrapper, script])
+        .output()
+        .unwrap()
 }
 
 fn agent_id_of(out: &Output) -> String {
@@ -320,12 +318,18 @@ fn agent_id_of(out: &Output) -> String {
 
 #[test]
 fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
+    let pid = std::process::id();
     let mut node = Node::new();
     node.policies(&[("agent.toml", &policy("agent"))]);
     node.start_guardd();
 
     // A forbidden connect, read and exec: refused by the node's guardd.
-    let out = run_agent(&node, &node.name("a"), "agent", AGENT_SCRIPT);
+    let out = run_agent(
+        &node,
+        &format!("guard-test-agent-{pid}-a"),
+        "agent",
+        AGENT_SCRIPT,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -338,12 +342,24 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
         "read: Permission denied",
         "exec: Permission denied",
         "allowed-read: done",
+        "tmp-write: done",
     ] {
         assert!(stdout.contains(line), "{line}:\n{}", describe(&out));
     }
     let id = agent_id_of(&out);
+    // {tmp} was the workload container's own /tmp/guard-<id> (no
+    // directory of the node is shared between pods), and guardd removed
+    // it there when the agent ended.
+    let tmp = format!("/tmp/guard-{id}");
+    assert!(
+        stdout.contains(&format!("tmpdir={tmp}\n")),
+        "{}",
+        describe(&out)
+    );
+    assert!(stdout.contains("\nleft=\n"), "{}", describe(&out));
     let recs = node.logs(&["--agent", &id]);
     let start = recs.iter().find(|r| r["action"] == "start").unwrap();
+    assert_eq!(start["detail"]["tmp"], tmp.as_str(), "{start}");
     // The launcher's pid (in its container's pid namespace) names the
     // agent's main process: nothing of it counts as left over.
     let exit = recs.iter().find(|r| r["action"] == "exit").unwrap();
@@ -385,7 +401,8 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
     // A workload cannot bring its own policy (cluster mode).
     let out = node
         .workload(
-            &node.name("b"),
+            &format!("guard-test-agent-{pid}-b"),
+            &[],
             &[
                 "/bin/sh",
                 "-c",
@@ -404,23 +421,33 @@ fn an_agent_in_a_container_is_confined_by_the_nodes_guardd() {
 
 #[test]
 fn the_agent_stays_confined_while_guardds_container_is_replaced_and_policies_reload() {
+    let pid = std::process::id();
     let mut node = Node::new();
-    node.policies(&[("agent.toml", &policy("agent"))]);
+    // The long agent reads its FIFOs from a directory of the node that
+    // only its own container mounts.
+    let agent_policy = policy_reading("agent", &format!(", \"{FIFOS}\""));
+    node.policies(&[("agent.toml", &agent_policy)]);
     node.start_guardd();
     // A long agent: refused connects before, during and after the restart.
-    let script = r#"
+    let script = format!(
+        r#"
 for step in before during after; do
-  read -r go < /var/tmp/guard/go-$step.fifo
-  if err=$( (exec 3<>/dev/tcp/127.0.0.1/9) 2>&1); then echo "$step: connected"; else echo "$step: ${err##*: }"; fi
+  read -r go < {FIFOS}/go-$step.fifo
+  if err=$( (exec 3<>/dev/tcp/127.0.0.1/9) 2>&1); then echo "$step: connected"; else echo "$step: ${{err##*: }}"; fi
 done
-"#;
+"#
+    );
     for step in ["before", "during", "after"] {
-        let f = node.dir.path().join(format!("tmp/go-{step}.fifo"));
+        let f = node.dir.path().join(format!("fifos/go-{step}.fifo"));
         nix_mkfifo(&f);
     }
-    let mut child = run_agent_spawn(&node, &node.name("c"), script);
+    let mut child = run_agent_spawn(&node, &format!("guard-test-agent-{pid}-c"), &script);
     let go = |step: &str| {
-        std::fs::write(node.dir.path().join(format!("tmp/go-{step}.fifo")), "go\n").unwrap();
+        std::fs::write(
+            node.dir.path().join(format!("fifos/go-{step}.fifo")),
+            "go\n",
+        )
+        .unwrap();
     };
     go("before");
     // Another workload on the node sees nothing of this agent and cannot
@@ -439,16 +466,20 @@ done
         assert!(Instant::now() < deadline, "no agent listed: {text}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let other = |n: &str, cmd: &[&str]| node.workload(&node.name(n), cmd).output().unwrap();
-    let ps = other("g", &["guardctl", "ps", "--json"]);
+    let other = |n: &str, cmd: &[&str]| {
+        node.workload(&format!("guard-test-agent-{pid}-{n}"), &[], cmd)
+            .output()
+            .unwrap()
+    };
+    let ps = other("h", &["guardctl", "ps", "--json"]);
     assert!(
         !String::from_utf8_lossy(&ps.stdout).contains(&id),
         "another container lists the agent: {}",
         describe(&ps)
     );
-    let kill = other("h", &["guardctl", "kill", &id]);
+    let kill = other("i", &["guardctl", "kill", &id]);
     assert!(!kill.status.success(), "{}", describe(&kill));
-    let logs = other("i", &["guardctl", "logs", "--json", "--agent", &id]);
+    let logs = other("j", &["guardctl", "logs", "--json", "--agent", &id]);
     assert!(
         !String::from_utf8_lossy(&logs.stdout).contains(&id),
         "another container reads the agent's records: {}",
@@ -492,7 +523,7 @@ done
 
     // A policy change reaches the node's guardd and is journaled.
     node.policies(&[
-        ("agent.toml", &policy("agent")),
+        ("agent.toml", &agent_policy),
         ("other.toml", &policy("other")),
     ]);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -515,7 +546,12 @@ done
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = run_agent(&node, &node.name("d"), "other", "echo ran");
+    let out = run_agent(
+        &node,
+        &format!("guard-test-agent-{pid}-d"),
+        "other",
+        "echo ran",
+    );
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran"));
 }
@@ -526,9 +562,12 @@ fn nix_mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
 }
 
+/// The long agent of the restart test, with [`FIFOS`] mounted.
 fn run_agent_spawn(node: &Node, container: &str, script: &str) -> std::process::Child {
+    let fifos = format!("{}:{FIFOS}", node.path("fifos"));
     node.workload(
         container,
+        &["-v", &fifos],
         &[
             "guardctl",
             "run",
@@ -574,22 +613,21 @@ fn wait_output(child: &mut std::process::Child, within: Duration) -> Output {
 
 #[test]
 fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
+    let pid = std::process::id();
     let mut node = Node::new();
     node.policies(&[("floor.toml", &policy("floor"))]);
     node.start_guardd_with(&["--floor-policy=floor"]);
     let own = |name: &str, extra: &str| {
         format!(
             "printf '%s' '{}' > /tmp/{name}.toml; guardctl run --policy /tmp/{name}.toml --allow-degraded exec -- /bin/cat /etc/passwd",
-            policy(name).replace(
-                "\"/var/tmp/guard\"]",
-                &format!("\"/var/tmp/guard\"{extra}]")
-            )
+            policy_reading(name, extra)
         )
     };
     // Wider than the floor: /etc/secret.txt is not the floor's to grant.
     let out = node
         .workload(
-            &node.name("e"),
+            &format!("guard-test-agent-{pid}-e"),
+            &[],
             &["/bin/sh", "-c", &own("wide", ", \"/etc/secret.txt\"")],
         )
         .output()
@@ -607,7 +645,11 @@ fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
     }
     // Within it: runs.
     let out = node
-        .workload(&node.name("f"), &["/bin/sh", "-c", &own("narrow", "")])
+        .workload(
+            &format!("guard-test-agent-{pid}-f"),
+            &[],
+            &["/bin/sh", "-c", &own("narrow", "")],
+        )
         .output()
         .unwrap();
     assert!(
@@ -620,5 +662,75 @@ fn a_workloads_own_policy_must_stay_within_the_nodes_floor() {
         String::from_utf8_lossy(&out.stdout).contains("root:"),
         "{}",
         describe(&out)
+    );
+}
+
+#[test]
+fn a_workload_with_a_writable_cgroupfs_is_refused() {
+    let pid = std::process::id();
+    let mut node = Node::new();
+    node.policies(&[("agent.toml", &policy("agent"))]);
+    node.start_guardd();
+    // The node's cgroup hierarchies mounted writable into the workload, as
+    // privileged pods and some runtimes have them: an agent there could
+    // write its pid into a cgroup.procs outside its scope.
+    let out = node
+        .workload(
+            &format!("guard-test-agent-{pid}-g"),
+            &["-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"],
+            &[
+                "guardctl",
+                "run",
+                "--policy-name",
+                "agent",
+                "--allow-degraded",
+                "exec",
+                "--",
+                "/bin/bash",
+                "-c",
+                "echo ran",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ran"),
+        "{}",
+        describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("writable cgroup file system") && err.contains("read-only cgroupfs"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        if let Some(r) = node
+            .logs(&[])
+            .into_iter()
+            .find(|r| r["rule"] == "control.writable-cgroupfs")
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal record:\n{}",
+            node.guardd_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rec["verdict"], "denied", "{rec}");
+    assert_eq!(rec["action"], "open", "{rec}");
+    // The record names the mounts as the container sees them, and the
+    // container.
+    let why = rec["detail"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("/sys/fs/cgroup/"), "{rec}");
+    assert!(why.contains("libpod"), "{rec}");
+    // No agent was started.
+    assert!(
+        !node.logs(&[]).iter().any(|r| r["action"] == "start"),
+        "{}",
+        node.guardd_log()
     );
 }

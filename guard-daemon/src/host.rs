@@ -32,8 +32,20 @@ pub struct Mount {
     /// Root of the mount within its filesystem (field 4).
     pub root: String,
     pub mount_point: PathBuf,
+    /// Per-mount options (field 6: `ro` or `rw`, `nosuid`, ...).
+    pub mount_options: String,
     pub fstype: String,
     pub super_options: String,
+}
+
+impl Mount {
+    /// Whether this mount is read-only for whoever sees it: `ro` among its
+    /// per-mount options (a bind mount can be read-only over a writable
+    /// file system, and that is what counts for a process writing through
+    /// it).
+    pub fn read_only(&self) -> bool {
+        self.mount_options.split(',').any(|o| o == "ro")
+    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -68,6 +80,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             Some(Mount {
                 root: unescape(pre.get(3)?),
                 mount_point: PathBuf::from(unescape(pre.get(4)?)),
+                mount_options: pre.get(5)?.to_string(),
                 fstype: post.first()?.to_string(),
                 super_options: post.get(2).map(|s| s.to_string()).unwrap_or_default(),
             })

@@ -125,6 +125,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
         Some(base) => shared.scopes.open_in(base, &st.scope),
         None => shared.scopes.open(&st.scope),
     };
+    let tmp = super::tmpdir::AgentTmp::reopen(st.tmp.clone(), st.tmp_in);
     let src = &st.source;
     let judge = parse_sent(&src.policy_text, &src.policy_path, &src.policy_includes)
         .ok()
@@ -190,7 +191,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                     k.detach_scope(&st.id);
                 }
             }
-            let _ = std::fs::remove_dir_all(&st.tmp);
+            tmp.remove();
             let _ = std::fs::remove_file(state_path(shared, &st.id));
             if let Ok(mut c) = meta.closed_at.lock() {
                 *c = Some(Instant::now());
@@ -226,7 +227,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 slot: st.slot,
                 scope,
                 keys,
-                tmp: st.tmp,
+                tmp,
                 started: UNIX_EPOCH + Duration::from_secs(st.started_unix),
                 main_pid: st.main_pid,
                 owner: st.owner,

@@ -144,7 +144,7 @@ pub fn close(
     {
         k.detach_scope(id);
     }
-    let _ = std::fs::remove_dir_all(&agent.tmp);
+    agent.tmp.remove();
     let _ = std::fs::remove_file(state_path(shared, id));
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "close: removed");
 }

@@ -119,7 +119,7 @@ pub fn resume_resolvers(shared: &Shared) {
                         a.slot,
                         a.mode == crate::policy::Mode::Audit,
                         a.source.clone(),
-                        a.tmp.clone(),
+                        a.tmp.path.clone(),
                         a.meta.clone(),
                         a.scope.cgroup_id,
                         a.dns_port_before,

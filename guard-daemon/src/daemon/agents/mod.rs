@@ -3,7 +3,8 @@
 //! (`persist`) so a restarted guardd re-adopts its scopes (`adopt`), who may
 //! do what (`authorize`), which policy an agent runs under (`choose`: a
 //! named one, or the client's within the node's floor), listing (`ps`) and
-//! the operator's controls (`control`). This file holds the registry of live agents they share.
+//! the operator's controls (`control`), and where an agent's `{tmp}` is
+//! made and how it goes (`tmpdir`). This file holds the registry of live agents they share.
 
 mod adopt;
 mod authorize;
@@ -15,6 +16,7 @@ mod open;
 mod persist;
 mod plan;
 mod ps;
+mod tmpdir;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -48,7 +50,8 @@ pub struct AgentState {
     pub slot: u32,
     pub scope: Scope,
     pub keys: AgentKeys,
-    pub tmp: PathBuf,
+    /// Its `{tmp}`: the path the agent sees, and how guardd removes it.
+    pub tmp: tmpdir::AgentTmp,
     pub started: SystemTime,
     pub main_pid: Option<i32>,
     /// The uid that opened the scope (seen from the socket peer): only it

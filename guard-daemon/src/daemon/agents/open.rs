@@ -17,12 +17,13 @@ use super::{
     dns::{start_resolver, stop_resolver},
     persist::persist,
     plan::judge_for,
+    tmpdir::Home,
 };
 use crate::{
     api::{AgentRef, OpenReply, OpenRequest, RequestError},
     daemon::{
         Shared,
-        peer::{Origin, own_netns},
+        peer::{Origin, own_netns, writable_cgroupfs_refusal},
     },
     journal::{Kind, Record, Text, Verdict},
     kernel::NetEntries,
@@ -111,6 +112,25 @@ pub fn open(
             )));
         }
     }
+    // A launcher in a container: its agent's {tmp} is made in the
+    // container, and the container must not let the agent leave its scope.
+    let home = Home::of(origin).map_err(|e| RequestError::Internal(e.to_string()))?;
+    if let Some(launcher) = home.container_launcher() {
+        let writable = launcher
+            .writable_cgroup_mounts()
+            .map_err(|e| RequestError::Internal(e.to_string()))?;
+        if !writable.is_empty() {
+            return Err(refuse_request(
+                shared,
+                peer,
+                "open",
+                req.argv.first().map(String::as_str).unwrap_or(""),
+                "control.writable-cgroupfs",
+                None,
+                writable_cgroupfs_refusal(&writable, origin),
+            ));
+        }
+    }
     let chosen = choose(shared, req, peer)?;
     let policy = &chosen.policy;
     let id = random_id();
@@ -123,11 +143,10 @@ pub fn open(
     // names it, so its path is fixed before compiling and the directory is
     // made once the policy has compiled.
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: parsed");
-    let tmp = std::env::temp_dir().join(format!("guard-{id}"));
     let vars = Vars {
         workdir: PathBuf::from(&req.workdir),
         home: PathBuf::from(&req.home),
-        tmp: tmp.clone(),
+        tmp: home.path(&id),
     };
     let mut plan = policy
         .compile(&vars)
@@ -208,19 +227,16 @@ pub fn open(
         ));
     }
 
-    std::fs::create_dir(&tmp)
-        .map_err(|e| RequestError::Internal(format!("creating {}: {e}", tmp.display())))?;
-    let cleanup_tmp = |tmp: &Path| {
-        let _ = std::fs::remove_dir_all(tmp);
-    };
     let owner = plan
         .process
         .user
         .as_ref()
         .and_then(resolve_uid)
         .unwrap_or(peer.uid);
-    let _ = std::os::unix::fs::chown(&tmp, Some(owner), None);
-    let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let tmp = home
+        .make(&id, owner)
+        .map_err(|e| RequestError::Internal(e.to_string()))?;
+    let cleanup_tmp = |tmp: &super::tmpdir::AgentTmp| tmp.remove();
 
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: tmp made");
     let audit = req.audit || plan.mode == Mode::Audit;
@@ -450,6 +466,7 @@ pub fn open(
         "policy_source": chosen.source_detail(),
         "mode": if audit { "audit" } else { "enforce" },
         "workdir": req.workdir,
+        "tmp": tmp.path.display().to_string(),
         "cgroup": scope.v2.display().to_string(),
         "launcher": {"uid": peer.uid, "pid": peer.pid, "cgroup": origin.v2()},
         "network_rules": plan.rules.len(),
@@ -496,7 +513,7 @@ pub fn open(
     shared.metrics.agent_started();
     let reply = OpenReply {
         agent,
-        tmp: tmp.display().to_string(),
+        tmp: tmp.path.display().to_string(),
         cgroup: scope.v2.display().to_string(),
         v1_procs: fds.len() - 1,
         degraded,

@@ -25,7 +25,12 @@ pub(super) struct StateFile {
     /// cgroup); absent: under the parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) base: Option<crate::scope::ScopeBase>,
+    /// The agent's `{tmp}` as the agent sees it.
     pub(super) tmp: PathBuf,
+    /// Where in a container `tmp` was made (absent: in guardd's own mount
+    /// namespace, as in state written before containers had their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tmp_in: Option<super::tmpdir::InContainer>,
     pub(super) started_unix: u64,
     pub(super) main_pid: Option<i32>,
     /// Absent in state written before owners were kept: root's.
@@ -65,7 +70,8 @@ impl StateFile {
             slot: a.slot,
             scope: a.scope.name.clone(),
             base: a.scope.base.caller.then(|| a.scope.base.clone()),
-            tmp: a.tmp.clone(),
+            tmp: a.tmp.path.clone(),
+            tmp_in: a.tmp.inside,
             started_unix: a
                 .started
                 .duration_since(UNIX_EPOCH)
@@ -261,6 +267,10 @@ mod tests {
             scope: "agent-0a1b2c3d4e5f".into(),
             base: None,
             tmp: "/tmp/guard-0a1b2c3d4e5f".into(),
+            tmp_in: Some(super::super::tmpdir::InContainer {
+                launcher_pid: 4100,
+                mntns: 4026532001,
+            }),
             started_unix: 1_700_000_000,
             main_pid: Some(4242),
             owner: 1000,
@@ -318,7 +328,7 @@ mod tests {
     fn state_written_before_owners_and_listen_rules_still_reads() {
         let mut v = serde_json::to_value(sample()).unwrap();
         let map = v.as_object_mut().unwrap();
-        for field in ["owner", "listen4", "listen6", "policy_includes"] {
+        for field in ["owner", "listen4", "listen6", "policy_includes", "tmp_in"] {
             map.remove(field);
         }
         let st = StateFile::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
@@ -326,6 +336,8 @@ mod tests {
         assert_eq!(st.owner, 0);
         assert!(st.listen4.is_empty() && st.listen6.is_empty());
         assert!(st.source.policy_includes.is_empty());
+        // {tmp} in guardd's own mount namespace, removed by path.
+        assert_eq!(st.tmp_in, None);
         assert_eq!(st.v4, sample().v4);
     }
 
