@@ -42,6 +42,10 @@ fn launcher_in_own_mount_namespace(
 # A tmpfs for /tmp that still holds this test's directory (guardd's
 # socket and the policy) at its own path: made beside it, the directory
 # bound into it, then moved over /tmp.
+# guardctl too: the build may live under /tmp (a clone in /tmp), which the
+# new /tmp hides.
+cp "$GUARDCTL" "$DIR/guardctl"
+GUARDCTL="$DIR/guardctl"
 mkdir -p "$DIR/ns-tmp"
 mount -t tmpfs guard-test-tmp "$DIR/ns-tmp"
 mkdir "$DIR/ns-tmp/$(basename "$DIR")"
@@ -62,12 +66,24 @@ exit $rc
 "#
     );
     let mut c = Command::new("unshare");
-    c.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
-        .env("GUARD_SOCKET", &g.socket)
-        .env("GUARDCTL", GUARDCTL)
-        .env("POLICY", policy)
-        .env("DIR", g.dir.path())
-        .current_dir(g.dir.path());
+    // A pid namespace of its own too, as a container has: the launcher is
+    // then a workload (a tenant) to guardd.
+    c.args([
+        "-m",
+        "-p",
+        "-f",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        &script,
+    ])
+    .env("GUARD_SOCKET", &g.socket)
+    .env("GUARDCTL", GUARDCTL)
+    .env("POLICY", policy)
+    .env("DIR", g.dir.path())
+    .current_dir(g.dir.path());
     c
 }
 

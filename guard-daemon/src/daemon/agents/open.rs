@@ -112,10 +112,14 @@ pub fn open(
             )));
         }
     }
-    // A launcher in a container: its agent's {tmp} is made in the
-    // container, and the container must not let the agent leave its scope.
+    // A launcher in another mount namespace: its agent's {tmp} is made
+    // there. A workload's (a tenant: another pid namespace, as a pod's)
+    // must not let the agent leave its scope. The host's own root in a
+    // mount namespace of its own could do anything anyway.
     let home = Home::of(origin).map_err(|e| RequestError::Internal(e.to_string()))?;
-    if let Some(launcher) = home.container_launcher() {
+    if peer.tenant != 0
+        && let Some(launcher) = home.container_launcher()
+    {
         let writable = launcher
             .writable_cgroup_mounts()
             .map_err(|e| RequestError::Internal(e.to_string()))?;
