@@ -134,8 +134,8 @@ impl Drop for Daemon {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let bin = root.join("target/release");
+    // Where cargo put the build (CARGO_TARGET_DIR is honoured).
+    let bin = crate::image::release_dir()?;
     let daemon = Daemon::start(&bin)?;
     let work = tempfile::Builder::new()
         .prefix("guard-bench-work")

@@ -53,7 +53,8 @@ fn wait_for_port(addr: &str, what: &str) -> anyhow::Result<()> {
 
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    let bin = root.join("target/release");
+    // Where cargo put the build (CARGO_TARGET_DIR is honoured).
+    let bin = crate::image::release_dir()?;
     let dir = tempfile::Builder::new()
         .prefix("guard-demo")
         .tempdir()
