@@ -113,13 +113,6 @@ fn run_args(policy: &Path, cmd: &[&str]) -> Vec<String> {
     a
 }
 
-fn start_record(g: &Guardd, id: &str) -> Value {
-    g.logs(&["--agent", id])
-        .into_iter()
-        .find(|r| r["action"] == "start")
-        .unwrap()
-}
-
 #[test]
 fn the_scope_is_made_under_the_launchers_cgroup_and_confines_it() {
     let g = Guardd::start_with(&["--scopes-under", "caller"]);
@@ -152,7 +145,7 @@ fn the_scope_is_made_under_the_launchers_cgroup_and_confines_it() {
     );
 
     // The journal names the container, from what guardd read of the peer.
-    let start = start_record(&g, &id);
+    let start = g.start_record(&id);
     assert_eq!(start["agent"]["container"]["id"], c.id.as_str(), "{start}");
     assert_eq!(start["agent"]["container"]["cgroup"], c.path(), "{start}");
     // The scope was made under the launcher's cgroup.

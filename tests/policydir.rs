@@ -82,13 +82,6 @@ fn logs_with(g: &Guardd, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> 
     }
 }
 
-fn start_record(g: &Guardd, id: &str) -> Value {
-    g.logs(&["--agent", id])
-        .into_iter()
-        .find(|r| r["action"] == "start")
-        .unwrap()
-}
-
 #[test]
 fn a_named_policy_confines_the_agent_and_its_start_names_it() {
     let open = Listener::tcp("127.0.0.1");
@@ -127,7 +120,7 @@ fn a_named_policy_confines_the_agent_and_its_start_names_it() {
         Some("EPERM")
     );
     let id = Guardd::agent_id(&out);
-    let start = start_record(&g, &id);
+    let start = g.start_record(&id);
     assert_eq!(
         start["detail"]["policy_source"]["named"], "agent",
         "{start}"

@@ -376,6 +376,14 @@ impl Guardd {
             .collect()
     }
 
+    /// The start record of agent `id`.
+    pub fn start_record(&self, id: &str) -> Value {
+        self.logs(&["--agent", id])
+            .into_iter()
+            .find(|r| r["action"] == "start")
+            .unwrap()
+    }
+
     /// The agent id from guardctl's summary line.
     pub fn agent_id(out: &Output) -> String {
         let err = String::from_utf8_lossy(&out.stderr);
