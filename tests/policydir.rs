@@ -68,20 +68,6 @@ fn nth_reload(g: &Guardd, n: usize) -> Value {
     }
 }
 
-/// The journal once it holds `n` records matching `pred` (records are
-/// committed by guardd's writer shortly after a refusal is answered).
-fn logs_with(g: &Guardd, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let recs = g.logs(&[]);
-        if recs.iter().filter(|r| pred(r)).count() >= n {
-            return recs;
-        }
-        assert!(Instant::now() < deadline, "{recs:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_named_policy_confines_the_agent_and_its_start_names_it() {
     let open = Listener::tcp("127.0.0.1");
@@ -152,7 +138,7 @@ fn cluster_mode_refuses_a_policy_the_client_brings() {
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--policy-name"), "{err}");
-    let recs = logs_with(&g, 1, |r| r["rule"] == "control.named-policy-required");
+    let recs = g.logs_until(1, |r| r["rule"] == "control.named-policy-required");
     let r = recs
         .iter()
         .find(|r| r["rule"] == "control.named-policy-required")
@@ -296,7 +282,7 @@ fn a_client_policy_wider_than_the_floor_is_refused() {
         err.contains("floor") && err.contains("127.0.0.0/8"),
         "{err}"
     );
-    let recs = logs_with(&g, 1, |r| r["rule"] == "policy.floor");
+    let recs = g.logs_until(1, |r| r["rule"] == "policy.floor");
     let r = recs
         .iter()
         .find(|r| r["rule"] == "policy.floor")
@@ -329,7 +315,7 @@ fn the_node_can_forbid_what_a_launcher_would_run_without() {
     );
     let out = run_named(&g, "agent", &["--allow-degraded", "all"], &[]);
     assert!(!out.status.success(), "{}", describe(&out));
-    let recs = logs_with(&g, 2, |r| r["rule"] == "control.degraded-forbidden");
+    let recs = g.logs_until(2, |r| r["rule"] == "control.degraded-forbidden");
     let refusals: Vec<&Value> = recs
         .iter()
         .filter(|r| r["rule"] == "control.degraded-forbidden")
@@ -356,13 +342,13 @@ fn audit_mode_is_the_nodes_to_choose() {
         "{}",
         describe(&out)
     );
-    logs_with(&g, 1, |r| r["rule"] == "control.audit-not-allowed");
+    g.logs_until(1, |r| r["rule"] == "control.audit-not-allowed");
     // A client's own policy within an enforcing floor, run with --audit,
     // is wider than the floor.
     let own = g.write_policy("own", &tcp_policy("own", 1));
     let out = g.run(&own, &["--audit"], &["/bin/true"]);
     assert!(!out.status.success(), "{}", describe(&out));
-    logs_with(&g, 1, |r| r["rule"] == "policy.floor");
+    g.logs_until(1, |r| r["rule"] == "policy.floor");
     // Without --audit it runs.
     let out = g.run(&own, &[], &["/bin/true"]);
     assert!(out.status.success(), "{}", describe(&out));

@@ -64,6 +64,13 @@ pub const AGENT_DNS: u32 = 1 << 3;
 /// launcher it does not control (the `guardctl` in a workload's image)
 /// cannot skip them silently.
 pub const AGENT_LAYERS_REQUIRED: u32 = 1 << 4;
+/// `AgentInfo::flags`: learn mode (`guardctl run --learn`, issue 14). Every
+/// successful path call that needs a file grant under a policy (opens,
+/// creations, removals, renames, links; `PATH_ARG_LEARN`) and every
+/// `inotify_add_watch` is reported as an `EVENT_OBSERVED`, so that guardd
+/// can draft the file rules. Set together with `AGENT_AUDIT`; only read
+/// while `Config::learning` is non-zero.
+pub const AGENT_LEARN: u32 = 1 << 5;
 
 /// Value of the `AGENTS` hash map, keyed by the cgroup id of the agent's
 /// scope (the current task's ancestor at `Config::agent_level`, or at
@@ -174,6 +181,11 @@ pub struct Config {
     /// first and at the other levels only when that finds no agent. Only
     /// levels below `MAX_SCOPE_LEVELS` are searched.
     pub scope_levels: u64,
+    /// Live agents in learn mode (`AGENT_LEARN`). While it is zero, a
+    /// successful system call costs `sys_exit` this one comparison and no
+    /// agent lookup.
+    pub learning: u32,
+    pub _pad_learning: u32,
 }
 
 /// Scope levels the programs search (`Config::scope_levels`): the loop that
@@ -339,6 +351,9 @@ pub const EVENT_KILL: u16 = 6;
 /// A refused `execve`/`execveat`: a `SyscallEvent` followed by the
 /// program's arguments (`ExecRefusedEvent`).
 pub const EVENT_EXEC_REFUSED: u16 = 7;
+/// A successful path call of an agent in learn mode (`AGENT_LEARN`): a
+/// `SyscallEvent` with verdict `VERDICT_AUDIT` and `ret` the call's result.
+pub const EVENT_OBSERVED: u16 = 8;
 
 pub const VERDICT_DENIED: u8 = 1;
 pub const VERDICT_AUDIT: u8 = 2;
@@ -563,6 +578,12 @@ pub const PATH_BASE: u32 = 1 << 1;
 /// `PATH_ARG` value bit: the argument before the path is a directory
 /// descriptor (`*at` calls) that a relative path is resolved against.
 pub const PATH_ARG_DIRFD: u32 = 1 << 4;
+/// `PATH_ARG` value bit: in learn mode a successful call is reported
+/// (`EVENT_OBSERVED`): the calls whose path needs a file grant under a
+/// policy (opens, creations, removals, renames, links) and
+/// `inotify_add_watch`, not the metadata reads (stat, access, readlink)
+/// that no grant governs.
+pub const PATH_ARG_LEARN: u32 = 1 << 5;
 /// `AT_FDCWD`: a relative path of an `*at` call starts at the working
 /// directory.
 pub const AT_FDCWD: i32 = -100;
@@ -728,7 +749,7 @@ const _: () = {
     assert!(core::mem::size_of::<NameSeenKey>() == 24);
     assert!(
         core::mem::size_of::<Config>()
-            == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16 + 8
+            == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16 + 8 + 8
     );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
     assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 32);

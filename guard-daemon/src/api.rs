@@ -133,6 +133,10 @@ pub struct OpenRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub audit: bool,
+    /// Learn mode (`guardctl run --learn`, implies `audit`): files and
+    /// programs are observed, not confined; guardd journals every access.
+    #[serde(default)]
+    pub learn: bool,
     pub argv: Vec<String>,
     pub workdir: String,
     pub home: String,

@@ -61,6 +61,20 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// CPU time in thousandths of a core.
     pub cpu_millicores: Option<u32>,
+    /// Place the scope in the pids and memory controllers even without a
+    /// limit, so their peaks can be read at the end (learn mode). Where a
+    /// controller is unavailable this is skipped silently: no limit is
+    /// lost, only the peak.
+    pub observe_peaks: bool,
+}
+
+/// Most processes and memory a scope held at once, where the kernel
+/// keeps the figure (`pids.peak`, `memory.peak`, or v1's
+/// `memory.max_usage_in_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peaks {
+    pub processes: Option<u64>,
+    pub memory_bytes: Option<u64>,
 }
 
 /// Where a controller lives on this host.
@@ -301,7 +315,12 @@ impl ScopeRoot {
             ),
         ];
         for (controller, what, files) in wanted {
-            let Some(files) = files else { continue };
+            let observed_only = files.is_none() && limits.observe_peaks && controller != "cpu";
+            let files = match files {
+                Some(f) => f,
+                None if observed_only => Vec::new(),
+                None => continue,
+            };
             // Under a caller, a v2 controller is usable only if the caller's
             // cgroup passes it down (a container's cgroup holds processes,
             // so on pure cgroup v2 it usually cannot), and a v1 one only if
@@ -336,6 +355,7 @@ impl ScopeRoot {
                         write_optional(&dir.join(&file), &value, optional)?;
                     }
                 }
+                Placement::Unavailable if observed_only => {}
                 Placement::Unavailable => {
                     if allow_missing {
                         scope.skipped.push(controller);
@@ -473,6 +493,32 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The scope's peaks, read from where its controllers live. Read
+    /// before the scope is removed.
+    pub fn peaks(&self) -> Peaks {
+        let dir = |controller: &str| {
+            self.v1
+                .iter()
+                .find(|(c, _)| *c == controller)
+                .map_or_else(|| (self.v2.clone(), false), |(_, d)| (d.clone(), true))
+        };
+        let number = |p: PathBuf| {
+            fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let (pids, _) = dir("pids");
+        let (memory, v1) = dir("memory");
+        Peaks {
+            processes: number(pids.join("pids.peak")),
+            memory_bytes: number(memory.join(if v1 {
+                "memory.max_usage_in_bytes"
+            } else {
+                "memory.peak"
+            })),
+        }
+    }
+
     /// A descriptor of the v2 cgroup for `clone3(CLONE_INTO_CGROUP)`.
     /// It must still be the cgroup the scope was made as (same inode, the
     /// id the programs know): a directory removed and made again under
@@ -675,6 +721,7 @@ mod tests {
             pids: Some(64),
             memory_bytes: Some(1 << 20),
             cpu_millicores: Some(250),
+            observe_peaks: false,
         };
 
         fn read(path: &Path) -> String {

@@ -448,6 +448,24 @@ pub fn path_call(nr: u32) -> Option<(&'static str, u32, Access)> {
     Some((c.name, arg, access))
 }
 
+/// Whether learn mode reports a successful call (`PATH_ARG_LEARN`): the
+/// path calls whose success would need a file grant under a policy (opens,
+/// creations, removals, renames, links), and `inotify_add_watch` (the
+/// policy's `inotify` key). Not exec (the exec tracepoint reports every
+/// program) and not metadata reads (no grant governs them).
+pub fn learned(nr: u32) -> bool {
+    match path_call(nr) {
+        Some((name, _, access)) => {
+            name == "inotify_add_watch"
+                || matches!(
+                    access,
+                    Access::OpenFlags(_) | Access::Open | Access::Read | Access::Write
+                )
+        }
+        None => false,
+    }
+}
+
 /// Index of the directory descriptor a call's path is relative to, if any.
 pub fn dirfd_arg(nr: u32) -> Option<usize> {
     let c = call(nr)?;
@@ -497,6 +515,19 @@ pub fn socket_families(unix_hooks: bool) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learn_mode_reports_grant_needing_calls_only() {
+        for nr in [
+            2, 257, 83, 258, 87, 263, 82, 264, 316, 85, 86, 265, 88, 266, 76, 254,
+        ] {
+            assert!(learned(nr), "{} should be learned", name(nr));
+        }
+        // Metadata reads, exec (the exec tracepoint), calls without a path.
+        for nr in [4, 6, 21, 89, 262, 332, 439, 59, 322, 0, 1, 39] {
+            assert!(!learned(nr), "{} should not be learned", name(nr));
+        }
+    }
 
     #[test]
     fn table_is_sorted_and_named() {

@@ -23,13 +23,14 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_common::{
-    AGENT_LAYERS_REQUIRED, AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE, AT_FDCWD, Config,
-    EVENT_EXEC, EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_SYSCALL, EXEC_ARG_BYTES, EXEC_ARGS_MAX,
-    EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent,
-    LAYER_CAPABILITIES, LAYER_NO_NEW_PRIVS, LAYER_SECCOMP, LAYER_UNREADABLE, MAX_LOADERS, NO_PATH,
-    PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_BASE, PATH_ENTRY, PFA_NO_NEW_PRIVS,
-    REASON_DIRECT_LOADER, REASON_UNCONFINED, SECCOMP_MODE_DEAD, SECCOMP_MODE_FILTER, SYS_SECCOMP,
-    SYSCALL_PATH_MAX, SyscallEvent, VERDICT_ALLOWED, VERDICT_DENIED, syscalls as sc,
+    AGENT_LAYERS_REQUIRED, AGENT_LEARN, AGENT_RESTRICT_EXEC, ARGV_EXE, ARGV_FAULT, ARGV_MORE,
+    AT_FDCWD, Config, EVENT_EXEC, EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_OBSERVED, EVENT_SYSCALL,
+    EXEC_ARG_BYTES, EXEC_ARGS_MAX, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecArgv, ExecEvent,
+    ExecRefusedEvent, KillEvent, LAYER_CAPABILITIES, LAYER_NO_NEW_PRIVS, LAYER_SECCOMP,
+    LAYER_UNREADABLE, MAX_LOADERS, NO_PATH, PATH_ARG_DIRFD, PATH_ARG_ENTRIES, PATH_ARG_LEARN,
+    PATH_BASE, PATH_ENTRY, PFA_NO_NEW_PRIVS, REASON_DIRECT_LOADER, REASON_UNCONFINED,
+    SECCOMP_MODE_DEAD, SECCOMP_MODE_FILTER, SYS_SECCOMP, SYSCALL_PATH_MAX, SyscallEvent,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, syscalls as sc,
 };
 
 use crate::{
@@ -268,12 +269,16 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     0
 }
 
-/// `raw_tracepoint/sys_exit`: (regs, ret). Returns at once for every
-/// success and for errors that are not refusals, so the cost for the rest of
-/// the host is a comparison.
+/// `raw_tracepoint/sys_exit`: (regs, ret). Returns at once for errors that
+/// are not refusals, and for every success while no agent learns, so the
+/// cost for the rest of the host is a comparison (and, for a success, one
+/// look at `Config::learning`).
 #[inline(always)]
 pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     let ret: i64 = ctx.arg(1);
+    if ret >= 0 {
+        return on_success(ctx, ret);
+    }
     if ret != -EPERM
         && ret != -EACCES
         && ret != -ENOSYS
@@ -347,6 +352,7 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
                 &mut (*ev).sys,
                 &agent,
                 EVENT_EXEC_REFUSED,
+                VERDICT_DENIED,
                 nr,
                 ret,
                 regs,
@@ -369,25 +375,88 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
-    unsafe { fill_syscall(cfg, &mut *ev, &agent, EVENT_SYSCALL, nr, ret, regs) };
+    unsafe {
+        fill_syscall(
+            cfg,
+            &mut *ev,
+            &agent,
+            EVENT_SYSCALL,
+            VERDICT_DENIED,
+            nr,
+            ret,
+            regs,
+        )
+    };
     slot.submit(0);
     agent.count_event();
     0
 }
 
-/// Writes every field of a refused call's event; `kind` is the event's
-/// (`EVENT_SYSCALL`, or `EVENT_EXEC_REFUSED` when it heads a larger one).
+/// A successful call of an agent in learn mode (issue 14): the path calls
+/// that would need a file grant (`PATH_ARG_LEARN`) are reported with their
+/// path, as a refusal would be, so guardd can draft the grants. Only while
+/// some agent learns is the call's number even read.
+#[inline(always)]
+fn on_success(ctx: &RawTracePointContext, ret: i64) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    if cfg.learning == 0 {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr = read_u64(regs + u64::from(cfg.regs_orig_ax_off));
+    if nr >= u64::from(PATH_ARG_ENTRIES) {
+        return 0;
+    }
+    let arg = match PATH_ARG.get(nr as u32) {
+        Some(a) => *a,
+        None => return 0,
+    };
+    if arg & PATH_ARG_LEARN == 0 {
+        return 0;
+    }
+    let agent = current_agent();
+    if agent.info.is_null() || agent.flags() & AGENT_LEARN == 0 {
+        return 0;
+    }
+    let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {
+        agent.count_lost();
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
+    unsafe {
+        fill_syscall(
+            cfg,
+            &mut *ev,
+            &agent,
+            EVENT_OBSERVED,
+            VERDICT_AUDIT,
+            nr,
+            ret,
+            regs,
+        )
+    };
+    slot.submit(0);
+    agent.count_event();
+    0
+}
+
+/// Writes every field of a call's event; `kind` is the event's
+/// (`EVENT_SYSCALL`, `EVENT_EXEC_REFUSED` when it heads a larger one, or
+/// `EVENT_OBSERVED` for a learned success).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fill_syscall(
     cfg: &Config,
     ev: &mut SyscallEvent,
     agent: &Agent,
     kind: u16,
+    verdict: u8,
     nr: u64,
     ret: i64,
     regs: u64,
 ) {
-    ev.hdr = agent.header(kind, VERDICT_DENIED, 0);
+    ev.hdr = agent.header(kind, verdict, 0);
     ev.nr = nr as u32;
     ev.ret = ret as i32;
     let mut i = 0;

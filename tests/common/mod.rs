@@ -376,6 +376,21 @@ impl Guardd {
             .collect()
     }
 
+    /// Every journal record, once at least `n` of them match `pred`
+    /// (records after a refusal are appended asynchronously); fails after
+    /// 10 s with what was there.
+    pub fn logs_until(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = self.logs(&[]);
+            if recs.iter().filter(|r| pred(r)).count() >= n {
+                return recs;
+            }
+            assert!(Instant::now() < deadline, "{recs:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The start record of agent `id`.
     pub fn start_record(&self, id: &str) -> Value {
         self.logs(&["--agent", id])

@@ -466,6 +466,50 @@ fn confined_ops(
         ratio: format!("{:+.1}%", (i / o - 1.0) * 100.0),
         target: "<= +10%".into(),
     });
+    // Learn mode turns on the successful-call path of `sys_exit` for the
+    // whole host: what that costs a process outside every scope, against
+    // the same loop while no agent learns (measured alternately).
+    let (mut learning, mut idle) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let outside = || {
+            connect_loop(
+                Command::new(&probe)
+                    .args([s("open-loop"), file.display().to_string(), n.to_string()])
+                    .current_dir(work),
+            )
+        };
+        idle.push(outside()?);
+        let mut learner = ctl(bin, d)
+            .current_dir(work)
+            .args([
+                "run",
+                "--learn",
+                "--name",
+                "bench-learner",
+                "--",
+                "/bin/sleep",
+                "30",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        // Learning once the agent's sleep runs (its start is journaled
+        // before the exec).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let r = outside();
+        // SAFETY: signalling the guardctl this loop started, by its pid.
+        unsafe { libc::kill(learner.id() as i32, libc::SIGTERM) };
+        let _ = learner.wait();
+        learning.push(r?);
+    }
+    let (i, o) = (median(learning), median(idle));
+    rows.push(Row {
+        what: "open()+close() outside any scope while an agent learns".into(),
+        value: format!("{:.0} ns", i),
+        baseline: format!("{:.0} ns while none learns", o),
+        ratio: format!("{:+.1}%", (i / o - 1.0) * 100.0),
+        target: "<= +10%".into(),
+    });
     let execs = if quick { 100 } else { 1000 };
     let (i, o) = inside_outside(
         bin,

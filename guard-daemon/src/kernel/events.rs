@@ -3,9 +3,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use guard_common::{
-    EVENT_EXEC, EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_NET, EVENT_SOCK, EVENT_SYSCALL, EVENT_UNIX,
-    EventHeader, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent, NetEvent, SockEvent,
-    SyscallEvent, UnixEvent,
+    EVENT_EXEC, EVENT_EXEC_REFUSED, EVENT_KILL, EVENT_NET, EVENT_OBSERVED, EVENT_SOCK,
+    EVENT_SYSCALL, EVENT_UNIX, EventHeader, ExecArgv, ExecEvent, ExecRefusedEvent, KillEvent,
+    NetEvent, SockEvent, SyscallEvent, UnixEvent,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub enum KernelEvent {
     /// A refused call; a refused exec also carries its arguments.
     Syscall(Box<SyscallEvent>, Option<Box<ExecArgv>>),
     Kill(KillEvent),
+    /// A successful path call of an agent in learn mode.
+    Observed(Box<SyscallEvent>),
 }
 
 impl KernelEvent {
@@ -28,6 +30,7 @@ impl KernelEvent {
             KernelEvent::Exec(e) => &e.hdr,
             KernelEvent::Syscall(e, _) => &e.hdr,
             KernelEvent::Kill(e) => &e.hdr,
+            KernelEvent::Observed(e) => &e.hdr,
         }
     }
 }
@@ -56,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         EVENT_EXEC_REFUSED => read::<ExecRefusedEvent>(bytes)
             .map(|e| KernelEvent::Syscall(Box::new(e.sys), Some(Box::new(e.argv)))),
         EVENT_KILL => read(bytes).map(KernelEvent::Kill),
+        EVENT_OBSERVED => read(bytes).map(|e| KernelEvent::Observed(Box::new(e))),
         _ => None,
     }
 }

@@ -449,6 +449,10 @@ impl Kernel {
                     task_cred_off: btf.member_offset_sized("task_struct", "cred", 8)?,
                     cred_cap_effective_off: btf.member_offset_sized("cred", "cap_effective", 8)?,
                     cred_cap_permitted_off: btf.member_offset_sized("cred", "cap_permitted", 8)?,
+                    // Counted from the agent table below, once it is open:
+                    // learning agents of a predecessor stay observed.
+                    learning: 0,
+                    _pad_learning: 0,
                 },
                 0,
             )
@@ -461,11 +465,14 @@ impl Kernel {
         for nr in 0..guard_common::PATH_ARG_ENTRIES {
             let arg = crate::syscalls::path_call(nr)
                 .map(|(_, a, _)| {
+                    let mut a = a;
                     if crate::syscalls::dirfd_arg(nr).is_some() {
-                        a | guard_common::PATH_ARG_DIRFD
-                    } else {
-                        a
+                        a |= guard_common::PATH_ARG_DIRFD;
                     }
+                    if crate::syscalls::learned(nr) {
+                        a |= guard_common::PATH_ARG_LEARN;
+                    }
+                    a
                 })
                 .unwrap_or(guard_common::NO_PATH);
             path_arg.set(nr, arg, 0).map_err(map_err("PATH_ARG"))?;
@@ -643,31 +650,48 @@ impl Kernel {
                 .ok_or(KernelError::Missing("map EVENTS"))?,
         )
         .map_err(map_err("EVENTS"))?;
-        Ok((
-            Kernel {
-                ebpf,
-                config,
-                _path_arg: path_arg,
-                agents,
-                net4,
-                net6,
-                unix: unix_map,
-                listen4,
-                listen6,
-                dns_ports,
-                name_seen,
-                pin_dir: opts.pin_dir.clone(),
-                links: pinned,
-                generation,
-                parent_cgroup: opts.parent_cgroup.clone(),
-                agent_level: opts.agent_level,
-                layout,
-                unix_progs,
-                scopes: scope_table,
-                layers,
-            },
-            ring,
-        ))
+        let mut kernel = Kernel {
+            ebpf,
+            config,
+            _path_arg: path_arg,
+            agents,
+            net4,
+            net6,
+            unix: unix_map,
+            listen4,
+            listen6,
+            dns_ports,
+            name_seen,
+            pin_dir: opts.pin_dir.clone(),
+            links: pinned,
+            generation,
+            parent_cgroup: opts.parent_cgroup.clone(),
+            agent_level: opts.agent_level,
+            layout,
+            unix_progs,
+            scopes: scope_table,
+            layers,
+        };
+        kernel.write_learning()?;
+        Ok((kernel, ring))
+    }
+
+    /// `Config::learning`: how many agents in the table are in learn mode.
+    /// Counted from the table itself rather than kept as a running count,
+    /// so a restarted guardd and a failed half-write cannot skew it.
+    fn write_learning(&mut self) -> Result<(), KernelError> {
+        let n = self
+            .agents
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, i)| i.flags & guard_common::AGENT_LEARN != 0)
+            .count() as u32;
+        let mut cfg = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        if cfg.learning != n {
+            cfg.learning = n;
+            self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))?;
+        }
+        Ok(())
     }
 
     /// Writes an agent's rules, then the agent itself: the programs deny a
@@ -733,6 +757,9 @@ impl Kernel {
         self.agents
             .insert(keys.cgroup_id, info, 0)
             .map_err(map_err("AGENTS"))?;
+        if info.flags & guard_common::AGENT_LEARN != 0 {
+            self.write_learning()?;
+        }
         Ok(())
     }
 
@@ -741,10 +768,15 @@ impl Kernel {
     /// reports (`NAME_SEEN`) go too: the next agent in its slot must get
     /// its own first reports.
     pub fn remove_agent(&mut self, keys: &AgentKeys) {
+        let mut learning = false;
         if let Ok(info) = self.agents.get(&keys.cgroup_id, 0) {
             self.forget_names(|slot| slot == info.slot);
+            learning = info.flags & guard_common::AGENT_LEARN != 0;
         }
         let _ = self.agents.remove(&keys.cgroup_id);
+        if learning && let Err(e) = self.write_learning() {
+            tracing::warn!("learn-mode count not updated: {e}");
+        }
         for (bits, data) in &keys.v4 {
             let _ = self.net4.remove(&Key::new(*bits, *data));
         }

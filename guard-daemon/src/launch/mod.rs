@@ -684,6 +684,18 @@ pub fn block_forwarded() -> Result<libc::sigset_t, LaunchError> {
 
 /// Looks `name` up in `path` the way a shell would (names with a slash are
 /// taken as they are).
+/// What the launcher applies in learn mode (`guardctl run --learn`):
+/// the plan without its file rules, so neither Landlock nor the exec
+/// views refuse a file or program the agent uses (the kernel reports each
+/// use instead, and guardd keeps the policy's grants to record only what
+/// they would refuse). Every other layer stays: seccomp (as in audit
+/// mode), `no_new_privs`, the capability drop, the namespaces and the
+/// read-only cgroup views, the Unix-socket rules.
+pub fn learn(plan: &mut crate::policy::Plan) {
+    plan.filesystem = crate::policy::FsPlan::default();
+    plan.mode = crate::policy::Mode::Audit;
+}
+
 pub fn resolve_program(name: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if name.contains('/') {

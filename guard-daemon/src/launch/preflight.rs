@@ -358,6 +358,43 @@ impl PolicyFile {
     }
 }
 
+impl PolicyFile {
+    /// The policy of `guardctl run --learn` without `--policy`: nothing
+    /// allowed, so every network use is recorded (audit), and no file
+    /// rules, so file and program use is observed rather than refused.
+    pub fn learn_empty(name: &str) -> Result<PolicyFile, PolicyFileError> {
+        let text = format!(
+            "# guardctl run --learn without --policy: nothing is allowed; everything is recorded\n\
+             [policy]\nname = {}\n",
+            toml_string(name)
+        );
+        let file = "<learn: empty policy>";
+        let policy = Policy::parse(&text, file)
+            .map_err(|e| PolicyFileError::Invalid(vec![e.to_string()]))?;
+        Ok(PolicyFile {
+            text,
+            path: PathBuf::from(file),
+            policy,
+        })
+    }
+}
+
+/// A TOML basic string holding `s` (escapes quotes, backslashes and
+/// control characters).
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// What `{tmp}` stands for before the agent starts (guardd creates the
 /// agent's directory only then): rules under it are not checked on the
 /// host, and `policy check` shows it as is.

@@ -36,6 +36,8 @@ pub struct Judge {
     pub seccomp: Program,
     /// Capabilities kept (numbers).
     pub caps: Vec<u32>,
+    /// The policy allows inotify watches (`[process] inotify`).
+    pub inotify: bool,
 }
 
 /// How a refused call is journaled.
@@ -425,6 +427,7 @@ fn granted(fs: &FsPlan, path: &Path) -> ((bool, bool, bool), Vec<String>) {
 }
 
 const PROT_EXEC: u64 = 4;
+const O_DIRECTORY: u64 = 0o200_000;
 const AT_EMPTY_PATH: u64 = 0x1000;
 
 /// What descriptor `fd` of process `tgid` names, if it can still be read.
@@ -641,6 +644,90 @@ impl Judge {
 
     /// The record for a refused call, or `None` when another layer has
     /// journaled it already (the network hooks record their own refusals).
+    /// How a successful call of an agent in learn mode (issue 14) is
+    /// journaled: the file access it made (kind `file`, action `read` or
+    /// `write`, the absolute path as target) or the inotify watch it placed,
+    /// with verdict `audit` and layer `learn`. `None` when the agent's
+    /// policy (`--learn --policy FILE`) already grants the access: what the
+    /// policy allows is not recorded again.
+    pub fn observe(
+        &self,
+        nr: u32,
+        args: &[u64; 6],
+        tgid: u32,
+        facts: &PathFacts<'_>,
+    ) -> Option<Verdict> {
+        let (_, _, access) = syscalls::path_call(nr)?;
+        let name = syscalls::name(nr);
+        let t = resolve(nr, args, tgid, facts, &self.workdir);
+        let mut detail = json!({"syscall": name});
+        if nr == NR_INOTIFY_ADD_WATCH {
+            if self.inotify {
+                return None;
+            }
+            detail["why"] = json!("an inotify watch: a policy needs `[process] inotify = true`");
+            if !t.doubts.is_empty() {
+                detail["doubts"] = json!(t.doubts);
+            }
+            return Some(Verdict {
+                kind: Kind::Syscall,
+                action: name,
+                target: Text::new(t.text),
+                rule: "learn.observed".into(),
+                layer: "learn",
+                detail,
+            });
+        }
+        let (read, write, _, _) = need(access, args);
+        // An open of a directory lists it: a grant on a directory covers
+        // its tree, which the draft must say.
+        let directory = matches!(access, Access::OpenFlags(_)) && {
+            let flags = match access {
+                Access::OpenFlags(i) => args[i],
+                _ => 0,
+            };
+            flags & O_DIRECTORY != 0
+                || t.abs
+                    .as_deref()
+                    .map(|p| follow(tgid, p).unwrap_or_else(|| p.to_owned()))
+                    .is_some_and(|p| p.is_dir())
+        };
+        let rule = match (&self.fs, &t.abs) {
+            (Some(fs), Some(abs)) if fs.restricted => {
+                let real = t.real.as_deref().unwrap_or(abs);
+                let ((r, w, _), _) = granted(fs, real);
+                if (!read || r) && (!write || w) {
+                    return None;
+                }
+                "filesystem.default-deny"
+            }
+            _ => "learn.observed",
+        };
+        detail["access"] = json!(match (read, write) {
+            (true, true) => "read+write",
+            (false, true) => "write",
+            _ => "read",
+        });
+        detail["directory"] = json!(directory);
+        if let Some(real) = &t.real {
+            detail["real"] = json!(real.display().to_string());
+        }
+        if !t.doubts.is_empty() {
+            detail["doubts"] = json!(t.doubts);
+        }
+        for (k, v) in t.detail {
+            detail[k] = v;
+        }
+        Some(Verdict {
+            kind: Kind::File,
+            action: if write { "write" } else { "read" }.to_owned(),
+            target: Text::new(t.text),
+            rule: rule.into(),
+            layer: "learn",
+            detail,
+        })
+    }
+
     pub fn judge_facts(
         &self,
         nr: u32,
@@ -1010,6 +1097,7 @@ mod tests {
             workdir: "/work".into(),
             seccomp: crate::launch::seccomp::build(&crate::launch::seccomp::Options::default()),
             caps: vec![],
+            inotify: false,
         }
     }
 
@@ -1158,6 +1246,75 @@ mod tests {
             (Kind::Syscall, "pid-namespace", "process.outside-pid")
         );
         assert_eq!(v.target.as_str(), Some("pid 4242"));
+    }
+
+    #[test]
+    fn learn_mode_records_only_what_the_policy_would_refuse() {
+        let j = judge(P);
+        let facts = |p: &'static [u8]| PathFacts::trusted(Some(p));
+        // openat(AT_FDCWD, "/work/in", O_RDONLY): granted, not recorded again.
+        assert!(j.observe(257, &[0; 6], 1, &facts(b"/work/in")).is_none());
+        // Writing there is not granted: recorded, as the rule it breaks.
+        let v = j
+            .observe(257, &[0, 0, 0o1 | 0o100, 0, 0, 0], 1, &facts(b"/work/in"))
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str(), v.layer, v.rule.as_str()),
+            (Kind::File, "write", "learn", "filesystem.default-deny")
+        );
+        assert_eq!(v.detail["access"], "write");
+        assert_eq!(v.detail["syscall"], "openat");
+        // O_RDWR needs both.
+        let v = j
+            .observe(257, &[0, 0, 0o2, 0, 0, 0], 1, &facts(b"/etc/hostname"))
+            .unwrap();
+        assert_eq!(v.detail["access"], "read+write");
+        // A removal is a write; a directory opened is a listing.
+        let v = j.observe(87, &[0; 6], 1, &facts(b"/work/x")).unwrap();
+        assert_eq!(v.action, "write");
+        // Granted writes (the policy writes /work/out) are not recorded.
+        assert!(
+            j.observe(87, &[0; 6], 1, &facts(b"/work/out/x/y"))
+                .is_none()
+        );
+        let v = j
+            .observe(257, &[0, 0, 0o200_000, 0, 0, 0], 1, &facts(b"/usr"))
+            .unwrap();
+        assert_eq!(v.detail["directory"], true);
+        // Without a policy every access is recorded as observed.
+        let none = Judge {
+            fs: None,
+            ..judge(P)
+        };
+        let v = none.observe(257, &[0; 6], 1, &facts(b"/work/in")).unwrap();
+        assert_eq!(v.rule, "learn.observed");
+        // A watch: recorded unless the policy allows watches.
+        let v = none
+            .observe(
+                NR_INOTIFY_ADD_WATCH,
+                &[3, 0, 0, 0, 0, 0],
+                1,
+                &facts(b"/work"),
+            )
+            .unwrap();
+        assert_eq!(
+            (v.kind, v.action.as_str()),
+            (Kind::Syscall, "inotify_add_watch")
+        );
+        let watching = Judge {
+            inotify: true,
+            ..judge(P)
+        };
+        assert!(
+            watching
+                .observe(
+                    NR_INOTIFY_ADD_WATCH,
+                    &[3, 0, 0, 0, 0, 0],
+                    1,
+                    &facts(b"/work")
+                )
+                .is_none()
+        );
     }
 
     #[test]

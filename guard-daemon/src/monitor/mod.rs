@@ -630,15 +630,24 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
             let (a, t, r, d) = kill_fields(e);
             (Kind::Syscall, a, t, Verdict::Denied, r, "seccomp", d)
         }
+        KernelEvent::Observed(e) => {
+            let facts = path_facts(e);
+            let v = meta
+                .and_then(|m| m.judge.as_ref())?
+                .observe(e.nr, &e.args, h.tgid, &facts)?;
+            (
+                v.kind,
+                v.action,
+                v.target,
+                Verdict::Audit,
+                v.rule,
+                v.layer,
+                v.detail,
+            )
+        }
         KernelEvent::Syscall(e, argv) => {
-            let path =
-                (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())]));
-            let facts = judge::PathFacts {
-                exit: path,
-                entry: (e.path_flags & PATH_ENTRY != 0)
-                    .then(|| cstr(&e.entry[..(e.entry_len as usize).min(e.entry.len())])),
-                base: (e.path_flags & PATH_BASE != 0).then_some((e.base_dev, e.base_ino)),
-            };
+            let facts = path_facts(e);
+            let path = facts.exit;
             let (k, a, t, v, r, l, mut d) = match meta.and_then(|m| m.judge.as_ref()) {
                 Some(j) => {
                     let v = j.judge_facts(e.nr, e.ret, &e.args, h.tgid, &facts)?;
@@ -677,7 +686,7 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         rule
     };
     let parent = match ev {
-        KernelEvent::Syscall(e, _) => Some(e.ppid),
+        KernelEvent::Syscall(e, _) | KernelEvent::Observed(e) => Some(e.ppid),
         _ => None,
     };
     let mut rec = Record::new(kind, action, target, verdict, rule, layer).with_detail(detail);
@@ -711,6 +720,16 @@ pub fn record_for(ev: &KernelEvent, meta: Option<&AgentMeta>) -> Option<Record> 
         }
     }
     Some(rec)
+}
+
+/// What the kernel reported about a call's path argument.
+fn path_facts(e: &guard_common::SyscallEvent) -> judge::PathFacts<'_> {
+    judge::PathFacts {
+        exit: (e.path_len > 0).then(|| cstr(&e.path[..(e.path_len as usize).min(e.path.len())])),
+        entry: (e.path_flags & PATH_ENTRY != 0)
+            .then(|| cstr(&e.entry[..(e.entry_len as usize).min(e.entry.len())])),
+        base: (e.path_flags & PATH_BASE != 0).then_some((e.base_dev, e.base_ino)),
+    }
 }
 
 /// Puts a refused exec's arguments in `detail.args` (strings), with
@@ -811,7 +830,16 @@ fn exec_fields(
         }
         _ => ("filesystem.unrestricted".to_owned(), "none"),
     };
-    let detail = json!({"argv": argv, "argv_truncated": truncated, "args_bytes": e.args_len});
+    let mut detail = json!({"argv": argv, "argv_truncated": truncated, "args_bytes": e.args_len});
+    // A relative program name (`./run.sh`) starts at the working directory,
+    // which the new program still has: where it leads, as far as guardd can
+    // still read it (a draft needs the absolute path).
+    if !name.starts_with(b"/")
+        && !name.is_empty()
+        && let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", e.hdr.tgid))
+    {
+        detail["path"] = json!(Text::new(cwd.join(path).as_os_str().as_bytes().to_vec()));
+    }
     (Text::new(name), rule, layer, detail)
 }
 

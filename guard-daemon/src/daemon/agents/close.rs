@@ -97,6 +97,7 @@ pub fn close(
     // would-be refusals.
     let denied = agent.meta.refusals.denied();
     let audited = agent.meta.refusals.audited();
+    let peaks = agent.scope.peaks();
     let rec = Record::new(
         Kind::Lifecycle,
         "exit",
@@ -115,6 +116,7 @@ pub fn close(
         "suppressed_repeats": suppressed,
         "events_pending": pending,
         "uptime_ms": agent.started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0),
+        "peak": {"processes": peaks.processes, "memory_bytes": peaks.memory_bytes},
     }));
     let _ = shared.journal.append(rec);
     let _ = shared.journal.flush();

@@ -7,7 +7,9 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use guard_common::{AGENT_AUDIT, AGENT_DNS, AGENT_LAYERS_REQUIRED, AGENT_RESTRICT_EXEC, AgentInfo};
+use guard_common::{
+    AGENT_AUDIT, AGENT_DNS, AGENT_LAYERS_REQUIRED, AGENT_LEARN, AGENT_RESTRICT_EXEC, AgentInfo,
+};
 use serde_json::json;
 
 use super::{
@@ -176,6 +178,42 @@ pub fn open(
         // A client's policy is compared with the floor as it will run.
         plan.mode = Mode::Audit;
     }
+    // Learn mode runs the agent without its file and program confinement:
+    // only a node that leaves the choice of policy to its users allows it.
+    if req.learn {
+        let why = if chosen.named.is_some() {
+            Some("the policy is one of guardd's named policies, which the node chose".to_owned())
+        } else if shared.cfg.require_named_policy {
+            Some("this guardd runs named policies only (--require-named-policy)".to_owned())
+        } else if let Some(f) = &shared.cfg.floor_policy {
+            Some(format!(
+                "this guardd holds client policies within the floor policy {f} (--floor-policy)"
+            ))
+        } else if !shared.cfg.forbid_degraded.is_empty() {
+            Some(format!(
+                "this guardd forbids running without layers ({}; --forbid-degraded), and learn mode runs \
+                 without Landlock and the exec confinement",
+                shared.cfg.forbid_degraded.join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(refuse_request(
+                shared,
+                peer,
+                "open",
+                req.argv.first().map(String::as_str).unwrap_or(""),
+                "control.learn-not-allowed",
+                None,
+                format!(
+                    "learn mode (--learn) is not allowed here: {why}; learn on a host of your own and bring the \
+                     drafted policy"
+                ),
+            ));
+        }
+        plan.mode = Mode::Audit;
+    }
     check_floor(
         shared,
         &chosen,
@@ -212,6 +250,13 @@ pub fn open(
     }
 
     let mut degraded = Vec::new();
+    if req.learn {
+        degraded.push(
+            "learn: files and programs are observed, not confined (no Landlock, no exec views); network rules \
+             audited"
+                .to_owned(),
+        );
+    }
     let layers = shared
         .kernel
         .lock()
@@ -243,12 +288,13 @@ pub fn open(
     let cleanup_tmp = |tmp: &super::tmpdir::AgentTmp| tmp.remove();
 
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: tmp made");
-    let audit = req.audit || plan.mode == Mode::Audit;
+    let audit = req.audit || req.learn || plan.mode == Mode::Audit;
 
     let limits = Limits {
         pids: plan.process.max_processes,
         memory_bytes: plan.process.memory_bytes,
         cpu_millicores: plan.process.cpu_millicores,
+        observe_peaks: req.learn,
     };
     // Under the caller's own cgroups (`--scopes-under caller`): a pod's
     // accounting and limits then hold for its agent too.
@@ -323,7 +369,8 @@ pub fn open(
     let mut info = AgentInfo {
         slot,
         flags: if audit { AGENT_AUDIT } else { 0 }
-            | if plan.filesystem.restricted {
+            | if req.learn { AGENT_LEARN } else { 0 }
+            | if plan.filesystem.restricted && !req.learn {
                 AGENT_RESTRICT_EXEC
             } else {
                 0
@@ -468,8 +515,10 @@ pub fn open(
         "argv": req.argv,
         "policy_path": chosen.path,
         "policy_source": chosen.source_detail(),
-        "mode": if audit { "audit" } else { "enforce" },
+        "mode": if req.learn { "learn" } else if audit { "audit" } else { "enforce" },
+        "learn": req.learn,
         "workdir": req.workdir,
+        "home": req.home,
         "tmp": tmp.path.display().to_string(),
         "cgroup": scope.v2.display().to_string(),
         "launcher": {"uid": peer.uid, "pid": peer.pid, "cgroup": origin.v2()},

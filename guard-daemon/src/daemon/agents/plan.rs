@@ -35,6 +35,7 @@ pub(super) fn judge_for(
             .iter()
             .filter_map(|c| crate::launch::caps::number(c))
             .collect(),
+        inotify: plan.process.inotify,
     }
 }
 

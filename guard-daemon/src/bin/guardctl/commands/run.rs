@@ -1,4 +1,4 @@
-//! `guardctl run --policy FILE | --policy-name NAME [--name N] [--audit] -- CMD ARGS...`
+//! `guardctl run --policy FILE | --policy-name NAME | --learn [--policy FILE] [--name N] [--audit] -- CMD ARGS...`
 //!
 //! With `--policy-name` the policy is one of guardd's own (its policy
 //! directory): guardctl asks guardd for its text and builds the same plan
@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// The policy file (TOML).
     #[arg(
         long,
-        required_unless_present = "policy_name",
+        required_unless_present_any = ["policy_name", "learn"],
         conflicts_with = "policy_name"
     )]
     policy: Option<PathBuf>,
@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// Allow everything, but record what the policy would have denied.
     #[arg(long)]
     audit: bool,
+    /// Learn mode: run with files and programs observed instead of
+    /// confined (no Landlock, no exec views) and the network audited, and
+    /// journal what the agent does, for `guardctl policy draft`. With
+    /// `--policy`, only what that policy would refuse is recorded.
+    #[arg(long, conflicts_with_all = ["policy_name", "audit"])]
+    learn: bool,
     /// Start even though these layers cannot be enforced here (comma list of
     /// `landlock`, `unix`, `limits`, `exec`, or `all`). The degradation is
     /// journaled.
@@ -142,6 +148,10 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
             let reply = fetch_named(cli, name)?;
             PolicyFile::from_named(&reply)
         }
+        (None, None) if args.learn => {
+            let name = args.name.clone().unwrap_or_else(|| "learn".to_owned());
+            PolicyFile::learn_empty(&name)
+        }
         (None, None) => return Err("give --policy FILE or --policy-name NAME").or_exit(EXIT_USAGE),
     };
     let PolicyFile { text, path, policy } = match read {
@@ -164,8 +174,11 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
         tmp,
     };
     let tmp_placeholder = PathBuf::from(preflight::TMP_PLACEHOLDER);
-    let first_plan =
+    let mut first_plan =
         preflight::check_plan(&policy, &vars(tmp_placeholder), &path_str).map_err(print_all)?;
+    if args.learn {
+        launch::learn(&mut first_plan);
+    }
     let accepted = Accepted::parse(&args.allow_degraded).or_exit(EXIT_USAGE)?;
     timing.mark("policy parsed and compiled");
 
@@ -195,7 +208,8 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
         policy_text: text,
         policy_includes: policy.sources.clone(),
         name: args.name.clone(),
-        audit: args.audit,
+        audit: args.audit || args.learn,
+        learn: args.learn,
         argv,
         workdir: workdir.display().to_string(),
         home: home.display().to_string(),
@@ -220,7 +234,12 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     }
 
     let plan = match policy.compile(&vars(PathBuf::from(&session.reply.tmp))) {
-        Ok(p) => p,
+        Ok(mut p) => {
+            if args.learn {
+                launch::learn(&mut p);
+            }
+            p
+        }
         Err(e) => {
             eprintln!("{e}");
             return Err(session.abort(EXIT_USAGE));
@@ -228,7 +247,7 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     };
     let spec = Launch::new(&program, &args.command, &plan)
         .env(std::env::vars_os())
-        .audit(args.audit)
+        .audit(args.audit || args.learn)
         .accept_landlock_degraded(accepted.accepts("landlock"))
         .exec_views(layers.exec_views.then_some(workdir.as_path()))
         .build(&session.reply, scope)
@@ -253,6 +272,13 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     timing.mark("guardd ended the scope");
     supervise::reap(&child);
     eprintln!("{}", session.summary(status, summary.as_ref()));
+    if args.learn {
+        // Each run of the name adds to the same draft.
+        eprintln!(
+            "guard: learned; draft a policy from every learn run of this name: guardctl policy draft --agent {} -o {}.toml",
+            session.reply.agent.name, session.reply.agent.name
+        );
+    }
     Ok(match status {
         ExitStatus::Code(c) => c,
         ExitStatus::Signal(s) => 128 + s,
