@@ -5,12 +5,14 @@ It does its job (asks the internal orders API, orders.demo.test:8765), then
 tries what a prompt-injected agent would: send the data elsewhere over TCP,
 tunnel it out through DNS names, read a secret outside its workspace, and
 start another program. Each attempt
-prints what the kernel answered.
+prints what the kernel answered. With --job-only it does its job and
+nothing else: the run to learn a policy from (guardctl run --learn).
 """
 import json
 import os
 import socket
 import subprocess
+import sys
 import urllib.request
 
 
@@ -64,6 +66,8 @@ print("demo agent: doing its job")
 attempt("read the ticket in the workspace", read_workspace)
 attempt("call the orders API (orders.demo.test:8765)", api)
 attempt("write a draft to its private tmp", write_scratch)
+if "--job-only" in sys.argv[1:]:
+    sys.exit(0)
 print("demo agent: now misbehaving")
 attempt("send customer data to 127.0.0.2:8766", exfil_tcp)
 attempt("tunnel data out in a DNS name (c3VwZXIgc2VjcmV0.tunnel.example)", exfil_dns)
