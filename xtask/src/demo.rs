@@ -208,7 +208,84 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "Every record above is hash-chained; `guardctl logs --agent demo-agent --json` shows them in full."
     );
+
+    learn_draft_enforce(&bin, &socket, &workspace, dir.path(), &attacker_log)?;
     drop(procs);
     drop(dns);
+    Ok(())
+}
+
+/// The second act: no policy written by hand. The agent runs once in learn
+/// mode doing only its job, guard drafts the policy from the journal, and
+/// the whole agent, misbehaviour included, then runs under the draft.
+fn learn_draft_enforce(
+    bin: &Path,
+    socket: &Path,
+    workspace: &Path,
+    dir: &Path,
+    attacker_log: &Path,
+) -> anyhow::Result<()> {
+    let ctl = || {
+        let mut c = Command::new(bin.join("guardctl"));
+        c.env("GUARD_SOCKET", socket).current_dir(workspace);
+        c
+    };
+    println!("\n== The same agent, with a policy guard drafted instead of one written by hand\n");
+    println!("$ guardctl run --learn --name support-bot -- python3 agent.py --job-only\n");
+    let status = ctl()
+        .args(["run", "--learn", "--name", "support-bot", "--"])
+        .args(["/usr/bin/python3", "agent.py", "--job-only"])
+        .status()
+        .context("running guardctl run --learn")?;
+    if !status.success() {
+        bail!("the learn run failed ({status})");
+    }
+    let draft = dir.join("support-bot.toml");
+    println!("\n$ guardctl policy draft --agent support-bot -o support-bot.toml && cat support-bot.toml\n");
+    let status = ctl()
+        .args(["policy", "draft", "--agent", "support-bot", "-o"])
+        .arg(&draft)
+        .status()
+        .context("running guardctl policy draft")?;
+    if !status.success() {
+        bail!("guardctl policy draft failed ({status})");
+    }
+    print!("{}", std::fs::read_to_string(&draft)?);
+    let _ = std::fs::remove_file(attacker_log);
+    println!("\n$ guardctl run --policy support-bot.toml -- python3 agent.py\n");
+    let out = ctl()
+        .arg("run")
+        .arg("--policy")
+        .arg(&draft)
+        .args(["--", "/usr/bin/python3", "agent.py"])
+        .stderr(Stdio::piped())
+        .output()
+        .context("running guardctl under the draft")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprint!("{err}");
+    if !out.status.success() {
+        bail!("the agent failed under the draft ({})", out.status);
+    }
+    // This run's records only (the learn run journaled under the same name).
+    let id = err
+        .lines()
+        .find_map(|l| l.split("--agent ").nth(1))
+        .map(str::trim)
+        .context("no agent id in guardctl's summary")?
+        .to_owned();
+    println!("\n$ guardctl logs --agent {id} --verdict denied\n");
+    let status = ctl()
+        .args(["logs", "--agent", &id, "--verdict", "denied"])
+        .status()?;
+    if !status.success() {
+        bail!("guardctl logs failed");
+    }
+    let reached = std::fs::read_to_string(attacker_log).unwrap_or_default();
+    println!(
+        "\nUnder the draft the attacker's listener received {} connection(s): the draft allows what the job \
+         needed and nothing else.",
+        reached.lines().count()
+    );
     Ok(())
 }
