@@ -11,6 +11,7 @@
 mod base;
 #[cfg(test)]
 mod dns_tests;
+pub mod draft;
 mod floor;
 #[cfg(test)]
 mod floor_tests;

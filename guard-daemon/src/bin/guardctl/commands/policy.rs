@@ -1,23 +1,38 @@
 //! `guardctl policy check [--paths] FILE`: validate a policy, report every
 //! problem (the same host checks `guardctl run` makes) and dangerous
 //! grants, and show how this host will enforce it.
+//!
+//! `guardctl policy draft --agent ID|NAME [--from POLICY] [-o FILE]
+//! [--journal FILE]`: draft a policy from what an agent's runs were seen
+//! doing (`policy::draft`), from guardd's journal or a journal file.
 
-use std::{io::Write as _, path::PathBuf};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use clap::{Args, Subcommand};
 use guard_daemon::{
+    api::{self, LogsRequest, Request},
     doctor::{self, Status},
+    journal::{self, JournalError, Record, Store},
     launch::{
         builder::home_dir,
         preflight::{self, PolicyFile, PolicyFileError},
     },
     policy::{
         Access, Origin, Plan, Vars, dangerous_grants,
+        draft::{self, DraftError, FromPolicy, LocalHost},
         host::{DOH_RESOLVERS, DOT_PORT},
     },
 };
 
-use crate::{Cli, EXIT_USAGE};
+use super::{connect, describe, fail};
+use crate::{Cli, EXIT_GUARD, EXIT_USAGE};
+
+/// Records read per query when reading a journal file directly.
+const PAGE: usize = 1000;
 
 /// `writeln!` into a `String`, which cannot fail.
 macro_rules! out {
@@ -47,10 +62,214 @@ enum PolicyCmd {
         #[arg(long, visible_alias = "paths", short = 'v')]
         verbose: bool,
     },
+    /// Draft a policy from what an agent was seen doing (best after
+    /// `guardctl run --learn`); what needs a decision is left commented
+    /// out under REVIEW.
+    Draft(DraftArgs),
 }
 
-pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
-    let PolicyCmd::Check { file, verbose } = &args.cmd;
+#[derive(Args, Debug)]
+struct DraftArgs {
+    /// Agent id or unambiguous id prefix (that run), or name (every run of
+    /// that name, merged).
+    #[arg(long)]
+    agent: String,
+    /// The policy the runs learned on top of: its rules are kept, and what
+    /// it grants is not drafted again.
+    #[arg(long, value_name = "POLICY")]
+    from: Option<PathBuf>,
+    /// Write the draft to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Read this journal file directly, read-only, instead of asking guardd.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
+}
+
+pub fn run(cli: &Cli, args: &PolicyArgs) -> i32 {
+    match &args.cmd {
+        PolicyCmd::Check { file, verbose } => check(file, *verbose),
+        PolicyCmd::Draft(a) => draft_cmd(cli, a),
+    }
+}
+
+/// A failure of `policy draft`: the exit status and what to say.
+struct Failed(i32, String);
+
+fn draft_cmd(cli: &Cli, args: &DraftArgs) -> i32 {
+    match draft_to(cli, args) {
+        Ok(()) => 0,
+        Err(Failed(code, msg)) => {
+            fail(msg);
+            code
+        }
+    }
+}
+
+fn draft_to(cli: &Cli, args: &DraftArgs) -> Result<(), Failed> {
+    // The policy first: a mistake in it is found before the journal is read.
+    let from = match &args.from {
+        Some(path) => {
+            let label = path.display().to_string();
+            let f =
+                PolicyFile::read(path, &label).map_err(|e| Failed(EXIT_USAGE, e.to_string()))?;
+            Some(FromPolicy {
+                label,
+                text: f.text,
+                policy: f.policy,
+            })
+        }
+        None => None,
+    };
+    let records = match &args.journal {
+        Some(path) => records_from_file(path, &args.agent)?,
+        None => records_from_guardd(cli, &args.agent)?,
+    };
+    let usage = |e: DraftError| {
+        let code = match e {
+            DraftError::NotFound { .. }
+            | DraftError::Ambiguous { .. }
+            | DraftError::From { .. } => EXIT_USAGE,
+            _ => EXIT_GUARD,
+        };
+        Failed(code, e.to_string())
+    };
+    let records = draft::select(records, &args.agent).map_err(usage)?;
+    let d = draft::draft(&records, from.as_ref(), &LocalHost).map_err(usage)?;
+    let shown = match &args.output {
+        Some(path) => {
+            std::fs::write(path, &d.text)
+                .map_err(|e| Failed(EXIT_GUARD, format!("writing {}: {e}", path.display())))?;
+            path.display().to_string()
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            if let Err(e) = out.write_all(d.text.as_bytes()).and_then(|()| out.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(Failed(EXIT_GUARD, format!("writing output: {e}")));
+            }
+            "standard output".to_owned()
+        }
+    };
+    eprintln!(
+        "guardctl: drafted policy {:?} from {} run{} of {:?} to {shown}; {}",
+        d.name,
+        d.runs,
+        if d.runs == 1 { "" } else { "s" },
+        journal::escape_str(&args.agent),
+        if d.review == 0 {
+            "nothing left to review".to_owned()
+        } else {
+            format!(
+                "{} item{} to review (lines marked REVIEW)",
+                d.review,
+                if d.review == 1 { "" } else { "s" }
+            )
+        }
+    );
+    Ok(())
+}
+
+/// Every record of the agent (id, id prefix or name), as `guardctl logs
+/// --agent` gets them from guardd.
+fn records_from_guardd(cli: &Cli, key: &str) -> Result<Vec<Record>, Failed> {
+    let guard = |m: String| Failed(EXIT_GUARD, m);
+    let mut conn = connect(&cli.socket).map_err(guard)?;
+    let req = Request::Logs(LogsRequest {
+        agent: Some(key.to_owned()),
+        ..LogsRequest::default()
+    });
+    let line = api::encode_request(1, &req).map_err(|e| guard(e.to_string()))?;
+    conn.send(&line).map_err(|e| guard(e.to_string()))?;
+    let mut records = Vec::new();
+    loop {
+        let line = conn
+            .read_line()
+            .map_err(|e| guard(describe(&e)))?
+            .ok_or_else(|| {
+                guard("guardd closed the connection before the end of the records".into())
+            })?;
+        let map = match api::parse_response(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                let code = match &e {
+                    api::ApiError::Remote { code, .. } if code == api::code::NOT_FOUND => {
+                        let e = DraftError::NotFound { key: key.into() };
+                        return Err(Failed(EXIT_USAGE, e.to_string()));
+                    }
+                    api::ApiError::Remote { code, .. }
+                        if code == api::code::AMBIGUOUS || code == api::code::BAD_REQUEST =>
+                    {
+                        EXIT_USAGE
+                    }
+                    _ => EXIT_GUARD,
+                };
+                return Err(Failed(code, describe(&e)));
+            }
+        };
+        if map.get("done").and_then(|v| v.as_bool()) == Some(true) {
+            return Ok(records);
+        }
+        let Some(value) = map.get("record") else {
+            continue;
+        };
+        // A record this guardctl cannot read would be missing from the
+        // draft: refuse rather than draft from part of the runs.
+        let rec: Record = serde_json::from_value(value.clone()).map_err(|e| {
+            guard(format!(
+                "record seq {} cannot be read ({}); update guardctl",
+                value.get("seq").and_then(|v| v.as_u64()).unwrap_or(0),
+                journal::escape_str(&e.to_string())
+            ))
+        })?;
+        records.push(rec);
+    }
+}
+
+/// The same, read from a journal file directly (read-only).
+fn records_from_file(path: &Path, key: &str) -> Result<Vec<Record>, Failed> {
+    let failed = |e: &JournalError| {
+        Failed(
+            EXIT_GUARD,
+            format!("{}: {}", path.display(), journal::error_chain(e)),
+        )
+    };
+    let store = Store::open_for_reading(path).map_err(|e| failed(&e))?;
+    let id = match store.resolve_agent(key) {
+        Ok(id) => id,
+        Err(JournalError::UnknownAgent { .. }) => {
+            return Err(Failed(
+                EXIT_USAGE,
+                DraftError::NotFound { key: key.into() }.to_string(),
+            ));
+        }
+        Err(e @ JournalError::AmbiguousAgent { .. }) => {
+            return Err(Failed(EXIT_USAGE, e.to_string()));
+        }
+        Err(e) => return Err(failed(&e)),
+    };
+    let mut filter = LogsRequest {
+        agent: Some(id),
+        ..LogsRequest::default()
+    }
+    .filter(SystemTime::now())
+    .map_err(|e| failed(&e))?;
+    filter.limit = Some(PAGE);
+    let mut records = Vec::new();
+    loop {
+        let page = store.query(&filter).map_err(|e| failed(&e))?;
+        let full = page.len() == PAGE;
+        filter.after_seq = page.last().map(|r| r.seq).or(filter.after_seq);
+        records.extend(page);
+        if !full {
+            return Ok(records);
+        }
+    }
+}
+
+fn check(file: &Path, verbose: bool) -> i32 {
     let name = file.display().to_string();
     // Read as `guardctl run` reads it (includes beside the real file).
     let policy = match PolicyFile::read(file, &name) {
@@ -163,7 +382,7 @@ pub fn run(_cli: &Cli, args: &PolicyArgs) -> i32 {
             landlock.layer,
             status(landlock.status)
         );
-        print_files(&mut o, &plan, *verbose);
+        print_files(&mut o, &plan, verbose);
     } else {
         out!(
             o,

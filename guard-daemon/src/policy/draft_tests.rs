@@ -1,0 +1,990 @@
+//! Drafts from synthetic records, on temporary directories and this
+//! host's system paths (the bases name real ones).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::*;
+use crate::journal::{AgentRef, Text};
+use crate::policy::{Origin, Policy, Vars};
+
+/// A run's directories on a temporary tree: `home`, the work directory
+/// under it, `{tmp}` apart, and `srv` for paths outside every variable.
+struct Tree {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    work: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        // Canonical, so that paths as recorded are paths as resolved.
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let home = root.join("home");
+        let work = home.join("proj");
+        let tmp = root.join("agent-tmp");
+        for d in [&work, &tmp, &root.join("srv")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        Tree {
+            _dir: dir,
+            root,
+            home,
+            work,
+            tmp,
+        }
+    }
+
+    /// Creates a file (and its parents) under the root.
+    fn file(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    fn vars(&self) -> Vars {
+        Vars {
+            workdir: self.work.clone(),
+            home: self.home.clone(),
+            tmp: self.tmp.clone(),
+        }
+    }
+
+    fn start(&self, id: &str) -> Record {
+        rec(
+            id,
+            Kind::Lifecycle,
+            "start",
+            "/usr/bin/python3",
+            Verdict::Allowed,
+        )
+        .with_detail(json!({
+            "mode": "learn",
+            "learn": true,
+            "workdir": self.work.display().to_string(),
+            "home": self.home.display().to_string(),
+            "tmp": self.tmp.display().to_string(),
+        }))
+    }
+}
+
+fn rec(id: &str, kind: Kind, action: &str, target: &str, verdict: Verdict) -> Record {
+    Record::new(
+        kind,
+        action,
+        Text::from(target),
+        verdict,
+        "learn.observed",
+        "learn",
+    )
+    .with_agent(AgentRef {
+        id: id.into(),
+        name: "demo".into(),
+        policy: "learn".into(),
+        container: None,
+    })
+}
+
+fn read(id: &str, path: &str) -> Record {
+    rec(id, Kind::File, "read", path, Verdict::Audit)
+        .with_detail(json!({"syscall": "openat", "access": "read", "directory": false}))
+}
+
+fn opendir(id: &str, path: &str) -> Record {
+    rec(id, Kind::File, "read", path, Verdict::Audit)
+        .with_detail(json!({"syscall": "openat", "access": "read", "directory": true}))
+}
+
+fn write(id: &str, path: &str) -> Record {
+    rec(id, Kind::File, "write", path, Verdict::Audit)
+        .with_detail(json!({"syscall": "openat", "access": "write", "directory": false}))
+}
+
+fn exec(id: &str, path: &str) -> Record {
+    rec(id, Kind::Exec, "exec", path, Verdict::Allowed).with_detail(json!({"argv": [path]}))
+}
+
+fn connect(id: &str, target: &str) -> Record {
+    rec(id, Kind::Network, "connect", target, Verdict::Audit)
+        .with_detail(json!({"hook": "connect4"}))
+}
+
+fn dns(id: &str, name: &str, addrs: &[&str]) -> Record {
+    let mut r = rec(id, Kind::Dns, "query", name, Verdict::Audit).with_detail(json!({
+        "name": name, "qtype": "A", "addresses": addrs,
+    }));
+    r.rule = "dns.name-not-allowed".into();
+    r
+}
+
+fn repeated(mut r: Record, k: u64) -> Record {
+    r.detail.as_mut().unwrap()["repeated"] = json!(k);
+    r
+}
+
+/// Drafts, and checks what every draft must be: it parses, compiles with
+/// the run's directories, and every path it names itself exists (except
+/// `{tmp}`, made at each start).
+fn drafted(t: &Tree, records: &[Record]) -> String {
+    drafted_from(t, records, None)
+}
+
+fn drafted_from(t: &Tree, records: &[Record], from: Option<&FromPolicy>) -> String {
+    let d = draft(records, from, &LocalHost).unwrap();
+    let plan = Policy::parse(&d.text, "draft.toml")
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.text))
+        .compile(&t.vars())
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.text));
+    assert!(plan.filesystem.restricted, "{}", d.text);
+    for r in plan
+        .filesystem
+        .rules
+        .iter()
+        .filter(|r| r.origin == Origin::Policy)
+    {
+        assert!(
+            r.path == t.tmp || r.path.exists(),
+            "{} does not exist:\n{}",
+            r.path.display(),
+            d.text
+        );
+    }
+    assert!(!d.text.contains("agent-1"), "no agent id:\n{}", d.text);
+    d.text
+}
+
+/// The lines of a list that are rules (not commented).
+fn active(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("  \"") || l.starts_with("  {"))
+        .collect()
+}
+
+fn has_active(text: &str, needle: &str) -> bool {
+    active(text).iter().any(|l| l.contains(needle))
+}
+
+/// Commented-out rule lines under a REVIEW heading.
+fn review(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("  # \"") || l.starts_with("  # {"))
+        .collect()
+}
+
+fn has_review(text: &str, needle: &str) -> bool {
+    review(text).iter().any(|l| l.contains(needle))
+}
+
+#[test]
+fn paths_take_their_variables_longest_first() {
+    let t = Tree::new();
+    t.file("home/proj/data.csv", "x");
+    t.file("home/.config/app/settings.json", "{}");
+    t.file("agent-tmp/scratch", "");
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/data.csv")),
+        read("agent-1", &t.p("home/.config/app/settings.json")),
+        write("agent-1", &t.p("agent-tmp/scratch")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(text.contains("\n[policy]\nname = \"demo\"\n"), "{text}");
+    assert!(!text.contains("mode ="), "{text}");
+    assert!(has_active(&text, "\"{workdir}\""), "{text}");
+    assert!(
+        has_active(&text, "\"{home}/.config/app/settings.json\""),
+        "{text}"
+    );
+    assert!(has_active(&text, "\"{tmp}\""), "{text}");
+    assert!(!text.contains(&t.root.display().to_string()), "{text}");
+    // The work directory lies under home: {workdir} wins.
+    assert!(!text.contains("{home}/proj"), "{text}");
+}
+
+#[test]
+fn g1_makes_one_rule_per_access_and_write_implies_read() {
+    let t = Tree::new();
+    for f in ["a", "b", "sub/c"] {
+        t.file(&format!("home/proj/{f}"), "");
+    }
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/a")),
+        repeated(read("agent-1", &t.p("home/proj/sub/c")), 4),
+        write("agent-1", &t.p("home/proj/b")),
+        read("agent-1", &t.p("agent-tmp/x")),
+    ];
+    let text = drafted(&t, &recs);
+    let write_at = text.find("write = [").unwrap();
+    let line = active(&text)
+        .into_iter()
+        .find(|l| l.contains("\"{workdir}\""))
+        .unwrap();
+    assert!(text.find(line).unwrap() > write_at, "in write:\n{text}");
+    // 1 + 5 reads, 1 write.
+    assert!(line.contains("# 7 uses; every path"), "{line}");
+    assert!(line.contains("(G1: 3 paths)"), "{line}");
+    assert_eq!(
+        active(&text)
+            .iter()
+            .filter(|l| l.contains("{workdir}"))
+            .count(),
+        1,
+        "{text}"
+    );
+    // {tmp} only read, and gone by now: G1 still names it.
+    assert!(
+        has_active(&text, "\"{tmp}\",  # 1 use; every path the agent read"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bases_are_included_for_what_they_grant() {
+    let t = Tree::new();
+    let mut recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", "/usr/bin/python3"),
+        read("agent-1", "/usr/lib/python3.11/os.py"),
+        read("agent-1", "/etc/passwd"),
+        read("agent-1", "/usr/lib/git-core"),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(text.contains("include = [\n  \"base\",  # "), "{text}");
+    assert!(text.contains("  \"python\",  # 1 use\n"), "{text}");
+    // git-core is under /usr/lib, which `base` grants: no git base.
+    assert!(!text.contains("\"git\""), "{text}");
+    assert!(!text.contains("\"shell\""), "{text}");
+    // What a base grants is not listed again.
+    for p in ["/usr/bin/python3", "/usr/lib/python3.11", "/etc/passwd"] {
+        assert!(!has_active(&text, p), "{p}: {text}");
+    }
+    recs.push(exec("agent-1", "/usr/bin/git"));
+    let text = drafted(&t, &recs);
+    assert!(text.contains("  \"git\",  # 1 use\n"), "{text}");
+    // Nothing ran, nothing read: no base at all.
+    let text = drafted(
+        &t,
+        &[t.start("agent-1"), connect("agent-1", "192.0.2.7:443/tcp")],
+    );
+    assert!(!text.contains("include"), "{text}");
+    assert!(
+        text.contains("\n[filesystem]\n"),
+        "files stay default-deny:\n{text}"
+    );
+}
+
+#[test]
+fn g2_groups_four_files_of_a_directory_not_three() {
+    let t = Tree::new();
+    let mut recs = vec![t.start("agent-1")];
+    for f in ["a", "b", "c"] {
+        t.file(&format!("srv/data/{f}.json"), "{}");
+        recs.push(read("agent-1", &t.p(&format!("srv/data/{f}.json"))));
+    }
+    let text = drafted(&t, &recs);
+    for f in ["a", "b", "c"] {
+        assert!(
+            has_active(&text, &format!("/srv/data/{f}.json\",  # 1 use")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("grouped"), "{text}");
+
+    t.file("srv/data/d.json", "{}");
+    recs.push(repeated(read("agent-1", &t.p("srv/data/d.json")), 2));
+    let text = drafted(&t, &recs);
+    let dir = t.p("srv/data");
+    assert!(
+        text.contains(&format!(
+            "  \"{dir}\",  # 6 uses; 4 files in \"{dir}\", grouped (rule: 4 or more files of one directory)\n"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(".json"), "{text}");
+}
+
+#[test]
+fn g2_never_groups_a_directory_holding_credentials() {
+    let t = Tree::new();
+    let mut recs = vec![t.start("agent-1")];
+    // Four files directly in home, beside ~/.ssh.
+    std::fs::create_dir_all(t.home.join(".ssh")).unwrap();
+    for f in [".bashrc", ".profile", ".inputrc", ".vimrc"] {
+        t.file(&format!("home/{f}"), "");
+        recs.push(read("agent-1", &t.p(&format!("home/{f}"))));
+    }
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, "\"{home}\""), "{text}");
+    assert!(has_active(&text, "\"{home}/.bashrc\""), "{text}");
+}
+
+#[test]
+fn exec_implies_read_and_scripts_bring_their_interpreter() {
+    let t = Tree::new();
+    let tool = t.file("srv/bin/tool", "\x7fELF");
+    let script = t.file("srv/bin/run", "#!/bin/sh\necho hi\n");
+    let envy = t.file("srv/bin/py", "#!/usr/bin/env -S python3 -u\n");
+    let recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", &tool.display().to_string()),
+        read("agent-1", &tool.display().to_string()),
+        exec("agent-1", &script.display().to_string()),
+        exec("agent-1", &envy.display().to_string()),
+    ];
+    let text = drafted(&t, &recs);
+    let tool = tool.display().to_string();
+    let line = active(&text)
+        .into_iter()
+        .find(|l| l.contains(&tool))
+        .unwrap();
+    assert!(line.ends_with("# 2 uses"), "exec absorbs the read: {line}");
+    assert_eq!(
+        active(&text).iter().filter(|l| l.contains(&tool)).count(),
+        1
+    );
+    // /bin/sh comes with `shell`, env and python3 with `shell` and `python`.
+    assert!(text.contains("  \"shell\",  # "), "{text}");
+    assert!(text.contains("  \"python\",  # 1 use\n"), "{text}");
+}
+
+#[test]
+fn credentials_are_flagged_never_granted() {
+    let t = Tree::new();
+    t.file("home/.ssh/id_ed25519", "key");
+    t.file("home/proj/hf-token.txt", "t");
+    t.file("home/proj/main.py", "");
+    let recs = vec![
+        read("agent-1", &t.p("home/proj/main.py")),
+        t.start("agent-1"),
+        exec("agent-1", "/usr/bin/python3"),
+        read("agent-1", &t.p("home/.ssh/id_ed25519")),
+        // Under /usr/lib, which `base` grants.
+        read("agent-1", "/usr/lib/python3.11/tokenize.py"),
+        read("agent-1", &t.p("home/proj/hf-token.txt")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, ".ssh"), "{text}");
+    assert!(!has_active(&text, "tokenize"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "\"{home}/.ssh/id_ed25519\",  # 1 use; credentials ({home}/.ssh)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "\"/usr/lib/python3.11/tokenize.py\",  # 1 use; credential-like name"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOTE: granted anyway by base \"base\""),
+        "{text}"
+    );
+    // A credential-like file of the work directory: flagged, and said to
+    // be covered by {workdir}.
+    let line = review(&text)
+        .into_iter()
+        .find(|l| l.contains("hf-token"))
+        .unwrap();
+    assert!(
+        line.contains("granted anyway by {workdir} (read)"),
+        "{line}"
+    );
+    assert!(
+        text.contains("# REVIEW: 3 items are observed but not granted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_opened_directory_is_granted_whole_unless_it_holds_credentials() {
+    let t = Tree::new();
+    t.file("srv/models/m.bin", "");
+    t.file("srv/keys/token.json", "");
+    t.file("srv/keys/readme", "");
+    let recs = vec![
+        t.start("agent-1"),
+        opendir("agent-1", &t.p("srv/models")),
+        read("agent-1", &t.p("srv/models/m.bin")),
+        opendir("agent-1", &t.p("srv/keys")),
+        read("agent-1", &t.p("srv/keys/token.json")),
+        read("agent-1", &t.p("srv/keys/readme")),
+    ];
+    let text = drafted(&t, &recs);
+    let models = t.p("srv/models");
+    assert!(
+        text.contains(&format!(
+            "  \"{models}\",  # 2 uses; a directory the agent opened; a directory grant covers its whole tree\n"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("m.bin"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            &format!(
+                "\"{}\",  # 1 use; a directory the agent opened",
+                t.p("srv/keys")
+            )
+        ),
+        "{text}"
+    );
+    assert!(has_active(&text, "srv/keys/readme"), "{text}");
+    assert!(has_review(&text, "srv/keys/token.json"), "{text}");
+}
+
+#[test]
+fn written_and_executed_or_outside_the_workspace_is_flagged() {
+    let t = Tree::new();
+    let tool = t.file("home/proj/build/tool", "");
+    let helper = t.file("home/proj/bin/helper", "");
+    t.file("srv/out.log", "");
+    let recs = vec![
+        t.start("agent-1"),
+        write("agent-1", &tool.display().to_string()),
+        exec("agent-1", &tool.display().to_string()),
+        exec("agent-1", &helper.display().to_string()),
+        write("agent-1", &t.p("srv/out.log")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(
+        has_review(
+            &text,
+            "\"{workdir}/build/tool\",  # 1 use; written and executed"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "\"{workdir}/bin/helper\",  # 1 use; under the writable \"{workdir}\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            &format!(
+                "\"{}\",  # 1 use; write outside {{workdir}} and {{tmp}}",
+                t.p("srv/out.log")
+            )
+        ),
+        "{text}"
+    );
+    assert!(!has_active(&text, "out.log"), "{text}");
+    assert!(has_active(&text, "\"{workdir}\""), "{text}");
+    assert!(!text.contains("\nallow_write_exec"), "{text}");
+}
+
+#[test]
+fn network_by_name_by_address_and_what_is_flagged() {
+    let t = Tree::new();
+    let meta = connect("agent-1", "169.254.169.254:80/tcp");
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "api.example.com", &["93.184.216.34"]),
+        connect("agent-1", "93.184.216.34:443/tcp"),
+        repeated(connect("agent-1", "93.184.216.34:8443/tcp"), 1),
+        connect("agent-1", "[2001:db8::5]:5432/tcp"),
+        connect("agent-1", "[::ffff:192.0.2.9]:9000/udp"),
+        connect("agent-1", "10.0.0.2:53/udp"),
+        connect("agent-1", "127.0.0.1:8000/tcp"),
+        meta,
+        rec(
+            "agent-1",
+            Kind::Network,
+            "bind",
+            "127.0.0.1:8080/tcp",
+            Verdict::Audit,
+        ),
+        rec(
+            "agent-1",
+            Kind::Network,
+            "connect",
+            "/run/docker.sock",
+            Verdict::Denied,
+        )
+        .with_detail(json!({"family": "unix"})),
+        dns("agent-1", "unused.example.org", &["198.51.100.3"]),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(
+        has_active(
+            &text,
+            "{ host = \"api.example.com\", ports = [443, 8443], protocol = \"tcp\" },  # 3 uses; reached by name"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ cidr = \"2001:db8::5/128\", ports = [5432], protocol = \"tcp\" }"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ cidr = \"192.0.2.9/32\", ports = [9000], protocol = \"udp\" }"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ cidr = \"127.0.0.1/32\", ports = [8000], protocol = \"tcp\" }"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(":53") && !text.contains("[53]") && !text.contains("10.0.0.2"),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "{ cidr = \"169.254.169.254/32\", ports = [80], protocol = \"tcp\" },  # 1 use; link-local or cloud metadata"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "{ cidr = \"127.0.0.1/32\", ports = [8080], protocol = \"tcp\" },  # 1 use; the agent listened here"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("listen = [\n  # REVIEW"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "{ unix = \"/run/docker.sock\" },  # 1 use; a Unix socket"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"unused.example.org\" },  # 1 query; resolved but never connected to"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_name_resolving_to_metadata_or_private_addresses() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "metadata.google.internal", &["169.254.169.254"]),
+        connect("agent-1", "169.254.169.254:80/tcp"),
+        dns("agent-1", "db.corp.example", &["10.1.2.3"]),
+        connect("agent-1", "10.1.2.3:5432/tcp"),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"metadata.google.internal\", ports = [80], protocol = \"tcp\" }"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ host = \"db.corp.example\", ports = [5432], protocol = \"tcp\" }"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("\n[network.dns]\nanswers_allowed = [\n  \"10.1.2.3/32\",  # \"db.corp.example\" resolved here"), "{text}");
+    assert!(has_review(&text, "\"169.254.169.254/32\""), "{text}");
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    let dnsplan = plan.network.dns.unwrap();
+    assert!(dnsplan.answer_allowed("10.1.2.3".parse().unwrap()));
+    assert!(!dnsplan.answer_allowed("169.254.169.254".parse().unwrap()));
+}
+
+#[test]
+fn base_unix_sockets_syscalls_watches_and_limits() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", "/usr/bin/python3"),
+        rec(
+            "agent-1",
+            Kind::Network,
+            "connect",
+            "/var/run/nscd/socket",
+            Verdict::Denied,
+        )
+        .with_detail(json!({"family": "unix"})),
+        rec("agent-1", Kind::Syscall, "ptrace", "pid 4", Verdict::Denied),
+        repeated(
+            rec("agent-1", Kind::Syscall, "mount", "", Verdict::Denied).with_detail(json!({})),
+            2,
+        ),
+        rec(
+            "agent-1",
+            Kind::Syscall,
+            "inotify_add_watch",
+            "/x",
+            Verdict::Audit,
+        ),
+        rec(
+            "agent-1",
+            Kind::Lifecycle,
+            "exit",
+            "exit 0",
+            Verdict::Allowed,
+        )
+        .with_detail(json!({"peak": {"processes": 3, "memory_bytes": 50_000_000}})),
+    ];
+    let mut recs = recs;
+    for r in &mut recs {
+        if r.kind == Kind::Syscall && r.action != "inotify_add_watch" {
+            r.layer = "seccomp".into();
+        }
+    }
+    let text = drafted(&t, &recs);
+    assert!(!text.contains("nscd"), "base grants it: {text}");
+    assert!(text.contains(
+        "#   system calls refused by seccomp: mount (3 uses), ptrace (1 use); no policy key allows them"
+    ), "{text}");
+    assert!(
+        text.contains(
+            "\n[process]\nmax_processes = 16  # peak 3 processes: twice that, at least 16\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("memory = \"96M\"  # peak 50000000 bytes: twice that, rounded up to a MiB\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("inotify = true  # 1 inotify watches placed"),
+        "{text}"
+    );
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    assert_eq!(plan.process.max_processes, Some(16));
+    assert_eq!(plan.process.memory_bytes, Some(96 << 20));
+    assert!(plan.process.inotify);
+}
+
+fn workload(t: &Tree, id: &str) -> Vec<Record> {
+    t.file("home/proj/main.py", "print(1)");
+    t.file("home/.config/app.toml", "");
+    for f in ["a", "b", "c", "d"] {
+        t.file(&format!("srv/data/{f}"), "");
+    }
+    let mut v = vec![
+        t.start(id),
+        exec(id, "/usr/bin/python3"),
+        read(id, &t.p("home/proj/main.py")),
+        write(id, &t.p("home/proj/out.txt")),
+        read(id, &t.p("home/.config/app.toml")),
+        read(id, &t.p("home/.ssh/config")),
+        write(id, &t.p("srv/log")),
+        dns(id, "pypi.org", &["151.101.0.223"]),
+        connect(id, "151.101.0.223:443/tcp"),
+        connect(id, "203.0.113.9:8080/tcp"),
+        rec(id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+            .with_detail(json!({"peak": {"processes": 12, "memory_bytes": 1_000_000}})),
+    ];
+    for f in ["a", "b", "c", "d"] {
+        v.push(read(id, &t.p(&format!("srv/data/{f}"))));
+    }
+    v
+}
+
+#[test]
+fn runs_merge_with_counts_summed() {
+    let t = Tree::new();
+    let one = drafted(&t, &workload(&t, "agent-1"));
+    let mut both = workload(&t, "agent-1");
+    both.extend(workload(&t, "agent-2"));
+    let two = drafted(&t, &both);
+    assert!(one.contains("from 1 run of agent \"demo\""), "{one}");
+    assert!(two.contains("from 2 runs of agent \"demo\""), "{two}");
+    assert!(
+        has_active(&one, "\"{home}/.config/app.toml\",  # 1 use"),
+        "{one}"
+    );
+    assert!(
+        has_active(&two, "\"{home}/.config/app.toml\",  # 2 uses"),
+        "{two}"
+    );
+    assert!(
+        has_active(
+            &two,
+            "{ host = \"pypi.org\", ports = [443], protocol = \"tcp\" },  # 2 uses"
+        ),
+        "{two}"
+    );
+    assert!(
+        two.contains("max_processes = 24  # peak 12 processes"),
+        "{two}"
+    );
+    // One line per rule, however many runs.
+    assert_eq!(active(&one).len(), active(&two).len(), "{one}\n{two}");
+}
+
+#[test]
+fn same_records_any_order_any_ids_same_text() {
+    let t = Tree::new();
+    let mut a = workload(&t, "agent-1");
+    a.extend(workload(&t, "agent-2"));
+    let first = drafted(&t, &a);
+    let mut b = workload(&t, "0f3a");
+    b.extend(workload(&t, "zz-9"));
+    b.reverse();
+    // A deterministic shuffle on top.
+    let n = b.len();
+    for i in 0..n {
+        b.swap(i, (i * 7 + 3) % n);
+    }
+    let second = drafted(&t, &b);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn gone_paths_are_noted_unless_a_grant_covers_them() {
+    let t = Tree::new();
+    let mut recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("srv/vanished.lock")),
+    ];
+    for f in ["a", "b", "c", "d"] {
+        t.file(&format!("srv/pkg/{f}"), "");
+        recs.push(read("agent-1", &t.p(&format!("srv/pkg/{f}"))));
+    }
+    recs.push(read("agent-1", &t.p("srv/pkg/gone")));
+    recs.push(exec("agent-1", &t.p("srv/bin/gone-tool")));
+    let text = drafted(&t, &recs);
+    assert!(
+        text.contains(&format!(
+            "#   read of \"{}\" (1 use): gone at draft time",
+            t.p("srv/vanished.lock")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("gone-tool\" (1 use): gone at draft time"),
+        "{text}"
+    );
+    // Five files of srv/pkg, one of them gone: the group covers it.
+    assert!(text.contains("# 5 uses; 5 files in"), "{text}");
+    assert!(!text.contains("srv/pkg/gone"), "{text}");
+}
+
+#[test]
+fn unresolved_and_unwritable_paths_are_noted() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", "<fd 3>/x"),
+        read("agent-1", "/srv/{home}/x"),
+        read("agent-1", "/srv/a\nname = \"evil\""),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    assert!(
+        d.text.contains("#   read of \"<fd 3>/x\": unresolved path"),
+        "{}",
+        d.text
+    );
+    assert!(
+        d.text.contains("which a policy reads as a variable"),
+        "{}",
+        d.text
+    );
+    // The newline stays escaped: the note cannot add a line to the policy.
+    assert!(
+        d.text
+            .contains("#   read of \"/srv/a\\nname = \\\"evil\\\"\" (1 use): gone at draft time"),
+        "{}",
+        d.text
+    );
+    assert!(!d.text.contains("\nname = \"evil\""), "{}", d.text);
+    assert_eq!(d.review, 3);
+}
+
+#[test]
+fn from_policy_rules_are_kept_and_not_drafted_again() {
+    let t = Tree::new();
+    let dir = t.root.join("pol");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("team.toml"),
+        "[network]\nallow = [{ cidr = \"203.0.113.0/24\", ports = [8080] }]\n",
+    )
+    .unwrap();
+    let text = "[policy]\nname = \"agent\"\nmode = \"audit\"\ninclude = [\"base\", \"./team.toml\"]\n\
+                [filesystem]\nread = [\"{home}/.config\"]\n\
+                [network]\nallow = [{ host = \"pypi.org\", ports = [443], protocol = \"tcp\" }]\n\
+                [process]\nmax_processes = 100\ninotify = false\n";
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let policy = Policy::load(&path).unwrap();
+    let from = FromPolicy {
+        label: "p.toml".into(),
+        text: text.into(),
+        policy,
+    };
+    let mut recs = workload(&t, "agent-1");
+    recs.push(rec(
+        "agent-1",
+        Kind::Syscall,
+        "inotify_add_watch",
+        "/x",
+        Verdict::Audit,
+    ));
+    let out = drafted_from(&t, &recs, Some(&from));
+    assert!(out.contains("# The rules of p.toml are kept"), "{out}");
+    assert!(out.contains("  \"base\",  # from p.toml; "), "{out}");
+    assert!(
+        has_active(&out, "\"{home}/.config\",  # from p.toml; 1 use"),
+        "{out}"
+    );
+    assert!(
+        has_active(
+            &out,
+            "{ host = \"pypi.org\", ports = [443], protocol = \"tcp\" },  # from p.toml; 1 use"
+        ),
+        "{out}"
+    );
+    let team = dir.join("team.toml").display().to_string();
+    assert!(
+        has_active(
+            &out,
+            &format!(
+                "{{ cidr = \"203.0.113.0/24\", ports = [8080] }},  # from p.toml via {team}; 1 use"
+            )
+        ),
+        "{out}"
+    );
+    // Granted by the policy, so not drafted again.
+    assert!(!out.contains("app.toml"), "{out}");
+    assert_eq!(out.matches("pypi.org").count(), 1, "{out}");
+    assert!(!out.contains("203.0.113.9"), "{out}");
+    // Learned beyond it: the workspace and the rest.
+    assert!(has_active(&out, "\"{workdir}\""), "{out}");
+    assert!(
+        out.contains("max_processes = 100  # from p.toml\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("inotify = true  # 1 inotify watches placed"),
+        "{out}"
+    );
+    assert!(!out.contains("inotify = false"), "{out}");
+    assert!(!out.contains("mode ="), "{out}");
+}
+
+#[test]
+fn select_takes_a_name_an_id_or_a_prefix() {
+    let named = |id: &str, name: &str| {
+        let mut r = rec(id, Kind::Lifecycle, "start", "x", Verdict::Allowed);
+        r.agent.as_mut().unwrap().name = name.into();
+        r
+    };
+    let all = vec![
+        named("a1b2", "web"),
+        named("a1c3", "web"),
+        named("ff00", "batch"),
+    ];
+    let ids =
+        |v: Vec<Record>| -> Vec<String> { v.into_iter().map(|r| r.agent.unwrap().id).collect() };
+    assert_eq!(ids(select(all.clone(), "web").unwrap()), ["a1b2", "a1c3"]);
+    assert_eq!(ids(select(all.clone(), "a1c3").unwrap()), ["a1c3"]);
+    assert_eq!(ids(select(all.clone(), "f").unwrap()), ["ff00"]);
+    assert_eq!(
+        select(all.clone(), "a1").unwrap_err().to_string(),
+        "a1 is ambiguous: it starts the ids a1b2, a1c3; give more of the id, or the name"
+    );
+    assert_eq!(
+        select(all, "nope").unwrap_err(),
+        DraftError::NotFound { key: "nope".into() }
+    );
+}
+
+#[test]
+fn errors_are_precise() {
+    let t = Tree::new();
+    let e = draft(&[read("agent-7", "/etc/hosts")], None, &LocalHost).unwrap_err();
+    assert_eq!(
+        e,
+        DraftError::NoStart {
+            agent: "agent-7".into()
+        }
+    );
+    assert!(e.to_string().starts_with("run agent-7: no start record"));
+    assert_eq!(
+        draft(&[], None, &LocalHost).unwrap_err(),
+        DraftError::NoRecords
+    );
+    let mut bad = t.start("agent-1");
+    bad.detail.as_mut().unwrap()["workdir"] = json!("rel/dir");
+    assert_eq!(
+        draft(&[bad], None, &LocalHost).unwrap_err().to_string(),
+        "run agent-1: the start record's `workdir` is \"rel/dir\" (not an absolute path)"
+    );
+    let mut other = t.start("agent-2");
+    other.agent.as_mut().unwrap().name = "other".into();
+    assert!(matches!(
+        draft(&[t.start("agent-1"), other], None, &LocalHost),
+        Err(DraftError::MixedNames { .. })
+    ));
+}
+
+#[test]
+fn a_start_without_home_substitutes_none_and_names_are_made_valid() {
+    let t = Tree::new();
+    t.file("home/.config/x", "");
+    let mut start = t.start("agent-1");
+    start
+        .detail
+        .as_mut()
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("home");
+    start.agent.as_mut().unwrap().name = "my agent/1".into();
+    let mut r = read("agent-1", &t.p("home/.config/x"));
+    r.agent.as_mut().unwrap().name = "my agent/1".into();
+    let d = draft(&[start, r], None, &LocalHost).unwrap();
+    assert_eq!(d.name, "my-agent-1");
+    assert!(d.text.contains("name = \"my-agent-1\"\n"), "{}", d.text);
+    assert!(d.text.contains(&t.p("home/.config/x")), "{}", d.text);
+    assert!(!d.text.contains("{home}"), "{}", d.text);
+}
+
+#[test]
+fn the_example_draft() {
+    let t = Tree::new();
+    let mut recs = workload(&t, "agent-1");
+    recs.extend(workload(&t, "agent-2"));
+    let text = drafted(&t, &recs);
+    // Printed with --nocapture for the docs and the report.
+    println!("{}", text.replace(&t.root.display().to_string(), "/T"));
+    let _ = Path::new("/");
+}
