@@ -463,3 +463,31 @@ fn only_agents_in_learn_mode_are_observed() {
         "{learned:#?}"
     );
 }
+
+#[test]
+fn file_names_with_control_bytes_are_drafted_escaped_and_still_name_the_file() {
+    let g = Guardd::start();
+    let http = Http::start();
+    let odd_dir = g.dir.path().join("odd");
+    std::fs::create_dir_all(&odd_dir).unwrap();
+    // A newline and an escape in a name the agent reads: neither may end a
+    // line of the draft or reach the reviewer's terminal raw.
+    let odd = odd_dir.join("a\nb\x1b[31mc.txt");
+    std::fs::write(&odd, "x").unwrap();
+    let op = [format!("read:{}", odd.display())];
+    learn(&g, "odd", &python_work(http.port, &op), &workdir(&g, "w1"));
+    let file = g.dir.path().join("odd.toml");
+    let text = draft(&g, "odd", &file);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(text.contains("a\\nb\\u001B[31mc.txt"), "{text}");
+    // The escaped name is the file: the workload runs under the draft.
+    let out = guardctl_run(
+        &g,
+        &["--policy", file.to_str().unwrap()],
+        &python_work(http.port, &op),
+        &workdir(&g, "w2"),
+    );
+    assert!(out.status.success(), "{}\n{text}", describe(&out));
+    assert_eq!(ops(&out)[0]["ok"], true, "{}\n{text}", describe(&out));
+    assert_eq!(denials(&g, &Guardd::agent_id(&out)), Vec::<Value>::new());
+}
