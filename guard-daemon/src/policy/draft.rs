@@ -12,7 +12,8 @@
 //! written as commented-out lines under a `# REVIEW:` heading, never as a
 //! grant, and the text is parsed and compiled before it is returned.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
@@ -1095,6 +1096,8 @@ struct Drafter<'a> {
     fates: Vec<Fate>,
     /// Bases included, with the uses they grant.
     bases: BTreeMap<&'static str, u64>,
+    /// [`Drafter::place`]'s memory.
+    places: RefCell<HashMap<(usize, String), (bool, PathBuf)>>,
 }
 
 fn uses_text(n: u64) -> String {
@@ -1239,6 +1242,7 @@ impl<'a> Drafter<'a> {
             fates: Vec::new(),
             insts,
             bases: BTreeMap::new(),
+            places: RefCell::new(HashMap::new()),
         };
         d.judge();
         d
@@ -1401,10 +1405,21 @@ impl<'a> Drafter<'a> {
     fn covers(&self, template: &str, e: &Entry) -> bool {
         e.insts.iter().all(|&k| {
             let i = &self.insts[k];
-            let run = self.run(i);
-            let dir = resolve(self.host, &run.expand(template));
-            i.real.starts_with(&dir)
+            i.real.starts_with(self.place(i.run, template).1)
         })
+    }
+
+    /// A template in run `run`: whether it exists, and what it resolves
+    /// to. Remembered: the same few rules are asked about for every path.
+    fn place(&self, run: usize, template: &str) -> (bool, PathBuf) {
+        let key = (run, template.to_owned());
+        if let Some(v) = self.places.borrow().get(&key) {
+            return v.clone();
+        }
+        let p = self.runs[run].expand(template);
+        let v = (exists(self.host, &p), resolve(self.host, &p));
+        self.places.borrow_mut().insert(key, v.clone());
+        v
     }
 
     /// Why a directory grant on `template` would be too wide: it would
@@ -1427,10 +1442,7 @@ impl<'a> Drafter<'a> {
             .iter()
             .zip(&self.fates)
             .filter(|(i, f)| matches!(f, Fate::Cred(_)) && runs.contains(&i.run))
-            .filter(|(i, _)| {
-                let dir = resolve(self.host, &self.run(i).expand(template));
-                i.real.starts_with(&dir)
-            })
+            .filter(|(i, _)| i.real.starts_with(self.place(i.run, template).1))
             .map(|(i, _)| {
                 format!(
                     "it holds {}, a credential the agent used",
@@ -1860,8 +1872,7 @@ impl<'a> Drafter<'a> {
                 }
             }
             for r in f.rules.iter().filter(|r| r.tree && grants(r.acc, i.acc)) {
-                let dir = resolve(self.host, &run.expand(&r.template));
-                if i.real.starts_with(&dir) {
+                if i.real.starts_with(self.place(i.run, &r.template).1) {
                     c.by.insert(format!("{} ({})", r.template, r.acc.key()));
                 }
             }
@@ -2847,8 +2858,8 @@ impl Drafter<'_> {
                 Acc::Exec => i.acc != Acc::Write,
             })
             .filter(|i| {
-                let p = self.run(i).expand(template);
-                exists(self.host, &p) && i.real.starts_with(resolve(self.host, &p))
+                let (there, real) = self.place(i.run, template);
+                there && i.real.starts_with(real)
             })
             .map(|i| i.count)
             .sum()
