@@ -519,7 +519,8 @@ impl<'a> Run<'a> {
     }
 
     /// Why a path is a credential, judged on each of its spellings
-    /// (`.pem`/`.key` on the file it resolves to).
+    /// (`.pem`/`.key` on the file it resolves to; the words on the part of
+    /// the path below `{workdir}`, `{tmp}` or `{home}`).
     fn credential(&self, paths: &[&Path], real: &Path) -> Option<String> {
         for p in paths {
             for c in &self.creds {
@@ -529,7 +530,18 @@ impl<'a> Run<'a> {
             }
         }
         for p in paths {
-            for comp in p.components() {
+            // The names below the run's directories: a work directory
+            // called `tokenizer` holds no token.
+            let below = self
+                .dirs
+                .iter()
+                .find_map(|d| {
+                    p.strip_prefix(&d.value)
+                        .or_else(|_| p.strip_prefix(&d.real))
+                        .ok()
+                })
+                .unwrap_or(p);
+            for comp in below.components() {
                 let Component::Normal(s) = comp else { continue };
                 let lower = s.to_string_lossy().to_ascii_lowercase();
                 if let Some(w) = CREDENTIAL_WORDS.iter().find(|w| lower.contains(*w)) {

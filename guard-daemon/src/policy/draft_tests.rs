@@ -412,6 +412,34 @@ fn credentials_are_flagged_never_granted() {
 }
 
 #[test]
+fn credential_words_are_judged_below_the_run_directories() {
+    let t = Tree::new();
+    // A work directory whose own name holds a credential word.
+    let work = t.home.join("tokenizer-lab");
+    std::fs::create_dir_all(work.join("secrets")).unwrap();
+    std::fs::write(work.join("train.py"), "").unwrap();
+    std::fs::write(work.join("secrets/api"), "").unwrap();
+    let mut start = t.start("agent-1");
+    start.detail.as_mut().unwrap()["workdir"] = json!(work.display().to_string());
+    let recs = vec![
+        start,
+        read("agent-1", &work.join("train.py").display().to_string()),
+        read("agent-1", &work.join("secrets/api").display().to_string()),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    assert!(has_active(&d.text, "\"{workdir}\",  # 1 use"), "{}", d.text);
+    assert!(
+        has_review(
+            &d.text,
+            "\"{workdir}/secrets/api\",  # 1 use; credential-like name"
+        ),
+        "{}",
+        d.text
+    );
+    assert_eq!(d.review, 1, "{}", d.text);
+}
+
+#[test]
 fn an_opened_directory_is_granted_whole_unless_it_holds_credentials() {
     let t = Tree::new();
     t.file("srv/models/m.bin", "");
