@@ -380,6 +380,7 @@ impl<'a> Run<'a> {
             match detail.and_then(|d| d.get(field)) {
                 None | Some(Value::Null) if required => Err(bad("missing")),
                 None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.is_empty() && !required => Ok(None),
                 Some(Value::String(s)) => {
                     let p = Path::new(s);
                     if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {

@@ -1004,6 +1004,16 @@ fn a_start_without_home_substitutes_none_and_names_are_made_valid() {
     assert!(d.text.contains("name = \"my-agent-1\"\n"), "{}", d.text);
     assert!(d.text.contains(&t.p("home/.config/x")), "{}", d.text);
     assert!(!d.text.contains("{home}"), "{}", d.text);
+    // An empty home is no home either.
+    let mut start = t.start("agent-1");
+    start.detail.as_mut().unwrap()["home"] = json!("");
+    let d = draft(
+        &[start, read("agent-1", &t.p("home/.config/x"))],
+        None,
+        &LocalHost,
+    )
+    .unwrap();
+    assert!(!d.text.contains("{home}"), "{}", d.text);
 }
 
 #[test]
