@@ -12,7 +12,8 @@
 //! written as commented-out lines under a `# REVIEW:` heading, never as a
 //! grant, and the text is parsed and compiled before it is returned.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
@@ -379,6 +380,7 @@ impl<'a> Run<'a> {
             match detail.and_then(|d| d.get(field)) {
                 None | Some(Value::Null) if required => Err(bad("missing")),
                 None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.is_empty() && !required => Ok(None),
                 Some(Value::String(s)) => {
                     let p = Path::new(s);
                     if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
@@ -518,7 +520,8 @@ impl<'a> Run<'a> {
     }
 
     /// Why a path is a credential, judged on each of its spellings
-    /// (`.pem`/`.key` on the file it resolves to).
+    /// (`.pem`/`.key` on the file it resolves to; the words on the part of
+    /// the path below `{workdir}`, `{tmp}` or `{home}`).
     fn credential(&self, paths: &[&Path], real: &Path) -> Option<String> {
         for p in paths {
             for c in &self.creds {
@@ -528,7 +531,18 @@ impl<'a> Run<'a> {
             }
         }
         for p in paths {
-            for comp in p.components() {
+            // The names below the run's directories: a work directory
+            // called `tokenizer` holds no token.
+            let below = self
+                .dirs
+                .iter()
+                .find_map(|d| {
+                    p.strip_prefix(&d.value)
+                        .or_else(|_| p.strip_prefix(&d.real))
+                        .ok()
+                })
+                .unwrap_or(p);
+            for comp in below.components() {
                 let Component::Normal(s) = comp else { continue };
                 let lower = s.to_string_lossy().to_ascii_lowercase();
                 if let Some(w) = CREDENTIAL_WORDS.iter().find(|w| lower.contains(*w)) {
@@ -662,7 +676,10 @@ struct Seen {
     peak_memory: Vec<u64>,
     /// Runs that learned on top of a policy (file records judged by one).
     on_policy: bool,
+    /// Observations no rule can grant, for review.
     notes: BTreeSet<String>,
+    /// How the draft departs from its rules, for the header.
+    header: BTreeSet<String>,
 }
 
 fn detail<'r>(r: &'r Record, key: &str) -> Option<&'r Value> {
@@ -1092,6 +1109,8 @@ struct Drafter<'a> {
     fates: Vec<Fate>,
     /// Bases included, with the uses they grant.
     bases: BTreeMap<&'static str, u64>,
+    /// [`Drafter::place`]'s memory.
+    places: RefCell<HashMap<(usize, String), (bool, PathBuf)>>,
 }
 
 fn uses_text(n: u64) -> String {
@@ -1236,6 +1255,7 @@ impl<'a> Drafter<'a> {
             fates: Vec::new(),
             insts,
             bases: BTreeMap::new(),
+            places: RefCell::new(HashMap::new()),
         };
         d.judge();
         d
@@ -1385,44 +1405,64 @@ impl<'a> Drafter<'a> {
         e.insts.iter().any(|&k| self.insts[k].exists)
     }
 
+    /// A directory the agent opened, or one on the host now: a rule on it
+    /// covers its tree, whatever the record said.
+    fn entry_is_dir(&self, e: &Entry) -> bool {
+        e.dir
+            || e.insts
+                .iter()
+                .any(|&k| self.host.is_dir(&self.insts[k].real))
+    }
+
     /// Whether a rule on `template` covers every path of `e` on the host.
     fn covers(&self, template: &str, e: &Entry) -> bool {
         e.insts.iter().all(|&k| {
             let i = &self.insts[k];
-            let run = self.run(i);
-            let dir = resolve(self.host, &run.expand(template));
-            i.real.starts_with(&dir)
+            i.real.starts_with(self.place(i.run, template).1)
         })
+    }
+
+    /// A template in run `run`: whether it exists, and what it resolves
+    /// to. Remembered: the same few rules are asked about for every path.
+    fn place(&self, run: usize, template: &str) -> (bool, PathBuf) {
+        let key = (run, template.to_owned());
+        if let Some(v) = self.places.borrow().get(&key) {
+            return v.clone();
+        }
+        let p = self.runs[run].expand(template);
+        let v = (exists(self.host, &p), resolve(self.host, &p));
+        self.places.borrow_mut().insert(key, v.clone());
+        v
     }
 
     /// Why a directory grant on `template` would be too wide: it would
     /// cover a credential location, or a credential the agent used.
+    /// (The least reason, so that the text does not depend on run order.)
     fn dir_unsafe(&self, template: &str, runs: &BTreeSet<usize>) -> Option<String> {
+        let mut why = BTreeSet::new();
         for &r in runs {
             let run = &self.runs[r];
             let dir = run.expand(template);
             let real = resolve(self.host, &dir);
             if let Some(c) = run.holds_credentials(&dir, &real) {
-                return Some(format!("it holds credentials ({c})"));
+                why.insert(format!("it holds credentials ({c})"));
             }
+        }
+        if let Some(w) = why.into_iter().next() {
+            return Some(w);
         }
         self.insts
             .iter()
             .zip(&self.fates)
-            .filter(|(_, f)| matches!(f, Fate::Cred(_)))
-            .find(|(i, _)| {
-                runs.contains(&i.run) && {
-                    let run = self.run(i);
-                    let dir = resolve(self.host, &run.expand(template));
-                    i.real.starts_with(&dir)
-                }
-            })
+            .filter(|(i, f)| matches!(f, Fate::Cred(_)) && runs.contains(&i.run))
+            .filter(|(i, _)| i.real.starts_with(self.place(i.run, template).1))
             .map(|(i, _)| {
                 format!(
                     "it holds {}, a credential the agent used",
                     quote(&i.named.to_string_lossy())
                 )
             })
+            .min()
     }
 
     fn entry_runs(&self, e: &Entry) -> BTreeSet<usize> {
@@ -1450,6 +1490,7 @@ impl<'a> Drafter<'a> {
         f.taken_reads = vec![false; f.reads.len()];
         f.taken_writes = vec![false; f.writes.len()];
         self.g1(&mut f);
+        self.inside_writes(&mut f);
         self.programs(&mut f);
         self.directories(&mut f);
         self.other_reads(&mut f);
@@ -1485,14 +1526,18 @@ impl<'a> Drafter<'a> {
     fn g1(&mut self, f: &mut Files) {
         for var in ["workdir", "tmp"] {
             let t = format!("{{{var}}}");
-            let holds = self.runs.iter().find_map(|run| {
-                let d = run.var_dir(var)?;
-                run.holds_credentials(&d.value, &d.real).map(str::to_owned)
-            });
+            let holds = self
+                .runs
+                .iter()
+                .filter_map(|run| {
+                    let d = run.var_dir(var)?;
+                    run.holds_credentials(&d.value, &d.real).map(str::to_owned)
+                })
+                .min();
             if let Some(c) = holds {
-                self.seen.note(format!(
-                    "{t} holds credentials ({c}), so it is not granted as a whole (G1): the \
-                     files the agent used there are listed like any other"
+                self.seen.header.insert(format!(
+                    "{t} holds credentials ({c}), so it is not granted as a whole (G1):\n\
+                     # the files the agent used there are listed like any other."
                 ));
                 continue;
             }
@@ -1550,6 +1595,52 @@ impl<'a> Drafter<'a> {
                     )),
                     tree: true,
                 });
+            }
+        }
+    }
+
+    /// Writes under `{workdir}` or `{tmp}` when G1 could not take them
+    /// (the tree holds credentials): granted one by one, G2 applying.
+    fn inside_writes(&mut self, f: &mut Files) {
+        let inside =
+            |e: &Entry| e.template.starts_with("{workdir}") || e.template.starts_with("{tmp}");
+        let others: Vec<bool> = f
+            .writes
+            .iter()
+            .zip(&f.taken_writes)
+            .map(|(e, t)| *t || !inside(e))
+            .collect();
+        for (dir, members) in self.groups(&f.writes, &others) {
+            for &k in &members {
+                f.taken_writes[k] = true;
+            }
+            f.rules.push(FsRule {
+                acc: Acc::Write,
+                template: dir.clone(),
+                uses: members.iter().map(|&k| f.writes[k].count).sum(),
+                note: Some(grouped(members.len(), &dir)),
+                tree: true,
+            });
+        }
+        for (k, e) in f.writes.iter().enumerate() {
+            if f.taken_writes[k] || !inside(e) {
+                continue;
+            }
+            f.taken_writes[k] = true;
+            if self.entry_exists(e) {
+                f.rules.push(FsRule {
+                    acc: Acc::Write,
+                    template: e.template.clone(),
+                    uses: e.count,
+                    note: None,
+                    tree: self.entry_is_dir(e),
+                });
+            } else {
+                self.seen.note(format!(
+                    "write of {} ({}): gone at draft time, a policy can only name an existing path",
+                    quote(&e.template),
+                    uses_text(e.count)
+                ));
             }
         }
     }
@@ -1631,18 +1722,23 @@ impl<'a> Drafter<'a> {
         let mut dirs: Vec<FsRule> = Vec::new();
         for (k, e) in f.reads.iter().enumerate() {
             // A gone directory is reported with the other gone paths.
-            if f.taken_reads[k] || !e.dir || !self.entry_exists(e) {
+            if f.taken_reads[k] || !self.entry_is_dir(e) || !self.entry_exists(e) {
                 continue;
             }
             f.taken_reads[k] = true;
+            let what = if e.dir {
+                "a directory the agent opened"
+            } else {
+                "a directory (on this host; the record did not say so)"
+            };
             match self.dir_unsafe(&e.template, &self.entry_runs(e)) {
                 Some(why) => f.read.add(
                     true,
                     Item {
                         value: quote(&e.template),
                         comment: format!(
-                            "{}; a directory the agent opened, but a grant on it covers its \
-                             whole tree and {why}: grant the files inside it instead",
+                            "{}; {what}, but a grant on it covers its whole tree and {why}: \
+                             grant the files inside it instead",
                             uses_text(e.count)
                         ),
                     },
@@ -1651,10 +1747,7 @@ impl<'a> Drafter<'a> {
                     acc: Acc::Read,
                     template: e.template.clone(),
                     uses: e.count,
-                    note: Some(
-                        "a directory the agent opened; a directory grant covers its whole tree"
-                            .into(),
-                    ),
+                    note: Some(format!("{what}; a directory grant covers its whole tree")),
                     tree: true,
                 }),
             }
@@ -1685,18 +1778,18 @@ impl<'a> Drafter<'a> {
         f.rules.extend(kept);
     }
 
-    /// The remaining reads: absorbed by a directory rule covering them,
-    /// else listed one by one if they still exist.
+    /// The remaining reads: absorbed by a rule covering them, else listed
+    /// one by one if they still exist.
     fn other_reads(&mut self, f: &mut Files) {
         for (k, e) in f.reads.iter().enumerate() {
             if f.taken_reads[k] {
                 continue;
             }
-            if let Some(r) = f
-                .rules
-                .iter_mut()
-                .find(|r| r.tree && self.covers(&r.template, e))
-            {
+            // G3: a write rule on the path itself, or any directory rule.
+            if let Some(r) = f.rules.iter_mut().find(|r| {
+                (r.acc == Acc::Write && r.template == e.template)
+                    || (r.tree && self.covers(&r.template, e))
+            }) {
                 r.uses += e.count;
             } else if self.entry_exists(e) {
                 f.rules.push(FsRule {
@@ -1792,8 +1885,7 @@ impl<'a> Drafter<'a> {
                 }
             }
             for r in f.rules.iter().filter(|r| r.tree && grants(r.acc, i.acc)) {
-                let dir = resolve(self.host, &run.expand(&r.template));
-                if i.real.starts_with(&dir) {
+                if i.real.starts_with(self.place(i.run, &r.template).1) {
                     c.by.insert(format!("{} ({})", r.template, r.acc.key()));
                 }
             }
@@ -1820,43 +1912,46 @@ impl<'a> Drafter<'a> {
 
     /// An exec grant of an included base or of `--from` inside or above
     /// the tree `template` names (in any run), as the policy names it.
+    /// (The least path, so that the text does not depend on run order.)
     fn exec_grant_meeting(&self, template: &str) -> Option<String> {
+        let mut found = BTreeSet::new();
         for run in self.runs {
             let w = resolve(self.host, &run.expand(template));
-            let grants = run
-                .bases
-                .iter()
-                .filter(|(b, _)| self.bases.contains_key(b))
-                .map(|(_, g)| g)
-                .chain(run.from.as_ref());
-            for g in grants {
-                if let Some(p) = g
-                    .with(|a| a.exec)
-                    .find(|p| p.starts_with(&w) || w.starts_with(p))
-                {
-                    return Some(p.to_string_lossy().into_owned());
-                }
+            for g in self.grants_of(run) {
+                found.extend(
+                    g.with(|a| a.exec)
+                        .filter(|p| p.starts_with(&w) || w.starts_with(p))
+                        .map(|p| p.to_string_lossy().into_owned()),
+                );
             }
         }
-        None
+        found.into_iter().next()
     }
 
-    /// A write grant of an included base or of `--from` over a program.
+    /// The included bases and `--from`, compiled for `run`.
+    fn grants_of<'r>(&'r self, run: &'r Run) -> impl Iterator<Item = &'r Grants> {
+        run.bases
+            .iter()
+            .filter(|(b, _)| self.bases.contains_key(b))
+            .map(|(_, g)| g)
+            .chain(run.from.as_ref())
+    }
+
+    /// A write grant of an included base or of `--from` over a program
+    /// (the least, as above).
     fn write_grant_over(&self, e: &Entry) -> Option<String> {
-        e.insts.iter().find_map(|&k| {
+        let mut found = BTreeSet::new();
+        for &k in &e.insts {
             let i = &self.insts[k];
-            let run = self.run(i);
-            run.bases
-                .iter()
-                .filter(|(b, _)| self.bases.contains_key(b))
-                .map(|(_, g)| g)
-                .chain(run.from.as_ref())
-                .find_map(|g| {
+            for g in self.grants_of(self.run(i)) {
+                found.extend(
                     g.with(|a| a.write)
-                        .find(|p| i.real.starts_with(p))
-                        .map(|p| p.to_string_lossy().into_owned())
-                })
-        })
+                        .filter(|p| i.real.starts_with(p))
+                        .map(|p| p.to_string_lossy().into_owned()),
+                );
+            }
+        }
+        found.into_iter().next()
     }
 
     /// G2: directories holding [`GROUP_MIN`] or more of the untaken
@@ -1865,7 +1960,7 @@ impl<'a> Drafter<'a> {
     fn groups(&self, entries: &[Entry], taken: &[bool]) -> Vec<(String, Vec<usize>)> {
         let mut by_dir: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (k, e) in entries.iter().enumerate() {
-            if taken[k] || e.dir {
+            if taken[k] || self.entry_is_dir(e) {
                 continue;
             }
             if let Some(parent) = parent_template(&e.template) {
@@ -2072,8 +2167,8 @@ impl<'a> Drafter<'a> {
                 Item {
                     value: format!("{{ host = {} }}", quote(&name)),
                     comment: format!(
-                        "{n} quer{}; resolved but never connected to: uncommented, every port \
-                         of both protocols (narrow it)",
+                        "{n} quer{}; asked for but never connected to: uncommented, every \
+                         port of both protocols (narrow it)",
                         if n == 1 { "y" } else { "ies" }
                     ),
                 },
@@ -2233,6 +2328,9 @@ impl<'a> Drafter<'a> {
                  # was not recorded: draft again with --from POLICY to keep its rules.\n",
             );
         }
+        for n in &self.seen.header {
+            let _ = writeln!(o, "# NOTE: {n}");
+        }
         if self.runs.iter().any(|r| r.mode != "learn") {
             o.push_str(
                 "# NOTE: not every run was in learn mode; outside it, files and programs are not\n\
@@ -2311,6 +2409,16 @@ impl<'a> Drafter<'a> {
         let mut out = Vec::new();
         let set = |k: &str| from.is_some_and(|f| f.process_keys.contains(k));
         let fp = self.from.map(|f| &f.policy.process);
+        let raised = |k: &str| {
+            if set(k) {
+                format!(
+                    " (raised from the value of {})",
+                    self.from.map_or(String::new(), |f| safe(&f.label))
+                )
+            } else {
+                String::new()
+            }
+        };
         let runs = self.runs.len();
         let of_runs = |n: usize| {
             if n == runs {
@@ -2324,8 +2432,9 @@ impl<'a> Drafter<'a> {
             let have = fp.and_then(|p| p.max_processes).map(u64::from);
             if !set("max_processes") || have.is_some_and(|h| h < want) {
                 out.push(format!(
-                    "max_processes = {want}  # peak {peak} processes{}: twice that, at least {MIN_PROCESSES}",
-                    of_runs(self.seen.peak_procs.len())
+                    "max_processes = {want}  # peak {peak} processes{}: twice that, at least {MIN_PROCESSES}{}",
+                    of_runs(self.seen.peak_procs.len()),
+                    raised("max_processes")
                 ));
             }
         }
@@ -2334,15 +2443,21 @@ impl<'a> Drafter<'a> {
             let have = fp.and_then(|p| p.memory_bytes);
             if !set("memory") || have.is_some_and(|h| h < mib.saturating_mul(MIB)) {
                 out.push(format!(
-                    "memory = \"{mib}M\"  # peak {peak} bytes{}: twice that, rounded up to a MiB",
-                    of_runs(self.seen.peak_memory.len())
+                    "memory = \"{mib}M\"  # peak {peak} bytes{}: twice that, rounded up to a MiB{}",
+                    of_runs(self.seen.peak_memory.len()),
+                    raised("memory")
                 ));
             }
         }
         if self.seen.watches > 0 && !fp.is_some_and(|p| p.inotify) {
             out.push(format!(
-                "inotify = true  # {} inotify watches placed; a watch reports the names of files in any directory it can reach",
-                self.seen.watches
+                "inotify = true  # {} placed; a watch reports the names of files in any \
+                 directory it can reach",
+                if self.seen.watches == 1 {
+                    "1 inotify watch".to_owned()
+                } else {
+                    format!("{} inotify watches", self.seen.watches)
+                }
             ));
         }
         out
@@ -2756,8 +2871,8 @@ impl Drafter<'_> {
                 Acc::Exec => i.acc != Acc::Write,
             })
             .filter(|i| {
-                let p = self.run(i).expand(template);
-                exists(self.host, &p) && i.real.starts_with(resolve(self.host, &p))
+                let (there, real) = self.place(i.run, template);
+                there && i.real.starts_with(real)
             })
             .map(|i| i.count)
             .sum()

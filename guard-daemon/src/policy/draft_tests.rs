@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 
@@ -412,6 +412,34 @@ fn credentials_are_flagged_never_granted() {
 }
 
 #[test]
+fn credential_words_are_judged_below_the_run_directories() {
+    let t = Tree::new();
+    // A work directory whose own name holds a credential word.
+    let work = t.home.join("tokenizer-lab");
+    std::fs::create_dir_all(work.join("secrets")).unwrap();
+    std::fs::write(work.join("train.py"), "").unwrap();
+    std::fs::write(work.join("secrets/api"), "").unwrap();
+    let mut start = t.start("agent-1");
+    start.detail.as_mut().unwrap()["workdir"] = json!(work.display().to_string());
+    let recs = vec![
+        start,
+        read("agent-1", &work.join("train.py").display().to_string()),
+        read("agent-1", &work.join("secrets/api").display().to_string()),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    assert!(has_active(&d.text, "\"{workdir}\",  # 1 use"), "{}", d.text);
+    assert!(
+        has_review(
+            &d.text,
+            "\"{workdir}/secrets/api\",  # 1 use; credential-like name"
+        ),
+        "{}",
+        d.text
+    );
+    assert_eq!(d.review, 1, "{}", d.text);
+}
+
+#[test]
 fn an_opened_directory_is_granted_whole_unless_it_holds_credentials() {
     let t = Tree::new();
     t.file("srv/models/m.bin", "");
@@ -580,7 +608,7 @@ fn network_by_name_by_address_and_what_is_flagged() {
     assert!(
         has_review(
             &text,
-            "{ host = \"unused.example.org\" },  # 1 query; resolved but never connected to"
+            "{ host = \"unused.example.org\" },  # 1 query; asked for but never connected to"
         ),
         "{text}"
     );
@@ -679,7 +707,7 @@ fn base_unix_sockets_syscalls_watches_and_limits() {
         "{text}"
     );
     assert!(
-        text.contains("inotify = true  # 1 inotify watches placed"),
+        text.contains("inotify = true  # 1 inotify watch placed"),
         "{text}"
     );
     let plan = Policy::parse(&text, "d")
@@ -893,7 +921,7 @@ fn from_policy_rules_are_kept_and_not_drafted_again() {
         "{out}"
     );
     assert!(
-        out.contains("inotify = true  # 1 inotify watches placed"),
+        out.contains("inotify = true  # 1 inotify watch placed"),
         "{out}"
     );
     assert!(!out.contains("inotify = false"), "{out}");
@@ -976,7 +1004,208 @@ fn a_start_without_home_substitutes_none_and_names_are_made_valid() {
     assert!(d.text.contains("name = \"my-agent-1\"\n"), "{}", d.text);
     assert!(d.text.contains(&t.p("home/.config/x")), "{}", d.text);
     assert!(!d.text.contains("{home}"), "{}", d.text);
+    // An empty home is no home either.
+    let mut start = t.start("agent-1");
+    start.detail.as_mut().unwrap()["home"] = json!("");
+    let d = draft(
+        &[start, read("agent-1", &t.p("home/.config/x"))],
+        None,
+        &LocalHost,
+    )
+    .unwrap();
+    assert!(!d.text.contains("{home}"), "{}", d.text);
 }
+
+#[test]
+fn a_directory_read_as_a_file_is_still_judged_as_a_directory() {
+    let t = Tree::new();
+    t.file("srv/box/token", "");
+    t.file("srv/box/a", "");
+    let recs = vec![
+        t.start("agent-1"),
+        // Not marked as a directory, but one on the host.
+        read("agent-1", &t.p("srv/box")),
+        read("agent-1", &t.p("srv/box/token")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(
+        has_review(
+            &text,
+            &format!(
+                "\"{}\",  # 1 use; a directory (on this host",
+                t.p("srv/box")
+            )
+        ),
+        "{text}"
+    );
+    assert!(!has_active(&text, "srv/box"), "{text}");
+}
+
+#[test]
+fn a_workdir_holding_credentials_is_not_granted_whole() {
+    let t = Tree::new();
+    t.file("home/.ssh/id_rsa", "");
+    t.file("home/notes.txt", "");
+    let mut start = t.start("agent-1");
+    start.detail.as_mut().unwrap()["workdir"] = json!(t.home.display().to_string());
+    let recs = vec![
+        start,
+        read("agent-1", &t.p("home/notes.txt")),
+        write("agent-1", &t.p("home/notes.txt")),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    assert!(!has_active(text, "\"{workdir}\""), "{text}");
+    let write_at = text.find("write = [").unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  \"{workdir}/notes.txt\","))
+        .collect();
+    // G3: the write grants the read.
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].ends_with("# 2 uses"), "{text}");
+    assert!(text.find(lines[0]).unwrap() > write_at, "{text}");
+    assert!(review(text).is_empty(), "{text}");
+    assert!(
+        text.contains("\n# NOTE: {workdir} holds credentials ({home}/.ssh), so it is not granted"),
+        "{text}"
+    );
+    assert_eq!(d.review, 0);
+}
+
+#[test]
+fn a_link_out_of_the_workdir_is_drafted_as_it_resolves() {
+    let t = Tree::new();
+    let target = t.file("srv/shared/config.yaml", "");
+    t.file("home/proj/main.py", "");
+    std::os::unix::fs::symlink(&target, t.work.join("config.yaml")).unwrap();
+    std::os::unix::fs::symlink(t.home.join(".ssh/id_rsa"), t.work.join("deploy")).unwrap();
+    t.file("home/.ssh/id_rsa", "");
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/main.py")),
+        read("agent-1", &t.p("home/proj/config.yaml")),
+        read("agent-1", &t.p("home/proj/deploy")),
+    ];
+    let text = drafted(&t, &recs);
+    // {workdir} does not cover what the link reaches: its target is named.
+    assert!(
+        has_active(&text, &format!("\"{}\",  # 1 use", target.display())),
+        "{text}"
+    );
+    assert!(has_active(&text, "\"{workdir}\",  # 1 use"), "{text}");
+    // A link to a key is a key.
+    assert!(has_review(&text, "credentials ({home}/.ssh)"), "{text}");
+}
+
+#[test]
+fn from_policy_programs_keep_the_workdir_unwritable() {
+    let t = Tree::new();
+    let tool = t.file("home/proj/bin/tool", "");
+    let text = "[policy]\nname = \"p\"\n[filesystem]\nexec = [\"{workdir}/bin/tool\"]\n";
+    let from = FromPolicy {
+        label: "p.toml".into(),
+        text: text.into(),
+        policy: Policy::parse(text, "p.toml").unwrap(),
+    };
+    let recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", &tool.display().to_string()),
+        write("agent-1", &t.p("home/proj/out.txt")),
+        read("agent-1", &t.p("home/proj/in.txt")),
+    ];
+    t.file("home/proj/in.txt", "");
+    let out = drafted_from(&t, &recs, Some(&from));
+    assert!(
+        has_active(&out, "\"{workdir}/bin/tool\",  # from p.toml; 1 use"),
+        "{out}"
+    );
+    let real = std::fs::canonicalize(&tool).unwrap().display().to_string();
+    assert!(
+        has_review(
+            &out,
+            &format!(
+                "\"{{workdir}}\",  # 1 use; writes under {{workdir}} (G1), but \"{real}\" may be run there"
+            )
+        ),
+        "{out}"
+    );
+    assert!(
+        has_active(&out, "\"{workdir}\",  # 1 use; every path the agent read"),
+        "{out}"
+    );
+}
+
+#[test]
+fn limits_above_the_from_policy_are_raised() {
+    let t = Tree::new();
+    let text =
+        "[policy]\nname = \"p\"\n[process]\nmax_processes = 20\nmemory = \"1G\"\ncpu = 0.5\n";
+    let from = FromPolicy {
+        label: "p.toml".into(),
+        text: text.into(),
+        policy: Policy::parse(text, "p.toml").unwrap(),
+    };
+    let recs = vec![
+        t.start("agent-1"),
+        rec(
+            "agent-1",
+            Kind::Lifecycle,
+            "exit",
+            "exit 0",
+            Verdict::Allowed,
+        )
+        .with_detail(json!({"peak": {"processes": 40, "memory_bytes": 1000}})),
+    ];
+    let out = drafted_from(&t, &recs, Some(&from));
+    assert!(out.contains("max_processes = 80  # peak 40 processes: twice that, at least 16 (raised from the value of p.toml)\n"), "{out}");
+    assert!(out.contains("memory = \"1G\"  # from p.toml\n"), "{out}");
+    assert!(out.contains("cpu = 0.5  # from p.toml\n"), "{out}");
+    assert!(!out.contains("max_processes = 20"), "{out}");
+}
+
+/// The draft of two runs of one workload, as the docs and the report show
+/// it (the temporary root written as /T).
+const EXAMPLE: &str = r#"# Drafted by `guardctl policy draft` from 2 runs of agent "demo" (mode: learn).
+# It grants what the runs were seen doing and nothing more; each rule says how
+# often it was used. Grouping (docs/policy.md, "Learning a policy"):
+#   G1 every path under {workdir}, and under {tmp}, is one rule per access;
+#   G2 elsewhere, 4 or more files of one access directly in one directory
+#      become that directory; programs are always listed one by one;
+#   G3 exec implies read, and write implies read.
+# REVIEW: 2 items are observed but not granted: the lines marked REVIEW below.
+# Uncomment a rule line only after deciding the agent needs it.
+
+[policy]
+name = "demo"
+include = [
+  "base",  # 2 uses; the dynamic loader of every program start counts as one
+  "python",  # 2 uses
+]
+
+[filesystem]
+read = [
+  "/T/srv/data",  # 8 uses; 4 files in "/T/srv/data", grouped (rule: 4 or more files of one directory)
+  "{home}/.config/app.toml",  # 2 uses
+  # REVIEW: not granted; uncomment a line to grant it.
+  # "{home}/.ssh/config",  # 2 uses; credentials ({home}/.ssh)
+]
+write = [
+  "{workdir}",  # 4 uses; every path the agent wrote or read under {workdir}, one rule (G1: 2 paths)
+  # REVIEW: not granted; uncomment a line to grant it.
+  # "/T/srv/log",  # 2 uses; write outside {workdir} and {tmp} (gone at draft time: name an existing parent)
+]
+
+[network]
+allow = [
+  { host = "pypi.org", ports = [443], protocol = "tcp" },  # 2 uses; reached by name
+  { cidr = "203.0.113.9/32", ports = [8080], protocol = "tcp" },  # 2 uses
+]
+
+[process]
+max_processes = 24  # peak 12 processes: twice that, at least 16
+memory = "2M"  # peak 1000000 bytes: twice that, rounded up to a MiB
+"#;
 
 #[test]
 fn the_example_draft() {
@@ -984,7 +1213,5 @@ fn the_example_draft() {
     let mut recs = workload(&t, "agent-1");
     recs.extend(workload(&t, "agent-2"));
     let text = drafted(&t, &recs);
-    // Printed with --nocapture for the docs and the report.
-    println!("{}", text.replace(&t.root.display().to_string(), "/T"));
-    let _ = Path::new("/");
+    assert_eq!(text.replace(&t.root.display().to_string(), "/T"), EXAMPLE);
 }
