@@ -146,10 +146,12 @@ fn ops(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// Lines of the draft that grant something (not comments).
+/// Lines of the draft that grant something, without their comments (use
+/// counts, reasons).
 fn active(text: &str) -> String {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split("  # ").next().unwrap_or(l).trim_end())
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -241,7 +241,9 @@ fn learn_draft_enforce(
         bail!("the learn run failed ({status})");
     }
     let draft = dir.join("support-bot.toml");
-    println!("\n$ guardctl policy draft --agent support-bot -o support-bot.toml && cat support-bot.toml\n");
+    println!(
+        "\n$ guardctl policy draft --agent support-bot -o support-bot.toml && cat support-bot.toml\n"
+    );
     let status = ctl()
         .args(["policy", "draft", "--agent", "support-bot", "-o"])
         .arg(&draft)

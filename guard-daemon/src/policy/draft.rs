@@ -36,6 +36,19 @@ const MIN_PROCESSES: u64 = 16;
 /// The highest `max_processes` a policy accepts.
 const MAX_PROCESSES: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
+/// Memory limits are drafted in steps of this size: a peak varies a little
+/// from run to run, and two runs of the same workload must draft the same
+/// text.
+const MEMORY_STEP: u64 = 64 * MIB;
+
+/// The drafted memory limit for a peak: twice the peak, rounded up to a
+/// whole `MEMORY_STEP`.
+fn memory_limit(peak: u64) -> u64 {
+    peak.saturating_mul(2)
+        .div_ceil(MEMORY_STEP)
+        .max(1)
+        .saturating_mul(MEMORY_STEP)
+}
 /// `{home}` when a start record names none: the git base's `{home}` rule
 /// then grants nothing, and no path is written with `{home}`.
 const NO_HOME: &str = "/nonexistent-home";
@@ -2439,12 +2452,16 @@ impl<'a> Drafter<'a> {
             }
         }
         if let Some(&peak) = self.seen.peak_memory.iter().max() {
-            let mib = peak.saturating_mul(2).div_ceil(MIB).max(1);
+            let limit = memory_limit(peak);
+            let mib = limit / MIB;
             let have = fp.and_then(|p| p.memory_bytes);
-            if !set("memory") || have.is_some_and(|h| h < mib.saturating_mul(MIB)) {
+            if !set("memory") || have.is_some_and(|h| h < limit) {
                 out.push(format!(
-                    "memory = \"{mib}M\"  # peak {peak} bytes{}: twice that, rounded up to a MiB{}",
+                    "memory = \"{mib}M\"  # peak at most {} MiB{}: twice the peak, rounded up to a multiple \
+                     of {} MiB{}",
+                    mib / 2,
                     of_runs(self.seen.peak_memory.len()),
+                    MEMORY_STEP / MIB,
                     raised("memory")
                 ));
             }
@@ -2722,13 +2739,8 @@ impl FromRaw {
                     })
                 }),
                 "memory" => d.seen.peak_memory.iter().max().is_some_and(|&peak| {
-                    fp.and_then(|p| p.memory_bytes).is_some_and(|h| {
-                        h < peak
-                            .saturating_mul(2)
-                            .div_ceil(MIB)
-                            .max(1)
-                            .saturating_mul(MIB)
-                    })
+                    fp.and_then(|p| p.memory_bytes)
+                        .is_some_and(|h| h < memory_limit(peak))
                 }),
                 "inotify" => d.seen.watches > 0 && !fp.is_some_and(|p| p.inotify),
                 _ => false,

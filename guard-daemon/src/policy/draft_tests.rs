@@ -703,7 +703,9 @@ fn base_unix_sockets_syscalls_watches_and_limits() {
         "{text}"
     );
     assert!(
-        text.contains("memory = \"96M\"  # peak 50000000 bytes: twice that, rounded up to a MiB\n"),
+        text.contains(
+            "memory = \"128M\"  # peak at most 64 MiB: twice the peak, rounded up to a multiple of 64 MiB\n"
+        ),
         "{text}"
     );
     assert!(
@@ -715,7 +717,7 @@ fn base_unix_sockets_syscalls_watches_and_limits() {
         .compile(&t.vars())
         .unwrap();
     assert_eq!(plan.process.max_processes, Some(16));
-    assert_eq!(plan.process.memory_bytes, Some(96 << 20));
+    assert_eq!(plan.process.memory_bytes, Some(128 << 20));
     assert!(plan.process.inotify);
 }
 
@@ -1204,7 +1206,7 @@ allow = [
 
 [process]
 max_processes = 24  # peak 12 processes: twice that, at least 16
-memory = "2M"  # peak 1000000 bytes: twice that, rounded up to a MiB
+memory = "64M"  # peak at most 32 MiB: twice the peak, rounded up to a multiple of 64 MiB
 "#;
 
 #[test]
