@@ -379,6 +379,47 @@ fn learn_is_refused_where_the_node_forbids_running_without_layers() {
 }
 
 #[test]
+fn learn_is_refused_where_the_node_chooses_the_policy() {
+    let pd = ConfigMapDir::new(&[
+        ("agent.toml", "[policy]\nname = \"agent\"\n"),
+        ("floor.toml", "[policy]\nname = \"floor\"\n"),
+    ]);
+    let d = pd.path().display().to_string();
+    let true_ = ["/bin/true".to_owned()];
+    for extra in [
+        &["--require-named-policy"][..],
+        &["--floor-policy", "floor"][..],
+        &[][..],
+    ] {
+        let mut args = vec!["--policy-dir", d.as_str()];
+        args.extend_from_slice(extra);
+        let g = Guardd::start_with(&args);
+        g.logs_until(1, |r| r["action"] == "policy-reload");
+        // Under the node's choice, a client's own learn run is refused by
+        // guardd; a learn run of a named policy already by guardctl
+        // (--learn conflicts with --policy-name).
+        let out = if extra.is_empty() {
+            guardctl_run(
+                &g,
+                &["--learn", "--policy-name", "agent"],
+                &true_,
+                g.dir.path(),
+            )
+        } else {
+            guardctl_run(&g, &["--learn", "--name", "mine"], &true_, g.dir.path())
+        };
+        assert!(!out.status.success(), "{extra:?}: {}", describe(&out));
+        // Under --require-named-policy the client's policy is refused first.
+        let rule = match extra.first() {
+            Some(&"--require-named-policy") => "control.named-policy-required",
+            Some(_) => "control.learn-not-allowed",
+            None => continue,
+        };
+        g.logs_until(1, |r| r["rule"] == rule);
+    }
+}
+
+#[test]
 fn learning_on_top_of_a_policy_records_only_what_it_would_refuse() {
     let g = Guardd::start();
     let http = Http::start();
@@ -435,7 +476,7 @@ fn only_agents_in_learn_mode_are_observed() {
             "sleeper",
             "--",
             "/bin/sleep",
-            "3",
+            "60",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -458,7 +499,15 @@ fn only_agents_in_learn_mode_are_observed() {
         let files = g.logs(&["--agent", &id, "--kind", "file"]);
         assert_eq!(files, Vec::<Value>::new());
     }
-    assert!(learner.wait().unwrap().success());
+    // The learner was learning all along (else the runs above prove nothing).
+    assert!(
+        learner.try_wait().unwrap().is_none(),
+        "the learner ended early"
+    );
+    // SAFETY: signalling the guardctl this test started, by its pid; it
+    // forwards the signal to the agent.
+    unsafe { libc::kill(learner.id() as i32, libc::SIGTERM) };
+    learner.wait().unwrap();
     let learned = g.logs(&["--agent", "sleeper", "--kind", "file"]);
     assert!(
         learned.iter().any(|r| r["layer"] == "learn"),

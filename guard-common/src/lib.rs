@@ -185,7 +185,9 @@ pub struct Config {
     /// successful system call costs `sys_exit` this one comparison and no
     /// agent lookup.
     pub learning: u32,
-    pub _pad_learning: u32,
+    /// `struct linux_binprm.interp`: the file the kernel runs for an exec
+    /// (a script's `#!` interpreter), reported with the exec.
+    pub bprm_interp_off: u32,
 }
 
 /// Scope levels the programs search (`Config::scope_levels`): the loop that
@@ -519,6 +521,15 @@ pub struct ExecEvent {
     /// The permitted capabilities beyond `AgentInfo::caps`: ones the
     /// program can make effective itself (capset()).
     pub excess_permitted: u64,
+    /// Bytes copied into `interp` (with its NUL); 0 when the kernel runs
+    /// the file named (`bprm->interp` is `bprm->filename`) or it could not
+    /// be read.
+    pub interp_len: u32,
+    pub _pad2: u32,
+    /// What the kernel runs when it differs from `filename`: the
+    /// interpreter of a `#!` script (after binfmt_script), as the kernel
+    /// read it from the script at this exec.
+    pub interp: [u8; EXEC_FILENAME_MAX],
 }
 
 /// `ExecEvent::missing`: the task had no seccomp filter (mode not
@@ -752,7 +763,7 @@ const _: () = {
             == 56 + 24 + 4 * MAX_LOADERS + 8 * MAX_LOADERS + 16 + 32 + 16 + 8 + 8
     );
     assert!(core::mem::size_of::<KillEvent>() == 48 + 16);
-    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 32);
+    assert!(core::mem::size_of::<ExecEvent>() == 48 + 8 + 256 + 512 + 32 + 8 + 256);
     assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8 + 8 + 256 + 16 + 256);
     assert!(core::mem::size_of::<EntryPath>() == 16 + 256);
     assert!(

@@ -98,7 +98,8 @@ impl Metrics {
     /// Counts a refusal (or would-be refusal) that guardd itself decided or
     /// took from the kernel; allowed records are not counted.
     pub fn refusal(&self, rec: &Record) {
-        if rec.verdict != Verdict::Allowed {
+        // Uses observed in learn mode are no refusals.
+        if rec.verdict != Verdict::Allowed && rec.layer != crate::journal::LEARN_LAYER {
             let policy = rec.agent.as_ref().map(|a| a.policy.as_str()).unwrap_or("");
             if let Ok(mut m) = self.refusals.lock() {
                 m.add(policy, rec.kind.as_str(), &rec.layer, rec.verdict.as_str());

@@ -245,6 +245,21 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
             name as *const c_void,
         );
         (*ev).filename_len = if n > 0 { n as u32 } else { 0 };
+        // A script runs its interpreter: the kernel names it in
+        // `bprm->interp` (the same pointer as `filename` otherwise).
+        let interp = read_u64(bprm + u64::from(cfg.bprm_interp_off));
+        (*ev).interp_len = 0;
+        (*ev)._pad2 = 0;
+        if interp != 0 && interp != name {
+            let n = bpf_probe_read_kernel_str(
+                (*ev).interp.as_mut_ptr() as *mut c_void,
+                EXEC_FILENAME_MAX as u32,
+                interp as *const c_void,
+            );
+            if n > 0 {
+                (*ev).interp_len = n as u32;
+            }
+        }
         let task = bpf_get_current_task();
         let mm = read_u64(task + u64::from(cfg.task_mm_off));
         let start = read_u64(mm + u64::from(cfg.mm_arg_start_off));

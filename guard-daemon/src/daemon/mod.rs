@@ -353,7 +353,9 @@ impl Daemon {
             }
             let n = k.purge_stale(&live);
             if n > 0 {
-                tracing::info!("removed {n} stale map entries (DNS answers of an earlier guardd)");
+                tracing::info!(
+                    "removed {n} stale map entries (DNS answers of an earlier guardd, agents of scopes gone)"
+                );
             }
         }
         agents::resume_resolvers(&shared);

@@ -41,8 +41,8 @@ pub use hash::{ChainHead, GENESIS_HASH, canonical_bytes, record_hash};
 pub use lock::{JournalLock, lock_path};
 pub use query::{Filter, parse_time};
 pub use record::{
-    AgentRef, ContainerRef, HostRef, Kind, ProcessRef, Record, Verdict, format_time, local_host,
-    parse_record_time, set_local_host,
+    AgentRef, ContainerRef, HostRef, Kind, LEARN_LAYER, ProcessRef, Record, Verdict, format_time,
+    local_host, parse_record_time, set_local_host,
 };
 pub use sink::MirrorSink;
 pub use store::{Retention, Store, Usage, default_budget, parse_size};

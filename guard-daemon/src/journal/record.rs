@@ -105,6 +105,11 @@ pub struct ProcessRef {
     pub exe: Text,
 }
 
+/// The `layer` of records of uses observed in learn mode (issue 14):
+/// verdict `audit`, but no refusal, would-be or real, so counts of
+/// refusals leave them out.
+pub const LEARN_LAYER: &str = "learn";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {

@@ -403,6 +403,7 @@ impl Kernel {
             .map(|c| c.scope_levels & !scopes::level_bit(opts.agent_level))
             .unwrap_or(0);
         let scope_table = scopes::ScopeTable::new(inherited);
+        let inherited_learning = config.get(&0, 0).map(|c| c.learning).unwrap_or(0);
         config
             .set(
                 0,
@@ -449,10 +450,11 @@ impl Kernel {
                     task_cred_off: btf.member_offset_sized("task_struct", "cred", 8)?,
                     cred_cap_effective_off: btf.member_offset_sized("cred", "cap_effective", 8)?,
                     cred_cap_permitted_off: btf.member_offset_sized("cred", "cap_permitted", 8)?,
-                    // Counted from the agent table below, once it is open:
-                    // learning agents of a predecessor stay observed.
-                    learning: 0,
-                    _pad_learning: 0,
+                    // The predecessor's count until the agent table is
+                    // open and recounted below: its learning agents stay
+                    // observed throughout.
+                    learning: inherited_learning,
+                    bprm_interp_off: btf.member_offset("linux_binprm", "interp")?,
                 },
                 0,
             )
@@ -865,8 +867,10 @@ impl Kernel {
     /// agent: entries of slots not in `live`, and entries of live slots that
     /// are not among their `AgentKeys::v4`/`v6` (what a resolver wrote for
     /// DNS answers, which a restarted guardd cannot know). Also drops the
-    /// `NAME_SEEN` and `DNS_PORTS` entries of slots not in `live`. Returns how
-    /// many trie entries were removed.
+    /// `NAME_SEEN` and `DNS_PORTS` entries of slots not in `live`, and the
+    /// `AGENTS` entries of cgroups no live agent has (recounting
+    /// `Config::learning`). Returns how many trie and agent entries were
+    /// removed.
     pub fn purge_stale(&mut self, live: &StdHashMap<u32, AgentKeys>) -> usize {
         let keep4: HashSet<(u32, u32, [u8; 4])> =
             static_keys(live, |k| &k.v4, |d: &Net4Key| (d.slot, d.addr));
@@ -899,6 +903,20 @@ impl Kernel {
             if !live.contains_key(&slot) {
                 let _ = self.dns_ports.remove(&port);
             }
+        }
+        // Agents of scopes that were reaped, or whose removal a dead guardd
+        // never finished: a task there is now denied as of no live scope,
+        // and a stale learning agent no longer keeps every successful
+        // system call on the host on the learn path.
+        let cgroups: HashSet<u64> = live.values().map(|k| k.cgroup_id).collect();
+        let agents: Vec<u64> = self.agents.keys().map_while(Result::ok).collect();
+        for id in agents {
+            if !cgroups.contains(&id) && self.agents.remove(&id).is_ok() {
+                removed += 1;
+            }
+        }
+        if let Err(e) = self.write_learning() {
+            tracing::warn!("learn-mode count not updated: {e}");
         }
         removed
     }

@@ -682,8 +682,6 @@ pub fn block_forwarded() -> Result<libc::sigset_t, LaunchError> {
     }
 }
 
-/// Looks `name` up in `path` the way a shell would (names with a slash are
-/// taken as they are).
 /// What the launcher applies in learn mode (`guardctl run --learn`):
 /// the plan without its file rules, so neither Landlock nor the exec
 /// views refuse a file or program the agent uses (the kernel reports each
@@ -696,6 +694,8 @@ pub fn learn(plan: &mut crate::policy::Plan) {
     plan.mode = crate::policy::Mode::Audit;
 }
 
+/// Looks `name` up in `path` the way a shell would (names with a slash are
+/// taken as they are).
 pub fn resolve_program(name: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if name.contains('/') {

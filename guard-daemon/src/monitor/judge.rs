@@ -642,8 +642,6 @@ impl Judge {
         self.judge_facts(nr, ret, args, tgid, &PathFacts::trusted(path))
     }
 
-    /// The record for a refused call, or `None` when another layer has
-    /// journaled it already (the network hooks record their own refusals).
     /// How a successful call of an agent in learn mode (issue 14) is
     /// journaled: the file access it made (kind `file`, action `read` or
     /// `write`, the absolute path as target) or the inotify watch it placed,
@@ -674,7 +672,7 @@ impl Judge {
                 action: name,
                 target: Text::new(t.text),
                 rule: "learn.observed".into(),
-                layer: "learn",
+                layer: crate::journal::LEARN_LAYER,
                 detail,
             });
         }
@@ -723,11 +721,13 @@ impl Judge {
             action: if write { "write" } else { "read" }.to_owned(),
             target: Text::new(t.text),
             rule: rule.into(),
-            layer: "learn",
+            layer: crate::journal::LEARN_LAYER,
             detail,
         })
     }
 
+    /// The record for a refused call, or `None` when another layer has
+    /// journaled it already (the network hooks record their own refusals).
     pub fn judge_facts(
         &self,
         nr: u32,

@@ -308,7 +308,9 @@ fn drain(
                 });
                 if let Some((r, _)) = &rec {
                     metrics.event(r);
-                    if let Some(m) = &meta {
+                    if let Some(m) = &meta
+                        && r.layer != crate::journal::LEARN_LAYER
+                    {
                         m.refusals.count(r.verdict);
                     }
                 }
@@ -831,14 +833,19 @@ fn exec_fields(
         _ => ("filesystem.unrestricted".to_owned(), "none"),
     };
     let mut detail = json!({"argv": argv, "argv_truncated": truncated, "args_bytes": e.args_len});
-    // A relative program name (`./run.sh`) starts at the working directory,
-    // which the new program still has: where it leads, as far as guardd can
-    // still read it (a draft needs the absolute path).
+    if e.interp_len > 0 {
+        let interp = cstr(&e.interp[..(e.interp_len as usize).min(e.interp.len())]);
+        detail["interpreter"] = json!(Text::new(interp.to_vec()));
+    }
+    // A relative program name (`./run.sh`) starts at the working directory.
+    // guardd reads it after the exec, when the program may already have
+    // changed it: a hint, marked unverified (a draft does not grant it).
     if !name.starts_with(b"/")
         && !name.is_empty()
         && let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", e.hdr.tgid))
     {
         detail["path"] = json!(Text::new(cwd.join(path).as_os_str().as_bytes().to_vec()));
+        detail["path_unverified"] = json!(true);
     }
     (Text::new(name), rule, layer, detail)
 }
@@ -1201,6 +1208,9 @@ mod tests {
             excess_caps: 0,
             excess_effective: 0,
             excess_permitted: 0,
+            interp_len: 0,
+            _pad2: 0,
+            interp: [0; guard_common::EXEC_FILENAME_MAX],
         };
         e.hdr.kind = guard_common::EVENT_EXEC;
         e.filename[..9].copy_from_slice(b"/bin/ls\0\0");

@@ -1188,7 +1188,7 @@ fn ports_text(ports: &BTreeSet<u16>) -> String {
 
 /// A policy name from an agent name: characters a policy name may not
 /// hold become `-`.
-fn policy_name(agent: &str) -> String {
+pub fn policy_name(agent: &str) -> String {
     let s: String = agent
         .chars()
         .map(|c| {

@@ -76,6 +76,8 @@ pub fn readopt(shared: &Shared) {
 pub fn is_agents_refusal(rec: &Record) -> bool {
     rec.verdict != Verdict::Allowed
         && !matches!(rec.kind, Kind::Gap | Kind::Lifecycle)
+        // A use observed in learn mode is no refusal, would-be or real.
+        && rec.layer != crate::journal::LEARN_LAYER
         && (rec.layer != "guardd" || rec.rule == "control.confined-peer")
 }
 

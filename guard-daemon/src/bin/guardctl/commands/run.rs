@@ -20,7 +20,7 @@ use guard_daemon::{
         session::{OpenError, Session},
         supervise::{self, Signals},
     },
-    policy::Vars,
+    policy::{self, Vars},
 };
 
 use super::{connect, describe, fail};
@@ -109,6 +109,30 @@ pub fn run(cli: &Cli, args: &RunArgs) -> i32 {
     launch(cli, args).unwrap_or_else(|code| code)
 }
 
+/// The agent name of a learn run: `--name`, else the program's file name
+/// (without a policy the agent would otherwise be named after the empty
+/// policy, and every learn run would merge into one draft).
+fn learn_name(args: &RunArgs) -> Option<String> {
+    if !args.learn {
+        return None;
+    }
+    args.name.clone().or_else(|| {
+        args.command
+            .first()
+            .map(|c| {
+                std::path::Path::new(c)
+                    .file_name()
+                    .unwrap_or(c)
+                    .to_string_lossy()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect::<String>()
+            })
+            .filter(|n| !n.is_empty())
+    })
+}
+
 /// Prints `guardctl: ERROR` and gives guardctl's exit code for it.
 trait OrExit<T> {
     fn or_exit(self, code: i32) -> Result<T, i32>;
@@ -148,10 +172,9 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
             let reply = fetch_named(cli, name)?;
             PolicyFile::from_named(&reply)
         }
-        (None, None) if args.learn => {
-            let name = args.name.clone().unwrap_or_else(|| "learn".to_owned());
-            PolicyFile::learn_empty(&name)
-        }
+        (None, None) if args.learn => PolicyFile::learn_empty(&policy::draft::policy_name(
+            &learn_name(args).unwrap_or_default(),
+        )),
         (None, None) => return Err("give --policy FILE or --policy-name NAME").or_exit(EXIT_USAGE),
     };
     let PolicyFile { text, path, policy } = match read {
@@ -207,7 +230,7 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
         policy_path: path.display().to_string(),
         policy_text: text,
         policy_includes: policy.sources.clone(),
-        name: args.name.clone(),
+        name: learn_name(args).or_else(|| args.name.clone()),
         audit: args.audit || args.learn,
         learn: args.learn,
         argv,
@@ -275,8 +298,9 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     if args.learn {
         // Each run of the name adds to the same draft.
         eprintln!(
-            "guard: learned; draft a policy from every learn run of this name: guardctl policy draft --agent {} -o {}.toml",
-            session.reply.agent.name, session.reply.agent.name
+            "guard: learned; draft a policy from this run: guardctl policy draft --agent {}, or from every run named {:?}: \
+             guardctl policy draft --agent {:?}",
+            session.reply.agent.id, session.reply.agent.name, session.reply.agent.name
         );
     }
     Ok(match status {
