@@ -542,3 +542,28 @@ fn file_names_with_control_bytes_are_drafted_escaped_and_still_name_the_file() {
     assert_eq!(ops(&out)[0]["ok"], true, "{}\n{text}", describe(&out));
     assert_eq!(denials(&g, &Guardd::agent_id(&out)), Vec::<Value>::new());
 }
+
+#[test]
+fn a_scripts_interpreter_comes_from_the_kernel_and_is_granted() {
+    let g = Guardd::start();
+    let bin = g.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("count.sh");
+    std::fs::write(&script, "#!/bin/sh\nwc -l < data.csv > count.txt\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cmd = vec![script.display().to_string()];
+    let id = learn(&g, "counter", &cmd, &workdir(&g, "w1"));
+    let execs = g.logs(&["--agent", &id, "--kind", "exec"]);
+    let first = execs
+        .iter()
+        .find(|r| r["target"] == script.display().to_string().as_str())
+        .unwrap_or_else(|| panic!("{execs:#?}"));
+    assert_eq!(first["detail"]["interpreter"], "/bin/sh", "{first}");
+    let file = g.dir.path().join("counter.toml");
+    let text = draft(&g, "counter", &file);
+    let wd = workdir(&g, "w2");
+    let out = guardctl_run(&g, &["--policy", file.to_str().unwrap()], &cmd, &wd);
+    assert!(out.status.success(), "{}\n{text}", describe(&out));
+    assert_eq!(std::fs::read_to_string(wd.join("count.txt")).unwrap().trim(), "5");
+    assert_eq!(denials(&g, &Guardd::agent_id(&out)), Vec::<Value>::new(), "{text}");
+}
