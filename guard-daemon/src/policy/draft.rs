@@ -246,7 +246,8 @@ pub fn draft(
         seen.read(i, run);
     }
     let d = Drafter::new(&runs, from, host, seen);
-    let (text, review) = d.render(agent_name)?;
+    let (text, review, meant) = d.render(agent_name)?;
+    verify(&text, &meant)?;
     check(&text, &runs)?;
     Ok(Draft {
         text,
@@ -539,7 +540,7 @@ impl<'a> Run<'a> {
         for p in paths {
             for c in &self.creds {
                 if p.starts_with(&c.path) || p.starts_with(&c.real) {
-                    return Some(format!("credentials ({})", c.shown));
+                    return Some(format!("credentials ({})", safe(&c.shown)));
                 }
             }
         }
@@ -831,8 +832,11 @@ impl Seen {
         let access = detail(rec, "access").and_then(Value::as_str).unwrap_or("");
         let read = access.contains("read") || rec.action == "read";
         let write = access.contains("write") || rec.action == "write";
-        let Some(named) = self.path_of(rec, rec.target.as_str(), &format!("{} of", rec.action))
-        else {
+        let Some(named) = self.path_of(
+            rec,
+            rec.target.as_str(),
+            &format!("{} of", safe(&rec.action)),
+        ) else {
             return;
         };
         let dir = detail(rec, "directory").and_then(Value::as_bool) == Some(true);
@@ -976,8 +980,9 @@ fn interpreters(host: &dyn HostView, script: &Path) -> (Vec<PathBuf>, Option<Str
                 return (
                     out,
                     Some(format!(
-                        "{} runs `env {name}`, and {name} is not in {}",
+                        "{} runs `env {}`, and that is not in {}",
                         quote(&script.to_string_lossy()),
+                        safe(name),
                         PATH_DIRS.join(":")
                     )),
                 );
@@ -1458,7 +1463,7 @@ impl<'a> Drafter<'a> {
             let dir = run.expand(template);
             let real = resolve(self.host, &dir);
             if let Some(c) = run.holds_credentials(&dir, &real) {
-                why.insert(format!("it holds credentials ({c})"));
+                why.insert(format!("it holds credentials ({})", safe(c)));
             }
         }
         if let Some(w) = why.into_iter().next() {
@@ -1482,7 +1487,7 @@ impl<'a> Drafter<'a> {
         e.insts.iter().map(|&k| self.insts[k].run).collect()
     }
 
-    fn render(mut self, agent: &str) -> Result<(String, usize), DraftError> {
+    fn render(mut self, agent: &str) -> Result<(String, usize, toml::Table), DraftError> {
         let mut f = Files {
             allow_write_exec: self.from.is_some_and(|f| {
                 f.policy
@@ -1549,8 +1554,9 @@ impl<'a> Drafter<'a> {
                 .min();
             if let Some(c) = holds {
                 self.seen.header.insert(format!(
-                    "{t} holds credentials ({c}), so it is not granted as a whole (G1):\n\
-                     # the files the agent used there are listed like any other."
+                    "{t} holds credentials ({}), so it is not granted as a whole (G1):\n\
+                     the files the agent used there are listed like any other.",
+                    safe(&c)
                 ));
                 continue;
             }
@@ -1899,7 +1905,7 @@ impl<'a> Drafter<'a> {
             }
             for r in f.rules.iter().filter(|r| r.tree && grants(r.acc, i.acc)) {
                 if i.real.starts_with(self.place(i.run, &r.template).1) {
-                    c.by.insert(format!("{} ({})", r.template, r.acc.key()));
+                    c.by.insert(format!("{} ({})", safe(&r.template), r.acc.key()));
                 }
             }
         }
@@ -2261,7 +2267,7 @@ impl<'a> Drafter<'a> {
         out
     }
 
-    /// The whole text.
+    /// The whole text, and the document it is meant to parse to.
     fn write(
         &mut self,
         agent: &str,
@@ -2269,7 +2275,7 @@ impl<'a> Drafter<'a> {
         write: List,
         exec: List,
         net: NetOut,
-    ) -> Result<(String, usize), DraftError> {
+    ) -> Result<(String, usize, toml::Table), DraftError> {
         let from = match self.from {
             Some(f) => Some(FromRaw::new(f, self)?),
             None => None,
@@ -2282,8 +2288,8 @@ impl<'a> Drafter<'a> {
             mut listen,
             mut answers,
         } = net;
-        let mut dns_keys: Vec<String> = Vec::new();
-        let mut process_from: Vec<String> = Vec::new();
+        let mut dns_keys: Vec<KeyLine> = Vec::new();
+        let mut process_from: Vec<KeyLine> = Vec::new();
         let mut allow_write_exec = None;
         if let Some(f) = &from {
             read.from.clone_from(&f.read);
@@ -2304,66 +2310,61 @@ impl<'a> Drafter<'a> {
             .sum::<usize>()
             + notes.len();
 
-        let mut o = String::new();
+        let mut o = Out::default();
         let name = policy_name(agent);
         let runs = self.runs.len();
         let modes: BTreeSet<&str> = self.runs.iter().map(|r| r.mode.as_str()).collect();
-        let _ = writeln!(
-            o,
-            "# Drafted by `guardctl policy draft` from {runs} run{} of agent {} (mode: {}).",
+        o.comment(&format!(
+            "Drafted by `guardctl policy draft` from {runs} run{} of agent {} (mode: {}).",
             if runs == 1 { "" } else { "s" },
             quote(agent),
-            modes.into_iter().collect::<Vec<_>>().join(", ")
-        );
+            safe(&modes.into_iter().collect::<Vec<_>>().join(", "))
+        ));
         if name != agent {
-            let _ = writeln!(
-                o,
-                "# The policy name is the agent's name with the characters a policy name cannot hold replaced by `-`."
+            o.comment(
+                "The policy name is the agent's name with the characters a policy name cannot hold replaced by `-`.",
             );
         }
-        o.push_str(
-            "# It grants what the runs were seen doing and nothing more; each rule says how\n\
-             # often it was used. Grouping (docs/policy.md, \"Learning a policy\"):\n\
-             #   G1 every path under {workdir}, and under {tmp}, is one rule per access;\n\
-             #   G2 elsewhere, 4 or more files of one access directly in one directory\n\
-             #      become that directory; programs are always listed one by one;\n\
-             #   G3 exec implies read, and write implies read.\n",
+        o.comment(
+            "It grants what the runs were seen doing and nothing more; each rule says how\n\
+             often it was used. Grouping (docs/policy.md, \"Learning a policy\"):\n  \
+             G1 every path under {workdir}, and under {tmp}, is one rule per access;\n  \
+             G2 elsewhere, 4 or more files of one access directly in one directory\n     \
+             become that directory; programs are always listed one by one;\n  \
+             G3 exec implies read, and write implies read.",
         );
         if let Some(f) = self.from {
-            let _ = writeln!(
-                o,
-                "# The rules of {} are kept (marked `from`); what they grant is not drafted again.",
+            o.comment(&format!(
+                "The rules of {} are kept (marked `from`); what they grant is not drafted again.",
                 safe(&f.label)
-            );
+            ));
         } else if self.seen.on_policy {
-            o.push_str(
-                "# WARNING: these runs learned on top of a policy, so what that policy allowed\n\
-                 # was not recorded: draft again with --from POLICY to keep its rules.\n",
+            o.comment(
+                "WARNING: these runs learned on top of a policy, so what that policy allowed\n\
+                 was not recorded: draft again with --from POLICY to keep its rules.",
             );
         }
         for n in &self.seen.header {
-            let _ = writeln!(o, "# NOTE: {n}");
+            o.comment(&format!("NOTE: {n}"));
         }
         if self.runs.iter().any(|r| r.mode != "learn") {
-            o.push_str(
-                "# NOTE: not every run was in learn mode; outside it, files and programs are not\n\
-                 # observed, only refused.\n",
+            o.comment(
+                "NOTE: not every run was in learn mode; outside it, files and programs are not\n\
+                 observed, only refused.",
             );
         }
         if review > 0 {
-            let _ = writeln!(
-                o,
-                "# REVIEW: {review} item{} observed but not granted: the lines marked REVIEW below.\n\
-                 # Uncomment a rule line only after deciding the agent needs it.",
+            o.comment(&format!(
+                "REVIEW: {review} item{} observed but not granted: the lines marked REVIEW below.\n\
+                 Uncomment a rule line only after deciding the agent needs it.",
                 if review == 1 { " is" } else { "s are" }
-            );
+            ));
         }
-        o.push('\n');
-        o.push_str("[policy]\n");
-        let _ = writeln!(o, "name = {}", quote(&name));
+        o.table("policy");
+        o.value("name", &quote(&name), "")?;
         if !self.bases.is_empty() {
-            o.push_str("include = [\n");
-            for b in BASE_NAMES {
+            let mut include = List::default();
+            for (k, b) in BASE_NAMES.iter().enumerate() {
                 let Some(n) = self.bases.get(b) else { continue };
                 let kept = self
                     .from
@@ -2374,51 +2375,59 @@ impl<'a> Drafter<'a> {
                         "from {}; {c}",
                         safe(self.from.map_or("", |f| f.label.as_str()))
                     );
-                } else if b == "base" {
+                } else if *b == "base" {
                     c.push_str("; the dynamic loader of every program start counts as one");
                 }
-                let _ = writeln!(o, "  {},  # {c}", quote(b));
+                include.add_by(
+                    false,
+                    format!("{k:02}"),
+                    Item {
+                        value: quote(b),
+                        comment: c,
+                    },
+                );
             }
-            o.push_str("]\n");
+            o.list("include", &include)?;
         }
         // Always a [filesystem] table: without one, files are not restricted.
-        o.push_str("\n[filesystem]\n");
+        o.table("filesystem");
         if let Some(c) = &allow_write_exec {
-            let _ = writeln!(o, "allow_write_exec = true  # {c}");
+            o.value("allow_write_exec", "true", c)?;
         }
-        list(&mut o, "read", &read);
-        list(&mut o, "write", &write);
-        list(&mut o, "exec", &exec);
+        o.list("read", &read)?;
+        o.list("write", &write)?;
+        o.list("exec", &exec)?;
         if !allow.is_empty() || !listen.is_empty() || !answers.is_empty() || !dns_keys.is_empty() {
-            o.push_str("\n[network]\n");
-            list(&mut o, "allow", &allow);
-            list(&mut o, "listen", &listen);
+            o.table("network");
+            o.list("allow", &allow)?;
+            o.list("listen", &listen)?;
             if !answers.is_empty() || !dns_keys.is_empty() {
-                o.push_str("\n[network.dns]\n");
+                o.table("network.dns");
                 for k in &dns_keys {
-                    let _ = writeln!(o, "{k}");
+                    o.value(&k.key, &k.value, &k.comment)?;
                 }
-                list(&mut o, "answers_allowed", &answers);
+                o.list("answers_allowed", &answers)?;
             }
         }
         if !process.is_empty() || !process_from.is_empty() {
-            o.push_str("\n[process]\n");
-            for l in process_from.iter().chain(&process) {
-                let _ = writeln!(o, "{l}");
+            o.table("process");
+            for k in process_from.iter().chain(&process) {
+                o.value(&k.key, &k.value, &k.comment)?;
             }
         }
         if !notes.is_empty() {
-            o.push_str("\n# REVIEW: observed, and no rule of a policy can grant it:\n");
+            o.text.push('\n');
+            o.comment("REVIEW: observed, and no rule of a policy can grant it:");
             for n in &notes {
-                let _ = writeln!(o, "#   {n}");
+                o.comment(&format!("  {n}"));
             }
         }
-        Ok((o, review))
+        Ok((o.text, review, o.doc))
     }
 
     /// `[process]` lines learned (those `--from` sets are kept from it,
     /// unless the runs needed more).
-    fn process(&self, from: Option<&FromRaw>) -> Vec<String> {
+    fn process(&self, from: Option<&FromRaw>) -> Vec<KeyLine> {
         let mut out = Vec::new();
         let set = |k: &str| from.is_some_and(|f| f.process_keys.contains(k));
         let fp = self.from.map(|f| &f.policy.process);
@@ -2444,11 +2453,15 @@ impl<'a> Drafter<'a> {
             let want = peak.saturating_mul(2).clamp(MIN_PROCESSES, MAX_PROCESSES);
             let have = fp.and_then(|p| p.max_processes).map(u64::from);
             if !set("max_processes") || have.is_some_and(|h| h < want) {
-                out.push(format!(
-                    "max_processes = {want}  # peak {peak} processes{}: twice that, at least {MIN_PROCESSES}{}",
-                    of_runs(self.seen.peak_procs.len()),
-                    raised("max_processes")
-                ));
+                out.push(KeyLine {
+                    key: "max_processes".into(),
+                    value: want.to_string(),
+                    comment: format!(
+                        "peak {peak} processes{}: twice that, at least {MIN_PROCESSES}{}",
+                        of_runs(self.seen.peak_procs.len()),
+                        raised("max_processes")
+                    ),
+                });
             }
         }
         if let Some(&peak) = self.seen.peak_memory.iter().max() {
@@ -2456,26 +2469,32 @@ impl<'a> Drafter<'a> {
             let mib = limit / MIB;
             let have = fp.and_then(|p| p.memory_bytes);
             if !set("memory") || have.is_some_and(|h| h < limit) {
-                out.push(format!(
-                    "memory = \"{mib}M\"  # peak at most {} MiB{}: twice the peak, rounded up to a multiple \
-                     of {} MiB{}",
-                    mib / 2,
-                    of_runs(self.seen.peak_memory.len()),
-                    MEMORY_STEP / MIB,
-                    raised("memory")
-                ));
+                out.push(KeyLine {
+                    key: "memory".into(),
+                    value: format!("\"{mib}M\""),
+                    comment: format!(
+                        "peak at most {} MiB{}: twice the peak, rounded up to a multiple of {} MiB{}",
+                        mib / 2,
+                        of_runs(self.seen.peak_memory.len()),
+                        MEMORY_STEP / MIB,
+                        raised("memory")
+                    ),
+                });
             }
         }
         if self.seen.watches > 0 && !fp.is_some_and(|p| p.inotify) {
-            out.push(format!(
-                "inotify = true  # {} placed; a watch reports the names of files in any \
-                 directory it can reach",
-                if self.seen.watches == 1 {
-                    "1 inotify watch".to_owned()
-                } else {
-                    format!("{} inotify watches", self.seen.watches)
-                }
-            ));
+            out.push(KeyLine {
+                key: "inotify".into(),
+                value: "true".into(),
+                comment: format!(
+                    "{} placed; a watch reports the names of files in any directory it can reach",
+                    if self.seen.watches == 1 {
+                        "1 inotify watch".to_owned()
+                    } else {
+                        format!("{} inotify watches", self.seen.watches)
+                    }
+                ),
+            });
         }
         out
     }
@@ -2523,23 +2542,163 @@ struct NetOut {
     answers: List,
 }
 
-/// One array, multi-line: `--from`'s entries, the drafted ones, then the
-/// REVIEW ones commented out.
-fn list(o: &mut String, key: &str, l: &List) {
-    if l.is_empty() {
-        return;
-    }
-    let _ = writeln!(o, "{key} = [");
-    for i in l.from.iter().chain(l.active.values()) {
-        let _ = writeln!(o, "  {},  # {}", i.value, i.comment);
-    }
-    if !l.review.is_empty() {
-        o.push_str("  # REVIEW: not granted; uncomment a line to grant it.\n");
-        for i in l.review.values() {
-            let _ = writeln!(o, "  # {},  # {}", i.value, i.comment);
+/// A `key = value  # comment` line of a table.
+#[derive(Debug, Clone)]
+struct KeyLine {
+    key: String,
+    value: String,
+    comment: String,
+}
+
+/// The draft's text as it is written, and the document it is meant to
+/// parse to: every active value is parsed on its own as it is written, so
+/// that the whole text can be checked to hold exactly these values and no
+/// other ([`verify`]).
+#[derive(Default)]
+struct Out {
+    text: String,
+    doc: toml::Table,
+    /// The table being written (`network.dns`).
+    table: Vec<String>,
+}
+
+impl Out {
+    /// Comment lines: each line of `s` becomes one `# ` line, so nothing in
+    /// it can start a line of its own.
+    fn comment(&mut self, s: &str) {
+        for line in s.split('\n') {
+            let line = one_line(line);
+            if line.is_empty() {
+                self.text.push_str("#\n");
+            } else {
+                let _ = writeln!(self.text, "# {line}");
+            }
         }
     }
-    o.push_str("]\n");
+
+    fn table(&mut self, path: &str) {
+        if self.text.is_empty() || self.text.ends_with("\n\n") {
+            let _ = writeln!(self.text, "[{path}]");
+        } else {
+            let _ = writeln!(self.text, "\n[{path}]");
+        }
+        self.table = path.split('.').map(str::to_owned).collect();
+        let _ = self.current();
+    }
+
+    /// The document's table being written, made where missing.
+    fn current(&mut self) -> Result<&mut toml::Table, DraftError> {
+        let mut t = &mut self.doc;
+        for k in &self.table {
+            let v = t
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = match v {
+                toml::Value::Table(inner) => inner,
+                _ => {
+                    return Err(DraftError::Invalid {
+                        message: format!("[{}] is not a table", self.table.join(".")),
+                    });
+                }
+            };
+        }
+        Ok(t)
+    }
+
+    fn value(&mut self, key: &str, value: &str, comment: &str) -> Result<(), DraftError> {
+        let v = parse_value(value)?;
+        self.current()?.insert(key.to_owned(), v);
+        if comment.is_empty() {
+            let _ = writeln!(self.text, "{key} = {value}");
+        } else {
+            let _ = writeln!(self.text, "{key} = {value}  # {}", one_line(comment));
+        }
+        Ok(())
+    }
+
+    /// One array, multi-line: `--from`'s entries, the drafted ones, then
+    /// the REVIEW ones commented out.
+    fn list(&mut self, key: &str, l: &List) -> Result<(), DraftError> {
+        if l.is_empty() {
+            return Ok(());
+        }
+        let mut values = Vec::new();
+        let _ = writeln!(self.text, "{key} = [");
+        for i in l.from.iter().chain(l.active.values()) {
+            values.push(parse_value(&i.value)?);
+            let _ = writeln!(self.text, "  {},  # {}", i.value, one_line(&i.comment));
+        }
+        if !l.review.is_empty() {
+            self.text
+                .push_str("  # REVIEW: not granted; uncomment a line to grant it.\n");
+            for i in l.review.values() {
+                let _ = writeln!(
+                    self.text,
+                    "  # {},  # {}",
+                    one_line(&i.value),
+                    one_line(&i.comment)
+                );
+            }
+        }
+        self.text.push_str("]\n");
+        self.current()?
+            .insert(key.to_owned(), toml::Value::Array(values));
+        Ok(())
+    }
+}
+
+/// A value as it is written into the draft, parsed on its own.
+fn parse_value(value: &str) -> Result<toml::Value, DraftError> {
+    let invalid = |why: String| DraftError::Invalid {
+        message: format!("the value {} {why}", quote(value)),
+    };
+    let mut t: toml::Table = toml::from_str(&format!("v = {value}\n"))
+        .map_err(|e| invalid(format!("is not TOML: {e}")))?;
+    t.remove("v")
+        .ok_or_else(|| invalid("is not one value".into()))
+        .and_then(|v| {
+            if t.is_empty() {
+                Ok(v)
+            } else {
+                Err(invalid("is more than one value".into()))
+            }
+        })
+}
+
+/// The second line of defence against text the agent chose (file and host
+/// names) becoming a rule: the draft, parsed whole, holds exactly the
+/// values it was written with.
+fn verify(text: &str, meant: &toml::Table) -> Result<(), DraftError> {
+    let invalid = |message: String| DraftError::Invalid { message };
+    let parsed: toml::Table =
+        toml::from_str(text).map_err(|e| invalid(format!("the drafted text is not TOML: {e}")))?;
+    if &parsed != meant {
+        return Err(invalid(
+            "the drafted text holds other values than the ones drafted (text in a comment or a \
+             value ended its line?); no draft is written"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Text for the end of a comment line: line breaks and the other
+/// characters [`quote`] hides are escaped (backslashes are left as they
+/// are: what [`safe`] made stays as it is).
+fn one_line(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if hidden(c) => {
+                let _ = write!(o, "\\u{:04X}", u32::from(c));
+            }
+            c => o.push(c),
+        }
+    }
+    o
 }
 
 /// A TOML basic string. Control and bidirectional-formatting characters
@@ -2599,8 +2758,8 @@ struct FromRaw {
     answers: Vec<Item>,
     /// `key = value  # from POLICY` lines of `[network.dns]` and
     /// `[process]`.
-    dns_keys: Vec<String>,
-    process: Vec<String>,
+    dns_keys: Vec<KeyLine>,
+    process: Vec<KeyLine>,
     process_keys: BTreeSet<String>,
     allow_write_exec: Option<String>,
 }
@@ -2712,8 +2871,11 @@ impl FromRaw {
                 ("max_addresses", &dns.max_addresses),
             ] {
                 if let Some(v) = v {
-                    out.dns_keys
-                        .push(format!("{k} = {}  # from {label}", scalar(v.get_ref())));
+                    out.dns_keys.push(KeyLine {
+                        key: k.to_owned(),
+                        value: scalar(v.get_ref()),
+                        comment: format!("from {label}"),
+                    });
                 }
             }
             for a in dns.answers_allowed.unwrap_or_default() {
@@ -2749,7 +2911,11 @@ impl FromRaw {
         let mut push = |k: &str, v: String| {
             self.process_keys.insert(k.to_owned());
             if !learned_more(k) {
-                self.process.push(format!("{k} = {v}  # from {label}"));
+                self.process.push(KeyLine {
+                    key: k.to_owned(),
+                    value: v,
+                    comment: format!("from {label}"),
+                });
             }
         };
         for (k, v) in [

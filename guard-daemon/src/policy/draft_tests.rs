@@ -1217,3 +1217,78 @@ fn the_example_draft() {
     let text = drafted(&t, &recs);
     assert_eq!(text.replace(&t.root.display().to_string(), "/T"), EXAMPLE);
 }
+
+#[test]
+fn a_directory_name_cannot_add_a_rule_through_a_comment() {
+    let t = Tree::new();
+    // The review's exploit: a directory the agent made, whose name ends a
+    // comment line and adds `"/etc",` (spelled with a TOML escape, as a
+    // file name cannot hold `/`) to the list. One run lists it, another
+    // reads a credential-like file inside it.
+    let evil = "srv/x\n  \"\\u002Fetc\",\n  #";
+    t.file(&format!("{evil}/a"), "");
+    t.file(&format!("{evil}/api-token"), "");
+    let recs = vec![
+        t.start("agent-1"),
+        opendir("agent-1", &t.p(evil)),
+        t.start("agent-2"),
+        read("agent-2", &t.p(&format!("{evil}/api-token"))),
+    ];
+    let text = match draft(&recs, None, &LocalHost) {
+        Ok(d) => d.text,
+        Err(e) => panic!("{e}"),
+    };
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    assert!(
+        !plan
+            .filesystem
+            .rules
+            .iter()
+            .any(|r| r.origin == Origin::Policy && r.path == std::path::Path::new("/etc")),
+        "{text}"
+    );
+    assert!(!text.contains("\n  \"\\u002Fetc\""), "{text}");
+}
+
+#[test]
+fn comments_stay_on_their_line_and_the_text_holds_only_what_was_drafted() {
+    let mut o = Out::default();
+    o.table("filesystem");
+    let mut l = List::default();
+    l.add(
+        false,
+        Item {
+            value: quote("/srv/a"),
+            comment: "1 use; granted by /x\n  \"\\u002Fetc\",\n  #".into(),
+        },
+    );
+    o.list("read", &l).unwrap();
+    o.comment("NOTE: a\n\"/etc\",");
+    assert!(!o.text.contains("\n  \"\\u002Fetc\""), "{}", o.text);
+    assert!(!o.text.contains("\n\"/etc\""), "{}", o.text);
+    verify(&o.text, &o.doc).unwrap();
+    // Text written past the writer: caught by the parse.
+    let forged = o.text.replace("]\n", "  \"/etc\",\n]\n");
+    assert!(matches!(
+        verify(&forged, &o.doc),
+        Err(DraftError::Invalid { .. })
+    ));
+    let mut o = Out::default();
+    o.table("filesystem");
+    let mut l = List::default();
+    // A value that is two values is refused before it is written.
+    l.add(
+        false,
+        Item {
+            value: "\"/srv/a\", \"/etc\"".into(),
+            comment: String::new(),
+        },
+    );
+    assert!(matches!(
+        o.list("read", &l),
+        Err(DraftError::Invalid { .. })
+    ));
+}
