@@ -31,8 +31,9 @@ use crate::journal::{Kind, Record, Verdict};
 const GROUP_MIN: usize = 4;
 /// Where `#!/usr/bin/env NAME` is looked up, as the launcher's PATH.
 const PATH_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
-/// `max_processes` is never drafted below this.
-const MIN_PROCESSES: u64 = 16;
+/// `max_processes` is drafted in steps of this size, and never below it:
+/// identical runs peak a little differently and must draft the same text.
+const PROCESS_STEP: u64 = 16;
 /// The highest `max_processes` a policy accepts.
 const MAX_PROCESSES: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
@@ -49,6 +50,16 @@ fn memory_limit(peak: u64) -> u64 {
         .max(1)
         .saturating_mul(MEMORY_STEP)
 }
+/// The drafted process limit for a peak: twice the peak, rounded up to a
+/// whole `PROCESS_STEP`, at least one step.
+fn process_limit(peak: u64) -> u64 {
+    peak.saturating_mul(2)
+        .div_ceil(PROCESS_STEP)
+        .max(1)
+        .saturating_mul(PROCESS_STEP)
+        .min(MAX_PROCESSES)
+}
+
 /// `{home}` when a start record names none: the git base's `{home}` rule
 /// then grants nothing, and no path is written with `{home}`.
 const NO_HOME: &str = "/nonexistent-home";
@@ -2450,14 +2461,16 @@ impl<'a> Drafter<'a> {
             }
         };
         if let Some(&peak) = self.seen.peak_procs.iter().max() {
-            let want = peak.saturating_mul(2).clamp(MIN_PROCESSES, MAX_PROCESSES);
+            let want = process_limit(peak);
             let have = fp.and_then(|p| p.max_processes).map(u64::from);
             if !set("max_processes") || have.is_some_and(|h| h < want) {
                 out.push(KeyLine {
                     key: "max_processes".into(),
                     value: want.to_string(),
                     comment: format!(
-                        "peak {peak} processes{}: twice that, at least {MIN_PROCESSES}{}",
+                        "peak at most {} processes{}: twice the peak, rounded up to a multiple \
+                         of {PROCESS_STEP}{}",
+                        want / 2,
                         of_runs(self.seen.peak_procs.len()),
                         raised("max_processes")
                     ),
@@ -2897,7 +2910,7 @@ impl FromRaw {
             match k {
                 "max_processes" => d.seen.peak_procs.iter().max().is_some_and(|&peak| {
                     fp.and_then(|p| p.max_processes).is_some_and(|h| {
-                        u64::from(h) < peak.saturating_mul(2).clamp(MIN_PROCESSES, MAX_PROCESSES)
+                        u64::from(h) < process_limit(peak)
                     })
                 }),
                 "memory" => d.seen.peak_memory.iter().max().is_some_and(|&peak| {

@@ -698,7 +698,7 @@ fn base_unix_sockets_syscalls_watches_and_limits() {
     ), "{text}");
     assert!(
         text.contains(
-            "\n[process]\nmax_processes = 16  # peak 3 processes: twice that, at least 16\n"
+            "\n[process]\nmax_processes = 16  # peak at most 8 processes: twice the peak, rounded up to a multiple of 16\n"
         ),
         "{text}"
     );
@@ -772,7 +772,7 @@ fn runs_merge_with_counts_summed() {
         "{two}"
     );
     assert!(
-        two.contains("max_processes = 24  # peak 12 processes"),
+        two.contains("max_processes = 32  # peak at most 16 processes"),
         "{two}"
     );
     // One line per rule, however many runs.
@@ -1160,7 +1160,7 @@ fn limits_above_the_from_policy_are_raised() {
         .with_detail(json!({"peak": {"processes": 40, "memory_bytes": 1000}})),
     ];
     let out = drafted_from(&t, &recs, Some(&from));
-    assert!(out.contains("max_processes = 80  # peak 40 processes: twice that, at least 16 (raised from the value of p.toml)\n"), "{out}");
+    assert!(out.contains("max_processes = 80  # peak at most 40 processes: twice the peak, rounded up to a multiple of 16 (raised from the value of p.toml)\n"), "{out}");
     assert!(out.contains("memory = \"1G\"  # from p.toml\n"), "{out}");
     assert!(out.contains("cpu = 0.5  # from p.toml\n"), "{out}");
     assert!(!out.contains("max_processes = 20"), "{out}");
@@ -1205,7 +1205,7 @@ allow = [
 ]
 
 [process]
-max_processes = 24  # peak 12 processes: twice that, at least 16
+max_processes = 32  # peak at most 16 processes: twice the peak, rounded up to a multiple of 16
 memory = "64M"  # peak at most 32 MiB: twice the peak, rounded up to a multiple of 64 MiB
 "#;
 
@@ -1291,4 +1291,24 @@ fn comments_stay_on_their_line_and_the_text_holds_only_what_was_drafted() {
         o.list("read", &l),
         Err(DraftError::Invalid { .. })
     ));
+}
+
+#[test]
+fn runs_peaking_a_little_differently_draft_the_same_limits() {
+    let t = Tree::new();
+    let run = |procs: u64, mem: u64| {
+        let recs = vec![
+            t.start("agent-1"),
+            rec("agent-1", Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+                .with_detail(json!({"peak": {"processes": procs, "memory_bytes": mem}})),
+        ];
+        drafted(&t, &recs)
+    };
+    let a = run(11, 30 << 20);
+    assert_eq!(a, run(12, 31 << 20));
+    assert!(
+        a.contains("max_processes = 32  # peak at most 16 processes"),
+        "{a}"
+    );
+    assert_ne!(a, run(17, 31 << 20));
 }
