@@ -696,6 +696,7 @@ struct Seen {
     internal: BTreeMap<(usize, String), BTreeSet<IpAddr>>,
     syscalls: BTreeMap<String, u64>,
     watches: u64,
+    refused_watches: u64,
     /// Peaks of the runs that reported them.
     peak_procs: Vec<u64>,
     peak_memory: Vec<u64>,
@@ -833,7 +834,22 @@ impl Seen {
         }
     }
 
+    /// An inotify watch: one placed while learning (verdict audit) is
+    /// drafted as `inotify = true`; one refused (an enforcing run's
+    /// seccomp) only noted.
+    fn watch(&mut self, rec: &Record) {
+        match rec.verdict {
+            Verdict::Audit => self.watches += uses(rec),
+            Verdict::Denied => self.refused_watches += uses(rec),
+            Verdict::Allowed => {}
+        }
+    }
+
     fn file(&mut self, run: usize, rec: &Record) {
+        if rec.action == "inotify_add_watch" {
+            self.watch(rec);
+            return;
+        }
         if rec.verdict == Verdict::Denied {
             return;
         }
@@ -946,7 +962,7 @@ impl Seen {
 
     fn syscall(&mut self, rec: &Record) {
         if rec.action == "inotify_add_watch" {
-            self.watches += uses(rec);
+            self.watch(rec);
         } else if rec.verdict == Verdict::Denied && rec.layer == "seccomp" {
             *self.syscalls.entry(rec.action.clone()).or_default() += uses(rec);
         }
@@ -2428,7 +2444,7 @@ impl<'a> Drafter<'a> {
         }
         if !notes.is_empty() {
             o.text.push('\n');
-            o.comment("REVIEW: observed, and no rule of a policy can grant it:");
+            o.comment("REVIEW: observed, and not drafted as a rule:");
             for n in &notes {
                 o.comment(&format!("  {n}"));
             }
@@ -2525,6 +2541,14 @@ impl<'a> Drafter<'a> {
             notes.push(format!(
                 "system calls refused by seccomp: {}; no policy key allows them",
                 calls.join(", ")
+            ));
+        }
+        if self.seen.refused_watches > 0 {
+            notes.push(format!(
+                "inotify watches refused ({}, by seccomp in an enforcing run): not drafted; \
+                 `[process] inotify = true` would allow them, and a watch reports the names of \
+                 files in any directory it can reach",
+                uses_text(self.seen.refused_watches)
             ));
         }
         notes

@@ -1312,3 +1312,27 @@ fn runs_peaking_a_little_differently_draft_the_same_limits() {
     );
     assert_ne!(a, run(17, 31 << 20));
 }
+
+#[test]
+fn a_refused_inotify_watch_does_not_draft_inotify() {
+    let t = Tree::new();
+    let mut refused = rec(
+        "agent-1",
+        Kind::Syscall,
+        "inotify_add_watch",
+        "/etc",
+        Verdict::Denied,
+    );
+    refused.layer = "seccomp".into();
+    // As an enforcing run's seccomp journals it: a file record.
+    let mut as_file = refused.clone();
+    as_file.kind = Kind::File;
+    let recs = vec![t.start("agent-1"), refused, as_file];
+    let text = drafted(&t, &recs);
+    assert!(!text.contains("\ninotify = true"), "{text}");
+    assert!(
+        text.contains("#   inotify watches refused (2 uses, by seccomp in an enforcing run): not drafted"),
+        "{text}"
+    );
+    assert!(!text.contains("\n[process]\n"), "{text}");
+}
