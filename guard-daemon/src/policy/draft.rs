@@ -692,8 +692,6 @@ struct Seen {
     unix: BTreeMap<(usize, String), u64>,
     /// Names asked, per run.
     queried: BTreeMap<(usize, String), u64>,
-    /// Loopback/private addresses names resolved to, per run.
-    internal: BTreeMap<(usize, String), BTreeSet<IpAddr>>,
     syscalls: BTreeMap<String, u64>,
     watches: u64,
     refused_watches: u64,
@@ -762,8 +760,9 @@ impl Seen {
     }
 
     fn read(&mut self, run: usize, r: &Run) {
-        // Names first: a connection is "by name" if any answer of the run
-        // listed its address.
+        // Names first: a connection is "by name" if an answer of the run
+        // listed its address (one the agent was given: an answer dropped
+        // in an enforcing run named nothing to it).
         let mut names: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
         for rec in r.records.iter().filter(|x| x.kind == Kind::Dns) {
             let name = detail(rec, "name")
@@ -772,27 +771,19 @@ impl Seen {
             let Some(name) = name.and_then(normalize_name) else {
                 continue;
             };
-            let addrs: Vec<IpAddr> = str_list(detail(rec, "addresses"))
-                .iter()
-                .filter_map(|a| a.parse::<IpAddr>().ok())
-                .map(|a| a.to_canonical())
-                .collect();
-            for a in &addrs {
-                names.entry(*a).or_default().insert(name.clone());
+            if rec.verdict != Verdict::Denied {
+                for a in str_list(detail(rec, "addresses"))
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                {
+                    names
+                        .entry(a.to_canonical())
+                        .or_default()
+                        .insert(name.clone());
+                }
             }
             if rec.action == "query" {
-                *self.queried.entry((run, name.clone())).or_default() += uses(rec);
-            }
-            let internal: Vec<IpAddr> = if rec.rule == "dns.answer-internal" {
-                addrs
-            } else {
-                addrs.into_iter().filter(|a| is_internal(*a)).collect()
-            };
-            if !internal.is_empty() {
-                self.internal
-                    .entry((run, name))
-                    .or_default()
-                    .extend(internal);
+                *self.queried.entry((run, name)).or_default() += uses(rec);
             }
         }
         for rec in r.records {
@@ -931,6 +922,8 @@ impl Seen {
                     return;
                 }
                 let mut set = names.get(&ip).cloned().unwrap_or_default();
+                // The name guardd's resolver gave this address to, as the
+                // kernel record names it: an answer listing it too.
                 if let Some(name) = detail(rec, "name")
                     .and_then(Value::as_str)
                     .and_then(normalize_name)
@@ -1190,6 +1183,25 @@ fn metadata(ip: IpAddr) -> bool {
                 || a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
     }
+}
+
+/// The REVIEW reason of a rule that reached link-local or metadata
+/// addresses.
+fn metadata_text(addrs: &BTreeSet<IpAddr>) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!(
+        "link-local or cloud metadata address ({}): it hands out credentials",
+        addrs.join(", ")
+    )
+}
+
+fn host_rule(name: &str, ports: &BTreeSet<u16>, proto: u8) -> String {
+    format!(
+        "{{ host = {}, ports = {}, protocol = \"{}\" }}",
+        quote(name),
+        ports_text(ports),
+        proto_name(proto)
+    )
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -2047,10 +2059,15 @@ impl<'a> Drafter<'a> {
             ports: BTreeSet<u16>,
             uses: u64,
             metadata: BTreeSet<IpAddr>,
+            /// Internal addresses the name was connected to.
             internal: BTreeSet<IpAddr>,
+            /// For a name that shared an address with others: the
+            /// address and the other names.
+            shared: BTreeMap<IpAddr, BTreeSet<String>>,
         }
         // Target: Ok(name) or Err(address).
         let mut allow: BTreeMap<(Result<String, IpAddr>, u8), Agg> = BTreeMap::new();
+        let mut shared: BTreeMap<(String, u8), Agg> = BTreeMap::new();
         let mut from_internal: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
         let mut connected: BTreeSet<String> = BTreeSet::new();
         for (k, n) in &self.seen.connects {
@@ -2063,8 +2080,8 @@ impl<'a> Drafter<'a> {
                 .as_ref()
                 .is_some_and(|g| g.covers_inet(k.ip, &k.names, k.port, k.proto));
             if covered {
-                // A name --from allows may still need its internal
-                // answers allowed.
+                // A name --from allows may still need the internal address
+                // it was connected to allowed as an answer.
                 if is_internal(k.ip)
                     && !run
                         .from
@@ -2080,26 +2097,36 @@ impl<'a> Drafter<'a> {
                 }
                 continue;
             }
-            let targets: Vec<Result<String, IpAddr>> = if k.names.is_empty() {
-                vec![Err(k.ip)]
-            } else {
-                k.names.iter().cloned().map(Ok).collect()
+            // Several names answered with this address: which one the agent
+            // reached is unknown, so none is granted by it.
+            if k.names.len() > 1 {
+                for name in &k.names {
+                    let a = shared.entry((name.clone(), k.proto)).or_default();
+                    a.ports.insert(k.port);
+                    a.uses += n;
+                    if metadata(k.ip) {
+                        a.metadata.insert(k.ip);
+                    }
+                    a.shared
+                        .entry(k.ip)
+                        .or_default()
+                        .extend(k.names.iter().filter(|o| *o != name).cloned());
+                }
+                continue;
+            }
+            let t = match k.names.iter().next() {
+                Some(name) => Ok(name.clone()),
+                None => Err(k.ip),
             };
-            for t in targets {
-                let a = allow.entry((t.clone(), k.proto)).or_default();
-                a.ports.insert(k.port);
-                a.uses += n;
-                if metadata(k.ip) {
-                    a.metadata.insert(k.ip);
-                }
-                if let Ok(name) = &t {
-                    if is_internal(k.ip) {
-                        a.internal.insert(k.ip);
-                    }
-                    if let Some(more) = self.seen.internal.get(&(k.run, name.clone())) {
-                        a.internal.extend(more);
-                    }
-                }
+            let by_name = t.is_ok();
+            let a = allow.entry((t, k.proto)).or_default();
+            a.ports.insert(k.port);
+            a.uses += n;
+            if metadata(k.ip) {
+                a.metadata.insert(k.ip);
+            }
+            if by_name && is_internal(k.ip) {
+                a.internal.insert(k.ip);
             }
         }
         let mut answers: BTreeMap<IpAddr, (BTreeSet<String>, bool)> = BTreeMap::new();
@@ -2116,12 +2143,7 @@ impl<'a> Drafter<'a> {
         for ((t, proto), a) in &allow {
             let (value, sort) = match t {
                 Ok(name) => (
-                    format!(
-                        "{{ host = {}, ports = {}, protocol = \"{}\" }}",
-                        quote(name),
-                        ports_text(&a.ports),
-                        proto_name(*proto)
-                    ),
+                    host_rule(name, &a.ports, *proto),
                     format!("0 {name} {proto}"),
                 ),
                 Err(ip) => (
@@ -2143,16 +2165,15 @@ impl<'a> Drafter<'a> {
                 Err(_) => String::new(),
             };
             if review {
-                let addrs: Vec<String> = a.metadata.iter().map(ToString::to_string).collect();
                 out.allow.add_by(
                     true,
                     sort,
                     Item {
                         value,
                         comment: format!(
-                            "{}{by}; link-local or cloud metadata address ({}): it hands out credentials",
+                            "{}{by}; {}",
                             uses_text(a.uses),
-                            addrs.join(", ")
+                            metadata_text(&a.metadata)
                         ),
                     },
                 );
@@ -2174,22 +2195,64 @@ impl<'a> Drafter<'a> {
                 }
             }
         }
+        for ((name, proto), a) in &shared {
+            let addrs: Vec<String> = a.shared.keys().map(ToString::to_string).collect();
+            let others: BTreeSet<&String> = a.shared.values().flatten().collect();
+            let mut comment = format!(
+                "{}; shared the address{} {} with {}: the records cannot tell which name was \
+                 reached, so neither is granted",
+                uses_text(a.uses),
+                if addrs.len() == 1 { "" } else { "es" },
+                addrs.join(", "),
+                others
+                    .iter()
+                    .map(|n| quote(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if !a.metadata.is_empty() {
+                comment = format!("{comment}; {}", metadata_text(&a.metadata));
+            }
+            out.allow.add_by(
+                true,
+                format!("0 {name} {proto}"),
+                Item {
+                    value: host_rule(name, &a.ports, *proto),
+                    comment,
+                },
+            );
+        }
         for (ip, names) in from_internal {
             answers.entry(ip).or_default().0.extend(names);
         }
         for (ip, (names, review)) in answers {
-            let item = Item {
-                value: quote(&ip_cidr(ip)),
-                comment: format!(
-                    "{} resolved here (loopback or private): allowed so the name keeps working; answers into this range are not treated as DNS rebinding",
-                    names
-                        .iter()
-                        .map(|n| quote(n))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            let names = names
+                .iter()
+                .map(|n| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The metadata service answers with credentials: never let a
+            // name resolve to it unreviewed.
+            let item = if metadata(ip) {
+                Item {
+                    value: quote(&ip_cidr(ip)),
+                    comment: format!(
+                        "{names} resolved here and was connected to; {}",
+                        metadata_text(&BTreeSet::from([ip]))
+                    ),
+                }
+            } else {
+                Item {
+                    value: quote(&ip_cidr(ip)),
+                    comment: format!(
+                        "{names} resolved here (loopback or private) and was connected to: \
+                         allowed so the name keeps working; answers into this range are not \
+                         treated as DNS rebinding"
+                    ),
+                }
             };
-            out.answers.add_by(review, sort_ip(ip), item);
+            out.answers
+                .add_by(review || metadata(ip), sort_ip(ip), item);
         }
         // Names asked and never connected to.
         let mut unused: BTreeMap<String, u64> = BTreeMap::new();
@@ -2933,9 +2996,8 @@ impl FromRaw {
             let fp = &d.from.map(|f| &f.policy.process);
             match k {
                 "max_processes" => d.seen.peak_procs.iter().max().is_some_and(|&peak| {
-                    fp.and_then(|p| p.max_processes).is_some_and(|h| {
-                        u64::from(h) < process_limit(peak)
-                    })
+                    fp.and_then(|p| p.max_processes)
+                        .is_some_and(|h| u64::from(h) < process_limit(peak))
                 }),
                 "memory" => d.seen.peak_memory.iter().max().is_some_and(|&peak| {
                     fp.and_then(|p| p.memory_bytes)

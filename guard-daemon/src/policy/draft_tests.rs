@@ -1299,8 +1299,14 @@ fn runs_peaking_a_little_differently_draft_the_same_limits() {
     let run = |procs: u64, mem: u64| {
         let recs = vec![
             t.start("agent-1"),
-            rec("agent-1", Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
-                .with_detail(json!({"peak": {"processes": procs, "memory_bytes": mem}})),
+            rec(
+                "agent-1",
+                Kind::Lifecycle,
+                "exit",
+                "exit 0",
+                Verdict::Allowed,
+            )
+            .with_detail(json!({"peak": {"processes": procs, "memory_bytes": mem}})),
         ];
         drafted(&t, &recs)
     };
@@ -1331,8 +1337,114 @@ fn a_refused_inotify_watch_does_not_draft_inotify() {
     let text = drafted(&t, &recs);
     assert!(!text.contains("\ninotify = true"), "{text}");
     assert!(
-        text.contains("#   inotify watches refused (2 uses, by seccomp in an enforcing run): not drafted"),
+        text.contains(
+            "#   inotify watches refused (2 uses, by seccomp in an enforcing run): not drafted"
+        ),
         "{text}"
     );
     assert!(!text.contains("\n[process]\n"), "{text}");
+}
+
+#[test]
+fn answers_allowed_holds_only_addresses_connected_to_and_never_metadata() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        // Resolved to two private addresses and the metadata service;
+        // connected to one.
+        dns(
+            "agent-1",
+            "db.corp.example",
+            &["10.1.2.3", "10.1.2.4", "169.254.169.254"],
+        ),
+        connect("agent-1", "10.1.2.3:5432/tcp"),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(has_active(&text, "\"10.1.2.3/32\""), "{text}");
+    assert!(!text.contains("10.1.2.4"), "{text}");
+    assert!(!text.contains("169.254.169.254"), "{text}");
+
+    // A name the --from policy allows, connected at the metadata address:
+    // its answer is for review, never allowed.
+    let p = "[policy]\nname = \"p\"\n[network]\n\
+             allow = [{ host = \"meta.example\", ports = [80], protocol = \"tcp\" }]\n";
+    let from = FromPolicy {
+        label: "p.toml".into(),
+        text: p.into(),
+        policy: Policy::parse(p, "p.toml").unwrap(),
+    };
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "meta.example", &["169.254.169.254"]),
+        connect("agent-1", "169.254.169.254:80/tcp"),
+    ];
+    let text = drafted_from(&t, &recs, Some(&from));
+    assert!(!has_active(&text, "169.254.169.254"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "\"169.254.169.254/32\",  # \"meta.example\" resolved here and was connected to; link-local or cloud metadata"
+        ),
+        "{text}"
+    );
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    assert!(
+        !plan
+            .network
+            .dns
+            .unwrap()
+            .answer_allowed("169.254.169.254".parse().unwrap())
+    );
+}
+
+#[test]
+fn names_sharing_an_address_are_not_granted_by_it() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "pypi.example", &["198.51.100.7"]),
+        dns("agent-1", "evil.example", &["198.51.100.7", "198.51.100.8"]),
+        connect("agent-1", "198.51.100.7:443/tcp"),
+        // Listed by one name only.
+        connect("agent-1", "198.51.100.8:443/tcp"),
+        // Listed by no answer: by address.
+        connect("agent-1", "198.51.100.9:443/tcp"),
+        dns("agent-1", "asked.example", &["198.51.100.10"]),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, "pypi.example"), "{text}");
+    assert!(!has_active(&text, "198.51.100.7"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"pypi.example\", ports = [443], protocol = \"tcp\" },  # 1 use; shared the address 198.51.100.7 with \"evil.example\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"evil.example\", ports = [443], protocol = \"tcp\" },  # 1 use; shared the address 198.51.100.7 with \"pypi.example\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ host = \"evil.example\", ports = [443], protocol = \"tcp\" },  # 1 use; reached by name"
+        ),
+        "{text}"
+    );
+    assert!(has_active(&text, "{ cidr = \"198.51.100.9/32\""), "{text}");
+    assert!(!has_active(&text, "asked.example"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"asked.example\" },  # 1 query; asked for but never connected to"
+        ),
+        "{text}"
+    );
 }
