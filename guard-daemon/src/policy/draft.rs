@@ -66,29 +66,114 @@ const NO_HOME: &str = "/nonexistent-home";
 
 /// Credential locations under the home directory (a path under one, or the
 /// file itself, is flagged).
-const HOME_CREDENTIALS: [&str; 8] = [
+const HOME_CREDENTIALS: [&str; 12] = [
     ".ssh",
     ".aws",
+    ".azure",
     ".config/gcloud",
+    ".config/gh",
     ".kube",
     ".docker/config.json",
     ".netrc",
     ".git-credentials",
+    ".npmrc",
+    ".pypirc",
     ".gnupg",
 ];
 /// Credential locations of the host (Kubernetes service-account tokens
-/// among them).
-const HOST_CREDENTIALS: [&str; 5] = [
+/// and the SSH host keys among them).
+const HOST_CREDENTIALS: [&str; 6] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/ssl/private",
+    "/etc/ssh",
     "/run/secrets",
     "/var/run/secrets",
 ];
+/// Directories and files that hold credentials wherever they lie (under
+/// any user's home directory, in a container's root, in a backup), as one
+/// path component.
+const CREDENTIAL_NAMES: [&str; 9] = [
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".kube",
+    ".azure",
+    ".netrc",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+];
+/// The same, as two components.
+const CREDENTIAL_PAIRS: [(&str, &str); 3] = [
+    (".config", "gcloud"),
+    (".config", "gh"),
+    (".docker", "config.json"),
+];
+/// SSH private keys by their file names' beginnings (`id_rsa`,
+/// `id_ed25519_deploy`).
+const KEY_FILES: [&str; 4] = ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"];
+/// Key stores by extension (PKCS#12, KeePass).
+const KEY_STORES: [&str; 3] = ["p12", "pfx", "kdbx"];
+/// Directories a grant on which, or on one of whose ancestors, covers
+/// home directories or the host's SSH keys.
+const HOME_ROOTS: [(&str, &str); 3] = [
+    ("/home", "home directories"),
+    ("/root", "root's home directory"),
+    ("/etc/ssh", "the host's SSH keys"),
+];
+/// A directory grant is checked for credentials below it on the host, up
+/// to this many entries; a larger tree is for review.
+const WALK_LIMIT: usize = 50_000;
 /// A path component holding one of these (ASCII case ignored) is flagged.
 const CREDENTIAL_WORDS: [&str; 3] = ["token", "secret", "credential"];
 /// `.pem` and `.key` files here are public certificates, not keys.
 const CERT_DIRS: [&str; 2] = ["/etc/ssl/certs", "/usr/share/ca-certificates"];
+
+/// Why a path is a credential location by its names alone, wherever it
+/// lies: a credential directory or file as a component, an SSH key's file
+/// name, a key store's extension, a process's environment.
+fn credential_location(p: &Path) -> Option<String> {
+    let names: Vec<&str> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_str().unwrap_or("")),
+            _ => None,
+        })
+        .collect();
+    for (k, n) in names.iter().enumerate() {
+        if let Some(c) = CREDENTIAL_NAMES.iter().find(|c| *c == n) {
+            return Some(format!("credentials (a {c} in the path)"));
+        }
+        let next = names.get(k + 1).copied().unwrap_or("");
+        if let Some((a, b)) = CREDENTIAL_PAIRS.iter().find(|(a, b)| a == n && *b == next) {
+            return Some(format!("credentials (a {a}/{b} in the path)"));
+        }
+    }
+    let file = names.last().copied().unwrap_or("");
+    if p.starts_with("/proc") && file == "environ" {
+        return Some(
+            "a process's environment (/proc/*/environ): it holds what the process was given, \
+             secrets among them"
+                .into(),
+        );
+    }
+    if let Some(k) = KEY_FILES.iter().find(|k| file.starts_with(*k)) {
+        return Some(format!("private key (a file named {k}*)"));
+    }
+    if let Some(e) = p.extension().and_then(|e| e.to_str())
+        && let Some(k) = KEY_STORES.iter().find(|k| e.eq_ignore_ascii_case(k))
+    {
+        return Some(format!("private key or key store (.{k})"));
+    }
+    None
+}
+
+/// A private key by extension, outside the certificate directories.
+fn key_file(real: &Path) -> bool {
+    real.extension().is_some_and(|e| e == "pem" || e == "key")
+        && !CERT_DIRS.iter().any(|d| real.starts_with(d))
+}
 
 /// Why no draft could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +214,22 @@ pub trait HostView {
     /// The first line of a file (up to 256 bytes, without the newline),
     /// if it can be read.
     fn first_line(&self, path: &Path) -> Option<Vec<u8>>;
+    /// The first entry below the directory `dir` (walked without following
+    /// symlinks, each directory's entries in name order) whose path `hit`
+    /// matches, looking at no more than `limit` entries.
+    fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below;
+}
+
+/// What [`HostView::find_below`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Below {
+    /// No entry matched (or the directory is gone).
+    Clean,
+    Found(PathBuf),
+    /// The tree holds more entries than the limit.
+    TooLarge,
+    /// A directory of the tree could not be read.
+    Unreadable(PathBuf),
 }
 
 /// This host's file system.
@@ -149,6 +250,47 @@ impl HostView for LocalHost {
         let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
         let head = buf.get(..n)?;
         Some(head.split(|&b| b == b'\n').next().unwrap_or(head).to_vec())
+    }
+
+    fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below {
+        let mut todo = vec![dir.to_owned()];
+        let mut seen = 0usize;
+        while let Some(d) = todo.pop() {
+            // glibc opens a directory with O_NONBLOCK | O_DIRECTORY: a FIFO
+            // put in its place fails instead of blocking.
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if d == dir && e.kind() == std::io::ErrorKind::NotFound => {
+                    return Below::Clean;
+                }
+                Err(_) => return Below::Unreadable(d),
+            };
+            let mut names = Vec::new();
+            for e in entries {
+                let Ok(e) = e else {
+                    return Below::Unreadable(d);
+                };
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                names.push((e.path(), is_dir));
+            }
+            names.sort();
+            let mut sub = Vec::new();
+            for (p, is_dir) in names {
+                seen += 1;
+                if seen > limit {
+                    return Below::TooLarge;
+                }
+                if hit(&p) {
+                    return Below::Found(p);
+                }
+                if is_dir {
+                    sub.push(p);
+                }
+            }
+            // The first in name order is walked first.
+            todo.extend(sub.into_iter().rev());
+        }
+        Below::Clean
     }
 }
 
@@ -555,6 +697,9 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        if let Some(why) = paths.iter().find_map(|p| credential_location(p)) {
+            return Some(why);
+        }
         for p in paths {
             // The names below the run's directories: a work directory
             // called `tokenizer` holds no token.
@@ -577,8 +722,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let key = real.extension().is_some_and(|e| e == "pem" || e == "key");
-        if key && !CERT_DIRS.iter().any(|d| real.starts_with(d)) {
+        if key_file(real) {
             return Some("private key (.pem/.key outside the certificate directories)".into());
         }
         None
@@ -602,6 +746,17 @@ fn join_var(var: &str, rest: &Path) -> Option<String> {
     } else {
         format!("{{{var}}}/{rest}")
     })
+}
+
+/// Whether the literal part of a template (after its variable) holds `{`
+/// or `}`: a policy would read a variable there, in a path that was a
+/// directory's name on the host.
+fn braces(template: &str) -> bool {
+    let literal = ["{workdir}", "{tmp}", "{home}"]
+        .iter()
+        .find_map(|v| template.strip_prefix(v))
+        .unwrap_or(template);
+    literal.contains(['{', '}'])
 }
 
 /// Paths of the agent's own `/proc` are compared as written: resolving
@@ -1087,11 +1242,6 @@ impl List {
     }
 }
 
-/// Whether a rule of access `rule` grants `acc` (write implies read).
-fn grants(rule: Acc, acc: Acc) -> bool {
-    rule == acc || (rule == Acc::Write && acc == Acc::Read)
-}
-
 /// A rule the draft grants on a path, and what it absorbed.
 struct FsRule {
     acc: Acc,
@@ -1149,6 +1299,8 @@ struct Drafter<'a> {
     bases: BTreeMap<&'static str, u64>,
     /// [`Drafter::place`]'s memory.
     places: RefCell<HashMap<(usize, String), (bool, PathBuf)>>,
+    /// [`Drafter::walk`]'s memory.
+    walks: RefCell<HashMap<PathBuf, Option<String>>>,
 }
 
 fn uses_text(n: u64) -> String {
@@ -1313,6 +1465,7 @@ impl<'a> Drafter<'a> {
             insts,
             bases: BTreeMap::new(),
             places: RefCell::new(HashMap::new()),
+            walks: RefCell::new(HashMap::new()),
         };
         d.judge();
         d
@@ -1437,13 +1590,26 @@ impl<'a> Drafter<'a> {
             if i.acc != acc || self.fates[k] != Fate::Learned {
                 continue;
             }
-            let Some(t) = self.run(i).template(&i.named, &i.real) else {
-                self.seen.notes.insert(format!(
-                    "{} of {}: not UTF-8 once resolved, a policy cannot name it",
-                    acc.key(),
-                    quote(&i.named.to_string_lossy())
-                ));
-                continue;
+            let t = match self.run(i).template(&i.named, &i.real) {
+                Some(t) if braces(&t) => {
+                    self.seen.notes.insert(format!(
+                        "{} of {}: resolves to {}, which holds `{{` or `}}` (a policy reads it \
+                         as a variable)",
+                        acc.key(),
+                        quote(&i.named.to_string_lossy()),
+                        quote(&t)
+                    ));
+                    continue;
+                }
+                Some(t) => t,
+                None => {
+                    self.seen.notes.insert(format!(
+                        "{} of {}: not UTF-8 once resolved, a policy cannot name it",
+                        acc.key(),
+                        quote(&i.named.to_string_lossy())
+                    ));
+                    continue;
+                }
             };
             let e = by.entry(t.clone()).or_insert_with(|| Entry {
                 template: t,
@@ -1492,34 +1658,80 @@ impl<'a> Drafter<'a> {
         v
     }
 
-    /// Why a directory grant on `template` would be too wide: it would
-    /// cover a credential location, or a credential the agent used.
-    /// (The least reason, so that the text does not depend on run order.)
-    fn dir_unsafe(&self, template: &str, runs: &BTreeSet<usize>) -> Option<String> {
+    /// Why a directory grant on `template` would be too wide, in any run:
+    /// it would cover a credential location (of the run's home or the
+    /// host, home directories, or one found below it on the host), or a
+    /// credential the agent used in any run. (The least reason, so that
+    /// the text does not depend on run order.)
+    fn dir_unsafe(&self, template: &str) -> Option<String> {
         let mut why = BTreeSet::new();
-        for &r in runs {
-            let run = &self.runs[r];
+        for (r, run) in self.runs.iter().enumerate() {
             let dir = run.expand(template);
-            let real = resolve(self.host, &dir);
+            let real = self.place(r, template).1;
             if let Some(c) = run.holds_credentials(&dir, &real) {
                 why.insert(format!("it holds credentials ({})", safe(c)));
+            }
+            for (root, what) in HOME_ROOTS {
+                let root = Path::new(root);
+                if root.starts_with(&dir) || root.starts_with(&real) {
+                    why.insert(format!("it covers {} ({what})", root.display()));
+                }
+            }
+        }
+        // The walk last: a tree already refused need not be read.
+        if why.is_empty() {
+            for r in 0..self.runs.len() {
+                if let Some(w) = self.walk(&self.place(r, template).1) {
+                    why.insert(w);
+                }
             }
         }
         if let Some(w) = why.into_iter().next() {
             return Some(w);
         }
+        self.used_credential_under(template)
+            .map(|c| format!("it holds {c}, a credential the agent used"))
+    }
+
+    /// A credential the agent used (in any run) that a grant on `template`
+    /// would cover, quoted.
+    fn used_credential_under(&self, template: &str) -> Option<String> {
         self.insts
             .iter()
             .zip(&self.fates)
-            .filter(|(i, f)| matches!(f, Fate::Cred(_)) && runs.contains(&i.run))
+            .filter(|(_, f)| matches!(f, Fate::Cred(_)))
             .filter(|(i, _)| i.real.starts_with(self.place(i.run, template).1))
             .map(|(i, _)| {
-                format!(
-                    "it holds {}, a credential the agent used",
-                    quote(&i.named.to_string_lossy())
-                )
+                let t = self.run(i).template(&i.named, &i.real);
+                quote(&t.unwrap_or_else(|| i.named.to_string_lossy().into_owned()))
             })
             .min()
+    }
+
+    /// A credential location below `real` on the host, or why the tree
+    /// could not be checked whole.
+    fn walk(&self, real: &Path) -> Option<String> {
+        if let Some(w) = self.walks.borrow().get(real) {
+            return w.clone();
+        }
+        let hit = |p: &Path| credential_location(p).is_some() || key_file(p);
+        let w = match self.host.find_below(real, &hit, WALK_LIMIT) {
+            Below::Clean => None,
+            Below::Found(p) => Some(format!(
+                "it holds {} ({})",
+                quote(&p.to_string_lossy()),
+                credential_location(&p).unwrap_or_else(|| "a private key".into())
+            )),
+            Below::TooLarge => Some(format!(
+                "it holds more than {WALK_LIMIT} entries, too many to check for credentials"
+            )),
+            Below::Unreadable(p) => Some(format!(
+                "{} below it could not be read to check for credentials",
+                quote(&p.to_string_lossy())
+            )),
+        };
+        self.walks.borrow_mut().insert(real.to_owned(), w.clone());
+        w
     }
 
     fn entry_runs(&self, e: &Entry) -> BTreeSet<usize> {
@@ -1552,6 +1764,7 @@ impl<'a> Drafter<'a> {
         self.directories(&mut f);
         self.other_reads(&mut f);
         self.other_writes(&mut f);
+        self.withhold(&mut f);
         self.credentials(&mut f);
         for r in std::mem::take(&mut f.rules) {
             let comment = match &r.note {
@@ -1588,14 +1801,18 @@ impl<'a> Drafter<'a> {
                 .iter()
                 .filter_map(|run| {
                     let d = run.var_dir(var)?;
-                    run.holds_credentials(&d.value, &d.real).map(str::to_owned)
+                    run.holds_credentials(&d.value, &d.real)
+                        .map(|c| format!("credentials ({})", safe(c)))
                 })
-                .min();
+                .min()
+                .or_else(|| {
+                    self.used_credential_under(&t)
+                        .map(|c| format!("{c}, a credential the agent used"))
+                });
             if let Some(c) = holds {
                 self.seen.header.insert(format!(
-                    "{t} holds credentials ({}), so it is not granted as a whole (G1):\n\
-                     the files the agent used there are listed like any other.",
-                    safe(&c)
+                    "{t} holds {c}, so it is not granted as a whole (G1):\n\
+                     the files the agent used there are listed like any other."
                 ));
                 continue;
             }
@@ -1789,7 +2006,7 @@ impl<'a> Drafter<'a> {
             } else {
                 "a directory (on this host; the record did not say so)"
             };
-            match self.dir_unsafe(&e.template, &self.entry_runs(e)) {
+            match self.dir_unsafe(&e.template) {
                 Some(why) => f.read.add(
                     true,
                     Item {
@@ -1907,9 +2124,10 @@ impl<'a> Drafter<'a> {
         }
     }
 
-    /// Credentials: never granted by the draft itself; the comment says
-    /// what grants one anyway (a base, `--from`, a G1 rule).
-    fn credentials(&self, f: &mut Files) {
+    /// Credentials: never granted by the draft itself (no rule it makes
+    /// covers one: [`Drafter::withhold`]); the comment says what grants
+    /// one anyway (an included base, `--from`).
+    fn credentials(&mut self, f: &mut Files) {
         #[derive(Default)]
         struct Cr {
             uses: u64,
@@ -1925,6 +2143,16 @@ impl<'a> Drafter<'a> {
             let t = run
                 .template(&i.named, &i.real)
                 .unwrap_or_else(|| i.named.to_string_lossy().into_owned());
+            if braces(&t) {
+                self.seen.notes.insert(format!(
+                    "{} of {} ({why}): resolves to {}, which holds `{{` or `}}` (a policy reads \
+                     it as a variable)",
+                    i.acc.key(),
+                    quote(&i.named.to_string_lossy()),
+                    quote(&t)
+                ));
+                continue;
+            }
             let c = creds.entry((i.acc, t)).or_default();
             c.uses += i.count;
             c.why.insert(why.clone());
@@ -1940,11 +2168,6 @@ impl<'a> Drafter<'a> {
                     .is_some_and(|g| g.covers(&i.real, i.acc).is_some())
                 {
                     c.by.insert(format!("base {b:?}"));
-                }
-            }
-            for r in f.rules.iter().filter(|r| r.tree && grants(r.acc, i.acc)) {
-                if i.real.starts_with(self.place(i.run, &r.template).1) {
-                    c.by.insert(format!("{} ({})", safe(&r.template), r.acc.key()));
                 }
             }
         }
@@ -1966,6 +2189,54 @@ impl<'a> Drafter<'a> {
                 },
             );
         }
+    }
+
+    /// No drafted rule may grant what is flagged: a rule whose path, as it
+    /// compiles in any run, is a credential, or that would cover a
+    /// credential the agent used, is for review instead.
+    fn withhold(&self, f: &mut Files) {
+        for r in std::mem::take(&mut f.rules) {
+            match self.rule_problem(&r.template) {
+                Some(why) => f.list(r.acc).add(
+                    true,
+                    Item {
+                        value: quote(&r.template),
+                        comment: format!("{}; {why}: not granted", uses_text(r.uses)),
+                    },
+                ),
+                None => f.rules.push(r),
+            }
+        }
+        for (t, (n, via)) in std::mem::take(&mut f.programs) {
+            match self.rule_problem(&t) {
+                Some(why) => f.exec.add(
+                    true,
+                    Item {
+                        value: quote(&t),
+                        comment: format!("{}{via}; {why}: not granted", uses_text(n)),
+                    },
+                ),
+                None => {
+                    f.programs.insert(t, (n, via));
+                }
+            }
+        }
+    }
+
+    /// Why a rule on `template` must not be granted (the least reason).
+    fn rule_problem(&self, template: &str) -> Option<String> {
+        let mut why = BTreeSet::new();
+        for (r, run) in self.runs.iter().enumerate() {
+            let named = run.expand(template);
+            let real = self.place(r, template).1;
+            if let Some(c) = run.credential(&[&named, &real], &real) {
+                why.insert(format!("its path is flagged: {c}"));
+            }
+        }
+        why.into_iter().next().or_else(|| {
+            self.used_credential_under(template)
+                .map(|c| format!("it would grant {c}, a credential the agent used"))
+        })
     }
 
     /// An exec grant of an included base or of `--from` inside or above
@@ -2042,7 +2313,7 @@ impl<'a> Drafter<'a> {
                 let p = self.runs[r].expand(&dir);
                 exists(self.host, &p) && self.host.is_dir(&p)
             });
-            if !is_dir || self.dir_unsafe(&dir, &runs).is_some() {
+            if !is_dir || self.dir_unsafe(&dir).is_some() {
                 continue;
             }
             out.push((dir, members));

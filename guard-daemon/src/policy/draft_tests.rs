@@ -395,15 +395,20 @@ fn credentials_are_flagged_never_granted() {
         text.contains("NOTE: granted anyway by base \"base\""),
         "{text}"
     );
-    // A credential-like file of the work directory: flagged, and said to
-    // be covered by {workdir}.
+    // A credential-like file of the work directory: flagged, and G1 steps
+    // back so that nothing grants it.
     let line = review(&text)
         .into_iter()
         .find(|l| l.contains("hf-token"))
         .unwrap();
+    assert!(!line.contains("granted anyway"), "{line}");
+    assert!(!has_active(&text, "\"{workdir}\""), "{text}");
+    assert!(has_active(&text, "\"{workdir}/main.py\""), "{text}");
     assert!(
-        line.contains("granted anyway by {workdir} (read)"),
-        "{line}"
+        text.contains(
+            "# NOTE: {workdir} holds \"{workdir}/hf-token.txt\", a credential the agent used, so it is not granted as a whole (G1):\n# the files the agent used there are listed like any other.\n"
+        ),
+        "{text}"
     );
     assert!(
         text.contains("# REVIEW: 3 items are observed but not granted"),
@@ -427,7 +432,14 @@ fn credential_words_are_judged_below_the_run_directories() {
         read("agent-1", &work.join("secrets/api").display().to_string()),
     ];
     let d = draft(&recs, None, &LocalHost).unwrap();
-    assert!(has_active(&d.text, "\"{workdir}\",  # 1 use"), "{}", d.text);
+    // The work directory's own name flags nothing; a file in it does, and
+    // G1 steps back for it.
+    assert!(
+        has_active(&d.text, "\"{workdir}/train.py\",  # 1 use"),
+        "{}",
+        d.text
+    );
+    assert!(!has_active(&d.text, "\"{workdir}\""), "{}", d.text);
     assert!(
         has_review(
             &d.text,
@@ -1445,6 +1457,209 @@ fn names_sharing_an_address_are_not_granted_by_it() {
             &text,
             "{ host = \"asked.example\" },  # 1 query; asked for but never connected to"
         ),
+        "{text}"
+    );
+}
+
+#[test]
+fn credentials_are_found_wherever_they_lie_without_a_home() {
+    let t = Tree::new();
+    let paths = [
+        "srv/other/.aws/credentials",
+        "srv/other/.azure/config",
+        "srv/other/.config/gh/hosts.yml",
+        "srv/other/.npmrc",
+        "srv/other/.pypirc",
+        "srv/keys/id_ed25519_deploy",
+        "srv/keys/vault.kdbx",
+        "srv/keys/client.P12",
+        "srv/keys/site.pfx",
+    ];
+    let mut start = t.start("agent-1");
+    start
+        .detail
+        .as_mut()
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("home");
+    let mut recs = vec![start];
+    for p in paths {
+        t.file(p, "");
+        recs.push(read("agent-1", &t.p(p)));
+    }
+    recs.push(read("agent-1", "/proc/1/environ"));
+    recs.push(read("agent-1", "/proc/self/environ"));
+    recs.push(read("agent-1", "/etc/ssh/ssh_host_ed25519_key"));
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    for p in paths {
+        assert!(!has_active(text, p), "{p}: {text}");
+        assert!(has_review(text, &format!("{}\",", t.p(p))), "{p}: {text}");
+    }
+    assert!(
+        has_review(
+            text,
+            "\"/proc/1/environ\",  # 1 use; a process's environment"
+        ),
+        "{text}"
+    );
+    assert!(has_review(text, "\"/proc/self/environ\""), "{text}");
+    assert!(
+        has_review(
+            text,
+            "\"/etc/ssh/ssh_host_ed25519_key\",  # 1 use; credentials (/etc/ssh)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "credentials (a .config/gh in the path)"),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "private key (a file named id_ed25519*)"),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "private key or key store (.p12)"),
+        "{text}"
+    );
+    assert!(!text.contains("\n  \""), "nothing granted:\n{text}");
+}
+
+#[test]
+fn a_directory_grant_covering_a_credential_location_is_for_review() {
+    let t = Tree::new();
+    // Nothing the agent used is a credential; what lies below is.
+    t.file("srv/box/data.csv", "");
+    t.file("srv/box/backup/.ssh/id_rsa", "");
+    let mut recs = vec![
+        t.start("agent-1"),
+        opendir("agent-1", &t.p("srv/box")),
+        read("agent-1", &t.p("srv/box/data.csv")),
+        opendir("agent-1", "/etc"),
+        opendir("agent-1", "/"),
+    ];
+    // Four files of one directory, a key file below it.
+    for f in ["a", "b", "c", "d"] {
+        t.file(&format!("srv/grp/{f}"), "");
+        recs.push(read("agent-1", &t.p(&format!("srv/grp/{f}"))));
+    }
+    t.file("srv/grp/sub/server.key", "");
+    let text = drafted(&t, &recs);
+    let backup = t.p("srv/box/backup/.ssh");
+    assert!(
+        has_review(
+            &text,
+            &format!(
+                "\"{}\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it holds \"{backup}\" (credentials (a .ssh in the path))",
+                t.p("srv/box")
+            )
+        ),
+        "{text}"
+    );
+    assert!(has_active(&text, "srv/box/data.csv"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "\"/etc\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it covers /etc/ssh (the host's SSH keys)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "\"/\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it covers /etc/ssh"
+        ),
+        "{text}"
+    );
+    assert!(
+        !has_active(&text, &format!("\"{}\"", t.p("srv/grp"))),
+        "{text}"
+    );
+    assert!(has_active(&text, "srv/grp/a\""), "{text}");
+}
+
+#[test]
+fn no_draft_flags_and_grants_the_same_credential() {
+    let t = Tree::new();
+    t.file("srv/d/readme", "");
+    t.file("srv/d/api-secret", "");
+    t.file("agent-tmp/.netrc", "");
+    t.file("agent-tmp/out", "");
+    let recs = vec![
+        // One run lists the directory, the other reads a secret in it.
+        t.start("agent-1"),
+        opendir("agent-1", &t.p("srv/d")),
+        t.start("agent-2"),
+        read("agent-2", &t.p("srv/d/api-secret")),
+        // A credential under {tmp}: G1 steps back there too.
+        write("agent-2", &t.p("agent-tmp/out")),
+        read("agent-2", &t.p("agent-tmp/.netrc")),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    assert!(
+        !has_active(text, &format!("\"{}\"", t.p("srv/d"))),
+        "{text}"
+    );
+    assert!(has_review(text, "srv/d/api-secret\",  # 1 use;"), "{text}");
+    assert!(!has_active(text, "\"{tmp}\""), "{text}");
+    assert!(has_active(text, "\"{tmp}/out\""), "{text}");
+    assert!(has_review(text, "\"{tmp}/.netrc\""), "{text}");
+    assert!(!text.contains("granted anyway"), "{text}");
+}
+
+#[test]
+fn a_rule_is_judged_as_it_compiles_in_every_run() {
+    let t = Tree::new();
+    // Run 1's home holds a plain configuration file; in run 2's home the
+    // same name is a link to a key.
+    t.file("home/.config/app.toml", "");
+    let home2 = t.root.join("home2");
+    std::fs::create_dir_all(home2.join(".config")).unwrap();
+    t.file("home2/.ssh/id_rsa", "");
+    std::os::unix::fs::symlink(home2.join(".ssh/id_rsa"), home2.join(".config/app.toml")).unwrap();
+    let mut start2 = t.start("agent-2");
+    start2.detail.as_mut().unwrap()["home"] = json!(home2.display().to_string());
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/.config/app.toml")),
+        start2,
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    assert!(!has_active(&d.text, "app.toml"), "{}", d.text);
+    assert!(
+        has_review(
+            &d.text,
+            "\"{home}/.config/app.toml\",  # 1 use; its path is flagged: credentials ({home}/.ssh): not granted"
+        ),
+        "{}",
+        d.text
+    );
+}
+
+#[test]
+fn a_path_that_resolves_to_braces_is_never_a_rule() {
+    let t = Tree::new();
+    // A directory named `{home}`, reached through a link in the work
+    // directory: as it resolves, a policy would read a variable in it.
+    t.file("srv/{home}/f", "");
+    t.file("home/proj/main.py", "");
+    std::os::unix::fs::symlink(t.root.join("srv/{home}"), t.work.join("link")).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/main.py")),
+        read("agent-1", &t.p("home/proj/link/f")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, "{home}/f"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "#   read of \"{}\": resolves to \"{}\", which holds `{{` or `}}`",
+            t.p("home/proj/link/f"),
+            t.p("srv/{home}/f")
+        )),
         "{text}"
     );
 }
