@@ -220,6 +220,20 @@ pub trait HostView {
     fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below;
 }
 
+/// A path's components to walk, `..` kept and `.` dropped, last first.
+fn parts_of(p: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
 /// What [`HostView::find_below`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Below {
@@ -235,9 +249,57 @@ pub enum Below {
 /// This host's file system.
 pub struct LocalHost;
 
+/// Symlinks followed in one path at most, as the kernel does.
+const MAX_LINKS: usize = 40;
+
 impl HostView for LocalHost {
+    /// Resolved by hand (lstat and readlink, nothing opened): from where a
+    /// path enters `/proc` (`/dev/stdout`, `/dev/fd/3`, `/etc/mtab` lead
+    /// there) the rest is taken as written, since resolving it here would
+    /// name guardctl's own descriptors and process.
     fn canonical(&self, path: &Path) -> Option<PathBuf> {
-        std::fs::canonicalize(path).ok()
+        if !path.is_absolute() {
+            return None;
+        }
+        // What is left to walk, last component first.
+        let mut todo: Vec<std::ffi::OsString> = parts_of(path);
+        let mut real = PathBuf::from("/");
+        let mut links = 0;
+        while let Some(name) = todo.pop() {
+            if name == ".." {
+                real.pop();
+                continue;
+            }
+            let next = real.join(&name);
+            if next.starts_with("/proc") {
+                let mut out = next;
+                while let Some(n) = todo.pop() {
+                    if n == ".." {
+                        out.pop();
+                    } else {
+                        out.push(n);
+                    }
+                }
+                return Some(out);
+            }
+            let meta = std::fs::symlink_metadata(&next).ok()?;
+            if meta.file_type().is_symlink() {
+                links += 1;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                todo.extend(parts_of(&target));
+            } else if !todo.is_empty() && !meta.is_dir() {
+                return None;
+            } else {
+                real = next;
+            }
+        }
+        Some(real)
     }
 
     fn is_dir(&self, path: &Path) -> bool {
@@ -765,14 +827,47 @@ fn proc_self(p: &Path) -> bool {
     p.starts_with("/proc/self") || p.starts_with("/proc/thread-self")
 }
 
+const AGENT_HANDLE: &str = "names a descriptor or process of the agent: what it reached cannot \
+                            be known here, and a rule on it would name the launcher's";
+
+/// A path naming one of the agent's descriptors (`/dev/fd/N`,
+/// `/dev/stdin`, `/proc/self/fd/N`) or a process (`/proc/PID/...`):
+/// resolved in guardctl's own process it would name guardctl's.
+fn agent_handle(p: &Path) -> bool {
+    if ["/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"]
+        .iter()
+        .any(|d| p.starts_with(d))
+    {
+        return true;
+    }
+    let Ok(rest) = p.strip_prefix("/proc") else {
+        return false;
+    };
+    let mut parts = rest.components().filter_map(|c| match c {
+        Component::Normal(s) => Some(s.to_string_lossy()),
+        _ => None,
+    });
+    match parts.next() {
+        Some(first) if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) => true,
+        Some(first) if first == "self" || first == "thread-self" => {
+            parts.any(|n| n == "fd" || n == "fdinfo")
+        }
+        _ => false,
+    }
+}
+
 fn exists(host: &dyn HostView, p: &Path) -> bool {
+    if agent_handle(p) {
+        return false;
+    }
     proc_self(p) || host.canonical(p).is_some()
 }
 
 /// What a path names on the host: symlinks resolved as far as it exists,
-/// the rest appended as written.
+/// the rest appended as written. `/proc` and the agent's descriptors are
+/// taken as written.
 fn resolve(host: &dyn HostView, p: &Path) -> PathBuf {
-    if proc_self(p) {
+    if p.starts_with("/proc") || agent_handle(p) {
         return p.to_owned();
     }
     let mut rest = Vec::new();
@@ -1192,6 +1287,8 @@ enum Fate {
     From,
     /// A credential: for review.
     Cred(String),
+    /// A descriptor or process of the agent: for review.
+    Agent(String),
     /// To be drafted.
     Learned,
 }
@@ -1475,12 +1572,19 @@ impl<'a> Drafter<'a> {
         &self.runs[i.run]
     }
 
-    fn credential(&self, i: &Inst) -> Option<String> {
+    /// What flags an observation for review, if anything.
+    fn flag(&self, i: &Inst) -> Option<Fate> {
         let mut paths = vec![i.named.as_path(), i.real.as_path()];
         if let Some(r) = &i.recorded_real {
             paths.push(r);
         }
-        self.run(i).credential(&paths, &i.real)
+        if let Some(why) = self.run(i).credential(&paths, &i.real) {
+            return Some(Fate::Cred(why));
+        }
+        paths
+            .iter()
+            .any(|p| agent_handle(p))
+            .then(|| Fate::Agent(AGENT_HANDLE.into()))
     }
 
     /// Which base or `--from` rule grants an observation, and which bases
@@ -1488,7 +1592,7 @@ impl<'a> Drafter<'a> {
     /// other base (in [`BASE_NAMES`] order) that grants something no
     /// included one does.
     fn judge(&mut self) {
-        let creds: Vec<Option<String>> = self.insts.iter().map(|i| self.credential(i)).collect();
+        let flags: Vec<Option<Fate>> = self.insts.iter().map(|i| self.flag(i)).collect();
         let mut included: Vec<&'static str> = Vec::new();
         if let Some(f) = self.from {
             included.extend(
@@ -1520,7 +1624,7 @@ impl<'a> Drafter<'a> {
             if included.contains(&b) {
                 continue;
             }
-            let needed = self.insts.iter().zip(&creds).any(|(i, c)| {
+            let needed = self.insts.iter().zip(&flags).any(|(i, c)| {
                 c.is_none()
                     && from_grants(i).is_none()
                     && !included.iter().any(|inc| by_base(i, inc))
@@ -1537,9 +1641,9 @@ impl<'a> Drafter<'a> {
         }
         let mut counts: BTreeMap<&'static str, u64> = included.iter().map(|b| (*b, 0)).collect();
         let mut fates = Vec::new();
-        for (i, c) in self.insts.iter().zip(creds) {
-            let fate = if let Some(why) = c {
-                Fate::Cred(why)
+        for (i, c) in self.insts.iter().zip(flags) {
+            let fate = if let Some(flagged) = c {
+                flagged
             } else if let Some(o) = from_grants(i) {
                 match o {
                     Origin::Base(b) => Fate::Base(b),
@@ -2136,7 +2240,7 @@ impl<'a> Drafter<'a> {
         }
         let mut creds: BTreeMap<(Acc, String), Cr> = BTreeMap::new();
         for (k, i) in self.insts.iter().enumerate() {
-            let Fate::Cred(why) = &self.fates[k] else {
+            let (Fate::Cred(why) | Fate::Agent(why)) = &self.fates[k] else {
                 continue;
             };
             let run = self.run(i);
@@ -2231,6 +2335,9 @@ impl<'a> Drafter<'a> {
             let real = self.place(r, template).1;
             if let Some(c) = run.credential(&[&named, &real], &real) {
                 why.insert(format!("its path is flagged: {c}"));
+            }
+            if agent_handle(&named) || agent_handle(&real) {
+                why.insert(format!("its path {AGENT_HANDLE}"));
             }
         }
         why.into_iter().next().or_else(|| {

@@ -1663,3 +1663,89 @@ fn a_path_that_resolves_to_braces_is_never_a_rule() {
         "{text}"
     );
 }
+
+#[test]
+fn descriptors_and_processes_of_the_agent_are_never_resolved_here() {
+    let t = Tree::new();
+    t.file("home/proj/main.py", "");
+    std::os::unix::fs::symlink("/dev/stderr", t.work.join("log")).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/main.py")),
+        read("agent-1", "/dev/stdin"),
+        read("agent-1", "/dev/fd/0"),
+        read("agent-1", "/proc/1/status"),
+        read("agent-1", "/proc/self/fd/4"),
+        write("agent-1", "/dev/stdout"),
+        // Written through a link in the work directory.
+        write("agent-1", &t.p("home/proj/log")),
+        exec("agent-1", "/dev/fd/3"),
+    ];
+    let text = drafted(&t, &recs);
+    for p in [
+        "\"/dev/stdin\"",
+        "\"/dev/fd/0\"",
+        "\"/proc/1/status\"",
+        "\"/proc/self/fd/4\"",
+        "\"/dev/stdout\"",
+        "\"/dev/fd/3\"",
+    ] {
+        assert!(!has_active(&text, p), "{p}: {text}");
+        assert!(
+            has_review(
+                &text,
+                &format!("{p},  # 1 use; names a descriptor or process of the agent")
+            ),
+            "{p}: {text}"
+        );
+    }
+    assert!(
+        has_review(
+            &text,
+            "\"/proc/self/fd/2\",  # 1 use; names a descriptor or process of the agent"
+        ),
+        "{text}"
+    );
+    // Nothing of guardctl's own process is named.
+    assert!(
+        !text.contains(&format!("/proc/{}", std::process::id())),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_local_host_resolves_like_the_kernel_up_to_proc() {
+    let t = Tree::new();
+    t.file("srv/a/b/file", "");
+    std::os::unix::fs::symlink("a/b", t.root.join("srv/rel")).unwrap();
+    std::os::unix::fs::symlink("../b/file", t.root.join("srv/a/b/up")).unwrap();
+    std::os::unix::fs::symlink(t.root.join("srv/rel"), t.root.join("srv/abs")).unwrap();
+    std::os::unix::fs::symlink("loop2", t.root.join("srv/loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", t.root.join("srv/loop2")).unwrap();
+    std::os::unix::fs::symlink("/dev/stdout", t.root.join("srv/out")).unwrap();
+    for p in [
+        "srv/rel/file",
+        "srv/abs/up",
+        "srv/a/../rel/./file",
+        "srv/abs/../a/b",
+    ] {
+        let p = t.root.join(p);
+        assert_eq!(
+            LocalHost.canonical(&p),
+            std::fs::canonicalize(&p).ok(),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/loop1")), None);
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/missing")), None);
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/a/b/file/x")), None);
+    assert_eq!(
+        LocalHost.canonical(&t.root.join("srv/out")),
+        Some(PathBuf::from("/proc/self/fd/1"))
+    );
+    assert_eq!(
+        LocalHost.canonical(&t.root.join("srv/out/../2")),
+        Some(PathBuf::from("/proc/self/fd/2"))
+    );
+}
