@@ -29,8 +29,6 @@ use crate::journal::{Kind, Record, Verdict};
 /// G2: this many distinct files of one access directly in one directory
 /// become a rule on the directory.
 const GROUP_MIN: usize = 4;
-/// Where `#!/usr/bin/env NAME` is looked up, as the launcher's PATH.
-const PATH_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
 /// `max_processes` is drafted in steps of this size, and never below it:
 /// identical runs peak a little differently and must draft the same text.
 const PROCESS_STEP: u64 = 16;
@@ -205,15 +203,15 @@ pub enum DraftError {
     Invalid { message: String },
 }
 
-/// File facts of the host the runs happened on, as they are now.
+/// File facts of the host the runs happened on, as they are now. Nothing
+/// here reads a file's contents (the agent can rewrite its files, and a
+/// FIFO would block the reader): paths are resolved and directories
+/// listed, no more.
 pub trait HostView {
     /// The path with every symlink resolved, if it exists.
     fn canonical(&self, path: &Path) -> Option<PathBuf>;
     /// Whether the path is a directory (following symlinks).
     fn is_dir(&self, path: &Path) -> bool;
-    /// The first line of a file (up to 256 bytes, without the newline),
-    /// if it can be read.
-    fn first_line(&self, path: &Path) -> Option<Vec<u8>>;
     /// The first entry below the directory `dir` (walked without following
     /// symlinks, each directory's entries in name order) whose path `hit`
     /// matches, looking at no more than `limit` entries.
@@ -304,14 +302,6 @@ impl HostView for LocalHost {
 
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
-    }
-
-    fn first_line(&self, path: &Path) -> Option<Vec<u8>> {
-        use std::io::Read as _;
-        let mut buf = [0u8; 256];
-        let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-        let head = buf.get(..n)?;
-        Some(head.split(|&b| b == b'\n').next().unwrap_or(head).to_vec())
     }
 
     fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below {
@@ -1137,7 +1127,27 @@ impl Seen {
         let Some(named) = self.path_of(rec, target, "exec of") else {
             return;
         };
-        self.files.entry((run, named, Acc::Exec)).or_default().count += uses(rec);
+        self.files
+            .entry((run, named.clone(), Acc::Exec))
+            .or_default()
+            .count += uses(rec);
+        // A script's interpreter, as the kernel ran it (`bprm->interp`);
+        // the script's `#!` line is not read here: the agent can rewrite
+        // it. `env`'s own exec of the program it starts is a record of
+        // its own.
+        let interp = match detail(rec, "interpreter") {
+            None | Some(Value::Null) => return,
+            Some(v) => v.as_str(),
+        };
+        let what = format!("interpreter of {}", quote(&named.to_string_lossy()));
+        let Some(interp) = self.path_of(rec, interp, &what) else {
+            return;
+        };
+        if interp != named {
+            let e = self.files.entry((run, interp, Acc::Exec)).or_default();
+            e.count += uses(rec);
+            e.via.insert(named);
+        }
     }
 
     fn network(&mut self, run: usize, rec: &Record, names: &BTreeMap<IpAddr, BTreeSet<String>>) {
@@ -1210,56 +1220,6 @@ impl Seen {
             *self.syscalls.entry(rec.action.clone()).or_default() += uses(rec);
         }
     }
-}
-
-/// The interpreter a script's `#!` line names, and for `env NAME` the
-/// program NAME found in [`PATH_DIRS`] too; a note when NAME is not found.
-fn interpreters(host: &dyn HostView, script: &Path) -> (Vec<PathBuf>, Option<String>) {
-    let Some(line) = host.first_line(script) else {
-        return (Vec::new(), None);
-    };
-    let Some(rest) = line.strip_prefix(b"#!") else {
-        return (Vec::new(), None);
-    };
-    let Ok(text) = std::str::from_utf8(rest) else {
-        return (Vec::new(), None);
-    };
-    let mut words = text.split_ascii_whitespace();
-    let Some(interp) = words.next().and_then(|w| clean_path(w).ok()) else {
-        return (Vec::new(), None);
-    };
-    let mut out = vec![interp.clone()];
-    if interp.file_name().is_some_and(|n| n == "env") {
-        // `env -S python3 -u`, `env A=1 python3`: the first plain word.
-        let Some(name) = words.find(|w| !w.starts_with('-') && !w.contains('=')) else {
-            return (out, None);
-        };
-        if name.starts_with('/') {
-            if let Ok(p) = clean_path(name) {
-                out.push(p);
-            }
-            return (out, None);
-        }
-        let found = PATH_DIRS
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| host.canonical(p).is_some() && !host.is_dir(p));
-        match found {
-            Some(p) => out.push(p),
-            None => {
-                return (
-                    out,
-                    Some(format!(
-                        "{} runs `env {}`, and that is not in {}",
-                        quote(&script.to_string_lossy()),
-                        safe(name),
-                        PATH_DIRS.join(":")
-                    )),
-                );
-            }
-        }
-    }
-    (out, None)
 }
 
 // ---------------------------------------------------------------------------
@@ -1503,39 +1463,6 @@ impl<'a> Drafter<'a> {
         host: &'a dyn HostView,
         mut seen: Seen,
     ) -> Drafter<'a> {
-        // Scripts need their interpreters: add them, a few levels deep.
-        let mut todo: Vec<(usize, PathBuf)> = seen
-            .files
-            .keys()
-            .filter(|(_, _, a)| *a == Acc::Exec)
-            .map(|(r, p, _)| (*r, p.clone()))
-            .collect();
-        for _ in 0..4 {
-            let mut next = Vec::new();
-            for (run, script) in todo {
-                let count = seen
-                    .files
-                    .get(&(run, script.clone(), Acc::Exec))
-                    .map_or(0, |f| f.count);
-                let (found, note) = interpreters(host, &resolve(host, &script));
-                if let Some(n) = note {
-                    seen.note(n);
-                }
-                for interp in found {
-                    let e = seen
-                        .files
-                        .entry((run, interp.clone(), Acc::Exec))
-                        .or_default();
-                    let fresh = e.count == 0;
-                    e.count += count;
-                    e.via.insert(script.clone());
-                    if fresh {
-                        next.push((run, interp));
-                    }
-                }
-            }
-            todo = next;
-        }
         let insts: Vec<Inst> = std::mem::take(&mut seen.files)
             .into_iter()
             .map(|((run, named, acc), f)| {

@@ -330,6 +330,12 @@ fn g2_never_groups_a_directory_holding_credentials() {
     assert!(has_active(&text, "\"{home}/.bashrc\""), "{text}");
 }
 
+/// An exec record of a script, with the interpreter the kernel ran.
+fn exec_script(id: &str, path: &str, interpreter: &str) -> Record {
+    rec(id, Kind::Exec, "exec", path, Verdict::Allowed)
+        .with_detail(json!({"argv": [path], "interpreter": interpreter}))
+}
+
 #[test]
 fn exec_implies_read_and_scripts_bring_their_interpreter() {
     let t = Tree::new();
@@ -340,8 +346,10 @@ fn exec_implies_read_and_scripts_bring_their_interpreter() {
         t.start("agent-1"),
         exec("agent-1", &tool.display().to_string()),
         read("agent-1", &tool.display().to_string()),
-        exec("agent-1", &script.display().to_string()),
-        exec("agent-1", &envy.display().to_string()),
+        exec_script("agent-1", &script.display().to_string(), "/bin/sh"),
+        exec_script("agent-1", &envy.display().to_string(), "/usr/bin/env"),
+        // env's own exec of the program it starts.
+        exec("agent-1", "/usr/bin/python3"),
     ];
     let text = drafted(&t, &recs);
     let tool = tool.display().to_string();
@@ -357,6 +365,32 @@ fn exec_implies_read_and_scripts_bring_their_interpreter() {
     // /bin/sh comes with `shell`, env and python3 with `shell` and `python`.
     assert!(text.contains("  \"shell\",  # "), "{text}");
     assert!(text.contains("  \"python\",  # 1 use\n"), "{text}");
+}
+
+#[test]
+fn a_script_is_never_read_for_its_interpreter() {
+    let t = Tree::new();
+    // The `#!` line names a shell, but the record names no interpreter:
+    // none is granted (the agent could have rewritten the line).
+    let script = t.file("srv/bin/run", "#!/bin/sh\necho hi\n");
+    // A FIFO where a script was: opening it would block.
+    let fifo = t.root.join("srv/bin/fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", &script.display().to_string()),
+        exec("agent-1", &fifo.display().to_string()),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(draft(&recs, None, &LocalHost).map(|d| d.text));
+    });
+    let text = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the draft blocked")
+        .unwrap();
+    assert!(!text.contains("\"shell\""), "{text}");
+    assert!(!text.contains("/bin/sh"), "{text}");
 }
 
 #[test]
