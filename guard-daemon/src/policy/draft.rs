@@ -929,6 +929,9 @@ struct Seen {
     /// Outbound inet traffic, and binds/listens apart.
     connects: BTreeMap<NetKey, u64>,
     listens: BTreeMap<NetKey, u64>,
+    /// Programs named relative to a working directory, as guardd found
+    /// them after the exec.
+    unverified: BTreeMap<(usize, PathBuf), u64>,
     unix: BTreeMap<(usize, String), u64>,
     /// Names asked, per run.
     queried: BTreeMap<(usize, String), u64>,
@@ -1118,19 +1121,27 @@ impl Seen {
             return;
         }
         let target = rec.target.as_str();
+        // A program named relative to the working directory: guardd read
+        // the directory after the exec, and the agent may have moved it
+        // since, so the path is a guess.
+        let relative = target.is_some_and(|t| !t.starts_with('/'));
+        let unverified =
+            relative || detail(rec, "path_unverified").and_then(Value::as_bool) == Some(true);
         let target = match target {
-            Some(t) if !t.starts_with('/') => {
-                detail(rec, "path").and_then(Value::as_str).or(Some(t))
-            }
+            Some(t) if relative => detail(rec, "path").and_then(Value::as_str).or(Some(t)),
             other => other,
         };
         let Some(named) = self.path_of(rec, target, "exec of") else {
             return;
         };
-        self.files
-            .entry((run, named.clone(), Acc::Exec))
-            .or_default()
-            .count += uses(rec);
+        if unverified {
+            *self.unverified.entry((run, named.clone())).or_default() += uses(rec);
+        } else {
+            self.files
+                .entry((run, named.clone(), Acc::Exec))
+                .or_default()
+                .count += uses(rec);
+        }
         // A script's interpreter, as the kernel ran it (`bprm->interp`);
         // the script's `#!` line is not read here: the agent can rewrite
         // it. `env`'s own exec of the program it starts is a record of
@@ -2019,6 +2030,37 @@ impl<'a> Drafter<'a> {
                 *n += e.count;
                 f.taken_reads[k] = true;
             }
+        }
+        let mut unverified: BTreeMap<String, u64> = BTreeMap::new();
+        for ((r, named), n) in &self.seen.unverified {
+            let run = &self.runs[*r];
+            match run.template(named, &resolve(self.host, named)) {
+                Some(t) if !braces(&t) => *unverified.entry(t).or_default() += n,
+                _ => {
+                    self.seen.notes.insert(format!(
+                        "exec of {} ({}): named relative to a working directory, and a policy \
+                         cannot name where it leads",
+                        quote(&named.to_string_lossy()),
+                        uses_text(*n)
+                    ));
+                }
+            }
+        }
+        for (t, n) in unverified {
+            if f.programs.contains_key(&t) {
+                continue;
+            }
+            f.exec.add(
+                true,
+                Item {
+                    value: quote(&t),
+                    comment: format!(
+                        "{}; program named relative to a working directory guardd read after \
+                         the exec: which file ran is not certain",
+                        uses_text(n)
+                    ),
+                },
+            );
         }
     }
 

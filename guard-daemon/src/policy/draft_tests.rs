@@ -1783,3 +1783,35 @@ fn the_local_host_resolves_like_the_kernel_up_to_proc() {
         Some(PathBuf::from("/proc/self/fd/2"))
     );
 }
+
+#[test]
+fn a_program_named_relative_to_a_working_directory_is_for_review() {
+    let t = Tree::new();
+    let tool = t.file("srv/bin/tool", "");
+    let other = t.file("srv/bin/other", "");
+    let recs = vec![
+        t.start("agent-1"),
+        // As guardd journals `bin/tool` run from /T/srv: the path read
+        // from the process's working directory after the exec.
+        rec("agent-1", Kind::Exec, "exec", "bin/tool", Verdict::Allowed).with_detail(json!({
+            "argv": ["bin/tool"], "path": tool.display().to_string(),
+        })),
+        rec("agent-1", Kind::Exec, "exec", "./other", Verdict::Allowed).with_detail(json!({
+            "argv": ["./other"], "path": other.display().to_string(), "path_unverified": true,
+        })),
+    ];
+    let text = drafted(&t, &recs);
+    for p in [&tool, &other] {
+        let p = p.display().to_string();
+        assert!(!has_active(&text, &p), "{text}");
+        assert!(
+            has_review(
+                &text,
+                &format!(
+                    "\"{p}\",  # 1 use; program named relative to a working directory guardd read after the exec"
+                )
+            ),
+            "{text}"
+        );
+    }
+}
