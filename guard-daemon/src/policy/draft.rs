@@ -449,6 +449,14 @@ pub fn draft(
     let mut seen = Seen::default();
     for (i, run) in runs.iter().enumerate() {
         seen.read(i, run);
+        let missing = missing(run.records);
+        if !missing.is_empty() {
+            seen.header.insert(format!(
+                "run {}: records may be missing ({}), and what they held is not in this draft.",
+                safe(&run.id),
+                missing.join("; ")
+            ));
+        }
     }
     let d = Drafter::new(&runs, from, host, seen);
     let (text, review, meant) = d.render(agent_name)?;
@@ -460,6 +468,55 @@ pub fn draft(
         runs: runs.len(),
         review,
     })
+}
+
+/// Why a run's records may be incomplete: events lost or still pending at
+/// its exit, a gap the journal recorded for it, no exit record at all.
+fn missing(records: &[&Record]) -> Vec<String> {
+    let mut why = Vec::new();
+    let exit = records
+        .iter()
+        .find(|r| r.kind == Kind::Lifecycle && r.action == "exit");
+    match exit {
+        None => why.push(
+            "no exit record: it was still running, or guardd restarted while it ran".to_owned(),
+        ),
+        Some(r) => {
+            let n = |k: &str| detail(r, k).and_then(Value::as_u64).unwrap_or(0);
+            if n("lost") > 0 {
+                why.push(format!(
+                    "{} lost when the kernel's ring buffer was full",
+                    events_text(n("lost"))
+                ));
+            }
+            if n("events_pending") > 0 {
+                why.push(format!(
+                    "{} still pending when it exited",
+                    events_text(n("events_pending"))
+                ));
+            }
+        }
+    }
+    let gaps: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Gap)
+        .map(|r| safe(&r.action))
+        .collect();
+    if !gaps.is_empty() {
+        why.push(format!(
+            "the journal records a gap ({})",
+            gaps.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    why
+}
+
+fn events_text(n: u64) -> String {
+    if n == 1 {
+        "1 event".into()
+    } else {
+        format!("{n} events")
+    }
 }
 
 /// The parsed draft compiles with every run's variables.
@@ -566,6 +623,7 @@ struct Cred {
 }
 
 struct Run<'a> {
+    id: String,
     records: &'a [&'a Record],
     mode: String,
     vars: Vars,
@@ -678,6 +736,7 @@ impl<'a> Run<'a> {
             None => None,
         };
         Ok(Run {
+            id: id.to_owned(),
             records,
             mode,
             vars,

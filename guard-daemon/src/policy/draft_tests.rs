@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -140,8 +141,26 @@ fn drafted(t: &Tree, records: &[Record]) -> String {
     drafted_from(t, records, None)
 }
 
+/// Every run that has none gets a clean exit record (nothing lost), so
+/// that the draft names no run as incomplete.
 fn drafted_from(t: &Tree, records: &[Record], from: Option<&FromPolicy>) -> String {
-    let d = draft(records, from, &LocalHost).unwrap();
+    let mut records = records.to_vec();
+    let ids: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| r.agent.as_ref().map(|a| a.id.clone()))
+        .collect();
+    for id in ids {
+        let ended = records
+            .iter()
+            .any(|r| r.action == "exit" && r.agent.as_ref().is_some_and(|a| a.id == id));
+        if !ended {
+            records.push(
+                rec(&id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+                    .with_detail(json!({"lost": 0, "events_pending": 0})),
+            );
+        }
+    }
+    let d = draft(&records, from, &LocalHost).unwrap();
     let plan = Policy::parse(&d.text, "draft.toml")
         .unwrap_or_else(|e| panic!("{e}\n{}", d.text))
         .compile(&t.vars())
@@ -1814,4 +1833,38 @@ fn a_program_named_relative_to_a_working_directory_is_for_review() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn runs_whose_records_may_be_missing_are_named() {
+    let t = Tree::new();
+    let exit = |id: &str, lost: u64, pending: u64| {
+        rec(id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+            .with_detail(json!({"lost": lost, "events_pending": pending}))
+    };
+    let mut gap = rec("run-c", Kind::Gap, "daemon-restart", "x", Verdict::Allowed);
+    gap.rule = "daemon".into();
+    let recs = vec![
+        t.start("run-a"),
+        exit("run-a", 3, 0),
+        t.start("run-b"),
+        exit("run-b", 0, 2),
+        t.start("run-c"),
+        gap,
+        exit("run-c", 0, 0),
+        t.start("run-d"),
+        t.start("run-e"),
+        exit("run-e", 0, 0),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    for line in [
+        "# NOTE: run run-a: records may be missing (3 events lost when the kernel's ring buffer was full)",
+        "# NOTE: run run-b: records may be missing (2 events still pending when it exited)",
+        "# NOTE: run run-c: records may be missing (the journal records a gap (daemon-restart))",
+        "# NOTE: run run-d: records may be missing (no exit record: it was still running, or guardd restarted while it ran)",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    assert!(!text.contains("NOTE: run run-e:"), "{text}");
 }
