@@ -626,6 +626,8 @@ struct Run<'a> {
     id: String,
     records: &'a [&'a Record],
     mode: String,
+    /// Who started it and where, as the header's run line says it.
+    origin: String,
     vars: Vars,
     /// Longest value first; `{tmp}` before `{workdir}` before `{home}`
     /// when equal.
@@ -676,6 +678,7 @@ impl<'a> Run<'a> {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_owned();
+        let origin = run_origin(start);
         let vars = Vars {
             workdir: workdir.clone(),
             home: home.clone().unwrap_or_else(|| PathBuf::from(NO_HOME)),
@@ -739,6 +742,7 @@ impl<'a> Run<'a> {
             id: id.to_owned(),
             records,
             mode,
+            origin,
             vars,
             dirs,
             creds,
@@ -848,6 +852,32 @@ impl<'a> Run<'a> {
             })
             .map(|c| c.shown.as_str())
     }
+}
+
+/// Who started a run and where, from its start record: the launcher's
+/// uid and pid as guardd read them from the socket peer, and the
+/// container it was launched from.
+fn run_origin(start: &Record) -> String {
+    let launcher = start.detail.as_ref().and_then(|d| d.get("launcher"));
+    let num = |k: &str| {
+        launcher
+            .and_then(|l| l.get(k))
+            .and_then(Value::as_u64)
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    let by = if launcher.is_some() {
+        format!("started by uid {} (pid {})", num("uid"), num("pid"))
+    } else {
+        "started by a launcher the start record does not name".to_owned()
+    };
+    let place = match start.agent.as_ref().and_then(|a| a.container.as_ref()) {
+        None => "on the host".to_owned(),
+        Some(c) => match &c.id {
+            Some(id) => format!("in container {}", safe(id)),
+            None => format!("in the container of cgroup {}", quote(&c.cgroup)),
+        },
+    };
+    format!("{by}, {place}")
 }
 
 fn join_var(var: &str, rest: &Path) -> Option<String> {
@@ -2816,6 +2846,18 @@ impl<'a> Drafter<'a> {
             quote(agent),
             safe(&modes.into_iter().collect::<Vec<_>>().join(", "))
         ));
+        // Which runs were merged, so that a reviewer sees whose work the
+        // draft grants; a draft of one run stays the same under any id.
+        if runs > 1 {
+            for r in self.runs {
+                o.comment(&format!(
+                    "run {}: mode {}, {}",
+                    safe(&r.id),
+                    safe(&r.mode),
+                    r.origin
+                ));
+            }
+        }
         if name != agent {
             o.comment(
                 "The policy name is the agent's name with the characters a policy name cannot hold replaced by `-`.",

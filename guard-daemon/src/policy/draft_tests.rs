@@ -76,6 +76,7 @@ impl Tree {
             "workdir": self.work.display().to_string(),
             "home": self.home.display().to_string(),
             "tmp": self.tmp.display().to_string(),
+            "launcher": {"uid": 1000, "pid": 4242, "cgroup": "/user.slice/session-1.scope"},
         }))
     }
 }
@@ -179,7 +180,13 @@ fn drafted_from(t: &Tree, records: &[Record], from: Option<&FromPolicy>) -> Stri
             d.text
         );
     }
-    assert!(!d.text.contains("agent-1"), "no agent id:\n{}", d.text);
+    for l in d.text.lines() {
+        assert!(
+            !l.contains("agent-1") || l.starts_with("# run agent-1: mode "),
+            "an agent id outside the header's run lines:\n{}",
+            d.text
+        );
+    }
     d.text
 }
 
@@ -844,22 +851,35 @@ fn runs_merge_with_counts_summed() {
     assert_eq!(active(&one).len(), active(&two).len(), "{one}\n{two}");
 }
 
+/// A deterministic shuffle.
+fn shuffled(mut v: Vec<Record>) -> Vec<Record> {
+    v.reverse();
+    let n = v.len();
+    for i in 0..n {
+        v.swap(i, (i * 7 + 3) % n);
+    }
+    v
+}
+
 #[test]
-fn same_records_any_order_any_ids_same_text() {
+fn same_records_any_order_same_text_and_one_run_under_any_id() {
     let t = Tree::new();
     let mut a = workload(&t, "agent-1");
     a.extend(workload(&t, "agent-2"));
     let first = drafted(&t, &a);
-    let mut b = workload(&t, "0f3a");
-    b.extend(workload(&t, "zz-9"));
-    b.reverse();
-    // A deterministic shuffle on top.
-    let n = b.len();
-    for i in 0..n {
-        b.swap(i, (i * 7 + 3) % n);
-    }
-    let second = drafted(&t, &b);
-    assert_eq!(first, second);
+    assert_eq!(first, drafted(&t, &shuffled(a)));
+    // Merged runs are listed by id, so a reviewer sees what was merged.
+    assert!(
+        first.contains(
+            "\n# run agent-1: mode learn, started by uid 1000 (pid 4242), on the host\n\
+             # run agent-2: mode learn, started by uid 1000 (pid 4242), on the host\n"
+        ),
+        "{first}"
+    );
+    // One run: the same text under any id.
+    let one = drafted(&t, &workload(&t, "agent-1"));
+    assert_eq!(one, drafted(&t, &shuffled(workload(&t, "0f3a"))));
+    assert!(!one.contains("# run "), "{one}");
 }
 
 #[test]
@@ -1234,6 +1254,8 @@ fn limits_above_the_from_policy_are_raised() {
 /// The draft of two runs of one workload, as the docs and the report show
 /// it (the temporary root written as /T).
 const EXAMPLE: &str = r#"# Drafted by `guardctl policy draft` from 2 runs of agent "demo" (mode: learn).
+# run agent-1: mode learn, started by uid 1000 (pid 4242), on the host
+# run agent-2: mode learn, started by uid 1000 (pid 4242), on the host
 # It grants what the runs were seen doing and nothing more; each rule says how
 # often it was used. Grouping (docs/policy.md, "Learning a policy"):
 #   G1 every path under {workdir}, and under {tmp}, is one rule per access;
