@@ -882,6 +882,48 @@ fn same_records_any_order_same_text_and_one_run_under_any_id() {
     assert!(!one.contains("# run "), "{one}");
 }
 
+/// A second workload, unlike [`workload`]: what one run does changes what
+/// the draft makes of the other's (a directory one run lists holds a
+/// secret the other reads; both reach the same name).
+fn other_workload(t: &Tree, id: &str) -> Vec<Record> {
+    t.file("srv/d/readme", "");
+    t.file("srv/d/api-secret", "");
+    t.file("srv/d/notes", "");
+    vec![
+        t.start(id),
+        read(id, &t.p("srv/d/api-secret")),
+        read(id, &t.p("srv/d/notes")),
+        exec(id, "/bin/sh"),
+        dns(id, "pypi.org", &["151.101.0.223"]),
+        connect(id, "151.101.0.223:8443/tcp"),
+        connect(id, "198.51.100.4:5432/tcp"),
+        rec(id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+            .with_detail(json!({"peak": {"processes": 40, "memory_bytes": 300_000_000}})),
+    ]
+}
+
+#[test]
+fn two_different_runs_draft_the_same_text_in_either_order() {
+    let t = Tree::new();
+    let with_dir = |id: &str| {
+        let mut v = workload(&t, id);
+        v.push(opendir(id, &t.p("srv/d")));
+        v
+    };
+    let mut a = with_dir("agent-1");
+    a.extend(other_workload(&t, "agent-2"));
+    let mut b = other_workload(&t, "agent-1");
+    b.extend(with_dir("agent-2"));
+    let first = drafted(&t, &a);
+    assert_eq!(first, drafted(&t, &shuffled(b)));
+    // The secret one run read keeps the directory the other listed out.
+    assert!(
+        !has_active(&first, &format!("\"{}\"", t.p("srv/d"))),
+        "{first}"
+    );
+    assert!(has_review(&first, "srv/d/api-secret"), "{first}");
+}
+
 #[test]
 fn gone_paths_are_noted_unless_a_grant_covers_them() {
     let t = Tree::new();
