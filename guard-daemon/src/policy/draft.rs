@@ -906,8 +906,9 @@ fn proc_self(p: &Path) -> bool {
     p.starts_with("/proc/self") || p.starts_with("/proc/thread-self")
 }
 
-const AGENT_HANDLE: &str = "names a descriptor or process of the agent: what it reached cannot \
-                            be known here, and a rule on it would name the launcher's";
+/// Why a path naming the agent's descriptors or processes is for review.
+const AGENT_HANDLE: &str = "names a descriptor or process of the agent, which guardctl does not \
+                            resolve (in its own process it names its own)";
 
 /// A path naming one of the agent's descriptors (`/dev/fd/N`,
 /// `/dev/stdin`, `/proc/self/fd/N`) or a process (`/proc/PID/...`):

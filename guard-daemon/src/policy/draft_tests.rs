@@ -1932,3 +1932,36 @@ fn runs_whose_records_may_be_missing_are_named() {
     }
     assert!(!text.contains("NOTE: run run-e:"), "{text}");
 }
+
+#[test]
+fn the_local_host_walks_below_a_directory_without_following_links() {
+    let t = Tree::new();
+    for f in [
+        "srv/w/a/1",
+        "srv/w/b/id_rsa",
+        "srv/w/c/id_rsa",
+        "srv/keys/id_dsa",
+    ] {
+        t.file(f, "");
+    }
+    // A link to keys elsewhere is not a key below the directory.
+    std::os::unix::fs::symlink(t.root.join("srv/keys"), t.root.join("srv/w/0link")).unwrap();
+    let key = |p: &std::path::Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("id_"))
+    };
+    let w = t.root.join("srv/w");
+    assert_eq!(
+        LocalHost.find_below(&w, &key, 100),
+        Below::Found(t.root.join("srv/w/b/id_rsa"))
+    );
+    assert_eq!(LocalHost.find_below(&w, &key, 3), Below::TooLarge);
+    assert_eq!(
+        LocalHost.find_below(&t.root.join("srv/w/a"), &key, 100),
+        Below::Clean
+    );
+    assert_eq!(
+        LocalHost.find_below(&t.root.join("srv/gone"), &key, 100),
+        Below::Clean
+    );
+}
