@@ -29,10 +29,9 @@ use crate::journal::{Kind, Record, Verdict};
 /// G2: this many distinct files of one access directly in one directory
 /// become a rule on the directory.
 const GROUP_MIN: usize = 4;
-/// Where `#!/usr/bin/env NAME` is looked up, as the launcher's PATH.
-const PATH_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
-/// `max_processes` is never drafted below this.
-const MIN_PROCESSES: u64 = 16;
+/// `max_processes` is drafted in steps of this size, and never below it:
+/// identical runs peak a little differently and must draft the same text.
+const PROCESS_STEP: u64 = 16;
 /// The highest `max_processes` a policy accepts.
 const MAX_PROCESSES: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
@@ -49,35 +48,130 @@ fn memory_limit(peak: u64) -> u64 {
         .max(1)
         .saturating_mul(MEMORY_STEP)
 }
+/// The drafted process limit for a peak: twice the peak, rounded up to a
+/// whole `PROCESS_STEP`, at least one step.
+fn process_limit(peak: u64) -> u64 {
+    peak.saturating_mul(2)
+        .div_ceil(PROCESS_STEP)
+        .max(1)
+        .saturating_mul(PROCESS_STEP)
+        .min(MAX_PROCESSES)
+}
+
 /// `{home}` when a start record names none: the git base's `{home}` rule
 /// then grants nothing, and no path is written with `{home}`.
 const NO_HOME: &str = "/nonexistent-home";
 
 /// Credential locations under the home directory (a path under one, or the
 /// file itself, is flagged).
-const HOME_CREDENTIALS: [&str; 8] = [
+const HOME_CREDENTIALS: [&str; 12] = [
     ".ssh",
     ".aws",
+    ".azure",
     ".config/gcloud",
+    ".config/gh",
     ".kube",
     ".docker/config.json",
     ".netrc",
     ".git-credentials",
+    ".npmrc",
+    ".pypirc",
     ".gnupg",
 ];
 /// Credential locations of the host (Kubernetes service-account tokens
-/// among them).
-const HOST_CREDENTIALS: [&str; 5] = [
+/// and the SSH host keys among them).
+const HOST_CREDENTIALS: [&str; 6] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/ssl/private",
+    "/etc/ssh",
     "/run/secrets",
     "/var/run/secrets",
 ];
+/// Directories and files that hold credentials wherever they lie (under
+/// any user's home directory, in a container's root, in a backup), as one
+/// path component.
+const CREDENTIAL_NAMES: [&str; 9] = [
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".kube",
+    ".azure",
+    ".netrc",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+];
+/// The same, as two components.
+const CREDENTIAL_PAIRS: [(&str, &str); 3] = [
+    (".config", "gcloud"),
+    (".config", "gh"),
+    (".docker", "config.json"),
+];
+/// SSH private keys by their file names' beginnings (`id_rsa`,
+/// `id_ed25519_deploy`).
+const KEY_FILES: [&str; 4] = ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"];
+/// Key stores by extension (PKCS#12, KeePass).
+const KEY_STORES: [&str; 3] = ["p12", "pfx", "kdbx"];
+/// Directories a grant on which, or on one of whose ancestors, covers
+/// home directories or the host's SSH keys.
+const HOME_ROOTS: [(&str, &str); 3] = [
+    ("/home", "home directories"),
+    ("/root", "root's home directory"),
+    ("/etc/ssh", "the host's SSH keys"),
+];
+/// A directory grant is checked for credentials below it on the host, up
+/// to this many entries; a larger tree is for review.
+const WALK_LIMIT: usize = 50_000;
 /// A path component holding one of these (ASCII case ignored) is flagged.
 const CREDENTIAL_WORDS: [&str; 3] = ["token", "secret", "credential"];
 /// `.pem` and `.key` files here are public certificates, not keys.
 const CERT_DIRS: [&str; 2] = ["/etc/ssl/certs", "/usr/share/ca-certificates"];
+
+/// Why a path is a credential location by its names alone, wherever it
+/// lies: a credential directory or file as a component, an SSH key's file
+/// name, a key store's extension, a process's environment.
+fn credential_location(p: &Path) -> Option<String> {
+    let names: Vec<&str> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_str().unwrap_or("")),
+            _ => None,
+        })
+        .collect();
+    for (k, n) in names.iter().enumerate() {
+        if let Some(c) = CREDENTIAL_NAMES.iter().find(|c| *c == n) {
+            return Some(format!("credentials (a {c} in the path)"));
+        }
+        let next = names.get(k + 1).copied().unwrap_or("");
+        if let Some((a, b)) = CREDENTIAL_PAIRS.iter().find(|(a, b)| a == n && *b == next) {
+            return Some(format!("credentials (a {a}/{b} in the path)"));
+        }
+    }
+    let file = names.last().copied().unwrap_or("");
+    if p.starts_with("/proc") && file == "environ" {
+        return Some(
+            "a process's environment (/proc/*/environ): it holds what the process was given, \
+             secrets among them"
+                .into(),
+        );
+    }
+    if let Some(k) = KEY_FILES.iter().find(|k| file.starts_with(*k)) {
+        return Some(format!("private key (a file named {k}*)"));
+    }
+    if let Some(e) = p.extension().and_then(|e| e.to_str())
+        && let Some(k) = KEY_STORES.iter().find(|k| e.eq_ignore_ascii_case(k))
+    {
+        return Some(format!("private key or key store (.{k})"));
+    }
+    None
+}
+
+/// A private key by extension, outside the certificate directories.
+fn key_file(real: &Path) -> bool {
+    real.extension().is_some_and(|e| e == "pem" || e == "key")
+        && !CERT_DIRS.iter().any(|d| real.starts_with(d))
+}
 
 /// Why no draft could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,35 +203,146 @@ pub enum DraftError {
     Invalid { message: String },
 }
 
-/// File facts of the host the runs happened on, as they are now.
+/// File facts of the host the runs happened on, as they are now. Nothing
+/// here reads a file's contents (the agent can rewrite its files, and a
+/// FIFO would block the reader): paths are resolved and directories
+/// listed, no more.
 pub trait HostView {
     /// The path with every symlink resolved, if it exists.
     fn canonical(&self, path: &Path) -> Option<PathBuf>;
     /// Whether the path is a directory (following symlinks).
     fn is_dir(&self, path: &Path) -> bool;
-    /// The first line of a file (up to 256 bytes, without the newline),
-    /// if it can be read.
-    fn first_line(&self, path: &Path) -> Option<Vec<u8>>;
+    /// The first entry below the directory `dir` (walked without following
+    /// symlinks, each directory's entries in name order) whose path `hit`
+    /// matches, looking at no more than `limit` entries.
+    fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below;
+}
+
+/// A path's components to walk, `..` kept and `.` dropped, last first.
+fn parts_of(p: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
+/// What [`HostView::find_below`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Below {
+    /// No entry matched (or the directory is gone).
+    Clean,
+    Found(PathBuf),
+    /// The tree holds more entries than the limit.
+    TooLarge,
+    /// A directory of the tree could not be read.
+    Unreadable(PathBuf),
 }
 
 /// This host's file system.
 pub struct LocalHost;
 
+/// Symlinks followed in one path at most, as the kernel does.
+const MAX_LINKS: usize = 40;
+
 impl HostView for LocalHost {
+    /// Resolved by hand (lstat and readlink, nothing opened): from where a
+    /// path enters `/proc` (`/dev/stdout`, `/dev/fd/3`, `/etc/mtab` lead
+    /// there) the rest is taken as written, since resolving it here would
+    /// name guardctl's own descriptors and process.
     fn canonical(&self, path: &Path) -> Option<PathBuf> {
-        std::fs::canonicalize(path).ok()
+        if !path.is_absolute() {
+            return None;
+        }
+        // What is left to walk, last component first.
+        let mut todo: Vec<std::ffi::OsString> = parts_of(path);
+        let mut real = PathBuf::from("/");
+        let mut links = 0;
+        while let Some(name) = todo.pop() {
+            if name == ".." {
+                real.pop();
+                continue;
+            }
+            let next = real.join(&name);
+            if next.starts_with("/proc") {
+                let mut out = next;
+                while let Some(n) = todo.pop() {
+                    if n == ".." {
+                        out.pop();
+                    } else {
+                        out.push(n);
+                    }
+                }
+                return Some(out);
+            }
+            let meta = std::fs::symlink_metadata(&next).ok()?;
+            if meta.file_type().is_symlink() {
+                links += 1;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                todo.extend(parts_of(&target));
+            } else if !todo.is_empty() && !meta.is_dir() {
+                return None;
+            } else {
+                real = next;
+            }
+        }
+        Some(real)
     }
 
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
     }
 
-    fn first_line(&self, path: &Path) -> Option<Vec<u8>> {
-        use std::io::Read as _;
-        let mut buf = [0u8; 256];
-        let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-        let head = buf.get(..n)?;
-        Some(head.split(|&b| b == b'\n').next().unwrap_or(head).to_vec())
+    fn find_below(&self, dir: &Path, hit: &dyn Fn(&Path) -> bool, limit: usize) -> Below {
+        let mut todo = vec![dir.to_owned()];
+        let mut seen = 0usize;
+        while let Some(d) = todo.pop() {
+            // glibc opens a directory with O_NONBLOCK | O_DIRECTORY: a FIFO
+            // put in its place fails instead of blocking.
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if d == dir && e.kind() == std::io::ErrorKind::NotFound => {
+                    return Below::Clean;
+                }
+                Err(_) => return Below::Unreadable(d),
+            };
+            let mut names = Vec::new();
+            for e in entries {
+                let Ok(e) = e else {
+                    return Below::Unreadable(d);
+                };
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                names.push((e.path(), is_dir));
+            }
+            names.sort();
+            let mut sub = Vec::new();
+            for (p, is_dir) in names {
+                seen += 1;
+                if seen > limit {
+                    return Below::TooLarge;
+                }
+                if hit(&p) {
+                    return Below::Found(p);
+                }
+                if is_dir {
+                    sub.push(p);
+                }
+            }
+            // The first in name order is walked first.
+            todo.extend(sub.into_iter().rev());
+        }
+        Below::Clean
     }
 }
 
@@ -244,9 +449,18 @@ pub fn draft(
     let mut seen = Seen::default();
     for (i, run) in runs.iter().enumerate() {
         seen.read(i, run);
+        let missing = missing(run.records);
+        if !missing.is_empty() {
+            seen.header.insert(format!(
+                "run {}: records may be missing ({}), and what they held is not in this draft.",
+                safe(&run.id),
+                missing.join("; ")
+            ));
+        }
     }
     let d = Drafter::new(&runs, from, host, seen);
-    let (text, review) = d.render(agent_name)?;
+    let (text, review, meant) = d.render(agent_name)?;
+    verify(&text, &meant)?;
     check(&text, &runs)?;
     Ok(Draft {
         text,
@@ -254,6 +468,55 @@ pub fn draft(
         runs: runs.len(),
         review,
     })
+}
+
+/// Why a run's records may be incomplete: events lost or still pending at
+/// its exit, a gap the journal recorded for it, no exit record at all.
+fn missing(records: &[&Record]) -> Vec<String> {
+    let mut why = Vec::new();
+    let exit = records
+        .iter()
+        .find(|r| r.kind == Kind::Lifecycle && r.action == "exit");
+    match exit {
+        None => why.push(
+            "no exit record: it was still running, or guardd restarted while it ran".to_owned(),
+        ),
+        Some(r) => {
+            let n = |k: &str| detail(r, k).and_then(Value::as_u64).unwrap_or(0);
+            if n("lost") > 0 {
+                why.push(format!(
+                    "{} lost when the kernel's ring buffer was full",
+                    events_text(n("lost"))
+                ));
+            }
+            if n("events_pending") > 0 {
+                why.push(format!(
+                    "{} still pending when it exited",
+                    events_text(n("events_pending"))
+                ));
+            }
+        }
+    }
+    let gaps: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Gap)
+        .map(|r| safe(&r.action))
+        .collect();
+    if !gaps.is_empty() {
+        why.push(format!(
+            "the journal records a gap ({})",
+            gaps.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    why
+}
+
+fn events_text(n: u64) -> String {
+    if n == 1 {
+        "1 event".into()
+    } else {
+        format!("{n} events")
+    }
 }
 
 /// The parsed draft compiles with every run's variables.
@@ -360,8 +623,11 @@ struct Cred {
 }
 
 struct Run<'a> {
+    id: String,
     records: &'a [&'a Record],
     mode: String,
+    /// Who started it and where, as the header's run line says it.
+    origin: String,
     vars: Vars,
     /// Longest value first; `{tmp}` before `{workdir}` before `{home}`
     /// when equal.
@@ -412,6 +678,7 @@ impl<'a> Run<'a> {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_owned();
+        let origin = run_origin(start);
         let vars = Vars {
             workdir: workdir.clone(),
             home: home.clone().unwrap_or_else(|| PathBuf::from(NO_HOME)),
@@ -472,8 +739,10 @@ impl<'a> Run<'a> {
             None => None,
         };
         Ok(Run {
+            id: id.to_owned(),
             records,
             mode,
+            origin,
             vars,
             dirs,
             creds,
@@ -539,9 +808,12 @@ impl<'a> Run<'a> {
         for p in paths {
             for c in &self.creds {
                 if p.starts_with(&c.path) || p.starts_with(&c.real) {
-                    return Some(format!("credentials ({})", c.shown));
+                    return Some(format!("credentials ({})", safe(&c.shown)));
                 }
             }
+        }
+        if let Some(why) = paths.iter().find_map(|p| credential_location(p)) {
+            return Some(why);
         }
         for p in paths {
             // The names below the run's directories: a work directory
@@ -565,8 +837,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let key = real.extension().is_some_and(|e| e == "pem" || e == "key");
-        if key && !CERT_DIRS.iter().any(|d| real.starts_with(d)) {
+        if key_file(real) {
             return Some("private key (.pem/.key outside the certificate directories)".into());
         }
         None
@@ -583,6 +854,32 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Who started a run and where, from its start record: the launcher's
+/// uid and pid as guardd read them from the socket peer, and the
+/// container it was launched from.
+fn run_origin(start: &Record) -> String {
+    let launcher = start.detail.as_ref().and_then(|d| d.get("launcher"));
+    let num = |k: &str| {
+        launcher
+            .and_then(|l| l.get(k))
+            .and_then(Value::as_u64)
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    let by = if launcher.is_some() {
+        format!("started by uid {} (pid {})", num("uid"), num("pid"))
+    } else {
+        "started by a launcher the start record does not name".to_owned()
+    };
+    let place = match start.agent.as_ref().and_then(|a| a.container.as_ref()) {
+        None => "on the host".to_owned(),
+        Some(c) => match &c.id {
+            Some(id) => format!("in container {}", safe(id)),
+            None => format!("in the container of cgroup {}", quote(&c.cgroup)),
+        },
+    };
+    format!("{by}, {place}")
+}
+
 fn join_var(var: &str, rest: &Path) -> Option<String> {
     let rest = rest.to_str()?;
     Some(if rest.is_empty() {
@@ -592,20 +889,65 @@ fn join_var(var: &str, rest: &Path) -> Option<String> {
     })
 }
 
+/// Whether the literal part of a template (after its variable) holds `{`
+/// or `}`: a policy would read a variable there, in a path that was a
+/// directory's name on the host.
+fn braces(template: &str) -> bool {
+    let literal = ["{workdir}", "{tmp}", "{home}"]
+        .iter()
+        .find_map(|v| template.strip_prefix(v))
+        .unwrap_or(template);
+    literal.contains(['{', '}'])
+}
+
 /// Paths of the agent's own `/proc` are compared as written: resolving
 /// them here would name the drafting process.
 fn proc_self(p: &Path) -> bool {
     p.starts_with("/proc/self") || p.starts_with("/proc/thread-self")
 }
 
+/// Why a path naming the agent's descriptors or processes is for review.
+const AGENT_HANDLE: &str = "names a descriptor or process of the agent, which guardctl does not \
+                            resolve (in its own process it names its own)";
+
+/// A path naming one of the agent's descriptors (`/dev/fd/N`,
+/// `/dev/stdin`, `/proc/self/fd/N`) or a process (`/proc/PID/...`):
+/// resolved in guardctl's own process it would name guardctl's.
+fn agent_handle(p: &Path) -> bool {
+    if ["/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"]
+        .iter()
+        .any(|d| p.starts_with(d))
+    {
+        return true;
+    }
+    let Ok(rest) = p.strip_prefix("/proc") else {
+        return false;
+    };
+    let mut parts = rest.components().filter_map(|c| match c {
+        Component::Normal(s) => Some(s.to_string_lossy()),
+        _ => None,
+    });
+    match parts.next() {
+        Some(first) if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) => true,
+        Some(first) if first == "self" || first == "thread-self" => {
+            parts.any(|n| n == "fd" || n == "fdinfo")
+        }
+        _ => false,
+    }
+}
+
 fn exists(host: &dyn HostView, p: &Path) -> bool {
+    if agent_handle(p) {
+        return false;
+    }
     proc_self(p) || host.canonical(p).is_some()
 }
 
 /// What a path names on the host: symlinks resolved as far as it exists,
-/// the rest appended as written.
+/// the rest appended as written. `/proc` and the agent's descriptors are
+/// taken as written.
 fn resolve(host: &dyn HostView, p: &Path) -> PathBuf {
-    if proc_self(p) {
+    if p.starts_with("/proc") || agent_handle(p) {
         return p.to_owned();
     }
     let mut rest = Vec::new();
@@ -677,13 +1019,15 @@ struct Seen {
     /// Outbound inet traffic, and binds/listens apart.
     connects: BTreeMap<NetKey, u64>,
     listens: BTreeMap<NetKey, u64>,
+    /// Programs named relative to a working directory, as guardd found
+    /// them after the exec.
+    unverified: BTreeMap<(usize, PathBuf), u64>,
     unix: BTreeMap<(usize, String), u64>,
     /// Names asked, per run.
     queried: BTreeMap<(usize, String), u64>,
-    /// Loopback/private addresses names resolved to, per run.
-    internal: BTreeMap<(usize, String), BTreeSet<IpAddr>>,
     syscalls: BTreeMap<String, u64>,
     watches: u64,
+    refused_watches: u64,
     /// Peaks of the runs that reported them.
     peak_procs: Vec<u64>,
     peak_memory: Vec<u64>,
@@ -749,8 +1093,9 @@ impl Seen {
     }
 
     fn read(&mut self, run: usize, r: &Run) {
-        // Names first: a connection is "by name" if any answer of the run
-        // listed its address.
+        // Names first: a connection is "by name" if an answer of the run
+        // listed its address (one the agent was given: an answer dropped
+        // in an enforcing run named nothing to it).
         let mut names: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
         for rec in r.records.iter().filter(|x| x.kind == Kind::Dns) {
             let name = detail(rec, "name")
@@ -759,27 +1104,19 @@ impl Seen {
             let Some(name) = name.and_then(normalize_name) else {
                 continue;
             };
-            let addrs: Vec<IpAddr> = str_list(detail(rec, "addresses"))
-                .iter()
-                .filter_map(|a| a.parse::<IpAddr>().ok())
-                .map(|a| a.to_canonical())
-                .collect();
-            for a in &addrs {
-                names.entry(*a).or_default().insert(name.clone());
+            if rec.verdict != Verdict::Denied {
+                for a in str_list(detail(rec, "addresses"))
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                {
+                    names
+                        .entry(a.to_canonical())
+                        .or_default()
+                        .insert(name.clone());
+                }
             }
             if rec.action == "query" {
-                *self.queried.entry((run, name.clone())).or_default() += uses(rec);
-            }
-            let internal: Vec<IpAddr> = if rec.rule == "dns.answer-internal" {
-                addrs
-            } else {
-                addrs.into_iter().filter(|a| is_internal(*a)).collect()
-            };
-            if !internal.is_empty() {
-                self.internal
-                    .entry((run, name))
-                    .or_default()
-                    .extend(internal);
+                *self.queried.entry((run, name)).or_default() += uses(rec);
             }
         }
         for rec in r.records {
@@ -821,7 +1158,22 @@ impl Seen {
         }
     }
 
+    /// An inotify watch: one placed while learning (verdict audit) is
+    /// drafted as `inotify = true`; one refused (an enforcing run's
+    /// seccomp) only noted.
+    fn watch(&mut self, rec: &Record) {
+        match rec.verdict {
+            Verdict::Audit => self.watches += uses(rec),
+            Verdict::Denied => self.refused_watches += uses(rec),
+            Verdict::Allowed => {}
+        }
+    }
+
     fn file(&mut self, run: usize, rec: &Record) {
+        if rec.action == "inotify_add_watch" {
+            self.watch(rec);
+            return;
+        }
         if rec.verdict == Verdict::Denied {
             return;
         }
@@ -831,8 +1183,11 @@ impl Seen {
         let access = detail(rec, "access").and_then(Value::as_str).unwrap_or("");
         let read = access.contains("read") || rec.action == "read";
         let write = access.contains("write") || rec.action == "write";
-        let Some(named) = self.path_of(rec, rec.target.as_str(), &format!("{} of", rec.action))
-        else {
+        let Some(named) = self.path_of(
+            rec,
+            rec.target.as_str(),
+            &format!("{} of", safe(&rec.action)),
+        ) else {
             return;
         };
         let dir = detail(rec, "directory").and_then(Value::as_bool) == Some(true);
@@ -856,16 +1211,44 @@ impl Seen {
             return;
         }
         let target = rec.target.as_str();
+        // A program named relative to the working directory: guardd read
+        // the directory after the exec, and the agent may have moved it
+        // since, so the path is a guess.
+        let relative = target.is_some_and(|t| !t.starts_with('/'));
+        let unverified =
+            relative || detail(rec, "path_unverified").and_then(Value::as_bool) == Some(true);
         let target = match target {
-            Some(t) if !t.starts_with('/') => {
-                detail(rec, "path").and_then(Value::as_str).or(Some(t))
-            }
+            Some(t) if relative => detail(rec, "path").and_then(Value::as_str).or(Some(t)),
             other => other,
         };
         let Some(named) = self.path_of(rec, target, "exec of") else {
             return;
         };
-        self.files.entry((run, named, Acc::Exec)).or_default().count += uses(rec);
+        if unverified {
+            *self.unverified.entry((run, named.clone())).or_default() += uses(rec);
+        } else {
+            self.files
+                .entry((run, named.clone(), Acc::Exec))
+                .or_default()
+                .count += uses(rec);
+        }
+        // A script's interpreter, as the kernel ran it (`bprm->interp`);
+        // the script's `#!` line is not read here: the agent can rewrite
+        // it. `env`'s own exec of the program it starts is a record of
+        // its own.
+        let interp = match detail(rec, "interpreter") {
+            None | Some(Value::Null) => return,
+            Some(v) => v.as_str(),
+        };
+        let what = format!("interpreter of {}", quote(&named.to_string_lossy()));
+        let Some(interp) = self.path_of(rec, interp, &what) else {
+            return;
+        };
+        if interp != named {
+            let e = self.files.entry((run, interp, Acc::Exec)).or_default();
+            e.count += uses(rec);
+            e.via.insert(named);
+        }
     }
 
     fn network(&mut self, run: usize, rec: &Record, names: &BTreeMap<IpAddr, BTreeSet<String>>) {
@@ -900,6 +1283,8 @@ impl Seen {
                     return;
                 }
                 let mut set = names.get(&ip).cloned().unwrap_or_default();
+                // The name guardd's resolver gave this address to, as the
+                // kernel record names it: an answer listing it too.
                 if let Some(name) = detail(rec, "name")
                     .and_then(Value::as_str)
                     .and_then(normalize_name)
@@ -931,60 +1316,11 @@ impl Seen {
 
     fn syscall(&mut self, rec: &Record) {
         if rec.action == "inotify_add_watch" {
-            self.watches += uses(rec);
+            self.watch(rec);
         } else if rec.verdict == Verdict::Denied && rec.layer == "seccomp" {
             *self.syscalls.entry(rec.action.clone()).or_default() += uses(rec);
         }
     }
-}
-
-/// The interpreter a script's `#!` line names, and for `env NAME` the
-/// program NAME found in [`PATH_DIRS`] too; a note when NAME is not found.
-fn interpreters(host: &dyn HostView, script: &Path) -> (Vec<PathBuf>, Option<String>) {
-    let Some(line) = host.first_line(script) else {
-        return (Vec::new(), None);
-    };
-    let Some(rest) = line.strip_prefix(b"#!") else {
-        return (Vec::new(), None);
-    };
-    let Ok(text) = std::str::from_utf8(rest) else {
-        return (Vec::new(), None);
-    };
-    let mut words = text.split_ascii_whitespace();
-    let Some(interp) = words.next().and_then(|w| clean_path(w).ok()) else {
-        return (Vec::new(), None);
-    };
-    let mut out = vec![interp.clone()];
-    if interp.file_name().is_some_and(|n| n == "env") {
-        // `env -S python3 -u`, `env A=1 python3`: the first plain word.
-        let Some(name) = words.find(|w| !w.starts_with('-') && !w.contains('=')) else {
-            return (out, None);
-        };
-        if name.starts_with('/') {
-            if let Ok(p) = clean_path(name) {
-                out.push(p);
-            }
-            return (out, None);
-        }
-        let found = PATH_DIRS
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| host.canonical(p).is_some() && !host.is_dir(p));
-        match found {
-            Some(p) => out.push(p),
-            None => {
-                return (
-                    out,
-                    Some(format!(
-                        "{} runs `env {name}`, and {name} is not in {}",
-                        quote(&script.to_string_lossy()),
-                        PATH_DIRS.join(":")
-                    )),
-                );
-            }
-        }
-    }
-    (out, None)
 }
 
 // ---------------------------------------------------------------------------
@@ -1012,6 +1348,8 @@ enum Fate {
     From,
     /// A credential: for review.
     Cred(String),
+    /// A descriptor or process of the agent: for review.
+    Agent(String),
     /// To be drafted.
     Learned,
 }
@@ -1060,11 +1398,6 @@ impl List {
         };
         set.entry(key).or_insert(item);
     }
-}
-
-/// Whether a rule of access `rule` grants `acc` (write implies read).
-fn grants(rule: Acc, acc: Acc) -> bool {
-    rule == acc || (rule == Acc::Write && acc == Acc::Read)
 }
 
 /// A rule the draft grants on a path, and what it absorbed.
@@ -1124,6 +1457,8 @@ struct Drafter<'a> {
     bases: BTreeMap<&'static str, u64>,
     /// [`Drafter::place`]'s memory.
     places: RefCell<HashMap<(usize, String), (bool, PathBuf)>>,
+    /// [`Drafter::walk`]'s memory.
+    walks: RefCell<HashMap<PathBuf, Option<String>>>,
 }
 
 fn uses_text(n: u64) -> String {
@@ -1158,6 +1493,25 @@ fn metadata(ip: IpAddr) -> bool {
                 || a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
     }
+}
+
+/// The REVIEW reason of a rule that reached link-local or metadata
+/// addresses.
+fn metadata_text(addrs: &BTreeSet<IpAddr>) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!(
+        "link-local or cloud metadata address ({}): it hands out credentials",
+        addrs.join(", ")
+    )
+}
+
+fn host_rule(name: &str, ports: &BTreeSet<u16>, proto: u8) -> String {
+    format!(
+        "{{ host = {}, ports = {}, protocol = \"{}\" }}",
+        quote(name),
+        ports_text(ports),
+        proto_name(proto)
+    )
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -1210,39 +1564,6 @@ impl<'a> Drafter<'a> {
         host: &'a dyn HostView,
         mut seen: Seen,
     ) -> Drafter<'a> {
-        // Scripts need their interpreters: add them, a few levels deep.
-        let mut todo: Vec<(usize, PathBuf)> = seen
-            .files
-            .keys()
-            .filter(|(_, _, a)| *a == Acc::Exec)
-            .map(|(r, p, _)| (*r, p.clone()))
-            .collect();
-        for _ in 0..4 {
-            let mut next = Vec::new();
-            for (run, script) in todo {
-                let count = seen
-                    .files
-                    .get(&(run, script.clone(), Acc::Exec))
-                    .map_or(0, |f| f.count);
-                let (found, note) = interpreters(host, &resolve(host, &script));
-                if let Some(n) = note {
-                    seen.note(n);
-                }
-                for interp in found {
-                    let e = seen
-                        .files
-                        .entry((run, interp.clone(), Acc::Exec))
-                        .or_default();
-                    let fresh = e.count == 0;
-                    e.count += count;
-                    e.via.insert(script.clone());
-                    if fresh {
-                        next.push((run, interp));
-                    }
-                }
-            }
-            todo = next;
-        }
         let insts: Vec<Inst> = std::mem::take(&mut seen.files)
             .into_iter()
             .map(|((run, named, acc), f)| {
@@ -1269,6 +1590,7 @@ impl<'a> Drafter<'a> {
             insts,
             bases: BTreeMap::new(),
             places: RefCell::new(HashMap::new()),
+            walks: RefCell::new(HashMap::new()),
         };
         d.judge();
         d
@@ -1278,12 +1600,19 @@ impl<'a> Drafter<'a> {
         &self.runs[i.run]
     }
 
-    fn credential(&self, i: &Inst) -> Option<String> {
+    /// What flags an observation for review, if anything.
+    fn flag(&self, i: &Inst) -> Option<Fate> {
         let mut paths = vec![i.named.as_path(), i.real.as_path()];
         if let Some(r) = &i.recorded_real {
             paths.push(r);
         }
-        self.run(i).credential(&paths, &i.real)
+        if let Some(why) = self.run(i).credential(&paths, &i.real) {
+            return Some(Fate::Cred(why));
+        }
+        paths
+            .iter()
+            .any(|p| agent_handle(p))
+            .then(|| Fate::Agent(AGENT_HANDLE.into()))
     }
 
     /// Which base or `--from` rule grants an observation, and which bases
@@ -1291,7 +1620,7 @@ impl<'a> Drafter<'a> {
     /// other base (in [`BASE_NAMES`] order) that grants something no
     /// included one does.
     fn judge(&mut self) {
-        let creds: Vec<Option<String>> = self.insts.iter().map(|i| self.credential(i)).collect();
+        let flags: Vec<Option<Fate>> = self.insts.iter().map(|i| self.flag(i)).collect();
         let mut included: Vec<&'static str> = Vec::new();
         if let Some(f) = self.from {
             included.extend(
@@ -1323,7 +1652,7 @@ impl<'a> Drafter<'a> {
             if included.contains(&b) {
                 continue;
             }
-            let needed = self.insts.iter().zip(&creds).any(|(i, c)| {
+            let needed = self.insts.iter().zip(&flags).any(|(i, c)| {
                 c.is_none()
                     && from_grants(i).is_none()
                     && !included.iter().any(|inc| by_base(i, inc))
@@ -1340,9 +1669,9 @@ impl<'a> Drafter<'a> {
         }
         let mut counts: BTreeMap<&'static str, u64> = included.iter().map(|b| (*b, 0)).collect();
         let mut fates = Vec::new();
-        for (i, c) in self.insts.iter().zip(creds) {
-            let fate = if let Some(why) = c {
-                Fate::Cred(why)
+        for (i, c) in self.insts.iter().zip(flags) {
+            let fate = if let Some(flagged) = c {
+                flagged
             } else if let Some(o) = from_grants(i) {
                 match o {
                     Origin::Base(b) => Fate::Base(b),
@@ -1393,13 +1722,26 @@ impl<'a> Drafter<'a> {
             if i.acc != acc || self.fates[k] != Fate::Learned {
                 continue;
             }
-            let Some(t) = self.run(i).template(&i.named, &i.real) else {
-                self.seen.notes.insert(format!(
-                    "{} of {}: not UTF-8 once resolved, a policy cannot name it",
-                    acc.key(),
-                    quote(&i.named.to_string_lossy())
-                ));
-                continue;
+            let t = match self.run(i).template(&i.named, &i.real) {
+                Some(t) if braces(&t) => {
+                    self.seen.notes.insert(format!(
+                        "{} of {}: resolves to {}, which holds `{{` or `}}` (a policy reads it \
+                         as a variable)",
+                        acc.key(),
+                        quote(&i.named.to_string_lossy()),
+                        quote(&t)
+                    ));
+                    continue;
+                }
+                Some(t) => t,
+                None => {
+                    self.seen.notes.insert(format!(
+                        "{} of {}: not UTF-8 once resolved, a policy cannot name it",
+                        acc.key(),
+                        quote(&i.named.to_string_lossy())
+                    ));
+                    continue;
+                }
             };
             let e = by.entry(t.clone()).or_insert_with(|| Entry {
                 template: t,
@@ -1448,41 +1790,87 @@ impl<'a> Drafter<'a> {
         v
     }
 
-    /// Why a directory grant on `template` would be too wide: it would
-    /// cover a credential location, or a credential the agent used.
-    /// (The least reason, so that the text does not depend on run order.)
-    fn dir_unsafe(&self, template: &str, runs: &BTreeSet<usize>) -> Option<String> {
+    /// Why a directory grant on `template` would be too wide, in any run:
+    /// it would cover a credential location (of the run's home or the
+    /// host, home directories, or one found below it on the host), or a
+    /// credential the agent used in any run. (The least reason, so that
+    /// the text does not depend on run order.)
+    fn dir_unsafe(&self, template: &str) -> Option<String> {
         let mut why = BTreeSet::new();
-        for &r in runs {
-            let run = &self.runs[r];
+        for (r, run) in self.runs.iter().enumerate() {
             let dir = run.expand(template);
-            let real = resolve(self.host, &dir);
+            let real = self.place(r, template).1;
             if let Some(c) = run.holds_credentials(&dir, &real) {
-                why.insert(format!("it holds credentials ({c})"));
+                why.insert(format!("it holds credentials ({})", safe(c)));
+            }
+            for (root, what) in HOME_ROOTS {
+                let root = Path::new(root);
+                if root.starts_with(&dir) || root.starts_with(&real) {
+                    why.insert(format!("it covers {} ({what})", root.display()));
+                }
+            }
+        }
+        // The walk last: a tree already refused need not be read.
+        if why.is_empty() {
+            for r in 0..self.runs.len() {
+                if let Some(w) = self.walk(&self.place(r, template).1) {
+                    why.insert(w);
+                }
             }
         }
         if let Some(w) = why.into_iter().next() {
             return Some(w);
         }
+        self.used_credential_under(template)
+            .map(|c| format!("it holds {c}, a credential the agent used"))
+    }
+
+    /// A credential the agent used (in any run) that a grant on `template`
+    /// would cover, quoted.
+    fn used_credential_under(&self, template: &str) -> Option<String> {
         self.insts
             .iter()
             .zip(&self.fates)
-            .filter(|(i, f)| matches!(f, Fate::Cred(_)) && runs.contains(&i.run))
+            .filter(|(_, f)| matches!(f, Fate::Cred(_)))
             .filter(|(i, _)| i.real.starts_with(self.place(i.run, template).1))
             .map(|(i, _)| {
-                format!(
-                    "it holds {}, a credential the agent used",
-                    quote(&i.named.to_string_lossy())
-                )
+                let t = self.run(i).template(&i.named, &i.real);
+                quote(&t.unwrap_or_else(|| i.named.to_string_lossy().into_owned()))
             })
             .min()
+    }
+
+    /// A credential location below `real` on the host, or why the tree
+    /// could not be checked whole.
+    fn walk(&self, real: &Path) -> Option<String> {
+        if let Some(w) = self.walks.borrow().get(real) {
+            return w.clone();
+        }
+        let hit = |p: &Path| credential_location(p).is_some() || key_file(p);
+        let w = match self.host.find_below(real, &hit, WALK_LIMIT) {
+            Below::Clean => None,
+            Below::Found(p) => Some(format!(
+                "it holds {} ({})",
+                quote(&p.to_string_lossy()),
+                credential_location(&p).unwrap_or_else(|| "a private key".into())
+            )),
+            Below::TooLarge => Some(format!(
+                "it holds more than {WALK_LIMIT} entries, too many to check for credentials"
+            )),
+            Below::Unreadable(p) => Some(format!(
+                "{} below it could not be read to check for credentials",
+                quote(&p.to_string_lossy())
+            )),
+        };
+        self.walks.borrow_mut().insert(real.to_owned(), w.clone());
+        w
     }
 
     fn entry_runs(&self, e: &Entry) -> BTreeSet<usize> {
         e.insts.iter().map(|&k| self.insts[k].run).collect()
     }
 
-    fn render(mut self, agent: &str) -> Result<(String, usize), DraftError> {
+    fn render(mut self, agent: &str) -> Result<(String, usize, toml::Table), DraftError> {
         let mut f = Files {
             allow_write_exec: self.from.is_some_and(|f| {
                 f.policy
@@ -1508,6 +1896,7 @@ impl<'a> Drafter<'a> {
         self.directories(&mut f);
         self.other_reads(&mut f);
         self.other_writes(&mut f);
+        self.withhold(&mut f);
         self.credentials(&mut f);
         for r in std::mem::take(&mut f.rules) {
             let comment = match &r.note {
@@ -1544,13 +1933,18 @@ impl<'a> Drafter<'a> {
                 .iter()
                 .filter_map(|run| {
                     let d = run.var_dir(var)?;
-                    run.holds_credentials(&d.value, &d.real).map(str::to_owned)
+                    run.holds_credentials(&d.value, &d.real)
+                        .map(|c| format!("credentials ({})", safe(c)))
                 })
-                .min();
+                .min()
+                .or_else(|| {
+                    self.used_credential_under(&t)
+                        .map(|c| format!("{c}, a credential the agent used"))
+                });
             if let Some(c) = holds {
                 self.seen.header.insert(format!(
-                    "{t} holds credentials ({c}), so it is not granted as a whole (G1):\n\
-                     # the files the agent used there are listed like any other."
+                    "{t} holds {c}, so it is not granted as a whole (G1):\n\
+                     the files the agent used there are listed like any other."
                 ));
                 continue;
             }
@@ -1727,6 +2121,37 @@ impl<'a> Drafter<'a> {
                 f.taken_reads[k] = true;
             }
         }
+        let mut unverified: BTreeMap<String, u64> = BTreeMap::new();
+        for ((r, named), n) in &self.seen.unverified {
+            let run = &self.runs[*r];
+            match run.template(named, &resolve(self.host, named)) {
+                Some(t) if !braces(&t) => *unverified.entry(t).or_default() += n,
+                _ => {
+                    self.seen.notes.insert(format!(
+                        "exec of {} ({}): named relative to a working directory, and a policy \
+                         cannot name where it leads",
+                        quote(&named.to_string_lossy()),
+                        uses_text(*n)
+                    ));
+                }
+            }
+        }
+        for (t, n) in unverified {
+            if f.programs.contains_key(&t) {
+                continue;
+            }
+            f.exec.add(
+                true,
+                Item {
+                    value: quote(&t),
+                    comment: format!(
+                        "{}; program named relative to a working directory guardd read after \
+                         the exec: which file ran is not certain",
+                        uses_text(n)
+                    ),
+                },
+            );
+        }
     }
 
     /// Directories the agent opened, and G2 groups; a directory inside
@@ -1744,7 +2169,7 @@ impl<'a> Drafter<'a> {
             } else {
                 "a directory (on this host; the record did not say so)"
             };
-            match self.dir_unsafe(&e.template, &self.entry_runs(e)) {
+            match self.dir_unsafe(&e.template) {
                 Some(why) => f.read.add(
                     true,
                     Item {
@@ -1862,9 +2287,10 @@ impl<'a> Drafter<'a> {
         }
     }
 
-    /// Credentials: never granted by the draft itself; the comment says
-    /// what grants one anyway (a base, `--from`, a G1 rule).
-    fn credentials(&self, f: &mut Files) {
+    /// Credentials: never granted by the draft itself (no rule it makes
+    /// covers one: [`Drafter::withhold`]); the comment says what grants
+    /// one anyway (an included base, `--from`).
+    fn credentials(&mut self, f: &mut Files) {
         #[derive(Default)]
         struct Cr {
             uses: u64,
@@ -1873,13 +2299,23 @@ impl<'a> Drafter<'a> {
         }
         let mut creds: BTreeMap<(Acc, String), Cr> = BTreeMap::new();
         for (k, i) in self.insts.iter().enumerate() {
-            let Fate::Cred(why) = &self.fates[k] else {
+            let (Fate::Cred(why) | Fate::Agent(why)) = &self.fates[k] else {
                 continue;
             };
             let run = self.run(i);
             let t = run
                 .template(&i.named, &i.real)
                 .unwrap_or_else(|| i.named.to_string_lossy().into_owned());
+            if braces(&t) {
+                self.seen.notes.insert(format!(
+                    "{} of {} ({why}): resolves to {}, which holds `{{` or `}}` (a policy reads \
+                     it as a variable)",
+                    i.acc.key(),
+                    quote(&i.named.to_string_lossy()),
+                    quote(&t)
+                ));
+                continue;
+            }
             let c = creds.entry((i.acc, t)).or_default();
             c.uses += i.count;
             c.why.insert(why.clone());
@@ -1895,11 +2331,6 @@ impl<'a> Drafter<'a> {
                     .is_some_and(|g| g.covers(&i.real, i.acc).is_some())
                 {
                     c.by.insert(format!("base {b:?}"));
-                }
-            }
-            for r in f.rules.iter().filter(|r| r.tree && grants(r.acc, i.acc)) {
-                if i.real.starts_with(self.place(i.run, &r.template).1) {
-                    c.by.insert(format!("{} ({})", r.template, r.acc.key()));
                 }
             }
         }
@@ -1921,6 +2352,57 @@ impl<'a> Drafter<'a> {
                 },
             );
         }
+    }
+
+    /// No drafted rule may grant what is flagged: a rule whose path, as it
+    /// compiles in any run, is a credential, or that would cover a
+    /// credential the agent used, is for review instead.
+    fn withhold(&self, f: &mut Files) {
+        for r in std::mem::take(&mut f.rules) {
+            match self.rule_problem(&r.template) {
+                Some(why) => f.list(r.acc).add(
+                    true,
+                    Item {
+                        value: quote(&r.template),
+                        comment: format!("{}; {why}: not granted", uses_text(r.uses)),
+                    },
+                ),
+                None => f.rules.push(r),
+            }
+        }
+        for (t, (n, via)) in std::mem::take(&mut f.programs) {
+            match self.rule_problem(&t) {
+                Some(why) => f.exec.add(
+                    true,
+                    Item {
+                        value: quote(&t),
+                        comment: format!("{}{via}; {why}: not granted", uses_text(n)),
+                    },
+                ),
+                None => {
+                    f.programs.insert(t, (n, via));
+                }
+            }
+        }
+    }
+
+    /// Why a rule on `template` must not be granted (the least reason).
+    fn rule_problem(&self, template: &str) -> Option<String> {
+        let mut why = BTreeSet::new();
+        for (r, run) in self.runs.iter().enumerate() {
+            let named = run.expand(template);
+            let real = self.place(r, template).1;
+            if let Some(c) = run.credential(&[&named, &real], &real) {
+                why.insert(format!("its path is flagged: {c}"));
+            }
+            if agent_handle(&named) || agent_handle(&real) {
+                why.insert(format!("its path {AGENT_HANDLE}"));
+            }
+        }
+        why.into_iter().next().or_else(|| {
+            self.used_credential_under(template)
+                .map(|c| format!("it would grant {c}, a credential the agent used"))
+        })
     }
 
     /// An exec grant of an included base or of `--from` inside or above
@@ -1997,7 +2479,7 @@ impl<'a> Drafter<'a> {
                 let p = self.runs[r].expand(&dir);
                 exists(self.host, &p) && self.host.is_dir(&p)
             });
-            if !is_dir || self.dir_unsafe(&dir, &runs).is_some() {
+            if !is_dir || self.dir_unsafe(&dir).is_some() {
                 continue;
             }
             out.push((dir, members));
@@ -2014,10 +2496,15 @@ impl<'a> Drafter<'a> {
             ports: BTreeSet<u16>,
             uses: u64,
             metadata: BTreeSet<IpAddr>,
+            /// Internal addresses the name was connected to.
             internal: BTreeSet<IpAddr>,
+            /// For a name that shared an address with others: the
+            /// address and the other names.
+            shared: BTreeMap<IpAddr, BTreeSet<String>>,
         }
         // Target: Ok(name) or Err(address).
         let mut allow: BTreeMap<(Result<String, IpAddr>, u8), Agg> = BTreeMap::new();
+        let mut shared: BTreeMap<(String, u8), Agg> = BTreeMap::new();
         let mut from_internal: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
         let mut connected: BTreeSet<String> = BTreeSet::new();
         for (k, n) in &self.seen.connects {
@@ -2030,8 +2517,8 @@ impl<'a> Drafter<'a> {
                 .as_ref()
                 .is_some_and(|g| g.covers_inet(k.ip, &k.names, k.port, k.proto));
             if covered {
-                // A name --from allows may still need its internal
-                // answers allowed.
+                // A name --from allows may still need the internal address
+                // it was connected to allowed as an answer.
                 if is_internal(k.ip)
                     && !run
                         .from
@@ -2047,26 +2534,36 @@ impl<'a> Drafter<'a> {
                 }
                 continue;
             }
-            let targets: Vec<Result<String, IpAddr>> = if k.names.is_empty() {
-                vec![Err(k.ip)]
-            } else {
-                k.names.iter().cloned().map(Ok).collect()
+            // Several names answered with this address: which one the agent
+            // reached is unknown, so none is granted by it.
+            if k.names.len() > 1 {
+                for name in &k.names {
+                    let a = shared.entry((name.clone(), k.proto)).or_default();
+                    a.ports.insert(k.port);
+                    a.uses += n;
+                    if metadata(k.ip) {
+                        a.metadata.insert(k.ip);
+                    }
+                    a.shared
+                        .entry(k.ip)
+                        .or_default()
+                        .extend(k.names.iter().filter(|o| *o != name).cloned());
+                }
+                continue;
+            }
+            let t = match k.names.iter().next() {
+                Some(name) => Ok(name.clone()),
+                None => Err(k.ip),
             };
-            for t in targets {
-                let a = allow.entry((t.clone(), k.proto)).or_default();
-                a.ports.insert(k.port);
-                a.uses += n;
-                if metadata(k.ip) {
-                    a.metadata.insert(k.ip);
-                }
-                if let Ok(name) = &t {
-                    if is_internal(k.ip) {
-                        a.internal.insert(k.ip);
-                    }
-                    if let Some(more) = self.seen.internal.get(&(k.run, name.clone())) {
-                        a.internal.extend(more);
-                    }
-                }
+            let by_name = t.is_ok();
+            let a = allow.entry((t, k.proto)).or_default();
+            a.ports.insert(k.port);
+            a.uses += n;
+            if metadata(k.ip) {
+                a.metadata.insert(k.ip);
+            }
+            if by_name && is_internal(k.ip) {
+                a.internal.insert(k.ip);
             }
         }
         let mut answers: BTreeMap<IpAddr, (BTreeSet<String>, bool)> = BTreeMap::new();
@@ -2083,12 +2580,7 @@ impl<'a> Drafter<'a> {
         for ((t, proto), a) in &allow {
             let (value, sort) = match t {
                 Ok(name) => (
-                    format!(
-                        "{{ host = {}, ports = {}, protocol = \"{}\" }}",
-                        quote(name),
-                        ports_text(&a.ports),
-                        proto_name(*proto)
-                    ),
+                    host_rule(name, &a.ports, *proto),
                     format!("0 {name} {proto}"),
                 ),
                 Err(ip) => (
@@ -2110,16 +2602,15 @@ impl<'a> Drafter<'a> {
                 Err(_) => String::new(),
             };
             if review {
-                let addrs: Vec<String> = a.metadata.iter().map(ToString::to_string).collect();
                 out.allow.add_by(
                     true,
                     sort,
                     Item {
                         value,
                         comment: format!(
-                            "{}{by}; link-local or cloud metadata address ({}): it hands out credentials",
+                            "{}{by}; {}",
                             uses_text(a.uses),
-                            addrs.join(", ")
+                            metadata_text(&a.metadata)
                         ),
                     },
                 );
@@ -2141,22 +2632,64 @@ impl<'a> Drafter<'a> {
                 }
             }
         }
+        for ((name, proto), a) in &shared {
+            let addrs: Vec<String> = a.shared.keys().map(ToString::to_string).collect();
+            let others: BTreeSet<&String> = a.shared.values().flatten().collect();
+            let mut comment = format!(
+                "{}; shared the address{} {} with {}: the records cannot tell which name was \
+                 reached, so neither is granted",
+                uses_text(a.uses),
+                if addrs.len() == 1 { "" } else { "es" },
+                addrs.join(", "),
+                others
+                    .iter()
+                    .map(|n| quote(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if !a.metadata.is_empty() {
+                comment = format!("{comment}; {}", metadata_text(&a.metadata));
+            }
+            out.allow.add_by(
+                true,
+                format!("0 {name} {proto}"),
+                Item {
+                    value: host_rule(name, &a.ports, *proto),
+                    comment,
+                },
+            );
+        }
         for (ip, names) in from_internal {
             answers.entry(ip).or_default().0.extend(names);
         }
         for (ip, (names, review)) in answers {
-            let item = Item {
-                value: quote(&ip_cidr(ip)),
-                comment: format!(
-                    "{} resolved here (loopback or private): allowed so the name keeps working; answers into this range are not treated as DNS rebinding",
-                    names
-                        .iter()
-                        .map(|n| quote(n))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            let names = names
+                .iter()
+                .map(|n| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The metadata service answers with credentials: never let a
+            // name resolve to it unreviewed.
+            let item = if metadata(ip) {
+                Item {
+                    value: quote(&ip_cidr(ip)),
+                    comment: format!(
+                        "{names} resolved here and was connected to; {}",
+                        metadata_text(&BTreeSet::from([ip]))
+                    ),
+                }
+            } else {
+                Item {
+                    value: quote(&ip_cidr(ip)),
+                    comment: format!(
+                        "{names} resolved here (loopback or private) and was connected to: \
+                         allowed so the name keeps working; answers into this range are not \
+                         treated as DNS rebinding"
+                    ),
+                }
             };
-            out.answers.add_by(review, sort_ip(ip), item);
+            out.answers
+                .add_by(review || metadata(ip), sort_ip(ip), item);
         }
         // Names asked and never connected to.
         let mut unused: BTreeMap<String, u64> = BTreeMap::new();
@@ -2261,7 +2794,7 @@ impl<'a> Drafter<'a> {
         out
     }
 
-    /// The whole text.
+    /// The whole text, and the document it is meant to parse to.
     fn write(
         &mut self,
         agent: &str,
@@ -2269,7 +2802,7 @@ impl<'a> Drafter<'a> {
         write: List,
         exec: List,
         net: NetOut,
-    ) -> Result<(String, usize), DraftError> {
+    ) -> Result<(String, usize, toml::Table), DraftError> {
         let from = match self.from {
             Some(f) => Some(FromRaw::new(f, self)?),
             None => None,
@@ -2282,8 +2815,8 @@ impl<'a> Drafter<'a> {
             mut listen,
             mut answers,
         } = net;
-        let mut dns_keys: Vec<String> = Vec::new();
-        let mut process_from: Vec<String> = Vec::new();
+        let mut dns_keys: Vec<KeyLine> = Vec::new();
+        let mut process_from: Vec<KeyLine> = Vec::new();
         let mut allow_write_exec = None;
         if let Some(f) = &from {
             read.from.clone_from(&f.read);
@@ -2304,66 +2837,73 @@ impl<'a> Drafter<'a> {
             .sum::<usize>()
             + notes.len();
 
-        let mut o = String::new();
+        let mut o = Out::default();
         let name = policy_name(agent);
         let runs = self.runs.len();
         let modes: BTreeSet<&str> = self.runs.iter().map(|r| r.mode.as_str()).collect();
-        let _ = writeln!(
-            o,
-            "# Drafted by `guardctl policy draft` from {runs} run{} of agent {} (mode: {}).",
+        o.comment(&format!(
+            "Drafted by `guardctl policy draft` from {runs} run{} of agent {} (mode: {}).",
             if runs == 1 { "" } else { "s" },
             quote(agent),
-            modes.into_iter().collect::<Vec<_>>().join(", ")
-        );
+            safe(&modes.into_iter().collect::<Vec<_>>().join(", "))
+        ));
+        // Which runs were merged, so that a reviewer sees whose work the
+        // draft grants; a draft of one run stays the same under any id.
+        if runs > 1 {
+            for r in self.runs {
+                o.comment(&format!(
+                    "run {}: mode {}, {}",
+                    safe(&r.id),
+                    safe(&r.mode),
+                    r.origin
+                ));
+            }
+        }
         if name != agent {
-            let _ = writeln!(
-                o,
-                "# The policy name is the agent's name with the characters a policy name cannot hold replaced by `-`."
+            o.comment(
+                "The policy name is the agent's name with the characters a policy name cannot hold replaced by `-`.",
             );
         }
-        o.push_str(
-            "# It grants what the runs were seen doing and nothing more; each rule says how\n\
-             # often it was used. Grouping (docs/policy.md, \"Learning a policy\"):\n\
-             #   G1 every path under {workdir}, and under {tmp}, is one rule per access;\n\
-             #   G2 elsewhere, 4 or more files of one access directly in one directory\n\
-             #      become that directory; programs are always listed one by one;\n\
-             #   G3 exec implies read, and write implies read.\n",
+        o.comment(
+            "It grants what the runs were seen doing and nothing more; each rule says how\n\
+             often it was used. Grouping (docs/policy.md, \"Learning a policy\"):\n  \
+             G1 every path under {workdir}, and under {tmp}, is one rule per access;\n  \
+             G2 elsewhere, 4 or more files of one access directly in one directory\n     \
+             become that directory; programs are always listed one by one;\n  \
+             G3 exec implies read, and write implies read.",
         );
         if let Some(f) = self.from {
-            let _ = writeln!(
-                o,
-                "# The rules of {} are kept (marked `from`); what they grant is not drafted again.",
+            o.comment(&format!(
+                "The rules of {} are kept (marked `from`); what they grant is not drafted again.",
                 safe(&f.label)
-            );
+            ));
         } else if self.seen.on_policy {
-            o.push_str(
-                "# WARNING: these runs learned on top of a policy, so what that policy allowed\n\
-                 # was not recorded: draft again with --from POLICY to keep its rules.\n",
+            o.comment(
+                "WARNING: these runs learned on top of a policy, so what that policy allowed\n\
+                 was not recorded: draft again with --from POLICY to keep its rules.",
             );
         }
         for n in &self.seen.header {
-            let _ = writeln!(o, "# NOTE: {n}");
+            o.comment(&format!("NOTE: {n}"));
         }
         if self.runs.iter().any(|r| r.mode != "learn") {
-            o.push_str(
-                "# NOTE: not every run was in learn mode; outside it, files and programs are not\n\
-                 # observed, only refused.\n",
+            o.comment(
+                "NOTE: not every run was in learn mode; outside it, files and programs are not\n\
+                 observed, only refused.",
             );
         }
         if review > 0 {
-            let _ = writeln!(
-                o,
-                "# REVIEW: {review} item{} observed but not granted: the lines marked REVIEW below.\n\
-                 # Uncomment a rule line only after deciding the agent needs it.",
+            o.comment(&format!(
+                "REVIEW: {review} item{} observed but not granted: the lines marked REVIEW below.\n\
+                 Uncomment a rule line only after deciding the agent needs it.",
                 if review == 1 { " is" } else { "s are" }
-            );
+            ));
         }
-        o.push('\n');
-        o.push_str("[policy]\n");
-        let _ = writeln!(o, "name = {}", quote(&name));
+        o.table("policy");
+        o.value("name", &quote(&name), "")?;
         if !self.bases.is_empty() {
-            o.push_str("include = [\n");
-            for b in BASE_NAMES {
+            let mut include = List::default();
+            for (k, b) in BASE_NAMES.iter().enumerate() {
                 let Some(n) = self.bases.get(b) else { continue };
                 let kept = self
                     .from
@@ -2374,51 +2914,59 @@ impl<'a> Drafter<'a> {
                         "from {}; {c}",
                         safe(self.from.map_or("", |f| f.label.as_str()))
                     );
-                } else if b == "base" {
+                } else if *b == "base" {
                     c.push_str("; the dynamic loader of every program start counts as one");
                 }
-                let _ = writeln!(o, "  {},  # {c}", quote(b));
+                include.add_by(
+                    false,
+                    format!("{k:02}"),
+                    Item {
+                        value: quote(b),
+                        comment: c,
+                    },
+                );
             }
-            o.push_str("]\n");
+            o.list("include", &include)?;
         }
         // Always a [filesystem] table: without one, files are not restricted.
-        o.push_str("\n[filesystem]\n");
+        o.table("filesystem");
         if let Some(c) = &allow_write_exec {
-            let _ = writeln!(o, "allow_write_exec = true  # {c}");
+            o.value("allow_write_exec", "true", c)?;
         }
-        list(&mut o, "read", &read);
-        list(&mut o, "write", &write);
-        list(&mut o, "exec", &exec);
+        o.list("read", &read)?;
+        o.list("write", &write)?;
+        o.list("exec", &exec)?;
         if !allow.is_empty() || !listen.is_empty() || !answers.is_empty() || !dns_keys.is_empty() {
-            o.push_str("\n[network]\n");
-            list(&mut o, "allow", &allow);
-            list(&mut o, "listen", &listen);
+            o.table("network");
+            o.list("allow", &allow)?;
+            o.list("listen", &listen)?;
             if !answers.is_empty() || !dns_keys.is_empty() {
-                o.push_str("\n[network.dns]\n");
+                o.table("network.dns");
                 for k in &dns_keys {
-                    let _ = writeln!(o, "{k}");
+                    o.value(&k.key, &k.value, &k.comment)?;
                 }
-                list(&mut o, "answers_allowed", &answers);
+                o.list("answers_allowed", &answers)?;
             }
         }
         if !process.is_empty() || !process_from.is_empty() {
-            o.push_str("\n[process]\n");
-            for l in process_from.iter().chain(&process) {
-                let _ = writeln!(o, "{l}");
+            o.table("process");
+            for k in process_from.iter().chain(&process) {
+                o.value(&k.key, &k.value, &k.comment)?;
             }
         }
         if !notes.is_empty() {
-            o.push_str("\n# REVIEW: observed, and no rule of a policy can grant it:\n");
+            o.text.push('\n');
+            o.comment("REVIEW: observed, and not drafted as a rule:");
             for n in &notes {
-                let _ = writeln!(o, "#   {n}");
+                o.comment(&format!("  {n}"));
             }
         }
-        Ok((o, review))
+        Ok((o.text, review, o.doc))
     }
 
     /// `[process]` lines learned (those `--from` sets are kept from it,
     /// unless the runs needed more).
-    fn process(&self, from: Option<&FromRaw>) -> Vec<String> {
+    fn process(&self, from: Option<&FromRaw>) -> Vec<KeyLine> {
         let mut out = Vec::new();
         let set = |k: &str| from.is_some_and(|f| f.process_keys.contains(k));
         let fp = self.from.map(|f| &f.policy.process);
@@ -2441,14 +2989,20 @@ impl<'a> Drafter<'a> {
             }
         };
         if let Some(&peak) = self.seen.peak_procs.iter().max() {
-            let want = peak.saturating_mul(2).clamp(MIN_PROCESSES, MAX_PROCESSES);
+            let want = process_limit(peak);
             let have = fp.and_then(|p| p.max_processes).map(u64::from);
             if !set("max_processes") || have.is_some_and(|h| h < want) {
-                out.push(format!(
-                    "max_processes = {want}  # peak {peak} processes{}: twice that, at least {MIN_PROCESSES}{}",
-                    of_runs(self.seen.peak_procs.len()),
-                    raised("max_processes")
-                ));
+                out.push(KeyLine {
+                    key: "max_processes".into(),
+                    value: want.to_string(),
+                    comment: format!(
+                        "peak at most {} processes{}: twice the peak, rounded up to a multiple \
+                         of {PROCESS_STEP}{}",
+                        want / 2,
+                        of_runs(self.seen.peak_procs.len()),
+                        raised("max_processes")
+                    ),
+                });
             }
         }
         if let Some(&peak) = self.seen.peak_memory.iter().max() {
@@ -2456,26 +3010,32 @@ impl<'a> Drafter<'a> {
             let mib = limit / MIB;
             let have = fp.and_then(|p| p.memory_bytes);
             if !set("memory") || have.is_some_and(|h| h < limit) {
-                out.push(format!(
-                    "memory = \"{mib}M\"  # peak at most {} MiB{}: twice the peak, rounded up to a multiple \
-                     of {} MiB{}",
-                    mib / 2,
-                    of_runs(self.seen.peak_memory.len()),
-                    MEMORY_STEP / MIB,
-                    raised("memory")
-                ));
+                out.push(KeyLine {
+                    key: "memory".into(),
+                    value: format!("\"{mib}M\""),
+                    comment: format!(
+                        "peak at most {} MiB{}: twice the peak, rounded up to a multiple of {} MiB{}",
+                        mib / 2,
+                        of_runs(self.seen.peak_memory.len()),
+                        MEMORY_STEP / MIB,
+                        raised("memory")
+                    ),
+                });
             }
         }
         if self.seen.watches > 0 && !fp.is_some_and(|p| p.inotify) {
-            out.push(format!(
-                "inotify = true  # {} placed; a watch reports the names of files in any \
-                 directory it can reach",
-                if self.seen.watches == 1 {
-                    "1 inotify watch".to_owned()
-                } else {
-                    format!("{} inotify watches", self.seen.watches)
-                }
-            ));
+            out.push(KeyLine {
+                key: "inotify".into(),
+                value: "true".into(),
+                comment: format!(
+                    "{} placed; a watch reports the names of files in any directory it can reach",
+                    if self.seen.watches == 1 {
+                        "1 inotify watch".to_owned()
+                    } else {
+                        format!("{} inotify watches", self.seen.watches)
+                    }
+                ),
+            });
         }
         out
     }
@@ -2493,6 +3053,14 @@ impl<'a> Drafter<'a> {
             notes.push(format!(
                 "system calls refused by seccomp: {}; no policy key allows them",
                 calls.join(", ")
+            ));
+        }
+        if self.seen.refused_watches > 0 {
+            notes.push(format!(
+                "inotify watches refused ({}, by seccomp in an enforcing run): not drafted; \
+                 `[process] inotify = true` would allow them, and a watch reports the names of \
+                 files in any directory it can reach",
+                uses_text(self.seen.refused_watches)
             ));
         }
         notes
@@ -2523,23 +3091,163 @@ struct NetOut {
     answers: List,
 }
 
-/// One array, multi-line: `--from`'s entries, the drafted ones, then the
-/// REVIEW ones commented out.
-fn list(o: &mut String, key: &str, l: &List) {
-    if l.is_empty() {
-        return;
-    }
-    let _ = writeln!(o, "{key} = [");
-    for i in l.from.iter().chain(l.active.values()) {
-        let _ = writeln!(o, "  {},  # {}", i.value, i.comment);
-    }
-    if !l.review.is_empty() {
-        o.push_str("  # REVIEW: not granted; uncomment a line to grant it.\n");
-        for i in l.review.values() {
-            let _ = writeln!(o, "  # {},  # {}", i.value, i.comment);
+/// A `key = value  # comment` line of a table.
+#[derive(Debug, Clone)]
+struct KeyLine {
+    key: String,
+    value: String,
+    comment: String,
+}
+
+/// The draft's text as it is written, and the document it is meant to
+/// parse to: every active value is parsed on its own as it is written, so
+/// that the whole text can be checked to hold exactly these values and no
+/// other ([`verify`]).
+#[derive(Default)]
+struct Out {
+    text: String,
+    doc: toml::Table,
+    /// The table being written (`network.dns`).
+    table: Vec<String>,
+}
+
+impl Out {
+    /// Comment lines: each line of `s` becomes one `# ` line, so nothing in
+    /// it can start a line of its own.
+    fn comment(&mut self, s: &str) {
+        for line in s.split('\n') {
+            let line = one_line(line);
+            if line.is_empty() {
+                self.text.push_str("#\n");
+            } else {
+                let _ = writeln!(self.text, "# {line}");
+            }
         }
     }
-    o.push_str("]\n");
+
+    fn table(&mut self, path: &str) {
+        if self.text.is_empty() || self.text.ends_with("\n\n") {
+            let _ = writeln!(self.text, "[{path}]");
+        } else {
+            let _ = writeln!(self.text, "\n[{path}]");
+        }
+        self.table = path.split('.').map(str::to_owned).collect();
+        let _ = self.current();
+    }
+
+    /// The document's table being written, made where missing.
+    fn current(&mut self) -> Result<&mut toml::Table, DraftError> {
+        let mut t = &mut self.doc;
+        for k in &self.table {
+            let v = t
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = match v {
+                toml::Value::Table(inner) => inner,
+                _ => {
+                    return Err(DraftError::Invalid {
+                        message: format!("[{}] is not a table", self.table.join(".")),
+                    });
+                }
+            };
+        }
+        Ok(t)
+    }
+
+    fn value(&mut self, key: &str, value: &str, comment: &str) -> Result<(), DraftError> {
+        let v = parse_value(value)?;
+        self.current()?.insert(key.to_owned(), v);
+        if comment.is_empty() {
+            let _ = writeln!(self.text, "{key} = {value}");
+        } else {
+            let _ = writeln!(self.text, "{key} = {value}  # {}", one_line(comment));
+        }
+        Ok(())
+    }
+
+    /// One array, multi-line: `--from`'s entries, the drafted ones, then
+    /// the REVIEW ones commented out.
+    fn list(&mut self, key: &str, l: &List) -> Result<(), DraftError> {
+        if l.is_empty() {
+            return Ok(());
+        }
+        let mut values = Vec::new();
+        let _ = writeln!(self.text, "{key} = [");
+        for i in l.from.iter().chain(l.active.values()) {
+            values.push(parse_value(&i.value)?);
+            let _ = writeln!(self.text, "  {},  # {}", i.value, one_line(&i.comment));
+        }
+        if !l.review.is_empty() {
+            self.text
+                .push_str("  # REVIEW: not granted; uncomment a line to grant it.\n");
+            for i in l.review.values() {
+                let _ = writeln!(
+                    self.text,
+                    "  # {},  # {}",
+                    one_line(&i.value),
+                    one_line(&i.comment)
+                );
+            }
+        }
+        self.text.push_str("]\n");
+        self.current()?
+            .insert(key.to_owned(), toml::Value::Array(values));
+        Ok(())
+    }
+}
+
+/// A value as it is written into the draft, parsed on its own.
+fn parse_value(value: &str) -> Result<toml::Value, DraftError> {
+    let invalid = |why: String| DraftError::Invalid {
+        message: format!("the value {} {why}", quote(value)),
+    };
+    let mut t: toml::Table = toml::from_str(&format!("v = {value}\n"))
+        .map_err(|e| invalid(format!("is not TOML: {e}")))?;
+    t.remove("v")
+        .ok_or_else(|| invalid("is not one value".into()))
+        .and_then(|v| {
+            if t.is_empty() {
+                Ok(v)
+            } else {
+                Err(invalid("is more than one value".into()))
+            }
+        })
+}
+
+/// The second line of defence against text the agent chose (file and host
+/// names) becoming a rule: the draft, parsed whole, holds exactly the
+/// values it was written with.
+fn verify(text: &str, meant: &toml::Table) -> Result<(), DraftError> {
+    let invalid = |message: String| DraftError::Invalid { message };
+    let parsed: toml::Table =
+        toml::from_str(text).map_err(|e| invalid(format!("the drafted text is not TOML: {e}")))?;
+    if &parsed != meant {
+        return Err(invalid(
+            "the drafted text holds other values than the ones drafted (text in a comment or a \
+             value ended its line?); no draft is written"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Text for the end of a comment line: line breaks and the other
+/// characters [`quote`] hides are escaped (backslashes are left as they
+/// are: what [`safe`] made stays as it is).
+fn one_line(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if hidden(c) => {
+                let _ = write!(o, "\\u{:04X}", u32::from(c));
+            }
+            c => o.push(c),
+        }
+    }
+    o
 }
 
 /// A TOML basic string. Control and bidirectional-formatting characters
@@ -2599,8 +3307,8 @@ struct FromRaw {
     answers: Vec<Item>,
     /// `key = value  # from POLICY` lines of `[network.dns]` and
     /// `[process]`.
-    dns_keys: Vec<String>,
-    process: Vec<String>,
+    dns_keys: Vec<KeyLine>,
+    process: Vec<KeyLine>,
     process_keys: BTreeSet<String>,
     allow_write_exec: Option<String>,
 }
@@ -2712,8 +3420,11 @@ impl FromRaw {
                 ("max_addresses", &dns.max_addresses),
             ] {
                 if let Some(v) = v {
-                    out.dns_keys
-                        .push(format!("{k} = {}  # from {label}", scalar(v.get_ref())));
+                    out.dns_keys.push(KeyLine {
+                        key: k.to_owned(),
+                        value: scalar(v.get_ref()),
+                        comment: format!("from {label}"),
+                    });
                 }
             }
             for a in dns.answers_allowed.unwrap_or_default() {
@@ -2734,9 +3445,8 @@ impl FromRaw {
             let fp = &d.from.map(|f| &f.policy.process);
             match k {
                 "max_processes" => d.seen.peak_procs.iter().max().is_some_and(|&peak| {
-                    fp.and_then(|p| p.max_processes).is_some_and(|h| {
-                        u64::from(h) < peak.saturating_mul(2).clamp(MIN_PROCESSES, MAX_PROCESSES)
-                    })
+                    fp.and_then(|p| p.max_processes)
+                        .is_some_and(|h| u64::from(h) < process_limit(peak))
                 }),
                 "memory" => d.seen.peak_memory.iter().max().is_some_and(|&peak| {
                     fp.and_then(|p| p.memory_bytes)
@@ -2749,7 +3459,11 @@ impl FromRaw {
         let mut push = |k: &str, v: String| {
             self.process_keys.insert(k.to_owned());
             if !learned_more(k) {
-                self.process.push(format!("{k} = {v}  # from {label}"));
+                self.process.push(KeyLine {
+                    key: k.to_owned(),
+                    value: v,
+                    comment: format!("from {label}"),
+                });
             }
         };
         for (k, v) in [

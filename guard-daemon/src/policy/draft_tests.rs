@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -75,6 +76,7 @@ impl Tree {
             "workdir": self.work.display().to_string(),
             "home": self.home.display().to_string(),
             "tmp": self.tmp.display().to_string(),
+            "launcher": {"uid": 1000, "pid": 4242, "cgroup": "/user.slice/session-1.scope"},
         }))
     }
 }
@@ -140,8 +142,26 @@ fn drafted(t: &Tree, records: &[Record]) -> String {
     drafted_from(t, records, None)
 }
 
+/// Every run that has none gets a clean exit record (nothing lost), so
+/// that the draft names no run as incomplete.
 fn drafted_from(t: &Tree, records: &[Record], from: Option<&FromPolicy>) -> String {
-    let d = draft(records, from, &LocalHost).unwrap();
+    let mut records = records.to_vec();
+    let ids: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| r.agent.as_ref().map(|a| a.id.clone()))
+        .collect();
+    for id in ids {
+        let ended = records
+            .iter()
+            .any(|r| r.action == "exit" && r.agent.as_ref().is_some_and(|a| a.id == id));
+        if !ended {
+            records.push(
+                rec(&id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+                    .with_detail(json!({"lost": 0, "events_pending": 0})),
+            );
+        }
+    }
+    let d = draft(&records, from, &LocalHost).unwrap();
     let plan = Policy::parse(&d.text, "draft.toml")
         .unwrap_or_else(|e| panic!("{e}\n{}", d.text))
         .compile(&t.vars())
@@ -160,7 +180,13 @@ fn drafted_from(t: &Tree, records: &[Record], from: Option<&FromPolicy>) -> Stri
             d.text
         );
     }
-    assert!(!d.text.contains("agent-1"), "no agent id:\n{}", d.text);
+    for l in d.text.lines() {
+        assert!(
+            !l.contains("agent-1") || l.starts_with("# run agent-1: mode "),
+            "an agent id outside the header's run lines:\n{}",
+            d.text
+        );
+    }
     d.text
 }
 
@@ -330,6 +356,12 @@ fn g2_never_groups_a_directory_holding_credentials() {
     assert!(has_active(&text, "\"{home}/.bashrc\""), "{text}");
 }
 
+/// An exec record of a script, with the interpreter the kernel ran.
+fn exec_script(id: &str, path: &str, interpreter: &str) -> Record {
+    rec(id, Kind::Exec, "exec", path, Verdict::Allowed)
+        .with_detail(json!({"argv": [path], "interpreter": interpreter}))
+}
+
 #[test]
 fn exec_implies_read_and_scripts_bring_their_interpreter() {
     let t = Tree::new();
@@ -340,8 +372,10 @@ fn exec_implies_read_and_scripts_bring_their_interpreter() {
         t.start("agent-1"),
         exec("agent-1", &tool.display().to_string()),
         read("agent-1", &tool.display().to_string()),
-        exec("agent-1", &script.display().to_string()),
-        exec("agent-1", &envy.display().to_string()),
+        exec_script("agent-1", &script.display().to_string(), "/bin/sh"),
+        exec_script("agent-1", &envy.display().to_string(), "/usr/bin/env"),
+        // env's own exec of the program it starts.
+        exec("agent-1", "/usr/bin/python3"),
     ];
     let text = drafted(&t, &recs);
     let tool = tool.display().to_string();
@@ -357,6 +391,32 @@ fn exec_implies_read_and_scripts_bring_their_interpreter() {
     // /bin/sh comes with `shell`, env and python3 with `shell` and `python`.
     assert!(text.contains("  \"shell\",  # "), "{text}");
     assert!(text.contains("  \"python\",  # 1 use\n"), "{text}");
+}
+
+#[test]
+fn a_script_is_never_read_for_its_interpreter() {
+    let t = Tree::new();
+    // The `#!` line names a shell, but the record names no interpreter:
+    // none is granted (the agent could have rewritten the line).
+    let script = t.file("srv/bin/run", "#!/bin/sh\necho hi\n");
+    // A FIFO where a script was: opening it would block.
+    let fifo = t.root.join("srv/bin/fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        exec("agent-1", &script.display().to_string()),
+        exec("agent-1", &fifo.display().to_string()),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(draft(&recs, None, &LocalHost).map(|d| d.text));
+    });
+    let text = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the draft blocked")
+        .unwrap();
+    assert!(!text.contains("\"shell\""), "{text}");
+    assert!(!text.contains("/bin/sh"), "{text}");
 }
 
 #[test]
@@ -395,15 +455,20 @@ fn credentials_are_flagged_never_granted() {
         text.contains("NOTE: granted anyway by base \"base\""),
         "{text}"
     );
-    // A credential-like file of the work directory: flagged, and said to
-    // be covered by {workdir}.
+    // A credential-like file of the work directory: flagged, and G1 steps
+    // back so that nothing grants it.
     let line = review(&text)
         .into_iter()
         .find(|l| l.contains("hf-token"))
         .unwrap();
+    assert!(!line.contains("granted anyway"), "{line}");
+    assert!(!has_active(&text, "\"{workdir}\""), "{text}");
+    assert!(has_active(&text, "\"{workdir}/main.py\""), "{text}");
     assert!(
-        line.contains("granted anyway by {workdir} (read)"),
-        "{line}"
+        text.contains(
+            "# NOTE: {workdir} holds \"{workdir}/hf-token.txt\", a credential the agent used, so it is not granted as a whole (G1):\n# the files the agent used there are listed like any other.\n"
+        ),
+        "{text}"
     );
     assert!(
         text.contains("# REVIEW: 3 items are observed but not granted"),
@@ -427,7 +492,14 @@ fn credential_words_are_judged_below_the_run_directories() {
         read("agent-1", &work.join("secrets/api").display().to_string()),
     ];
     let d = draft(&recs, None, &LocalHost).unwrap();
-    assert!(has_active(&d.text, "\"{workdir}\",  # 1 use"), "{}", d.text);
+    // The work directory's own name flags nothing; a file in it does, and
+    // G1 steps back for it.
+    assert!(
+        has_active(&d.text, "\"{workdir}/train.py\",  # 1 use"),
+        "{}",
+        d.text
+    );
+    assert!(!has_active(&d.text, "\"{workdir}\""), "{}", d.text);
     assert!(
         has_review(
             &d.text,
@@ -698,7 +770,7 @@ fn base_unix_sockets_syscalls_watches_and_limits() {
     ), "{text}");
     assert!(
         text.contains(
-            "\n[process]\nmax_processes = 16  # peak 3 processes: twice that, at least 16\n"
+            "\n[process]\nmax_processes = 16  # peak at most 8 processes: twice the peak, rounded up to a multiple of 16\n"
         ),
         "{text}"
     );
@@ -772,29 +844,84 @@ fn runs_merge_with_counts_summed() {
         "{two}"
     );
     assert!(
-        two.contains("max_processes = 24  # peak 12 processes"),
+        two.contains("max_processes = 32  # peak at most 16 processes"),
         "{two}"
     );
     // One line per rule, however many runs.
     assert_eq!(active(&one).len(), active(&two).len(), "{one}\n{two}");
 }
 
+/// A deterministic shuffle.
+fn shuffled(mut v: Vec<Record>) -> Vec<Record> {
+    v.reverse();
+    let n = v.len();
+    for i in 0..n {
+        v.swap(i, (i * 7 + 3) % n);
+    }
+    v
+}
+
 #[test]
-fn same_records_any_order_any_ids_same_text() {
+fn same_records_any_order_same_text_and_one_run_under_any_id() {
     let t = Tree::new();
     let mut a = workload(&t, "agent-1");
     a.extend(workload(&t, "agent-2"));
     let first = drafted(&t, &a);
-    let mut b = workload(&t, "0f3a");
-    b.extend(workload(&t, "zz-9"));
-    b.reverse();
-    // A deterministic shuffle on top.
-    let n = b.len();
-    for i in 0..n {
-        b.swap(i, (i * 7 + 3) % n);
-    }
-    let second = drafted(&t, &b);
-    assert_eq!(first, second);
+    assert_eq!(first, drafted(&t, &shuffled(a)));
+    // Merged runs are listed by id, so a reviewer sees what was merged.
+    assert!(
+        first.contains(
+            "\n# run agent-1: mode learn, started by uid 1000 (pid 4242), on the host\n\
+             # run agent-2: mode learn, started by uid 1000 (pid 4242), on the host\n"
+        ),
+        "{first}"
+    );
+    // One run: the same text under any id.
+    let one = drafted(&t, &workload(&t, "agent-1"));
+    assert_eq!(one, drafted(&t, &shuffled(workload(&t, "0f3a"))));
+    assert!(!one.contains("# run "), "{one}");
+}
+
+/// A second workload, unlike [`workload`]: what one run does changes what
+/// the draft makes of the other's (a directory one run lists holds a
+/// secret the other reads; both reach the same name).
+fn other_workload(t: &Tree, id: &str) -> Vec<Record> {
+    t.file("srv/d/readme", "");
+    t.file("srv/d/api-secret", "");
+    t.file("srv/d/notes", "");
+    vec![
+        t.start(id),
+        read(id, &t.p("srv/d/api-secret")),
+        read(id, &t.p("srv/d/notes")),
+        exec(id, "/bin/sh"),
+        dns(id, "pypi.org", &["151.101.0.223"]),
+        connect(id, "151.101.0.223:8443/tcp"),
+        connect(id, "198.51.100.4:5432/tcp"),
+        rec(id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+            .with_detail(json!({"peak": {"processes": 40, "memory_bytes": 300_000_000}})),
+    ]
+}
+
+#[test]
+fn two_different_runs_draft_the_same_text_in_either_order() {
+    let t = Tree::new();
+    let with_dir = |id: &str| {
+        let mut v = workload(&t, id);
+        v.push(opendir(id, &t.p("srv/d")));
+        v
+    };
+    let mut a = with_dir("agent-1");
+    a.extend(other_workload(&t, "agent-2"));
+    let mut b = other_workload(&t, "agent-1");
+    b.extend(with_dir("agent-2"));
+    let first = drafted(&t, &a);
+    assert_eq!(first, drafted(&t, &shuffled(b)));
+    // The secret one run read keeps the directory the other listed out.
+    assert!(
+        !has_active(&first, &format!("\"{}\"", t.p("srv/d"))),
+        "{first}"
+    );
+    assert!(has_review(&first, "srv/d/api-secret"), "{first}");
 }
 
 #[test]
@@ -1160,7 +1287,7 @@ fn limits_above_the_from_policy_are_raised() {
         .with_detail(json!({"peak": {"processes": 40, "memory_bytes": 1000}})),
     ];
     let out = drafted_from(&t, &recs, Some(&from));
-    assert!(out.contains("max_processes = 80  # peak 40 processes: twice that, at least 16 (raised from the value of p.toml)\n"), "{out}");
+    assert!(out.contains("max_processes = 80  # peak at most 40 processes: twice the peak, rounded up to a multiple of 16 (raised from the value of p.toml)\n"), "{out}");
     assert!(out.contains("memory = \"1G\"  # from p.toml\n"), "{out}");
     assert!(out.contains("cpu = 0.5  # from p.toml\n"), "{out}");
     assert!(!out.contains("max_processes = 20"), "{out}");
@@ -1169,6 +1296,8 @@ fn limits_above_the_from_policy_are_raised() {
 /// The draft of two runs of one workload, as the docs and the report show
 /// it (the temporary root written as /T).
 const EXAMPLE: &str = r#"# Drafted by `guardctl policy draft` from 2 runs of agent "demo" (mode: learn).
+# run agent-1: mode learn, started by uid 1000 (pid 4242), on the host
+# run agent-2: mode learn, started by uid 1000 (pid 4242), on the host
 # It grants what the runs were seen doing and nothing more; each rule says how
 # often it was used. Grouping (docs/policy.md, "Learning a policy"):
 #   G1 every path under {workdir}, and under {tmp}, is one rule per access;
@@ -1205,7 +1334,7 @@ allow = [
 ]
 
 [process]
-max_processes = 24  # peak 12 processes: twice that, at least 16
+max_processes = 32  # peak at most 16 processes: twice the peak, rounded up to a multiple of 16
 memory = "64M"  # peak at most 32 MiB: twice the peak, rounded up to a multiple of 64 MiB
 "#;
 
@@ -1216,4 +1345,623 @@ fn the_example_draft() {
     recs.extend(workload(&t, "agent-2"));
     let text = drafted(&t, &recs);
     assert_eq!(text.replace(&t.root.display().to_string(), "/T"), EXAMPLE);
+}
+
+#[test]
+fn a_directory_name_cannot_add_a_rule_through_a_comment() {
+    let t = Tree::new();
+    // The review's exploit: a directory the agent made, whose name ends a
+    // comment line and adds `"/etc",` (spelled with a TOML escape, as a
+    // file name cannot hold `/`) to the list. One run lists it, another
+    // reads a credential-like file inside it.
+    let evil = "srv/x\n  \"\\u002Fetc\",\n  #";
+    t.file(&format!("{evil}/a"), "");
+    t.file(&format!("{evil}/api-token"), "");
+    let recs = vec![
+        t.start("agent-1"),
+        opendir("agent-1", &t.p(evil)),
+        t.start("agent-2"),
+        read("agent-2", &t.p(&format!("{evil}/api-token"))),
+    ];
+    let text = match draft(&recs, None, &LocalHost) {
+        Ok(d) => d.text,
+        Err(e) => panic!("{e}"),
+    };
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    assert!(
+        !plan
+            .filesystem
+            .rules
+            .iter()
+            .any(|r| r.origin == Origin::Policy && r.path == std::path::Path::new("/etc")),
+        "{text}"
+    );
+    assert!(!text.contains("\n  \"\\u002Fetc\""), "{text}");
+}
+
+#[test]
+fn comments_stay_on_their_line_and_the_text_holds_only_what_was_drafted() {
+    let mut o = Out::default();
+    o.table("filesystem");
+    let mut l = List::default();
+    l.add(
+        false,
+        Item {
+            value: quote("/srv/a"),
+            comment: "1 use; granted by /x\n  \"\\u002Fetc\",\n  #".into(),
+        },
+    );
+    o.list("read", &l).unwrap();
+    o.comment("NOTE: a\n\"/etc\",");
+    assert!(!o.text.contains("\n  \"\\u002Fetc\""), "{}", o.text);
+    assert!(!o.text.contains("\n\"/etc\""), "{}", o.text);
+    verify(&o.text, &o.doc).unwrap();
+    // Text written past the writer: caught by the parse.
+    let forged = o.text.replace("]\n", "  \"/etc\",\n]\n");
+    assert!(matches!(
+        verify(&forged, &o.doc),
+        Err(DraftError::Invalid { .. })
+    ));
+    let mut o = Out::default();
+    o.table("filesystem");
+    let mut l = List::default();
+    // A value that is two values is refused before it is written.
+    l.add(
+        false,
+        Item {
+            value: "\"/srv/a\", \"/etc\"".into(),
+            comment: String::new(),
+        },
+    );
+    assert!(matches!(
+        o.list("read", &l),
+        Err(DraftError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn runs_peaking_a_little_differently_draft_the_same_limits() {
+    let t = Tree::new();
+    let run = |procs: u64, mem: u64| {
+        let recs = vec![
+            t.start("agent-1"),
+            rec(
+                "agent-1",
+                Kind::Lifecycle,
+                "exit",
+                "exit 0",
+                Verdict::Allowed,
+            )
+            .with_detail(json!({"peak": {"processes": procs, "memory_bytes": mem}})),
+        ];
+        drafted(&t, &recs)
+    };
+    let a = run(11, 30 << 20);
+    assert_eq!(a, run(12, 31 << 20));
+    assert!(
+        a.contains("max_processes = 32  # peak at most 16 processes"),
+        "{a}"
+    );
+    assert_ne!(a, run(17, 31 << 20));
+}
+
+#[test]
+fn a_refused_inotify_watch_does_not_draft_inotify() {
+    let t = Tree::new();
+    let mut refused = rec(
+        "agent-1",
+        Kind::Syscall,
+        "inotify_add_watch",
+        "/etc",
+        Verdict::Denied,
+    );
+    refused.layer = "seccomp".into();
+    // As an enforcing run's seccomp journals it: a file record.
+    let mut as_file = refused.clone();
+    as_file.kind = Kind::File;
+    let recs = vec![t.start("agent-1"), refused, as_file];
+    let text = drafted(&t, &recs);
+    assert!(!text.contains("\ninotify = true"), "{text}");
+    assert!(
+        text.contains(
+            "#   inotify watches refused (2 uses, by seccomp in an enforcing run): not drafted"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("\n[process]\n"), "{text}");
+}
+
+#[test]
+fn answers_allowed_holds_only_addresses_connected_to_and_never_metadata() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        // Resolved to two private addresses and the metadata service;
+        // connected to one.
+        dns(
+            "agent-1",
+            "db.corp.example",
+            &["10.1.2.3", "10.1.2.4", "169.254.169.254"],
+        ),
+        connect("agent-1", "10.1.2.3:5432/tcp"),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(has_active(&text, "\"10.1.2.3/32\""), "{text}");
+    assert!(!text.contains("10.1.2.4"), "{text}");
+    assert!(!text.contains("169.254.169.254"), "{text}");
+
+    // A name the --from policy allows, connected at the metadata address:
+    // its answer is for review, never allowed.
+    let p = "[policy]\nname = \"p\"\n[network]\n\
+             allow = [{ host = \"meta.example\", ports = [80], protocol = \"tcp\" }]\n";
+    let from = FromPolicy {
+        label: "p.toml".into(),
+        text: p.into(),
+        policy: Policy::parse(p, "p.toml").unwrap(),
+    };
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "meta.example", &["169.254.169.254"]),
+        connect("agent-1", "169.254.169.254:80/tcp"),
+    ];
+    let text = drafted_from(&t, &recs, Some(&from));
+    assert!(!has_active(&text, "169.254.169.254"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "\"169.254.169.254/32\",  # \"meta.example\" resolved here and was connected to; link-local or cloud metadata"
+        ),
+        "{text}"
+    );
+    let plan = Policy::parse(&text, "d")
+        .unwrap()
+        .compile(&t.vars())
+        .unwrap();
+    assert!(
+        !plan
+            .network
+            .dns
+            .unwrap()
+            .answer_allowed("169.254.169.254".parse().unwrap())
+    );
+}
+
+#[test]
+fn names_sharing_an_address_are_not_granted_by_it() {
+    let t = Tree::new();
+    let recs = vec![
+        t.start("agent-1"),
+        dns("agent-1", "pypi.example", &["198.51.100.7"]),
+        dns("agent-1", "evil.example", &["198.51.100.7", "198.51.100.8"]),
+        connect("agent-1", "198.51.100.7:443/tcp"),
+        // Listed by one name only.
+        connect("agent-1", "198.51.100.8:443/tcp"),
+        // Listed by no answer: by address.
+        connect("agent-1", "198.51.100.9:443/tcp"),
+        dns("agent-1", "asked.example", &["198.51.100.10"]),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, "pypi.example"), "{text}");
+    assert!(!has_active(&text, "198.51.100.7"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"pypi.example\", ports = [443], protocol = \"tcp\" },  # 1 use; shared the address 198.51.100.7 with \"evil.example\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"evil.example\", ports = [443], protocol = \"tcp\" },  # 1 use; shared the address 198.51.100.7 with \"pypi.example\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_active(
+            &text,
+            "{ host = \"evil.example\", ports = [443], protocol = \"tcp\" },  # 1 use; reached by name"
+        ),
+        "{text}"
+    );
+    assert!(has_active(&text, "{ cidr = \"198.51.100.9/32\""), "{text}");
+    assert!(!has_active(&text, "asked.example"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "{ host = \"asked.example\" },  # 1 query; asked for but never connected to"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn credentials_are_found_wherever_they_lie_without_a_home() {
+    let t = Tree::new();
+    let paths = [
+        "srv/other/.aws/credentials",
+        "srv/other/.azure/config",
+        "srv/other/.config/gh/hosts.yml",
+        "srv/other/.npmrc",
+        "srv/other/.pypirc",
+        "srv/keys/id_ed25519_deploy",
+        "srv/keys/vault.kdbx",
+        "srv/keys/client.P12",
+        "srv/keys/site.pfx",
+    ];
+    let mut start = t.start("agent-1");
+    start
+        .detail
+        .as_mut()
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("home");
+    let mut recs = vec![start];
+    for p in paths {
+        t.file(p, "");
+        recs.push(read("agent-1", &t.p(p)));
+    }
+    recs.push(read("agent-1", "/proc/1/environ"));
+    recs.push(read("agent-1", "/proc/self/environ"));
+    recs.push(read("agent-1", "/etc/ssh/ssh_host_ed25519_key"));
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    for p in paths {
+        assert!(!has_active(text, p), "{p}: {text}");
+        assert!(has_review(text, &format!("{}\",", t.p(p))), "{p}: {text}");
+    }
+    assert!(
+        has_review(
+            text,
+            "\"/proc/1/environ\",  # 1 use; a process's environment"
+        ),
+        "{text}"
+    );
+    assert!(has_review(text, "\"/proc/self/environ\""), "{text}");
+    assert!(
+        has_review(
+            text,
+            "\"/etc/ssh/ssh_host_ed25519_key\",  # 1 use; credentials (/etc/ssh)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "credentials (a .config/gh in the path)"),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "private key (a file named id_ed25519*)"),
+        "{text}"
+    );
+    assert!(
+        has_review(text, "private key or key store (.p12)"),
+        "{text}"
+    );
+    assert!(!text.contains("\n  \""), "nothing granted:\n{text}");
+}
+
+#[test]
+fn a_directory_grant_covering_a_credential_location_is_for_review() {
+    let t = Tree::new();
+    // Nothing the agent used is a credential; what lies below is.
+    t.file("srv/box/data.csv", "");
+    t.file("srv/box/backup/.ssh/id_rsa", "");
+    let mut recs = vec![
+        t.start("agent-1"),
+        opendir("agent-1", &t.p("srv/box")),
+        read("agent-1", &t.p("srv/box/data.csv")),
+        opendir("agent-1", "/etc"),
+        opendir("agent-1", "/"),
+    ];
+    // Four files of one directory, a key file below it.
+    for f in ["a", "b", "c", "d"] {
+        t.file(&format!("srv/grp/{f}"), "");
+        recs.push(read("agent-1", &t.p(&format!("srv/grp/{f}"))));
+    }
+    t.file("srv/grp/sub/server.key", "");
+    let text = drafted(&t, &recs);
+    let backup = t.p("srv/box/backup/.ssh");
+    assert!(
+        has_review(
+            &text,
+            &format!(
+                "\"{}\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it holds \"{backup}\" (credentials (a .ssh in the path))",
+                t.p("srv/box")
+            )
+        ),
+        "{text}"
+    );
+    assert!(has_active(&text, "srv/box/data.csv"), "{text}");
+    assert!(
+        has_review(
+            &text,
+            "\"/etc\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it covers /etc/ssh (the host's SSH keys)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has_review(
+            &text,
+            "\"/\",  # 1 use; a directory the agent opened, but a grant on it covers its whole tree and it covers /etc/ssh"
+        ),
+        "{text}"
+    );
+    assert!(
+        !has_active(&text, &format!("\"{}\"", t.p("srv/grp"))),
+        "{text}"
+    );
+    assert!(has_active(&text, "srv/grp/a\""), "{text}");
+}
+
+#[test]
+fn no_draft_flags_and_grants_the_same_credential() {
+    let t = Tree::new();
+    t.file("srv/d/readme", "");
+    t.file("srv/d/api-secret", "");
+    t.file("agent-tmp/.netrc", "");
+    t.file("agent-tmp/out", "");
+    let recs = vec![
+        // One run lists the directory, the other reads a secret in it.
+        t.start("agent-1"),
+        opendir("agent-1", &t.p("srv/d")),
+        t.start("agent-2"),
+        read("agent-2", &t.p("srv/d/api-secret")),
+        // A credential under {tmp}: G1 steps back there too.
+        write("agent-2", &t.p("agent-tmp/out")),
+        read("agent-2", &t.p("agent-tmp/.netrc")),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    assert!(
+        !has_active(text, &format!("\"{}\"", t.p("srv/d"))),
+        "{text}"
+    );
+    assert!(has_review(text, "srv/d/api-secret\",  # 1 use;"), "{text}");
+    assert!(!has_active(text, "\"{tmp}\""), "{text}");
+    assert!(has_active(text, "\"{tmp}/out\""), "{text}");
+    assert!(has_review(text, "\"{tmp}/.netrc\""), "{text}");
+    assert!(!text.contains("granted anyway"), "{text}");
+}
+
+#[test]
+fn a_rule_is_judged_as_it_compiles_in_every_run() {
+    let t = Tree::new();
+    // Run 1's home holds a plain configuration file; in run 2's home the
+    // same name is a link to a key.
+    t.file("home/.config/app.toml", "");
+    let home2 = t.root.join("home2");
+    std::fs::create_dir_all(home2.join(".config")).unwrap();
+    t.file("home2/.ssh/id_rsa", "");
+    std::os::unix::fs::symlink(home2.join(".ssh/id_rsa"), home2.join(".config/app.toml")).unwrap();
+    let mut start2 = t.start("agent-2");
+    start2.detail.as_mut().unwrap()["home"] = json!(home2.display().to_string());
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/.config/app.toml")),
+        start2,
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    assert!(!has_active(&d.text, "app.toml"), "{}", d.text);
+    assert!(
+        has_review(
+            &d.text,
+            "\"{home}/.config/app.toml\",  # 1 use; its path is flagged: credentials ({home}/.ssh): not granted"
+        ),
+        "{}",
+        d.text
+    );
+}
+
+#[test]
+fn a_path_that_resolves_to_braces_is_never_a_rule() {
+    let t = Tree::new();
+    // A directory named `{home}`, reached through a link in the work
+    // directory: as it resolves, a policy would read a variable in it.
+    t.file("srv/{home}/f", "");
+    t.file("home/proj/main.py", "");
+    std::os::unix::fs::symlink(t.root.join("srv/{home}"), t.work.join("link")).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/main.py")),
+        read("agent-1", &t.p("home/proj/link/f")),
+    ];
+    let text = drafted(&t, &recs);
+    assert!(!has_active(&text, "{home}/f"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "#   read of \"{}\": resolves to \"{}\", which holds `{{` or `}}`",
+            t.p("home/proj/link/f"),
+            t.p("srv/{home}/f")
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn descriptors_and_processes_of_the_agent_are_never_resolved_here() {
+    let t = Tree::new();
+    t.file("home/proj/main.py", "");
+    std::os::unix::fs::symlink("/dev/stderr", t.work.join("log")).unwrap();
+    let recs = vec![
+        t.start("agent-1"),
+        read("agent-1", &t.p("home/proj/main.py")),
+        read("agent-1", "/dev/stdin"),
+        read("agent-1", "/dev/fd/0"),
+        read("agent-1", "/proc/1/status"),
+        read("agent-1", "/proc/self/fd/4"),
+        write("agent-1", "/dev/stdout"),
+        // Written through a link in the work directory.
+        write("agent-1", &t.p("home/proj/log")),
+        exec("agent-1", "/dev/fd/3"),
+    ];
+    let text = drafted(&t, &recs);
+    for p in [
+        "\"/dev/stdin\"",
+        "\"/dev/fd/0\"",
+        "\"/proc/1/status\"",
+        "\"/proc/self/fd/4\"",
+        "\"/dev/stdout\"",
+        "\"/dev/fd/3\"",
+    ] {
+        assert!(!has_active(&text, p), "{p}: {text}");
+        assert!(
+            has_review(
+                &text,
+                &format!("{p},  # 1 use; names a descriptor or process of the agent")
+            ),
+            "{p}: {text}"
+        );
+    }
+    assert!(
+        has_review(
+            &text,
+            "\"/proc/self/fd/2\",  # 1 use; names a descriptor or process of the agent"
+        ),
+        "{text}"
+    );
+    // Nothing of guardctl's own process is named.
+    assert!(
+        !text.contains(&format!("/proc/{}", std::process::id())),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_local_host_resolves_like_the_kernel_up_to_proc() {
+    let t = Tree::new();
+    t.file("srv/a/b/file", "");
+    std::os::unix::fs::symlink("a/b", t.root.join("srv/rel")).unwrap();
+    std::os::unix::fs::symlink("../b/file", t.root.join("srv/a/b/up")).unwrap();
+    std::os::unix::fs::symlink(t.root.join("srv/rel"), t.root.join("srv/abs")).unwrap();
+    std::os::unix::fs::symlink("loop2", t.root.join("srv/loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", t.root.join("srv/loop2")).unwrap();
+    std::os::unix::fs::symlink("/dev/stdout", t.root.join("srv/out")).unwrap();
+    for p in [
+        "srv/rel/file",
+        "srv/abs/up",
+        "srv/a/../rel/./file",
+        "srv/abs/../a/b",
+    ] {
+        let p = t.root.join(p);
+        assert_eq!(
+            LocalHost.canonical(&p),
+            std::fs::canonicalize(&p).ok(),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/loop1")), None);
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/missing")), None);
+    assert_eq!(LocalHost.canonical(&t.root.join("srv/a/b/file/x")), None);
+    assert_eq!(
+        LocalHost.canonical(&t.root.join("srv/out")),
+        Some(PathBuf::from("/proc/self/fd/1"))
+    );
+    assert_eq!(
+        LocalHost.canonical(&t.root.join("srv/out/../2")),
+        Some(PathBuf::from("/proc/self/fd/2"))
+    );
+}
+
+#[test]
+fn a_program_named_relative_to_a_working_directory_is_for_review() {
+    let t = Tree::new();
+    let tool = t.file("srv/bin/tool", "");
+    let other = t.file("srv/bin/other", "");
+    let recs = vec![
+        t.start("agent-1"),
+        // As guardd journals `bin/tool` run from /T/srv: the path read
+        // from the process's working directory after the exec.
+        rec("agent-1", Kind::Exec, "exec", "bin/tool", Verdict::Allowed).with_detail(json!({
+            "argv": ["bin/tool"], "path": tool.display().to_string(),
+        })),
+        rec("agent-1", Kind::Exec, "exec", "./other", Verdict::Allowed).with_detail(json!({
+            "argv": ["./other"], "path": other.display().to_string(), "path_unverified": true,
+        })),
+    ];
+    let text = drafted(&t, &recs);
+    for p in [&tool, &other] {
+        let p = p.display().to_string();
+        assert!(!has_active(&text, &p), "{text}");
+        assert!(
+            has_review(
+                &text,
+                &format!(
+                    "\"{p}\",  # 1 use; program named relative to a working directory guardd read after the exec"
+                )
+            ),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn runs_whose_records_may_be_missing_are_named() {
+    let t = Tree::new();
+    let exit = |id: &str, lost: u64, pending: u64| {
+        rec(id, Kind::Lifecycle, "exit", "exit 0", Verdict::Allowed)
+            .with_detail(json!({"lost": lost, "events_pending": pending}))
+    };
+    let mut gap = rec("run-c", Kind::Gap, "daemon-restart", "x", Verdict::Allowed);
+    gap.rule = "daemon".into();
+    let recs = vec![
+        t.start("run-a"),
+        exit("run-a", 3, 0),
+        t.start("run-b"),
+        exit("run-b", 0, 2),
+        t.start("run-c"),
+        gap,
+        exit("run-c", 0, 0),
+        t.start("run-d"),
+        t.start("run-e"),
+        exit("run-e", 0, 0),
+    ];
+    let d = draft(&recs, None, &LocalHost).unwrap();
+    let text = &d.text;
+    for line in [
+        "# NOTE: run run-a: records may be missing (3 events lost when the kernel's ring buffer was full)",
+        "# NOTE: run run-b: records may be missing (2 events still pending when it exited)",
+        "# NOTE: run run-c: records may be missing (the journal records a gap (daemon-restart))",
+        "# NOTE: run run-d: records may be missing (no exit record: it was still running, or guardd restarted while it ran)",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    assert!(!text.contains("NOTE: run run-e:"), "{text}");
+}
+
+#[test]
+fn the_local_host_walks_below_a_directory_without_following_links() {
+    let t = Tree::new();
+    for f in [
+        "srv/w/a/1",
+        "srv/w/b/id_rsa",
+        "srv/w/c/id_rsa",
+        "srv/keys/id_dsa",
+    ] {
+        t.file(f, "");
+    }
+    // A link to keys elsewhere is not a key below the directory.
+    std::os::unix::fs::symlink(t.root.join("srv/keys"), t.root.join("srv/w/0link")).unwrap();
+    let key = |p: &std::path::Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("id_"))
+    };
+    let w = t.root.join("srv/w");
+    assert_eq!(
+        LocalHost.find_below(&w, &key, 100),
+        Below::Found(t.root.join("srv/w/b/id_rsa"))
+    );
+    assert_eq!(LocalHost.find_below(&w, &key, 3), Below::TooLarge);
+    assert_eq!(
+        LocalHost.find_below(&t.root.join("srv/w/a"), &key, 100),
+        Below::Clean
+    );
+    assert_eq!(
+        LocalHost.find_below(&t.root.join("srv/gone"), &key, 100),
+        Below::Clean
+    );
 }
