@@ -564,6 +564,15 @@ fn a_scripts_interpreter_comes_from_the_kernel_and_is_granted() {
     let wd = workdir(&g, "w2");
     let out = guardctl_run(&g, &["--policy", file.to_str().unwrap()], &cmd, &wd);
     assert!(out.status.success(), "{}\n{text}", describe(&out));
-    assert_eq!(std::fs::read_to_string(wd.join("count.txt")).unwrap().trim(), "5");
-    assert_eq!(denials(&g, &Guardd::agent_id(&out)), Vec::<Value>::new(), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(wd.join("count.txt"))
+            .unwrap()
+            .trim(),
+        "5"
+    );
+    assert_eq!(
+        denials(&g, &Guardd::agent_id(&out)),
+        Vec::<Value>::new(),
+        "{text}"
+    );
 }
