@@ -207,16 +207,20 @@ fn no_new_privs_alone_is_not_enough() {
     });
 }
 
+/// What the two capability variants must be refused for: CAP_NET_RAW, the
+/// one capability they keep beyond the policy's CAP_NET_BIND_SERVICE.
+fn net_raw_beyond_policy(capbnd: u64) -> Vec<String> {
+    assert_eq!(
+        capbnd,
+        1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
+        "the child cut its bounding set"
+    );
+    vec!["capabilities:CAP_NET_RAW".to_owned()]
+}
+
 #[test]
 fn one_capability_beyond_the_policy_is_refused() {
-    let rec = refused("extracap", |capbnd| {
-        assert_eq!(
-            capbnd,
-            1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
-            "the child cut its bounding set"
-        );
-        vec!["capabilities:CAP_NET_RAW".to_owned()]
-    });
+    let rec = refused("extracap", net_raw_beyond_policy);
     // As root the program starts with it in both sets.
     assert_eq!(
         rec["detail"]["excess_capabilities"],
@@ -230,14 +234,7 @@ fn one_capability_beyond_the_policy_is_refused() {
 /// which capset() would make effective after its first instruction.
 #[test]
 fn a_capability_left_permitted_but_not_effective_is_refused() {
-    let rec = refused("permcap", |capbnd| {
-        assert_eq!(
-            capbnd,
-            1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_RAW,
-            "the child cut its bounding set"
-        );
-        vec!["capabilities:CAP_NET_RAW".to_owned()]
-    });
+    let rec = refused("permcap", net_raw_beyond_policy);
     assert_eq!(
         rec["detail"]["excess_capabilities"],
         serde_json::json!({"effective": [], "permitted": ["CAP_NET_RAW"]}),

@@ -312,6 +312,23 @@ fn run_agent(node: &Node, container: &str, policy: &str, script: &str) -> Output
         .unwrap()
 }
 
+/// `guardctl run` of the named policy `agent` for `bash -c SCRIPT`, as a
+/// workload's command line.
+fn agent_argv(script: &str) -> [&str; 10] {
+    [
+        "guardctl",
+        "run",
+        "--policy-name",
+        "agent",
+        "--allow-degraded",
+        "exec",
+        "--",
+        "/bin/bash",
+        "-c",
+        script,
+    ]
+}
+
 fn agent_id_of(out: &Output) -> String {
     Guardd::agent_id(out)
 }
@@ -565,26 +582,11 @@ fn nix_mkfifo(path: &Path) {
 /// The long agent of the restart test, with [`FIFOS`] mounted.
 fn run_agent_spawn(node: &Node, container: &str, script: &str) -> std::process::Child {
     let fifos = format!("{}:{FIFOS}", node.path("fifos"));
-    node.workload(
-        container,
-        &["-v", &fifos],
-        &[
-            "guardctl",
-            "run",
-            "--policy-name",
-            "agent",
-            "--allow-degraded",
-            "exec",
-            "--",
-            "/bin/bash",
-            "-c",
-            script,
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap()
+    node.workload(container, &["-v", &fifos], &agent_argv(script))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn wait_output(child: &mut std::process::Child, within: Duration) -> Output {
@@ -678,18 +680,7 @@ fn a_workload_with_a_writable_cgroupfs_is_refused() {
         .workload(
             &format!("guard-test-agent-{pid}-g"),
             &["-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"],
-            &[
-                "guardctl",
-                "run",
-                "--policy-name",
-                "agent",
-                "--allow-degraded",
-                "exec",
-                "--",
-                "/bin/bash",
-                "-c",
-                "echo ran",
-            ],
+            &agent_argv("echo ran"),
         )
         .output()
         .unwrap();

@@ -384,26 +384,7 @@ pub fn on_sys_exit(ctx: &RawTracePointContext) -> u32 {
         agent.count_event();
         return 0;
     }
-    let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {
-        agent.count_lost();
-        return 0;
-    };
-    let ev = slot.as_mut_ptr();
-    // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
-    unsafe {
-        fill_syscall(
-            cfg,
-            &mut *ev,
-            &agent,
-            EVENT_SYSCALL,
-            VERDICT_DENIED,
-            nr,
-            ret,
-            regs,
-        )
-    };
-    slot.submit(0);
-    agent.count_event();
+    submit_syscall(cfg, &agent, EVENT_SYSCALL, VERDICT_DENIED, nr, ret, regs);
     0
 }
 
@@ -433,27 +414,31 @@ fn on_success(ctx: &RawTracePointContext, ret: i64) -> u32 {
     if agent.info.is_null() || agent.flags() & AGENT_LEARN == 0 {
         return 0;
     }
+    submit_syscall(cfg, &agent, EVENT_OBSERVED, VERDICT_AUDIT, nr, ret, regs);
+    0
+}
+
+/// Reserves, fills and submits one `SyscallEvent` (a refusal, or a use
+/// observed in learn mode), counting it for the agent.
+#[inline(always)]
+fn submit_syscall(
+    cfg: &Config,
+    agent: &Agent,
+    kind: u16,
+    verdict: u8,
+    nr: u64,
+    ret: i64,
+    regs: u64,
+) {
     let Some(mut slot) = EVENTS.reserve::<SyscallEvent>(0) else {
         agent.count_lost();
-        return 0;
+        return;
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: as in `on_exec`; `fill_syscall` writes every field.
-    unsafe {
-        fill_syscall(
-            cfg,
-            &mut *ev,
-            &agent,
-            EVENT_OBSERVED,
-            VERDICT_AUDIT,
-            nr,
-            ret,
-            regs,
-        )
-    };
+    unsafe { fill_syscall(cfg, &mut *ev, agent, kind, verdict, nr, ret, regs) };
     slot.submit(0);
     agent.count_event();
-    0
 }
 
 /// Writes every field of a call's event; `kind` is the event's

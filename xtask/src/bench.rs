@@ -434,15 +434,8 @@ fn confined_ops(
     let rounds = if quick { 3 } else { 7 };
     let n = if quick { 20_000 } else { 200_000 };
     let s = |v: &str| v.to_owned();
-    let (i, o) = inside_outside(
-        bin,
-        d,
-        work,
-        &policy,
-        &probe,
-        &[s("open-loop"), file.display().to_string(), n.to_string()],
-        rounds,
-    )?;
+    let open_loop = [s("open-loop"), file.display().to_string(), n.to_string()];
+    let (i, o) = inside_outside(bin, d, work, &policy, &probe, &open_loop, rounds)?;
     rows.push(Row {
         what: "open()+close() of a permitted file".into(),
         value: format!("{:.0} ns", i),
@@ -471,13 +464,7 @@ fn confined_ops(
     // the same loop while no agent learns (measured alternately).
     let (mut learning, mut idle) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let outside = || {
-            connect_loop(
-                Command::new(&probe)
-                    .args([s("open-loop"), file.display().to_string(), n.to_string()])
-                    .current_dir(work),
-            )
-        };
+        let outside = || connect_loop(Command::new(&probe).args(&open_loop).current_dir(work));
         idle.push(outside()?);
         let mut learner = ctl(bin, d)
             .current_dir(work)

@@ -398,12 +398,11 @@ impl Kernel {
         // Scopes outside the parent that a previous guardd attached keep
         // their programs, which must keep finding their agents until the
         // scopes are re-adopted: their levels stay in the mask until then.
-        let inherited = config
-            .get(&0, 0)
-            .map(|c| c.scope_levels & !scopes::level_bit(opts.agent_level))
-            .unwrap_or(0);
+        let previous = config.get(&0, 0).ok();
+        let inherited =
+            previous.map_or(0, |c| c.scope_levels & !scopes::level_bit(opts.agent_level));
         let scope_table = scopes::ScopeTable::new(inherited);
-        let inherited_learning = config.get(&0, 0).map(|c| c.learning).unwrap_or(0);
+        let inherited_learning = previous.map_or(0, |c| c.learning);
         config
             .set(
                 0,

@@ -356,17 +356,17 @@ impl PolicyFile {
             policy,
         })
     }
-}
 
-impl PolicyFile {
-    /// The policy of `guardctl run --learn` without `--policy`: nothing
+    /// The policy of `guardctl run --learn` without `--policy`, named after
+    /// the agent (characters a policy name cannot hold become `-`): nothing
     /// allowed, so every network use is recorded (audit), and no file
     /// rules, so file and program use is observed rather than refused.
-    pub fn learn_empty(name: &str) -> Result<PolicyFile, PolicyFileError> {
+    pub fn learn_empty(agent: &str) -> Result<PolicyFile, PolicyFileError> {
+        // A policy name holds only characters that need no quoting.
         let text = format!(
             "# guardctl run --learn without --policy: nothing is allowed; everything is recorded\n\
-             [policy]\nname = {}\n",
-            toml_string(name)
+             [policy]\nname = \"{}\"\n",
+            crate::policy::draft::policy_name(agent)
         );
         let file = "<learn: empty policy>";
         let policy = Policy::parse(&text, file)
@@ -377,22 +377,6 @@ impl PolicyFile {
             policy,
         })
     }
-}
-
-/// A TOML basic string holding `s` (escapes quotes, backslashes and
-/// control characters).
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// What `{tmp}` stands for before the agent starts (guardd creates the

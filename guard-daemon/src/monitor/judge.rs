@@ -679,16 +679,15 @@ impl Judge {
         let (read, write, _, _) = need(access, args);
         // An open of a directory lists it: a grant on a directory covers
         // its tree, which the draft must say.
-        let directory = matches!(access, Access::OpenFlags(_)) && {
-            let flags = match access {
-                Access::OpenFlags(i) => args[i],
-                _ => 0,
-            };
-            flags & O_DIRECTORY != 0
-                || t.abs
-                    .as_deref()
-                    .map(|p| follow(tgid, p).unwrap_or_else(|| p.to_owned()))
-                    .is_some_and(|p| p.is_dir())
+        let directory = match access {
+            Access::OpenFlags(i) => {
+                args[i] & O_DIRECTORY != 0
+                    || t.real
+                        .as_ref()
+                        .or(t.abs.as_ref())
+                        .is_some_and(|p| p.is_dir())
+            }
+            _ => false,
         };
         let rule = match (&self.fs, &t.abs) {
             (Some(fs), Some(abs)) if fs.restricted => {

@@ -20,7 +20,7 @@ use guard_daemon::{
         session::{OpenError, Session},
         supervise::{self, Signals},
     },
-    policy::{self, Vars},
+    policy::Vars,
 };
 
 use super::{connect, describe, fail};
@@ -172,9 +172,9 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
             let reply = fetch_named(cli, name)?;
             PolicyFile::from_named(&reply)
         }
-        (None, None) if args.learn => PolicyFile::learn_empty(&policy::draft::policy_name(
-            &learn_name(args).unwrap_or_default(),
-        )),
+        (None, None) if args.learn => {
+            PolicyFile::learn_empty(&learn_name(args).unwrap_or_default())
+        }
         (None, None) => return Err("give --policy FILE or --policy-name NAME").or_exit(EXIT_USAGE),
     };
     let PolicyFile { text, path, policy } = match read {
