@@ -323,6 +323,12 @@ pub struct Net6Key {
 /// Prefix bits of the slot in both LPM keys.
 pub const SLOT_PREFIX_BITS: u32 = 32;
 
+/// Slot bit of an agent's live grants (`guardctl grant`) in `NET4`/`NET6`:
+/// entries under `slot | GRANT_SLOT` are folded apart from the policy's and
+/// looked up only when the policy's entries refuse, so adding or removing a
+/// grant never rewrites a policy or resolver entry.
+pub const GRANT_SLOT: u32 = 1 << 31;
+
 /// Key of the `UNIX` hash map: a socket address the agent may reach.
 /// `path` holds the pathname (NUL padded) or, for abstract sockets, a leading
 /// NUL followed by the name, padded with NULs after `len` bytes.

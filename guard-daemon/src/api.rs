@@ -58,6 +58,68 @@ pub enum Request {
     /// One of guardd's named policies (`--policy-dir`), as guardd holds it
     /// now: the launcher compiles the same text guardd does.
     Policy(PolicyRequest),
+    /// An operator widens a live agent's network scope for a while.
+    Grant(GrantRequest),
+    /// An operator ends a live grant early.
+    Revoke(RevokeRequest),
+    /// The live grants.
+    Grants(GrantsRequest),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The agent (id, name or id prefix); with `request`, it may be left
+    /// out and is the request's agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// A destination as in policy rules (`10.0.0.5:443/tcp`).
+    #[serde(default)]
+    pub allow: Option<String>,
+    /// Approve a listed request: the journal record of that number.
+    #[serde(default)]
+    pub request: Option<u64>,
+    /// How long the grant lasts (default 15 minutes).
+    #[serde(default)]
+    pub for_secs: Option<u64>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub agent: String,
+    #[serde(default)]
+    pub grant: Option<u64>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsRequest {
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// One live grant, as `grant` answers and `grants` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantEntry {
+    pub agent: AgentRef,
+    /// The agent's grant number (for `revoke`).
+    pub grant: u64,
+    /// As given.
+    pub dest: String,
+    /// As the policy rule it stands for reads (`10.0.0.5/32 tcp 443`).
+    pub rule: String,
+    pub granted: String,
+    pub until: String,
+    pub by_uid: u32,
+    pub reason: String,
+    #[serde(default)]
+    pub request: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -140,6 +202,10 @@ pub struct OpenRequest {
     pub argv: Vec<String>,
     pub workdir: String,
     pub home: String,
+    /// `guardctl run --grant` items (`net:DEST`, `read:PATH`, `write:PATH`,
+    /// `exec:PATH`), added to the policy by launcher and guardd alike.
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// Layers the user accepts to run without (`--allow-degraded`).
     #[serde(default)]
     pub accept_degraded: Vec<String>,
@@ -411,11 +477,14 @@ pub fn parse_request(line: &[u8]) -> Result<(u64, Request), Rejected> {
         "control" => Request::Control(payload(body).map_err(bad)?),
         "doctor" => Request::Doctor(payload(body).map_err(bad)?),
         "policy" => Request::Policy(payload(body).map_err(bad)?),
+        "grant" => Request::Grant(payload(body).map_err(bad)?),
+        "revoke" => Request::Revoke(payload(body).map_err(bad)?),
+        "grants" => Request::Grants(payload(body).map_err(bad)?),
         other => {
             return Err(reject(
                 id,
                 RequestError::BadRequest(format!(
-                    "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor, policy"
+                    "unknown op {other:?}; expected one of: hello, open, started, exited, logs, ps, control, doctor, policy, grant, revoke, grants"
                 )),
             ));
         }

@@ -9,9 +9,9 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use guard_common::{
-    AF_INET, AF_INET6, AGENT_AUDIT, AGENT_DNS, DNS_PORT, EVENT_NET, EVENT_SOCK, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_PORT_RANGES, NO_RULE, NameSeenKey, Net4Key, Net6Key, NetEvent, NetValue,
-    PROTO_TCP, PROTO_UDP, RANGE_NAME, REASON_DNS_PROXY, REASON_NO_RULE, REASON_PORT,
+    AF_INET, AF_INET6, AGENT_AUDIT, AGENT_DNS, DNS_PORT, EVENT_NET, EVENT_SOCK, GRANT_SLOT,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_PORT_RANGES, NO_RULE, NameSeenKey, Net4Key, Net6Key, NetEvent,
+    NetValue, PROTO_TCP, PROTO_UDP, RANGE_NAME, REASON_DNS_PROXY, REASON_NO_RULE, REASON_PORT,
     REASON_PROTOCOL, REASON_SOCKET_TYPE, REASON_UNKNOWN_SCOPE, SLOT_PREFIX_BITS, SOCK_DGRAM,
     SOCK_STREAM, SockEvent, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
@@ -63,7 +63,7 @@ pub(crate) fn match_ports(value: &NetValue, port: u16, proto_bit: u8) -> Decisio
 }
 
 #[inline(always)]
-fn judge4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
+fn lookup4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
     let key = Key::new(SLOT_PREFIX_BITS + 32, Net4Key { slot, addr });
     match NET4.get(&key) {
         Some(v) => match_ports(v, port, proto_bit),
@@ -77,7 +77,7 @@ fn judge4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
 }
 
 #[inline(always)]
-fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
+fn lookup6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
     let key = Key::new(SLOT_PREFIX_BITS + 128, Net6Key { slot, addr });
     match NET6.get(&key) {
         Some(v) => match_ports(v, port, proto_bit),
@@ -88,6 +88,29 @@ fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
             flags: 0,
         },
     }
+}
+
+/// The policy's entries first; only what they refuse is looked up among the
+/// agent's live grants (`GRANT_SLOT`), and a refusal keeps the policy's rule
+/// and reason. Allowed traffic costs no second lookup.
+#[inline(always)]
+fn judge4(slot: u32, addr: [u8; 4], port: u16, proto_bit: u8) -> Decision {
+    let d = lookup4(slot, addr, port, proto_bit);
+    if d.allowed {
+        return d;
+    }
+    let g = lookup4(slot | GRANT_SLOT, addr, port, proto_bit);
+    if g.allowed { g } else { d }
+}
+
+#[inline(always)]
+fn judge6(slot: u32, addr: [u8; 16], port: u16, proto_bit: u8) -> Decision {
+    let d = lookup6(slot, addr, port, proto_bit);
+    if d.allowed {
+        return d;
+    }
+    let g = lookup6(slot | GRANT_SLOT, addr, port, proto_bit);
+    if g.allowed { g } else { d }
 }
 
 #[inline(always)]

@@ -628,3 +628,47 @@ impl ConfigMapDir {
         }
     }
 }
+
+/// A python agent that connects to `socket`, sends each request line, and
+/// prints one JSON line per reply (or the errno of the connect).
+pub fn client_script(socket: &std::path::Path, requests: &[&str]) -> String {
+    format!(
+        r#"
+import errno, json, socket, sys
+out = []
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect({sock:?})
+except OSError as e:
+    print(json.dumps({{"connected": False, "errno": errno.errorcode.get(e.errno, str(e.errno))}}))
+    sys.exit(0)
+f = s.makefile("rwb")
+for line in {reqs:?}:
+    try:
+        f.write(line.encode() + b"\n"); f.flush()
+        out.append(f.readline().decode().strip())
+    except OSError as e:
+        # guardd may have answered and closed before the request was sent:
+        # its answer is still in the receive queue.
+        try:
+            pending = s.recv(65536).decode().strip()
+        except OSError:
+            pending = ""
+        out.append(pending or "closed: " + errno.errorcode.get(e.errno, str(e.errno)))
+print(json.dumps({{"connected": True, "replies": out}}))
+"#,
+        sock = socket.display().to_string(),
+        reqs = requests,
+    )
+}
+
+pub fn last_json(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON from the agent: {}", describe(out)));
+    serde_json::from_str(line).unwrap()
+}

@@ -228,6 +228,11 @@ pub struct Daemon {
         Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
+    /// Ends grants at their time; its stop flag.
+    grant_timer: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl Daemon {
@@ -387,11 +392,33 @@ impl Daemon {
             }
             None => None,
         };
+        let grant_timer = {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, s) = (stop.clone(), shared.clone());
+            let thread = std::thread::Builder::new()
+                .name("guard-grants".into())
+                .spawn(move || {
+                    // Grants end within a quarter of a second of their time (a
+                    // re-adopted agent's grants that lapsed while guardd
+                    // was down end at the first tick).
+                    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        agents::grant::expire(&s);
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                    }
+                })
+                .map_err(|source| DaemonError::Io {
+                    op: "starting the grant timer",
+                    path: PathBuf::new(),
+                    source,
+                })?;
+            Some((stop, thread))
+        };
         Ok(Daemon {
             shared,
             journal: Some(journal),
             monitor: Some(monitor),
             policy_watch,
+            grant_timer,
         })
     }
 
@@ -400,7 +427,10 @@ impl Daemon {
     /// is left to protect. Live agents stay confined by the pinned programs
     /// and are re-adopted by the next guardd.
     pub fn stop(mut self) {
-        if let Some((stop, thread)) = self.policy_watch.take() {
+        for (stop, thread) in [self.policy_watch.take(), self.grant_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = thread.join();
         }

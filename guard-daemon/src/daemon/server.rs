@@ -574,6 +574,41 @@ async fn handle(
                     .unwrap_or(Value::Null);
             conn.send(&api::ok_line(id, v)).await
         }
+        Request::Grant(req) => {
+            let s = shared.clone();
+            let peer = conn.peer;
+            let res = tokio::task::spawn_blocking(move || agents::grant::grant(&s, &req, peer))
+                .await
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
+            match res {
+                Ok(v) => conn.send(&api::ok_line(id, v)).await,
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
+        Request::Revoke(req) => {
+            let s = shared.clone();
+            let peer = conn.peer;
+            let res = tokio::task::spawn_blocking(move || agents::grant::revoke(&s, &req, peer))
+                .await
+                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
+            match res {
+                Ok(v) => conn.send(&api::ok_line(id, v)).await,
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
+        Request::Grants(req) => {
+            let s = shared.clone();
+            let (peer, all) = (conn.peer, conn.reads_all);
+            let res = tokio::task::spawn_blocking(move || {
+                agents::grant::list(&s, req.agent.as_deref(), peer, all)
+            })
+            .await
+            .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
+            match res {
+                Ok(v) => conn.send(&api::ok_line(id, json!({"grants": v}))).await,
+                Err(f) => conn.fail(id, f).await,
+            }
+        }
         Request::Logs(req) => logs(conn, id, req, reader).await,
         Request::Policy(req) => match agents::named_policy(&shared, &req.name) {
             Ok(p) => {

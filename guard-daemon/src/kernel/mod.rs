@@ -855,6 +855,98 @@ impl Kernel {
         Ok(())
     }
 
+    /// Writes the entries of an agent's live grants (`GRANT_SLOT` keys, see
+    /// `policy::grant::compile_live`) in place of the ones `keys` holds: new
+    /// and changed entries first, then the ones no grant holds any more, each
+    /// one map update. A connection is judged by the old entries or the new
+    /// ones, never by a half-written value. `keys` keeps the policy's keys
+    /// and gets the grant keys now written, so `remove_agent` removes them
+    /// too.
+    pub fn set_grants(
+        &mut self,
+        slot: u32,
+        keys: &mut AgentKeys,
+        v4: &[(u32, [u8; 4], NetValue)],
+        v6: &[(u32, [u8; 16], NetValue)],
+    ) -> Result<(), KernelError> {
+        use guard_common::{GRANT_SLOT, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES};
+        let gslot = slot | GRANT_SLOT;
+        let is_grant4 = |k: &(u32, Net4Key)| k.1.slot & GRANT_SLOT != 0;
+        let is_grant6 = |k: &(u32, Net6Key)| k.1.slot & GRANT_SLOT != 0;
+        for (map, have, add, max) in [
+            (
+                "IPv4 rule",
+                keys.v4.iter().filter(|k| !is_grant4(k)).count(),
+                v4.len(),
+                NET4_MAX_ENTRIES,
+            ),
+            (
+                "IPv6 rule",
+                keys.v6.iter().filter(|k| !is_grant6(k)).count(),
+                v6.len(),
+                NET6_MAX_ENTRIES,
+            ),
+        ] {
+            let quota = max as usize / AGENT_MAP_SHARE;
+            if have + add > quota {
+                return Err(KernelError::Quota {
+                    map,
+                    need: have + add,
+                    quota,
+                    max: max as usize,
+                });
+            }
+        }
+        let mut new4 = Vec::with_capacity(v4.len());
+        let mut new6 = Vec::with_capacity(v6.len());
+        let written = self.write_grant_entries(gslot, v4, v6, &mut new4, &mut new6);
+        if let Err(e) = written {
+            // Fail closed: no grant of this agent stays, whatever was
+            // written before the failure.
+            for k in keys.v4.iter().filter(|k| is_grant4(k)).chain(&new4) {
+                let _ = self.net4.remove(&Key::new(k.0, k.1));
+            }
+            for k in keys.v6.iter().filter(|k| is_grant6(k)).chain(&new6) {
+                let _ = self.net6.remove(&Key::new(k.0, k.1));
+            }
+            keys.v4.retain(|k| !is_grant4(k));
+            keys.v6.retain(|k| !is_grant6(k));
+            return Err(e);
+        }
+        for k in keys.v4.iter().filter(|k| is_grant4(k) && !new4.contains(k)) {
+            let _ = self.net4.remove(&Key::new(k.0, k.1));
+        }
+        for k in keys.v6.iter().filter(|k| is_grant6(k) && !new6.contains(k)) {
+            let _ = self.net6.remove(&Key::new(k.0, k.1));
+        }
+        keys.v4.retain(|k| !is_grant4(k));
+        keys.v4.extend(new4);
+        keys.v6.retain(|k| !is_grant6(k));
+        keys.v6.extend(new6);
+        Ok(())
+    }
+
+    fn write_grant_entries(
+        &mut self,
+        gslot: u32,
+        v4: &[(u32, [u8; 4], NetValue)],
+        v6: &[(u32, [u8; 16], NetValue)],
+        new4: &mut Vec<(u32, Net4Key)>,
+        new6: &mut Vec<(u32, Net6Key)>,
+    ) -> Result<(), KernelError> {
+        for (bits, addr, value) in v4 {
+            let key = key4(gslot, *bits, *addr);
+            new4.push((key.prefix_len(), key.data()));
+            self.net4.insert(&key, value, 0).map_err(map_err("NET4"))?;
+        }
+        for (bits, addr, value) in v6 {
+            let key = key6(gslot, *bits, *addr);
+            new6.push((key.prefix_len(), key.data()));
+            self.net6.insert(&key, value, 0).map_err(map_err("NET6"))?;
+        }
+        Ok(())
+    }
+
     /// A handle on the `NET4`/`NET6` tries for another thread (the
     /// resolver), on duplicates of this kernel's descriptors: it needs no
     /// lock on the `Kernel` and no pins. See also [`dynamic::DynamicNet::open`].
@@ -970,7 +1062,8 @@ fn static_keys<K, const N: usize>(
     for (slot, agent) in live {
         for (bits, data) in keys(agent) {
             let (key_slot, addr) = part(data);
-            if key_slot == *slot {
+            // An agent's live grants sit under its slot with `GRANT_SLOT`.
+            if key_slot & !guard_common::GRANT_SLOT == *slot {
                 out.insert((key_slot, *bits, addr));
             }
         }

@@ -325,15 +325,24 @@ pub enum PolicyFileError {
 impl PolicyFile {
     /// `file` names the policy in messages.
     pub fn read(path: &Path, file: &str) -> Result<PolicyFile, PolicyFileError> {
+        PolicyFile::read_granted(path, file, &[])
+    }
+
+    /// As [`PolicyFile::read`], with `guardctl run --grant` items added.
+    pub fn read_granted(
+        path: &Path,
+        file: &str,
+        grants: &[crate::policy::grant::GrantItem],
+    ) -> Result<PolicyFile, PolicyFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
             file: file.to_owned(),
             source,
         })?;
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         let dir = real.parent().unwrap_or(Path::new("/")).to_owned();
-        let policy = Policy::parse_all_with(&text, file, &dir, &read_include).map_err(|errs| {
-            PolicyFileError::Invalid(errs.iter().map(|e| e.to_string()).collect())
-        })?;
+        let policy = Policy::parse_granted_with(&text, file, &dir, &read_include, grants).map_err(
+            |errs| PolicyFileError::Invalid(errs.iter().map(|e| e.to_string()).collect()),
+        )?;
         Ok(PolicyFile {
             text,
             path: real,

@@ -16,6 +16,7 @@ mod floor;
 #[cfg(test)]
 mod floor_tests;
 mod fs;
+pub mod grant;
 pub mod host;
 mod net;
 mod parse;
@@ -183,11 +184,7 @@ impl Policy {
     /// Include files are read from the file system, relative to the
     /// directory of `file`.
     pub fn parse_all(text: &str, file: &str) -> Result<Policy, Vec<PolicyError>> {
-        let dir = Path::new(file)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Policy::parse_all_with(text, file, dir, &read_include)
+        Policy::parse_all_granted(text, file, &[])
     }
 
     /// Parses a policy whose include files come with it, as (resolved path,
@@ -198,14 +195,7 @@ impl Policy {
         path: &str,
         includes: &[(String, String)],
     ) -> Result<Policy, Vec<PolicyError>> {
-        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-        Policy::parse_all_with(text, path, dir, &|p: &Path| {
-            includes
-                .iter()
-                .find(|(k, _)| Path::new(k) == p)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| "not sent by guardctl".to_owned())
-        })
+        Policy::parse_sent_granted(text, path, includes, &[])
     }
 
     /// [`Policy::parse_all`] with include files resolved against `dir` (the
@@ -218,6 +208,51 @@ impl Policy {
         file: &str,
         dir: &Path,
         read: &dyn Fn(&Path) -> Result<String, String>,
+    ) -> Result<Policy, Vec<PolicyError>> {
+        Policy::parse_granted_with(text, file, dir, read, &[])
+    }
+
+    /// [`Policy::parse_all`] with `guardctl run --grant` items added after
+    /// the policy's own rules.
+    pub fn parse_all_granted(
+        text: &str,
+        file: &str,
+        grants: &[grant::GrantItem],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Policy::parse_granted_with(text, file, dir, &read_include, grants)
+    }
+
+    /// [`Policy::parse_sent_all`] with `guardctl run --grant` items.
+    pub fn parse_sent_granted(
+        text: &str,
+        path: &str,
+        includes: &[(String, String)],
+        grants: &[grant::GrantItem],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        Policy::parse_granted_with(
+            text,
+            path,
+            dir,
+            &|p: &Path| sent_include(includes, p),
+            grants,
+        )
+    }
+
+    /// [`Policy::parse_all_with`], then each grant item read as an include
+    /// file of its own (rules named `--grant SPEC ...`), after the policy's
+    /// own rules. A file grant needs a policy that restricts files: without
+    /// a `[filesystem]` table it would turn file access default-deny.
+    pub fn parse_granted_with(
+        text: &str,
+        file: &str,
+        dir: &Path,
+        read: &dyn Fn(&Path) -> Result<String, String>,
+        grants: &[grant::GrantItem],
     ) -> Result<Policy, Vec<PolicyError>> {
         let doc = Doc::new(text, file.to_owned());
         let raw = doc.parse_policy().map_err(|e| vec![e])?;
@@ -300,6 +335,27 @@ impl Policy {
             }
         });
         rules.add(&doc, Origin::Policy, raw.network, filesystem, &mut errs);
+        for g in grants {
+            let name = format!("--grant {}", g.spec());
+            if g.is_file() && !rules.has_fs {
+                errs.push(PolicyError {
+                    file: file.to_owned(),
+                    location: None,
+                    message: format!(
+                        "{name}: the policy does not restrict files (it has no [filesystem] \
+                         table), so a file grant would change nothing"
+                    ),
+                });
+                continue;
+            }
+            let text = g.fragment();
+            let mut sub = Doc::new(&text, name.clone());
+            sub.include = Some(name);
+            match sub.parse_include() {
+                Ok(raw) => rules.add(&sub, Origin::Policy, raw.network, raw.filesystem, &mut errs),
+                Err(e) => errs.push(e),
+            }
+        }
         let process = match raw.process {
             Some(p) => process::validate(&doc, p, &mut errs),
             None => ProcPlan::default(),
@@ -434,6 +490,15 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// An include file from the ones guardctl sent, never from this host.
+fn sent_include(includes: &[(String, String)], p: &Path) -> Result<String, String> {
+    includes
+        .iter()
+        .find(|(k, _)| Path::new(k) == p)
+        .map(|(_, t)| t.clone())
+        .ok_or_else(|| "not sent by guardctl".to_owned())
 }
 
 /// Reads an include file from this host's file system, for

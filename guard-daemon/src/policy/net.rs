@@ -796,30 +796,50 @@ pub(crate) fn compile(
     }
     // The agent's DNS goes through guardd: the static entries must not
     // open the ways around it.
-    let closed = plan.dns.is_some();
-    let mut v4 = fold(rules, 0, false, closed, file)?;
-    let mut v6 = fold(rules, 0, true, closed, file)?;
-    if closed {
-        doh_entries(rules, false, &mut v4, file)?;
-        doh_entries(rules, true, &mut v6, file)?;
-    }
-    plan.v4 = v4
+    let (v4, v6) = entries(rules, &|i| i, plan.dns.is_some(), file)?;
+    plan.v4 = v4;
+    plan.v6 = v6;
+    let after = |i: usize| i + rules.len();
+    plan.listen4 = fold(listen, &after, false, false, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
         .collect();
-    plan.v6 = v6
-        .into_iter()
-        .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
-        .collect();
-    plan.listen4 = fold(listen, rules.len(), false, false, file)?
-        .into_iter()
-        .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
-        .collect();
-    plan.listen6 = fold(listen, rules.len(), true, false, file)?
+    plan.listen6 = fold(listen, &after, true, false, file)?
         .into_iter()
         .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
         .collect();
     Ok((plan, infos))
+}
+
+/// Map entries of `allow` rules: rule `i` of `rules` is numbered
+/// `index(i)`. `closed`: the agent's DNS goes through guardd, so the
+/// DNS-over-TLS port is cut out and DNS-over-HTTPS resolvers are reached
+/// only by rules naming exactly their address.
+pub(crate) type Entries = (
+    Vec<(u32, [u8; 4], NetValue)>,
+    Vec<(u32, [u8; 16], NetValue)>,
+);
+
+pub(crate) fn entries(
+    rules: &[NetRule],
+    index: &dyn Fn(usize) -> usize,
+    closed: bool,
+    file: &str,
+) -> Result<Entries, PolicyError> {
+    let mut v4 = fold(rules, index, false, closed, file)?;
+    let mut v6 = fold(rules, index, true, closed, file)?;
+    if closed {
+        doh_entries(rules, index, false, &mut v4, file)?;
+        doh_entries(rules, index, true, &mut v6, file)?;
+    }
+    Ok((
+        v4.into_iter()
+            .map(|(addr, len, v)| (len, low32(addr).to_be_bytes(), v))
+            .collect(),
+        v6.into_iter()
+            .map(|(addr, len, v)| (len, addr.to_be_bytes(), v))
+            .collect(),
+    ))
 }
 
 fn rule_u32(i: usize) -> u32 {
@@ -906,6 +926,7 @@ fn value_of(ranges: &[PortRange], cidr_rule: u32) -> NetValue {
 /// Without such a rule the entry allows nothing and names `RULE_DOH`.
 fn doh_entries(
     rules: &[NetRule],
+    index: &dyn Fn(usize) -> usize,
     v6: bool,
     entries: &mut Vec<(u128, u32, NetValue)>,
     file: &str,
@@ -930,7 +951,7 @@ fn doh_entries(
         let mut ranges = Vec::new();
         let mut cidr_rule = RULE_DOH;
         for (i, r, n) in inets.filter(|(_, _, n)| n.len == bits && n.addr == addr) {
-            let rule = rule_u16(i, &r.src, file)?;
+            let rule = rule_u16(index(i), &r.src, file)?;
             if cidr_rule == RULE_DOH {
                 cidr_rule = u32::from(rule);
             }
@@ -963,12 +984,12 @@ fn doh_entries(
 /// of the current one therefore carries their already-folded ranges, and
 /// each prefix costs one merge with its parent: O(n log n) overall.
 ///
-/// `offset` is added to rule indices (the `listen` rules are numbered after
-/// the `allow` rules); `dot_cut` cuts the DNS-over-TLS port out of ranges
+/// Rule `i` of `rules` is numbered `index(i)` (the `listen` rules are
+/// numbered after the `allow` rules, grants after both); `dot_cut` cuts the DNS-over-TLS port out of ranges
 /// that span it ([`host::cut_dot`]).
 fn fold(
     rules: &[NetRule],
-    offset: usize,
+    index: &dyn Fn(usize) -> usize,
     v6: bool,
     dot_cut: bool,
     file: &str,
@@ -1006,7 +1027,7 @@ fn fold(
             else {
                 continue;
             };
-            let rule = rule_u16(ri + offset, src, file)?;
+            let rule = rule_u16(index(ri), src, file)?;
             add_ranges(
                 &mut ranges,
                 inet_ranges(inet, rule, dot_cut),
@@ -1015,7 +1036,7 @@ fn fold(
                 || prefix_text(v6, addr, len),
             )?;
         }
-        out.push((addr, len, value_of(&ranges, rule_u32(first + offset))));
+        out.push((addr, len, value_of(&ranges, rule_u32(index(first)))));
         stack.push((addr, len, ranges));
     }
     Ok(out)

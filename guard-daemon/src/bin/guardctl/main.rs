@@ -40,6 +40,12 @@ pub enum Command {
     Freeze(commands::control::ControlArgs),
     /// Resume a frozen agent.
     Thaw(commands::control::ControlArgs),
+    /// Widen a live agent's network scope for a while (operators only).
+    Grant(commands::grant::GrantArgs),
+    /// End a live grant early.
+    Revoke(commands::grant::RevokeArgs),
+    /// List live grants.
+    Grants(commands::grant::GrantsArgs),
     /// Policy tools.
     Policy(commands::policy::PolicyArgs),
     /// Report what each protection layer amounts to on this host.
@@ -57,6 +63,9 @@ fn main() {
             commands::control::run(&cli, a, guard_daemon::api::ControlAction::Freeze)
         }
         Command::Thaw(a) => commands::control::run(&cli, a, guard_daemon::api::ControlAction::Thaw),
+        Command::Grant(a) => commands::grant::grant(&cli, a),
+        Command::Revoke(a) => commands::grant::revoke(&cli, a),
+        Command::Grants(a) => commands::grant::grants(&cli, a),
         Command::Policy(a) => commands::policy::run(&cli, a),
         Command::Doctor(a) => commands::doctor::run(&cli, a),
     };

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{
     AgentState, close,
     persist::{StateFile, state_path},
-    plan::{judge_for, parse_sent},
+    plan::{judge_for, parse_granted},
 };
 use crate::{
     api::AgentRef,
@@ -129,17 +129,22 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
     };
     let tmp = super::tmpdir::AgentTmp::reopen(st.tmp.clone(), st.tmp_in);
     let src = &st.source;
-    let judge = parse_sent(&src.policy_text, &src.policy_path, &src.policy_includes)
-        .ok()
-        .and_then(|p| {
-            p.compile(&Vars {
-                workdir: src.workdir.clone(),
-                home: src.home.clone(),
-                tmp: st.tmp.clone(),
-            })
-            .ok()
+    let judge = parse_granted(
+        &src.policy_text,
+        &src.policy_path,
+        &src.policy_includes,
+        &src.start_grants,
+    )
+    .ok()
+    .and_then(|p| {
+        p.compile(&Vars {
+            workdir: src.workdir.clone(),
+            home: src.home.clone(),
+            tmp: st.tmp.clone(),
         })
-        .map(|plan| judge_for(&plan, &src.workdir, src.unix_degraded, st.audit));
+        .ok()
+    })
+    .map(|plan| judge_for(&plan, &src.workdir, src.unix_degraded, st.audit));
     // The agent's refusals so far carry over the restart.
     let refusals = crate::monitor::RefusalCount::default();
     if let Err(e) = journaled_refusals(&shared.cfg.journal, &st.id, &refusals) {
@@ -239,6 +244,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 source: st.source,
                 dns: None,
                 dns_port_before: st.dns_port,
+                grants: st.live_grants,
             },
         );
     }

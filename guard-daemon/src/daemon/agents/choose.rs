@@ -82,6 +82,20 @@ pub fn choose(shared: &Shared, req: &OpenRequest, peer: Peer) -> Result<Chosen, 
                  not a policy to run agents under"
             )));
         }
+        if !req.grants.is_empty() {
+            return Err(refuse_request(
+                shared,
+                peer,
+                "open",
+                argv0,
+                "control.grant-not-allowed",
+                None,
+                format!(
+                    "--grant widens a policy, and {name:?} is the node's named policy: ask the \
+                     node's operator (guardctl grant, or a wider named policy)"
+                ),
+            ));
+        }
         let p = named_policy(shared, name)?;
         // The launcher applies the text it was sent; guardd must compile
         // that same text, so a reload in between refuses the start.
@@ -118,8 +132,13 @@ pub fn choose(shared: &Shared, req: &OpenRequest, peer: Peer) -> Result<Chosen, 
             ),
         ));
     }
-    let policy = super::plan::parse_sent(&req.policy_text, &req.policy_path, &req.policy_includes)
-        .map_err(|e| RequestError::Policy(e.to_string()))?;
+    let policy = super::plan::parse_granted(
+        &req.policy_text,
+        &req.policy_path,
+        &req.policy_includes,
+        &req.grants,
+    )
+    .map_err(|e| RequestError::Policy(e.to_string()))?;
     Ok(Chosen {
         policy,
         text: req.policy_text.clone(),

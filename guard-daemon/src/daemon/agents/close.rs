@@ -133,6 +133,7 @@ pub fn close(
     if let Ok(mut k) = shared.kernel.lock() {
         k.remove_agent(&agent.keys);
     }
+    super::grant::end_with_agent(shared, &agent.meta.agent, &agent.grants);
     let removed = agent.scope.remove();
     if let Err(e) = &removed {
         tracing::error!("removing scope of {id}: {e}");

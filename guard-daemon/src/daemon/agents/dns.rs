@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::plan::parse_sent;
+use super::plan::parse_granted;
 use crate::{
     api::RequestError,
     daemon::{Shared, dns::AgentEvents},
@@ -129,16 +129,21 @@ pub fn resume_resolvers(shared: &Shared) {
         else {
             continue;
         };
-        let plan = parse_sent(&src.policy_text, &src.policy_path, &src.policy_includes)
+        let plan = parse_granted(
+            &src.policy_text,
+            &src.policy_path,
+            &src.policy_includes,
+            &src.start_grants,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            p.compile(&Vars {
+                workdir: src.workdir.clone(),
+                home: src.home.clone(),
+                tmp,
+            })
             .map_err(|e| e.to_string())
-            .and_then(|p| {
-                p.compile(&Vars {
-                    workdir: src.workdir.clone(),
-                    home: src.home.clone(),
-                    tmp,
-                })
-                .map_err(|e| e.to_string())
-            });
+        });
         // An entry at a static rule's exact address may still hold a grant
         // of the resolver that died with the old guardd: write the static
         // rules again before any new grant.

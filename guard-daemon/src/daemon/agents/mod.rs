@@ -12,6 +12,7 @@ mod choose;
 mod close;
 mod control;
 mod dns;
+pub mod grant;
 mod open;
 mod persist;
 mod plan;
@@ -71,6 +72,8 @@ pub struct AgentState {
     /// The port a re-adopted agent's redirection named before guardd
     /// restarted (its resolver starts again on it if it can).
     pub dns_port_before: Option<u16>,
+    /// Its live grants (`guardctl grant`).
+    pub grants: grant::Grants,
 }
 
 /// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.
@@ -88,6 +91,9 @@ pub struct Source {
     /// no resolver serves the agent (see `dns::start_resolver`).
     #[serde(default)]
     pub other_netns: bool,
+    /// `guardctl run --grant` items the policy was compiled with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_grants: Vec<String>,
 }
 
 #[derive(Default)]

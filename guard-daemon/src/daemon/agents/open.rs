@@ -501,9 +501,11 @@ pub fn open(
             home: PathBuf::from(&req.home),
             unix_degraded: !layers.unix_hooks,
             other_netns,
+            start_grants: req.grants.clone(),
         },
         dns_port_before: None,
         dns: resolver,
+        grants: super::grant::Grants::default(),
     };
     tracing::debug!(
         us = t0.elapsed().as_micros() as u64,
@@ -517,6 +519,7 @@ pub fn open(
         "policy_source": chosen.source_detail(),
         "mode": if req.learn { "learn" } else if audit { "audit" } else { "enforce" },
         "learn": req.learn,
+        "grants": req.grants,
         "workdir": req.workdir,
         "home": req.home,
         "tmp": tmp.path.display().to_string(),

@@ -52,6 +52,10 @@ pub(super) struct StateFile {
     /// DNS to (absent: none, or state written before resolvers).
     #[serde(default)]
     pub(super) dns_port: Option<u16>,
+    /// Live grants: their keys are among `v4`/`v6`, and a restarted guardd
+    /// ends them at their time as this one would.
+    #[serde(default)]
+    pub(super) live_grants: super::grant::Grants,
     /// To rebuild the agent's policy after a restart (refusal attribution);
     /// its fields sit beside the others in the file.
     #[serde(flatten)]
@@ -97,6 +101,7 @@ impl StateFile {
                 .map(|r| (r.id.clone(), r.text.clone()))
                 .collect(),
             dns_port: a.dns.as_ref().map(|r| r.port()).or(a.dns_port_before),
+            live_grants: a.grants.clone(),
             source: a.source.clone(),
         }
     }
@@ -282,6 +287,20 @@ mod tests {
             listen6: vec![(160, 7, [0; 16])],
             rules: vec![("net.0".into(), "allow tcp 10.0.0.0/24:443".into())],
             dns_port: Some(40053),
+            live_grants: super::super::grant::Grants {
+                live: vec![super::super::grant::LiveGrant {
+                    n: 1,
+                    rule: 4,
+                    dest: "10.0.0.5:443/tcp".into(),
+                    granted_ms: 1_700_000_000_000,
+                    until_ms: 1_700_000_900_000,
+                    by_uid: 0,
+                    by_pid: 9,
+                    reason: "ticket".into(),
+                    request: None,
+                }],
+                next: 1,
+            },
             source: Source {
                 policy_text: "[policy]\nname = \"dev\"\n".into(),
                 policy_includes: vec![("/p/team.toml".into(), "[network]\n".into())],
@@ -290,6 +309,7 @@ mod tests {
                 home: "/root".into(),
                 unix_degraded: false,
                 other_netns: true,
+                start_grants: vec!["read:/data".into()],
             },
         }
     }

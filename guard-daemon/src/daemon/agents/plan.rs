@@ -3,16 +3,31 @@
 
 use std::path::Path;
 
-use crate::{launch::seccomp, monitor::judge::Judge, policy::Policy};
+use crate::{
+    launch::seccomp,
+    monitor::judge::Judge,
+    policy::{Policy, grant::GrantItem},
+};
 
 /// Parses a policy as guardctl sent it: include files come from the
 /// request (as guardctl read them), never from guardd's file system.
-pub(super) fn parse_sent(
+/// `grants`: the `guardctl run --grant` items of the start.
+pub(super) fn parse_granted(
     text: &str,
     path: &str,
     includes: &[(String, String)],
+    grants: &[String],
 ) -> Result<Policy, crate::policy::PolicyError> {
-    Policy::parse_sent_all(text, path, includes)
+    let items = grants
+        .iter()
+        .map(|g| GrantItem::parse(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| crate::policy::PolicyError {
+            file: path.to_owned(),
+            location: None,
+            message: e.to_string(),
+        })?;
+    Policy::parse_sent_granted(text, path, includes, &items)
         .map_err(|errs| crate::policy::first_error(errs, path))
 }
 
@@ -50,24 +65,24 @@ mod tests {
 
     #[test]
     fn includes_come_from_the_request_never_from_guardds_disk() {
-        let err = parse_sent(MAIN, "/p/dev.toml", &[]).unwrap_err();
+        let err = parse_granted(MAIN, "/p/dev.toml", &[], &[]).unwrap_err();
         assert!(err.to_string().contains("not sent by guardctl"), "{err}");
         // Sent under another path, it is not the include either.
         let elsewhere = [(
             "/q/team.toml".to_owned(),
             "[network]\nallow = []\n".to_owned(),
         )];
-        assert!(parse_sent(MAIN, "/p/dev.toml", &elsewhere).is_err());
+        assert!(parse_granted(MAIN, "/p/dev.toml", &elsewhere, &[]).is_err());
         let sent = [(
             "/p/team.toml".to_owned(),
             "[network]\nallow = []\n".to_owned(),
         )];
-        let policy = parse_sent(MAIN, "/p/dev.toml", &sent).unwrap();
+        let policy = parse_granted(MAIN, "/p/dev.toml", &sent, &[]).unwrap();
         assert_eq!(policy.name, "dev");
     }
 
     fn plan(text: &str) -> crate::policy::Plan {
-        parse_sent(text, "/p/j.toml", &[])
+        parse_granted(text, "/p/j.toml", &[], &[])
             .unwrap()
             .compile(&Vars {
                 workdir: PathBuf::from("/w"),

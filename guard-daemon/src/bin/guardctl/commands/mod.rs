@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod doctor;
+pub mod grant;
 pub mod logs;
 pub mod policy;
 pub mod ps;

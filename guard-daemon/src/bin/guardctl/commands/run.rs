@@ -1,4 +1,4 @@
-//! `guardctl run --policy FILE | --policy-name NAME | --learn [--policy FILE] [--name N] [--audit] -- CMD ARGS...`
+//! `guardctl run --policy FILE [--grant ITEM]... | --policy-name NAME | --learn [--policy FILE] [--name N] [--audit] -- CMD ARGS...`
 //!
 //! With `--policy-name` the policy is one of guardd's own (its policy
 //! directory): guardctl asks guardd for its text and builds the same plan
@@ -20,7 +20,7 @@ use guard_daemon::{
         session::{OpenError, Session},
         supervise::{self, Signals},
     },
-    policy::Vars,
+    policy::{Vars, grant::GrantItem},
 };
 
 use super::{connect, describe, fail};
@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// journaled.
     #[arg(long, value_delimiter = ',')]
     allow_degraded: Vec<String>,
+    /// Add to the policy for this run (repeatable): `net:DEST` (as in
+    /// `guardctl grant`), `read:PATH`, `write:PATH`, `exec:PATH`. The
+    /// start record lists them. Not with --policy-name (the node's policy).
+    #[arg(long, value_name = "ITEM", requires = "policy")]
+    grant: Vec<String>,
     /// The command and its arguments.
     #[arg(
         trailing_var_arg = true,
@@ -166,8 +171,14 @@ fn print_all(msgs: impl IntoIterator<Item = impl std::fmt::Display>) -> i32 {
 
 fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
     let timing = Timing::new();
+    let grants = args
+        .grant
+        .iter()
+        .map(|g| GrantItem::parse(g).map_err(|e| format!("--grant: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .or_exit(EXIT_USAGE)?;
     let read = match (&args.policy, &args.policy_name) {
-        (Some(file), _) => PolicyFile::read(file, &file.display().to_string()),
+        (Some(file), _) => PolicyFile::read_granted(file, &file.display().to_string(), &grants),
         (None, Some(name)) => {
             let reply = fetch_named(cli, name)?;
             PolicyFile::from_named(&reply)
@@ -238,6 +249,7 @@ fn launch(cli: &Cli, args: &RunArgs) -> Result<i32, i32> {
         home: home.display().to_string(),
         accept_degraded: args.allow_degraded.clone(),
         launcher_notes: layers.notes.clone(),
+        grants: args.grant.clone(),
     };
     let conn = connect(&cli.socket).or_exit(EXIT_GUARD)?;
     let mut session = match Session::open(conn, request) {
