@@ -239,6 +239,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 source: st.source,
                 dns: None,
                 dns_port_before: st.dns_port,
+                request_channel: None,
             },
         );
     }

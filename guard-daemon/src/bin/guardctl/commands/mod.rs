@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod logs;
 pub mod policy;
 pub mod ps;
+pub mod requests;
 pub mod run;
 
 use std::{os::fd::OwnedFd, path::Path};
