@@ -458,3 +458,104 @@ fn an_agent_cannot_reach_another_agents_channel() {
     let all = requests(&g, &["--agent", "first"]);
     assert!(all.iter().all(|x| x["kind"] != "escalation"), "{all:#?}");
 }
+
+#[test]
+fn a_follower_sees_requests_as_they_come() {
+    let g = Guardd::start();
+    let mut follower = g
+        .ctl_cmd()
+        .args(["requests", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ask(
+        &g,
+        "followed",
+        &[
+            "read",
+            "/etc/shadow",
+            "read",
+            "/etc/shadow",
+            "ask",
+            "127.0.0.1:4/tcp",
+            "later",
+        ],
+    );
+    let id = Guardd::agent_id(&out);
+    // The file group appears, grows (or arrives folded, counting 2), and
+    // the request appears on its own.
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let done = |seen: &[Value]| {
+        seen.iter()
+            .any(|v| v["kind"] == "escalation" && v["why"] == "later")
+            && seen.iter().any(|v| v["kind"] == "file" && v["count"] == 2)
+    };
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) => seen.push(v),
+            Err(_) => panic!("the follower printed {seen:#?}"),
+        }
+    }
+    assert!(
+        seen.iter().all(|v| v["agent"]["id"] == id.as_str()),
+        "{seen:#?}"
+    );
+    // SAFETY: signalling the guardctl this test started, by pid.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
+    let _ = follower.wait();
+    let _ = reader.join();
+}
+
+#[test]
+fn after_a_restart_a_readopted_agents_channel_is_closed() {
+    let mut g = Guardd::start();
+    let work = workspace(&g);
+    let p = g.write_policy("asker", POLICY);
+    // Blocks reading its channel: guardd never writes unasked, so only the
+    // end of the channel wakes it.
+    let script = "import os, socket\n\
+                  s = socket.socket(fileno=int(os.environ['GUARD_REQUEST_FD']))\n\
+                  s.settimeout(40)\n\
+                  print('eof' if s.recv(1) == b'' else 'data', flush=True)\n";
+    let mut child = g
+        .run_cmd(&p, &["--name", "waiter"], &[PYTHON, "-c", script])
+        .current_dir(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent_pid(&g, "waiter");
+    // Open while guardd runs: the agent is still waiting.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the channel ended early"
+    );
+    g.restart();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "eof",
+        "{}",
+        describe(&out)
+    );
+}
