@@ -559,3 +559,43 @@ fn after_a_restart_a_readopted_agents_channel_is_closed() {
         describe(&out)
     );
 }
+
+#[test]
+fn another_uid_sees_no_one_elses_requests_unless_it_reads_all() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    for (extra, sees) in [
+        (vec!["--group", "nogroup"], false),
+        (vec!["--group", "nogroup", "--group-reads-all"], true),
+    ] {
+        let g = Guardd::start_with(&extra);
+        let out = ask(
+            &g,
+            "rooted",
+            &["read", "/etc/shadow", "ask", "x:1/tcp", "y"],
+        );
+        let id = Guardd::agent_id(&out);
+        records_until(&g, &id, |r| !escalations(r, "request").is_empty());
+        assert_eq!(requests(&g, &["--agent", &id]).len(), 2);
+        let theirs = g
+            .ctl_cmd()
+            .args(["requests", "--json"])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(theirs.status.success(), "{}", describe(&theirs));
+        let listed = String::from_utf8_lossy(&theirs.stdout).lines().count();
+        if sees {
+            assert_eq!(listed, 2, "{}", describe(&theirs));
+        } else {
+            assert_eq!(listed, 0, "{}", describe(&theirs));
+            assert!(
+                String::from_utf8_lossy(&theirs.stderr).contains("owns no agents"),
+                "{}",
+                describe(&theirs)
+            );
+        }
+    }
+}
