@@ -305,8 +305,10 @@ fn inherited_descriptors_do_not_reach_the_agent() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect();
-    // stdin, stdout, stderr, and the descriptor listdir itself holds.
-    assert!(fds.iter().all(|&fd| fd <= 3), "{fds:?}\n{}", describe(&out));
+    // stdin, stdout, stderr, the request channel guardd gives every agent
+    // (3, `GUARD_REQUEST_FD`), and the descriptor listdir itself holds.
+    assert!(fds.iter().all(|&fd| fd <= 4), "{fds:?}\n{}", describe(&out));
+    assert!(fds.contains(&3), "{fds:?}\n{}", describe(&out));
     drop(secret);
 }
 

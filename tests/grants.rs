@@ -272,6 +272,24 @@ fn a_request_is_approved_by_its_number() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let out = grant(&g, &["--request", "999999", "--reason", "x"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+
+    // The agent asks on purpose, through its request channel: the request
+    // grants nothing until an operator approves it by its number.
+    let b = Listener::tcp("127.0.0.1");
+    let to_b = format!("tcp 127.0.0.1 {}", b.port);
+    let want = format!("127.0.0.1:{}/tcp", b.port);
+    let reply = p.ask(&format!("ask {want} need the second service"));
+    assert_eq!(reply["reply"]["ok"], true, "{reply}");
+    assert!(!p.ok(&to_b), "a request grants nothing by itself");
+    let recs = g.logs_until(1, |r| r["kind"] == "escalation" && r["target"] == want);
+    let asked = recs
+        .iter()
+        .find(|r| r["kind"] == "escalation" && r["target"] == want)
+        .unwrap();
+    let n = asked["seq"].as_u64().unwrap().to_string();
+    let out = grant(&g, &["--request", &n, "--reason", "ok, for the ticket"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(p.ok(&to_b));
     p.finish();
 }
 

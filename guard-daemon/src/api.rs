@@ -25,6 +25,10 @@ pub const DEFAULT_SOCKET: &str = "/run/guard/guard.sock";
 pub const MAX_LINE: usize = 4 << 20;
 /// Most descriptors one response may carry.
 pub const MAX_FDS: usize = 8;
+/// The descriptor of the agent's request channel in the agent
+/// (`OpenReply::request_channel`), and the variable that names it.
+pub const REQUEST_CHANNEL_FD: i32 = 3;
+pub const REQUEST_CHANNEL_ENV: &str = "GUARD_REQUEST_FD";
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -232,6 +236,11 @@ pub struct OpenReply {
     /// without it does not parse, so an older or confused daemon cannot
     /// leave Unix sockets open.
     pub refuse_unix_sockets: bool,
+    /// The agent's request channel (`daemon::requests`) follows the v1
+    /// descriptors; the launcher places it at descriptor 3 of the agent
+    /// (`GUARD_REQUEST_FD`). Absent from an older guardd: no channel.
+    #[serde(default)]
+    pub request_channel: bool,
 }
 
 pub use crate::journal::AgentRef;

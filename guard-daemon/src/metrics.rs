@@ -48,6 +48,9 @@ pub struct Metrics {
     lost: AtomicU64,
     agents_started: AtomicU64,
     folded: AtomicU64,
+    escalations: AtomicU64,
+    escalations_limited: AtomicU64,
+    escalations_invalid: AtomicU64,
 }
 
 #[derive(Default)]
@@ -115,6 +118,21 @@ impl Metrics {
     /// its own (still counted in `guard_refusals_total`).
     pub fn folded(&self) {
         self.folded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An agent's request journaled from its request channel.
+    pub fn escalation(&self) {
+        self.escalations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A line on a request channel refused for coming too fast.
+    pub fn escalation_limited(&self) {
+        self.escalations_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A line on a request channel refused as malformed or another op.
+    pub fn escalation_invalid(&self) {
+        self.escalations_invalid.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn agent_started(&self) {
@@ -226,6 +244,27 @@ impl Metrics {
             "guard_journal_retention_removed_total {}",
             journal.retention_removed
         );
+        for (name, help, v) in [
+            (
+                "guard_escalations_total",
+                "Requests agents posted on their request channel, each journaled as an escalation record (they grant nothing).",
+                &self.escalations,
+            ),
+            (
+                "guard_escalations_limited_total",
+                "Lines on request channels refused for coming too fast (answered busy; journaled as one summary per window).",
+                &self.escalations_limited,
+            ),
+            (
+                "guard_escalations_invalid_total",
+                "Lines on request channels refused as malformed, oversize or another op than request (each journaled).",
+                &self.escalations_invalid,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
         out
     }
 }

@@ -11,6 +11,7 @@ mod agents;
 pub mod dns;
 pub mod peer;
 pub mod policies;
+pub mod requests;
 pub mod server;
 
 use std::{

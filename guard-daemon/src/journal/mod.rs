@@ -15,7 +15,7 @@
 // Dependency order, one way only: `text` → `record` → `hash` →
 // `checkpoint` → `query` → `store` → `verify` → `writer` (each uses only
 // modules to its left; `lock`, `sink`, `human` and `ocsf` hang off
-// `record`/`text`).
+// `record`/`text`; so does `requests`, the queue of `guardctl requests`).
 mod checkpoint;
 mod hash;
 pub mod human;
@@ -23,6 +23,7 @@ mod lock;
 pub mod ocsf;
 mod query;
 mod record;
+pub mod requests;
 mod sink;
 mod store;
 mod text;

@@ -97,7 +97,9 @@ fn class_of(r: &Record) -> (u32, &'static str, u32, u32, &'static str) {
             };
             (1007, "Process Activity", 1, a, n)
         }
-        Kind::Dns | Kind::Policy | Kind::Gap => (0, "Base Event", 0, 99, "Other"),
+        Kind::Dns | Kind::Policy | Kind::Gap | Kind::Escalation => {
+            (0, "Base Event", 0, 99, "Other")
+        }
     }
 }
 

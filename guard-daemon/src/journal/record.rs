@@ -122,10 +122,13 @@ pub enum Kind {
     Policy,
     /// The journal itself: lost events, retention summaries.
     Gap,
+    /// An agent asked a person for something through its request channel
+    /// (`daemon::requests`): journaled, granting nothing by itself.
+    Escalation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Network,
         Kind::Dns,
         Kind::File,
@@ -134,6 +137,7 @@ impl Kind {
         Kind::Lifecycle,
         Kind::Policy,
         Kind::Gap,
+        Kind::Escalation,
     ];
 
     /// The serde name, also the value of the store's `kind` column.
@@ -147,6 +151,7 @@ impl Kind {
             Kind::Lifecycle => "lifecycle",
             Kind::Policy => "policy",
             Kind::Gap => "gap",
+            Kind::Escalation => "escalation",
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ScopeFds {
     pub cgroup: OwnedFd,
     /// v1 `cgroup.procs` write descriptors (hybrid hosts).
     pub v1_procs: Vec<OwnedFd>,
+    /// The agent's end of its request channel, when guardd made one.
+    pub request_channel: Option<OwnedFd>,
 }
 
 /// A launch being described: the program, its arguments and environment,
@@ -81,8 +83,8 @@ impl<'p> Launch<'p> {
         }
     }
 
-    /// The environment the agent inherits; guardd's `TMPDIR` and
-    /// `GUARD_AGENT_ID` replace any given ones.
+    /// The environment the agent inherits; guardd's `TMPDIR`,
+    /// `GUARD_AGENT_ID` and `GUARD_REQUEST_FD` replace any given ones.
     pub fn env(mut self, vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
         self.env = vars.into_iter().collect();
         self
@@ -115,7 +117,11 @@ impl<'p> Launch<'p> {
             .iter()
             .map(|a| cstring(a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
-        let envp = envp(self.env, &reply.tmp, &reply.agent.id)?;
+        let request_fd = fds
+            .request_channel
+            .as_ref()
+            .map(|_| crate::api::REQUEST_CHANNEL_FD);
+        let envp = envp(self.env, &reply.tmp, &reply.agent.id, request_fd)?;
         let request = landlock_request(plan);
         // The exec views keep the `exec` grants (and library directories)
         // executable-mappable; everything else is noexec.
@@ -164,6 +170,7 @@ impl<'p> Launch<'p> {
             cgroup: fds.cgroup,
             v1_procs: fds.v1_procs,
             keep_fds: Vec::new(),
+            request_channel: fds.request_channel,
             credentials,
             landlock,
             keep_caps,
@@ -177,16 +184,18 @@ fn cstring(b: &[u8]) -> Result<CString, BuildError> {
     CString::new(b).map_err(|_| BuildError::Nul)
 }
 
-/// `vars` without `TMPDIR` and `GUARD_AGENT_ID`, then guardd's values of
-/// both.
+/// `vars` without `TMPDIR`, `GUARD_AGENT_ID` and `GUARD_REQUEST_FD`, then
+/// guardd's values of them (`GUARD_REQUEST_FD` only when the agent has a
+/// request channel: an inherited one would name a descriptor that is not).
 fn envp(
     vars: Vec<(OsString, OsString)>,
     tmp: &str,
     agent: &str,
+    request_fd: Option<i32>,
 ) -> Result<Vec<CString>, BuildError> {
     let mut envp = Vec::new();
     for (k, v) in vars {
-        if k == "TMPDIR" || k == "GUARD_AGENT_ID" {
+        if k == "TMPDIR" || k == "GUARD_AGENT_ID" || k == crate::api::REQUEST_CHANNEL_ENV {
             continue;
         }
         let mut kv = k.into_vec();
@@ -196,6 +205,11 @@ fn envp(
     }
     envp.push(cstring(format!("TMPDIR={tmp}").as_bytes())?);
     envp.push(cstring(format!("GUARD_AGENT_ID={agent}").as_bytes())?);
+    if let Some(fd) = request_fd {
+        envp.push(cstring(
+            format!("{}={fd}", crate::api::REQUEST_CHANNEL_ENV).as_bytes(),
+        )?);
+    }
     Ok(envp)
 }
 
@@ -320,6 +334,7 @@ mod tests {
         ScopeFds {
             cgroup: std::fs::File::open("/").unwrap().into(),
             v1_procs: Vec::new(),
+            request_channel: None,
         }
     }
 
@@ -337,19 +352,24 @@ mod tests {
                 ("A", "1"),
                 ("TMPDIR", "/elsewhere"),
                 ("GUARD_AGENT_ID", "x"),
+                ("GUARD_REQUEST_FD", "9"),
             ]),
             "/tmp/t",
             "a-9",
+            None,
         )
         .unwrap();
         let e: Vec<_> = e.iter().map(|c| c.to_str().unwrap()).collect();
         assert_eq!(e, ["A=1", "TMPDIR=/tmp/t", "GUARD_AGENT_ID=a-9"]);
+        let e = envp(os(&[("GUARD_REQUEST_FD", "9")]), "/t", "a", Some(3)).unwrap();
+        let e: Vec<_> = e.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(e, ["TMPDIR=/t", "GUARD_AGENT_ID=a", "GUARD_REQUEST_FD=3"]);
     }
 
     #[test]
     fn nul_bytes_are_refused() {
         assert!(matches!(
-            envp(os(&[("A", "1\0")]), "/t", "a"),
+            envp(os(&[("A", "1\0")]), "/t", "a", None),
             Err(BuildError::Nul)
         ));
         let p = plan("[policy]\nname = \"t\"\n");

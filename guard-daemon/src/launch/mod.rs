@@ -27,7 +27,8 @@
 //! 6. Landlock `restrict_self`;
 //! 7. drop capabilities (bounding, ambient, effective/permitted/inheritable);
 //! 8. mark every inherited descriptor close-on-exec except stdio and the
-//!    explicitly passed ones;
+//!    explicitly passed ones, and place the request channel at descriptor 3
+//!    (the only one kept);
 //! 9. install the seccomp filter (last, so steps 1–8 are not filtered);
 //! 10. `execve`.
 //!
@@ -163,6 +164,9 @@ pub struct LaunchSpec {
     pub v1_procs: Vec<OwnedFd>,
     /// Descriptors beyond stdio the agent keeps.
     pub keep_fds: Vec<RawFd>,
+    /// The agent's end of its request channel: the agent gets it at
+    /// descriptor `api::REQUEST_CHANNEL_FD`, open across exec.
+    pub request_channel: Option<OwnedFd>,
     pub credentials: Option<Credentials>,
     pub landlock: Option<landlock::Prepared>,
     /// Capabilities (numbers) to keep; all others are dropped.
@@ -441,7 +445,7 @@ fn child(
     spec: &LaunchSpec,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    pipe: RawFd,
+    mut pipe: RawFd,
     status: Option<RawFd>,
     launcher: &Launcher,
 ) -> ! {
@@ -500,8 +504,15 @@ fn child(
         }
         if agent > 0 {
             // SAFETY: the failure pipe is the agent's to report on (or to
-            // close by exec): the reaper's copy must not keep it open.
-            unsafe { libc::close(pipe) };
+            // close by exec): the reaper's copy must not keep it open. Nor
+            // the request channel: it is the agent's, and guardd sees its
+            // end when the agent's copies close.
+            unsafe {
+                libc::close(pipe);
+                if let Some(ch) = &spec.request_channel {
+                    libc::close(ch.as_raw_fd());
+                }
+            };
             reaper(agent, status, &set);
         }
         // The agent: its own signal mask back to empty.
@@ -574,6 +585,31 @@ fn child(
         }
         for &fd in &spec.keep_fds {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                fail(pipe, STEP_FDS);
+            }
+        }
+    }
+    // The request channel at its fixed number: the one descriptor beyond
+    // stdio the agent keeps. The failure pipe moves out of the way first if
+    // it holds that number; dup2 leaves the new descriptor open across
+    // exec, and the original (close-on-exec) goes at exec.
+    if let Some(ch) = &spec.request_channel {
+        let at = crate::api::REQUEST_CHANNEL_FD;
+        // SAFETY: fcntl/dup2 on our own descriptor table.
+        unsafe {
+            if pipe == at {
+                let moved = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, at + 1);
+                if moved < 0 {
+                    fail(pipe, STEP_FDS);
+                }
+                pipe = moved;
+            }
+            let placed = if ch.as_raw_fd() == at {
+                libc::fcntl(at, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(ch.as_raw_fd(), at) == at
+            };
+            if !placed {
                 fail(pipe, STEP_FDS);
             }
         }

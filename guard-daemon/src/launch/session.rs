@@ -29,6 +29,8 @@ pub enum ScopeError {
     NoCgroup,
     #[error("guardd sent an unexpected number of descriptors")]
     Descriptors,
+    #[error("guardd said it sent the agent's request channel, but did not")]
+    NoRequestChannel,
 }
 
 /// An open scope.
@@ -57,16 +59,29 @@ impl Session {
         }
     }
 
-    /// The scope's cgroup and v1 descriptors that came with the reply. On
+    /// The scope's cgroup and v1 descriptors and the agent's request
+    /// channel that came with the reply. On
     /// error the caller ends the scope with [`Session::abort`].
     pub fn take_scope(&mut self) -> Result<ScopeFds, ScopeError> {
         let mut fds = self.conn.take_fds().into_iter();
         let cgroup = fds.next().ok_or(ScopeError::NoCgroup)?;
-        let v1_procs: Vec<OwnedFd> = fds.collect();
+        let v1_procs: Vec<OwnedFd> = fds.by_ref().take(self.reply.v1_procs).collect();
         if v1_procs.len() != self.reply.v1_procs {
             return Err(ScopeError::Descriptors);
         }
-        Ok(ScopeFds { cgroup, v1_procs })
+        let request_channel = if self.reply.request_channel {
+            Some(fds.next().ok_or(ScopeError::NoRequestChannel)?)
+        } else {
+            None
+        };
+        if fds.next().is_some() {
+            return Err(ScopeError::Descriptors);
+        }
+        Ok(ScopeFds {
+            cgroup,
+            v1_procs,
+            request_channel,
+        })
     }
 
     /// Tells guardd the agent's pid. Only `ps` uses it: the answer is not

@@ -34,6 +34,9 @@ pub enum Command {
     Logs(commands::logs::LogsArgs),
     /// List live agents.
     Ps(commands::ps::PsArgs),
+    /// What agents tried outside their scope and asked for: the queue to
+    /// work through, grouped by agent and target.
+    Requests(commands::requests::RequestsArgs),
     /// Kill every process of an agent.
     Kill(commands::control::ControlArgs),
     /// Freeze every process of an agent at once.
@@ -58,6 +61,7 @@ fn main() {
         Command::Run(a) => commands::run::run(&cli, a),
         Command::Logs(a) => commands::logs::run(&cli, a),
         Command::Ps(a) => commands::ps::run(&cli, a),
+        Command::Requests(a) => commands::requests::run(&cli, a),
         Command::Kill(a) => commands::control::run(&cli, a, guard_daemon::api::ControlAction::Kill),
         Command::Freeze(a) => {
             commands::control::run(&cli, a, guard_daemon::api::ControlAction::Freeze)

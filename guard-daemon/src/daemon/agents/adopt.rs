@@ -245,6 +245,7 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
                 dns: None,
                 dns_port_before: st.dns_port,
                 grants: st.live_grants,
+                request_channel: None,
             },
         );
     }

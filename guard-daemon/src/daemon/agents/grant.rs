@@ -195,8 +195,9 @@ fn dest_of_request(shared: &Shared, seq: u64) -> Result<(String, Option<String>)
     let target = rec.target.to_string();
     match (rec.kind, rec.action.as_str()) {
         (Kind::Network, "connect" | "sendmsg") => Ok((target, agent)),
-        // An agent's own request names what it wants as its target.
-        (k, _) if k.as_str() == "escalation" => Ok((target, agent)),
+        // An agent's own request names what it wants as its target (the
+        // channel's refusals of bad lines and floods are no requests).
+        (Kind::Escalation, crate::journal::requests::REQUEST_ACTION) => Ok((target, agent)),
         (Kind::File | Kind::Exec, _) => Err(RequestError::BadRequest(format!(
             "request #{seq} is a {} refusal ({target}): files and programs of a running agent \
              cannot be widened (Landlock only ever narrows a process); start the agent again \

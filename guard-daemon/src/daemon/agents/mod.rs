@@ -74,6 +74,10 @@ pub struct AgentState {
     pub dns_port_before: Option<u16>,
     /// Its live grants (`guardctl grant`).
     pub grants: grant::Grants,
+    /// guardd's end of the agent's request channel (`daemon::requests`);
+    /// dropped with the agent, which stops its server. `None` for a
+    /// re-adopted agent: its channel ended with the guardd that made it.
+    pub request_channel: Option<crate::daemon::requests::Channel>,
 }
 
 /// The inputs of an agent's plan, kept so a restarted guardd can rebuild it.

@@ -459,7 +459,7 @@ pub fn open(
             return Err(e);
         }
     };
-    let fds = match scope
+    let mut fds = match scope
         .open_dir()
         .and_then(|d| scope.v1_procs().map(|v| (d, v)))
     {
@@ -481,6 +481,25 @@ pub fn open(
             return Err(RequestError::Internal(e.to_string()));
         }
     };
+    let v1_procs = fds.len() - 1;
+    // The agent's request channel goes last, after the v1 descriptors. An
+    // agent without one still runs: it only cannot ask.
+    let request_channel = match crate::daemon::requests::open(
+        agent.clone(),
+        shared.journal.clone(),
+        shared.metrics.clone(),
+    ) {
+        Ok(Some((channel, end))) => {
+            fds.push(end);
+            Some(channel)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(agent = %id, error = %e, "no request channel for the agent");
+            None
+        }
+    };
+    let has_channel = request_channel.is_some();
     let state = AgentState {
         mode: if audit { Mode::Audit } else { Mode::Enforce },
         slot,
@@ -506,6 +525,7 @@ pub fn open(
         dns_port_before: None,
         dns: resolver,
         grants: super::grant::Grants::default(),
+        request_channel,
     };
     tracing::debug!(
         us = t0.elapsed().as_micros() as u64,
@@ -526,6 +546,7 @@ pub fn open(
         "cgroup": scope.v2.display().to_string(),
         "launcher": {"uid": peer.uid, "pid": peer.pid, "cgroup": origin.v2()},
         "network_rules": plan.rules.len(),
+        "request_channel": has_channel,
     });
     if let Some(r) = &state.dns {
         detail["dns"] = json!({
@@ -571,9 +592,10 @@ pub fn open(
         agent,
         tmp: tmp.path.display().to_string(),
         cgroup: scope.v2.display().to_string(),
-        v1_procs: fds.len() - 1,
+        v1_procs,
         degraded,
         refuse_unix_sockets: !layers.unix_hooks,
+        request_channel: has_channel,
     };
     registry.agents.insert(id, state);
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "open: done");

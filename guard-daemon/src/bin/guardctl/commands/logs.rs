@@ -27,7 +27,7 @@ pub struct LogsArgs {
     /// Agent id, unambiguous id prefix, or name.
     #[arg(long)]
     agent: Option<String>,
-    /// network, dns, file, exec, syscall, lifecycle, policy or gap.
+    /// network, dns, file, exec, syscall, lifecycle, policy, gap or escalation.
     #[arg(long)]
     kind: Option<String>,
     /// denied, allowed or audit.

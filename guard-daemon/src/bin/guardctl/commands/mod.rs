@@ -6,6 +6,7 @@ pub mod grant;
 pub mod logs;
 pub mod policy;
 pub mod ps;
+pub mod requests;
 pub mod run;
 
 use std::{os::fd::OwnedFd, path::Path};
