@@ -6,6 +6,7 @@ pub mod logs;
 pub mod policy;
 pub mod ps;
 pub mod run;
+pub mod selftest;
 
 use std::{os::fd::OwnedFd, path::Path};
 
