@@ -13,7 +13,11 @@ use clap::Args;
 use guard_daemon::{journal, selftest};
 
 use super::fail;
-use crate::{Cli, EXIT_USAGE};
+use crate::Cli;
+
+/// selftest itself could not run (no guardd, a policy the probe cannot run
+/// under): distinct from 1, a wall that did not hold.
+const EXIT_CANNOT_RUN: i32 = 2;
 
 #[derive(Args, Debug)]
 pub struct SelftestArgs {
@@ -56,7 +60,7 @@ pub fn run(cli: &Cli, args: &SelftestArgs) -> i32 {
         Ok(p) => p,
         Err(e) => {
             fail(format!("cannot find guardctl's own binary: {e}"));
-            return EXIT_USAGE;
+            return EXIT_CANNOT_RUN;
         }
     };
     let opts = selftest::Options {
@@ -86,7 +90,7 @@ pub fn run(cli: &Cli, args: &SelftestArgs) -> i32 {
         }
         Err(e) => {
             fail(format!("selftest could not run: {e}"));
-            EXIT_USAGE
+            EXIT_CANNOT_RUN
         }
     }
 }
