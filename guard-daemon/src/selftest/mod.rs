@@ -238,7 +238,7 @@ pub const BATTERY: &[AttemptInfo] = &[
     AttemptInfo {
         name: "ctl.socket",
         family: Family::Control,
-        what: "talk to guardd's socket (hello, ps, kill)",
+        what: "talk to guardd's socket (hello, ps, kill, open)",
     },
     AttemptInfo {
         name: "priv.setuid",

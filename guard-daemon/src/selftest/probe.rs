@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ControlAction, ControlRequest, Empty, Request};
+use crate::api::{ControlAction, ControlRequest, Empty, OpenRequest, Request};
 
 /// What the probe saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -902,7 +902,7 @@ fn mark(a: &str, marker: &str) -> ProbeReport {
 // ---------------------------------------------------------------- control plane
 
 /// guardd's socket from inside a scope: connect, then ask for the agent
-/// list, a kill and a scope. Any answer but a refusal is an escape.
+/// list, a kill and a scope of its own. Any answer but a refusal is an escape.
 fn control_socket(a: &str, socket: &str) -> ProbeReport {
     let mut s = match std::os::unix::net::UnixStream::connect(OsStr::from_bytes(socket.as_bytes()))
     {
@@ -917,6 +917,15 @@ fn control_socket(a: &str, socket: &str) -> ProbeReport {
             agent: "selftest".into(),
             action: ControlAction::Kill,
             reason: Some("selftest".into()),
+        }),
+        // A scope of its own, under a policy of its choosing.
+        Request::Open(OpenRequest {
+            policy_path: "selftest.toml".into(),
+            policy_text: "[policy]\nname = \"selftest-open\"\n".into(),
+            argv: vec!["/bin/sh".into()],
+            workdir: "/".into(),
+            home: "/".into(),
+            ..OpenRequest::default()
         }),
     ];
     let mut answers = Vec::new();

@@ -206,6 +206,34 @@ fn labels_are_fixed_width_words() {
     assert!(unrec.starts_with("held      UNRECORDED "), "{unrec:?}");
 }
 
+/// Attempts that take arguments from the runner.
+const WITH_ARGS: &[&str] = &[
+    "net.connect.v4",
+    "net.connect.v6",
+    "net.connect.v4-mapped",
+    "net.connect.any",
+    "net.udp.sendto",
+    "net.udp.connect",
+    "net.udp.sendmsg",
+    "net.tcp.fastopen",
+    "abi.i386-open",
+    "file.read",
+    "file.write",
+    "file.symlink",
+    "file.hardlink",
+    "file.proc-self-root",
+    "file.proc-outsider",
+    "file.handle",
+    "exec.program",
+    "exec.memfd",
+    "exec.copy",
+    "exec.loader",
+    "exec.mmap-noexec",
+    "ctl.socket",
+    "ns.mount",
+    "limits.fork",
+];
+
 #[test]
 fn the_battery_names_are_unique_and_the_probe_knows_each() {
     let mut names: Vec<&str> = BATTERY.iter().map(|a| a.name).collect();
@@ -213,38 +241,73 @@ fn the_battery_names_are_unique_and_the_probe_knows_each() {
     let n = names.len();
     names.dedup();
     assert_eq!(names.len(), n);
-    for a in BATTERY {
-        // With no arguments every attempt either runs argument-free or
-        // reports a missing argument: never "unknown attempt".
-        if a.name.starts_with("net.raw") || a.name.starts_with("priv.") || a.name.starts_with("ns.")
-        {
-            continue; // these act at once; not run in a unit test
-        }
-        if a.name.starts_with("net.connect")
-            || a.name.starts_with("net.udp")
-            || a.name == "net.tcp.fastopen"
-            || a.name.starts_with("file.")
-            || a.name == "exec.program"
-            || a.name == "exec.memfd"
-            || a.name == "exec.copy"
-            || a.name == "exec.loader"
-            || a.name == "exec.mmap-noexec"
-            || a.name == "ctl.socket"
-            || a.name == "limits.fork"
-            || a.name == "abi.i386-open"
-        {
-            let r = probe::run(a.name, &[]);
-            assert_eq!(r.outcome, ProbeOutcome::Error, "{}", a.name);
-            assert!(
-                r.detail.contains("missing argument"),
-                "{}: {}",
-                a.name,
-                r.detail
-            );
-        }
+    // Without its arguments an attempt reports them missing (it is known
+    // to the probe, and a malformed request is an error, not a panic).
+    for name in WITH_ARGS {
+        assert!(BATTERY.iter().any(|a| a.name == *name), "{name}");
+        let r = probe::run(name, &[]);
+        assert_eq!(r.outcome, ProbeOutcome::Error, "{name}");
+        assert!(
+            r.detail.contains("missing argument"),
+            "{name}: {}",
+            r.detail
+        );
     }
     let r = probe::run("no.such", &[]);
+    assert_eq!(r.outcome, ProbeOutcome::Error);
     assert!(r.detail.contains("unknown attempt"));
+    let r = probe::run("limits.fork", &["many".into()]);
+    assert_eq!(r.outcome, ProbeOutcome::Error);
+    let r = probe::run("net.connect.v4", &["not an address".into()]);
+    assert_eq!(r.outcome, ProbeOutcome::Error);
+}
+
+#[test]
+fn the_probe_line_is_the_last_json_line() {
+    let out = b"noise\n{\"attempt\":\"mark\",\"outcome\":\"succeeded\",\"detail\":\"payload\"}\n\
+                {\"attempt\":\"exec.memfd\",\"outcome\":\"refused\",\"detail\":\"EACCES\"}\n";
+    let r = probe_line(out).unwrap();
+    assert_eq!(r.attempt, "exec.memfd");
+    assert_eq!(r.outcome, ProbeOutcome::Refused);
+    assert!(probe_line(b"no json here\n").is_none());
+    assert!(probe_line(b"{broken\n").is_none());
+}
+
+#[test]
+fn targets_are_bound_on_ports_the_policy_does_not_allow() {
+    let plan = |allow: &str| {
+        Policy::parse(
+            &format!("[policy]\nname = \"t\"\n[network]\nallow = [{allow}]\n"),
+            "t.toml",
+        )
+        .unwrap()
+        .compile(&Vars {
+            workdir: "/w".into(),
+            home: "/root".into(),
+            tmp: "/t".into(),
+        })
+        .unwrap()
+    };
+    let bind = |p: u16| TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+    // Every port on loopback allowed: nothing to test against.
+    let all = plan(r#"{ cidr = "127.0.0.0/8", protocol = "tcp" }"#);
+    assert!(
+        bind_unallowed(&all, guard_common::PROTO_TCP, bind)
+            .unwrap()
+            .is_none()
+    );
+    // UDP allowed everywhere leaves TCP to test.
+    let udp = plan(r#"{ cidr = "127.0.0.0/8", protocol = "udp" }"#);
+    let l = bind_unallowed(&udp, guard_common::PROTO_TCP, bind)
+        .unwrap()
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    assert!(
+        udp.network
+            .lookup(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .and_then(|v| port_allowed(v, port, guard_common::PROTO_TCP))
+            .is_none()
+    );
 }
 
 #[test]
