@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod monitor;
 pub mod policy;
 pub mod scope;
+pub mod selftest;
 pub mod syscalls;

@@ -53,6 +53,12 @@ pub enum Command {
     Policy(commands::policy::PolicyArgs),
     /// Report what each protection layer amounts to on this host.
     Doctor(commands::doctor::DoctorArgs),
+    /// Try a battery of escapes, each a real agent on this host, and report
+    /// which walls held and were journaled.
+    Selftest(commands::selftest::SelftestArgs),
+    /// One attempt of the selftest battery, run inside its scope.
+    #[command(hide = true)]
+    SelftestProbe(commands::selftest::ProbeArgs),
 }
 
 fn main() {
@@ -72,6 +78,8 @@ fn main() {
         Command::Grants(a) => commands::grant::grants(&cli, a),
         Command::Policy(a) => commands::policy::run(&cli, a),
         Command::Doctor(a) => commands::doctor::run(&cli, a),
+        Command::Selftest(a) => commands::selftest::run(&cli, a),
+        Command::SelftestProbe(a) => commands::selftest::probe(a),
     };
     std::process::exit(code);
 }

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod ps;
 pub mod requests;
 pub mod run;
+pub mod selftest;
 
 use std::{os::fd::OwnedFd, path::Path};
 
