@@ -36,7 +36,7 @@ use thiserror::Error;
 use crate::{
     api::{self, LineConn, LogsRequest, Request},
     journal::{Kind, Record, Verdict, escape_str},
-    policy::{Mode, Plan, Policy, Vars, port_allowed},
+    policy::{Mode, Plan, Policy, Vars, grant::GrantItem, port_allowed},
 };
 pub use probe::{ProbeOutcome, ProbeReport};
 
@@ -239,6 +239,11 @@ pub const BATTERY: &[AttemptInfo] = &[
         name: "ctl.socket",
         family: Family::Control,
         what: "talk to guardd's socket (hello, ps, kill, open)",
+    },
+    AttemptInfo {
+        name: "ctl.request-channel",
+        family: Family::Control,
+        what: "speak guardd's control protocol (ps, kill, grant) on the agent's request channel",
     },
     AttemptInfo {
         name: "priv.setuid",
@@ -548,11 +553,13 @@ fn toml_string(s: &str) -> String {
 
 /// The arguments that let the probe binary run under a user's policy.
 ///
-/// GRANT: the one place `--grant exec:<guardctl>` goes once `guardctl run`
-/// has it. Until then a user policy must itself grant exec of this
-/// guardctl (selftest says so when it does not).
-fn grant_args(_guardctl: &Path) -> Vec<OsString> {
-    Vec::new()
+/// What a user policy needs added so the probe binary runs under it: exec
+/// of this guardctl, when the policy restricts programs and does not grant
+/// it already (`guardctl run --grant exec:PATH`). The default policy grants
+/// it itself.
+fn probe_grant(guardctl: &Path, plan: &Plan, user_policy: bool) -> Option<GrantItem> {
+    (user_policy && plan.filesystem.restricted && !grants(plan, guardctl, true))
+        .then(|| GrantItem::Exec(guardctl.display().to_string()))
 }
 
 /// A private directory removed on drop.
@@ -991,6 +998,9 @@ fn plan_battery(t: &Targets, plan: &Plan, socket: &Path) -> Vec<Planned> {
                 args.push(s.clone());
                 Expect::record(&[Network, Policy], &[&s], &["control.confined-peer"])
             }
+            "ctl.request-channel" => {
+                Expect::record(&[Escalation], &[], &[crate::daemon::requests::INVALID_RULE])
+            }
             "priv.setuid" => Expect::Nothing(
                 "setresuid(0, 0, 0) is allowed and changes nothing for an agent started as root; the wall is that no capability comes back",
             ),
@@ -1213,26 +1223,30 @@ pub fn run(
             (p, text)
         }
     };
-    let policy = Policy::parse(&policy_text, &policy_path.display().to_string())
-        .map_err(|e| SelftestError::Policy(e.to_string()))?;
+    let file = policy_path.display().to_string();
     let vars = Vars {
         workdir: work.clone(),
         home: crate::launch::builder::home_dir(),
         tmp: base.0.join("tmp-placeholder"),
     };
-    let plan = policy
-        .compile(&vars)
-        .map_err(|e| SelftestError::Policy(e.to_string()))?;
-    if opts.policy.is_some()
-        && grant_args(&opts.guardctl).is_empty()
-        && !grants(&plan, &opts.guardctl, true)
-    {
-        return Err(SelftestError::Policy(format!(
-            "{}: the policy must grant exec of {} (the probe) until `guardctl run --grant` exists",
-            policy_path.display(),
-            opts.guardctl.display()
-        )));
+    let compile = |grants: &[GrantItem]| {
+        Policy::parse_all_granted(&policy_text, &file, grants)
+            .map_err(|errs| crate::policy::first_error(errs, &file))
+            .and_then(|p| p.compile(&vars))
+            .map_err(|e| SelftestError::Policy(e.to_string()))
+    };
+    let mut plan = compile(&[])?;
+    // A user policy that restricts programs gets the probe binary added for
+    // the run (`guardctl run --grant exec:...`), and the attempts are judged
+    // against exactly that plan.
+    let run_extra = probe_grant(&opts.guardctl, &plan, opts.policy.is_some());
+    if let Some(item) = &run_extra {
+        plan = compile(std::slice::from_ref(item))?;
     }
+    let run_extra: Vec<OsString> = run_extra
+        .iter()
+        .flat_map(|g| [OsString::from("--grant"), OsString::from(g.spec())])
+        .collect();
 
     let targets = Targets {
         tcp4: TcpTarget::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), &plan)?,
@@ -1263,7 +1277,7 @@ pub fn run(
                 agent: String::new(),
                 detail: why.clone(),
             },
-            None => attempt(opts, &policy_path, &plan, &targets, &p, &agent)?,
+            None => attempt(opts, &policy_path, &run_extra, &plan, &targets, &p, &agent)?,
         };
         report(&r);
         results.push(r);
@@ -1274,6 +1288,7 @@ pub fn run(
 fn attempt(
     opts: &Options,
     policy_path: &Path,
+    run_extra: &[OsString],
     plan: &Plan,
     t: &Targets,
     p: &Planned,
@@ -1305,9 +1320,7 @@ fn attempt(
         .arg(policy_path)
         .arg("--name")
         .arg(agent);
-    if opts.policy.is_some() {
-        cmd.args(grant_args(&opts.guardctl));
-    }
+    cmd.args(run_extra);
     cmd.arg("--")
         .arg(&opts.guardctl)
         .arg("selftest-probe")

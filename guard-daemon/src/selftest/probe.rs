@@ -166,6 +166,7 @@ fn dispatch(a: &str, args: &[String]) -> Result<ProbeReport, ProbeReport> {
         "exec.loader" => exec_loader(a, arg(args, 0, a)?, arg(args, 1, a)?, arg(args, 2, a)?),
         "exec.mmap-noexec" => mmap_noexec(a, arg(args, 0, a)?),
         "ctl.socket" => control_socket(a, arg(args, 0, a)?),
+        "ctl.request-channel" => request_channel(a),
         "priv.setuid" => setuid_root(a),
         "priv.ptrace" => ptrace_attach(a),
         "ns.user" => unshare(a, libc::CLONE_NEWUSER),
@@ -363,8 +364,12 @@ fn socket_of(a: &str, domain: i32, ty: i32, proto: i32) -> ProbeReport {
 /// Looks through descriptors 3..1024 for a socket that still sends: one
 /// the launcher let through would carry data past every connect hook.
 fn inherited_socket(a: &str) -> ProbeReport {
+    // The request channel is the one socket guard hands every agent on
+    // purpose (`ctl.request-channel` tries it); an inherited socket that
+    // hid behind its number would still be seen by the outside listener.
+    let channel = request_fd();
     let mut open = Vec::new();
-    for fd in 3..1024 {
+    for fd in (3..1024).filter(|fd| Some(*fd) != channel) {
         // SAFETY: fstat into a zeroed stat we own; an unused descriptor
         // just fails with EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -966,6 +971,73 @@ fn control_socket(a: &str, socket: &str) -> ProbeReport {
             a,
             ProbeOutcome::Refused,
             format!("connected, every request refused: {first}"),
+        )
+    }
+}
+
+/// The agent's request channel, as its environment names it.
+fn request_fd() -> Option<i32> {
+    std::env::var("GUARD_REQUEST_FD").ok()?.parse().ok()
+}
+
+/// Speaks guardd's control protocol on the request channel: it must serve
+/// nothing but requests (which grant nothing), whatever op is asked.
+fn request_channel(a: &str) -> ProbeReport {
+    let Some(fd) = request_fd() else {
+        return ProbeReport::new(a, ProbeOutcome::Error, "GUARD_REQUEST_FD is not set");
+    };
+    // SAFETY: the descriptor is the launcher's gift to this process, which
+    // uses it only here and exits right after.
+    let mut s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let _ = s.set_read_timeout(Some(NET_TIMEOUT));
+    let requests = [
+        Request::Ps(Empty {}),
+        Request::Control(ControlRequest {
+            agent: "selftest".into(),
+            action: ControlAction::Kill,
+            reason: Some("selftest".into()),
+        }),
+        Request::Grant(crate::api::GrantRequest {
+            agent: Some("selftest".into()),
+            allow: Some("0.0.0.0/0".into()),
+            reason: "selftest".into(),
+            ..Default::default()
+        }),
+    ];
+    let mut answers = Vec::new();
+    for (id, r) in (1u64..).zip(requests.iter()) {
+        let Ok(line) = crate::api::encode_request(id, r) else {
+            break;
+        };
+        if s.write_all(&line).is_err() {
+            break;
+        }
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 65536 {
+            match s.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => line.push(byte[0]),
+                _ => break,
+            }
+        }
+        answers.push(String::from_utf8_lossy(&line).into_owned());
+    }
+    let served = answers
+        .iter()
+        .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["ok"] == true));
+    let first: String = answers.concat().chars().take(200).collect();
+    if served {
+        ProbeReport::new(
+            a,
+            ProbeOutcome::Succeeded,
+            format!("the request channel served an operation: {first}"),
+        )
+    } else {
+        ProbeReport::new(
+            a,
+            ProbeOutcome::Refused,
+            format!("every operation refused on the request channel: {first}"),
         )
     }
 }
