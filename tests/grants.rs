@@ -290,6 +290,29 @@ fn a_request_is_approved_by_its_number() {
     let out = grant(&g, &["--request", &n, "--reason", "ok, for the ticket"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(p.ok(&to_b));
+    // An agent's words cannot turn an approval by number into a wide grant.
+    for wide in ["127.0.0.0/8:1-65535/tcp", "127.0.0.3", "0.0.0.0/0:443"] {
+        assert_eq!(
+            p.ask(&format!("ask {wide} everything please"))["reply"]["ok"],
+            true
+        );
+        let recs = g.logs_until(1, |r| r["kind"] == "escalation" && r["target"] == wide);
+        let n = recs
+            .iter()
+            .find(|r| r["kind"] == "escalation" && r["target"] == wide)
+            .unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+            .to_string();
+        let out = grant(&g, &["--request", &n, "--reason", "sure"]);
+        assert_eq!(out.status.code(), Some(2), "{wide}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("wider than one address"),
+            "{}",
+            describe(&out)
+        );
+    }
+    assert_eq!(grants_json(&g).len(), 2);
     p.finish();
 }
 

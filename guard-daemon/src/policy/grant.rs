@@ -173,6 +173,16 @@ impl Dest {
         self.host
     }
 
+    /// One address (a /32 or /128) and named ports: what a refused
+    /// connection's target always is. A request's text is the agent's, so
+    /// approving it by number may grant no more than this.
+    pub fn is_one_endpoint(&self) -> bool {
+        match self.rule().map(|r| r.kind) {
+            Ok(Kind::Inet(n)) => n.len == if n.v6 { 128 } else { 32 } && n.ports != [(0, u16::MAX)],
+            _ => false,
+        }
+    }
+
     fn fragment(&self) -> String {
         format!("[network]\nallow = [{}]\n", self.table)
     }
@@ -385,6 +395,17 @@ mod tests {
         }
         assert!(err("write:/x").contains("guardctl run --grant write:/x"));
         assert_eq!(dest("net:10.0.0.5:443/tcp").text(), "10.0.0.5/32 tcp 443");
+    }
+
+    #[test]
+    fn one_endpoint_is_one_address_with_named_ports() {
+        assert!(dest("10.0.0.5:443/tcp").is_one_endpoint());
+        assert!(dest("[::1]:80,443").is_one_endpoint());
+        assert!(!dest("10.0.0.5").is_one_endpoint());
+        assert!(!dest("10.0.0.5:*/tcp").is_one_endpoint());
+        assert!(!dest("10.0.0.0/24:443/tcp").is_one_endpoint());
+        assert!(!dest("0.0.0.0/0:443").is_one_endpoint());
+        assert!(!dest("api.example.com:443").is_one_endpoint());
     }
 
     #[test]

@@ -255,6 +255,17 @@ pub fn grant(
         }
     };
     let dest = Dest::parse(&spec).map_err(grant_error)?;
+    if let Some((n, _)) = &from_request
+        && !dest.is_host()
+        && !dest.is_one_endpoint()
+    {
+        // A request's text may be the agent's own words: approving it by
+        // number grants no more than one address and its named ports.
+        return Err(RequestError::BadRequest(format!(
+            "request #{n} asks for {spec:?}, wider than one address and its ports; \
+             if that is meant, grant it explicitly with --allow"
+        )));
+    }
     let duration = match req.for_secs {
         None => DEFAULT_GRANT,
         Some(0) => return Err(RequestError::BadRequest("--for must be more than 0".into())),
