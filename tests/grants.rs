@@ -291,7 +291,12 @@ fn a_request_is_approved_by_its_number() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(p.ok(&to_b));
     // An agent's words cannot turn an approval by number into a wide grant.
-    for wide in ["127.0.0.0/8:1-65535/tcp", "127.0.0.3", "0.0.0.0/0:443"] {
+    for wide in [
+        "127.0.0.0/8:1-65535/tcp",
+        "127.0.0.3",
+        "0.0.0.0/0:443",
+        "127.0.0.1:1-65535/tcp",
+    ] {
         assert_eq!(
             p.ask(&format!("ask {wide} everything please"))["reply"]["ok"],
             true
@@ -345,6 +350,44 @@ fn only_an_operator_outside_every_scope_grants() {
             .any(|r| r["rule"] == "control.grant-not-operator"
                 && r["detail"]["requested_by"]["uid"] == 65534)
     );
+    // Nor can it read other agents' records through `--request N`: refused
+    // before the journal is read, so the answer names nothing of record N.
+    assert_eq!(p.ask(&format!("tcp 127.0.0.9 {}", a.port))["ok"], false);
+    let target = format!("127.0.0.9:{}/tcp", a.port);
+    let recs = g.logs_until(1, |r| r["target"] == target);
+    let n = recs.iter().find(|r| r["target"] == target).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    // (A record that is no refused destination was described to anyone.)
+    let start = g
+        .logs(&["--agent", "target"])
+        .into_iter()
+        .find(|r| r["action"] == "start")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec!["grant", "--request", n.as_str(), "--reason", "peek"],
+        vec!["grant", "--request", start.as_str(), "--reason", "peek"],
+        vec!["revoke", "target", "1"],
+    ] {
+        let out = g
+            .ctl_cmd()
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {}", describe(&out));
+        assert!(err.contains("only root on the host"), "{args:?}: {err}");
+        assert!(
+            !err.contains("127.0.0.9") && !err.contains("lifecycle"),
+            "{args:?} leaked the record: {err}"
+        );
+    }
 
     // From inside a scope, even one whose policy names guardd's socket:
     // refused before the request is read.
@@ -371,6 +414,39 @@ fn only_an_operator_outside_every_scope_grants() {
     );
     assert!(grants_json(&g).is_empty());
     assert!(!p.ok(&to_a), "nothing was granted");
+    p.finish();
+}
+
+#[test]
+fn a_grant_that_cannot_sit_beside_the_others_is_refused_alone() {
+    let g = Guardd::start();
+    let a = Listener::tcp("127.0.0.1");
+    let mut p = Probe::start(&g, "crowded", &[]);
+    let to_a = format!("tcp 127.0.0.1 {}", a.port);
+    // 20 separate ports, then 20 more on the same address: 40 port ranges
+    // on one address is more than a map value holds.
+    let ports =
+        |base: u16| -> Vec<String> { (0..20u16).map(|k| (base + 4 * k).to_string()).collect() };
+    let mut first = ports(50001);
+    first.pop();
+    first.push(a.port.to_string());
+    let first = format!("127.0.0.1:{}/tcp", first.join(","));
+    let second = format!("127.0.0.1:{}/tcp", ports(51001).join(","));
+    let out = grant(&g, &["crowded", "--allow", &first, "--reason", "many"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(p.ok(&to_a));
+    let out = grant(&g, &["crowded", "--allow", &second, "--reason", "more"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be added beside"),
+        "{}",
+        describe(&out)
+    );
+    // The first grant stays, in the list and in the kernel.
+    assert!(p.ok(&to_a), "the refused grant took the first one with it");
+    let listed = grants_json(&g);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["grant"], 1);
     p.finish();
 }
 

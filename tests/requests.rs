@@ -435,18 +435,41 @@ fn an_agent_cannot_reach_another_agents_channel() {
         .unwrap();
     let pid = agent_pid(&g, "first");
     assert!(Path::new(&format!("/proc/{pid}/fd/3")).exists());
-    // The second tries the first's descriptor by every path it has; it
-    // lives in another pid namespace, with its own /proc.
+    // The route exists: outside every scope, root takes the first's
+    // channel with pidfd_getfd.
+    // SAFETY: plain system calls on a pid this test started; the
+    // descriptors returned are closed right away.
+    unsafe {
+        let pfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(pfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let fd = libc::syscall(libc::SYS_pidfd_getfd, pfd, 3, 0) as i32;
+        assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+        libc::close(pfd);
+    }
+    // The second tries it from its scope, and through /proc; it lives in
+    // another pid namespace, with its own /proc.
     let theirs = format!("/proc/{pid}/fd/3");
+    let pid_s = pid.to_string();
     let out = ask(
         &g,
         "second",
-        &["read", &theirs, "ask", "127.0.0.1:3/tcp", "mine"],
+        &[
+            "pidfd",
+            &pid_s,
+            "3",
+            "read",
+            &theirs,
+            "ask",
+            "127.0.0.1:3/tcp",
+            "mine",
+        ],
     );
     let res = results(&out);
     let id = Guardd::agent_id(&out);
     assert_eq!(res[0]["ok"], false, "{res:#?}");
-    assert_eq!(res[1]["reply"]["ok"], true, "{res:#?}");
+    assert_eq!(res[1]["ok"], false, "{res:#?}");
+    assert_eq!(res[2]["reply"]["ok"], true, "{res:#?}");
     // Its request is its own, whatever it might claim.
     let recs = records_until(&g, &id, |r| !escalations(r, "request").is_empty());
     let esc = escalations(&recs, "request");

@@ -22,6 +22,7 @@ Operations, run in order, each printing one JSON line
   tcp HOST PORT        a TCP connect (to show what the request did not grant)
   read PATH            open PATH for reading
   fd N                 whether descriptor N is open
+  pidfd PID N          take descriptor N of process PID (pidfd_open + pidfd_getfd)
 """
 import errno
 import json
@@ -105,6 +106,16 @@ def main(args):
             elif op == "read":
                 with open(args.pop(0), "rb") as fh:
                     fh.read(1)
+            elif op == "pidfd":
+                import ctypes
+                pid, n = int(args.pop(0)), int(args.pop(0))
+                pfd = os.pidfd_open(pid)
+                libc = ctypes.CDLL(None, use_errno=True)
+                got = libc.syscall(438, pfd, n, 0)  # pidfd_getfd
+                if got < 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+                out["reply"] = {"fd": got}
             elif op == "fd":
                 n = int(args.pop(0))
                 try:

@@ -22,6 +22,12 @@ use super::{
     parse::Doc,
 };
 
+/// Most ports one endpoint ([`Dest::is_one_endpoint`]) may name.
+pub const MAX_ENDPOINT_PORTS: usize = 8;
+
+/// The IPv4 and IPv6 entries of an agent's live grants.
+pub type LiveEntries = Entries;
+
 /// Longest grant text accepted (a destination or a path).
 pub const MAX_GRANT_LEN: usize = 512;
 
@@ -173,12 +179,16 @@ impl Dest {
         self.host
     }
 
-    /// One address (a /32 or /128) and named ports: what a refused
+    /// One address (a /32 or /128) and a few single ports: what a refused
     /// connection's target always is. A request's text is the agent's, so
     /// approving it by number may grant no more than this.
     pub fn is_one_endpoint(&self) -> bool {
         match self.rule().map(|r| r.kind) {
-            Ok(Kind::Inet(n)) => n.len == if n.v6 { 128 } else { 32 } && n.ports != [(0, u16::MAX)],
+            Ok(Kind::Inet(n)) => {
+                n.len == if n.v6 { 128 } else { 32 }
+                    && n.ports.len() <= MAX_ENDPOINT_PORTS
+                    && n.ports.iter().all(|(lo, hi)| lo == hi)
+            }
             _ => false,
         }
     }
@@ -254,7 +264,7 @@ pub struct Numbered<'a> {
 /// each prefix), to be written under `slot | GRANT_SLOT`. `closed`: the
 /// agent's DNS goes through guardd (its policy has a DNS plan), so the
 /// grants get the same cuts the policy's rules get.
-pub fn compile_live(grants: &[Numbered<'_>], closed: bool) -> Result<Entries, GrantError> {
+pub fn compile_live(grants: &[Numbered<'_>], closed: bool) -> Result<LiveEntries, GrantError> {
     let mut rules = Vec::with_capacity(grants.len());
     for g in grants {
         if g.dest.is_host() {
@@ -403,6 +413,9 @@ mod tests {
         assert!(dest("[::1]:80,443").is_one_endpoint());
         assert!(!dest("10.0.0.5").is_one_endpoint());
         assert!(!dest("10.0.0.5:*/tcp").is_one_endpoint());
+        assert!(!dest("10.0.0.5:1-65535/tcp").is_one_endpoint());
+        assert!(!dest("10.0.0.5:443,8000-8001").is_one_endpoint());
+        assert!(!dest("10.0.0.5:1,2,3,4,5,6,7,8,9").is_one_endpoint());
         assert!(!dest("10.0.0.0/24:443/tcp").is_one_endpoint());
         assert!(!dest("0.0.0.0/0:443").is_one_endpoint());
         assert!(!dest("api.example.com:443").is_one_endpoint());

@@ -93,13 +93,10 @@ impl LiveGrant {
 
 /// Only an operator may grant or revoke: root in guardd's own pid namespace
 /// (a workload's root is a tenant), and never a process inside a scope (the
-/// server refuses those before any request is read).
-fn operator_only(
-    shared: &Shared,
-    peer: Peer,
-    op: &str,
-    agent: &AgentRef,
-) -> Result<(), RequestError> {
+/// server refuses those before any request is read). Checked before
+/// anything else is read (the journal, the registry): a refused caller
+/// learns nothing of other agents.
+fn operator_only(shared: &Shared, peer: Peer, op: &str, target: &str) -> Result<(), RequestError> {
     if peer.uid == 0 && peer.tenant == 0 {
         return Ok(());
     }
@@ -112,25 +109,21 @@ fn operator_only(
         shared,
         peer,
         op,
-        &agent.id,
+        target,
         "control.grant-not-operator",
-        Some(agent.clone()),
+        None,
         format!(
             "{who} may not {op}: only root on the host (outside every scope) changes an agent's scope"
         ),
     ))
 }
 
-/// Rewrites the kernel entries of `a`'s live grants (after a change to
-/// `a.grants`) and saves the agent's state. On failure no grant of the
-/// agent is left in the kernel, and none in its list.
-fn apply(shared: &Shared, a: &mut AgentState) -> Result<(), String> {
-    // The grants get the cuts the policy's rules get when the agent's DNS
-    // goes through guardd (narrower when in doubt).
-    let closed = a.dns.is_some() || a.dns_port_before.is_some();
-    let dests: Vec<(u16, Dest)> = a
-        .grants
-        .live
+/// The kernel entries of `live`, folded together.
+fn entries_of(
+    live: &[LiveGrant],
+    closed: bool,
+) -> Result<crate::policy::grant::LiveEntries, String> {
+    let dests: Vec<(u16, Dest)> = live
         .iter()
         .map(|g| Dest::parse(&g.dest).map(|d| (g.rule, d)))
         .collect::<Result<_, _>>()
@@ -139,21 +132,65 @@ fn apply(shared: &Shared, a: &mut AgentState) -> Result<(), String> {
         .iter()
         .map(|(rule, dest)| grant::Numbered { rule: *rule, dest })
         .collect();
-    let result = grant::compile_live(&numbered, closed)
-        .map_err(|e| e.to_string())
-        .and_then(|(v4, v6)| {
-            let mut k = shared
-                .kernel
-                .lock()
-                .map_err(|_| "kernel lock poisoned".to_owned())?;
-            k.set_grants(a.slot, &mut a.keys, &v4, &v6)
-                .map_err(|e| e.to_string())
-        });
-    if result.is_err() {
-        a.grants.live.clear();
-    }
+    grant::compile_live(&numbered, closed).map_err(|e| e.to_string())
+}
+
+/// Whether the grants of `a` get the cuts its policy's rules get: when its
+/// DNS goes through guardd (narrower when in doubt).
+fn closed(a: &AgentState) -> bool {
+    a.dns.is_some() || a.dns_port_before.is_some()
+}
+
+/// Why writing an agent's grants failed, and the grants that ended with it.
+struct Dropped {
+    why: String,
+    grants: Vec<LiveGrant>,
+}
+
+/// Rewrites the kernel entries of `a`'s live grants (after a change to
+/// `a.grants`) and saves the agent's state. Fails closed: when the entries
+/// cannot be written, every grant entry of the agent is removed and its
+/// grants end (returned, for the journal).
+fn apply(shared: &Shared, a: &mut AgentState) -> Result<(), Dropped> {
+    let result = entries_of(&a.grants.live, closed(a)).and_then(|(v4, v6)| {
+        let mut k = shared
+            .kernel
+            .lock()
+            .map_err(|_| "kernel lock poisoned".to_owned())?;
+        k.set_grants(a.slot, &mut a.keys, &v4, &v6)
+            .map_err(|e| e.to_string())
+    });
+    let out = match result {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            // `set_grants` removed what it wrote on its own failure; an
+            // earlier failure (compiling) left the previous entries, which
+            // go now.
+            if let Ok(mut k) = shared.kernel.lock() {
+                let _ = k.set_grants(a.slot, &mut a.keys, &[], &[]);
+            }
+            Err(Dropped {
+                why,
+                grants: std::mem::take(&mut a.grants.live),
+            })
+        }
+    };
     persist(shared, a);
-    result
+    out
+}
+
+/// Journals the grants a failed write ended.
+fn journal_dropped(shared: &Shared, agent: &AgentRef, d: &Dropped) {
+    tracing::error!(agent = %agent.id, "writing the agent's grants failed: {}", d.why);
+    for g in &d.grants {
+        journal_grant(
+            shared,
+            agent,
+            "grant-ended",
+            g,
+            json!({"why": format!("writing the agent's grants failed ({}); none is in force", d.why)}),
+        );
+    }
 }
 
 fn journal_grant(
@@ -217,6 +254,12 @@ pub fn grant(
     req: &GrantRequest,
     peer: Peer,
 ) -> Result<serde_json::Value, RequestError> {
+    let asked = match (&req.agent, req.request) {
+        (Some(a), _) => a.clone(),
+        (None, Some(n)) => format!("request #{n}"),
+        (None, None) => String::new(),
+    };
+    operator_only(shared, peer, "grant", &asked)?;
     let reason = req.reason.trim();
     if reason.is_empty() {
         return Err(RequestError::BadRequest(
@@ -294,7 +337,6 @@ pub fn grant(
             "request #{n} is agent {owner}'s, not {id}'s"
         )));
     }
-    operator_only(shared, peer, "grant", &agent)?;
     if dest.is_host() {
         return Err(grant_error(GrantError::HostName {
             spec: spec.clone(),
@@ -310,10 +352,9 @@ pub fn grant(
     let rule = u16::try_from(base + a.grants.next).map_err(|_| {
         RequestError::Busy(format!("agent {id} has no rule numbers left for grants"))
     })?;
-    a.grants.next += 1;
     let now = SystemTime::now();
     let g = LiveGrant {
-        n: a.grants.next,
+        n: a.grants.next + 1,
         rule,
         dest: spec,
         granted_ms: unix(now),
@@ -323,12 +364,25 @@ pub fn grant(
         reason: reason.to_owned(),
         request: from_request.as_ref().map(|(n, _)| *n),
     };
+    // Tried before anything changes: a grant that cannot sit beside the
+    // agent's others (too many port ranges on one address) is refused
+    // alone, and the others stay.
+    let mut trial = a.grants.live.clone();
+    trial.push(g.clone());
+    entries_of(&trial, closed(a)).map_err(|e| {
+        RequestError::BadRequest(format!(
+            "this grant cannot be added beside agent {id}'s other grants: {e}"
+        ))
+    })?;
+    a.grants.next += 1;
     a.grants.live.push(g.clone());
-    if let Err(e) = apply(shared, a) {
+    if let Err(d) = apply(shared, a) {
         drop(r);
-        journal_failure(shared, &agent, &g, &e);
+        journal_failure(shared, &agent, &g, &d.why);
+        journal_dropped(shared, &agent, &d);
         return Err(RequestError::Internal(format!(
-            "the grant could not be written into the kernel ({e}); no grant of agent {id} is in force now"
+            "the grant could not be written into the kernel ({}); no grant of agent {id} is in force now",
+            d.why
         )));
     }
     let entry = g.entry(&agent);
@@ -361,6 +415,7 @@ pub fn revoke(
     req: &RevokeRequest,
     peer: Peer,
 ) -> Result<serde_json::Value, RequestError> {
+    operator_only(shared, peer, "revoke", &req.agent)?;
     let mut r = shared
         .registry
         .lock()
@@ -371,7 +426,6 @@ pub fn revoke(
         .get_mut(&id)
         .ok_or_else(|| RequestError::NotFound(format!("no live agent {:?}", req.agent)))?;
     let agent = a.meta.agent.clone();
-    operator_only(shared, peer, "revoke", &agent)?;
     let ended: Vec<LiveGrant> = match (req.grant, req.all) {
         (Some(_), true) | (None, false) => {
             return Err(RequestError::BadRequest(
@@ -400,11 +454,13 @@ pub fn revoke(
             json!({"revoked_by": {"uid": peer.uid, "pid": peer.pid}, "revoke_reason": Text::new(reason.clone())}),
         );
     }
-    applied.map_err(|e| {
-        RequestError::Internal(format!(
-            "rewriting the grants failed ({e}); none is in force"
-        ))
-    })?;
+    if let Err(d) = applied {
+        journal_dropped(shared, &agent, &d);
+        return Err(RequestError::Internal(format!(
+            "rewriting the grants failed ({}); none is in force",
+            d.why
+        )));
+    }
     Ok(json!({"agent": agent, "revoked": ended.iter().map(|g| g.n).collect::<Vec<_>>()}))
 }
 
@@ -439,7 +495,7 @@ pub fn list(
     Ok(out)
 }
 
-/// Ends the grants whose time has come; called about once a second.
+/// Ends the grants whose time has come; called four times a second.
 pub fn expire(shared: &Shared) {
     let now = unix(SystemTime::now());
     let mut ended = Vec::new();
@@ -460,8 +516,8 @@ pub fn expire(shared: &Shared) {
         for g in &gone {
             journal_grant(shared, &agent, "grant-expired", g, json!({}));
         }
-        if let Err(e) = applied {
-            tracing::error!(agent = %agent.id, "rewriting grants at expiry failed: {e}");
+        if let Err(d) = applied {
+            journal_dropped(shared, &agent, &d);
         }
     }
 }

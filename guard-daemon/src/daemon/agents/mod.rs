@@ -136,7 +136,8 @@ impl Registry {
     fn alloc_slot(&mut self) -> u32 {
         // Slots are never reused while guardd runs, so a late event of an
         // ended agent cannot be attributed to a new one.
-        self.next_slot = self.next_slot.wrapping_add(1).max(1);
+        // Below `GRANT_SLOT`: that bit marks an agent's grants in the tries.
+        self.next_slot = (self.next_slot.wrapping_add(1) & !guard_common::GRANT_SLOT).max(1);
         self.next_slot
     }
 }
