@@ -203,6 +203,8 @@ fn adopt_one(shared: &Shared, st: StateFile, since: Option<SystemTime>) {
             if let Ok(mut c) = meta.closed_at.lock() {
                 *c = Some(Instant::now());
             }
+            // Its grants went with its keys above.
+            super::grant::end_with_agent(shared, &agent, &st.live_grants);
             restart_gap(shared, agent, "scope ended while guardd was down", gap);
             return;
         }
