@@ -167,14 +167,18 @@ def main():
     if not reply.get("ok"):
         emit(error=reply.get("error"))
         sys.exit(2)
-    if len(fds) != 1 + reply["v1_procs"]:
+    # The cgroup directory, the v1 descriptors, then the agent's request
+    # channel (which a rogue launcher simply does not pass on).
+    channel = 1 if reply.get("request_channel") else 0
+    if len(fds) != 1 + reply["v1_procs"] + channel:
         emit(error=f"{len(fds)} descriptors for {reply['v1_procs']} v1 hierarchies")
         sys.exit(2)
     emit(agent=reply["agent"]["id"])
+    v1_fds = fds[1 : 1 + reply["v1_procs"]]
     pid = os.fork()
     if pid == 0:
         try:
-            child(variant, keep, fds[0], fds[1:], argv)
+            child(variant, keep, fds[0], v1_fds, argv)
         except BaseException as e:
             emit(error=f"child: {e}")
         os._exit(3)
