@@ -317,6 +317,29 @@ fn a_request_is_approved_by_its_number() {
             describe(&out)
         );
     }
+    // Nor into name resolution past guardd: port 53 or DNS over TLS, even
+    // as one address and port.
+    for (line, target) in [
+        ("udp 127.0.0.1 53", "127.0.0.1:53/udp"),
+        ("tcp 127.0.0.1 853", "127.0.0.1:853/tcp"),
+    ] {
+        assert!(!p.ok(line));
+        let recs = g.logs_until(1, |r| r["kind"] == "network" && r["target"] == target);
+        let n = recs
+            .iter()
+            .find(|r| r["kind"] == "network" && r["target"] == target)
+            .unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+            .to_string();
+        let out = grant(&g, &["--request", &n, "--reason", "sure"]);
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("name resolution"),
+            "{}",
+            describe(&out)
+        );
+    }
     assert_eq!(grants_json(&g).len(), 2);
     p.finish();
 }

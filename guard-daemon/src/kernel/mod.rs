@@ -188,6 +188,23 @@ pub enum KernelError {
     },
 }
 
+fn is_grant4(k: &(u32, Net4Key)) -> bool {
+    k.1.slot & guard_common::GRANT_SLOT != 0
+}
+
+fn is_grant6(k: &(u32, Net6Key)) -> bool {
+    k.1.slot & guard_common::GRANT_SLOT != 0
+}
+
+/// A removal that left no entry: done, or there was none.
+fn removed(r: Result<(), MapError>) -> bool {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => true,
+        Err(MapError::SyscallError(e)) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        Err(_) => false,
+    }
+}
+
 /// The trie key of an agent's IPv4 prefix (`bits` of the address; the
 /// slot always matched in full).
 pub(crate) fn key4(slot: u32, bits: u32, addr: [u8; 4]) -> Key<Net4Key> {
@@ -869,21 +886,53 @@ impl Kernel {
         v4: &[(u32, [u8; 4], NetValue)],
         v6: &[(u32, [u8; 16], NetValue)],
     ) -> Result<(), KernelError> {
-        use guard_common::{GRANT_SLOT, NET4_MAX_ENTRIES, NET6_MAX_ENTRIES};
+        use guard_common::GRANT_SLOT;
+        Kernel::grant_quota(keys, v4.len(), v6.len())?;
         let gslot = slot | GRANT_SLOT;
-        let is_grant4 = |k: &(u32, Net4Key)| k.1.slot & GRANT_SLOT != 0;
-        let is_grant6 = |k: &(u32, Net6Key)| k.1.slot & GRANT_SLOT != 0;
+        let mut new4 = Vec::with_capacity(v4.len());
+        let mut new6 = Vec::with_capacity(v6.len());
+        let written = self.write_grant_entries(gslot, v4, v6, &mut new4, &mut new6);
+        // Stale keys go: on failure every grant key of the agent (fail
+        // closed), else those no grant holds any more. A key whose removal
+        // failed stays in `keys`, so it is removed with the agent.
+        let failed = written.is_err();
+        let (old4, old6): (Vec<_>, Vec<_>) = (
+            keys.v4.iter().filter(|k| is_grant4(k)).copied().collect(),
+            keys.v6.iter().filter(|k| is_grant6(k)).copied().collect(),
+        );
+        keys.v4.retain(|k| !is_grant4(k));
+        keys.v6.retain(|k| !is_grant6(k));
+        for k in old4.iter().chain(if failed { &new4[..] } else { &[] }) {
+            if (failed || !new4.contains(k)) && !self.gone(&Key::new(k.0, k.1)) {
+                keys.v4.push(*k);
+            }
+        }
+        for k in old6.iter().chain(if failed { &new6[..] } else { &[] }) {
+            if (failed || !new6.contains(k)) && !self.gone6(&Key::new(k.0, k.1)) {
+                keys.v6.push(*k);
+            }
+        }
+        written?;
+        keys.v4.extend(new4);
+        keys.v6.extend(new6);
+        Ok(())
+    }
+
+    /// Whether an agent whose keys are `keys` has room for `v4` and `v6`
+    /// grant entries beside its policy's (its share of each map).
+    pub fn grant_quota(keys: &AgentKeys, v4: usize, v6: usize) -> Result<(), KernelError> {
+        use guard_common::{NET4_MAX_ENTRIES, NET6_MAX_ENTRIES};
         for (map, have, add, max) in [
             (
                 "IPv4 rule",
                 keys.v4.iter().filter(|k| !is_grant4(k)).count(),
-                v4.len(),
+                v4,
                 NET4_MAX_ENTRIES,
             ),
             (
                 "IPv6 rule",
                 keys.v6.iter().filter(|k| !is_grant6(k)).count(),
-                v6.len(),
+                v6,
                 NET6_MAX_ENTRIES,
             ),
         ] {
@@ -897,33 +946,17 @@ impl Kernel {
                 });
             }
         }
-        let mut new4 = Vec::with_capacity(v4.len());
-        let mut new6 = Vec::with_capacity(v6.len());
-        let written = self.write_grant_entries(gslot, v4, v6, &mut new4, &mut new6);
-        if let Err(e) = written {
-            // Fail closed: no grant of this agent stays, whatever was
-            // written before the failure.
-            for k in keys.v4.iter().filter(|k| is_grant4(k)).chain(&new4) {
-                let _ = self.net4.remove(&Key::new(k.0, k.1));
-            }
-            for k in keys.v6.iter().filter(|k| is_grant6(k)).chain(&new6) {
-                let _ = self.net6.remove(&Key::new(k.0, k.1));
-            }
-            keys.v4.retain(|k| !is_grant4(k));
-            keys.v6.retain(|k| !is_grant6(k));
-            return Err(e);
-        }
-        for k in keys.v4.iter().filter(|k| is_grant4(k) && !new4.contains(k)) {
-            let _ = self.net4.remove(&Key::new(k.0, k.1));
-        }
-        for k in keys.v6.iter().filter(|k| is_grant6(k) && !new6.contains(k)) {
-            let _ = self.net6.remove(&Key::new(k.0, k.1));
-        }
-        keys.v4.retain(|k| !is_grant4(k));
-        keys.v4.extend(new4);
-        keys.v6.retain(|k| !is_grant6(k));
-        keys.v6.extend(new6);
         Ok(())
+    }
+
+    /// Removes an IPv4 trie entry; true when it is gone (or was not there).
+    fn gone(&mut self, key: &Key<Net4Key>) -> bool {
+        removed(self.net4.remove(key))
+    }
+
+    /// As [`Kernel::gone`], for IPv6.
+    fn gone6(&mut self, key: &Key<Net6Key>) -> bool {
+        removed(self.net6.remove(key))
     }
 
     fn write_grant_entries(

@@ -193,6 +193,27 @@ impl Dest {
         }
     }
 
+    /// The destination reaches name resolution past guardd: port 53, DNS
+    /// over TLS, or a well-known DNS-over-HTTPS resolver. Granted only when
+    /// an operator writes it out (`--allow`), never by approving a request.
+    pub fn reaches_dns(&self) -> bool {
+        let Ok(Kind::Inet(n)) = self.rule().map(|r| r.kind) else {
+            return false;
+        };
+        let port = |p: u16| n.ports.iter().any(|(lo, hi)| *lo <= p && p <= *hi);
+        let bits = if n.v6 { 128 } else { 32 };
+        let doh = super::host::DOH_RESOLVERS.iter().any(|(_, ip)| {
+            let a = match (ip.to_canonical(), n.v6) {
+                (std::net::IpAddr::V4(a), false) => u128::from(u32::from(a)),
+                (std::net::IpAddr::V6(a), true) => u128::from(a),
+                _ => return false,
+            };
+            let shift = bits - n.len;
+            shift >= bits || (a >> shift) == (n.addr >> shift)
+        });
+        port(53) || port(super::host::DOT_PORT) || doh
+    }
+
     fn fragment(&self) -> String {
         format!("[network]\nallow = [{}]\n", self.table)
     }
@@ -419,6 +440,18 @@ mod tests {
         assert!(!dest("10.0.0.0/24:443/tcp").is_one_endpoint());
         assert!(!dest("0.0.0.0/0:443").is_one_endpoint());
         assert!(!dest("api.example.com:443").is_one_endpoint());
+    }
+
+    #[test]
+    fn dns_destinations_are_named() {
+        assert!(dest("1.1.1.1:443/tcp").reaches_dns());
+        assert!(dest("[2606:4700:4700::1111]:443").reaches_dns());
+        assert!(dest("10.0.0.5:853/tcp").reaches_dns());
+        assert!(dest("10.0.0.5:53/udp").reaches_dns());
+        assert!(dest("10.0.0.0/8:50-60").reaches_dns());
+        assert!(dest("0.0.0.0/0:443").reaches_dns());
+        assert!(!dest("10.0.0.5:443/tcp").reaches_dns());
+        assert!(!dest("[::1]:8080").reaches_dns());
     }
 
     #[test]

@@ -309,6 +309,15 @@ pub fn grant(
              if that is meant, grant it explicitly with --allow"
         )));
     }
+    if let Some((n, _)) = &from_request
+        && dest.reaches_dns()
+    {
+        return Err(RequestError::BadRequest(format!(
+            "request #{n} asks for {spec:?}, which reaches name resolution past guardd (port 53, \
+             DNS over TLS or a DNS-over-HTTPS resolver); if that is meant, grant it explicitly \
+             with --allow"
+        )));
+    }
     let duration = match req.for_secs {
         None => DEFAULT_GRANT,
         Some(0) => return Err(RequestError::BadRequest("--for must be more than 0".into())),
@@ -369,16 +378,23 @@ pub fn grant(
     // alone, and the others stay.
     let mut trial = a.grants.live.clone();
     trial.push(g.clone());
-    entries_of(&trial, closed(a)).map_err(|e| {
-        RequestError::BadRequest(format!(
-            "this grant cannot be added beside agent {id}'s other grants: {e}"
-        ))
-    })?;
+    entries_of(&trial, closed(a))
+        .and_then(|(v4, v6)| {
+            crate::kernel::Kernel::grant_quota(&a.keys, v4.len(), v6.len())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| {
+            RequestError::BadRequest(format!(
+                "this grant cannot be added beside agent {id}'s other grants: {e}"
+            ))
+        })?;
     a.grants.next += 1;
     a.grants.live.push(g.clone());
-    if let Err(d) = apply(shared, a) {
+    if let Err(mut d) = apply(shared, a) {
         drop(r);
         journal_failure(shared, &agent, &g, &d.why);
+        // The new grant never started: only the others ended.
+        d.grants.retain(|x| x.n != g.n);
         journal_dropped(shared, &agent, &d);
         return Err(RequestError::Internal(format!(
             "the grant could not be written into the kernel ({}); no grant of agent {id} is in force now",
@@ -475,18 +491,30 @@ pub fn list(
         .registry
         .lock()
         .map_err(|_| RequestError::Internal("registry poisoned".to_owned()))?;
+    // Only the agents the caller may see are looked among: a name or id
+    // prefix tells nothing of the others.
+    let visible: Vec<&AgentState> = r
+        .agents
+        .values()
+        .filter(|a| {
+            reads_all
+                || (peer.tenant == 0 && a.tenant == 0 && a.owner == peer.uid)
+                || (peer.tenant != 0 && a.tenant == peer.tenant)
+        })
+        .collect();
     let only = agent
-        .map(|k| r.find(k).map(|a| a.meta.agent.id.clone()))
+        .map(|k| {
+            super::resolve(
+                visible
+                    .iter()
+                    .map(|a| (a.meta.agent.id.as_str(), a.meta.agent.name.as_str())),
+                k,
+            )
+        })
         .transpose()?;
     let mut out = Vec::new();
-    for a in r.agents.values() {
+    for a in visible {
         if only.as_ref().is_some_and(|id| *id != a.meta.agent.id) {
-            continue;
-        }
-        let visible = reads_all
-            || (peer.tenant == 0 && a.tenant == 0 && a.owner == peer.uid)
-            || (peer.tenant != 0 && a.tenant == peer.tenant);
-        if !visible {
             continue;
         }
         out.extend(a.grants.live.iter().map(|g| g.entry(&a.meta.agent)));
