@@ -76,6 +76,18 @@ fn grant(g: &Guardd, args: &[&str]) -> std::process::Output {
     g.ctl(&[&["grant"], args].concat())
 }
 
+/// The journal number of the first `kind` record with `target`, once it
+/// is there: what `guardctl grant --request N` takes.
+fn request_number(g: &Guardd, kind: &str, target: &str) -> String {
+    let recs = g.logs_until(1, |r| r["kind"] == kind && r["target"] == target);
+    recs.iter()
+        .find(|r| r["kind"] == kind && r["target"] == target)
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+        .to_string()
+}
+
 fn grants_json(g: &Guardd) -> Vec<Value> {
     let out = g.ctl(&["grants", "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -241,14 +253,7 @@ fn a_request_is_approved_by_its_number() {
     let to_a = format!("tcp 127.0.0.1 {}", a.port);
     assert!(!p.ok(&to_a));
     let target = format!("127.0.0.1:{}/tcp", a.port);
-    let recs = g.logs_until(1, |r| r["kind"] == "network" && r["target"] == target);
-    let seq = recs
-        .iter()
-        .find(|r| r["kind"] == "network" && r["target"] == target)
-        .unwrap()["seq"]
-        .as_u64()
-        .unwrap()
-        .to_string();
+    let seq = request_number(&g, "network", &target);
     let out = grant(&g, &["--request", &seq, "--reason", "approved"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(p.ok(&to_a));
@@ -281,12 +286,7 @@ fn a_request_is_approved_by_its_number() {
     let reply = p.ask(&format!("ask {want} need the second service"));
     assert_eq!(reply["reply"]["ok"], true, "{reply}");
     assert!(!p.ok(&to_b), "a request grants nothing by itself");
-    let recs = g.logs_until(1, |r| r["kind"] == "escalation" && r["target"] == want);
-    let asked = recs
-        .iter()
-        .find(|r| r["kind"] == "escalation" && r["target"] == want)
-        .unwrap();
-    let n = asked["seq"].as_u64().unwrap().to_string();
+    let n = request_number(&g, "escalation", &want);
     let out = grant(&g, &["--request", &n, "--reason", "ok, for the ticket"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(p.ok(&to_b));
@@ -301,14 +301,7 @@ fn a_request_is_approved_by_its_number() {
             p.ask(&format!("ask {wide} everything please"))["reply"]["ok"],
             true
         );
-        let recs = g.logs_until(1, |r| r["kind"] == "escalation" && r["target"] == wide);
-        let n = recs
-            .iter()
-            .find(|r| r["kind"] == "escalation" && r["target"] == wide)
-            .unwrap()["seq"]
-            .as_u64()
-            .unwrap()
-            .to_string();
+        let n = request_number(&g, "escalation", wide);
         let out = grant(&g, &["--request", &n, "--reason", "sure"]);
         assert_eq!(out.status.code(), Some(2), "{wide}: {}", describe(&out));
         assert!(
@@ -324,14 +317,7 @@ fn a_request_is_approved_by_its_number() {
         ("tcp 127.0.0.1 853", "127.0.0.1:853/tcp"),
     ] {
         assert!(!p.ok(line));
-        let recs = g.logs_until(1, |r| r["kind"] == "network" && r["target"] == target);
-        let n = recs
-            .iter()
-            .find(|r| r["kind"] == "network" && r["target"] == target)
-            .unwrap()["seq"]
-            .as_u64()
-            .unwrap()
-            .to_string();
+        let n = request_number(&g, "network", target);
         let out = grant(&g, &["--request", &n, "--reason", "sure"]);
         assert_eq!(out.status.code(), Some(2), "{target}: {}", describe(&out));
         assert!(
@@ -377,11 +363,7 @@ fn only_an_operator_outside_every_scope_grants() {
     // before the journal is read, so the answer names nothing of record N.
     assert_eq!(p.ask(&format!("tcp 127.0.0.9 {}", a.port))["ok"], false);
     let target = format!("127.0.0.9:{}/tcp", a.port);
-    let recs = g.logs_until(1, |r| r["target"] == target);
-    let n = recs.iter().find(|r| r["target"] == target).unwrap()["seq"]
-        .as_u64()
-        .unwrap()
-        .to_string();
+    let n = request_number(&g, "network", &target);
     // (A record that is no refused destination was described to anyone.)
     let start = g
         .logs(&["--agent", "target"])

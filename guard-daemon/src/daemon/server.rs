@@ -575,39 +575,20 @@ async fn handle(
             conn.send(&api::ok_line(id, v)).await
         }
         Request::Grant(req) => {
-            let s = shared.clone();
             let peer = conn.peer;
-            let res = tokio::task::spawn_blocking(move || agents::grant::grant(&s, &req, peer))
-                .await
-                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
-            match res {
-                Ok(v) => conn.send(&api::ok_line(id, v)).await,
-                Err(f) => conn.fail(id, f).await,
-            }
+            answer(conn, id, move || agents::grant::grant(&shared, &req, peer)).await
         }
         Request::Revoke(req) => {
-            let s = shared.clone();
             let peer = conn.peer;
-            let res = tokio::task::spawn_blocking(move || agents::grant::revoke(&s, &req, peer))
-                .await
-                .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
-            match res {
-                Ok(v) => conn.send(&api::ok_line(id, v)).await,
-                Err(f) => conn.fail(id, f).await,
-            }
+            answer(conn, id, move || agents::grant::revoke(&shared, &req, peer)).await
         }
         Request::Grants(req) => {
-            let s = shared.clone();
             let (peer, all) = (conn.peer, conn.reads_all);
-            let res = tokio::task::spawn_blocking(move || {
-                agents::grant::list(&s, req.agent.as_deref(), peer, all)
+            answer(conn, id, move || {
+                agents::grant::list(&shared, req.agent.as_deref(), peer, all)
+                    .map(|v| json!({"grants": v}))
             })
             .await
-            .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
-            match res {
-                Ok(v) => conn.send(&api::ok_line(id, json!({"grants": v}))).await,
-                Err(f) => conn.fail(id, f).await,
-            }
         }
         Request::Logs(req) => logs(conn, id, req, reader).await,
         Request::Policy(req) => match agents::named_policy(&shared, &req.name) {
@@ -620,6 +601,22 @@ async fn handle(
             }
             Err(f) => conn.fail(id, f).await,
         },
+    }
+}
+
+/// Runs `f` off the async threads and answers request `id` with its value
+/// or its error.
+async fn answer(
+    conn: &mut Conn,
+    id: u64,
+    f: impl FnOnce() -> Result<Value, RequestError> + Send + 'static,
+) -> std::io::Result<()> {
+    let res = tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(RequestError::Internal(e.to_string())));
+    match res {
+        Ok(v) => conn.send(&api::ok_line(id, v)).await,
+        Err(f) => conn.fail(id, f).await,
     }
 }
 

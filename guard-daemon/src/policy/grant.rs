@@ -17,7 +17,7 @@
 //! same validation, so a grant means exactly what that rule would.
 
 use super::{
-    Origin, PolicyError, RuleInfo,
+    Origin, PolicyError,
     net::{self, Entries, Kind},
     parse::Doc,
 };
@@ -63,6 +63,8 @@ pub struct Dest {
     /// The `allow` rule, as a TOML inline table.
     table: String,
     host: bool,
+    /// `table` as validated.
+    rule: Box<net::NetRule>,
 }
 
 fn quoted(s: &str) -> String {
@@ -163,15 +165,15 @@ impl Dest {
             table.push_str(&format!(", protocol = {}", quoted(p)));
         }
         table.push_str(" }");
-        let dest = Dest {
+        // Validated now, by the policy's own rules, so a bad grant is
+        // refused before anything is written.
+        let rule = Box::new(validate(spec, &table)?);
+        Ok(Dest {
             spec: spec.to_owned(),
             table,
             host: !is_addr,
-        };
-        // Validated now, by the policy's own rules, so a bad grant is
-        // refused before anything is written.
-        dest.rule()?;
-        Ok(dest)
+            rule,
+        })
     }
 
     /// The destination names a host rather than addresses.
@@ -183,8 +185,8 @@ impl Dest {
     /// connection's target always is. A request's text is the agent's, so
     /// approving it by number may grant no more than this.
     pub fn is_one_endpoint(&self) -> bool {
-        match self.rule().map(|r| r.kind) {
-            Ok(Kind::Inet(n)) => {
+        match &self.rule.kind {
+            Kind::Inet(n) => {
                 n.len == if n.v6 { 128 } else { 32 }
                     && n.ports.len() <= MAX_ENDPOINT_PORTS
                     && n.ports.iter().all(|(lo, hi)| lo == hi)
@@ -197,7 +199,7 @@ impl Dest {
     /// over TLS, or a well-known DNS-over-HTTPS resolver. Granted only when
     /// an operator writes it out (`--allow`), never by approving a request.
     pub fn reaches_dns(&self) -> bool {
-        let Ok(Kind::Inet(n)) = self.rule().map(|r| r.kind) else {
+        let Kind::Inet(n) = &self.rule.kind else {
             return false;
         };
         let port = |p: u16| n.ports.iter().any(|(lo, hi)| *lo <= p && p <= *hi);
@@ -215,43 +217,43 @@ impl Dest {
     }
 
     fn fragment(&self) -> String {
-        format!("[network]\nallow = [{}]\n", self.table)
-    }
-
-    /// The validated rule, as a policy's `allow` rule.
-    fn rule(&self) -> Result<net::NetRule, GrantError> {
-        let text = self.fragment();
-        let doc = Doc::new(&text, format!("grant {}", self.spec));
-        let raw = doc
-            .parse_include()
-            .map_err(|e| invalid(&self.spec, e.message))?;
-        let mut rules = Vec::new();
-        let (mut listen, mut dns, mut errs) = (Vec::new(), None, Vec::new());
-        if let Some(n) = raw.network {
-            net::validate(
-                &doc,
-                n,
-                Origin::Policy,
-                &mut rules,
-                &mut listen,
-                &mut dns,
-                &mut errs,
-            );
-        }
-        if let Some(e) = errs.into_iter().next() {
-            return Err(invalid(&self.spec, e.message));
-        }
-        rules
-            .pop()
-            .ok_or_else(|| invalid(&self.spec, "names no destination"))
+        fragment(&self.table)
     }
 
     /// How the rule reads in records and listings (`10.0.0.5/32 tcp 443`).
     pub fn text(&self) -> String {
-        self.rule()
-            .map(|r| r.text)
-            .unwrap_or_else(|_| self.spec.clone())
+        self.rule.text.clone()
     }
+}
+
+fn fragment(table: &str) -> String {
+    format!("[network]\nallow = [{table}]\n")
+}
+
+/// The `allow` rule `table` stands for, checked as a policy's would be.
+fn validate(spec: &str, table: &str) -> Result<net::NetRule, GrantError> {
+    let text = fragment(table);
+    let doc = Doc::new(&text, format!("grant {spec}"));
+    let raw = doc.parse_include().map_err(|e| invalid(spec, e.message))?;
+    let mut rules = Vec::new();
+    let (mut listen, mut dns, mut errs) = (Vec::new(), None, Vec::new());
+    if let Some(n) = raw.network {
+        net::validate(
+            &doc,
+            n,
+            Origin::Policy,
+            &mut rules,
+            &mut listen,
+            &mut dns,
+            &mut errs,
+        );
+    }
+    if let Some(e) = errs.into_iter().next() {
+        return Err(invalid(spec, e.message));
+    }
+    rules
+        .pop()
+        .ok_or_else(|| invalid(spec, "names no destination"))
 }
 
 fn port_items(spec: &str, ports: &str) -> Result<Vec<String>, GrantError> {
@@ -294,7 +296,7 @@ pub fn compile_live(grants: &[Numbered<'_>], closed: bool) -> Result<LiveEntries
                 dest: g.dest.spec.clone(),
             });
         }
-        let r = g.dest.rule()?;
+        let r = (*g.dest.rule).clone();
         if !matches!(r.kind, Kind::Inet(_)) {
             return Err(invalid(&g.dest.spec, "names no address"));
         }
@@ -302,14 +304,6 @@ pub fn compile_live(grants: &[Numbered<'_>], closed: bool) -> Result<LiveEntries
     }
     let index = |i: usize| grants.get(i).map_or(usize::MAX, |g| usize::from(g.rule));
     net::entries(&rules, &index, closed, "grant").map_err(|e: PolicyError| invalid("", e.message))
-}
-
-/// The rule description of a live grant, for the agent's rule list.
-pub fn rule_info(n: u64, dest: &Dest) -> RuleInfo {
-    RuleInfo {
-        id: format!("grant:{n}"),
-        text: dest.text(),
-    }
 }
 
 /// One `guardctl run --grant` item.

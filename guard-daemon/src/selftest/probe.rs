@@ -933,6 +933,27 @@ fn control_socket(a: &str, socket: &str) -> ProbeReport {
             ..OpenRequest::default()
         }),
     ];
+    let (answers, served) = exchange(&mut s, &requests);
+    let first = answers.first().cloned().unwrap_or_default();
+    let first: String = first.chars().take(200).collect();
+    if served {
+        ProbeReport::new(
+            a,
+            ProbeOutcome::Succeeded,
+            format!("guardd answered a request: {first}"),
+        )
+    } else {
+        ProbeReport::new(
+            a,
+            ProbeOutcome::Refused,
+            format!("connected, every request refused: {first}"),
+        )
+    }
+}
+
+/// Sends each request on `s` and reads its answer line, until one goes
+/// unanswered; returns the answers and whether any of them was served.
+fn exchange(s: &mut std::os::unix::net::UnixStream, requests: &[Request]) -> (Vec<String>, bool) {
     let mut answers = Vec::new();
     for (id, r) in (1u64..).zip(requests.iter()) {
         let Ok(line) = crate::api::encode_request(id, r) else {
@@ -958,21 +979,7 @@ fn control_socket(a: &str, socket: &str) -> ProbeReport {
     let served = answers
         .iter()
         .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["ok"] == true));
-    let first = answers.first().cloned().unwrap_or_default();
-    let first: String = first.chars().take(200).collect();
-    if served {
-        ProbeReport::new(
-            a,
-            ProbeOutcome::Succeeded,
-            format!("guardd answered a request: {first}"),
-        )
-    } else {
-        ProbeReport::new(
-            a,
-            ProbeOutcome::Refused,
-            format!("connected, every request refused: {first}"),
-        )
-    }
+    (answers, served)
 }
 
 /// The agent's request channel, as its environment names it.
@@ -1004,28 +1011,7 @@ fn request_channel(a: &str) -> ProbeReport {
             ..Default::default()
         }),
     ];
-    let mut answers = Vec::new();
-    for (id, r) in (1u64..).zip(requests.iter()) {
-        let Ok(line) = crate::api::encode_request(id, r) else {
-            break;
-        };
-        if s.write_all(&line).is_err() {
-            break;
-        }
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while line.len() < 65536 {
-            match s.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) => line.push(byte[0]),
-                _ => break,
-            }
-        }
-        answers.push(String::from_utf8_lossy(&line).into_owned());
-    }
-    let served = answers
-        .iter()
-        .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["ok"] == true));
+    let (answers, served) = exchange(&mut s, &requests);
     let first: String = answers.concat().chars().take(200).collect();
     if served {
         ProbeReport::new(
